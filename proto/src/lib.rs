@@ -1,0 +1,15 @@
+//! fleet's wire contract: the `fleet.v1` gRPC services, the identities that call them and
+//! the rules for who may call what. The agent, fleetctl and the controller all depend on
+//! this crate; fleetctl and the agent depend on nothing else of fleet's.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod identity;
+pub mod peer;
+pub mod transport;
+
+/// Generated from `proto/fleet/v1/fleet.proto` (see `tests/codegen.rs`).
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic)]
+    include!("gen/fleet.v1.rs");
+}

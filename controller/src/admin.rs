@@ -1,0 +1,157 @@
+//! The operator API behind fleetctl.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::identity::{Identity, Name};
+use fleet_proto::v1::admin_server::Admin;
+use fleet_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Caller;
+use crate::shared::{internal, Shared};
+use crate::store::{TokenRecord, HostRecord};
+use crate::timefmt::now_secs;
+use crate::tokens;
+
+pub struct AdminService(pub Arc<Shared>);
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_TOKEN_USES: u32 = 10_000;
+
+fn host_view(shared: &Shared, h: HostRecord) -> Host {
+    let live = shared.sessions.up(&h.name);
+    Host {
+        state: if live.is_some() { "up" } else { "down" }.into(),
+        address: live.unwrap_or(h.address),
+        last_seen: if shared.sessions.up(&h.name).is_some() {
+            now_secs()
+        } else {
+            h.last_seen_ms / 1000
+        },
+        version: h.version.clone(),
+        cert_expires: h.cert_expires,
+        facts: Some(HostFacts {
+            hostname: h.hostname,
+            os: h.os,
+            kernel: h.kernel,
+            cores: h.cores,
+            memory_bytes: h.memory_bytes,
+            agent_version: h.version,
+        }),
+        name: h.name,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let shared = &self.0;
+        let actor = Caller::from_request(&request)?.actor();
+        let req = request.into_inner();
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s => Duration::from_secs(s),
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument("token ttl must be at most 30 days"));
+        }
+        let uses = if req.uses == 0 { 1 } else { req.uses };
+        if uses > MAX_TOKEN_USES {
+            return Err(Status::invalid_argument(format!("token uses must be at most {MAX_TOKEN_USES}")));
+        }
+        let token = tokens::generate();
+        let now = now_secs();
+        let expires_at = now + ttl.as_secs() as i64;
+        shared
+            .store
+            .put_token(
+                &token.hash,
+                &TokenRecord {
+                    token_id: token.id.clone(),
+                    created_at: now,
+                    expires_at,
+                    uses_total: uses,
+                    uses_left: uses,
+                    created_by: actor.clone(),
+                },
+            )
+            .map_err(internal)?;
+        shared
+            .audit(&actor, "token.create", &format!("token:{}", token.id), &format!("uses={uses} ttl={}s", ttl.as_secs()))
+            .map_err(internal)?;
+        Ok(Response::new(CreateTokenResponse {
+            token: token.secret,
+            expires_at,
+            uses,
+            token_id: token.id,
+        }))
+    }
+
+    async fn list_hosts(&self, _request: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
+        let shared = &self.0;
+        let mut hosts: Vec<Host> = shared
+            .store
+            .hosts()
+            .map_err(internal)?
+            .into_iter()
+            .map(|h| host_view(shared, h))
+            .collect();
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListHostsResponse { hosts }))
+    }
+
+    async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
+        let shared = &self.0;
+        let actor = Caller::from_request(&request)?.actor();
+        let name: Name = request
+            .into_inner()
+            .name
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
+        let identity = Identity::agent(shared.ca.trust_domain().clone(), name.clone());
+        let revoked = shared
+            .store
+            .remove_host(name.as_str(), &identity.uri(), now_secs())
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no host named {name}: see `fleetctl hosts`")))?;
+        // Durable first, then in effect: the handshake check and the live stream.
+        for r in &revoked {
+            shared.revocations.insert(r.serial.clone());
+        }
+        let was_connected = shared
+            .sessions
+            .close(name.as_str(), &format!("host {name} was removed by {actor}: its certificate is revoked"));
+        shared
+            .audit(&actor, "host.remove", name.as_str(), &format!("{} certificate(s) revoked", revoked.len()))
+            .map_err(internal)?;
+        Ok(Response::new(RemoveHostResponse {
+            revoked_certificates: revoked.len() as u32,
+            was_connected,
+        }))
+    }
+
+    async fn list_audit(&self, request: Request<ListAuditRequest>) -> Result<Response<ListAuditResponse>, Status> {
+        let since = request.into_inner().since;
+        let entries = self
+            .0
+            .store
+            .audit_since(since.saturating_mul(1000))
+            .map_err(internal)?
+            .into_iter()
+            .map(|a| AuditEntry {
+                seq: a.seq,
+                time_ms: a.time_ms,
+                actor: a.actor,
+                action: a.action,
+                target: a.target,
+                detail: a.detail,
+            })
+            .collect();
+        Ok(Response::new(ListAuditResponse { entries }))
+    }
+}

@@ -1,0 +1,188 @@
+//! The agent channel: one long-lived stream per agent. Tracks liveness through heartbeats,
+//! renews certificates in-band, and ends the stream when the controller says so (host
+//! removed, missed heartbeats, shutdown).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::identity::Identity;
+use fleet_proto::v1::agent_channel_server::AgentChannel;
+use fleet_proto::v1::agent_message::Body as Up;
+use fleet_proto::v1::controller_message::Body as Down;
+use fleet_proto::v1::{AgentMessage, ControllerMessage, Hello, RenewRequest, RenewResponse, Welcome};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::Caller;
+use crate::pki::parse_csr;
+use crate::sessions::CloseSignal;
+use crate::shared::{internal, Shared};
+use crate::store::IssuedSerial;
+use crate::timefmt::{now_ms, now_secs};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+pub struct ChannelService(pub Arc<Shared>);
+
+type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
+
+fn down(body: Down) -> Result<ControllerMessage, Status> {
+    Ok(ControllerMessage { body: Some(body) })
+}
+
+/// Heartbeat interval as announced by the agent, bounded so a bad value cannot make a host
+/// look up forever or flap.
+fn interval_of(hello: &Hello) -> Duration {
+    match hello.heartbeat_interval_ms {
+        0 => DEFAULT_HEARTBEAT,
+        ms => Duration::from_millis(u64::from(ms)).clamp(Duration::from_millis(200), Duration::from_secs(300)),
+    }
+}
+
+#[tonic::async_trait]
+impl AgentChannel for ChannelService {
+    type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let shared = self.0.clone();
+        let caller = Caller::from_request(&request)?.clone();
+        let identity = caller
+            .identity
+            .clone()
+            .ok_or_else(|| Status::unauthenticated("agent identity required"))?;
+        let name = identity
+            .name()
+            .map(|n| n.to_string())
+            .ok_or_else(|| Status::permission_denied("agent identity without a host name"))?;
+        if shared.store.host(&name).map_err(internal)?.is_none() {
+            return Err(Status::permission_denied(format!(
+                "host {name} is not enrolled (it was removed): re-enroll it with a new token"
+            )));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage { body: Some(Up::Hello(h)) }))) => h,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
+            _ => return Err(Status::invalid_argument("the first message on a session must be Hello")),
+        };
+        let address = caller.addr.map(|a| a.ip().to_string()).unwrap_or_default();
+        let facts = hello.facts.clone().unwrap_or_default();
+        shared
+            .store
+            .update_host(&name, |h| {
+                h.address = address.clone();
+                h.last_seen_ms = now_ms();
+                h.version = facts.agent_version.clone();
+                h.hostname = facts.hostname.clone();
+                h.os = facts.os.clone();
+                h.kernel = facts.kernel.clone();
+                h.cores = facts.cores;
+                h.memory_bytes = facts.memory_bytes;
+            })
+            .map_err(internal)?;
+
+        let interval = interval_of(&hello);
+        let (tx, rx) = mpsc::channel(64);
+        let (id, close) = shared.sessions.register(&name, address.clone(), interval);
+        tracing::info!(host = %name, %address, version = %facts.agent_version, ?interval, "host up");
+        let _ = tx
+            .send(down(Down::Welcome(Welcome {
+                controller_version: env!("CARGO_PKG_VERSION").into(),
+                server_time: now_secs(),
+            })))
+            .await;
+        tokio::spawn(drive(shared, identity, name, id, inbound, tx, close));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn drive(
+    shared: Arc<Shared>,
+    identity: Identity,
+    name: String,
+    id: u64,
+    mut inbound: Streaming<AgentMessage>,
+    tx: Outbound,
+    mut close: CloseSignal,
+) {
+    let reason = loop {
+        tokio::select! {
+            reason = &mut close => {
+                let reason = reason.unwrap_or_else(|_| "controller shutting down".into());
+                let _ = tx.send(Err(Status::unavailable(reason.clone()))).await;
+                break reason;
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(AgentMessage { body: Some(body) })) => handle(&shared, &identity, &name, id, body, &tx).await,
+                // A newer agent's message kind we do not know: ignore, never fail the stream.
+                Ok(Some(AgentMessage { body: None })) => {}
+                Ok(None) => break "agent closed the stream".into(),
+                Err(e) => break format!("stream error: {}", e.message()),
+            }
+        }
+    };
+    shared.sessions.end(&name, id);
+    let _ = shared.store.update_host(&name, |h| h.last_seen_ms = now_ms());
+    tracing::info!(host = %name, reason, "host down");
+}
+
+async fn handle(shared: &Shared, identity: &Identity, name: &str, id: u64, body: Up, tx: &Outbound) {
+    match body {
+        Up::Heartbeat(_) => shared.sessions.heartbeat(name, id),
+        Up::Renew(req) => {
+            let resp = renew(shared, identity, name, &req);
+            if let Err(e) = &resp {
+                tracing::warn!(host = %name, error = %e, "certificate renewal refused");
+            }
+            let resp = resp.unwrap_or_else(|e| RenewResponse {
+                request_id: req.request_id.clone(),
+                error: e,
+                ..Default::default()
+            });
+            let _ = tx.send(down(Down::Renewed(resp))).await;
+        }
+        Up::Event(ev) => {
+            tracing::info!(host = %name, kind = %ev.kind, subject = %ev.subject, message = %ev.message, "agent event")
+        }
+        Up::Result(r) => tracing::debug!(host = %name, id = %r.id, status = r.status, "command result"),
+        Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),
+    }
+}
+
+/// Issues a new certificate for the stream's own identity; the CSR only supplies the key.
+fn renew(shared: &Shared, identity: &Identity, name: &str, req: &RenewRequest) -> Result<RenewResponse, String> {
+    let csr = parse_csr(&req.csr_pem).map_err(|e| e.to_string())?;
+    let issued = shared
+        .ca
+        .issue_client(&csr, identity, shared.settings.agent_cert_lifetime)
+        .map_err(|e| e.to_string())?;
+    let now = now_secs();
+    let recorded = shared
+        .store
+        .update_host(name, |h| {
+            h.serials.retain(|s| s.not_after >= now);
+            h.serials.push(IssuedSerial {
+                serial: issued.serial.clone(),
+                not_after: issued.not_after,
+            });
+            h.cert_expires = issued.not_after;
+        })
+        .map_err(|e| e.to_string())?;
+    if recorded.is_none() {
+        return Err("host was removed".into());
+    }
+    tracing::info!(host = %name, serial = %issued.serial, not_after = issued.not_after, "certificate renewed");
+    Ok(RenewResponse {
+        request_id: req.request_id.clone(),
+        cert_pem: issued.cert_pem,
+        ca_pem: shared.ca.cert_pem().to_owned(),
+        not_after: issued.not_after,
+        error: String::new(),
+    })
+}

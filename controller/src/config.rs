@@ -1,0 +1,114 @@
+//! Controller settings: defaults, overridden by the `--config` TOML file, overridden by
+//! flags. Durations are humantime strings ("7d", "30s").
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub agent_cert_lifetime: Duration,
+    pub handshake_timeout: Duration,
+    pub join_burst: u32,
+    pub join_per_minute: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "0.0.0.0:7443".parse().expect("literal"),
+            http_listen: "0.0.0.0:7444".parse().expect("literal"),
+            agent_cert_lifetime: Duration::from_secs(7 * 24 * 3600),
+            handshake_timeout: Duration::from_secs(10),
+            join_burst: 10,
+            join_per_minute: 10,
+        }
+    }
+}
+
+/// The `--config` file. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub agent_cert_lifetime: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub join_burst: Option<u32>,
+    pub join_per_minute: Option<u32>,
+}
+
+pub fn parse_duration(field: &str, value: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(value)
+        .with_context(|| format!("{field}: {value:?} is not a duration (examples: 30s, 12h, 7d)"))
+}
+
+impl Settings {
+    pub fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file: FileConfig =
+            toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
+        if let Some(v) = file.listen {
+            self.listen = v;
+        }
+        if let Some(v) = file.http_listen {
+            self.http_listen = v;
+        }
+        if let Some(v) = file.agent_cert_lifetime {
+            self.agent_cert_lifetime = parse_duration("agent_cert_lifetime", &v)?;
+        }
+        if let Some(v) = file.handshake_timeout {
+            self.handshake_timeout = parse_duration("handshake_timeout", &v)?;
+        }
+        if let Some(v) = file.join_burst {
+            self.join_burst = v;
+        }
+        if let Some(v) = file.join_per_minute {
+            self.join_per_minute = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.agent_cert_lifetime < Duration::from_secs(3) || self.agent_cert_lifetime > Duration::from_secs(366 * 24 * 3600) {
+            bail!("agent_cert_lifetime must be between 3s and 366d");
+        }
+        if self.handshake_timeout < Duration::from_millis(100) || self.handshake_timeout > Duration::from_secs(120) {
+            bail!("handshake_timeout must be between 100ms and 120s");
+        }
+        if self.join_burst == 0 || self.join_per_minute == 0 {
+            bail!("join_burst and join_per_minute must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "agent_cert_lifetime = \"1h\"\njoin_burst = 3\n").unwrap();
+        let mut s = Settings::default();
+        s.apply_file(&p).unwrap();
+        assert_eq!(s.agent_cert_lifetime, Duration::from_secs(3600));
+        assert_eq!(s.join_burst, 3);
+
+        std::fs::write(&p, "agent_cert_lifetime = \"soon\"\n").unwrap();
+        let err = Settings::default().apply_file(&p).unwrap_err();
+        assert!(format!("{err:#}").contains("agent_cert_lifetime"));
+
+        std::fs::write(&p, "listne = \"0.0.0.0:1\"\n").unwrap();
+        let err = Settings::default().apply_file(&p).unwrap_err();
+        assert!(format!("{err:#}").contains("listne"), "{err:#}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The join call: a token and a CSR in, a short-lived agent certificate out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fleet_proto::identity::{Identity, Name};
+use fleet_proto::v1::enrollment_server::Enrollment;
+use fleet_proto::v1::{JoinRequest, JoinResponse};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Caller;
+use crate::pki::parse_csr;
+use crate::shared::{internal, Shared};
+use crate::store::{HostRecord, IssuedSerial};
+use crate::timefmt::{now_ms, now_secs};
+use crate::tokens;
+
+pub struct EnrollmentService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let shared = &self.0;
+        let caller = Caller::from_request(&request)?.clone();
+        let ip = caller.addr.map(|a| a.ip());
+        if let Some(ip) = ip {
+            let limited = shared.join_limiter.lock().expect("limiter lock").check(ip, Instant::now());
+            if let Err(wait) = limited {
+                tracing::warn!(peer = %ip, "join rate limit hit");
+                return Err(Status::resource_exhausted(format!(
+                    "too many join attempts from {ip}: retry in {}s",
+                    wait.as_secs() + 1
+                )));
+            }
+        }
+        let req = request.into_inner();
+        let name: Name = req
+            .name
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
+        tokens::check_format(&req.token).map_err(|e| Status::permission_denied(e.to_string()))?;
+        let csr = parse_csr(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if shared.store.host(name.as_str()).map_err(internal)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "host {name} is already enrolled: remove it first with `fleetctl host remove {name}`, or join with another --name"
+            )));
+        }
+
+        let hash = tokens::hash(&req.token);
+        let now = now_secs();
+        let spent = shared
+            .store
+            .spend_token(&hash, |t| tokens::check_use(t, now))
+            .map_err(internal)?;
+        let token = match spent {
+            Ok(token) => token,
+            Err(refused) => {
+                let target = name.to_string();
+                let detail = format!("from {}: {refused}", ip.map(|i| i.to_string()).unwrap_or_default());
+                shared.audit("anonymous", "host.join.refused", &target, &detail).map_err(internal)?;
+                return Err(Status::permission_denied(refused.to_string()));
+            }
+        };
+
+        let identity = Identity::agent(shared.ca.trust_domain().clone(), name.clone());
+        let issued = shared
+            .ca
+            .issue_client(&csr, &identity, shared.settings.agent_cert_lifetime)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let address = ip.map(|i| i.to_string()).unwrap_or_default();
+        shared
+            .store
+            .put_host(&HostRecord {
+                name: name.to_string(),
+                enrolled_at_ms: now_ms(),
+                address: address.clone(),
+                last_seen_ms: 0,
+                version: String::new(),
+                hostname: String::new(),
+                os: String::new(),
+                kernel: String::new(),
+                cores: 0,
+                memory_bytes: 0,
+                serials: vec![IssuedSerial {
+                    serial: issued.serial.clone(),
+                    not_after: issued.not_after,
+                }],
+                cert_expires: issued.not_after,
+            })
+            .map_err(internal)?;
+        shared
+            .audit(
+                &format!("token:{}", token.token_id),
+                "host.join",
+                name.as_str(),
+                &format!("from {address}, certificate {}", issued.serial),
+            )
+            .map_err(internal)?;
+        Ok(Response::new(JoinResponse {
+            cert_pem: issued.cert_pem,
+            ca_pem: shared.ca.cert_pem().to_owned(),
+            identity: identity.uri(),
+            not_after: issued.not_after,
+        }))
+    }
+}

@@ -1,0 +1,23 @@
+//! fleet-controller: holds the fleet's desired state, enrolls agents, keeps one stream per
+//! agent, and serves the operator API. (The `fleetctl` binary in this package uses only
+//! fleet-proto, never this library: see `tests/boundaries.rs`.)
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod datadir;
+pub mod enroll;
+pub mod http;
+pub mod init;
+pub mod logging;
+pub mod pki;
+pub mod ratelimit;
+pub mod server;
+pub mod sessions;
+pub mod shared;
+pub mod store;
+pub mod timefmt;
+pub mod tls;
+pub mod tokens;

@@ -1,0 +1,145 @@
+//! `fleet-controller run`: load the data dir, listen (gRPC over our TLS, plain HTTP for
+//! health), and serve until SIGTERM/SIGINT.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fleet_proto::identity::TrustDomain;
+use fleet_proto::v1::admin_server::AdminServer;
+use fleet_proto::v1::agent_channel_server::AgentChannelServer;
+use fleet_proto::v1::enrollment_server::EnrollmentServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::admin::AdminService;
+use crate::auth::AuthLayer;
+use crate::channel::ChannelService;
+use crate::config::Settings;
+use crate::datadir::DataDir;
+use crate::enroll::EnrollmentService;
+use crate::init::TRUST_DOMAIN_KEY;
+use crate::pki::Ca;
+use crate::ratelimit::RateLimiter;
+use crate::sessions::Sessions;
+use crate::shared::Shared;
+use crate::store::Store;
+use crate::timefmt::now_secs;
+use crate::tls::{self, Revocations};
+
+/// How often liveness is checked; small against any heartbeat interval.
+const REAP_EVERY: Duration = Duration::from_millis(200);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
+    let dd = DataDir(dir.to_owned());
+    let store = Store::open(&dd.store())?;
+    let td: TrustDomain = store
+        .meta(TRUST_DOMAIN_KEY)?
+        .context("controller state has no trust domain: it was not made by `fleet-controller init`")?
+        .parse()
+        .context("controller state holds an invalid trust domain")?;
+    let ca = Ca::load(td, &dd.read(&dd.ca_cert())?, &dd.read(&dd.ca_key())?)?;
+    let revocations = Arc::new(Revocations::new(store.revoked()?.into_iter().map(|r| r.serial)));
+    let join_limiter = Mutex::new(RateLimiter::new(settings.join_burst, settings.join_per_minute));
+    Ok(Arc::new(Shared {
+        store,
+        ca,
+        revocations,
+        sessions: Sessions::default(),
+        settings,
+        join_limiter,
+    }))
+}
+
+pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
+    settings.validate()?;
+    let shared = load(dir, settings.clone())?;
+    let dd = DataDir(dir.to_owned());
+    let tls_config = tls::server_config(
+        shared.ca.cert_pem(),
+        &dd.read(&dd.server_cert())?,
+        &dd.read(&dd.server_key())?,
+        shared.revocations.clone(),
+    )?;
+
+    let grpc = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (gRPC): is another controller running?", settings.listen))?;
+    let http = TcpListener::bind(settings.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_listen))?;
+    tracing::info!(
+        grpc = %settings.listen,
+        http = %settings.http_listen,
+        trust_domain = %shared.ca.trust_domain(),
+        ca_pin = %shared.ca.pin(),
+        "controller listening"
+    );
+
+    let (conn_tx, conn_rx) = mpsc::channel(128);
+    let accept = tokio::spawn(tls::accept_loop(grpc, tls_config, settings.handshake_timeout, conn_tx));
+    let reaper = tokio::spawn(reap(shared.clone()));
+    let pruner = tokio::spawn(prune(shared.clone()));
+    let http_server = tokio::spawn(crate::http::serve(http, shared.clone()));
+
+    let shutdown = shutdown_signal();
+    let shared_for_shutdown = shared.clone();
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(AuthLayer {
+            trust_domain: shared.ca.trust_domain().clone(),
+        })
+        .add_service(EnrollmentServer::new(EnrollmentService(shared.clone())))
+        .add_service(AgentChannelServer::new(ChannelService(shared.clone())))
+        .add_service(AdminServer::new(AdminService(shared.clone())))
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing agent sessions");
+            // Open bidi streams would hold graceful shutdown forever; end them first.
+            shared_for_shutdown.sessions.close_all("controller shutting down");
+        });
+    // Bounded: a client that ignores GOAWAY must not keep the controller from exiting.
+    let result = tokio::select! {
+        r = serve => r.context("gRPC server failed"),
+        _ = async { shutdown_signal().await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
+    };
+    accept.abort();
+    reaper.abort();
+    pruner.abort();
+    http_server.abort();
+    result
+}
+
+async fn reap(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    loop {
+        tick.tick().await;
+        for host in shared.sessions.reap(Instant::now()) {
+            tracing::warn!(host = %host, "host missed 3 heartbeats: marking it down");
+        }
+    }
+}
+
+async fn prune(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        // A day of grace so "token expired" stays a clearer answer than "token unknown".
+        if let Err(e) = shared.store.prune(now_secs() - 24 * 3600) {
+            tracing::warn!(error = %e, "pruning expired tokens and revocations failed");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,35 @@
+//! What every controller service shares: the store, the CA, live sessions, settings.
+
+use std::sync::{Arc, Mutex};
+
+use crate::config::Settings;
+use crate::pki::Ca;
+use crate::ratelimit::RateLimiter;
+use crate::sessions::Sessions;
+use crate::store::{Store, StoreError};
+use crate::timefmt::now_ms;
+use crate::tls::Revocations;
+
+pub struct Shared {
+    pub store: Store,
+    pub ca: Ca,
+    pub revocations: Arc<Revocations>,
+    pub sessions: Sessions,
+    pub settings: Settings,
+    pub join_limiter: Mutex<RateLimiter>,
+}
+
+impl Shared {
+    /// Appends to the audit log. An audit write that fails fails the operation that asked
+    /// for it: an action that cannot be recorded is not done silently.
+    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), StoreError> {
+        self.store.append_audit(now_ms(), actor, action, target, detail)?;
+        tracing::info!(actor, action, target, detail, "audit");
+        Ok(())
+    }
+}
+
+pub fn internal(e: StoreError) -> tonic::Status {
+    tracing::error!(error = %e, "controller state error");
+    tonic::Status::internal(format!("controller state error: {e}"))
+}

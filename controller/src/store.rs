@@ -1,0 +1,499 @@
+//! The controller's durable state in one redb file (`DATA_DIR/state.redb`).
+//!
+//! redb over SQLite: pure Rust (no C toolchain or libsqlite3 on the controller host),
+//! ACID with fsync'd commits, one file, and a typed table API that keeps records as
+//! versioned JSON we control. The controller never starts over an unreadable store: a
+//! silently empty store would forget every host, token and revocation.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+const SCHEMA_KEY: &str = "schema";
+const SCHEMA_VERSION: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "controller state {path} is unreadable ({reason}). The controller will not start \
+         with an empty fleet over it: restore the file from a backup, or move it away and \
+         run `fleet-controller init` again to start a new fleet (every agent must then \
+         re-enroll)"
+    )]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("controller state {0} does not exist: run `fleet-controller init --data-dir DIR` first")]
+    Missing(PathBuf),
+    #[error("controller state: {0}")]
+    Db(String),
+    #[error("controller state record {table}/{key} is corrupt: {reason}")]
+    Record {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostRecord {
+    pub name: String,
+    pub enrolled_at_ms: i64,
+    /// Last peer address seen (IP only).
+    pub address: String,
+    pub last_seen_ms: i64,
+    pub version: String,
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    /// Serials of certificates issued to this host that have not yet expired; all of them
+    /// are revoked when the host is removed.
+    pub serials: Vec<IssuedSerial>,
+    pub cert_expires: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IssuedSerial {
+    pub serial: String,
+    pub not_after: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RevokedRecord {
+    pub serial: String,
+    pub identity: String,
+    pub revoked_at: i64,
+    /// After this the certificate is dead anyway and the record can be dropped.
+    pub not_after: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+        table,
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+impl Store {
+    pub const FILE: &'static str = "state.redb";
+
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(Self::FILE)
+    }
+
+    /// Creates a new, empty store; fails if one exists.
+    pub fn create(path: &Path) -> Result<Store, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Db(format!("{} already exists", path.display())));
+        }
+        let db = Database::create(path).map_err(db_err)?;
+        let store = Store { db };
+        let tx = store.db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(HOSTS).map_err(db_err)?;
+            tx.open_table(TOKENS).map_err(db_err)?;
+            tx.open_table(REVOKED).map_err(db_err)?;
+            tx.open_table(AUDIT).map_err(db_err)?;
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store, refusing anything that is not a fleet store we can read.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        let unreadable = |reason: String| StoreError::Unreadable {
+            path: path.to_owned(),
+            reason,
+        };
+        // redb panics are not expected on bad input, but a store must never take the
+        // controller down with an unexplained abort.
+        let db = std::panic::catch_unwind(|| Database::open(path))
+            .map_err(|_| unreadable("the database library panicked while opening it".into()))?
+            .map_err(|e| unreadable(e.to_string()))?;
+        let store = Store { db };
+        let schema = (|| -> Result<Option<String>, StoreError> {
+            let tx = store.db.begin_read().map_err(db_err)?;
+            let meta = tx.open_table(META).map_err(db_err)?;
+            Ok(meta.get(SCHEMA_KEY).map_err(db_err)?.map(|v| v.value().to_owned()))
+        })()
+        .map_err(|e| unreadable(e.to_string()))?;
+        match schema.as_deref() {
+            Some(SCHEMA_VERSION) => Ok(store),
+            Some(other) => Err(unreadable(format!(
+                "schema version {other} is not supported by this controller (expects {SCHEMA_VERSION})"
+            ))),
+            None => Err(unreadable("no fleet schema marker".into())),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(META).map_err(db_err)?;
+        Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_owned()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(META).map_err(db_err)?;
+            table.insert(key, value).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode("hosts", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        let got = table.get(name).map_err(db_err)?;
+        got.map(|v| decode("hosts", name, v.value())).transpose()
+    }
+
+    pub fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(HOSTS).map_err(db_err)?;
+            table
+                .insert(host.name.as_str(), encode(host).as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Reads, changes and writes one host in a single transaction; `None` if absent.
+    pub fn update_host<R>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut HostRecord) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let result = {
+            let mut table = tx.open_table(HOSTS).map_err(db_err)?;
+            let current: Option<HostRecord> = {
+                let got = table.get(name).map_err(db_err)?;
+                got.map(|v| decode("hosts", name, v.value())).transpose()?
+            };
+            match current {
+                None => None,
+                Some(mut host) => {
+                    let r = change(&mut host);
+                    table
+                        .insert(name, encode(&host).as_slice())
+                        .map_err(db_err)?;
+                    Some(r)
+                }
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(result)
+    }
+
+    /// Removes a host and revokes every certificate it holds, in one transaction, so a
+    /// crash can never leave a removed host with a live certificate.
+    pub fn remove_host(
+        &self,
+        name: &str,
+        identity: &str,
+        now: i64,
+    ) -> Result<Option<Vec<RevokedRecord>>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let revoked = {
+            let mut hosts = tx.open_table(HOSTS).map_err(db_err)?;
+            let host: Option<HostRecord> = {
+                let got = hosts.remove(name).map_err(db_err)?;
+                got.map(|v| decode("hosts", name, v.value())).transpose()?
+            };
+            match host {
+                None => None,
+                Some(host) => {
+                    let mut table = tx.open_table(REVOKED).map_err(db_err)?;
+                    let mut out = Vec::new();
+                    for s in host.serials {
+                        let rec = RevokedRecord {
+                            serial: s.serial,
+                            identity: identity.to_owned(),
+                            revoked_at: now,
+                            not_after: s.not_after,
+                        };
+                        table
+                            .insert(rec.serial.as_str(), encode(&rec).as_slice())
+                            .map_err(db_err)?;
+                        out.push(rec);
+                    }
+                    Some(out)
+                }
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(revoked)
+    }
+
+    pub fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(REVOKED).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode("revoked", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
+            table.insert(hash, encode(token).as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Spends one use of a token atomically. `decide` sees the current record (or `None`)
+    /// and says whether the use is allowed; the decrement commits only if it is.
+    pub fn spend_token<E>(
+        &self,
+        hash: &str,
+        decide: impl FnOnce(Option<&TokenRecord>) -> Result<(), E>,
+    ) -> Result<Result<TokenRecord, E>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
+            let current: Option<TokenRecord> = {
+                let got = table.get(hash).map_err(db_err)?;
+                got.map(|v| decode("tokens", hash, v.value())).transpose()?
+            };
+            match decide(current.as_ref()) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let mut token = current.expect("decide allowed a missing token");
+                    token.uses_left = token.uses_left.saturating_sub(1);
+                    table.insert(hash, encode(&token).as_slice()).map_err(db_err)?;
+                    Ok(token)
+                }
+            }
+        };
+        match &outcome {
+            Ok(_) => tx.commit().map_err(db_err)?,
+            Err(_) => tx.abort().map_err(db_err)?,
+        }
+        Ok(outcome)
+    }
+
+    /// Drops tokens expired before `before` and revocations of certificates that expired
+    /// before it: both are dead weight after that.
+    pub fn prune(&self, before: i64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
+            tokens
+                .retain(|_, v| {
+                    serde_json::from_slice::<TokenRecord>(v)
+                        .map(|t| t.expires_at >= before)
+                        .unwrap_or(true)
+                })
+                .map_err(db_err)?;
+            let mut revoked = tx.open_table(REVOKED).map_err(db_err)?;
+            revoked
+                .retain(|_, v| {
+                    serde_json::from_slice::<RevokedRecord>(v)
+                        .map(|r| r.not_after >= before)
+                        .unwrap_or(true)
+                })
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn append_audit(
+        &self,
+        time_ms: i64,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<AuditRecord, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut table = tx.open_table(AUDIT).map_err(db_err)?;
+            let seq = table
+                .last()
+                .map_err(db_err)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(1);
+            let record = AuditRecord {
+                seq,
+                time_ms,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                target: target.to_owned(),
+                detail: detail.to_owned(),
+            };
+            table.insert(seq, encode(&record).as_slice()).map_err(db_err)?;
+            record
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(record)
+    }
+
+    pub fn audit_since(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let rec: AuditRecord = decode("audit", &k.value().to_string(), v.value())?;
+            if rec.time_ms >= since_ms {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            enrolled_at_ms: 1,
+            address: "127.0.0.1".into(),
+            last_seen_ms: 0,
+            version: String::new(),
+            hostname: String::new(),
+            os: String::new(),
+            kernel: String::new(),
+            cores: 0,
+            memory_bytes: 0,
+            serials: vec![IssuedSerial {
+                serial: "ab".into(),
+                not_after: 100,
+            }],
+            cert_expires: 100,
+        }
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = Store::create(&path).unwrap();
+            s.put_host(&host("web-1")).unwrap();
+            s.append_audit(5, "me", "host.add", "web-1", "").unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.hosts().unwrap(), vec![host("web-1")]);
+        assert_eq!(s.audit_since(0).unwrap()[0].seq, 1);
+        assert_eq!(s.append_audit(6, "me", "x", "y", "").unwrap().seq, 2);
+    }
+
+    #[test]
+    fn garbage_file_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        std::fs::write(&path, b"this is not a database, it is a text file ".repeat(200)).unwrap();
+        let err = Store::open(&path).err().expect("garbage accepted");
+        assert!(matches!(err, StoreError::Unreadable { .. }), "{err}");
+        assert!(err.to_string().contains("restore the file from a backup"));
+        // Untouched: the operator's evidence is still there.
+        assert!(std::fs::read(&path).unwrap().starts_with(b"this is not"));
+    }
+
+    #[test]
+    fn missing_store_says_to_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(&dir.path().join("state.redb")).err().unwrap();
+        assert!(err.to_string().contains("fleet-controller init"));
+    }
+
+    #[test]
+    fn remove_host_revokes_its_serials_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        s.put_host(&host("web-1")).unwrap();
+        let revoked = s.remove_host("web-1", "spiffe://x/agent/web-1", 7).unwrap().unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert!(s.host("web-1").unwrap().is_none());
+        assert_eq!(s.revoked().unwrap()[0].serial, "ab");
+        assert!(s.remove_host("web-1", "x", 8).unwrap().is_none());
+    }
+
+    #[test]
+    fn spending_a_token_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        let t = TokenRecord {
+            token_id: "id".into(),
+            created_at: 0,
+            expires_at: 10,
+            uses_total: 1,
+            uses_left: 1,
+            created_by: "me".into(),
+        };
+        s.put_token("h", &t).unwrap();
+        let refuse = |t: Option<&TokenRecord>| match t {
+            Some(t) if t.uses_left > 0 => Ok(()),
+            _ => Err("spent"),
+        };
+        assert_eq!(s.spend_token("h", refuse).unwrap().unwrap().uses_left, 0);
+        assert_eq!(s.spend_token("h", refuse).unwrap(), Err("spent"));
+        assert_eq!(s.spend_token("nope", refuse).unwrap(), Err("spent"));
+    }
+}

@@ -55,6 +55,8 @@ pub fn init(dir: &Path, trust_domain: TrustDomain, extra_sans: &[String]) -> any
     write_new(&dd.admin_dir().join("admin.crt"), &admin.issued.cert_pem, 0o644)?;
     write_new(&dd.admin_dir().join("ca.crt"), ca.cert_pem(), 0o644)?;
     let store = Store::create(&dd.store()).context("cannot create the controller state")?;
+    // Token hashes and the audit log are nobody else's business.
+    std::fs::set_permissions(dd.store(), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     store.set_meta(TRUST_DOMAIN_KEY, trust_domain.as_str())?;
     store.append_audit(
         crate::timefmt::now_ms(),

@@ -1,0 +1,53 @@
+//! `fleetctl audit`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet_proto::v1::ListAuditRequest;
+use serde_json::json;
+
+use crate::client::Conn;
+use crate::output::{self, Format};
+
+pub async fn run(conn: &Conn, since: Option<String>, format: Format) -> anyhow::Result<()> {
+    let since = match since {
+        None => 0,
+        Some(s) => {
+            let d = humantime::parse_duration(&s)
+                .map_err(|_| anyhow::anyhow!("--since {s:?} is not a duration (examples: 30m, 1h, 7d)"))?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+            now.saturating_sub(d).as_secs() as i64
+        }
+    };
+    let entries = conn
+        .admin()
+        .await?
+        .list_audit(ListAuditRequest { since })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner()
+        .entries;
+    let time = |ms: i64| {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+    };
+    match format {
+        Format::Json => output::json(&json!(entries
+            .iter()
+            .map(|e| json!({
+                "seq": e.seq,
+                "time": time(e.time_ms),
+                "actor": e.actor,
+                "action": e.action,
+                "target": e.target,
+                "detail": e.detail,
+            }))
+            .collect::<Vec<_>>())),
+        Format::Table => output::table(
+            &["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+            &entries
+                .iter()
+                .map(|e| vec![time(e.time_ms), e.actor.clone(), e.action.clone(), e.target.clone(), e.detail.clone()])
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
+}

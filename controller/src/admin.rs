@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
 use crate::shared::{internal, Shared};
-use crate::store::{TokenRecord, HostRecord};
+use crate::store::{HostRecord, TokenRecord};
 use crate::timefmt::now_secs;
 use crate::tokens;
 
@@ -58,11 +58,15 @@ impl Admin for AdminService {
             s => Duration::from_secs(s),
         };
         if ttl > MAX_TOKEN_TTL {
-            return Err(Status::invalid_argument("token ttl must be at most 30 days"));
+            return Err(Status::invalid_argument(
+                "token ttl must be at most 30 days",
+            ));
         }
         let uses = if req.uses == 0 { 1 } else { req.uses };
         if uses > MAX_TOKEN_USES {
-            return Err(Status::invalid_argument(format!("token uses must be at most {MAX_TOKEN_USES}")));
+            return Err(Status::invalid_argument(format!(
+                "token uses must be at most {MAX_TOKEN_USES}"
+            )));
         }
         let token = tokens::generate();
         let now = now_secs();
@@ -82,7 +86,12 @@ impl Admin for AdminService {
             )
             .map_err(internal)?;
         shared
-            .audit(&actor, "token.create", &format!("token:{}", token.id), &format!("uses={uses} ttl={}s", ttl.as_secs()))
+            .audit(
+                &actor,
+                "token.create",
+                &format!("token:{}", token.id),
+                &format!("uses={uses} ttl={}s", ttl.as_secs()),
+            )
             .map_err(internal)?;
         Ok(Response::new(CreateTokenResponse {
             token: token.secret,
@@ -92,7 +101,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_hosts(&self, _request: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
+    async fn list_hosts(
+        &self,
+        _request: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
         let shared = &self.0;
         let mut hosts: Vec<Host> = shared
             .store
@@ -105,7 +117,10 @@ impl Admin for AdminService {
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 
-    async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
+    async fn remove_host(
+        &self,
+        request: Request<RemoveHostRequest>,
+    ) -> Result<Response<RemoveHostResponse>, Status> {
         let shared = &self.0;
         let actor = Caller::from_request(&request)?.actor();
         let name: Name = request
@@ -118,16 +133,24 @@ impl Admin for AdminService {
             .store
             .remove_host(name.as_str(), &identity.uri(), now_secs())
             .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("no host named {name}: see `fleetctl hosts`")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("no host named {name}: see `fleetctl hosts`"))
+            })?;
         // Durable first, then in effect: the handshake check and the live stream.
         for r in &revoked {
             shared.revocations.insert(r.serial.clone());
         }
-        let was_connected = shared
-            .sessions
-            .close(name.as_str(), &format!("host {name} was removed by {actor}: its certificate is revoked"));
+        let was_connected = shared.sessions.close(
+            name.as_str(),
+            &format!("host {name} was removed by {actor}: its certificate is revoked"),
+        );
         shared
-            .audit(&actor, "host.remove", name.as_str(), &format!("{} certificate(s) revoked", revoked.len()))
+            .audit(
+                &actor,
+                "host.remove",
+                name.as_str(),
+                &format!("{} certificate(s) revoked", revoked.len()),
+            )
             .map_err(internal)?;
         Ok(Response::new(RemoveHostResponse {
             revoked_certificates: revoked.len() as u32,
@@ -135,7 +158,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_audit(&self, request: Request<ListAuditRequest>) -> Result<Response<ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
         let since = request.into_inner().since;
         let entries = self
             .0

@@ -43,8 +43,8 @@ pub fn authorize(
     trust_domain: &TrustDomain,
 ) -> Result<Caller, Status> {
     let addr = conn.and_then(|c| c.get_ref().remote_addr());
-    let access = access_for(path)
-        .ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
+    let access =
+        access_for(path).ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
     let cert = conn
         .and_then(|c| c.peer_certs())
         .and_then(|certs| certs.first().cloned());
@@ -55,9 +55,10 @@ pub fn authorize(
                 "client certificate required: {path} needs a fleet {role} identity"
             )))
         }
-        (Some(der), _) => Some(verify_peer(der, trust_domain).map_err(|e| {
-            Status::unauthenticated(format!("certificate not accepted: {e}"))
-        })?),
+        (Some(der), _) => Some(
+            verify_peer(der, trust_domain)
+                .map_err(|e| Status::unauthenticated(format!("certificate not accepted: {e}")))?,
+        ),
     };
     if let (Access::Role(role), Some(info)) = (access, &info) {
         if info.identity.role() != role {

@@ -9,7 +9,9 @@ use fleet_proto::identity::Identity;
 use fleet_proto::v1::agent_channel_server::AgentChannel;
 use fleet_proto::v1::agent_message::Body as Up;
 use fleet_proto::v1::controller_message::Body as Down;
-use fleet_proto::v1::{AgentMessage, ControllerMessage, Hello, RenewRequest, RenewResponse, Welcome};
+use fleet_proto::v1::{
+    AgentMessage, ControllerMessage, Hello, RenewRequest, RenewResponse, Welcome,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -37,7 +39,8 @@ fn down(body: Down) -> Result<ControllerMessage, Status> {
 fn interval_of(hello: &Hello) -> Duration {
     match hello.heartbeat_interval_ms {
         0 => DEFAULT_HEARTBEAT,
-        ms => Duration::from_millis(u64::from(ms)).clamp(Duration::from_millis(200), Duration::from_secs(300)),
+        ms => Duration::from_millis(u64::from(ms))
+            .clamp(Duration::from_millis(200), Duration::from_secs(300)),
     }
 }
 
@@ -66,10 +69,16 @@ impl AgentChannel for ChannelService {
         }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(AgentMessage { body: Some(Up::Hello(h)) }))) => h,
+            Ok(Ok(Some(AgentMessage {
+                body: Some(Up::Hello(h)),
+            }))) => h,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
-            _ => return Err(Status::invalid_argument("the first message on a session must be Hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a session must be Hello",
+                ))
+            }
         };
         let address = caller.addr.map(|a| a.ip().to_string()).unwrap_or_default();
         let facts = hello.facts.clone().unwrap_or_default();
@@ -128,11 +137,20 @@ async fn drive(
         }
     };
     shared.sessions.end(&name, id);
-    let _ = shared.store.update_host(&name, |h| h.last_seen_ms = now_ms());
+    let _ = shared
+        .store
+        .update_host(&name, |h| h.last_seen_ms = now_ms());
     tracing::info!(host = %name, reason, "host down");
 }
 
-async fn handle(shared: &Shared, identity: &Identity, name: &str, id: u64, body: Up, tx: &Outbound) {
+async fn handle(
+    shared: &Shared,
+    identity: &Identity,
+    name: &str,
+    id: u64,
+    body: Up,
+    tx: &Outbound,
+) {
     match body {
         Up::Heartbeat(_) => shared.sessions.heartbeat(name, id),
         Up::Renew(req) => {
@@ -150,13 +168,20 @@ async fn handle(shared: &Shared, identity: &Identity, name: &str, id: u64, body:
         Up::Event(ev) => {
             tracing::info!(host = %name, kind = %ev.kind, subject = %ev.subject, message = %ev.message, "agent event")
         }
-        Up::Result(r) => tracing::debug!(host = %name, id = %r.id, status = r.status, "command result"),
+        Up::Result(r) => {
+            tracing::debug!(host = %name, id = %r.id, status = r.status, "command result")
+        }
         Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),
     }
 }
 
 /// Issues a new certificate for the stream's own identity; the CSR only supplies the key.
-fn renew(shared: &Shared, identity: &Identity, name: &str, req: &RenewRequest) -> Result<RenewResponse, String> {
+fn renew(
+    shared: &Shared,
+    identity: &Identity,
+    name: &str,
+    req: &RenewRequest,
+) -> Result<RenewResponse, String> {
     let csr = parse_csr(&req.csr_pem).map_err(|e| e.to_string())?;
     let issued = shared
         .ca

@@ -52,8 +52,8 @@ impl Settings {
     pub fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let file: FileConfig =
-            toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
+        let file: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("config file {} is invalid", path.display()))?;
         if let Some(v) = file.listen {
             self.listen = v;
         }
@@ -76,10 +76,14 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.agent_cert_lifetime < Duration::from_secs(3) || self.agent_cert_lifetime > Duration::from_secs(366 * 24 * 3600) {
+        if self.agent_cert_lifetime < Duration::from_secs(3)
+            || self.agent_cert_lifetime > Duration::from_secs(366 * 24 * 3600)
+        {
             bail!("agent_cert_lifetime must be between 3s and 366d");
         }
-        if self.handshake_timeout < Duration::from_millis(100) || self.handshake_timeout > Duration::from_secs(120) {
+        if self.handshake_timeout < Duration::from_millis(100)
+            || self.handshake_timeout > Duration::from_secs(120)
+        {
             bail!("handshake_timeout must be between 100ms and 120s");
         }
         if self.join_burst == 0 || self.join_per_minute == 0 {

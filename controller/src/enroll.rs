@@ -24,7 +24,11 @@ impl Enrollment for EnrollmentService {
         let caller = Caller::from_request(&request)?.clone();
         let ip = caller.addr.map(|a| a.ip());
         if let Some(ip) = ip {
-            let limited = shared.join_limiter.lock().expect("limiter lock").check(ip, Instant::now());
+            let limited = shared
+                .join_limiter
+                .lock()
+                .expect("limiter lock")
+                .check(ip, Instant::now());
             if let Err(wait) = limited {
                 tracing::warn!(peer = %ip, "join rate limit hit");
                 return Err(Status::resource_exhausted(format!(
@@ -40,7 +44,12 @@ impl Enrollment for EnrollmentService {
             .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
         tokens::check_format(&req.token).map_err(|e| Status::permission_denied(e.to_string()))?;
         let csr = parse_csr(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if shared.store.host(name.as_str()).map_err(internal)?.is_some() {
+        if shared
+            .store
+            .host(name.as_str())
+            .map_err(internal)?
+            .is_some()
+        {
             return Err(Status::already_exists(format!(
                 "host {name} is already enrolled: remove it first with `fleetctl host remove {name}`, or join with another --name"
             )));
@@ -56,8 +65,13 @@ impl Enrollment for EnrollmentService {
             Ok(token) => token,
             Err(refused) => {
                 let target = name.to_string();
-                let detail = format!("from {}: {refused}", ip.map(|i| i.to_string()).unwrap_or_default());
-                shared.audit("anonymous", "host.join.refused", &target, &detail).map_err(internal)?;
+                let detail = format!(
+                    "from {}: {refused}",
+                    ip.map(|i| i.to_string()).unwrap_or_default()
+                );
+                shared
+                    .audit("anonymous", "host.join.refused", &target, &detail)
+                    .map_err(internal)?;
                 return Err(Status::permission_denied(refused.to_string()));
             }
         };

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use crate::shared::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let app = Router::new().route("/healthz", get(health)).with_state(shared);
+    let app = Router::new()
+        .route("/healthz", get(health))
+        .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP listener failed");
     }

@@ -20,7 +20,11 @@ pub struct InitOutcome {
     pub admin_dir: std::path::PathBuf,
 }
 
-pub fn init(dir: &Path, trust_domain: TrustDomain, extra_sans: &[String]) -> anyhow::Result<InitOutcome> {
+pub fn init(
+    dir: &Path,
+    trust_domain: TrustDomain,
+    extra_sans: &[String],
+) -> anyhow::Result<InitOutcome> {
     let dd = DataDir(dir.to_owned());
     for existing in [dd.ca_cert(), dd.ca_key(), dd.store()] {
         if existing.exists() {
@@ -52,11 +56,18 @@ pub fn init(dir: &Path, trust_domain: TrustDomain, extra_sans: &[String]) -> any
     write_new(&dd.server_key(), &server.key_pem, 0o600)?;
     write_new(&dd.server_cert(), &server.issued.cert_pem, 0o644)?;
     write_new(&dd.admin_dir().join("admin.key"), &admin.key_pem, 0o600)?;
-    write_new(&dd.admin_dir().join("admin.crt"), &admin.issued.cert_pem, 0o644)?;
+    write_new(
+        &dd.admin_dir().join("admin.crt"),
+        &admin.issued.cert_pem,
+        0o644,
+    )?;
     write_new(&dd.admin_dir().join("ca.crt"), ca.cert_pem(), 0o644)?;
     let store = Store::create(&dd.store()).context("cannot create the controller state")?;
     // Token hashes and the audit log are nobody else's business.
-    std::fs::set_permissions(dd.store(), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::set_permissions(
+        dd.store(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     store.set_meta(TRUST_DOMAIN_KEY, trust_domain.as_str())?;
     store.append_audit(
         crate::timefmt::now_ms(),

@@ -55,7 +55,9 @@ fn random_serial() -> (SerialNumber, String) {
 }
 
 fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Validity window: backdated a little for clock skew between hosts, but never by more
@@ -78,10 +80,7 @@ fn leaf_params(identity: &Identity, lifetime: Duration) -> (CertificateParams, S
     dn.push(DnType::CommonName, identity.uri());
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(
-        identity
-            .uri()
-            .try_into()
-            .expect("identity URIs are ASCII"),
+        identity.uri().try_into().expect("identity URIs are ASCII"),
     )];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -274,9 +273,9 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let mut greedy = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
         greedy.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        greedy
-            .subject_alt_names
-            .push(SanType::URI("spiffe://fleet.local/admin/root".try_into().unwrap()));
+        greedy.subject_alt_names.push(SanType::URI(
+            "spiffe://fleet.local/admin/root".try_into().unwrap(),
+        ));
         greedy.not_after = rcgen::date_time_ymd(4000, 1, 1);
         let csr = greedy.serialize_request(&key).unwrap().pem().unwrap();
 
@@ -302,7 +301,11 @@ mod tests {
         let (ca, _) = Ca::generate(TrustDomain::default()).unwrap();
         let identity = Identity::agent(TrustDomain::default(), "a".parse().unwrap());
         let err = ca
-            .issue_client_from_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &identity, Duration::from_secs(60))
+            .issue_client_from_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                &identity,
+                Duration::from_secs(60),
+            )
             .unwrap_err();
         assert!(matches!(err, PkiError::BadCsr(_)));
     }
@@ -313,7 +316,12 @@ mod tests {
         let again = Ca::load(TrustDomain::default(), ca.cert_pem(), &key_pem).unwrap();
         assert_eq!(again.pin(), ca.pin());
         let id = Identity::admin(TrustDomain::default(), "ops".parse().unwrap());
-        let local = again.new_client_identity(&id, Duration::from_secs(60)).unwrap();
-        assert_eq!(cert_info(&der(&local.issued.cert_pem)).unwrap().identity, id);
+        let local = again
+            .new_client_identity(&id, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            cert_info(&der(&local.issued.cert_pem)).unwrap().identity,
+            id
+        );
     }
 }

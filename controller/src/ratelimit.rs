@@ -31,8 +31,9 @@ impl RateLimiter {
             });
         }
         let (tokens, at) = self.buckets.entry(ip).or_insert((self.burst, now));
-        let refilled =
-            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        let refilled = (*tokens
+            + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
         *at = now;
         if refilled >= 1.0 {
             *tokens = refilled - 1.0;

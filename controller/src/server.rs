@@ -38,12 +38,19 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
     let store = Store::open(&dd.store())?;
     let td: TrustDomain = store
         .meta(TRUST_DOMAIN_KEY)?
-        .context("controller state has no trust domain: it was not made by `fleet-controller init`")?
+        .context(
+            "controller state has no trust domain: it was not made by `fleet-controller init`",
+        )?
         .parse()
         .context("controller state holds an invalid trust domain")?;
     let ca = Ca::load(td, &dd.read(&dd.ca_cert())?, &dd.read(&dd.ca_key())?)?;
-    let revocations = Arc::new(Revocations::new(store.revoked()?.into_iter().map(|r| r.serial)));
-    let join_limiter = Mutex::new(RateLimiter::new(settings.join_burst, settings.join_per_minute));
+    let revocations = Arc::new(Revocations::new(
+        store.revoked()?.into_iter().map(|r| r.serial),
+    ));
+    let join_limiter = Mutex::new(RateLimiter::new(
+        settings.join_burst,
+        settings.join_per_minute,
+    ));
     Ok(Arc::new(Shared {
         store,
         ca,
@@ -65,9 +72,12 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         shared.revocations.clone(),
     )?;
 
-    let grpc = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (gRPC): is another controller running?", settings.listen))?;
+    let grpc = TcpListener::bind(settings.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (gRPC): is another controller running?",
+            settings.listen
+        )
+    })?;
     let http = TcpListener::bind(settings.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_listen))?;
@@ -80,7 +90,12 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     );
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
-    let accept = tokio::spawn(tls::accept_loop(grpc, tls_config, settings.handshake_timeout, conn_tx));
+    let accept = tokio::spawn(tls::accept_loop(
+        grpc,
+        tls_config,
+        settings.handshake_timeout,
+        conn_tx,
+    ));
     let reaper = tokio::spawn(reap(shared.clone()));
     let pruner = tokio::spawn(prune(shared.clone()));
     let http_server = tokio::spawn(crate::http::serve(http, shared.clone()));
@@ -100,7 +115,9 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
             shutdown.await;
             tracing::info!("shutting down: closing agent sessions");
             // Open bidi streams would hold graceful shutdown forever; end them first.
-            shared_for_shutdown.sessions.close_all("controller shutting down");
+            shared_for_shutdown
+                .sessions
+                .close_all("controller shutting down");
         });
     // Bounded: a client that ignores GOAWAY must not keep the controller from exiting.
     let result = tokio::select! {

@@ -86,7 +86,13 @@ impl Sessions {
     }
 
     pub fn close_all(&self, reason: &str) {
-        let all: Vec<Live> = self.live.lock().expect("sessions lock").drain().map(|(_, l)| l).collect();
+        let all: Vec<Live> = self
+            .live
+            .lock()
+            .expect("sessions lock")
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
         for mut l in all {
             if let Some(close) = l.close.take() {
                 let _ = close.send(reason.to_owned());
@@ -99,7 +105,9 @@ impl Sessions {
         let mut live = self.live.lock().expect("sessions lock");
         let dead: Vec<String> = live
             .iter()
-            .filter(|(_, l)| now.saturating_duration_since(l.last_heartbeat) > l.interval * MISSED_HEARTBEATS)
+            .filter(|(_, l)| {
+                now.saturating_duration_since(l.last_heartbeat) > l.interval * MISSED_HEARTBEATS
+            })
             .map(|(h, _)| h.clone())
             .collect();
         for host in &dead {
@@ -116,7 +124,8 @@ impl Sessions {
     pub fn up(&self, host: &str) -> Option<String> {
         let live = self.live.lock().expect("sessions lock");
         live.get(host).and_then(|l| {
-            (l.last_heartbeat.elapsed() <= l.interval * MISSED_HEARTBEATS).then(|| l.address.clone())
+            (l.last_heartbeat.elapsed() <= l.interval * MISSED_HEARTBEATS)
+                .then(|| l.address.clone())
         })
     }
 
@@ -136,7 +145,10 @@ mod tests {
         let t0 = Instant::now();
         assert!(s.reap(t0 + Duration::from_millis(250)).is_empty());
         s.heartbeat("h", id);
-        assert_eq!(s.reap(Instant::now() + Duration::from_millis(301)), vec!["h".to_string()]);
+        assert_eq!(
+            s.reap(Instant::now() + Duration::from_millis(301)),
+            vec!["h".to_string()]
+        );
         assert!(close.try_recv().unwrap().contains("heartbeat"));
         assert!(s.up("h").is_none());
     }

@@ -22,8 +22,15 @@ pub struct Shared {
 impl Shared {
     /// Appends to the audit log. An audit write that fails fails the operation that asked
     /// for it: an action that cannot be recorded is not done silently.
-    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), StoreError> {
-        self.store.append_audit(now_ms(), actor, action, target, detail)?;
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .append_audit(now_ms(), actor, action, target, detail)?;
         tracing::info!(actor, action, target, detail, "audit");
         Ok(())
     }

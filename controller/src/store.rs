@@ -28,7 +28,9 @@ pub enum StoreError {
          re-enroll)"
     )]
     Unreadable { path: PathBuf, reason: String },
-    #[error("controller state {0} does not exist: run `fleet-controller init --data-dir DIR` first")]
+    #[error(
+        "controller state {0} does not exist: run `fleet-controller init --data-dir DIR` first"
+    )]
     Missing(PathBuf),
     #[error("controller state: {0}")]
     Db(String),
@@ -102,7 +104,11 @@ pub struct Store {
     db: Database,
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
         table,
         key: key.to_owned(),
@@ -159,7 +165,10 @@ impl Store {
         let schema = (|| -> Result<Option<String>, StoreError> {
             let tx = store.db.begin_read().map_err(db_err)?;
             let meta = tx.open_table(META).map_err(db_err)?;
-            Ok(meta.get(SCHEMA_KEY).map_err(db_err)?.map(|v| v.value().to_owned()))
+            Ok(meta
+                .get(SCHEMA_KEY)
+                .map_err(db_err)?
+                .map(|v| v.value().to_owned()))
         })()
         .map_err(|e| unreadable(e.to_string()))?;
         match schema.as_deref() {
@@ -174,7 +183,10 @@ impl Store {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(META).map_err(db_err)?;
-        Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_owned()))
+        Ok(table
+            .get(key)
+            .map_err(db_err)?
+            .map(|v| v.value().to_owned()))
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -298,7 +310,9 @@ impl Store {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = tx.open_table(TOKENS).map_err(db_err)?;
-            table.insert(hash, encode(token).as_slice()).map_err(db_err)?;
+            table
+                .insert(hash, encode(token).as_slice())
+                .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -322,7 +336,9 @@ impl Store {
                 Ok(()) => {
                     let mut token = current.expect("decide allowed a missing token");
                     token.uses_left = token.uses_left.saturating_sub(1);
-                    table.insert(hash, encode(&token).as_slice()).map_err(db_err)?;
+                    table
+                        .insert(hash, encode(&token).as_slice())
+                        .map_err(db_err)?;
                     Ok(token)
                 }
             }
@@ -383,7 +399,9 @@ impl Store {
                 target: target.to_owned(),
                 detail: detail.to_owned(),
             };
-            table.insert(seq, encode(&record).as_slice()).map_err(db_err)?;
+            table
+                .insert(seq, encode(&record).as_slice())
+                .map_err(db_err)?;
             record
         };
         tx.commit().map_err(db_err)?;
@@ -448,7 +466,11 @@ mod tests {
     fn garbage_file_is_refused_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        std::fs::write(&path, b"this is not a database, it is a text file ".repeat(200)).unwrap();
+        std::fs::write(
+            &path,
+            b"this is not a database, it is a text file ".repeat(200),
+        )
+        .unwrap();
         let err = Store::open(&path).err().expect("garbage accepted");
         assert!(matches!(err, StoreError::Unreadable { .. }), "{err}");
         assert!(err.to_string().contains("restore the file from a backup"));
@@ -468,7 +490,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::create(&dir.path().join("s.redb")).unwrap();
         s.put_host(&host("web-1")).unwrap();
-        let revoked = s.remove_host("web-1", "spiffe://x/agent/web-1", 7).unwrap().unwrap();
+        let revoked = s
+            .remove_host("web-1", "spiffe://x/agent/web-1", 7)
+            .unwrap()
+            .unwrap();
         assert_eq!(revoked.len(), 1);
         assert!(s.host("web-1").unwrap().is_none());
         assert_eq!(s.revoked().unwrap()[0].serial, "ab");

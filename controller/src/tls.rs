@@ -15,7 +15,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -67,7 +70,9 @@ impl ClientCertVerifier for RevocationAwareVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if self.revoked.contains(&hex::encode(cert.raw_serial())) {
@@ -140,7 +145,11 @@ pub async fn accept_loop(
     let acceptor = TlsAcceptor::from(config);
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
-        let permit = pending.clone().acquire_owned().await.expect("semaphore open");
+        let permit = pending
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {

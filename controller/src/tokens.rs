@@ -38,13 +38,17 @@ pub fn hash(secret: &str) -> String {
 /// Why a token was refused; each message says what to do next.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenRefused {
-    #[error("join token is malformed (expected fleetjoin_…, as printed by `fleetctl token create`)")]
+    #[error(
+        "join token is malformed (expected fleetjoin_…, as printed by `fleetctl token create`)"
+    )]
     Malformed,
     #[error("join token is unknown to this controller: check it was copied whole and made by `fleetctl token create` on this controller")]
     Unknown,
     #[error("join token expired at {0}: create a new one with `fleetctl token create`")]
     Expired(String),
-    #[error("join token already used ({0} of {0} uses): create a new one with `fleetctl token create`")]
+    #[error(
+        "join token already used ({0} of {0} uses): create a new one with `fleetctl token create`"
+    )]
     Spent(u32),
 }
 
@@ -96,10 +100,19 @@ mod tests {
     #[test]
     fn refusals_name_the_reason() {
         assert_eq!(check_use(None, 0), Err(TokenRefused::Unknown));
-        assert!(matches!(check_use(Some(&record(10, 1)), 10), Err(TokenRefused::Expired(_))));
-        assert_eq!(check_use(Some(&record(10, 0)), 5), Err(TokenRefused::Spent(1)));
+        assert!(matches!(
+            check_use(Some(&record(10, 1)), 10),
+            Err(TokenRefused::Expired(_))
+        ));
+        assert_eq!(
+            check_use(Some(&record(10, 0)), 5),
+            Err(TokenRefused::Spent(1))
+        );
         assert_eq!(check_use(Some(&record(10, 1)), 5), Ok(()));
         assert_eq!(check_format("hunter2"), Err(TokenRefused::Malformed));
-        assert_eq!(check_format(&format!("{PREFIX}{}", "a".repeat(200))), Err(TokenRefused::Malformed));
+        assert_eq!(
+            check_format(&format!("{PREFIX}{}", "a".repeat(200))),
+            Err(TokenRefused::Malformed)
+        );
     }
 }

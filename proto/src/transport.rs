@@ -16,7 +16,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::peer::CaPin;
@@ -202,6 +206,14 @@ pub async fn connect(
             )
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            let tls = tokio::time::timeout(timeout, first_bytes(tls))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "controller sent nothing after the TLS handshake",
+                    )
+                })??;
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     });
@@ -226,6 +238,82 @@ pub enum ConnectError {
 impl From<tonic::transport::Error> for ConnectError {
     fn from(e: tonic::transport::Error) -> Self {
         ConnectError::Transport(e)
+    }
+}
+
+/// With TLS 1.3 the server judges our certificate only after our side of the handshake
+/// is done, so a refusal (revoked, expired, unknown CA) would otherwise surface later as a
+/// generic HTTP/2 error with the alert lost. The HTTP/2 server speaks first (its SETTINGS
+/// frame), so reading until the first byte either proves we were accepted or yields the
+/// alert as a typed rustls error. The bytes read are replayed to the HTTP/2 client.
+async fn first_bytes(mut tls: TlsStream<TcpStream>) -> io::Result<Replay<TlsStream<TcpStream>>> {
+    let mut buf = vec![0u8; 1024];
+    let n = tls.read(&mut buf).await?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "controller closed the connection after the TLS handshake",
+        ));
+    }
+    buf.truncate(n);
+    Ok(Replay {
+        prefix: buf,
+        pos: 0,
+        inner: tls,
+    })
+}
+
+/// A stream that first yields `prefix`, then reads from `inner`.
+pub struct Replay<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -266,6 +354,15 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Failure {
                     };
                 }
             }
+            // h2 rebuilds I/O errors from their text, so the rustls error may only survive
+            // as "received fatal alert: <Name>".
+            if let Some(alert) = io
+                .to_string()
+                .strip_prefix("received fatal alert: ")
+                .and_then(alert_from_name)
+            {
+                return Failure::CertificateRefused(alert);
+            }
             use io::ErrorKind::*;
             if matches!(
                 io.kind(),
@@ -281,6 +378,25 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Failure {
         cur = e.source();
     }
     Failure::Other
+}
+
+fn alert_from_name(name: &str) -> Option<AlertDescription> {
+    use AlertDescription::*;
+    [
+        CertificateRevoked,
+        CertificateExpired,
+        UnknownCA,
+        CertificateRequired,
+        BadCertificate,
+        UnsupportedCertificate,
+        CertificateUnknown,
+        AccessDenied,
+        ProtocolVersion,
+        HandshakeFailure,
+        DecryptError,
+    ]
+    .into_iter()
+    .find(|a| format!("{a:?}") == name.trim())
 }
 
 /// A short operator-facing reason for a refused certificate alert.
@@ -299,6 +415,26 @@ pub fn alert_reason(alert: AlertDescription) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alerts_survive_being_turned_into_text() {
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRevoked",
+        );
+        assert_eq!(
+            classify(&err),
+            Failure::CertificateRefused(AlertDescription::CertificateRevoked)
+        );
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+        );
+        assert_eq!(
+            classify(&err),
+            Failure::CertificateRefused(AlertDescription::UnknownCA)
+        );
+    }
 
     #[test]
     fn server_names_from_addresses() {

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init { data_dir, trust_domain, sans } => {
+        Command::Init {
+            data_dir,
+            trust_domain,
+            sans,
+        } => {
             let td: TrustDomain = trust_domain.parse()?;
             let out = fleet_controller::init::init(&data_dir, td, &sans)?;
             println!("ca-pin: {}", out.pin);
@@ -76,7 +80,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run { data_dir, listen, http_listen, config, agent_cert_lifetime } => {
+        Command::Run {
+            data_dir,
+            listen,
+            http_listen,
+            config,
+            agent_cert_lifetime,
+        } => {
             let mut settings = Settings::default();
             if let Some(path) = config {
                 settings.apply_file(&path)?;
@@ -90,7 +100,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             if let Some(v) = agent_cert_lifetime {
                 settings.agent_cert_lifetime = parse_duration("--agent-cert-lifetime", &v)?;
             }
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(fleet_controller::server::run(&data_dir, settings))
         }
     }

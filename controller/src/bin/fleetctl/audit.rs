@@ -12,9 +12,12 @@ pub async fn run(conn: &Conn, since: Option<String>, format: Format) -> anyhow::
     let since = match since {
         None => 0,
         Some(s) => {
-            let d = humantime::parse_duration(&s)
-                .map_err(|_| anyhow::anyhow!("--since {s:?} is not a duration (examples: 30m, 1h, 7d)"))?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+            let d = humantime::parse_duration(&s).map_err(|_| {
+                anyhow::anyhow!("--since {s:?} is not a duration (examples: 30m, 1h, 7d)")
+            })?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
             now.saturating_sub(d).as_secs() as i64
         }
     };
@@ -27,7 +30,8 @@ pub async fn run(conn: &Conn, since: Option<String>, format: Format) -> anyhow::
         .into_inner()
         .entries;
     let time = |ms: i64| {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+            .to_string()
     };
     match format {
         Format::Json => output::json(&json!(entries
@@ -45,7 +49,15 @@ pub async fn run(conn: &Conn, since: Option<String>, format: Format) -> anyhow::
             &["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"],
             &entries
                 .iter()
-                .map(|e| vec![time(e.time_ms), e.actor.clone(), e.action.clone(), e.target.clone(), e.detail.clone()])
+                .map(|e| {
+                    vec![
+                        time(e.time_ms),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.target.clone(),
+                        e.detail.clone(),
+                    ]
+                })
                 .collect::<Vec<_>>(),
         ),
     }

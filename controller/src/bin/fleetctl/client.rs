@@ -71,15 +71,9 @@ impl Conn {
     }
 
     pub fn status(&self, status: tonic::Status) -> anyhow::Error {
-        use std::error::Error;
-        if status.code() == tonic::Code::Unknown || status.code() == tonic::Code::Unavailable {
-            if let Some(source) = status.source() {
-                let explained = self.explain(source);
-                if !explained.to_string().is_empty() {
-                    return explained;
-                }
-            }
+        match classify(&status) {
+            Failure::Other => anyhow!("{}", status.message()),
+            _ => self.explain(&status),
         }
-        anyhow!("{}", status.message())
     }
 }

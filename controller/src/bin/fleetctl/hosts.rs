@@ -36,7 +36,14 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
             }))
             .collect::<Vec<_>>())),
         Format::Table => output::table(
-            &["NAME", "ADDRESS", "STATE", "LAST SEEN", "VERSION", "CERT EXPIRES"],
+            &[
+                "NAME",
+                "ADDRESS",
+                "STATE",
+                "LAST SEEN",
+                "VERSION",
+                "CERT EXPIRES",
+            ],
             &hosts
                 .iter()
                 .map(|h| {
@@ -74,7 +81,11 @@ pub async fn run(conn: &Conn, cmd: HostCmd, format: Format) -> anyhow::Result<()
                 Format::Table => println!(
                     "removed host {name}: {} certificate(s) revoked{}",
                     resp.revoked_certificates,
-                    if resp.was_connected { ", its stream closed" } else { "" }
+                    if resp.was_connected {
+                        ", its stream closed"
+                    } else {
+                        ""
+                    }
                 ),
             }
             Ok(())

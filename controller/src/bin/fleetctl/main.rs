@@ -16,13 +16,27 @@ use clap::{Parser, Subcommand};
 use output::Format;
 
 #[derive(Parser)]
-#[command(name = "fleetctl", version, about = "Operate a fleet through its controller")]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Operate a fleet through its controller"
+)]
 pub struct Cli {
     /// Controller gRPC address.
-    #[arg(long, global = true, env = "FLEET_CONTROLLER", default_value = "127.0.0.1:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_CONTROLLER",
+        default_value = "127.0.0.1:7443"
+    )]
     controller: String,
     /// Directory holding ca.crt, admin.crt and admin.key.
-    #[arg(long, global = true, env = "FLEET_IDENTITY", default_value = "/etc/fleet/admin")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_IDENTITY",
+        default_value = "/etc/fleet/admin"
+    )]
     identity: PathBuf,
     /// Output format; json prints exactly one JSON document on stdout.
     #[arg(long, global = true, value_enum, default_value = "table")]
@@ -51,7 +65,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");

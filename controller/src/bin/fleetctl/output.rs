@@ -9,7 +9,10 @@ pub enum Format {
 }
 
 pub fn json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("json values serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("json values serialize")
+    );
 }
 
 /// Prints rows under a header, columns padded to their widest cell.
@@ -40,7 +43,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 /// RFC 3339 (UTC, seconds) or `None` for "never".
 pub fn time(unix_secs: i64) -> Option<String> {
     (unix_secs > 0).then(|| {
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs as u64)).to_string()
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs as u64))
+            .to_string()
     })
 }
 

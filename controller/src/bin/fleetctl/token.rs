@@ -23,8 +23,9 @@ pub enum TokenCmd {
 pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create { ttl, uses } => {
-            let ttl = humantime::parse_duration(&ttl)
-                .map_err(|_| anyhow::anyhow!("--ttl {ttl:?} is not a duration (examples: 30m, 1h, 2d)"))?;
+            let ttl = humantime::parse_duration(&ttl).map_err(|_| {
+                anyhow::anyhow!("--ttl {ttl:?} is not a duration (examples: 30m, 1h, 2d)")
+            })?;
             if ttl.as_secs() == 0 {
                 anyhow::bail!("--ttl must be at least 1s");
             }

@@ -1,0 +1,271 @@
+//! Runs the real fleet-controller (and fleetctl, fleet-agent) binaries on loopback in a
+//! temp dir. Every process started here is killed by PID when its guard drops.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin(name: &str) -> PathBuf {
+    let controller = PathBuf::from(env!("CARGO_BIN_EXE_fleet-controller"));
+    let path = controller.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (or `cargo build -p fleet-agent` first)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL, by its own PID) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .env("FLEET_LOG", "info")
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub http_port: u16,
+    pub pin: String,
+    pub controller: Option<Proc>,
+    pub extra_args: Vec<String>,
+    starts: usize,
+}
+
+impl Fleet {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("controller")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn admin_dir(&self) -> PathBuf {
+        self.data_dir().join("admin")
+    }
+
+    /// `fleet-controller init` + `run`, waiting until the controller accepts connections.
+    pub fn start(extra_args: &[&str]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(bin("fleet-controller"))
+            .args(["init", "--data-dir"])
+            .arg(dir.path().join("controller"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let pin = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ca-pin: "))
+            .expect("init prints ca-pin")
+            .to_owned();
+        let mut fleet = Fleet {
+            dir,
+            port: free_port(),
+            http_port: free_port(),
+            pin,
+            controller: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        fleet.run_controller();
+        fleet
+    }
+
+    pub fn run_controller(&mut self) {
+        self.starts += 1;
+        let mut cmd = Command::new(bin("fleet-controller"));
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen", &self.addr()])
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args(&self.extra_args);
+        let log = self
+            .dir
+            .path()
+            .join(format!("controller-{}.log", self.starts));
+        let proc = Proc::spawn(cmd, log);
+        let addr = self.addr();
+        wait_for("controller to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+        self.controller = Some(proc);
+    }
+
+    pub fn restart_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = c.child.wait();
+        }
+        self.run_controller();
+    }
+
+    pub fn controller_log(&self) -> String {
+        self.controller.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    pub fn fleetctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("fleetctl"))
+            .args(["--controller", &self.addr()])
+            .arg("--identity")
+            .arg(self.admin_dir())
+            .args(args)
+            .env_remove("FLEET_CONTROLLER")
+            .env_remove("FLEET_IDENTITY")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs fleetctl expecting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.fleetctl(args);
+        assert!(
+            out.status.success(),
+            "fleetctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn token(&self, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create"];
+        args.extend_from_slice(extra);
+        self.ok(&args).trim().to_owned()
+    }
+
+    pub fn hosts(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["hosts", "--output", "json"])).unwrap()
+    }
+
+    pub fn host_state(&self, name: &str) -> Option<String> {
+        self.hosts()
+            .into_iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["state"].as_str().unwrap().to_owned())
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        wait_for(&format!("{name} to be {state}"), timeout, || {
+            (self.host_state(name).as_deref() == Some(state)).then_some(())
+        });
+        start.elapsed()
+    }
+
+    /// Enrolls a host with the real agent binary; returns its state dir.
+    pub fn join(&self, name: &str, token: &str) -> PathBuf {
+        let state = self.dir.path().join(format!("agent-{name}"));
+        let out = self.agent_join(name, token, &state, &[]);
+        assert!(
+            out.status.success(),
+            "join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        state
+    }
+
+    pub fn agent_join(&self, name: &str, token: &str, state: &Path, extra: &[&str]) -> Output {
+        Command::new(bin("fleet-agent"))
+            .args([
+                "join",
+                "--controller",
+                &self.addr(),
+                "--token",
+                token,
+                "--ca-pin",
+                &self.pin,
+            ])
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--name", name])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    pub fn run_agent(&self, name: &str, state: &Path) -> Proc {
+        let mut cmd = Command::new(bin("fleet-agent"));
+        cmd.arg("run")
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--heartbeat-interval", "1s"]);
+        Proc::spawn(cmd, self.dir.path().join(format!("agent-{name}.log")))
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.stop();
+        }
+    }
+}

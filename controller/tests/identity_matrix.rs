@@ -320,8 +320,7 @@ async fn a_tls12_client_is_refused_and_logged() {
     let err = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect("127.0.0.1".try_into().unwrap(), tcp)
         .await
-        .err()
-        .expect("TLS 1.2 handshake accepted");
+        .expect_err("TLS 1.2 handshake accepted");
     assert!(err.to_string().contains("ProtocolVersion"), "{err}");
     support::wait_for("a warn log of the refused handshake", T, || {
         let log = fleet.controller_log();

@@ -1,0 +1,147 @@
+//! Command-line surface. Operators script against these names (DESIGN.md, "Command-line
+//! contract"): add flags freely, never rename one without keeping the old spelling.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::state::DEFAULT_STATE_DIR;
+
+#[derive(Parser)]
+#[command(name = "fleet-agent", version, about = "fleet host agent")]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Enroll this host with a controller (once; --force to enroll again).
+    Join(JoinArgs),
+    /// Hold the session with the controller (the systemd service runs this).
+    Run(RunArgs),
+}
+
+// No `Debug` derive: the token must not end up in a debug print by accident.
+#[derive(Args)]
+pub struct JoinArgs {
+    /// Controller gRPC address.
+    #[arg(long, env = "FLEET_CONTROLLER", value_name = "ADDR:PORT")]
+    pub controller: String,
+
+    /// Join token from `fleetctl token create`.
+    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Fingerprint of the fleet CA, as printed by `fleet-controller init`.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub ca_pin: String,
+
+    #[arg(long, env = "FLEET_AGENT_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Host name in the fleet (default: this machine's short host name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Enroll again even if this state dir already holds an enrollment.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, env = "FLEET_AGENT_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Optional TOML config file (heartbeat_interval, max_backoff).
+    #[arg(long, env = "FLEET_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Heartbeat period, e.g. "10s" (overrides the config file).
+    #[arg(long, env = "FLEET_AGENT_HEARTBEAT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+}
+
+/// Runs the chosen command on its own runtime.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Two workers are plenty for one stream; a small, fixed number keeps the agent's
+        // footprint predictable on small VMs.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = match cli.command {
+        Command::Join(args) => runtime.block_on(async {
+            let line = crate::enroll::join(args).await?;
+            println!("{line}");
+            Ok(())
+        }),
+        Command::Run(args) => runtime.block_on(crate::channel::run(args)),
+    };
+    // Do not let a stuck blocking task hold up `systemctl stop`.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn lead_e2e_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "fleet-agent",
+            "run",
+            "--state-dir",
+            "/tmp/d",
+            "--heartbeat-interval",
+            "1s",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Run(r) => assert_eq!(r.heartbeat_interval, Some(Duration::from_secs(1))),
+            Command::Join(_) => panic!("parsed as join"),
+        }
+        let cli = Cli::try_parse_from([
+            "fleet-agent",
+            "--log-format",
+            "json",
+            "join",
+            "--controller",
+            "127.0.0.1:7443",
+            "--token",
+            "t",
+            "--ca-pin",
+            "sha256:00",
+            "--state-dir",
+            "/tmp/d",
+            "--name",
+            "h1",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(
+            matches!(cli.command, Command::Join(ref j) if j.name.as_deref() == Some("h1") && !j.force)
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Settings of `fleet-agent run`: an optional TOML file, overridden by flags and env, and
+//! validated once here so the rest of the agent only sees sane values.
+//!
+//! ```toml
+//! heartbeat_interval = "10s"   # 100ms ..= 1h
+//! max_backoff = "30s"          # 1s ..= 1h, cap of the reconnect delay
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backoff;
+
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+const MAX_BACKOFF_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            max_backoff: backoff::DEFAULT_MAX,
+        }
+    }
+}
+
+/// The file as written; durations stay strings until validated so errors can name them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    heartbeat_interval: Option<String>,
+    max_backoff: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{origin}: {field} = {value:?}: {reason}")]
+    Field {
+        origin: String,
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Builds the settings: defaults, then the file (if any), then `heartbeat_flag` (from
+/// `--heartbeat-interval` or `FLEET_AGENT_HEARTBEAT_INTERVAL`).
+pub fn resolve(
+    file: Option<&Path>,
+    heartbeat_flag: Option<Duration>,
+) -> Result<Settings, ConfigError> {
+    let mut settings = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            from_toml(&text, path)?
+        }
+        None => Settings::default(),
+    };
+    if let Some(interval) = heartbeat_flag {
+        check_range(
+            "--heartbeat-interval",
+            "heartbeat_interval",
+            interval,
+            HEARTBEAT_RANGE,
+        )?;
+        settings.heartbeat_interval = interval;
+    }
+    Ok(settings)
+}
+
+/// Parses and validates a config file's text; `path` only labels errors.
+pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    let raw: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let origin = format!("config file {}", path.display());
+    let mut settings = Settings::default();
+    if let Some(v) = raw.heartbeat_interval {
+        settings.heartbeat_interval = duration(&origin, "heartbeat_interval", &v, HEARTBEAT_RANGE)?;
+    }
+    if let Some(v) = raw.max_backoff {
+        settings.max_backoff = duration(&origin, "max_backoff", &v, MAX_BACKOFF_RANGE)?;
+    }
+    Ok(settings)
+}
+
+fn duration(
+    origin: &str,
+    field: &'static str,
+    value: &str,
+    range: (Duration, Duration),
+) -> Result<Duration, ConfigError> {
+    let parsed = humantime::parse_duration(value).map_err(|e| ConfigError::Field {
+        origin: origin.to_owned(),
+        field,
+        value: value.to_owned(),
+        reason: format!("not a duration ({e}); write e.g. \"10s\" or \"1m\""),
+    })?;
+    check_range(origin, field, parsed, range)?;
+    Ok(parsed)
+}
+
+fn check_range(
+    origin: &str,
+    field: &'static str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Field {
+            origin: origin.to_owned(),
+            field,
+            value: humantime::format_duration(value).to_string(),
+            reason: format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        from_toml(text, Path::new("/etc/fleet/agent.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Settings::default());
+        assert_eq!(
+            Settings::default().heartbeat_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(Settings::default().max_backoff, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn reads_both_fields() {
+        let s = parse("heartbeat_interval = \"2s\"\nmax_backoff = \"1m\"\n").unwrap();
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(s.max_backoff, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse("max_backoff = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("max_backoff") && err.contains("soon"), "{err}");
+        let err = parse("heartbeat_interval = \"5ms\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("heartbeat_interval") && err.contains("must be between"),
+            "{err}"
+        );
+        let err = parse("max_backoff = \"2h\"").unwrap_err().to_string();
+        assert!(err.contains("max_backoff"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_refused() {
+        let err = parse("heartbeat = \"1s\"").unwrap_err().to_string();
+        assert!(
+            err.contains("heartbeat") && err.contains("/etc/fleet/agent.toml"),
+            "{err}"
+        );
+        let err = parse("max_backoff = 30").unwrap_err().to_string();
+        assert!(err.contains("max_backoff"), "{err}");
+    }
+
+    #[test]
+    fn flag_overrides_file_and_is_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "heartbeat_interval = \"5s\"").unwrap();
+        let s = resolve(Some(&path), Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(
+            resolve(Some(&path), None).unwrap().heartbeat_interval,
+            Duration::from_secs(5)
+        );
+        let err = resolve(None, Some(Duration::ZERO)).unwrap_err().to_string();
+        assert!(err.contains("--heartbeat-interval"), "{err}");
+        let err = resolve(Some(&dir.path().join("missing.toml")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! fleet-agent: the per-host half of fleet. It enrolls once (`join`: key made here, CSR
+//! exchanged for a certificate with a join token, the controller's CA pinned), then holds
+//! one long-lived mTLS gRPC stream to the controller (`run`), reconnecting forever with
+//! jittered backoff and renewing its certificate over that stream.
+//!
+//! One module per concern; `main.rs` only parses the command line and maps the result to an
+//! exit code.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod enroll;
+pub mod facts;
+pub mod logging;
+pub mod notify;
+pub mod renew;
+pub mod state;

@@ -1,0 +1,438 @@
+//! The agent's state dir (default `/var/lib/fleet-agent`, mode 0700):
+//!
+//! - `agent.key`  private key, 0600; made on this host and never sent anywhere;
+//! - `agent.crt`  this host's certificate (replaced atomically on renewal);
+//! - `ca.crt`     the fleet CA, the only issuer trusted for the controller;
+//! - `agent.toml` controller address, host name and trust domain.
+//!
+//! `agent.crt` present means "enrolled". Every file is written atomically (temp file, fsync,
+//! rename, fsync of the dir), so a crash or power cut leaves either the old or the new
+//! version, never a torn one.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fleet_proto::identity::{Name, TrustDomain};
+use fleet_proto::peer::{cert_info, CertInfo};
+use fleet_proto::transport::certs_from_pem;
+use rcgen::{KeyPair, PublicKeyData};
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-agent";
+pub const KEY_FILE: &str = "agent.key";
+pub const CERT_FILE: &str = "agent.crt";
+pub const CA_FILE: &str = "ca.crt";
+pub const META_FILE: &str = "agent.toml";
+
+const DIR_MODE: u32 = 0o700;
+const KEY_MODE: u32 = 0o600;
+const PUBLIC_MODE: u32 = 0o644;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "not enrolled: run fleet-agent join --controller ADDR:PORT --token TOKEN --ca-pin sha256:HEX \
+         (no {CERT_FILE} in {})",
+        dir.display()
+    )]
+    NotEnrolled { dir: PathBuf },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{} is not usable: {reason}; re-enroll with fleet-agent join --force", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// `agent.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub controller: String,
+    pub name: Name,
+    pub trust_domain: TrustDomain,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaFile {
+    controller: String,
+    name: String,
+    trust_domain: String,
+}
+
+/// Everything `run` needs to connect, read fresh from disk at each attempt.
+pub struct Credentials {
+    pub meta: Meta,
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub cert: CertInfo,
+}
+
+// The key must never reach a log line through a `{:?}`.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("meta", &self.meta)
+            .field("cert", &self.cert.identity.uri())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A complete new enrollment to write.
+pub struct NewEnrollment<'a> {
+    pub meta: &'a Meta,
+    pub key_pem: &'a str,
+    pub cert_pem: &'a str,
+    pub ca_pem: &'a str,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateDir { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether this dir holds an enrollment (an `agent.crt`). Errors other than "absent"
+    /// (e.g. permission denied) are reported rather than taken as "not enrolled".
+    pub fn is_enrolled(&self) -> Result<bool, StateError> {
+        let path = self.file(CERT_FILE);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StateError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    pub fn load_meta(&self) -> Result<Meta, StateError> {
+        let path = self.file(META_FILE);
+        let text = read(&path)?;
+        let raw: MetaFile = toml::from_str(&text).map_err(|e| invalid(&path, e))?;
+        Ok(Meta {
+            controller: raw.controller,
+            name: raw.name.parse().map_err(|e| invalid(&path, e))?,
+            trust_domain: raw.trust_domain.parse().map_err(|e| invalid(&path, e))?,
+        })
+    }
+
+    /// Facts of the current certificate, without touching the key.
+    pub fn load_cert(&self) -> Result<CertInfo, StateError> {
+        let path = self.file(CERT_FILE);
+        parse_cert(&path, &read(&path)?)
+    }
+
+    /// Loads and cross-checks the whole enrollment.
+    pub fn load(&self) -> Result<Credentials, StateError> {
+        if !self.is_enrolled()? {
+            return Err(StateError::NotEnrolled {
+                dir: self.dir.clone(),
+            });
+        }
+        let meta = self.load_meta()?;
+        let cert_path = self.file(CERT_FILE);
+        let cert_pem = read(&cert_path)?;
+        let cert = parse_cert(&cert_path, &cert_pem)?;
+        let key_path = self.file(KEY_FILE);
+        let key_pem = read(&key_path)?;
+        warn_if_exposed(&key_path);
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e))?;
+        if !cert_matches_key(&cert_pem, &key) {
+            return Err(invalid(
+                &cert_path,
+                format!("it does not belong to the key in {KEY_FILE}"),
+            ));
+        }
+        let ca_path = self.file(CA_FILE);
+        let ca_pem = read(&ca_path)?;
+        certs_from_pem(&ca_pem, "the CA file").map_err(|e| invalid(&ca_path, e))?;
+        Ok(Credentials {
+            meta,
+            key_pem,
+            cert_pem,
+            ca_pem,
+            cert,
+        })
+    }
+
+    /// Writes a whole enrollment. The key goes first, so that a certificate on disk always
+    /// has its key next to it; `agent.toml` goes last.
+    pub fn write_enrollment(&self, new: &NewEnrollment<'_>) -> Result<(), StateError> {
+        self.ensure_dir()?;
+        let meta = toml::to_string(&MetaFile {
+            controller: new.meta.controller.clone(),
+            name: new.meta.name.to_string(),
+            trust_domain: new.meta.trust_domain.to_string(),
+        })
+        .map_err(|e| invalid(&self.file(META_FILE), e))?;
+        write_atomic(&self.dir, KEY_FILE, new.key_pem.as_bytes(), KEY_MODE)?;
+        write_atomic(&self.dir, CERT_FILE, new.cert_pem.as_bytes(), PUBLIC_MODE)?;
+        write_atomic(&self.dir, CA_FILE, new.ca_pem.as_bytes(), PUBLIC_MODE)?;
+        write_atomic(&self.dir, META_FILE, meta.as_bytes(), PUBLIC_MODE)
+    }
+
+    /// Replaces the certificate after a renewal (same key).
+    pub fn write_cert(&self, cert_pem: &str) -> Result<(), StateError> {
+        write_atomic(&self.dir, CERT_FILE, cert_pem.as_bytes(), PUBLIC_MODE)
+    }
+
+    /// Creates the dir 0700, or tightens an existing one: it holds our private key.
+    fn ensure_dir(&self) -> Result<(), StateError> {
+        let io_err = |action, source| StateError::Io {
+            action,
+            path: self.dir.clone(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.dir)
+            .map_err(|e| io_err("create", e))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io_err("set permissions on", e))
+    }
+}
+
+/// Writes `dir/name` atomically with `mode`: a temp file in the same dir (so the rename
+/// cannot cross filesystems), created with the final mode from the start (a key is never
+/// readable by others, not even for an instant), fsynced, renamed over the target, and the
+/// dir fsynced so the rename itself survives a power cut.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io_err = |action, path: &Path, source| StateError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    // A temp file left by a crash may have any mode; start from scratch.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove", &tmp, e)),
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io_err("create", &tmp, e))?;
+    let written = (|| {
+        // The umask may have removed bits from `mode`; set exactly what we asked for.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    drop(file);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("write", &tmp, e));
+    }
+    fs::rename(&tmp, &target).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("replace", &target, e)
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync", dir, e))
+}
+
+fn read(path: &Path) -> Result<String, StateError> {
+    fs::read_to_string(path).map_err(|source| StateError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> StateError {
+    StateError::Invalid {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_cert(path: &Path, pem: &str) -> Result<CertInfo, StateError> {
+    let certs = certs_from_pem(pem, "the certificate file").map_err(|e| invalid(path, e))?;
+    cert_info(&certs[0]).map_err(|e| invalid(path, e))
+}
+
+fn cert_matches_key(cert_pem: &str, key: &KeyPair) -> bool {
+    let Ok(certs) = certs_from_pem(cert_pem, "the certificate file") else {
+        return false;
+    };
+    match X509Certificate::from_der(&certs[0]) {
+        Ok((_, cert)) => cert.public_key().raw == key.subject_public_key_info().as_slice(),
+        Err(_) => false,
+    }
+}
+
+fn warn_if_exposed(key_path: &Path) {
+    if let Ok(meta) = fs::metadata(key_path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format!("{mode:o}"),
+                "private key is readable by other users; it should be 0600"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::renew::testca::TestCa;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn enroll(dir: &StateDir) -> (KeyPair, TestCa) {
+        let ca = TestCa::new();
+        let key = KeyPair::generate().unwrap();
+        let cert = ca.issue("spiffe://fleet.local/agent/web-1", &key);
+        let meta = Meta {
+            controller: "127.0.0.1:7443".into(),
+            name: "web-1".parse().unwrap(),
+            trust_domain: TrustDomain::default(),
+        };
+        dir.write_enrollment(&NewEnrollment {
+            meta: &meta,
+            key_pem: &key.serialize_pem(),
+            cert_pem: &cert,
+            ca_pem: &ca.pem,
+        })
+        .unwrap();
+        (key, ca)
+    }
+
+    #[test]
+    fn atomic_write_sets_modes_and_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_atomic(tmp.path(), "agent.key", b"one", 0o600).unwrap();
+        assert_eq!(mode(&tmp.path().join("agent.key")), 0o600);
+        assert_eq!(fs::read(tmp.path().join("agent.key")).unwrap(), b"one");
+        // A stale temp file with a loose mode does not leak its mode into the new file.
+        let stale = tmp.path().join(".agent.key.tmp");
+        fs::write(&stale, "junk").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).unwrap();
+        write_atomic(tmp.path(), "agent.key", b"two", 0o600).unwrap();
+        assert_eq!(fs::read(tmp.path().join("agent.key")).unwrap(), b"two");
+        assert_eq!(mode(&tmp.path().join("agent.key")), 0o600);
+        assert!(!stale.exists());
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temp files left behind: {left:?}");
+    }
+
+    #[test]
+    fn enrollment_round_trips_with_private_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state/nested"));
+        let (key, _ca) = enroll(&dir);
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&dir.path().join(KEY_FILE)), 0o600);
+        assert!(dir.is_enrolled().unwrap());
+        let creds = dir.load().unwrap();
+        assert_eq!(creds.meta.name.as_str(), "web-1");
+        assert_eq!(creds.meta.controller, "127.0.0.1:7443");
+        assert_eq!(creds.key_pem, key.serialize_pem());
+        assert_eq!(
+            creds.cert.identity.uri(),
+            "spiffe://fleet.local/agent/web-1"
+        );
+        assert!(!format!("{creds:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn existing_loose_dir_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        enroll(&StateDir::new(tmp.path()));
+        assert_eq!(mode(tmp.path()), 0o700);
+    }
+
+    #[test]
+    fn empty_dir_is_not_enrolled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("absent"));
+        assert!(!dir.is_enrolled().unwrap());
+        let err = dir.load().unwrap_err();
+        assert!(matches!(err, StateError::NotEnrolled { .. }));
+        assert!(err
+            .to_string()
+            .starts_with("not enrolled: run fleet-agent join"));
+    }
+
+    #[test]
+    fn broken_state_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        enroll(&dir);
+
+        fs::write(tmp.path().join(META_FILE), "name = 3").unwrap();
+        let err = dir.load().unwrap_err().to_string();
+        assert!(err.contains(META_FILE), "{err}");
+
+        enroll(&dir);
+        fs::remove_file(tmp.path().join(KEY_FILE)).unwrap();
+        let err = dir.load().unwrap_err().to_string();
+        assert!(
+            err.contains(KEY_FILE) && err.contains("cannot read"),
+            "{err}"
+        );
+
+        // A key that is not the certificate's (e.g. a crash between two writes of a
+        // forced re-enrollment) is caught at load, not at the controller.
+        enroll(&dir);
+        let other = KeyPair::generate().unwrap().serialize_pem();
+        write_atomic(tmp.path(), KEY_FILE, other.as_bytes(), 0o600).unwrap();
+        let err = dir.load().unwrap_err().to_string();
+        assert!(err.contains("does not belong"), "{err}");
+
+        enroll(&dir);
+        fs::write(tmp.path().join(CERT_FILE), "not a cert").unwrap();
+        let err = dir.load().unwrap_err().to_string();
+        assert!(
+            err.contains(CERT_FILE) && err.contains("join --force"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn write_cert_replaces_only_the_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        let (key, ca) = enroll(&dir);
+        let key_before = fs::read(tmp.path().join(KEY_FILE)).unwrap();
+        let renewed = ca.issue("spiffe://fleet.local/agent/web-1", &key);
+        dir.write_cert(&renewed).unwrap();
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(CERT_FILE)).unwrap(),
+            renewed
+        );
+        assert_eq!(fs::read(tmp.path().join(KEY_FILE)).unwrap(), key_before);
+        dir.load().unwrap();
+    }
+}

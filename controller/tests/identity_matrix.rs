@@ -355,3 +355,22 @@ async fn a_wrong_pin_stops_the_join_before_the_token_is_sent() {
     // Nothing reached the join handler, so nothing was audited.
     assert!(!fleet.ok(&["audit"]).contains("host.join"));
 }
+
+#[tokio::test]
+async fn join_attempts_are_rate_limited_per_source() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("controller.toml");
+    std::fs::write(&path, "join_burst = 3\njoin_per_minute = 1\n").unwrap();
+    let fleet = Fleet::start(&["--config", path.to_str().unwrap()]);
+    let bogus = "fleetjoin_guessing";
+    for _ in 0..3 {
+        let status = join(&fleet, "guess", bogus).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+    let status = join(&fleet, "guess", bogus).await.err().unwrap();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("too many join attempts"),
+        "{status:?}"
+    );
+}

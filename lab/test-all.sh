@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every fleet test, as CI runs it: on a fresh Debian 12 machine as root this installs what
+# the tests need, checks formatting and lints, builds the release binaries the lab installs
+# into its hosts, then runs unit, loopback and lab (real systemd) tests with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash lab/setup.sh
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> release build (installed into lab hosts)"
+cargo build --workspace --release --locked --bins
+echo "==> tests"
+exec cargo nextest run --workspace --locked --profile ci

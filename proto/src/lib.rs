@@ -6,6 +6,7 @@
 pub mod access;
 pub mod identity;
 pub mod peer;
+pub mod spec;
 pub mod transport;
 
 /// Generated from `proto/fleet/v1/fleet.proto` (see `tests/codegen.rs`).

@@ -1,0 +1,526 @@
+//! The app spec (TOML) and release versions: parsed and validated here, once, by the same
+//! code in fleetctl (before sending), the controller (before storing) and the agent
+//! (before touching the host). Every value that later lands in a path, a unit file or an
+//! `EnvironmentFile=` is checked or escaped here, and every error names the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn is_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An app name: `[a-z][a-z0-9-]{0,30}`, not ending in '-'. Used in unit names and paths.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppName(String);
+
+impl AppName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for AppName {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let ok = (1..=31).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(AppName(s.to_owned()))
+        } else {
+            Err(err(
+                "name",
+                format!("{s:?} must match [a-z][a-z0-9-]{{0,30}} and not end with '-'"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A release version: `[A-Za-z0-9][A-Za-z0-9._+-]{0,63}` and never `.`/`..`-like, so it
+/// is safe as a directory name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Version(String);
+
+impl Version {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Version {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && !s.contains("..")
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+        if ok {
+            Ok(Version(s.to_owned()))
+        } else {
+            Err(err(
+                "version",
+                format!("{s:?} must match [A-Za-z0-9][A-Za-z0-9._+-]{{0,63}} without '..'"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Server {
+    Gunicorn,
+    Uvicorn,
+}
+
+impl Server {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Server::Gunicorn => "gunicorn",
+            Server::Uvicorn => "uvicorn",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Consecutive failed probes before the app counts as unhealthy.
+    pub failures: u32,
+}
+
+/// A validated app spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppSpec {
+    pub name: AppName,
+    pub server: Server,
+    /// `module.path:callable`
+    pub entry: String,
+    pub listen: SocketAddr,
+    /// `None`: 2 × cores + 1, resolved on each host.
+    pub workers: Option<u32>,
+    pub health: Health,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub user: String,
+    pub releases_kept: u32,
+    pub graceful_timeout: Duration,
+    pub group: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: String,
+    timeout: Option<String>,
+    interval: Option<String>,
+    failures: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    server: Server,
+    entry: String,
+    listen: String,
+    workers: Option<u32>,
+    health: RawHealth,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    user: Option<String>,
+    releases_kept: Option<u32>,
+    graceful_timeout: Option<String>,
+    group: Option<String>,
+}
+
+/// Size bounds: a spec is configuration, not data.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+const MAX_ENV_VALUE: usize = 8 * 1024;
+const MAX_ENV_VARS: usize = 256;
+
+fn duration(
+    field: &str,
+    value: Option<&str>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, SpecError> {
+    let d = match value {
+        None => default,
+        Some(v) => humantime::parse_duration(v).map_err(|_| {
+            err(
+                field,
+                format!("{v:?} is not a duration (examples: 500ms, 2s, 1m)"),
+            )
+        })?,
+    };
+    if d < min || d > max {
+        return Err(err(
+            field,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// Environment variable names as systemd and shells accept them.
+pub fn check_env_key(field: &str, key: &str) -> Result<(), SpecError> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(field, format!("{key:?} must match [A-Z_][A-Z0-9_]*")))
+    }
+}
+
+/// Values end up in an `EnvironmentFile=`: a line break or NUL could add settings of its
+/// own, so they are refused; everything else is escaped by [`env_file_line`].
+pub fn check_env_value(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.len() > MAX_ENV_VALUE {
+        return Err(err(field, format!("longer than {MAX_ENV_VALUE} bytes")));
+    }
+    if value.chars().any(|c| c == '\n' || c == '\r' || c == '\0') {
+        return Err(err(field, "must not contain line breaks or NUL"));
+    }
+    Ok(())
+}
+
+/// One `KEY="value"` line for a systemd `EnvironmentFile=`, with `\`, `"`, `$` and
+/// backquote escaped so the value reaches the app byte for byte.
+pub fn env_file_line(key: &str, value: &str) -> String {
+    let mut out = String::with_capacity(key.len() + value.len() + 4);
+    out.push_str(key);
+    out.push_str("=\"");
+    for c in value.chars() {
+        if matches!(c, '\\' | '"' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push_str("\"\n");
+    out
+}
+
+fn check_user(user: &str) -> Result<(), SpecError> {
+    let ok = (1..=32).contains(&user.len())
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(err(
+            "user",
+            format!("{user:?} must match [a-z_][a-z0-9_-]{{0,31}}"),
+        ));
+    }
+    if user == "root" {
+        return Err(err(
+            "user",
+            "apps never run as root: name an unprivileged user (it is created if missing)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_entry(entry: &str) -> Result<(), SpecError> {
+    let ok = entry.len() <= 256
+        && entry.split_once(':').is_some_and(|(module, callable)| {
+            module.split('.').all(is_ident) && is_ident(callable)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            "entry",
+            format!("{entry:?} must be module.path:callable (e.g. app:application)"),
+        ))
+    }
+}
+
+fn check_health_path(path: &str) -> Result<(), SpecError> {
+    let ok = path.starts_with('/')
+        && path.len() <= 256
+        && path
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '%' && c != '\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(err("health.path", format!("{path:?} must start with '/' and hold only printable ASCII without spaces, '%' or '\\'")))
+    }
+}
+
+impl AppSpec {
+    /// Parses and validates a spec as fleetctl and the controller must: unknown fields are
+    /// errors (a typo is never silently ignored).
+    pub fn parse(text: &str) -> Result<AppSpec, SpecError> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(err("spec", format!("larger than {MAX_SPEC_BYTES} bytes")));
+        }
+        let raw: RawSpec = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_owned();
+            err("spec", format!("invalid TOML: {msg}"))
+        })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawSpec) -> Result<AppSpec, SpecError> {
+        let name: AppName = raw.name.parse()?;
+        check_entry(&raw.entry)?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            err(
+                "listen",
+                format!("{:?} must be IP:PORT (e.g. 0.0.0.0:8000)", raw.listen),
+            )
+        })?;
+        if listen.port() == 0 {
+            return Err(err("listen", "port must not be 0"));
+        }
+        if let Some(w) = raw.workers {
+            if !(1..=256).contains(&w) {
+                return Err(err("workers", "must be between 1 and 256"));
+            }
+        }
+        check_health_path(&raw.health.path)?;
+        let health = Health {
+            path: raw.health.path,
+            timeout: duration(
+                "health.timeout",
+                raw.health.timeout.as_deref(),
+                Duration::from_secs(2),
+                Duration::from_millis(100),
+                Duration::from_secs(60),
+            )?,
+            interval: duration(
+                "health.interval",
+                raw.health.interval.as_deref(),
+                Duration::from_secs(2),
+                Duration::from_millis(200),
+                Duration::from_secs(300),
+            )?,
+            failures: raw.health.failures.unwrap_or(3),
+        };
+        if !(1..=100).contains(&health.failures) {
+            return Err(err("health.failures", "must be between 1 and 100"));
+        }
+        if raw.env.len() > MAX_ENV_VARS {
+            return Err(err("env", format!("more than {MAX_ENV_VARS} variables")));
+        }
+        for (k, v) in &raw.env {
+            check_env_key("env", k)?;
+            check_env_value(&format!("env.{k}"), v)?;
+        }
+        for s in &raw.secrets {
+            check_env_key("secrets", s)?;
+            if raw.env.contains_key(s) {
+                return Err(err(
+                    "secrets",
+                    format!("{s} is also set in env: a name is either plain env or a secret"),
+                ));
+            }
+        }
+        let mut sorted = raw.secrets.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != raw.secrets.len() {
+            return Err(err("secrets", "names must be unique"));
+        }
+        let user = raw.user.unwrap_or_else(|| name.to_string());
+        check_user(&user)?;
+        let releases_kept = raw.releases_kept.unwrap_or(5);
+        if !(1..=50).contains(&releases_kept) {
+            return Err(err("releases_kept", "must be between 1 and 50"));
+        }
+        let graceful_timeout = duration(
+            "graceful_timeout",
+            raw.graceful_timeout.as_deref(),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        if let Some(g) = &raw.group {
+            g.parse::<AppName>()
+                .map_err(|_| err("group", format!("{g:?} must match [a-z][a-z0-9-]{{0,30}}")))?;
+        }
+        Ok(AppSpec {
+            name,
+            server: raw.server,
+            entry: raw.entry,
+            listen,
+            workers: raw.workers,
+            health,
+            env: raw.env,
+            secrets: raw.secrets,
+            user,
+            releases_kept,
+            graceful_timeout,
+            group: raw.group,
+        })
+    }
+
+    /// Workers for a host with `cores` CPUs.
+    pub fn workers_for(&self, cores: u32) -> u32 {
+        self.workers.unwrap_or(2 * cores.max(1) + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+name = "shop"
+server = "gunicorn"
+entry = "app:application"
+listen = "0.0.0.0:8000"
+health = { path = "/health", timeout = "2s" }
+"#;
+
+    #[test]
+    fn minimal_spec_gets_sane_defaults() {
+        let s = AppSpec::parse(MIN).unwrap();
+        assert_eq!(s.name.as_str(), "shop");
+        assert_eq!(s.user, "shop");
+        assert_eq!(s.releases_kept, 5);
+        assert_eq!(s.workers_for(2), 5);
+        assert_eq!(s.health.failures, 3);
+    }
+
+    fn with(extra: &str) -> Result<AppSpec, SpecError> {
+        AppSpec::parse(&format!("{MIN}{extra}"))
+    }
+
+    fn replace(from: &str, to: &str) -> Result<AppSpec, SpecError> {
+        AppSpec::parse(&MIN.replace(from, to))
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(replace("\"shop\"", "\"Shop\"").unwrap_err().field, "name");
+        assert_eq!(
+            replace("\"shop\"", "\"shop\\nExecStartPre=/bin/sh\"")
+                .unwrap_err()
+                .field,
+            "name"
+        );
+        assert_eq!(
+            replace("app:application", "app;rm -rf /:x")
+                .unwrap_err()
+                .field,
+            "entry"
+        );
+        assert_eq!(replace("0.0.0.0:8000", "8000").unwrap_err().field, "listen");
+        assert_eq!(
+            replace("/health", "health").unwrap_err().field,
+            "health.path"
+        );
+        assert_eq!(
+            replace("\"2s\"", "\"soon\"").unwrap_err().field,
+            "health.timeout"
+        );
+        assert_eq!(with("workers = 0").unwrap_err().field, "workers");
+        assert_eq!(with("user = \"root\"").unwrap_err().field, "user");
+        assert_eq!(
+            with("releases_kept = 0").unwrap_err().field,
+            "releases_kept"
+        );
+        assert!(with("colour = \"blue\"")
+            .unwrap_err()
+            .reason
+            .contains("colour"));
+        assert!(replace("gunicorn", "waitress").is_err());
+    }
+
+    #[test]
+    fn env_that_would_inject_unit_lines_is_refused() {
+        let e = with("env = { A = \"x\\nExecStartPre=/bin/sh -c evil\" }").unwrap_err();
+        assert_eq!(e.field, "env.A");
+        assert_eq!(with("env = { a = \"x\" }").unwrap_err().field, "env");
+        assert_eq!(with("env = { \"A B\" = \"x\" }").unwrap_err().field, "env");
+        assert_eq!(with("secrets = [\"db\"]").unwrap_err().field, "secrets");
+        assert_eq!(
+            with("env = { DB = \"x\" }\nsecrets = [\"DB\"]")
+                .unwrap_err()
+                .field,
+            "secrets"
+        );
+    }
+
+    #[test]
+    fn env_values_are_escaped_for_systemd() {
+        assert_eq!(env_file_line("A", "plain"), "A=\"plain\"\n");
+        assert_eq!(
+            env_file_line("A", r#"q"b\s$HOME`x`"#),
+            "A=\"q\\\"b\\\\s\\$HOME\\`x\\`\"\n"
+        );
+    }
+
+    #[test]
+    fn versions_are_safe_directory_names() {
+        for ok in ["1.4.2", "2024-01-01", "v1+build.7", "a"] {
+            assert!(ok.parse::<Version>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "1..2",
+            "a b",
+            &"1".repeat(65),
+        ] {
+            assert!(bad.parse::<Version>().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -8,11 +8,13 @@ use fleet_proto::v1::admin_server::Admin;
 use fleet_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::apps;
 use crate::auth::Caller;
 use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, TokenRecord};
 use crate::timefmt::now_secs;
 use crate::tokens;
+use tokio_stream::wrappers::ReceiverStream;
 
 pub struct AdminService(pub Arc<Shared>);
 
@@ -156,6 +158,81 @@ impl Admin for AdminService {
             revoked_certificates: revoked.len() as u32,
             was_connected,
         }))
+    }
+
+    async fn apply_app(
+        &self,
+        request: Request<ApplyAppRequest>,
+    ) -> Result<Response<ApplyAppResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        apps::apply(&self.0, &actor, &request.into_inner().spec_toml).map(Response::new)
+    }
+
+    async fn list_apps(
+        &self,
+        _request: Request<ListAppsRequest>,
+    ) -> Result<Response<ListAppsResponse>, Status> {
+        apps::list(&self.0).map(Response::new)
+    }
+
+    async fn get_app(&self, request: Request<GetAppRequest>) -> Result<Response<AppInfo>, Status> {
+        apps::get(&self.0, &request.into_inner().app).map(Response::new)
+    }
+
+    async fn upload_release(
+        &self,
+        request: Request<tonic::Streaming<UploadReleaseChunk>>,
+    ) -> Result<Response<UploadReleaseResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        apps::upload(&self.0, &actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<SetSecretRequest>,
+    ) -> Result<Response<SetSecretResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        apps::set_secret(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    type DeployStream = ReceiverStream<Result<HostProgress, Status>>;
+
+    async fn deploy(
+        &self,
+        request: Request<DeployRequest>,
+    ) -> Result<Response<Self::DeployStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        apps::deploy(self.0.clone(), actor, request.into_inner()).map(Response::new)
+    }
+
+    type RestartAppStream = ReceiverStream<Result<HostProgress, Status>>;
+
+    async fn restart_app(
+        &self,
+        request: Request<RestartAppRequest>,
+    ) -> Result<Response<Self::RestartAppStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        apps::restart(self.0.clone(), actor, request.into_inner()).map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        apps::status(&self.0, &request.into_inner().app).map(Response::new)
+    }
+
+    type LogsStream = ReceiverStream<Result<LogLine, Status>>;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        apps::logs(self.0.clone(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_audit(

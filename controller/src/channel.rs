@@ -98,7 +98,9 @@ impl AgentChannel for ChannelService {
 
         let interval = interval_of(&hello);
         let (tx, rx) = mpsc::channel(64);
-        let (id, close) = shared.sessions.register(&name, address.clone(), interval);
+        let (id, close) = shared
+            .sessions
+            .register(&name, address.clone(), interval, tx.clone());
         tracing::info!(host = %name, %address, version = %facts.agent_version, ?interval, "host up");
         let _ = tx
             .send(down(Down::Welcome(Welcome {
@@ -136,7 +138,9 @@ async fn drive(
             }
         }
     };
-    shared.sessions.end(&name, id);
+    if shared.sessions.end(&name, id) {
+        shared.commands.host_gone(&name);
+    }
     let _ = shared
         .store
         .update_host(&name, |h| h.last_seen_ms = now_ms());
@@ -144,7 +148,7 @@ async fn drive(
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     identity: &Identity,
     name: &str,
     id: u64,
@@ -168,8 +172,47 @@ async fn handle(
         Up::Event(ev) => {
             tracing::info!(host = %name, kind = %ev.kind, subject = %ev.subject, message = %ev.message, "agent event")
         }
-        Up::Result(r) => {
-            tracing::debug!(host = %name, id = %r.id, status = r.status, "command result")
+        Up::Result(r) => shared.commands.resolve(name, r),
+        Up::Fetch(req) => {
+            tracing::info!(host = %name, sha256 = %req.sha256, offset = req.offset, "serving release");
+            tokio::spawn(crate::apps::serve_fetch(shared.clone(), req, tx.clone()));
+        }
+        Up::AppState(state) => {
+            let prev = shared.app_states.update(name, state.clone());
+            let changed = prev.as_ref().is_none_or(|p| {
+                (
+                    p.release.as_str(),
+                    p.active_state.as_str(),
+                    p.healthy,
+                    p.restarts,
+                    p.main_pid,
+                    p.crash_loop,
+                ) != (
+                    state.release.as_str(),
+                    state.active_state.as_str(),
+                    state.healthy,
+                    state.restarts,
+                    state.main_pid,
+                    state.crash_loop,
+                )
+            });
+            if changed {
+                tracing::info!(
+                    host = %name,
+                    app = %state.app,
+                    release = %state.release,
+                    active = %state.active_state,
+                    healthy = state.healthy,
+                    restarts = state.restarts,
+                    main_pid = state.main_pid,
+                    crash_loop = state.crash_loop,
+                    "app state"
+                );
+            }
+        }
+        Up::LogLine(mut line) => {
+            line.host = name.to_owned();
+            shared.commands.deliver_line(name, line);
         }
         Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),
     }

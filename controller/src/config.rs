@@ -16,6 +16,7 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub join_burst: u32,
     pub join_per_minute: u32,
+    pub max_release_bytes: u64,
 }
 
 impl Default for Settings {
@@ -27,6 +28,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             join_burst: 10,
             join_per_minute: 10,
+            max_release_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -41,6 +43,7 @@ pub struct FileConfig {
     pub handshake_timeout: Option<String>,
     pub join_burst: Option<u32>,
     pub join_per_minute: Option<u32>,
+    pub max_release_bytes: Option<u64>,
 }
 
 pub fn parse_duration(field: &str, value: &str) -> anyhow::Result<Duration> {
@@ -72,6 +75,9 @@ impl Settings {
         if let Some(v) = file.join_per_minute {
             self.join_per_minute = v;
         }
+        if let Some(v) = file.max_release_bytes {
+            self.max_release_bytes = v;
+        }
         Ok(())
     }
 
@@ -85,6 +91,9 @@ impl Settings {
             || self.handshake_timeout > Duration::from_secs(120)
         {
             bail!("handshake_timeout must be between 100ms and 120s");
+        }
+        if self.max_release_bytes < 1024 || self.max_release_bytes > 16 << 30 {
+            bail!("max_release_bytes must be between 1 KiB and 16 GiB");
         }
         if self.join_burst == 0 || self.join_per_minute == 0 {
             bail!("join_burst and join_per_minute must be at least 1");

@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apps;
 pub mod auth;
+pub mod blobs;
 pub mod channel;
+pub mod commands;
 pub mod config;
 pub mod datadir;
 pub mod enroll;

@@ -15,8 +15,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::AdminService;
+use crate::apps::AppStates;
 use crate::auth::AuthLayer;
+use crate::blobs::Blobs;
 use crate::channel::ChannelService;
+use crate::commands::Commands;
 use crate::config::Settings;
 use crate::datadir::DataDir;
 use crate::enroll::EnrollmentService;
@@ -51,6 +54,8 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         settings.join_burst,
         settings.join_per_minute,
     ));
+    let blobs = Blobs::open(dir)
+        .with_context(|| format!("cannot open release storage in {}", dir.display()))?;
     Ok(Arc::new(Shared {
         store,
         ca,
@@ -58,6 +63,9 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         sessions: Sessions::default(),
         settings,
         join_limiter,
+        blobs,
+        commands: Commands::default(),
+        app_states: AppStates::default(),
     }))
 }
 

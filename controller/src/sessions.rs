@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use fleet_proto::v1::ControllerMessage;
+use tokio::sync::{mpsc, oneshot};
 
 /// Missed heartbeats after which a host is declared down.
 pub const MISSED_HEARTBEATS: u32 = 3;
@@ -17,7 +18,11 @@ struct Live {
     last_heartbeat: Instant,
     interval: Duration,
     close: Option<oneshot::Sender<String>>,
+    tx: Outbound,
 }
+
+/// Messages to one agent's stream.
+pub type Outbound = mpsc::Sender<Result<ControllerMessage, tonic::Status>>;
 
 #[derive(Default)]
 pub struct Sessions {
@@ -31,9 +36,15 @@ pub type CloseSignal = oneshot::Receiver<String>;
 impl Sessions {
     /// Registers a new session for `host`, closing any older one (an agent that reconnected
     /// before its old stream timed out).
-    pub fn register(&self, host: &str, address: String, interval: Duration) -> (u64, CloseSignal) {
+    pub fn register(
+        &self,
+        host: &str,
+        address: String,
+        interval: Duration,
+        tx: Outbound,
+    ) -> (u64, CloseSignal) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
+        let (close_tx, rx) = oneshot::channel();
         let old = self.live.lock().expect("sessions lock").insert(
             host.to_owned(),
             Live {
@@ -41,7 +52,8 @@ impl Sessions {
                 address,
                 last_heartbeat: Instant::now(),
                 interval,
-                close: Some(tx),
+                close: Some(close_tx),
+                tx,
             },
         );
         if let Some(mut old) = old {
@@ -129,6 +141,14 @@ impl Sessions {
         })
     }
 
+    /// The stream to a host that is up, for sending it commands.
+    pub fn outbound(&self, host: &str) -> Option<Outbound> {
+        let live = self.live.lock().expect("sessions lock");
+        live.get(host).and_then(|l| {
+            (l.last_heartbeat.elapsed() <= l.interval * MISSED_HEARTBEATS).then(|| l.tx.clone())
+        })
+    }
+
     pub fn count(&self) -> usize {
         self.live.lock().expect("sessions lock").len()
     }
@@ -138,10 +158,14 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    fn tx() -> Outbound {
+        mpsc::channel(1).0
+    }
+
     #[test]
     fn a_silent_host_is_reaped_after_three_intervals() {
         let s = Sessions::default();
-        let (id, mut close) = s.register("h", "a".into(), Duration::from_millis(100));
+        let (id, mut close) = s.register("h", "a".into(), Duration::from_millis(100), tx());
         let t0 = Instant::now();
         assert!(s.reap(t0 + Duration::from_millis(250)).is_empty());
         s.heartbeat("h", id);
@@ -156,8 +180,8 @@ mod tests {
     #[test]
     fn a_new_session_replaces_and_closes_the_old_one() {
         let s = Sessions::default();
-        let (old, mut old_close) = s.register("h", "a".into(), Duration::from_secs(10));
-        let (new, _c) = s.register("h", "b".into(), Duration::from_secs(10));
+        let (old, mut old_close) = s.register("h", "a".into(), Duration::from_secs(10), tx());
+        let (new, _c) = s.register("h", "b".into(), Duration::from_secs(10), tx());
         assert!(old_close.try_recv().is_ok());
         assert!(!s.end("h", old), "the old session must not end the new one");
         assert_eq!(s.up("h").as_deref(), Some("b"));

@@ -2,6 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::apps::AppStates;
+use crate::blobs::Blobs;
+use crate::commands::Commands;
 use crate::config::Settings;
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
@@ -17,6 +20,9 @@ pub struct Shared {
     pub sessions: Sessions,
     pub settings: Settings,
     pub join_limiter: Mutex<RateLimiter>,
+    pub blobs: Blobs,
+    pub commands: Commands,
+    pub app_states: AppStates,
 }
 
 impl Shared {

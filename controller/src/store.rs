@@ -15,6 +15,11 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// Key: `<app>/<version>`.
+const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// Key: `<app>/<KEY>`; value: the secret. The store file is 0600 in a 0700 directory.
+const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -91,6 +96,22 @@ pub struct RevokedRecord {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AppRecord {
+    pub name: String,
+    pub spec_toml: String,
+    pub updated_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseRecord {
+    pub app: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AuditRecord {
     pub seq: u64,
     pub time_ms: i64,
@@ -140,6 +161,9 @@ impl Store {
             tx.open_table(TOKENS).map_err(db_err)?;
             tx.open_table(REVOKED).map_err(db_err)?;
             tx.open_table(AUDIT).map_err(db_err)?;
+            tx.open_table(APPS).map_err(db_err)?;
+            tx.open_table(RELEASES).map_err(db_err)?;
+            tx.open_table(SECRETS).map_err(db_err)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
@@ -172,12 +196,30 @@ impl Store {
         })()
         .map_err(|e| unreadable(e.to_string()))?;
         match schema.as_deref() {
-            Some(SCHEMA_VERSION) => Ok(store),
+            Some(SCHEMA_VERSION) => {
+                store.ensure_tables()?;
+                Ok(store)
+            }
             Some(other) => Err(unreadable(format!(
                 "schema version {other} is not supported by this controller (expects {SCHEMA_VERSION})"
             ))),
             None => Err(unreadable("no fleet schema marker".into())),
         }
+    }
+
+    /// Tables added after a store was created are created empty on open.
+    fn ensure_tables(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(HOSTS).map_err(db_err)?;
+            tx.open_table(TOKENS).map_err(db_err)?;
+            tx.open_table(REVOKED).map_err(db_err)?;
+            tx.open_table(AUDIT).map_err(db_err)?;
+            tx.open_table(APPS).map_err(db_err)?;
+            tx.open_table(RELEASES).map_err(db_err)?;
+            tx.open_table(SECRETS).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -375,6 +417,131 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(APPS).map_err(db_err)?;
+        let got = table.get(name).map_err(db_err)?;
+        got.map(|v| decode("apps", name, v.value())).transpose()
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(APPS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode("apps", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(APPS).map_err(db_err)?;
+            table
+                .insert(app.name.as_str(), encode(app).as_slice())
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        let key = format!("{app}/{version}");
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(RELEASES).map_err(db_err)?;
+        let got = table.get(key.as_str()).map_err(db_err)?;
+        got.map(|v| decode("releases", &key, v.value())).transpose()
+    }
+
+    /// Releases of `app`, oldest upload first.
+    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>, StoreError> {
+        let prefix = format!("{app}/");
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(RELEASES).map_err(db_err)?;
+        let mut out: Vec<ReleaseRecord> = Vec::new();
+        for row in table.range(prefix.as_str()..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            out.push(decode("releases", k.value(), v.value())?);
+        }
+        out.sort_by_key(|r| r.uploaded_at);
+        Ok(out)
+    }
+
+    /// Whether any release (of any app) still refers to this blob.
+    pub fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(RELEASES).map_err(db_err)?;
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let r: ReleaseRecord = decode("releases", k.value(), v.value())?;
+            if r.sha256 == sha256 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Records a release unless that version exists; returns the existing record if so.
+    pub fn put_release_if_absent(
+        &self,
+        rec: &ReleaseRecord,
+    ) -> Result<Option<ReleaseRecord>, StoreError> {
+        let key = format!("{}/{}", rec.app, rec.version);
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let existing = {
+            let mut table = tx.open_table(RELEASES).map_err(db_err)?;
+            let existing: Option<ReleaseRecord> = {
+                let got = table.get(key.as_str()).map_err(db_err)?;
+                got.map(|v| decode("releases", &key, v.value()))
+                    .transpose()?
+            };
+            if existing.is_none() {
+                table
+                    .insert(key.as_str(), encode(rec).as_slice())
+                    .map_err(db_err)?;
+            }
+            existing
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(existing)
+    }
+
+    /// Sets a secret; returns whether it is new.
+    pub fn set_secret(&self, app: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        let k = format!("{app}/{key}");
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let created = {
+            let mut table = tx.open_table(SECRETS).map_err(db_err)?;
+            let old = table.insert(k.as_str(), value).map_err(db_err)?;
+            old.is_none()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(created)
+    }
+
+    /// All secrets of `app` by name.
+    pub fn secrets(
+        &self,
+        app: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let prefix = format!("{app}/");
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SECRETS).map_err(db_err)?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.range(prefix.as_str()..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            match k.value().strip_prefix(&prefix) {
+                Some(name) => out.insert(name.to_owned(), v.value().to_owned()),
+                None => break,
+            };
+        }
+        Ok(out)
+    }
+
     pub fn append_audit(
         &self,
         time_ms: i64,
@@ -498,6 +665,57 @@ mod tests {
         assert!(s.host("web-1").unwrap().is_none());
         assert_eq!(s.revoked().unwrap()[0].serial, "ab");
         assert!(s.remove_host("web-1", "x", 8).unwrap().is_none());
+    }
+
+    #[test]
+    fn releases_are_per_app_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        let rec = |app: &str, v: &str, sha: &str, at| ReleaseRecord {
+            app: app.into(),
+            version: v.into(),
+            sha256: sha.into(),
+            size: 1,
+            uploaded_at: at,
+        };
+        assert!(s
+            .put_release_if_absent(&rec("shop", "1", "aa", 2))
+            .unwrap()
+            .is_none());
+        assert!(s
+            .put_release_if_absent(&rec("shop", "0", "bb", 1))
+            .unwrap()
+            .is_none());
+        assert!(s
+            .put_release_if_absent(&rec("shopx", "1", "cc", 3))
+            .unwrap()
+            .is_none());
+        let existing = s
+            .put_release_if_absent(&rec("shop", "1", "dd", 4))
+            .unwrap()
+            .unwrap();
+        assert_eq!(existing.sha256, "aa");
+        let versions: Vec<String> = s
+            .releases("shop")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(versions, ["0", "1"]);
+        assert!(s.blob_in_use("cc").unwrap());
+        assert!(!s.blob_in_use("dd").unwrap());
+    }
+
+    #[test]
+    fn secrets_are_per_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        assert!(s.set_secret("shop", "DB", "one").unwrap());
+        assert!(!s.set_secret("shop", "DB", "two").unwrap());
+        s.set_secret("shopx", "DB", "other").unwrap();
+        let got = s.secrets("shop").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["DB"], "two");
     }
 
     #[test]

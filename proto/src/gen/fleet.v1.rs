@@ -28,7 +28,7 @@ pub struct JoinResponse {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
-    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub body: ::core::option::Option<agent_message::Body>,
 }
 /// Nested message and enum types in `AgentMessage`.
@@ -46,18 +46,24 @@ pub mod agent_message {
         Result(super::CommandResult),
         #[prost(message, tag = "5")]
         Renew(super::RenewRequest),
+        #[prost(message, tag = "6")]
+        Fetch(super::FetchRelease),
+        #[prost(message, tag = "7")]
+        AppState(super::AppState),
+        #[prost(message, tag = "8")]
+        LogLine(super::LogLine),
     }
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ControllerMessage {
-    #[prost(oneof = "controller_message::Body", tags = "1, 2, 3")]
+    #[prost(oneof = "controller_message::Body", tags = "1, 2, 3, 4")]
     pub body: ::core::option::Option<controller_message::Body>,
 }
 /// Nested message and enum types in `ControllerMessage`.
 pub mod controller_message {
     #[allow(clippy::all)]
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Body {
         #[prost(message, tag = "1")]
         Welcome(super::Welcome),
@@ -65,6 +71,8 @@ pub mod controller_message {
         Command(super::Command),
         #[prost(message, tag = "3")]
         Renewed(super::RenewResponse),
+        #[prost(message, tag = "4")]
+        ReleaseData(super::ReleaseData),
     }
 }
 #[allow(clippy::all)]
@@ -132,26 +140,174 @@ pub struct Event {
     >,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Command {
     /// Correlation id; echoed in CommandResult.id.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    #[prost(oneof = "command::Kind", tags = "2")]
+    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7")]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
 pub mod command {
     #[allow(clippy::all)]
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Kind {
         #[prost(message, tag = "2")]
         Ping(super::Ping),
+        #[prost(message, tag = "3")]
+        Stage(super::StageRelease),
+        #[prost(message, tag = "4")]
+        Activate(super::Activate),
+        #[prost(message, tag = "5")]
+        Restart(super::Restart),
+        #[prost(message, tag = "6")]
+        TailLogs(super::TailLogs),
+        #[prost(message, tag = "7")]
+        StopLogs(super::StopLogs),
     }
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ping {}
+/// Make a release present and ready on the host (fetch if missing, verify, unpack, venv)
+/// without touching what runs.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StageRelease {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+}
+/// Install the app's units and env, switch `current` to `version` (staged first if needed)
+/// and start or restart it, then wait until it is healthy or `healthy_deadline_ms` passes.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Activate {
+    /// The app spec as TOML, validated by fleet_proto::spec on both ends.
+    #[prost(string, tag = "1")]
+    pub spec_toml: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    /// Secret values by name; written only to the app's 0600 EnvironmentFile.
+    #[prost(map = "string, string", tag = "5")]
+    pub secrets: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(uint64, tag = "6")]
+    pub healthy_deadline_ms: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Restart {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    /// true: graceful reload (HUP after a preflight import); false: restart.
+    #[prost(bool, tag = "2")]
+    pub reload: bool,
+    #[prost(uint64, tag = "3")]
+    pub healthy_deadline_ms: u64,
+}
+/// Send the app's last `lines` journal lines as LogLine messages tagged with this
+/// command's id; with `follow`, keep sending until StopLogs or the stream ends.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TailLogs {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub lines: u32,
+    #[prost(bool, tag = "3")]
+    pub follow: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StopLogs {
+    /// Id of the TailLogs command to stop.
+    #[prost(string, tag = "1")]
+    pub tail_id: ::prost::alloc::string::String,
+}
+/// Agent asks for release bytes from `offset`; answered by ReleaseData messages.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FetchRelease {
+    #[prost(string, tag = "1")]
+    pub request_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseData {
+    #[prost(string, tag = "1")]
+    pub request_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub last: bool,
+    /// Set when the controller cannot serve the release.
+    #[prost(string, tag = "5")]
+    pub error: ::prost::alloc::string::String,
+}
+/// The agent's view of one app, pushed whenever it changes and after every (re)connect.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppState {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub release: ::prost::alloc::string::String,
+    /// systemd ActiveState / SubState / Result of fleet-app-<app>.service
+    #[prost(string, tag = "3")]
+    pub active_state: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub sub_state: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub result: ::prost::alloc::string::String,
+    #[prost(bool, tag = "6")]
+    pub healthy: bool,
+    #[prost(uint32, tag = "7")]
+    pub restarts: u32,
+    #[prost(uint32, tag = "8")]
+    pub main_pid: u32,
+    /// Unix seconds the unit entered its active state.
+    #[prost(int64, tag = "9")]
+    pub since: i64,
+    #[prost(bool, tag = "10")]
+    pub crash_loop: bool,
+    /// Unix milliseconds of this observation.
+    #[prost(int64, tag = "11")]
+    pub time_ms: i64,
+    #[prost(string, tag = "12")]
+    pub health_detail: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogLine {
+    /// TailLogs command id (agent->controller) or empty (controller->fleetctl).
+    #[prost(string, tag = "1")]
+    pub tail_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub line: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub time_ms: i64,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CommandResult {
@@ -330,6 +486,189 @@ pub struct AuditEntry {
 pub struct ListAuditResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<AuditEntry>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApplyAppRequest {
+    #[prost(string, tag = "1")]
+    pub spec_toml: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApplyAppResponse {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub created: bool,
+    #[prost(bool, tag = "3")]
+    pub changed: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAppsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppSummary {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub server: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub releases: u32,
+    #[prost(string, tag = "4")]
+    pub latest_release: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "5")]
+    pub hosts: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAppsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub apps: ::prost::alloc::vec::Vec<AppSummary>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetAppRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseInfo {
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(int64, tag = "4")]
+    pub uploaded_at: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AppInfo {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub spec_toml: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub releases: ::prost::alloc::vec::Vec<ReleaseInfo>,
+    /// Names only; values never leave the controller except to the app's hosts.
+    #[prost(string, repeated, tag = "4")]
+    pub secrets_set: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "5")]
+    pub secrets_missing: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UploadReleaseChunk {
+    /// Header fields, first message only.
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UploadReleaseResponse {
+    #[prost(string, tag = "1")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// False when the same version with the same bytes was already there.
+    #[prost(bool, tag = "3")]
+    pub created: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetSecretRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub value: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetSecretResponse {
+    #[prost(bool, tag = "1")]
+    pub created: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeployRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    /// Empty: every host.
+    #[prost(string, repeated, tag = "3")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "4")]
+    pub healthy_deadline_ms: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestartAppRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "3")]
+    pub reload: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HostProgress {
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+    /// "staging", "activating", "done", "failed", "skipped"
+    #[prost(string, tag = "2")]
+    pub phase: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub state: ::core::option::Option<AppState>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatusRequest {
+    /// Empty: every app.
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HostAppStatus {
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub host_state: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub state: ::core::option::Option<AppState>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StatusResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<HostAppStatus>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogsRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "3")]
+    pub lines: u32,
+    #[prost(bool, tag = "4")]
+    pub follow: bool,
 }
 /// Generated client implementations.
 pub mod enrollment_client {
@@ -1111,6 +1450,199 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAudit"));
             self.inner.unary(req, path, codec).await
         }
+        /// Apps, releases, secrets.
+        pub async fn apply_app(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ApplyAppRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApplyAppResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/ApplyApp");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ApplyApp"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_apps(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAppsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAppsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/ListApps");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListApps"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn get_app(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetAppRequest>,
+        ) -> std::result::Result<tonic::Response<super::AppInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/GetApp");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "GetApp"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// First message carries the header (app, version, size); the rest carry data.
+        pub async fn upload_release(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::UploadReleaseChunk,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<super::UploadReleaseResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/UploadRelease",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "UploadRelease"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+        pub async fn set_secret(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetSecretRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetSecretResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/SetSecret");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "SetSecret"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Running apps on hosts.
+        pub async fn deploy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeployRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HostProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Deploy");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Deploy"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        pub async fn restart_app(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RestartAppRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HostProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RestartApp",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "RestartApp"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        pub async fn status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Status");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Status"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn logs(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LogsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::LogLine>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Logs");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Logs"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1154,6 +1686,75 @@ pub mod admin_server {
             tonic::Response<super::ListAuditResponse>,
             tonic::Status,
         >;
+        /// Apps, releases, secrets.
+        async fn apply_app(
+            &self,
+            request: tonic::Request<super::ApplyAppRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ApplyAppResponse>,
+            tonic::Status,
+        >;
+        async fn list_apps(
+            &self,
+            request: tonic::Request<super::ListAppsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAppsResponse>,
+            tonic::Status,
+        >;
+        async fn get_app(
+            &self,
+            request: tonic::Request<super::GetAppRequest>,
+        ) -> std::result::Result<tonic::Response<super::AppInfo>, tonic::Status>;
+        /// First message carries the header (app, version, size); the rest carry data.
+        async fn upload_release(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::UploadReleaseChunk>>,
+        ) -> std::result::Result<
+            tonic::Response<super::UploadReleaseResponse>,
+            tonic::Status,
+        >;
+        async fn set_secret(
+            &self,
+            request: tonic::Request<super::SetSecretRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetSecretResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the Deploy method.
+        type DeployStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HostProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Running apps on hosts.
+        async fn deploy(
+            &self,
+            request: tonic::Request<super::DeployRequest>,
+        ) -> std::result::Result<tonic::Response<Self::DeployStream>, tonic::Status>;
+        /// Server streaming response type for the RestartApp method.
+        type RestartAppStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HostProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        async fn restart_app(
+            &self,
+            request: tonic::Request<super::RestartAppRequest>,
+        ) -> std::result::Result<tonic::Response<Self::RestartAppStream>, tonic::Status>;
+        async fn status(
+            &self,
+            request: tonic::Request<super::StatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+        /// Server streaming response type for the Logs method.
+        type LogsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::LogLine, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        async fn logs(
+            &self,
+            request: tonic::Request<super::LogsRequest>,
+        ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
     }
     /// Operator API used by fleetctl (admin identities only).
     #[derive(Debug)]
@@ -1400,6 +2001,406 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ApplyApp" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApplyAppSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ApplyAppRequest>
+                    for ApplyAppSvc<T> {
+                        type Response = super::ApplyAppResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ApplyAppRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::apply_app(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApplyAppSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ListApps" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAppsSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListAppsRequest>
+                    for ListAppsSvc<T> {
+                        type Response = super::ListAppsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAppsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_apps(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAppsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/GetApp" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetAppSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::GetAppRequest>
+                    for GetAppSvc<T> {
+                        type Response = super::AppInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetAppRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::get_app(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetAppSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/UploadRelease" => {
+                    #[allow(non_camel_case_types)]
+                    struct UploadReleaseSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ClientStreamingService<super::UploadReleaseChunk>
+                    for UploadReleaseSvc<T> {
+                        type Response = super::UploadReleaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::UploadReleaseChunk>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::upload_release(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UploadReleaseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/SetSecret" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetSecretSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::SetSecretRequest>
+                    for SetSecretSvc<T> {
+                        type Response = super::SetSecretResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetSecretRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_secret(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetSecretSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Deploy" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeploySvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::DeployRequest>
+                    for DeploySvc<T> {
+                        type Response = super::HostProgress;
+                        type ResponseStream = T::DeployStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeployRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::deploy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeploySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RestartApp" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestartAppSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::RestartAppRequest>
+                    for RestartAppSvc<T> {
+                        type Response = super::HostProgress;
+                        type ResponseStream = T::RestartAppStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RestartAppRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::restart_app(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestartAppSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Status" => {
+                    #[allow(non_camel_case_types)]
+                    struct StatusSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::StatusRequest>
+                    for StatusSvc<T> {
+                        type Response = super::StatusResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::status(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Logs" => {
+                    #[allow(non_camel_case_types)]
+                    struct LogsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::LogsRequest>
+                    for LogsSvc<T> {
+                        type Response = super::LogLine;
+                        type ResponseStream = T::LogsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LogsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::logs(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LogsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -2,10 +2,12 @@
 //! through fleet-proto, prints. It never links controller internals.
 #![forbid(unsafe_code)]
 
+mod apps;
 mod audit;
 mod client;
 mod hosts;
 mod output;
+mod run;
 mod token;
 
 use std::path::PathBuf;
@@ -61,6 +63,25 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Apps: apply a spec, list, show.
+    #[command(subcommand)]
+    App(apps::AppCmd),
+    /// Release tarballs.
+    #[command(subcommand)]
+    Release(apps::ReleaseCmd),
+    /// Per-app secrets (values from stdin, never printed).
+    #[command(subcommand)]
+    Secret(apps::SecretCmd),
+    /// Install and start a release on hosts, all at once.
+    Deploy(run::DeployArgs),
+    /// Restart an app (graceful: connections queue in the socket meanwhile).
+    Restart(run::RestartArgs),
+    /// Reload an app's code in place (HUP after a preflight import).
+    Reload(run::RestartArgs),
+    /// Per host: release, state, health, restarts, main pid.
+    Status { app: Option<String> },
+    /// The app's journal lines from its hosts, prefixed by host.
+    Logs(run::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,5 +112,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hosts => hosts::list(&conn, cli.output).await,
         Command::Host(cmd) => hosts::run(&conn, cmd, cli.output).await,
         Command::Audit { since } => audit::run(&conn, since, cli.output).await,
+        Command::App(cmd) => apps::app(&conn, cmd, cli.output).await,
+        Command::Release(cmd) => apps::release(&conn, cmd, cli.output).await,
+        Command::Secret(cmd) => apps::secret(&conn, cmd, cli.output).await,
+        Command::Deploy(args) => run::deploy(&conn, args, cli.output).await,
+        Command::Restart(args) => run::restart(&conn, args, false, cli.output).await,
+        Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
+        Command::Status { app } => run::status(&conn, app, cli.output).await,
+        Command::Logs(args) => run::logs(&conn, args).await,
     }
 }

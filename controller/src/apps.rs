@@ -1,0 +1,653 @@
+//! Apps, releases and secrets on the controller, and the operations that run them on
+//! hosts: deploy, restart/reload, status and logs. Secret values leave the controller
+//! only inside Activate commands to the hosts that run the app.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_proto::spec::{check_env_key, check_env_value, AppName, AppSpec, Version};
+use fleet_proto::v1::command::Kind;
+use fleet_proto::v1::command_result::Status as CmdStatus;
+use fleet_proto::v1::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::commands::CommandError;
+use crate::shared::{internal, Shared};
+use crate::store::{AppRecord, ReleaseRecord};
+use crate::timefmt::now_secs;
+
+/// Latest state each host reported for each app.
+#[derive(Default)]
+pub struct AppStates(Mutex<HashMap<(String, String), AppState>>);
+
+impl AppStates {
+    /// Records a report; returns the previous one.
+    pub fn update(&self, host: &str, state: AppState) -> Option<AppState> {
+        self.0
+            .lock()
+            .expect("app states lock")
+            .insert((host.to_owned(), state.app.clone()), state)
+    }
+
+    pub fn all(&self) -> Vec<(String, AppState)> {
+        let mut v: Vec<(String, AppState)> = self
+            .0
+            .lock()
+            .expect("app states lock")
+            .iter()
+            .map(|((h, _), s)| (h.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| (&a.1.app, &a.0).cmp(&(&b.1.app, &b.0)));
+        v
+    }
+
+    pub fn hosts_running(&self, app: &str) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|(_, s)| s.app == app)
+            .map(|(h, _)| h)
+            .collect()
+    }
+}
+
+pub const DEFAULT_HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
+/// Allowance on top of the health deadline for fetching, unpacking and building a venv.
+const STAGING_ALLOWANCE: Duration = Duration::from_secs(600);
+
+fn app_name(s: &str) -> Result<AppName, Status> {
+    s.parse()
+        .map_err(|e: fleet_proto::spec::SpecError| Status::invalid_argument(e.to_string()))
+}
+
+fn load_app(shared: &Shared, name: &str) -> Result<(AppRecord, AppSpec), Status> {
+    let rec = shared.store.app(name).map_err(internal)?.ok_or_else(|| {
+        Status::not_found(format!(
+            "no app named {name}: create it with `fleetctl app apply FILE.toml`"
+        ))
+    })?;
+    let spec = AppSpec::parse(&rec.spec_toml)
+        .map_err(|e| Status::internal(format!("stored spec of {name} no longer validates: {e}")))?;
+    Ok((rec, spec))
+}
+
+pub fn apply(shared: &Shared, actor: &str, spec_toml: &str) -> Result<ApplyAppResponse, Status> {
+    let spec = AppSpec::parse(spec_toml)
+        .map_err(|e| Status::invalid_argument(format!("app spec: {e}")))?;
+    let name = spec.name.to_string();
+    let old = shared.store.app(&name).map_err(internal)?;
+    let changed = old.as_ref().is_none_or(|o| o.spec_toml != spec_toml);
+    if changed {
+        shared
+            .store
+            .put_app(&AppRecord {
+                name: name.clone(),
+                spec_toml: spec_toml.to_owned(),
+                updated_at: now_secs(),
+            })
+            .map_err(internal)?;
+        shared
+            .audit(
+                actor,
+                if old.is_some() {
+                    "app.update"
+                } else {
+                    "app.create"
+                },
+                &name,
+                "",
+            )
+            .map_err(internal)?;
+    }
+    Ok(ApplyAppResponse {
+        app: name,
+        created: old.is_none(),
+        changed,
+    })
+}
+
+pub fn list(shared: &Shared) -> Result<ListAppsResponse, Status> {
+    let mut apps = Vec::new();
+    for rec in shared.store.apps().map_err(internal)? {
+        let releases = shared.store.releases(&rec.name).map_err(internal)?;
+        let server = AppSpec::parse(&rec.spec_toml)
+            .map(|s| s.server.as_str().to_owned())
+            .unwrap_or_default();
+        apps.push(AppSummary {
+            server,
+            releases: releases.len() as u32,
+            latest_release: releases
+                .last()
+                .map(|r| r.version.clone())
+                .unwrap_or_default(),
+            hosts: shared.app_states.hosts_running(&rec.name).len() as u32,
+            app: rec.name,
+        });
+    }
+    apps.sort_by(|a, b| a.app.cmp(&b.app));
+    Ok(ListAppsResponse { apps })
+}
+
+pub fn get(shared: &Shared, name: &str) -> Result<AppInfo, Status> {
+    let (rec, spec) = load_app(shared, name)?;
+    let set = shared.store.secrets(name).map_err(internal)?;
+    Ok(AppInfo {
+        app: rec.name,
+        spec_toml: rec.spec_toml,
+        releases: shared
+            .store
+            .releases(name)
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| ReleaseInfo {
+                version: r.version,
+                sha256: r.sha256,
+                size: r.size,
+                uploaded_at: r.uploaded_at,
+            })
+            .collect(),
+        secrets_set: set.keys().cloned().collect(),
+        secrets_missing: spec
+            .secrets
+            .iter()
+            .filter(|s| !set.contains_key(*s))
+            .cloned()
+            .collect(),
+    })
+}
+
+pub async fn upload(
+    shared: &Shared,
+    actor: &str,
+    mut chunks: Streaming<UploadReleaseChunk>,
+) -> Result<UploadReleaseResponse, Status> {
+    let first = chunks
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+    let app = app_name(&first.app)?;
+    let version: Version = first
+        .version
+        .parse()
+        .map_err(|e: fleet_proto::spec::SpecError| Status::invalid_argument(e.to_string()))?;
+    load_app(shared, app.as_str())?;
+    let limit = shared.settings.max_release_bytes;
+    if first.size > limit {
+        return Err(Status::invalid_argument(format!(
+            "release is {} bytes, over the controller's limit of {limit} (max_release_bytes)",
+            first.size
+        )));
+    }
+    let mut up = shared
+        .blobs
+        .begin(limit)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    up.write(&first.data)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    while let Some(chunk) = chunks.message().await? {
+        up.write(&chunk.data)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    let (sha256, size) = shared
+        .blobs
+        .finish(up, first.size)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let rec = ReleaseRecord {
+        app: app.to_string(),
+        version: version.to_string(),
+        sha256: sha256.clone(),
+        size,
+        uploaded_at: now_secs(),
+    };
+    match shared.store.put_release_if_absent(&rec).map_err(internal)? {
+        None => {
+            shared
+                .audit(
+                    actor,
+                    "release.upload",
+                    &format!("{app}@{version}"),
+                    &format!("sha256 {sha256}, {size} bytes"),
+                )
+                .map_err(internal)?;
+            Ok(UploadReleaseResponse {
+                sha256,
+                size,
+                created: true,
+            })
+        }
+        Some(existing) if existing.sha256 == sha256 => Ok(UploadReleaseResponse {
+            sha256,
+            size,
+            created: false,
+        }),
+        Some(existing) => {
+            if !shared.store.blob_in_use(&sha256).map_err(internal)? {
+                shared.blobs.remove(&sha256);
+            }
+            Err(Status::already_exists(format!(
+                "{app} {version} already exists with other content (sha256 {}): releases are immutable, upload this one under a new version",
+                existing.sha256
+            )))
+        }
+    }
+}
+
+pub fn set_secret(
+    shared: &Shared,
+    actor: &str,
+    req: SetSecretRequest,
+) -> Result<SetSecretResponse, Status> {
+    let app = app_name(&req.app)?;
+    load_app(shared, app.as_str())?;
+    check_env_key("key", &req.key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // The error names the key, never the value.
+    check_env_value(&req.key, &req.value).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let created = shared
+        .store
+        .set_secret(app.as_str(), &req.key, &req.value)
+        .map_err(internal)?;
+    shared
+        .audit(
+            actor,
+            "secret.set",
+            app.as_str(),
+            &format!(
+                "{} {}",
+                req.key,
+                if created { "created" } else { "changed" }
+            ),
+        )
+        .map_err(internal)?;
+    Ok(SetSecretResponse { created })
+}
+
+type Progress = mpsc::Sender<Result<HostProgress, Status>>;
+
+fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
+    let enrolled: Vec<String> = shared
+        .store
+        .hosts()
+        .map_err(internal)?
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    if requested.is_empty() {
+        if enrolled.is_empty() {
+            return Err(Status::failed_precondition("no hosts are enrolled: enroll one with `fleetctl token create` and `fleet-agent join`"));
+        }
+        return Ok(enrolled);
+    }
+    let unknown: Vec<&String> = requested.iter().filter(|h| !enrolled.contains(h)).collect();
+    if !unknown.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "unknown host(s): {}: see `fleetctl hosts`",
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(requested.to_vec())
+}
+
+fn describe(err: CommandError) -> String {
+    match err {
+        CommandError::HostDown => "host is down: nothing was changed on it".into(),
+        e => e.to_string(),
+    }
+}
+
+/// Runs `kind` on every host at once, streaming a line per host as it starts and ends.
+async fn fan_out(
+    shared: Arc<Shared>,
+    app: String,
+    hosts: Vec<String>,
+    kind: Kind,
+    timeout: Duration,
+    tx: Progress,
+) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for host in hosts {
+        let (shared, tx, kind, app) = (shared.clone(), tx.clone(), kind.clone(), app.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(HostProgress {
+                    host: host.clone(),
+                    phase: "activating".into(),
+                    ..Default::default()
+                }))
+                .await;
+            let outcome = shared
+                .commands
+                .call(&shared.sessions, &host, kind, timeout)
+                .await;
+            let state = shared
+                .app_states
+                .all()
+                .into_iter()
+                .find(|(h, s)| *h == host && s.app == app)
+                .map(|(_, s)| s);
+            let (ok, message) = match outcome {
+                Ok(r) if r.status == CmdStatus::Ok as i32 => (true, r.message),
+                Ok(r) if r.status == CmdStatus::Unsupported as i32 => (
+                    false,
+                    format!(
+                        "the agent on this host is too old for this command: {}",
+                        r.message
+                    ),
+                ),
+                Ok(r) => (false, r.message),
+                Err(e) => (false, describe(e)),
+            };
+            let _ = tx
+                .send(Ok(HostProgress {
+                    host,
+                    phase: if ok { "done" } else { "failed" }.into(),
+                    message,
+                    state,
+                }))
+                .await;
+            ok
+        }));
+    }
+    let mut ok = 0;
+    let mut failed = 0;
+    for t in tasks {
+        if t.await.unwrap_or(false) {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    (ok, failed)
+}
+
+pub fn deploy(
+    shared: Arc<Shared>,
+    actor: String,
+    req: DeployRequest,
+) -> Result<ReceiverStream<Result<HostProgress, Status>>, Status> {
+    let app = app_name(&req.app)?;
+    let (rec, spec) = load_app(&shared, app.as_str())?;
+    let version: Version = req
+        .version
+        .parse()
+        .map_err(|e: fleet_proto::spec::SpecError| Status::invalid_argument(e.to_string()))?;
+    let release = shared
+        .store
+        .release(app.as_str(), version.as_str())
+        .map_err(internal)?
+        .ok_or_else(|| {
+            Status::not_found(format!("{app} has no release {version}: upload it with `fleetctl release upload {app} FILE.tar.gz --version {version}`"))
+        })?;
+    let secrets = shared.store.secrets(app.as_str()).map_err(internal)?;
+    let missing: Vec<&String> = spec
+        .secrets
+        .iter()
+        .filter(|s| !secrets.contains_key(*s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{app} needs secrets that are not set: {} (set each with `fleetctl secret set {app} KEY`); no host was touched",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let wanted: BTreeMap<String, String> = secrets
+        .into_iter()
+        .filter(|(k, _)| spec.secrets.contains(k))
+        .collect();
+    let hosts = targets(&shared, &req.hosts)?;
+    let deadline = match req.healthy_deadline_ms {
+        0 => DEFAULT_HEALTHY_DEADLINE,
+        ms => Duration::from_millis(ms),
+    };
+    let kind = Kind::Activate(Activate {
+        spec_toml: rec.spec_toml,
+        version: version.to_string(),
+        sha256: release.sha256,
+        size: release.size,
+        secrets: wanted.into_iter().collect(),
+        healthy_deadline_ms: deadline.as_millis() as u64,
+    });
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let (ok, failed) = fan_out(
+            shared.clone(),
+            app.to_string(),
+            hosts.clone(),
+            kind,
+            deadline + STAGING_ALLOWANCE,
+            tx,
+        )
+        .await;
+        let _ = shared.audit(
+            &actor,
+            "app.deploy",
+            &format!("{app}@{version}"),
+            &format!("hosts {}: {ok} ok, {failed} failed", hosts.join(",")),
+        );
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+pub fn restart(
+    shared: Arc<Shared>,
+    actor: String,
+    req: RestartAppRequest,
+) -> Result<ReceiverStream<Result<HostProgress, Status>>, Status> {
+    let app = app_name(&req.app)?;
+    load_app(&shared, app.as_str())?;
+    let hosts = if req.hosts.is_empty() {
+        let running = shared.app_states.hosts_running(app.as_str());
+        if running.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{app} runs on no host: deploy it first"
+            )));
+        }
+        running
+    } else {
+        targets(&shared, &req.hosts)?
+    };
+    let kind = Kind::Restart(Restart {
+        app: app.to_string(),
+        reload: req.reload,
+        healthy_deadline_ms: DEFAULT_HEALTHY_DEADLINE.as_millis() as u64,
+    });
+    let (tx, rx) = mpsc::channel(64);
+    let action = if req.reload {
+        "app.reload"
+    } else {
+        "app.restart"
+    };
+    tokio::spawn(async move {
+        let (ok, failed) = fan_out(
+            shared.clone(),
+            app.to_string(),
+            hosts.clone(),
+            kind,
+            DEFAULT_HEALTHY_DEADLINE + Duration::from_secs(30),
+            tx,
+        )
+        .await;
+        let _ = shared.audit(
+            &actor,
+            action,
+            app.as_str(),
+            &format!("hosts {}: {ok} ok, {failed} failed", hosts.join(",")),
+        );
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+pub fn status(shared: &Shared, app: &str) -> Result<StatusResponse, Status> {
+    if !app.is_empty() {
+        load_app(shared, app)?;
+    }
+    let entries = shared
+        .app_states
+        .all()
+        .into_iter()
+        .filter(|(_, s)| app.is_empty() || s.app == app)
+        .map(|(host, state)| HostAppStatus {
+            host_state: if shared.sessions.up(&host).is_some() {
+                "up"
+            } else {
+                "down"
+            }
+            .into(),
+            host,
+            state: Some(state),
+        })
+        .collect();
+    Ok(StatusResponse { entries })
+}
+
+pub async fn logs(
+    shared: Arc<Shared>,
+    req: LogsRequest,
+) -> Result<ReceiverStream<Result<LogLine, Status>>, Status> {
+    let app = app_name(&req.app)?;
+    load_app(&shared, app.as_str())?;
+    let hosts = if req.hosts.is_empty() {
+        shared.app_states.hosts_running(app.as_str())
+    } else {
+        targets(&shared, &req.hosts)?
+    };
+    let (lines_tx, mut lines_rx) = mpsc::channel::<LogLine>(1024);
+    let mut tails = Vec::new();
+    for host in &hosts {
+        let kind = Kind::TailLogs(TailLogs {
+            app: app.to_string(),
+            lines: req.lines.clamp(1, 10_000),
+            follow: req.follow,
+        });
+        match shared
+            .commands
+            .tail(&shared.sessions, host, kind, lines_tx.clone())
+            .await
+        {
+            Ok(id) => tails.push((host.clone(), id)),
+            Err(e) => {
+                let _ = lines_tx.try_send(LogLine {
+                    host: host.clone(),
+                    line: format!("[fleet] no logs from this host: {}", describe(e)),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    // Only the tails hold senders now: the stream ends when every host is done.
+    drop(lines_tx);
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(line) = lines_rx.recv().await {
+            if tx.send(Ok(line)).await.is_err() {
+                break;
+            }
+        }
+        // The client went away (or all tails ended): stop following on the hosts.
+        for (host, id) in tails {
+            shared.commands.end_tail(&id);
+            if req.follow {
+                shared
+                    .commands
+                    .send_only(
+                        &shared.sessions,
+                        &host,
+                        Kind::StopLogs(StopLogs { tail_id: id }),
+                    )
+                    .await;
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Serves release bytes to an agent over its stream, in order, from `offset`.
+pub async fn serve_fetch(shared: Arc<Shared>, req: FetchRelease, tx: crate::sessions::Outbound) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let reply = |offset: u64, data: Vec<u8>, last: bool, error: String| ControllerMessage {
+        body: Some(controller_message::Body::ReleaseData(ReleaseData {
+            request_id: req.request_id.clone(),
+            offset,
+            data,
+            last,
+            error,
+        })),
+    };
+    let known = shared.store.blob_in_use(&req.sha256).unwrap_or(false);
+    let path = shared.blobs.path(&req.sha256).filter(|_| known);
+    let mut file = match path {
+        Some(p) => match tokio::fs::File::open(&p).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(reply(
+                        req.offset,
+                        vec![],
+                        true,
+                        format!("release blob unreadable: {e}"),
+                    )))
+                    .await;
+                return;
+            }
+        },
+        None => {
+            let _ = tx
+                .send(Ok(reply(
+                    req.offset,
+                    vec![],
+                    true,
+                    format!("no release with sha256 {}", req.sha256),
+                )))
+                .await;
+            return;
+        }
+    };
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if req.offset > size
+        || file
+            .seek(std::io::SeekFrom::Start(req.offset))
+            .await
+            .is_err()
+    {
+        let _ = tx
+            .send(Ok(reply(
+                req.offset,
+                vec![],
+                true,
+                format!("offset {} beyond size {size}", req.offset),
+            )))
+            .await;
+        return;
+    }
+    let mut offset = req.offset;
+    loop {
+        let mut buf = vec![0u8; crate::blobs::CHUNK];
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(reply(offset, vec![], true, format!("read failed: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        buf.truncate(n);
+        let last = offset + n as u64 >= size;
+        if tx
+            .send(Ok(reply(offset, buf, last, String::new())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        offset += n as u64;
+        if last {
+            return;
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `fleetctl app apply|list|show`, `release upload`, `secret set`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use fleet_proto::spec::AppSpec;
+use fleet_proto::v1::{
+    ApplyAppRequest, GetAppRequest, ListAppsRequest, SetSecretRequest, UploadReleaseChunk,
+};
+use serde_json::json;
+
+use crate::client::Conn;
+use crate::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum AppCmd {
+    /// Create or update an app from its spec (TOML).
+    Apply { file: PathBuf },
+    /// List apps.
+    List,
+    /// Show an app's spec, releases and which secrets are set.
+    Show { app: String },
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseCmd {
+    /// Upload a release tarball (its root is the app directory).
+    Upload {
+        app: String,
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretCmd {
+    /// Set a secret; the value is read from stdin (never from the command line).
+    Set { app: String, key: String },
+}
+
+const CHUNK: usize = 256 * 1024;
+
+pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        AppCmd::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            // Validate here too, so a typo is reported before anything is sent.
+            AppSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let resp = conn
+                .admin()
+                .await?
+                .apply_app(ApplyAppRequest { spec_toml: text })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            match format {
+                Format::Json => output::json(
+                    &json!({"app": resp.app, "created": resp.created, "changed": resp.changed}),
+                ),
+                Format::Table => println!(
+                    "app {} {}",
+                    resp.app,
+                    if resp.created {
+                        "created"
+                    } else if resp.changed {
+                        "updated"
+                    } else {
+                        "unchanged"
+                    }
+                ),
+            }
+        }
+        AppCmd::List => {
+            let apps = conn
+                .admin()
+                .await?
+                .list_apps(ListAppsRequest {})
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner()
+                .apps;
+            match format {
+                Format::Json => output::json(&json!(apps
+                    .iter()
+                    .map(|a| json!({"app": a.app, "server": a.server, "releases": a.releases, "latest_release": a.latest_release, "hosts": a.hosts}))
+                    .collect::<Vec<_>>())),
+                Format::Table => output::table(
+                    &["APP", "SERVER", "RELEASES", "LATEST", "HOSTS"],
+                    &apps
+                        .iter()
+                        .map(|a| vec![a.app.clone(), a.server.clone(), a.releases.to_string(), a.latest_release.clone(), a.hosts.to_string()])
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        AppCmd::Show { app } => {
+            let info = conn
+                .admin()
+                .await?
+                .get_app(GetAppRequest { app })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            match format {
+                Format::Json => output::json(&json!({
+                    "app": info.app,
+                    "spec": info.spec_toml,
+                    "releases": info.releases.iter().map(|r| json!({"version": r.version, "sha256": r.sha256, "size": r.size, "uploaded_at": output::time(r.uploaded_at)})).collect::<Vec<_>>(),
+                    "secrets_set": info.secrets_set,
+                    "secrets_missing": info.secrets_missing,
+                })),
+                Format::Table => {
+                    println!("{}", info.spec_toml.trim_end());
+                    println!();
+                    output::table(
+                        &["RELEASE", "SHA256", "SIZE", "UPLOADED"],
+                        &info
+                            .releases
+                            .iter()
+                            .map(|r| {
+                                vec![
+                                    r.version.clone(),
+                                    r.sha256[..12.min(r.sha256.len())].to_owned(),
+                                    r.size.to_string(),
+                                    output::time_or_dash(r.uploaded_at),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    println!();
+                    println!(
+                        "secrets set: {}",
+                        if info.secrets_set.is_empty() {
+                            "-".into()
+                        } else {
+                            info.secrets_set.join(", ")
+                        }
+                    );
+                    if !info.secrets_missing.is_empty() {
+                        println!("secrets missing: {}", info.secrets_missing.join(", "));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn release(conn: &Conn, cmd: ReleaseCmd, format: Format) -> anyhow::Result<()> {
+    let ReleaseCmd::Upload { app, file, version } = cmd;
+    let mut f = std::fs::File::open(&file)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+    let size = f.metadata()?.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let header = UploadReleaseChunk {
+        app: app.clone(),
+        version: version.clone(),
+        size,
+        data: vec![],
+    };
+    // Reads on a blocking thread so a large file streams without being held in memory.
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if tx.blocking_send(header).is_err() {
+            return Ok(());
+        }
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            if tx
+                .blocking_send(UploadReleaseChunk {
+                    data: buf,
+                    ..Default::default()
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    });
+    let resp = conn
+        .admin()
+        .await?
+        .upload_release(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    reader.await??;
+    match format {
+        Format::Json => output::json(
+            &json!({"app": app, "version": version, "sha256": resp.sha256, "size": resp.size, "created": resp.created}),
+        ),
+        Format::Table => println!(
+            "{} {app} {version}: {} bytes, sha256 {}",
+            if resp.created {
+                "uploaded"
+            } else {
+                "already present:"
+            },
+            resp.size,
+            resp.sha256
+        ),
+    }
+    Ok(())
+}
+
+pub async fn secret(conn: &Conn, cmd: SecretCmd, format: Format) -> anyhow::Result<()> {
+    let SecretCmd::Set { app, key } = cmd;
+    let mut value = String::new();
+    std::io::stdin()
+        .read_to_string(&mut value)
+        .map_err(|e| anyhow::anyhow!("cannot read the secret value from stdin: {e}"))?;
+    // `echo value | fleetctl secret set` adds one newline that is not part of the secret.
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    let resp = conn
+        .admin()
+        .await?
+        .set_secret(SetSecretRequest {
+            app: app.clone(),
+            key: key.clone(),
+            value,
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    match format {
+        Format::Json => output::json(&json!({"app": app, "key": key, "created": resp.created})),
+        Format::Table => println!(
+            "secret {key} of {app} {}",
+            if resp.created { "set" } else { "changed" }
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! `fleetctl deploy`, `restart`, `reload`, `status`, `logs`: apps on hosts.
+
+use clap::Args;
+use fleet_proto::v1::{
+    AppState, DeployRequest, HostProgress, LogsRequest, RestartAppRequest, StatusRequest,
+};
+use serde_json::json;
+use tonic::Streaming;
+
+use crate::client::Conn;
+use crate::output::{self, Format};
+
+#[derive(Args)]
+pub struct DeployArgs {
+    pub app: String,
+    #[arg(long)]
+    pub version: String,
+    /// Comma-separated hosts [default: every host]
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// How long each host may take to become healthy.
+    #[arg(long, default_value = "60s")]
+    pub healthy_deadline: String,
+}
+
+#[derive(Args)]
+pub struct RestartArgs {
+    pub app: String,
+    /// Comma-separated hosts [default: every host running the app]
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    pub app: String,
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Keep following new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Lines of history per host.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: u32,
+}
+
+pub fn state_json(s: &AppState) -> serde_json::Value {
+    json!({
+        "release": s.release,
+        "state": s.active_state,
+        "sub_state": s.sub_state,
+        "healthy": s.healthy,
+        "restarts": s.restarts,
+        "main_pid": s.main_pid,
+        "since": output::time(s.since),
+        "crash_loop": s.crash_loop,
+        "health_detail": s.health_detail,
+    })
+}
+
+/// Prints per-host progress as it arrives; returns how many hosts failed.
+async fn follow(
+    conn: &Conn,
+    mut stream: Streaming<HostProgress>,
+    format: Format,
+) -> anyhow::Result<usize> {
+    let mut results = Vec::new();
+    let mut failed = 0;
+    while let Some(p) = stream.message().await.map_err(|s| conn.status(s))? {
+        if p.phase == "failed" {
+            failed += 1;
+        }
+        match format {
+            Format::Table => {
+                let detail = match (&p.state, p.phase.as_str()) {
+                    (Some(s), "done") => format!(
+                        "release {} healthy={} pid {}",
+                        s.release, s.healthy, s.main_pid
+                    ),
+                    _ => String::new(),
+                };
+                println!("{:<16} {:<10} {} {}", p.host, p.phase, p.message, detail);
+            }
+            Format::Json => {
+                if p.phase == "done" || p.phase == "failed" {
+                    results.push(json!({"host": p.host, "result": p.phase, "message": p.message, "app": p.state.as_ref().map(state_json)}));
+                }
+            }
+        }
+    }
+    if format == Format::Json {
+        output::json(&json!(results));
+    }
+    Ok(failed)
+}
+
+pub async fn deploy(conn: &Conn, args: DeployArgs, format: Format) -> anyhow::Result<()> {
+    let deadline = humantime::parse_duration(&args.healthy_deadline).map_err(|_| {
+        anyhow::anyhow!(
+            "--healthy-deadline {:?} is not a duration",
+            args.healthy_deadline
+        )
+    })?;
+    let stream = conn
+        .admin()
+        .await?
+        .deploy(DeployRequest {
+            app: args.app.clone(),
+            version: args.version.clone(),
+            hosts: args.hosts,
+            healthy_deadline_ms: deadline.as_millis() as u64,
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    let failed = follow(conn, stream, format).await?;
+    if failed > 0 {
+        anyhow::bail!(
+            "deploy of {} {} failed on {failed} host(s)",
+            args.app,
+            args.version
+        );
+    }
+    Ok(())
+}
+
+pub async fn restart(
+    conn: &Conn,
+    args: RestartArgs,
+    reload: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let stream = conn
+        .admin()
+        .await?
+        .restart_app(RestartAppRequest {
+            app: args.app.clone(),
+            hosts: args.hosts,
+            reload,
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    let failed = follow(conn, stream, format).await?;
+    if failed > 0 {
+        anyhow::bail!(
+            "{} of {} failed on {failed} host(s)",
+            if reload { "reload" } else { "restart" },
+            args.app
+        );
+    }
+    Ok(())
+}
+
+pub async fn status(conn: &Conn, app: Option<String>, format: Format) -> anyhow::Result<()> {
+    let entries = conn
+        .admin()
+        .await?
+        .status(StatusRequest {
+            app: app.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner()
+        .entries;
+    match format {
+        Format::Json => output::json(&json!(entries
+            .iter()
+            .map(|e| {
+                let s = e.state.clone().unwrap_or_default();
+                let mut v = state_json(&s);
+                v["host"] = json!(e.host);
+                v["host_state"] = json!(e.host_state);
+                v["app"] = json!(s.app);
+                v
+            })
+            .collect::<Vec<_>>())),
+        Format::Table => output::table(
+            &[
+                "APP", "HOST", "RELEASE", "STATE", "HEALTHY", "RESTARTS", "PID", "SINCE",
+            ],
+            &entries
+                .iter()
+                .map(|e| {
+                    let s = e.state.clone().unwrap_or_default();
+                    let healthy = if s.crash_loop {
+                        "crash-loop".to_owned()
+                    } else {
+                        s.healthy.to_string()
+                    };
+                    let state = if e.host_state == "up" {
+                        s.active_state.clone()
+                    } else {
+                        format!("{} (host down)", s.active_state)
+                    };
+                    vec![
+                        s.app.clone(),
+                        e.host.clone(),
+                        s.release.clone(),
+                        state,
+                        healthy,
+                        s.restarts.to_string(),
+                        s.main_pid.to_string(),
+                        output::time_or_dash(s.since),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
+}
+
+pub async fn logs(conn: &Conn, args: LogsArgs) -> anyhow::Result<()> {
+    let mut stream = conn
+        .admin()
+        .await?
+        .logs(LogsRequest {
+            app: args.app,
+            hosts: args.hosts,
+            lines: args.lines,
+            follow: args.follow,
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    while let Some(line) = stream.message().await.map_err(|s| conn.status(s))? {
+        println!("{}: {}", line.host, line.line);
+    }
+    Ok(())
+}

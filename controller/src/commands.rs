@@ -1,0 +1,185 @@
+//! Commands to agents and their answers: each command gets a correlation id, is sent down
+//! the host's stream, and is answered by exactly one CommandResult routed back here. Log
+//! tails are routed the same way by their command id.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fleet_proto::v1::controller_message::Body as Down;
+use fleet_proto::v1::{command, Command, CommandResult, ControllerMessage, LogLine};
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::sessions::Sessions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("host is down")]
+    HostDown,
+    #[error("host disconnected before answering")]
+    Disconnected,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+struct Pending {
+    host: String,
+    reply: oneshot::Sender<CommandResult>,
+}
+
+#[derive(Default)]
+pub struct Commands {
+    pending: Mutex<HashMap<String, Pending>>,
+    tails: Mutex<HashMap<String, (String, mpsc::Sender<LogLine>)>>,
+}
+
+pub fn new_id() -> String {
+    let mut b = [0u8; 12];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+async fn send_raw(
+    sessions: &Sessions,
+    host: &str,
+    id: &str,
+    kind: command::Kind,
+) -> Result<(), CommandError> {
+    let tx = sessions.outbound(host).ok_or(CommandError::HostDown)?;
+    let msg = ControllerMessage {
+        body: Some(Down::Command(Command {
+            id: id.to_owned(),
+            kind: Some(kind),
+        })),
+    };
+    tx.send(Ok(msg))
+        .await
+        .map_err(|_| CommandError::Disconnected)
+}
+
+impl Commands {
+    /// Sends `kind` to `host` and waits up to `timeout` for its result.
+    pub async fn call(
+        &self,
+        sessions: &Sessions,
+        host: &str,
+        kind: command::Kind,
+        timeout: Duration,
+    ) -> Result<CommandResult, CommandError> {
+        let id = new_id();
+        let rx = self.send(sessions, host, &id, kind).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(CommandError::Disconnected),
+            Err(_) => {
+                self.pending.lock().expect("pending lock").remove(&id);
+                Err(CommandError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        sessions: &Sessions,
+        host: &str,
+        id: &str,
+        kind: command::Kind,
+    ) -> Result<oneshot::Receiver<CommandResult>, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(
+            id.to_owned(),
+            Pending {
+                host: host.to_owned(),
+                reply,
+            },
+        );
+        if let Err(e) = send_raw(sessions, host, id, kind).await {
+            self.pending.lock().expect("pending lock").remove(id);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
+    /// Sends a command whose answer nobody waits for (e.g. StopLogs).
+    pub async fn send_only(&self, sessions: &Sessions, host: &str, kind: command::Kind) {
+        let _ = send_raw(sessions, host, &new_id(), kind).await;
+    }
+
+    /// Routes a CommandResult from `host`; results for unknown ids (late, or another
+    /// host's) are dropped.
+    pub fn resolve(&self, host: &str, result: CommandResult) {
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if pending.get(&result.id).is_some_and(|p| p.host == host) {
+                if let Some(p) = pending.remove(&result.id) {
+                    let _ = p.reply.send(result);
+                }
+                return;
+            }
+        }
+        // A tail's result means the agent has sent all it will (lines come first on the
+        // same stream); a failed one says why there are no lines.
+        let tail = self.tails.lock().expect("tails lock").remove(&result.id);
+        if let Some((h, tx)) = tail {
+            if h == host && result.status != fleet_proto::v1::command_result::Status::Ok as i32 {
+                let _ = tx.try_send(LogLine {
+                    tail_id: result.id,
+                    host: h,
+                    line: format!("[fleet] no logs from this host: {}", result.message),
+                    time_ms: 0,
+                });
+            }
+        }
+    }
+
+    /// Fails every command in flight to `host` (its stream ended).
+    pub fn host_gone(&self, host: &str) {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|_, p| p.host != host);
+        self.tails
+            .lock()
+            .expect("tails lock")
+            .retain(|_, (h, _)| h != host);
+    }
+
+    /// Starts a log tail on `host`; lines arrive on the returned receiver.
+    pub async fn tail(
+        &self,
+        sessions: &Sessions,
+        host: &str,
+        kind: command::Kind,
+        lines: mpsc::Sender<LogLine>,
+    ) -> Result<String, CommandError> {
+        let id = new_id();
+        self.tails
+            .lock()
+            .expect("tails lock")
+            .insert(id.clone(), (host.to_owned(), lines));
+        match send_raw(sessions, host, &id, kind).await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.tails.lock().expect("tails lock").remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn end_tail(&self, id: &str) {
+        self.tails.lock().expect("tails lock").remove(id);
+    }
+
+    /// Routes a log line to its tail; false when nobody listens any more.
+    pub fn deliver_line(&self, host: &str, line: LogLine) -> bool {
+        let tx = {
+            let tails = self.tails.lock().expect("tails lock");
+            match tails.get(&line.tail_id) {
+                Some((h, tx)) if h == host => tx.clone(),
+                _ => return false,
+            }
+        };
+        tx.try_send(line).is_ok()
+    }
+}

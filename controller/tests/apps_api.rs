@@ -1,0 +1,146 @@
+//! The controller's app, release and secret API through fleetctl, on loopback: what is
+//! stored, what is refused, and that secret values never come back out.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use support::{bin, Fleet};
+
+const SPEC: &str = r#"
+name = "shop"
+server = "gunicorn"
+entry = "app:application"
+listen = "0.0.0.0:8000"
+health = { path = "/health", timeout = "2s" }
+secrets = ["DATABASE_URL"]
+"#;
+
+fn write(fleet: &Fleet, name: &str, bytes: &[u8]) -> String {
+    let p = fleet.dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+fn fail(fleet: &Fleet, args: &[&str]) -> String {
+    let out = fleet.fleetctl(args);
+    assert!(!out.status.success(), "fleetctl {args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn secret_set(fleet: &Fleet, app: &str, key: &str, value: &str) -> std::process::Output {
+    let mut child = Command::new(bin("fleetctl"))
+        .args(["--controller", &fleet.addr()])
+        .arg("--identity")
+        .arg(fleet.admin_dir())
+        .args(["secret", "set", app, key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn apps_releases_and_secrets() {
+    let fleet = Fleet::start(&[]);
+    let spec = write(&fleet, "shop.toml", SPEC.as_bytes());
+    assert!(fleet
+        .ok(&["app", "apply", &spec])
+        .contains("app shop created"));
+    assert!(fleet.ok(&["app", "apply", &spec]).contains("unchanged"));
+
+    let bad = write(&fleet, "bad.toml", SPEC.replace("shop", "Shop").as_bytes());
+    let err = fail(&fleet, &["app", "apply", &bad]);
+    assert!(err.contains("name"), "{err}");
+
+    let tar1 = write(&fleet, "r1.tar.gz", b"release one bytes");
+    let out = fleet.ok(&["release", "upload", "shop", &tar1, "--version", "1.0"]);
+    assert!(out.contains("uploaded shop 1.0"), "{out}");
+    // Same bytes again: fine, nothing new.
+    assert!(fleet
+        .ok(&["release", "upload", "shop", &tar1, "--version", "1.0"])
+        .contains("already present"));
+    // Other bytes under the same version: refused.
+    let tar2 = write(&fleet, "r2.tar.gz", b"release two bytes");
+    let err = fail(
+        &fleet,
+        &["release", "upload", "shop", &tar2, "--version", "1.0"],
+    );
+    assert!(err.contains("already exists with other content"), "{err}");
+    let err = fail(
+        &fleet,
+        &["release", "upload", "shop", &tar2, "--version", "../1"],
+    );
+    assert!(err.contains("version"), "{err}");
+    let err = fail(
+        &fleet,
+        &["release", "upload", "nope", &tar2, "--version", "1"],
+    );
+    assert!(err.contains("no app named nope"), "{err}");
+
+    // Deploy refuses before touching any host while a required secret is missing.
+    let err = fail(&fleet, &["deploy", "shop", "--version", "1.0"]);
+    assert!(err.contains("DATABASE_URL"), "{err}");
+    assert!(err.contains("no host was touched"), "{err}");
+
+    let value = "postgres://shop:hunter2-very-secret@db/shop";
+    let out = secret_set(&fleet, "shop", "DATABASE_URL", value);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = secret_set(&fleet, "shop", "DATABASE_URL", "line\nExecStart=/bin/sh");
+    assert!(!bad.status.success());
+    assert!(
+        !String::from_utf8_lossy(&bad.stderr).contains("ExecStart"),
+        "the value is echoed"
+    );
+
+    let show = fleet.ok(&["app", "show", "shop", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["secrets_set"], serde_json::json!(["DATABASE_URL"]));
+    assert_eq!(v["releases"][0]["version"], "1.0");
+    let list: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["app", "list", "--output", "json"])).unwrap();
+    assert_eq!(list[0]["latest_release"], "1.0");
+
+    // The value appears nowhere: not in fleetctl output, the audit log or the controller's log.
+    let audit = fleet.ok(&["audit"]);
+    assert!(
+        audit.contains("secret.set") && audit.contains("DATABASE_URL created"),
+        "{audit}"
+    );
+    for text in [show, audit, fleet.controller_log()] {
+        assert!(!text.contains("hunter2"), "secret leaked:\n{text}");
+    }
+}
+
+#[test]
+fn oversize_release_is_refused() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("c.toml");
+    std::fs::write(&path, "max_release_bytes = 2048\n").unwrap();
+    let fleet = Fleet::start(&["--config", path.to_str().unwrap()]);
+    let spec = write(&fleet, "shop.toml", SPEC.as_bytes());
+    fleet.ok(&["app", "apply", &spec]);
+    let big = write(&fleet, "big.tar.gz", &[7u8; 4096]);
+    let err = fail(
+        &fleet,
+        &["release", "upload", "shop", &big, "--version", "2"],
+    );
+    assert!(err.contains("limit"), "{err}");
+    let blobs = std::fs::read_dir(fleet.data_dir().join("blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "a refused upload left a file behind");
+}

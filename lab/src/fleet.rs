@@ -95,7 +95,10 @@ pub fn binaries() -> Result<Binaries> {
         }
         return Ok(b);
     }
-    let ws = PathBuf::from(WORKSPACE);
+    // Canonical, so the paths printed for operators are ones they can paste.
+    let ws = PathBuf::from(WORKSPACE)
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from(WORKSPACE));
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.join("target"));

@@ -187,10 +187,15 @@ fn run(cli: Cli) -> Result<i32> {
             up_detached(&LabOptions::fleet(3))?;
             let b = fleet::binaries()?;
             print!("{}", fleet::fleetctl(&paths, &b, &["hosts"])?);
-            let bin_dir = b.fleetctl.parent().map(|d| d.display().to_string());
+            let lab_bin = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "fleet-lab".into());
+            let ctl = b.fleetctl.display().to_string();
             println!(
-                "\nThe lab is up (3 hosts). fleetctl is in {}. Try:\n  eval \"$(fleet-lab env)\"\n  fleetctl hosts\n  fleet-lab exec host1 -- systemctl status fleet-agent\n  fleet-lab fault cut host2\nWhen done:\n  fleet-lab down",
-                bin_dir.unwrap_or_default()
+                "\nThe lab is up: 3 real-systemd hosts, each running an enrolled fleet-agent, and the \
+                 controller on 198.18.0.1. Try:\n  eval \"$({lab_bin} env)\"\n  {ctl} hosts\n  \
+                 {lab_bin} exec host1 -- systemctl status fleet-agent\n  {lab_bin} fault cut host2; \
+                 sleep 4; {ctl} hosts\nWhen done:\n  {lab_bin} down"
             );
         }
     }

@@ -374,3 +374,27 @@ async fn join_attempts_are_rate_limited_per_source() {
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("controller.toml");
+    std::fs::write(&path, "handshake_timeout = \"500ms\"\n").unwrap();
+    let fleet = Fleet::start(&["--config", path.to_str().unwrap()]);
+    let mut tcp = tokio::net::TcpStream::connect(fleet.addr()).await.unwrap();
+    // Send nothing: the server must give up on us instead of holding the slot forever.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await
+    .expect("the controller kept a silent connection open for 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    support::wait_for("a warn log of the timed-out handshake", T, || {
+        fleet
+            .controller_log()
+            .contains("handshake not completed within")
+            .then_some(())
+    });
+}

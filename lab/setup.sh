@@ -1,0 +1,30 @@
+#!/bin/sh
+# Installs what the lab needs on the outer machine (Debian 12). Idempotent:
+# apt-get only installs what is missing. Run as root.
+#   lab/setup.sh            packages only
+#   lab/setup.sh --build    packages, then release builds of fleet-lab and the fleet binaries
+set -eu
+
+PKGS="systemd-container debootstrap nftables iproute2 util-linux openssh-client curl python3-venv ca-certificates"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "lab/setup.sh: run as root (the lab mounts overlays and creates a bridge)" >&2
+    exit 1
+fi
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "lab/setup.sh: installing$missing"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+else
+    echo "lab/setup.sh: outer packages already installed"
+fi
+
+if [ "${1:-}" = "--build" ]; then
+    cd "$(dirname "$0")/.."
+    cargo build --release -p fleet-lab -p fleet-agent -p fleet-controller
+fi

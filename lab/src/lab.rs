@@ -1,0 +1,413 @@
+//! `Lab`: a running lab, and the RAII guard that tears it down on Drop.
+
+use crate::config::{host_name, Paths, MAX_HOSTS};
+use crate::fault::Fault;
+use crate::fleet::{self, AgentOptions, Binaries, FleetHost};
+use crate::proc::ProcRec;
+use crate::state::{self, LabState};
+use crate::{exec, fault, host, image, net, teardown};
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::process::{Child, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const INOTIFY_INSTANCES: &str = "/proc/sys/fs/inotify/max_user_instances";
+
+/// Set by a signal handler that is tearing the lab down: `up` must not
+/// create anything more after that.
+pub static ABORTING: AtomicBool = AtomicBool::new(false);
+/// Held by `up` around each step that creates resources, and by the signal
+/// handler for its whole teardown, so the two never interleave.
+pub static STEP: Mutex<()> = Mutex::new(());
+
+fn step() -> Result<std::sync::MutexGuard<'static, ()>> {
+    let g = STEP.lock().unwrap_or_else(|e| e.into_inner());
+    if ABORTING.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(g)
+}
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub hosts: u32,
+    /// Start the controller and enroll an agent on every host.
+    pub fleet: bool,
+    pub agent: AgentOptions,
+    /// How long to wait for another lab (a parallel test) to finish.
+    pub lock_wait: Duration,
+    pub boot_timeout: Duration,
+}
+
+impl LabOptions {
+    /// Bare hosts (no controller/agents).
+    pub fn hosts(n: u32) -> Self {
+        LabOptions {
+            hosts: n,
+            fleet: false,
+            agent: AgentOptions::default(),
+            lock_wait: Duration::from_secs(30 * 60),
+            boot_timeout: Duration::from_secs(90),
+        }
+    }
+    /// Hosts plus controller and enrolled agents.
+    pub fn fleet(n: u32) -> Self {
+        LabOptions {
+            fleet: true,
+            ..Self::hosts(n)
+        }
+    }
+}
+
+/// Checks that a lab can run here: root and systemd-nspawn/debootstrap/ip.
+pub fn preconditions() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab needs root (it mounts overlays, creates a bridge and cgroups)");
+    }
+    for tool in [
+        "systemd-nspawn",
+        "debootstrap",
+        "ip",
+        "nsenter",
+        "ssh-keygen",
+    ] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+            .unwrap_or(false);
+        if !found {
+            bail!("{tool} not found; run lab/setup.sh (installs systemd-container debootstrap iproute2 ...)");
+        }
+    }
+    Ok(())
+}
+
+/// A running lab. Dropping it tears everything down (unless `detach`ed).
+pub struct Lab {
+    pub paths: Paths,
+    lock: Option<File>,
+    state: LabState,
+    hosts: Vec<u32>,
+    children: Vec<Child>,
+    bins: Option<Binaries>,
+    detached: bool,
+}
+
+impl Lab {
+    /// Boots a lab. Teardown is armed before any work: if anything fails
+    /// (or the caller panics later), Drop removes everything.
+    pub fn up(opts: &LabOptions) -> Result<Lab> {
+        preconditions()?;
+        if opts.hosts == 0 || opts.hosts > MAX_HOSTS {
+            bail!("number of hosts must be 1..={MAX_HOSTS}");
+        }
+        let paths = Paths::from_env();
+        let lock = state::lock(&paths, opts.lock_wait)?;
+        // Left-overs of a crashed `up` (we hold the lock: nobody owns them).
+        if !teardown::leftovers(&paths).is_empty() || paths.lab_json().exists() {
+            tracing::warn!("cleaning up after a previous lab that was not torn down");
+            teardown::teardown_all(&paths)?;
+        }
+        let mut lab = Lab {
+            paths,
+            lock: Some(lock),
+            state: LabState {
+                owner: ProcRec::of(std::process::id() as i32),
+                ..Default::default()
+            },
+            hosts: (1..=opts.hosts).collect(),
+            children: Vec::new(),
+            bins: None,
+            detached: false,
+        };
+        state::save(&lab.paths, &lab.state)?;
+        lab.boot(opts)?;
+        Ok(lab)
+    }
+
+    fn boot(&mut self, opts: &LabOptions) -> Result<()> {
+        if opts.fleet {
+            // Before booting anything: a cargo build can take minutes.
+            self.bins = Some(fleet::binaries()?);
+        }
+        let t0 = Instant::now();
+        let base = image::ensure_base(&self.paths)?;
+        let ssh_pub = ensure_ssh_key(&self.paths)?;
+        {
+            let _g = step()?;
+            net::ensure_bridge()?;
+        }
+        self.raise_inotify_limit()?;
+        let t_boot = Instant::now();
+        for n in self.hosts.clone() {
+            let _g = step()?;
+            host::prepare(&self.paths, &base, n, &ssh_pub)?;
+            self.start_loop(n)?;
+        }
+        for &n in &self.hosts {
+            let st = host::wait_booted(&self.paths, n, opts.boot_timeout)?;
+            tracing::info!(host = %host_name(n), state = %st, "booted");
+        }
+        tracing::info!(
+            hosts = self.hosts.len(),
+            boot_secs = t_boot.elapsed().as_secs_f64(),
+            total_secs = t0.elapsed().as_secs_f64(),
+            "lab hosts up"
+        );
+        if opts.fleet {
+            self.start_fleet(&opts.agent)?;
+        }
+        Ok(())
+    }
+
+    fn raise_inotify_limit(&mut self) -> Result<()> {
+        let want = 128 + 10 * self.hosts.len() as u64;
+        let cur: u64 = std::fs::read_to_string(INOTIFY_INSTANCES)?.trim().parse()?;
+        if cur < want {
+            self.state.inotify_instances_was = Some(cur);
+            state::save(&self.paths, &self.state)?;
+            std::fs::write(INOTIFY_INSTANCES, want.to_string())?;
+            tracing::info!(
+                from = cur,
+                to = want,
+                "raised fs.inotify.max_user_instances"
+            );
+        }
+        Ok(())
+    }
+
+    fn start_loop(&mut self, n: u32) -> Result<()> {
+        let lock = self.lock.as_ref().context("lab lock released")?;
+        let (child, rec) = host::launch(&self.paths, n, lock)?;
+        self.children.push(child);
+        self.state.loops.insert(n, rec);
+        state::save(&self.paths, &self.state)
+    }
+
+    fn start_fleet(&mut self, agent: &AgentOptions) -> Result<()> {
+        let b = self.bins.clone().context("no binaries")?;
+        let pin = fleet::controller_init(&self.paths, &b)?;
+        self.state.ca_pin = Some(pin.clone());
+        {
+            let _g = step()?;
+            self.start_controller()?;
+        }
+        let token = fleet::fleetctl(
+            &self.paths,
+            &b,
+            &[
+                "token",
+                "create",
+                "--uses",
+                &self.hosts.len().to_string(),
+                "--ttl",
+                "1h",
+            ],
+        )?;
+        let token = token.trim().to_string();
+        for &n in &self.hosts {
+            fleet::install_agent(&self.paths, &b, n, agent)?;
+            fleet::enroll(n, &token, &pin)?;
+        }
+        let names: Vec<String> = self.hosts.iter().map(|&n| host_name(n)).collect();
+        fleet::wait_state(&self.paths, &b, &names, "up", Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    fn start_controller(&mut self) -> Result<()> {
+        let b = self.bins.clone().context("no binaries")?;
+        let lock = self.lock.as_ref().context("lab lock released")?;
+        let (child, rec) = fleet::controller_start(&self.paths, &b, lock)?;
+        self.children.push(child);
+        self.state.controller = Some(rec);
+        state::save(&self.paths, &self.state)
+    }
+
+    /// Stops the controller (SIGTERM, by PID) and starts it again on the
+    /// same data dir.
+    pub fn restart_controller(&mut self) -> Result<()> {
+        if let Some(c) = self.state.controller.take() {
+            c.signal(nix::sys::signal::SIGTERM);
+            if !c.wait_gone(Duration::from_secs(15)) {
+                c.signal(nix::sys::signal::SIGKILL);
+                c.wait_gone(Duration::from_secs(5));
+            }
+        }
+        self.reap();
+        self.start_controller()
+    }
+
+    pub fn controller(&self) -> Option<ProcRec> {
+        self.state.controller
+    }
+
+    pub fn hosts(&self) -> &[u32] {
+        &self.hosts
+    }
+
+    pub fn binaries(&self) -> Option<&Binaries> {
+        self.bins.as_ref()
+    }
+
+    /// Runs argv inside host N (nsenter), stdio inherited; returns exit code.
+    pub fn exec(&self, n: u32, argv: &[&str]) -> Result<i32> {
+        exec::run(n, argv, false)
+    }
+
+    /// Runs argv inside host N and captures its output.
+    pub fn exec_output(&self, n: u32, argv: &[&str]) -> Result<Output> {
+        exec::output(n, argv)
+    }
+
+    /// Runs argv in a transient unit inside host N (`systemd-run --wait --pipe`).
+    pub fn exec_unit(&self, n: u32, argv: &[&str]) -> Result<Output> {
+        exec::output_unit(n, argv)
+    }
+
+    /// `sh -c` inside host N, must exit 0; returns stdout.
+    pub fn sh(&self, n: u32, script: &str) -> Result<String> {
+        exec::sh(n, script)
+    }
+
+    pub fn leader(&self, n: u32) -> Option<i32> {
+        host::leader(n)
+    }
+
+    pub fn fault(&self, n: u32, f: Fault) -> Result<()> {
+        fault::apply(&self.paths, n, f)
+    }
+
+    /// Boots a host that is off (after a power cut).
+    pub fn start_host(&mut self, n: u32) -> Result<()> {
+        if host::is_running(n) {
+            return Ok(());
+        }
+        self.reap();
+        self.start_loop(n)?;
+        host::wait_booted(&self.paths, n, Duration::from_secs(90))?;
+        Ok(())
+    }
+
+    pub fn fleet_hosts(&self) -> Result<Vec<FleetHost>> {
+        fleet::hosts(&self.paths, self.bins.as_ref().context("lab has no fleet")?)
+    }
+
+    pub fn fleetctl(&self, args: &[&str]) -> Result<String> {
+        fleet::fleetctl(
+            &self.paths,
+            self.bins.as_ref().context("lab has no fleet")?,
+            args,
+        )
+    }
+
+    pub fn wait_fleet_state(&self, names: &[&str], state: &str, timeout: Duration) -> Result<()> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        fleet::wait_state(
+            &self.paths,
+            self.bins.as_ref().context("lab has no fleet")?,
+            &names,
+            state,
+            timeout,
+        )
+    }
+
+    fn reap(&mut self) {
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+
+    /// Leaves the lab running after this value is gone (CLI `up`). The lab
+    /// processes keep the lock; `fleet-lab down` ends it.
+    pub fn detach(mut self) -> Result<()> {
+        self.state.detached = true;
+        state::save(&self.paths, &self.state)?;
+        self.detached = true;
+        Ok(())
+    }
+
+    /// Tears the lab down now and reports errors (Drop can only log them).
+    pub fn down(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        self.detached = true; // never twice
+                              // A CLI signal handler that is tearing down holds STEP until the
+                              // process exits; never run a second teardown alongside it.
+        let _g = STEP.lock().unwrap_or_else(|e| e.into_inner());
+        if ABORTING.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Our own children (restart loops, controller) must be reaped while
+        // teardown runs: an unreaped zombie keeps its cgroup from being removed.
+        let mut children = std::mem::take(&mut self.children);
+        let reaper = std::thread::spawn(move || {
+            for c in &mut children {
+                let _ = c.wait();
+            }
+        });
+        let r = teardown::teardown_all(&self.paths);
+        let _ = reaper.join();
+        self.lock = None;
+        r
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.detached {
+            if let Err(e) = self.teardown() {
+                eprintln!("fleet-lab: teardown failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// The lab's SSH key pair (for Ansible), generated once into the state dir.
+pub fn ensure_ssh_key(paths: &Paths) -> Result<String> {
+    let key = paths.ssh_key();
+    let public = key.with_extension("pub");
+    if !public.exists() {
+        let _ = std::fs::remove_file(&key);
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleet-lab", "-f"])
+            .arg(&key)
+            .status()?;
+        anyhow::ensure!(st.success(), "ssh-keygen failed");
+    }
+    Ok(std::fs::read_to_string(public)?)
+}
+
+/// CLI `down`: ends the lab whoever started it; idempotent.
+pub fn down(paths: &Paths) -> Result<()> {
+    let _lock = match state::try_lock(paths)? {
+        Some(l) => l,
+        None => {
+            // Lab processes hold the lock; stopping them releases it.
+            teardown::teardown_all(paths)?;
+            state::lock(paths, Duration::from_secs(60))?
+        }
+    };
+    teardown::teardown_all(paths)
+}
+
+/// Hosts of the running lab (from lab.json).
+pub fn running_hosts(paths: &Paths) -> Vec<u32> {
+    state::load(paths)
+        .map(|s| s.loops.keys().copied().collect())
+        .unwrap_or_default()
+}
+
+/// For test files: `None` (and a message) when `FLEET_LAB=skip`; panics
+/// with the reason when the lab cannot run here; otherwise boots the lab.
+pub fn test_lab(opts: &LabOptions) -> Option<Lab> {
+    if std::env::var("FLEET_LAB").as_deref() == Ok("skip") {
+        eprintln!("lab test skipped on purpose (FLEET_LAB=skip)");
+        return None;
+    }
+    if let Err(e) = preconditions() {
+        panic!("lab test cannot run: {e:#}. Set FLEET_LAB=skip to skip lab tests on purpose.");
+    }
+    Some(Lab::up(opts).unwrap_or_else(|e| panic!("lab up failed: {e:#}")))
+}

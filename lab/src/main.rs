@@ -1,0 +1,224 @@
+//! fleet-lab CLI: a thin layer over the `fleet_lab` library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use fleet_lab::config::{controller_endpoint, parse_host, Paths};
+use fleet_lab::{fleet, lab, teardown, Fault, Lab, LabOptions};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-lab",
+    about = "Multi-host lab of real systemd hosts for fleet",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot N hosts (host1..hostN), start the controller and enroll agents.
+    Up {
+        n: u32,
+        /// Hosts only: no controller, no agents.
+        #[arg(long)]
+        no_fleet: bool,
+        /// Agent heartbeat interval (lab drop-in), e.g. 1s.
+        #[arg(long)]
+        heartbeat: Option<String>,
+    },
+    /// Print shell exports for fleetctl: eval "$(fleet-lab env)".
+    Env,
+    /// Run a command inside a host; its exit code is passed back.
+    Exec {
+        host: String,
+        /// Run in a transient systemd unit (own cgroup) via systemd-run.
+        #[arg(long)]
+        unit: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Inject a fault: cut|heal|freeze|thaw|power-cut|reboot.
+    Fault { kind: String, host: String },
+    /// Boot a host that is off (after power-cut).
+    Start { host: String },
+    /// Copy a file into a host: fleet-lab cp SRC hostN /abs/path
+    Cp {
+        src: std::path::PathBuf,
+        host: String,
+        dst: String,
+    },
+    /// Show the lab's hosts and their state.
+    Status,
+    /// Build (or rebuild with --force) the base image; prints its path.
+    Image {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Tear everything down (idempotent).
+    Down,
+    /// Up 3 hosts with fleet, show `fleetctl hosts`, leave the lab up.
+    Demo,
+}
+
+fn main() {
+    fleet_lab::init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("fleet-lab: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// While `up` works, Ctrl-C/SIGTERM/SIGHUP must not leave half a lab behind.
+fn arm_signal_teardown(paths: &Paths) -> Result<()> {
+    let p = paths.clone();
+    ctrlc::set_handler(move || {
+        eprintln!("fleet-lab: interrupted, tearing the lab down");
+        // Reap our children (restart loops, controller) as they exit: an
+        // unreaped zombie keeps its cgroup from being removed. We exit right
+        // after, so reaping any child is fine here.
+        std::thread::spawn(|| loop {
+            if nix::sys::wait::waitpid(None, None).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        lab::ABORTING.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _g = lab::STEP.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = teardown::teardown_all(&p) {
+            eprintln!("fleet-lab: teardown: {e:#}");
+        }
+        std::process::exit(130);
+    })
+    .context("install signal handler")
+}
+
+fn up_detached(opts: &LabOptions) -> Result<()> {
+    let paths = Paths::from_env();
+    arm_signal_teardown(&paths)?;
+    let t = Instant::now();
+    let lab = Lab::up(opts)?;
+    eprintln!(
+        "fleet-lab: {} hosts up in {:.1}s",
+        lab.hosts().len(),
+        t.elapsed().as_secs_f64()
+    );
+    lab.detach()
+}
+
+fn env_line(paths: &Paths) -> Result<String> {
+    let st = fleet_lab::state::load(paths).context("no lab is up (fleet-lab up N)")?;
+    if st.controller.is_none() {
+        bail!("the lab has no controller (started with --no-fleet?)");
+    }
+    Ok(format!(
+        "export FLEET_CONTROLLER={} FLEET_IDENTITY={}",
+        controller_endpoint(),
+        paths.admin_identity().display()
+    ))
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let paths = Paths::from_env();
+    match cli.cmd {
+        Cmd::Up {
+            n,
+            no_fleet,
+            heartbeat,
+        } => {
+            let mut o = if no_fleet {
+                LabOptions::hosts(n)
+            } else {
+                LabOptions::fleet(n)
+            };
+            o.agent.heartbeat = heartbeat;
+            up_detached(&o)?;
+        }
+        Cmd::Env => println!("{}", env_line(&paths)?),
+        Cmd::Exec { host, unit, cmd } => {
+            let n = parse_host(&host)?;
+            let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            return fleet_lab::exec::run(n, &argv, unit);
+        }
+        Cmd::Fault { kind, host } => {
+            let f: Fault = kind.parse()?;
+            fleet_lab::fault::apply(&paths, parse_host(&host)?, f)?;
+        }
+        Cmd::Start { host } => {
+            let n = parse_host(&host)?;
+            start_host(&paths, n)?;
+        }
+        Cmd::Cp { src, host, dst } => {
+            fleet_lab::exec::copy_into(&paths, parse_host(&host)?, &src, &dst)?
+        }
+        Cmd::Status => {
+            for n in lab::running_hosts(&paths) {
+                let state = match fleet_lab::host::leader(n) {
+                    Some(l) => format!("running (leader pid {l})"),
+                    None => "off".into(),
+                };
+                println!(
+                    "{}\t{}\t{}",
+                    fleet_lab::host_name(n),
+                    fleet_lab::host_addr(n),
+                    state
+                );
+            }
+        }
+        Cmd::Image { force } => {
+            fleet_lab::preconditions()?;
+            let _lock = fleet_lab::state::lock(&paths, std::time::Duration::from_secs(60))?;
+            if force {
+                let secs = fleet_lab::image::build(&paths)?;
+                eprintln!("built in {secs:.1}s");
+            }
+            println!("{}", fleet_lab::image::ensure_base(&paths)?.display());
+        }
+        Cmd::Down => {
+            lab::down(&paths)?;
+            eprintln!("fleet-lab: lab is down");
+        }
+        Cmd::Demo => {
+            up_detached(&LabOptions::fleet(3))?;
+            let b = fleet::binaries()?;
+            print!("{}", fleet::fleetctl(&paths, &b, &["hosts"])?);
+            let lab_bin = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "fleet-lab".into());
+            let ctl = b.fleetctl.display().to_string();
+            println!(
+                "\nThe lab is up: 3 real-systemd hosts, each running an enrolled fleet-agent, and the \
+                 controller on 198.18.0.1. Try:\n  eval \"$({lab_bin} env)\"\n  {ctl} hosts\n  \
+                 {lab_bin} exec host1 -- systemctl status fleet-agent\n  {lab_bin} fault cut host2; \
+                 sleep 4; {ctl} hosts\nWhen done:\n  {lab_bin} down"
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Boots a powered-off host of a detached lab. The new restart loop carries
+/// the lab lock like the others: taken here if no lab process holds it any
+/// more (every host off, no controller), otherwise the other lab processes
+/// already hold it and the loop gets a plain descriptor of the lock file.
+fn start_host(paths: &Paths, n: u32) -> Result<()> {
+    if fleet_lab::host::is_running(n) {
+        eprintln!("{} is already running", fleet_lab::host_name(n));
+        return Ok(());
+    }
+    let mut st = fleet_lab::state::load(paths).context("no lab is up")?;
+    let lockf = match fleet_lab::state::try_lock(paths)? {
+        Some(locked) => locked,
+        None => std::fs::File::open(paths.lock_file())?,
+    };
+    let (_child, rec) = fleet_lab::host::launch(paths, n, &lockf)?;
+    st.loops.insert(n, rec);
+    fleet_lab::state::save(paths, &st)?;
+    fleet_lab::host::wait_booted(paths, n, std::time::Duration::from_secs(90))?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! lab.json (what the running lab consists of) and the lab lock.
+
+use crate::config::Paths;
+use crate::proc::ProcRec;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct LabState {
+    /// The process that created the lab (CLI `up` or a test).
+    pub owner: Option<ProcRec>,
+    /// True once a CLI `up` returned and left the lab running.
+    pub detached: bool,
+    /// Restart loop of each host, by host number.
+    pub loops: BTreeMap<u32, ProcRec>,
+    pub controller: Option<ProcRec>,
+    pub ca_pin: Option<String>,
+    /// fs.inotify.max_user_instances before the lab raised it (restored at
+    /// teardown). Each host uses about 8; the default 128 broke 20 hosts.
+    #[serde(default)]
+    pub inotify_instances_was: Option<u64>,
+}
+
+pub fn load(paths: &Paths) -> Option<LabState> {
+    let s = std::fs::read_to_string(paths.lab_json()).ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+pub fn save(paths: &Paths, st: &LabState) -> Result<()> {
+    let tmp = paths.state.join(".lab.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    std::fs::rename(&tmp, paths.lab_json())?;
+    Ok(())
+}
+
+/// Takes the exclusive lab lock, waiting up to `wait` for another lab (e.g. a
+/// test running in parallel) to finish. A lab left up by the CLI is not
+/// waited for: that is an error telling the user to run `fleet-lab down`.
+pub fn lock(paths: &Paths, wait: Duration) -> Result<File> {
+    std::fs::create_dir_all(&paths.state)?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.lock_file())
+        .with_context(|| format!("open {}", paths.lock_file().display()))?;
+    let end = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        if let Some(st) = load(paths) {
+            if st.detached
+                && st
+                    .loops
+                    .values()
+                    .chain(st.controller.iter())
+                    .any(|r| r.alive())
+            {
+                bail!(
+                    "a lab is already up (started with `fleet-lab up`); run `fleet-lab down` first"
+                );
+            }
+        }
+        if Instant::now() > end {
+            bail!(
+                "timed out after {wait:?} waiting for the lab lock {}",
+                paths.lock_file().display()
+            );
+        }
+        if !said {
+            tracing::info!("another lab is running; waiting for the lab lock");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Non-blocking attempt: `None` while some lab process holds the lock.
+pub fn try_lock(paths: &Paths) -> Result<Option<File>> {
+    std::fs::create_dir_all(&paths.state)?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.lock_file())?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((r == 0).then_some(f))
+}

@@ -1,0 +1,42 @@
+//! Shared helpers for lab tests. Each test file boots its own lab through
+//! `fleet_lab::test_lab`, which checks preconditions first (FLEET_LAB=skip
+//! skips on purpose, otherwise a missing precondition fails the test) and
+//! returns a guard whose Drop tears the lab down, even on panic.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+pub fn init() {
+    fleet_lab::init_logging();
+}
+
+pub fn tcp_ok(addr: &str, port: u16) -> bool {
+    fleet_lab::net::tcp_reachable(addr, port, Duration::from_secs(2))
+}
+
+/// Reads sshd's banner: unlike a TCP connect (answered by the kernel even
+/// when the host is frozen), this needs the host's userspace to run.
+pub fn ssh_banner(addr: &str, timeout: Duration) -> Option<String> {
+    let sa: SocketAddr = format!("{addr}:22").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Polls `f` until true or the timeout passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

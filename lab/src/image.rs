@@ -33,11 +33,22 @@ pub const PACKAGES: &[&str] = &[
     "ca-certificates",
     "curl",
     "less",
+    // Per-release virtualenvs (python3 -m venv needs ensurepip's wheels).
+    "python3-venv",
+    // The reference the agent's metrics are benchmarked against; disabled below and
+    // started only by the benchmark.
+    "prometheus-node-exporter",
 ];
 
 /// Timers that would wake every host at random times and touch the disk or
 /// the (unreachable) network: noise in measurements and tests.
 const DISABLED_UNITS: &[&str] = &[
+    "prometheus-node-exporter.service",
+    "prometheus-node-exporter-apt.timer",
+    "prometheus-node-exporter-ipmitool-sensor.timer",
+    "prometheus-node-exporter-mellanox-hca-temp.timer",
+    "prometheus-node-exporter-nvme.timer",
+    "prometheus-node-exporter-smartmon.timer",
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
     "e2scrub_all.timer",

@@ -18,8 +18,10 @@ pub mod host;
 pub mod image;
 pub mod lab;
 pub mod launch;
+pub mod load;
 pub mod net;
 pub mod proc;
+pub mod release;
 pub mod state;
 pub mod teardown;
 

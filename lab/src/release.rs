@@ -1,0 +1,67 @@
+//! Release tarballs of the sample apps in `lab/fixtures/`, built in memory for tests and
+//! the demo: the fixture's files plus a `RELEASE` file naming the version, with optional
+//! extra or replaced files (a broken `app.py`) and raw entries (unsafe archives).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"))
+}
+
+/// A tar.gz holding `files` (path, contents), in order.
+pub fn tar_gz(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, data.as_slice())
+            .with_context(|| format!("tar entry {path}"))?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+/// The sample app `fixture` (`wsgi` or `asgi`) as release `version`, with `overrides`
+/// replacing or adding files.
+pub fn sample(fixture: &str, version: &str, overrides: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let dir = fixtures_dir().join(fixture);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            files.push((name, std::fs::read(&path)?));
+        }
+    }
+    files.push(("RELEASE".into(), format!("{version}\n").into_bytes()));
+    for (name, contents) in overrides {
+        files.retain(|(n, _)| n != name);
+        files.push(((*name).to_owned(), contents.as_bytes().to_vec()));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    tar_gz(&refs)
+}
+
+/// Writes `bytes` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
+    Ok(p)
+}
+
+/// An app spec for a sample app.
+pub fn spec(name: &str, server: &str, port: u16, extra: &str) -> String {
+    let entry = if server == "uvicorn" {
+        "app:app"
+    } else {
+        "app:application"
+    };
+    format!(
+        "name = \"{name}\"\nserver = \"{server}\"\nentry = \"{entry}\"\nlisten = \"0.0.0.0:{port}\"\nworkers = 2\nhealth = {{ path = \"/health\", timeout = \"2s\", interval = \"500ms\", failures = 2 }}\n{extra}"
+    )
+}

@@ -30,9 +30,11 @@ use tokio::time::{sleep, sleep_until, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+use crate::apps::{self, Apps};
 use crate::backoff::{self, Backoff};
 use crate::cli::RunArgs;
 use crate::config::{self, Settings};
+use crate::fetch::Fetcher;
 use crate::logging::error_chain;
 use crate::renew::{check_issued, csr_pem, renew_delay, retry_delay};
 use crate::state::{Credentials, StateDir, StateError};
@@ -67,7 +69,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     notify::ready(&format!("connecting to {}", creds.meta.controller));
     notify::spawn_watchdog();
 
-    let agent = Agent { state, settings };
+    // Outlives every session, so a release download cut by a reconnect resumes on the next.
+    let fetcher = Fetcher::new();
+    // Also outlives sessions: apps are watched and probed whether or not we are connected.
+    let apps = Apps::new(state.path(), fetcher.clone());
+    apps.adopt();
+    let agent = Agent {
+        state,
+        settings,
+        fetcher,
+        apps,
+    };
     tokio::select! {
         never = agent.supervise() => match never {},
         _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
@@ -143,6 +155,8 @@ impl SessionEnd {
 struct Agent {
     state: StateDir,
     settings: Settings,
+    fetcher: Fetcher,
+    apps: Apps,
 }
 
 impl Agent {
@@ -244,6 +258,10 @@ impl Agent {
             .map_err(|_| SessionEnd::OpenTimeout)?
             .map_err(|status| SessionEnd::from_error(&addr, &status))?;
         notify::status(&format!("connected to {addr}, waiting for Welcome"));
+        // Release downloads go out through this stream until it ends (guard dropped).
+        let _fetch_outbox = self.fetcher.attach(tx.clone());
+        // App states, events, log lines and app command results likewise.
+        let _apps_outbox = self.apps.attach(tx.clone());
 
         let mut session = Session {
             identity: creds.cert.identity.clone(),
@@ -254,6 +272,8 @@ impl Agent {
             ca_der,
             tx,
             state: &self.state,
+            fetcher: &self.fetcher,
+            apps: &self.apps,
             seq: 0,
         };
         session
@@ -320,6 +340,8 @@ struct Session<'a> {
     ca_der: Vec<u8>,
     tx: mpsc::Sender<AgentMessage>,
     state: &'a StateDir,
+    fetcher: &'a Fetcher,
+    apps: &'a Apps,
     renewal: Renewal,
     seq: u64,
 }
@@ -388,7 +410,15 @@ impl Session<'_> {
                 if !*welcomed {
                     *welcomed = true;
                     self.welcome(&w);
+                    // The controller forgets nothing it was told, but may have missed
+                    // changes while we were away: tell it everything again.
+                    self.apps.resync();
                 }
+                Ok(())
+            }
+            // App commands may run for minutes: they answer from a task of their own.
+            Some(controller_message::Body::Command(c)) if apps::handles(&c) => {
+                self.apps.dispatch(c);
                 Ok(())
             }
             Some(controller_message::Body::Command(c)) => {
@@ -397,6 +427,10 @@ impl Session<'_> {
             }
             Some(controller_message::Body::Renewed(r)) => {
                 self.renewed(r);
+                Ok(())
+            }
+            Some(controller_message::Body::ReleaseData(d)) => {
+                self.fetcher.deliver(d).await;
                 Ok(())
             }
             // A message kind added after this agent was built: ignore it, never fail.
@@ -500,7 +534,16 @@ impl Session<'_> {
 pub fn answer(c: Command) -> CommandResult {
     let (status, message) = match c.kind {
         Some(command::Kind::Ping(_)) => (command_result::Status::Ok, String::new()),
-        None => (
+        // Listed, not wildcarded, so each new kind is a compile error until it is handled
+        // here; these never reach here: `apps::handles` routes them to apps.rs.
+        Some(
+            command::Kind::Stage(_)
+            | command::Kind::Activate(_)
+            | command::Kind::Restart(_)
+            | command::Kind::TailLogs(_)
+            | command::Kind::StopLogs(_),
+        )
+        | None => (
             command_result::Status::Unsupported,
             format!(
                 "fleet-agent {} does not support this command",

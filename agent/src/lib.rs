@@ -7,13 +7,22 @@
 //! exit code.
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod backoff;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod enroll;
 pub mod facts;
+pub mod fetch;
+pub mod health;
+pub mod journal;
 pub mod logging;
 pub mod notify;
+pub mod outbox;
+pub mod releases;
 pub mod renew;
 pub mod state;
+pub mod systemd;
+pub mod units;

@@ -636,6 +636,17 @@ pub async fn serve_fetch(shared: Arc<Shared>, req: FetchRelease, tx: crate::sess
                 return;
             }
         };
+        if n == 0 && offset < size {
+            let _ = tx
+                .send(Ok(reply(
+                    offset,
+                    vec![],
+                    true,
+                    format!("release blob is truncated at {offset} of {size} bytes"),
+                )))
+                .await;
+            return;
+        }
         buf.truncate(n);
         let last = offset + n as u64 >= size;
         if tx

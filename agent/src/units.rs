@@ -1,0 +1,568 @@
+//! The app's systemd units and its environment file: rendered here (pure functions) and
+//! written atomically, only when their content changed. Owns
+//! `/etc/systemd/system/fleet-app-<app>.{socket,service}` and `/etc/fleet/apps/<app>.env`.
+//!
+//! Shape (measured facts in notes/host.md):
+//! - a `.socket` unit owns the listener, so a restart queues connections in the kernel
+//!   backlog instead of refusing them (0 failed requests versus hundreds without);
+//! - Gunicorn reads `LISTEN_FDS` and sends `READY=1`, so `Type=notify`; reload is HUP;
+//! - `Restart=always` with a start limit, so a crash-looping release ends `failed` instead
+//!   of restarting forever;
+//! - sandboxing that keeps `systemd-analyze security` near 1.0 without breaking Gunicorn
+//!   (`~@privileged` breaks it: it calls setuid/chown; `@system-service` does not).
+//!
+//! Every value taken from the spec is validated by `fleet_proto::spec` already; it is
+//! still escaped here for the systemd syntax it lands in, and anything that could start a
+//! new line or setting is refused, so no spec value is ever pasted raw.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, Server};
+
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+pub const ENV_DIR: &str = "/etc/fleet/apps";
+/// Debian's gunicorn, used when a release ships no venv of its own.
+pub const SYSTEM_GUNICORN: &str = "/usr/bin/gunicorn";
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Crash-loop policy: more than `START_LIMIT_BURST` starts within the interval and the
+/// unit stays `failed` (Result=start-limit-hit) until fleet resets it.
+pub const START_LIMIT_INTERVAL_SECS: u64 = 60;
+pub const START_LIMIT_BURST: u32 = 5;
+/// Short, so a crashed app is back within about a second.
+pub const RESTART_SEC_MS: u64 = 500;
+/// Added to the graceful timeout: systemd must not SIGKILL workers still draining.
+const STOP_MARGIN_SECS: u64 = 10;
+
+pub fn service_name(app: &AppName) -> String {
+    format!("fleet-app-{app}.service")
+}
+
+pub fn socket_name(app: &AppName) -> String {
+    format!("fleet-app-{app}.socket")
+}
+
+pub fn env_path(env_dir: &Path, app: &AppName) -> PathBuf {
+    env_dir.join(format!("{app}.env"))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("{field}: {value:?} cannot be written into a unit file safely")]
+    Unsafe { field: &'static str, value: String },
+    #[error("required secrets not set: {}", .0.join(", "))]
+    MissingSecrets(Vec<String>),
+    /// Never carries the value: secrets stay out of messages and logs.
+    #[error("secret {key}: {reason}")]
+    BadSecret { key: String, reason: String },
+}
+
+/// What the service runs, decided per release (a release with its own venv brings its own
+/// gunicorn and python).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runtime {
+    pub gunicorn: PathBuf,
+}
+
+/// Paths as they appear inside the units; `app_dir` is `/var/lib/fleet/apps/<app>`.
+#[derive(Clone, Debug)]
+pub struct Layout<'a> {
+    pub app_dir: &'a Path,
+    pub env_dir: &'a Path,
+}
+
+/// A value for a unit setting other than Exec*: `%` starts a specifier, so it is
+/// doubled; control characters and backslashes (line continuation, C escapes) are
+/// refused outright.
+fn setting(field: &'static str, value: &str) -> Result<String, RenderError> {
+    if value.is_empty() || value.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(RenderError::Unsafe {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(value.replace('%', "%%"))
+}
+
+/// One argument of an `Exec*=` command line: plain when it holds only characters with no
+/// meaning to systemd's parser, otherwise double-quoted with `\`, `"` escaped and `%`, `$`
+/// doubled (specifiers and variable expansion).
+fn exec_arg(field: &'static str, value: &str) -> Result<String, RenderError> {
+    if value.is_empty() || value.chars().any(|c| c.is_control()) {
+        return Err(RenderError::Unsafe {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    let plain = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_./:=,@+-".contains(c));
+    if plain && !value.starts_with(['@', '-', ':', '+', '!']) {
+        return Ok(value.to_owned());
+    }
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Ok(out)
+}
+
+fn path_str(field: &'static str, p: &Path) -> Result<String, RenderError> {
+    let s = p.to_str().ok_or_else(|| RenderError::Unsafe {
+        field,
+        value: p.display().to_string(),
+    })?;
+    if !s.starts_with('/') {
+        return Err(RenderError::Unsafe {
+            field,
+            value: s.to_owned(),
+        });
+    }
+    Ok(s.to_owned())
+}
+
+pub fn render_socket(spec: &AppSpec) -> Result<String, RenderError> {
+    let app = setting("name", spec.name.as_str())?;
+    // SocketAddr's Display is numeric ("0.0.0.0:8000", "[::]:8000"): what ListenStream takes.
+    let listen = setting("listen", &spec.listen.to_string())?;
+    Ok(format!(
+        "# Written by fleet-agent for app {app}; overwritten on every deploy.\n\
+         [Unit]\n\
+         Description=fleet app {app} (listener)\n\
+         \n\
+         [Socket]\n\
+         ListenStream={listen}\n\
+         NoDelay=yes\n\
+         \n\
+         [Install]\n\
+         WantedBy=sockets.target\n"
+    ))
+}
+
+/// The service unit. `cores` sizes the default worker count on this host.
+pub fn render_service(
+    spec: &AppSpec,
+    layout: &Layout<'_>,
+    runtime: &Runtime,
+    cores: u32,
+) -> Result<String, RenderError> {
+    let app = setting("name", spec.name.as_str())?;
+    let user = setting("user", &spec.user)?;
+    let current = layout.app_dir.join("current");
+    let current_s = path_str("app_dir", &current)?;
+    let env_file = path_str("env_dir", &env_path(layout.env_dir, &spec.name))?;
+    let graceful = spec.graceful_timeout.as_secs().max(1);
+
+    let mut argv = vec![
+        exec_arg("gunicorn", &path_str("gunicorn", &runtime.gunicorn)?)?,
+        "--chdir".into(),
+        exec_arg("app_dir", &current_s)?,
+        "--workers".into(),
+        spec.workers_for(cores).to_string(),
+        "--graceful-timeout".into(),
+        graceful.to_string(),
+    ];
+    if spec.server == Server::Uvicorn {
+        // ASGI apps run as Gunicorn workers rather than under the uvicorn CLI: Gunicorn
+        // takes the systemd socket (LISTEN_FDS), sends READY=1 (Type=notify), reloads on
+        // HUP and reopens logs on USR1. Debian 12's uvicorn 0.17.6 CLI exits on SIGHUP (no
+        // graceful reload at all) and knows neither LISTEN_FDS nor sd_notify.
+        argv.push("--worker-class".into());
+        argv.push("uvicorn.workers.UvicornWorker".into());
+    }
+    argv.push(exec_arg("entry", &spec.entry)?);
+    let exec_start = argv.join(" ");
+
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = write!(
+        s,
+        "# Written by fleet-agent for app {app}; overwritten on every deploy.\n\
+         [Unit]\n\
+         Description=fleet app {app} ({server})\n\
+         Requires=fleet-app-{app}.socket\n\
+         After=fleet-app-{app}.socket network.target\n\
+         StartLimitIntervalSec={START_LIMIT_INTERVAL_SECS}s\n\
+         StartLimitBurst={START_LIMIT_BURST}\n\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         User={user}\n\
+         WorkingDirectory={current_s}\n\
+         Environment=PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1\n\
+         EnvironmentFile={env_file}\n\
+         ExecStart={exec_start}\n\
+         ExecReload=/bin/kill -HUP $MAINPID\n\
+         KillMode=mixed\n\
+         TimeoutStopSec={stop}s\n\
+         Restart=always\n\
+         RestartSec={RESTART_SEC_MS}ms\n\
+         CPUAccounting=yes\n\
+         MemoryAccounting=yes\n\
+         TasksAccounting=yes\n\
+         SyslogIdentifier={app}\n",
+        server = spec.server.as_str(),
+        stop = graceful + STOP_MARGIN_SECS,
+    );
+    s.push_str(HARDENING);
+    s.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    Ok(s)
+}
+
+/// Sandboxing that Gunicorn (sync and uvicorn workers) runs under. The app may read the
+/// system and its release, write only its private /tmp, reach the network, and nothing
+/// else. No MemoryDenyWriteExecute: CPython extensions built with cffi need W+X pages.
+const HARDENING: &str = "\
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateUsers=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+UMask=0027
+DevicePolicy=closed
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@resources
+SystemCallErrorNumber=EPERM
+";
+
+/// The app's `EnvironmentFile=`: plain env from the spec, then the secrets it requires.
+/// Every required secret must be present; secrets the spec does not name are ignored.
+pub fn render_env(
+    spec: &AppSpec,
+    secrets: &std::collections::HashMap<String, String>,
+) -> Result<String, RenderError> {
+    let missing: Vec<String> = spec
+        .secrets
+        .iter()
+        .filter(|k| !secrets.contains_key(*k))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(RenderError::MissingSecrets(missing));
+    }
+    let mut out = format!(
+        "# Written by fleet-agent for app {}: env and secrets. root-only; do not edit.\n",
+        spec.name
+    );
+    let sorted: BTreeMap<&str, &str> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for (k, v) in sorted {
+        out.push_str(&env_file_line(k, v));
+    }
+    let mut names: Vec<&String> = spec.secrets.iter().collect();
+    names.sort();
+    for k in names {
+        let v = &secrets[k];
+        // Secret values are not part of the spec, so they were never validated: same rule.
+        check_env_value(k, v).map_err(|e| RenderError::BadSecret {
+            key: k.clone(),
+            reason: e.reason,
+        })?;
+        out.push_str(&env_file_line(k, v));
+    }
+    Ok(out)
+}
+
+/// Parses an env file this module wrote back into pairs (for the reload preflight, which
+/// must see what the app sees).
+pub fn parse_env(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((k, rest)) = line.split_once("=\"") else {
+            continue;
+        };
+        let Some(body) = rest.strip_suffix('"') else {
+            continue;
+        };
+        let mut v = String::with_capacity(body.len());
+        let mut escaped = false;
+        for c in body.chars() {
+            if escaped {
+                v.push(c);
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else {
+                v.push(c);
+            }
+        }
+        out.push((k.to_owned(), v));
+    }
+    out
+}
+
+/// Writes `content` to `path` with `mode` atomically (temp file in the same directory,
+/// fsync, rename, fsync of the directory) unless the file already holds exactly that with
+/// that mode. Returns whether it wrote.
+pub fn write_if_changed(path: &Path, content: &str, mode: u32) -> io::Result<bool> {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o7777 == mode
+            && fs::read(path).is_ok_and(|old| old == content.as_bytes())
+        {
+            return Ok(false);
+        }
+    }
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        // Created with the final mode: a secret never sits in a world-readable file.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(Permissions::from_mode(mode))?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+/// Creates `dir` (and parents) if missing and sets its mode.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn spec(extra: &str) -> AppSpec {
+        AppSpec::parse(&format!(
+            "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\n\
+             listen = \"0.0.0.0:8000\"\nhealth = {{ path = \"/health\" }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn layout() -> (PathBuf, PathBuf) {
+        ("/var/lib/fleet/apps/shop".into(), "/etc/fleet/apps".into())
+    }
+
+    fn service(s: &AppSpec) -> String {
+        let (app_dir, env_dir) = layout();
+        render_service(
+            s,
+            &Layout {
+                app_dir: &app_dir,
+                env_dir: &env_dir,
+            },
+            &Runtime {
+                gunicorn: SYSTEM_GUNICORN.into(),
+            },
+            2,
+        )
+        .unwrap()
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn socket_unit_owns_the_listener() {
+        let s = render_socket(&spec("")).unwrap();
+        assert!(lines(&s).contains(&"ListenStream=0.0.0.0:8000"));
+        assert!(lines(&s).contains(&"WantedBy=sockets.target"));
+        let v6 = render_socket(&spec("").clone_with_listen("[::]:9000")).unwrap();
+        assert!(lines(&v6).contains(&"ListenStream=[::]:9000"));
+    }
+
+    trait WithListen {
+        fn clone_with_listen(&self, l: &str) -> AppSpec;
+    }
+    impl WithListen for AppSpec {
+        fn clone_with_listen(&self, l: &str) -> AppSpec {
+            let mut s = self.clone();
+            s.listen = l.parse().unwrap();
+            s
+        }
+    }
+
+    #[test]
+    fn gunicorn_service_has_every_setting_that_matters() {
+        let s = service(&spec("graceful_timeout = \"20s\""));
+        let l = lines(&s);
+        for want in [
+            "Type=notify",
+            "User=shop",
+            "Requires=fleet-app-shop.socket",
+            "EnvironmentFile=/etc/fleet/apps/shop.env",
+            "ExecStart=/usr/bin/gunicorn --chdir /var/lib/fleet/apps/shop/current --workers 5 \
+             --graceful-timeout 20 app:application",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "KillMode=mixed",
+            "TimeoutStopSec=30s",
+            "Restart=always",
+            "RestartSec=500ms",
+            "StartLimitIntervalSec=60s",
+            "StartLimitBurst=5",
+            "CPUAccounting=yes",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "SystemCallFilter=@system-service",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{s}");
+        }
+        assert!(!s.contains("UvicornWorker"));
+        assert!(
+            !s.contains("~@privileged"),
+            "breaks gunicorn's setuid/chown"
+        );
+    }
+
+    #[test]
+    fn uvicorn_runs_as_gunicorn_worker_class() {
+        let mut sp = spec("workers = 3");
+        sp.server = Server::Uvicorn;
+        let s = service(&sp);
+        assert!(s.contains(
+            "--workers 3 --graceful-timeout 30 --worker-class uvicorn.workers.UvicornWorker \
+             app:application\n"
+        ));
+        assert!(s.contains("Type=notify"));
+    }
+
+    #[test]
+    fn values_are_escaped_or_refused_never_pasted_raw() {
+        assert_eq!(exec_arg("x", "a b").unwrap(), "\"a b\"");
+        assert_eq!(
+            exec_arg("x", "50%$HOME\"\\").unwrap(),
+            "\"50%%$$HOME\\\"\\\\\""
+        );
+        assert_eq!(exec_arg("x", "-rf").unwrap(), "\"-rf\"");
+        assert!(exec_arg("x", "a\nExecStartPre=/bin/sh").is_err());
+        assert_eq!(setting("x", "50%").unwrap(), "50%%");
+        assert!(setting("x", "a\nb").is_err());
+        assert!(setting("x", "a\\").is_err());
+        // A spec that slipped past validation still cannot add a line.
+        let mut sp = spec("");
+        sp.user = "shop\nExecStartPre=/bin/sh".into();
+        let (app_dir, env_dir) = layout();
+        let r = render_service(
+            &sp,
+            &Layout {
+                app_dir: &app_dir,
+                env_dir: &env_dir,
+            },
+            &Runtime {
+                gunicorn: SYSTEM_GUNICORN.into(),
+            },
+            1,
+        );
+        assert!(matches!(r, Err(RenderError::Unsafe { field: "user", .. })));
+    }
+
+    #[test]
+    fn every_line_is_a_section_a_comment_or_a_known_setting() {
+        let s = service(&spec("env = { A = \"x\" }"));
+        for line in s.lines() {
+            assert!(
+                line.is_empty()
+                    || line.starts_with('#')
+                    || line.starts_with('[')
+                    || line
+                        .split_once('=')
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_alphanumeric())),
+                "odd line {line:?}"
+            );
+        }
+        // Env values go to the env file only.
+        assert!(!s.contains("A=x"));
+    }
+
+    #[test]
+    fn env_file_escapes_values_and_requires_secrets() {
+        let sp = spec("env = { B = \"a\\\"$x\", A = \"1\" }\nsecrets = [\"TOKEN\"]");
+        let err = render_env(&sp, &HashMap::new()).unwrap_err();
+        assert_eq!(err, RenderError::MissingSecrets(vec!["TOKEN".into()]));
+        let secrets = HashMap::from([
+            ("TOKEN".to_string(), "s3cr`t".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ]);
+        let text = render_env(&sp, &secrets).unwrap();
+        let body: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(body, ["A=\"1\"", "B=\"a\\\"\\$x\"", "TOKEN=\"s3cr\\`t\""]);
+        assert!(!text.contains("ignored"));
+        assert_eq!(
+            parse_env(&text),
+            [
+                ("A".to_string(), "1".to_string()),
+                ("B".to_string(), "a\"$x".to_string()),
+                ("TOKEN".to_string(), "s3cr`t".to_string()),
+            ]
+        );
+        let bad = HashMap::from([("TOKEN".to_string(), "a\nEvil=1".to_string())]);
+        let err = render_env(&sp, &bad).unwrap_err();
+        assert!(matches!(err, RenderError::BadSecret { ref key, .. } if key == "TOKEN"));
+        assert!(!err.to_string().contains("Evil"), "never echo a secret");
+    }
+
+    #[test]
+    fn files_are_written_atomically_with_their_mode_and_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shop.env");
+        assert!(write_if_changed(&p, "A=\"1\"\n", 0o600).unwrap());
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!write_if_changed(&p, "A=\"1\"\n", 0o600).unwrap());
+        fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            write_if_changed(&p, "A=\"1\"\n", 0o600).unwrap(),
+            "mode fixed"
+        );
+        assert!(write_if_changed(&p, "A=\"2\"\n", 0o600).unwrap());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "A=\"2\"\n");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporaries left behind");
+    }
+}

@@ -464,7 +464,7 @@ fn hostile_input_is_refused_and_changes_nothing() {
 
     // Names and env values that would inject unit-file lines never get past validation.
     let inject_name = release::spec(
-        "shop\nExecStartPre=/bin/touch /tmp/pwned",
+        "shop\\nExecStartPre=/bin/touch /tmp/pwned",
         "gunicorn",
         8100,
         "",

@@ -58,17 +58,17 @@ pub fn state_json(s: &AppState) -> serde_json::Value {
     })
 }
 
-/// Prints per-host progress as it arrives; returns how many hosts failed.
+/// Prints per-host progress as it arrives; returns each failed host with its reason.
 async fn follow(
     conn: &Conn,
     mut stream: Streaming<HostProgress>,
     format: Format,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Vec<String>> {
     let mut results = Vec::new();
-    let mut failed = 0;
+    let mut failed = Vec::new();
     while let Some(p) = stream.message().await.map_err(|s| conn.status(s))? {
         if p.phase == "failed" {
-            failed += 1;
+            failed.push(format!("{}: {}", p.host, p.message));
         }
         match format {
             Format::Table => {
@@ -114,11 +114,13 @@ pub async fn deploy(conn: &Conn, args: DeployArgs, format: Format) -> anyhow::Re
         .map_err(|s| conn.status(s))?
         .into_inner();
     let failed = follow(conn, stream, format).await?;
-    if failed > 0 {
+    if !failed.is_empty() {
         anyhow::bail!(
-            "deploy of {} {} failed on {failed} host(s)",
+            "deploy of {} {} failed on {} host(s):\n  {}",
             args.app,
-            args.version
+            args.version,
+            failed.len(),
+            failed.join("\n  ")
         );
     }
     Ok(())
@@ -142,11 +144,13 @@ pub async fn restart(
         .map_err(|s| conn.status(s))?
         .into_inner();
     let failed = follow(conn, stream, format).await?;
-    if failed > 0 {
+    if !failed.is_empty() {
         anyhow::bail!(
-            "{} of {} failed on {failed} host(s)",
+            "{} of {} failed on {} host(s):\n  {}",
             if reload { "reload" } else { "restart" },
-            args.app
+            args.app,
+            failed.len(),
+            failed.join("\n  ")
         );
     }
     Ok(())

@@ -246,9 +246,12 @@ impl Apps {
                 Some(command::Kind::Restart(r)) => inner.restart(r).await,
                 Some(command::Kind::TailLogs(t)) => inner.tail(&id, t, session).await,
                 Some(command::Kind::StopLogs(s)) => Ok(inner.stop_tail(s)),
-                Some(command::Kind::Ping(_)) | None => {
-                    Err("not an app command (channel.rs answers it)".into())
-                }
+                Some(
+                    command::Kind::Ping(_)
+                    | command::Kind::ApplyFirewall(_)
+                    | command::Kind::ConfirmFirewall(_),
+                )
+                | None => Err("not an app command (channel.rs routes it)".into()),
             };
             let (status, message) = match outcome {
                 Ok(m) => (command_result::Status::Ok, m),

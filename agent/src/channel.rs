@@ -35,6 +35,7 @@ use crate::backoff::{self, Backoff};
 use crate::cli::RunArgs;
 use crate::config::{self, Settings};
 use crate::fetch::Fetcher;
+use crate::firewall::{self, Firewall};
 use crate::logging::error_chain;
 use crate::renew::{check_issued, csr_pem, renew_delay, retry_delay};
 use crate::state::{Credentials, StateDir, StateError};
@@ -74,11 +75,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Also outlives sessions: apps are watched and probed whether or not we are connected.
     let apps = Apps::new(state.path(), fetcher.clone());
     apps.adopt();
+    // Also outlives sessions: the revert timers and drift checks must not need the stream.
+    let firewall = Firewall::new(
+        state.path(),
+        creds.meta.name.as_str(),
+        &creds.meta.controller,
+    );
+    firewall.start();
     let agent = Agent {
         state,
         settings,
         fetcher,
         apps,
+        firewall,
     };
     tokio::select! {
         never = agent.supervise() => match never {},
@@ -157,6 +166,7 @@ struct Agent {
     settings: Settings,
     fetcher: Fetcher,
     apps: Apps,
+    firewall: Firewall,
 }
 
 impl Agent {
@@ -262,6 +272,7 @@ impl Agent {
         let _fetch_outbox = self.fetcher.attach(tx.clone());
         // App states, events, log lines and app command results likewise.
         let _apps_outbox = self.apps.attach(tx.clone());
+        let _firewall_outbox = self.firewall.attach(tx.clone());
 
         let mut session = Session {
             identity: creds.cert.identity.clone(),
@@ -274,6 +285,7 @@ impl Agent {
             state: &self.state,
             fetcher: &self.fetcher,
             apps: &self.apps,
+            firewall: &self.firewall,
             seq: 0,
         };
         session
@@ -342,6 +354,7 @@ struct Session<'a> {
     state: &'a StateDir,
     fetcher: &'a Fetcher,
     apps: &'a Apps,
+    firewall: &'a Firewall,
     renewal: Renewal,
     seq: u64,
 }
@@ -413,12 +426,17 @@ impl Session<'_> {
                     // The controller forgets nothing it was told, but may have missed
                     // changes while we were away: tell it everything again.
                     self.apps.resync();
+                    self.firewall.resync();
                 }
                 Ok(())
             }
             // App commands may run for minutes: they answer from a task of their own.
             Some(controller_message::Body::Command(c)) if apps::handles(&c) => {
                 self.apps.dispatch(c);
+                Ok(())
+            }
+            Some(controller_message::Body::Command(c)) if firewall::handles(&c) => {
+                self.firewall.dispatch(c);
                 Ok(())
             }
             Some(controller_message::Body::Command(c)) => {
@@ -535,13 +553,16 @@ pub fn answer(c: Command) -> CommandResult {
     let (status, message) = match c.kind {
         Some(command::Kind::Ping(_)) => (command_result::Status::Ok, String::new()),
         // Listed, not wildcarded, so each new kind is a compile error until it is handled
-        // here; these never reach here: `apps::handles` routes them to apps.rs.
+        // here; these never reach here: `apps::handles` routes them to apps.rs and
+        // `firewall::handles` to firewall.rs.
         Some(
             command::Kind::Stage(_)
             | command::Kind::Activate(_)
             | command::Kind::Restart(_)
             | command::Kind::TailLogs(_)
-            | command::Kind::StopLogs(_),
+            | command::Kind::StopLogs(_)
+            | command::Kind::ApplyFirewall(_)
+            | command::Kind::ConfirmFirewall(_),
         )
         | None => (
             command_result::Status::Unsupported,

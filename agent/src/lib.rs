@@ -16,6 +16,7 @@ pub mod crash;
 pub mod enroll;
 pub mod facts;
 pub mod fetch;
+pub mod firewall;
 pub mod health;
 pub mod journal;
 pub mod logging;

@@ -235,6 +235,32 @@ impl Admin for AdminService {
             .map(Response::new)
     }
 
+    type ApplyFirewallStream = ReceiverStream<Result<HostProgress, Status>>;
+
+    async fn apply_firewall(
+        &self,
+        request: Request<ApplyFirewallRequest>,
+    ) -> Result<Response<Self::ApplyFirewallStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::firewall::apply(self.0.clone(), actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn show_firewall(
+        &self,
+        request: Request<ShowFirewallRequest>,
+    ) -> Result<Response<ShowFirewallResponse>, Status> {
+        crate::firewall::show(&self.0, &request.into_inner().host).map(Response::new)
+    }
+
+    async fn firewall_status(
+        &self,
+        _request: Request<FirewallStatusRequest>,
+    ) -> Result<Response<FirewallStatusResponse>, Status> {
+        crate::firewall::status(&self.0).map(Response::new)
+    }
+
     async fn list_audit(
         &self,
         request: Request<ListAuditRequest>,

@@ -214,6 +214,10 @@ async fn handle(
             line.host = name.to_owned();
             shared.commands.deliver_line(name, line);
         }
+        Up::Firewall(state) => {
+            tracing::info!(host = %name, state = %state.state, detail = %state.detail, "firewall state");
+            shared.firewall_states.update(name, state);
+        }
         Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),
     }
 }

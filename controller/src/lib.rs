@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod datadir;
 pub mod enroll;
+pub mod firewall;
 pub mod http;
 pub mod init;
 pub mod logging;

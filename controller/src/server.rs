@@ -66,6 +66,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         blobs,
         commands: Commands::default(),
         app_states: AppStates::default(),
+        firewall_states: Default::default(),
     }))
 }
 

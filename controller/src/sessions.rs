@@ -149,6 +149,16 @@ impl Sessions {
         })
     }
 
+    /// The id of the host's current session, if any: a change in it means the agent
+    /// reconnected in between.
+    pub fn session_id(&self, host: &str) -> Option<u64> {
+        self.live
+            .lock()
+            .expect("sessions lock")
+            .get(host)
+            .map(|l| l.id)
+    }
+
     pub fn count(&self) -> usize {
         self.live.lock().expect("sessions lock").len()
     }

@@ -23,6 +23,7 @@ pub struct Shared {
     pub blobs: Blobs,
     pub commands: Commands,
     pub app_states: AppStates,
+    pub firewall_states: crate::firewall::FirewallStates,
 }
 
 impl Shared {

@@ -20,6 +20,8 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// Key: `<app>/<KEY>`; value: the secret. The store file is 0600 in a 0700 directory.
 const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
+/// The fleet-wide firewall policy: key `policy` (TOML) and `applied_at_ms`.
+const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -164,6 +166,7 @@ impl Store {
             tx.open_table(APPS).map_err(db_err)?;
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
+            tx.open_table(FIREWALL).map_err(db_err)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
@@ -218,6 +221,38 @@ impl Store {
             tx.open_table(APPS).map_err(db_err)?;
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// The stored firewall policy TOML and when it was last applied (Unix ms).
+    pub fn firewall_policy(&self) -> Result<Option<(String, i64)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        // Stores created before the firewall existed have no table yet: no policy.
+        let table = match tx.open_table(FIREWALL) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let Some(policy) = table.get("policy").map_err(db_err)? else {
+            return Ok(None);
+        };
+        let at = table
+            .get("applied_at_ms")
+            .map_err(db_err)?
+            .and_then(|v| v.value().parse().ok())
+            .unwrap_or(0);
+        Ok(Some((policy.value().to_owned(), at)))
+    }
+
+    pub fn set_firewall_policy(&self, toml: &str, at_ms: i64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(FIREWALL).map_err(db_err)?;
+            table.insert("policy", toml).map_err(db_err)?;
+            table
+                .insert("applied_at_ms", at_ms.to_string().as_str())
+                .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }

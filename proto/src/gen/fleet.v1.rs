@@ -28,7 +28,7 @@ pub struct JoinResponse {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
-    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: ::core::option::Option<agent_message::Body>,
 }
 /// Nested message and enum types in `AgentMessage`.
@@ -52,6 +52,8 @@ pub mod agent_message {
         AppState(super::AppState),
         #[prost(message, tag = "8")]
         LogLine(super::LogLine),
+        #[prost(message, tag = "9")]
+        Firewall(super::FirewallState),
     }
 }
 #[allow(clippy::all)]
@@ -145,7 +147,7 @@ pub struct Command {
     /// Correlation id; echoed in CommandResult.id.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
@@ -165,7 +167,60 @@ pub mod command {
         TailLogs(super::TailLogs),
         #[prost(message, tag = "7")]
         StopLogs(super::StopLogs),
+        #[prost(message, tag = "8")]
+        ApplyFirewall(super::ApplyFirewall),
+        #[prost(message, tag = "9")]
+        ConfirmFirewall(super::ConfirmFirewall),
     }
+}
+/// Commit-confirmed firewall change: the agent renders the policy for itself, refuses it
+/// if it would lock out the controller or SSH from the admin sources (unless `force`),
+/// saves the live `inet fleet` table, arms a transient systemd timer that restores it
+/// after `confirm_timeout_ms`, applies the candidate atomically and answers. Only a
+/// ConfirmFirewall with the same `apply_id` disarms the timer.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApplyFirewall {
+    #[prost(string, tag = "1")]
+    pub apply_id: ::prost::alloc::string::String,
+    /// The policy as TOML, validated by fleet_proto::firewall on both ends.
+    #[prost(string, tag = "2")]
+    pub policy_toml: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub force: bool,
+    /// Listen ports of the apps deployed on this host, opened per the policy.
+    #[prost(message, repeated, tag = "4")]
+    pub app_ports: ::prost::alloc::vec::Vec<AppPort>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AppPort {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConfirmFirewall {
+    #[prost(string, tag = "1")]
+    pub apply_id: ::prost::alloc::string::String,
+}
+/// The agent's view of its firewall, pushed whenever it changes and after every Welcome.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FirewallState {
+    /// "none", "pending", "confirmed", "reverted", "drift"
+    #[prost(string, tag = "1")]
+    pub state: ::prost::alloc::string::String,
+    /// sha256 of the policy TOML last confirmed (empty: none).
+    #[prost(string, tag = "2")]
+    pub policy_sha256: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
+    /// Unix milliseconds of this observation.
+    #[prost(int64, tag = "4")]
+    pub time_ms: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -669,6 +724,52 @@ pub struct LogsRequest {
     pub lines: u32,
     #[prost(bool, tag = "4")]
     pub follow: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApplyFirewallRequest {
+    #[prost(string, tag = "1")]
+    pub policy_toml: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub force: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShowFirewallRequest {
+    /// Empty: the policy only; else also the table rendered for that host.
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShowFirewallResponse {
+    #[prost(string, tag = "1")]
+    pub policy_toml: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub rendered: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub applied_at_ms: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FirewallStatusRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HostFirewall {
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub host_state: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub state: ::core::option::Option<FirewallState>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FirewallStatusResponse {
+    #[prost(string, tag = "1")]
+    pub policy_sha256: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub hosts: ::prost::alloc::vec::Vec<HostFirewall>,
 }
 /// Generated client implementations.
 pub mod enrollment_client {
@@ -1643,6 +1744,79 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Logs"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Host firewall (the agent-owned `inet fleet` nftables table).
+        pub async fn apply_firewall(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ApplyFirewallRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HostProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ApplyFirewall",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ApplyFirewall"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        pub async fn show_firewall(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ShowFirewallRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShowFirewallResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ShowFirewall",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ShowFirewall"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn firewall_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::FirewallStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FirewallStatusResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/FirewallStatus",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "FirewallStatus"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1755,6 +1929,34 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::LogsRequest>,
         ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
+        /// Server streaming response type for the ApplyFirewall method.
+        type ApplyFirewallStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HostProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Host firewall (the agent-owned `inet fleet` nftables table).
+        async fn apply_firewall(
+            &self,
+            request: tonic::Request<super::ApplyFirewallRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::ApplyFirewallStream>,
+            tonic::Status,
+        >;
+        async fn show_firewall(
+            &self,
+            request: tonic::Request<super::ShowFirewallRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShowFirewallResponse>,
+            tonic::Status,
+        >;
+        async fn firewall_status(
+            &self,
+            request: tonic::Request<super::FirewallStatusRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::FirewallStatusResponse>,
+            tonic::Status,
+        >;
     }
     /// Operator API used by fleetctl (admin identities only).
     #[derive(Debug)]
@@ -2401,6 +2603,142 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ApplyFirewall" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApplyFirewallSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::ApplyFirewallRequest>
+                    for ApplyFirewallSvc<T> {
+                        type Response = super::HostProgress;
+                        type ResponseStream = T::ApplyFirewallStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ApplyFirewallRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::apply_firewall(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApplyFirewallSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ShowFirewall" => {
+                    #[allow(non_camel_case_types)]
+                    struct ShowFirewallSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ShowFirewallRequest>
+                    for ShowFirewallSvc<T> {
+                        type Response = super::ShowFirewallResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ShowFirewallRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::show_firewall(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ShowFirewallSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/FirewallStatus" => {
+                    #[allow(non_camel_case_types)]
+                    struct FirewallStatusSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::FirewallStatusRequest>
+                    for FirewallStatusSvc<T> {
+                        type Response = super::FirewallStatusResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::FirewallStatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::firewall_status(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FirewallStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

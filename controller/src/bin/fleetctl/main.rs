@@ -5,6 +5,7 @@
 mod apps;
 mod audit;
 mod client;
+mod firewall;
 mod hosts;
 mod output;
 mod run;
@@ -82,6 +83,9 @@ enum Command {
     Status { app: Option<String> },
     /// The app's journal lines from its hosts, prefixed by host.
     Logs(run::LogsArgs),
+    /// Host firewall policy (the agent-owned `inet fleet` nftables table).
+    #[command(subcommand)]
+    Firewall(firewall::FirewallCmd),
 }
 
 fn main() -> ExitCode {
@@ -120,5 +124,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
         Command::Status { app } => run::status(&conn, app, cli.output).await,
         Command::Logs(args) => run::logs(&conn, args).await,
+        Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
     }
 }

@@ -1,0 +1,160 @@
+//! `fleetctl firewall apply|show|status`: the fleet's `inet fleet` nftables policy.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use fleet_proto::v1::{ApplyFirewallRequest, FirewallStatusRequest, ShowFirewallRequest};
+use serde_json::json;
+
+use crate::client::Conn;
+use crate::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum FirewallCmd {
+    /// Apply a policy file to every host, commit-confirmed; prints the diff and each
+    /// host's outcome (applied, confirmed, reverted, refused).
+    Apply {
+        file: PathBuf,
+        /// Apply even if it would cut off the controller or SSH from the admin sources.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The current policy; with --host, also the table rendered for that host.
+    Show {
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Per host: the firewall state it reports (confirmed, pending, reverted, drift).
+    Status,
+}
+
+pub async fn run(conn: &Conn, cmd: FirewallCmd, format: Format) -> anyhow::Result<()> {
+    match cmd {
+        FirewallCmd::Apply { file, force } => apply(conn, file, force, format).await,
+        FirewallCmd::Show { host } => {
+            let r = conn
+                .admin()
+                .await?
+                .show_firewall(ShowFirewallRequest {
+                    host: host.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            match format {
+                Format::Json => output::json(&json!({
+                    "policy": r.policy_toml,
+                    "rendered": r.rendered,
+                    "applied_at": output::time(r.applied_at_ms / 1000),
+                })),
+                Format::Table => {
+                    println!("# applied {}", output::time_or_dash(r.applied_at_ms / 1000));
+                    print!("{}", r.policy_toml);
+                    if !r.rendered.is_empty() {
+                        println!("\n# rendered for the host:");
+                        print!("{}", r.rendered);
+                    }
+                }
+            }
+            Ok(())
+        }
+        FirewallCmd::Status => {
+            let r = conn
+                .admin()
+                .await?
+                .firewall_status(FirewallStatusRequest {})
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            match format {
+                Format::Json => output::json(&json!({
+                    "policy_sha256": r.policy_sha256,
+                    "hosts": r.hosts.iter().map(|h| {
+                        let s = h.state.clone().unwrap_or_default();
+                        json!({"host": h.host, "host_state": h.host_state, "firewall": s.state,
+                               "policy_sha256": s.policy_sha256, "detail": s.detail})
+                    }).collect::<Vec<_>>(),
+                })),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = r
+                        .hosts
+                        .iter()
+                        .map(|h| {
+                            let s = h.state.clone().unwrap_or_default();
+                            let matches = if s.policy_sha256.is_empty() {
+                                "-".to_owned()
+                            } else if s.policy_sha256 == r.policy_sha256 {
+                                "yes".to_owned()
+                            } else {
+                                "no".to_owned()
+                            };
+                            vec![
+                                h.host.clone(),
+                                h.host_state.clone(),
+                                if s.state.is_empty() {
+                                    "unknown".into()
+                                } else {
+                                    s.state
+                                },
+                                matches,
+                                s.detail,
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["HOST", "HOST STATE", "FIREWALL", "CURRENT POLICY", "DETAIL"],
+                        &rows,
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn apply(conn: &Conn, file: PathBuf, force: bool, format: Format) -> anyhow::Result<()> {
+    let policy_toml = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let mut stream = conn
+        .admin()
+        .await?
+        .apply_firewall(ApplyFirewallRequest { policy_toml, force })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    let mut outcomes = Vec::new();
+    let mut bad = Vec::new();
+    while let Some(p) = stream.message().await.map_err(|s| conn.status(s))? {
+        let final_phase = matches!(
+            p.phase.as_str(),
+            "confirmed" | "reverted" | "refused" | "failed"
+        );
+        if final_phase && p.phase != "confirmed" {
+            bad.push(format!("{}: {} ({})", p.host, p.phase, p.message));
+        }
+        match format {
+            Format::Table if p.phase == "diff" => {
+                println!("--- {} diff", p.host);
+                print!("{}", p.message);
+            }
+            Format::Table => println!("{:<16} {:<10} {}", p.host, p.phase, p.message),
+            Format::Json => {
+                if final_phase {
+                    outcomes.push(json!({"host": p.host, "result": p.phase, "message": p.message}));
+                }
+            }
+        }
+    }
+    if format == Format::Json {
+        output::json(&json!(outcomes));
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "firewall policy not confirmed on {} host(s):\n  {}",
+            bad.len(),
+            bad.join("\n  ")
+        );
+    }
+    Ok(())
+}

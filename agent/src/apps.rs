@@ -520,6 +520,52 @@ impl Inner {
         }
     }
 
+    /// Succeeds when the app stays healthy, with the same main process and restart count,
+    /// for `hold`. A single later failed probe does not count (the probe's own failure
+    /// threshold decides "unhealthy"), a crash or restart does at once.
+    async fn stay_healthy(&self, app: &App, hold: Duration) -> Result<(), String> {
+        let mut rx = app.changed.subscribe();
+        let (pid, restarts) = {
+            let d = lock(&app.data);
+            let p = d.props.clone().unwrap_or_default();
+            (p.main_pid, p.n_restarts)
+        };
+        let until = Instant::now() + hold;
+        loop {
+            {
+                let d = lock(&app.data);
+                let p = d.props.clone().unwrap_or_default();
+                let why = if d.tracker.crash_loop {
+                    Some(format!("crash loop ({} restarts)", p.n_restarts))
+                } else if !is_up(&p) {
+                    Some(format!(
+                        "unit {} ({}, result {})",
+                        p.active_state, p.sub_state, p.result
+                    ))
+                } else if p.n_restarts != restarts || p.main_pid != pid {
+                    Some(format!(
+                        "restarted (pid {pid} -> {}, {} restarts)",
+                        p.main_pid, p.n_restarts
+                    ))
+                } else if !d.health.healthy {
+                    Some(format!("unhealthy: {}", d.health.detail))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(format!(
+                        "did not stay healthy for {}: {why}",
+                        humantime::format_duration(hold)
+                    ));
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err("app state lost".into()) },
+                _ = sleep_until(until) => return Ok(()),
+            }
+        }
+    }
+
     /// Starts a fresh health history (new process or release) and probes at once.
     fn restart_health(&self, app: &App, why: &str) {
         let mut d = lock(&app.data);
@@ -676,7 +722,27 @@ impl Inner {
         if let Err(e) = started {
             return Err(self.failure(&name, e.to_string()).await);
         }
-        match self.wait_healthy(&app, deadline).await {
+        let started_at = Instant::now();
+        let healthy = match self.wait_healthy(&app, deadline).await {
+            Ok(detail) if a.min_healthy_ms > 0 => {
+                // The hold counts inside the deadline, so a rollout can bound each host's
+                // turn by the deadline alone.
+                let hold = Duration::from_millis(a.min_healthy_ms);
+                let left = deadline.saturating_sub(started_at.elapsed());
+                if left < hold {
+                    Err(format!(
+                        "healthy only after {} ({detail}), too late to stay healthy for {} within the deadline of {}",
+                        humantime::format_duration(Duration::from_millis(started_at.elapsed().as_millis() as u64)),
+                        humantime::format_duration(hold),
+                        humantime::format_duration(deadline)
+                    ))
+                } else {
+                    self.stay_healthy(&app, hold).await.map(|()| detail)
+                }
+            }
+            other => other,
+        };
+        match healthy {
             Ok(detail) => {
                 // Only after success: a failed release leaves every older one in place.
                 match self

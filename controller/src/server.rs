@@ -66,6 +66,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         blobs,
         commands: Commands::default(),
         app_states: AppStates::default(),
+        rollouts: Default::default(),
     }))
 }
 
@@ -105,6 +106,8 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         conn_tx,
     ));
     let reaper = tokio::spawn(reap(shared.clone()));
+    // After the listeners are up: the resumed rollouts wait for their agents to reconnect.
+    crate::rollout::resume_all(&shared);
     let pruner = tokio::spawn(prune(shared.clone()));
     let http_server = tokio::spawn(crate::http::serve(http, shared.clone()));
 

@@ -23,6 +23,7 @@ pub struct Shared {
     pub blobs: Blobs,
     pub commands: Commands,
     pub app_states: AppStates,
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 impl Shared {

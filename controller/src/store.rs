@@ -20,6 +20,8 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// Key: `<app>/<KEY>`; value: the secret. The store file is 0600 in a 0700 directory.
 const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
+/// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -164,6 +166,7 @@ impl Store {
             tx.open_table(APPS).map_err(db_err)?;
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
+            tx.open_table(ROLLOUTS).map_err(db_err)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
@@ -218,6 +221,7 @@ impl Store {
             tx.open_table(APPS).map_err(db_err)?;
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
+            tx.open_table(ROLLOUTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -444,6 +448,28 @@ impl Store {
                 .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
+    }
+
+    /// Writes a rollout record under `id`, replacing the previous step's.
+    pub fn put_rollout<T: Serialize>(&self, id: &str, rec: &T) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(ROLLOUTS).map_err(db_err)?;
+            table.insert(id, encode(rec).as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Every rollout record, by id (per app, oldest first).
+    pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(ROLLOUTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode("rollouts", k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>, StoreError> {
@@ -704,6 +730,33 @@ mod tests {
         assert_eq!(versions, ["0", "1"]);
         assert!(s.blob_in_use("cc").unwrap());
         assert!(!s.blob_in_use("dd").unwrap());
+    }
+
+    #[test]
+    fn rollouts_are_replaced_by_id_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::create(&path).unwrap();
+            store
+                .put_rollout("shop/1", &serde_json::json!({"step": 1}))
+                .unwrap();
+            store
+                .put_rollout("shop/1", &serde_json::json!({"step": 2}))
+                .unwrap();
+            store
+                .put_rollout("api/1", &serde_json::json!({"step": 7}))
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let all: Vec<serde_json::Value> = store.rollouts().unwrap();
+        assert_eq!(
+            all,
+            vec![
+                serde_json::json!({"step": 7}),
+                serde_json::json!({"step": 2})
+            ]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod audit;
 mod client;
 mod hosts;
 mod output;
+mod rollout;
 mod run;
 mod token;
 
@@ -82,6 +83,18 @@ enum Command {
     Status { app: Option<String> },
     /// The app's journal lines from its hosts, prefixed by host.
     Logs(run::LogsArgs),
+    /// Rolling update: stage everywhere, canary, health-gated batches, auto-revert.
+    /// Exit code 0 rolled out, 2 failed and reverted, 1 failed otherwise.
+    Rollout(rollout::RolloutCmd),
+    /// Roll back to the previous release present on every host (a rollout of it).
+    Rollback(RollbackArgs),
+}
+
+#[derive(clap::Args)]
+struct RollbackArgs {
+    app: String,
+    #[command(flatten)]
+    opts: rollout::Opts,
 }
 
 fn main() -> ExitCode {
@@ -98,10 +111,14 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<rollout::Exit>() {
+            // The outcome was printed already; only the code remains to say.
+            Some(rollout::Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -120,5 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
         Command::Status { app } => run::status(&conn, app, cli.output).await,
         Command::Logs(args) => run::logs(&conn, args).await,
+        Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
+        Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
     }
 }

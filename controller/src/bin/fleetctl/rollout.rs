@@ -374,7 +374,9 @@ async fn show(
     if format == Format::Table && ended {
         summary(&info);
     }
-    if !until_end && !ended {
+    // A one-off `rollout status` reports; only a watched (or started) rollout turns its
+    // outcome into the exit code, so scripts can poll status without tripping on it.
+    if !until_end {
         return Ok(());
     }
     if !ended {

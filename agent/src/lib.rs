@@ -14,6 +14,7 @@ pub mod config;
 pub mod enroll;
 pub mod facts;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod renew;
 pub mod state;

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::config::Settings;
+use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::Sessions;
@@ -17,6 +18,7 @@ pub struct Shared {
     pub sessions: Sessions,
     pub settings: Settings,
     pub join_limiter: Mutex<RateLimiter>,
+    pub metrics: ControllerMetrics,
 }
 
 impl Shared {

@@ -96,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Outlives every session, so a release download cut by a reconnect resumes on the next.
     let fetcher = Fetcher::new();
     // Also outlives sessions: apps are watched and probed whether or not we are connected.
-    let apps = Apps::new(state.path(), fetcher.clone());
+    let apps = Apps::new(state.path(), fetcher.clone(), metrics.apps());
     apps.adopt();
     let agent = Agent {
         state,

@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_stream::StreamExt;
 
-use crate::metrics::AppMetrics;
 use crate::crash::{Tracker, Verdict};
 use crate::fetch::Fetcher;
 use crate::health::{self, Health};
 use crate::journal::{self, now_ms};
+use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};
 use crate::releases::{venv_bin, Releases};
 use crate::systemd::{JobKind, Systemd, SystemdError, UnitProps};

@@ -32,6 +32,7 @@ use crate::crash::{Tracker, Verdict};
 use crate::fetch::Fetcher;
 use crate::health::{self, Health};
 use crate::journal::{self, now_ms};
+use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};
 use crate::releases::{venv_bin, Releases};
 use crate::systemd::{JobKind, Systemd, SystemdError, UnitProps};
@@ -59,6 +60,7 @@ pub struct Apps {
 
 struct Inner {
     outbox: Outbox,
+    metrics: AppMetrics,
     fetcher: Fetcher,
     releases: Releases,
     /// `<agent state dir>/apps`
@@ -155,10 +157,11 @@ type Outcome = Result<String, String>;
 
 impl Apps {
     /// `agent_state` is the agent's state dir; apps' own files live in the system paths.
-    pub fn new(agent_state: &Path, fetcher: Fetcher) -> Apps {
+    pub fn new(agent_state: &Path, fetcher: Fetcher, metrics: AppMetrics) -> Apps {
         Apps {
             inner: Arc::new(Inner {
                 outbox: Outbox::default(),
+                metrics,
                 fetcher,
                 releases: Releases::default(),
                 state_dir: agent_state.join("apps"),
@@ -334,6 +337,14 @@ impl Inner {
         let state = {
             let d = lock(&app.data);
             let s = d.state(&app.name);
+            self.metrics.set_state(
+                &s.app,
+                &s.release,
+                s.active_state == "active",
+                s.healthy,
+                u64::from(s.restarts),
+                s.crash_loop,
+            );
             if !always && d.last_sent.as_ref().is_some_and(|l| same_state(l, &s)) {
                 return;
             }
@@ -453,12 +464,24 @@ impl Inner {
             // it, and the agent starts nothing on its own.
             let outcome = match up {
                 Some((true, _)) => {
-                    health::probe(
+                    let started = std::time::Instant::now();
+                    let outcome = health::probe(
                         health::probe_addr(spec.listen),
                         &spec.health.path,
                         spec.health.timeout,
                     )
-                    .await
+                    .await;
+                    self.metrics
+                        .observe_probe(app.name.as_str(), started.elapsed().as_secs_f64());
+                    if let Ok(bus) = self.bus().await {
+                        if let (Some(mem), Some(cpu)) =
+                            bus.usage(&units::service_name(&app.name)).await
+                        {
+                            self.metrics
+                                .set_usage(app.name.as_str(), mem, cpu as f64 / 1e9);
+                        }
+                    }
+                    outcome
                 }
                 Some((false, state)) => Err(format!("unit is {state}")),
                 None => Err("unit state not known yet".into()),

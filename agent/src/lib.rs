@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod health;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod releases;

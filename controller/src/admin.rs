@@ -41,6 +41,7 @@ fn host_view(shared: &Shared, h: HostRecord) -> Host {
             cores: h.cores,
             memory_bytes: h.memory_bytes,
             agent_version: h.version,
+            metrics_port: h.metrics_port,
         }),
         name: h.name,
     }

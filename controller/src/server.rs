@@ -1,5 +1,5 @@
 //! `fleet-controller run`: load the data dir, listen (gRPC over our TLS, plain HTTP for
-//! health), and serve until SIGTERM/SIGINT.
+//! health, metrics and Prometheus discovery), and serve until SIGTERM/SIGINT.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use crate::config::Settings;
 use crate::datadir::DataDir;
 use crate::enroll::EnrollmentService;
 use crate::init::TRUST_DOMAIN_KEY;
+use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::Sessions;
@@ -67,6 +68,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         commands: Commands::default(),
         app_states: AppStates::default(),
         rollouts: Default::default(),
+        metrics: ControllerMetrics::default(),
     }))
 }
 
@@ -116,6 +118,8 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Outermost, so refused calls are timed too.
+        .layer(shared.metrics.layer())
         .layer(AuthLayer {
             trust_domain: shared.ca.trust_domain().clone(),
         })

@@ -70,6 +70,10 @@ pub struct HostRecord {
     /// are revoked when the host is removed.
     pub serials: Vec<IssuedSerial>,
     pub cert_expires: i64,
+    /// Port of the agent's Prometheus `/metrics` (0: off or not reported yet), from its
+    /// last Hello; records written before agents reported it read as 0.
+    #[serde(default)]
+    pub metrics_port: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -637,6 +641,7 @@ mod tests {
                 not_after: 100,
             }],
             cert_expires: 100,
+            metrics_port: 0,
         }
     }
 
@@ -791,5 +796,14 @@ mod tests {
         assert_eq!(s.spend_token("h", refuse).unwrap().unwrap().uses_left, 0);
         assert_eq!(s.spend_token("h", refuse).unwrap(), Err("spent"));
         assert_eq!(s.spend_token("nope", refuse).unwrap(), Err("spent"));
+    }
+
+    #[test]
+    fn host_records_from_before_metrics_port_still_load() {
+        let mut old = serde_json::to_value(host("h")).unwrap();
+        old.as_object_mut().unwrap().remove("metrics_port");
+        let bytes = serde_json::to_vec(&old).unwrap();
+        let record: HostRecord = decode("hosts", "h", &bytes).unwrap();
+        assert_eq!(record.metrics_port, 0);
     }
 }

@@ -90,6 +90,10 @@ pub struct HostFacts {
     pub memory_bytes: u64,
     #[prost(string, tag = "6")]
     pub agent_version: ::prost::alloc::string::String,
+    /// Port of the agent's Prometheus /metrics listener; 0 when it is disabled. The
+    /// controller pairs it with the address it sees the agent at for service discovery.
+    #[prost(uint32, tag = "7")]
+    pub metrics_port: u32,
 }
 /// First message on every stream.
 #[allow(clippy::all)]

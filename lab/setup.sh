@@ -5,7 +5,8 @@
 #   lab/setup.sh --build    packages, then release builds of fleet-lab and the fleet binaries
 set -eu
 
-PKGS="systemd-container debootstrap nftables iproute2 util-linux openssh-client curl python3-venv ca-certificates"
+# prometheus: promtool for the rule tests and a real server for the discovery test.
+PKGS="systemd-container debootstrap nftables iproute2 util-linux openssh-client curl python3-venv ca-certificates prometheus"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "lab/setup.sh: run as root (the lab mounts overlays and creates a bridge)" >&2

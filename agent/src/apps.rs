@@ -32,6 +32,7 @@ use crate::crash::{Tracker, Verdict};
 use crate::fetch::Fetcher;
 use crate::health::{self, Health};
 use crate::journal::{self, now_ms};
+use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};
 use crate::releases::{venv_bin, Releases};
 use crate::systemd::{JobKind, Systemd, SystemdError, UnitProps};
@@ -59,6 +60,7 @@ pub struct Apps {
 
 struct Inner {
     outbox: Outbox,
+    metrics: AppMetrics,
     fetcher: Fetcher,
     releases: Releases,
     /// `<agent state dir>/apps`
@@ -155,10 +157,11 @@ type Outcome = Result<String, String>;
 
 impl Apps {
     /// `agent_state` is the agent's state dir; apps' own files live in the system paths.
-    pub fn new(agent_state: &Path, fetcher: Fetcher) -> Apps {
+    pub fn new(agent_state: &Path, fetcher: Fetcher, metrics: AppMetrics) -> Apps {
         Apps {
             inner: Arc::new(Inner {
                 outbox: Outbox::default(),
+                metrics,
                 fetcher,
                 releases: Releases::default(),
                 state_dir: agent_state.join("apps"),
@@ -337,6 +340,14 @@ impl Inner {
         let state = {
             let d = lock(&app.data);
             let s = d.state(&app.name);
+            self.metrics.set_state(
+                &s.app,
+                &s.release,
+                s.active_state == "active",
+                s.healthy,
+                u64::from(s.restarts),
+                s.crash_loop,
+            );
             if !always && d.last_sent.as_ref().is_some_and(|l| same_state(l, &s)) {
                 return;
             }
@@ -456,12 +467,24 @@ impl Inner {
             // it, and the agent starts nothing on its own.
             let outcome = match up {
                 Some((true, _)) => {
-                    health::probe(
+                    let started = std::time::Instant::now();
+                    let outcome = health::probe(
                         health::probe_addr(spec.listen),
                         &spec.health.path,
                         spec.health.timeout,
                     )
-                    .await
+                    .await;
+                    self.metrics
+                        .observe_probe(app.name.as_str(), started.elapsed().as_secs_f64());
+                    if let Ok(bus) = self.bus().await {
+                        if let (Some(mem), Some(cpu)) =
+                            bus.usage(&units::service_name(&app.name)).await
+                        {
+                            self.metrics
+                                .set_usage(app.name.as_str(), mem, cpu as f64 / 1e9);
+                        }
+                    }
+                    outcome
                 }
                 Some((false, state)) => Err(format!("unit is {state}")),
                 None => Err("unit state not known yet".into()),
@@ -519,6 +542,52 @@ impl Inner {
                         d.health.detail
                     ));
                 }
+            }
+        }
+    }
+
+    /// Succeeds when the app stays healthy, with the same main process and restart count,
+    /// for `hold`. A single later failed probe does not count (the probe's own failure
+    /// threshold decides "unhealthy"), a crash or restart does at once.
+    async fn stay_healthy(&self, app: &App, hold: Duration) -> Result<(), String> {
+        let mut rx = app.changed.subscribe();
+        let (pid, restarts) = {
+            let d = lock(&app.data);
+            let p = d.props.clone().unwrap_or_default();
+            (p.main_pid, p.n_restarts)
+        };
+        let until = Instant::now() + hold;
+        loop {
+            {
+                let d = lock(&app.data);
+                let p = d.props.clone().unwrap_or_default();
+                let why = if d.tracker.crash_loop {
+                    Some(format!("crash loop ({} restarts)", p.n_restarts))
+                } else if !is_up(&p) {
+                    Some(format!(
+                        "unit {} ({}, result {})",
+                        p.active_state, p.sub_state, p.result
+                    ))
+                } else if p.n_restarts != restarts || p.main_pid != pid {
+                    Some(format!(
+                        "restarted (pid {pid} -> {}, {} restarts)",
+                        p.main_pid, p.n_restarts
+                    ))
+                } else if !d.health.healthy {
+                    Some(format!("unhealthy: {}", d.health.detail))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(format!(
+                        "did not stay healthy for {}: {why}",
+                        humantime::format_duration(hold)
+                    ));
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err("app state lost".into()) },
+                _ = sleep_until(until) => return Ok(()),
             }
         }
     }
@@ -679,7 +748,27 @@ impl Inner {
         if let Err(e) = started {
             return Err(self.failure(&name, e.to_string()).await);
         }
-        match self.wait_healthy(&app, deadline).await {
+        let started_at = Instant::now();
+        let healthy = match self.wait_healthy(&app, deadline).await {
+            Ok(detail) if a.min_healthy_ms > 0 => {
+                // The hold counts inside the deadline, so a rollout can bound each host's
+                // turn by the deadline alone.
+                let hold = Duration::from_millis(a.min_healthy_ms);
+                let left = deadline.saturating_sub(started_at.elapsed());
+                if left < hold {
+                    Err(format!(
+                        "healthy only after {} ({detail}), too late to stay healthy for {} within the deadline of {}",
+                        humantime::format_duration(Duration::from_millis(started_at.elapsed().as_millis() as u64)),
+                        humantime::format_duration(hold),
+                        humantime::format_duration(deadline)
+                    ))
+                } else {
+                    self.stay_healthy(&app, hold).await.map(|()| detail)
+                }
+            }
+            other => other,
+        };
+        match healthy {
             Ok(detail) => {
                 // Only after success: a failed release leaves every older one in place.
                 match self

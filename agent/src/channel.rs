@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -37,6 +38,7 @@ use crate::config::{self, Settings};
 use crate::fetch::Fetcher;
 use crate::firewall::{self, Firewall};
 use crate::logging::error_chain;
+use crate::metrics::{self, Connected, Metrics};
 use crate::renew::{check_issued, csr_pem, renew_delay, retry_delay};
 use crate::state::{Credentials, StateDir, StateError};
 use crate::{facts, notify};
@@ -54,9 +56,31 @@ const MAX_SKEW_SECS: i64 = 30;
 pub const CAPABILITIES: &[&str] = &["renew"];
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = config::resolve(args.config.as_deref(), args.heartbeat_interval)?;
+    let settings = config::resolve(
+        args.config.as_deref(),
+        args.heartbeat_interval,
+        args.metrics_listen,
+    )?;
     let state = StateDir::new(args.state_dir);
     let creds = state.load()?;
+    let metrics = Arc::new(Metrics::new(Some(state.path().to_owned())));
+    // Bound before the first session so Hello can tell the controller the real port (the
+    // configured one may be 0: "any free port").
+    let metrics_port = match settings.metrics_listen.0 {
+        Some(addr) => {
+            let listener = metrics::server::bind(addr).await?;
+            let bound = listener
+                .local_addr()
+                .context("cannot read the /metrics listener's address")?;
+            tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
+            tokio::spawn(metrics::server::serve(listener, metrics.clone()));
+            bound.port()
+        }
+        None => {
+            tracing::info!("metrics listener off (metrics_listen = \"off\")");
+            0
+        }
+    };
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
@@ -73,7 +97,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Outlives every session, so a release download cut by a reconnect resumes on the next.
     let fetcher = Fetcher::new();
     // Also outlives sessions: apps are watched and probed whether or not we are connected.
-    let apps = Apps::new(state.path(), fetcher.clone());
+    let apps = Apps::new(state.path(), fetcher.clone(), metrics.apps());
     apps.adopt();
     // Also outlives sessions: the revert timers and drift checks must not need the stream.
     let firewall = Firewall::new(
@@ -88,6 +112,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fetcher,
         apps,
         firewall,
+        metrics_port,
+        connected: metrics.connected(),
     };
     tokio::select! {
         never = agent.supervise() => match never {},
@@ -167,6 +193,8 @@ struct Agent {
     fetcher: Fetcher,
     apps: Apps,
     firewall: Firewall,
+    metrics_port: u16,
+    connected: Connected,
 }
 
 impl Agent {
@@ -178,6 +206,7 @@ impl Agent {
                 Ok(never) => match never {},
                 Err(end) => end,
             };
+            self.connected.set(false);
             if welcomed {
                 backoff.reset();
             }
@@ -254,7 +283,7 @@ impl Agent {
 
         let (tx, rx) = mpsc::channel(OUTBOX);
         let hello = Hello {
-            facts: Some(facts::collect()),
+            facts: Some(facts::collect(self.metrics_port)),
             heartbeat_interval_ms: u32::try_from(self.settings.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
@@ -287,6 +316,7 @@ impl Agent {
             apps: &self.apps,
             firewall: &self.firewall,
             seq: 0,
+            connected: self.connected.clone(),
         };
         session
             .run(
@@ -357,6 +387,7 @@ struct Session<'a> {
     firewall: &'a Firewall,
     renewal: Renewal,
     seq: u64,
+    connected: Connected,
 }
 
 impl Session<'_> {
@@ -460,6 +491,7 @@ impl Session<'_> {
     }
 
     fn welcome(&self, w: &Welcome) {
+        self.connected.set(true);
         tracing::info!(
             controller = %self.addr,
             controller_version = %w.controller_version,

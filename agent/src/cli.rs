@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::MetricsListen;
 use crate::state::DEFAULT_STATE_DIR;
 
 #[derive(Parser)]
@@ -73,6 +74,11 @@ pub struct RunArgs {
     /// Heartbeat period, e.g. "10s" (overrides the config file).
     #[arg(long, env = "FLEET_AGENT_HEARTBEAT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+
+    /// Address of the Prometheus /metrics listener (default 0.0.0.0:9437), or "off"
+    /// (overrides the config file).
+    #[arg(long, env = "FLEET_AGENT_METRICS_LISTEN", value_name = "ADDR:PORT|off")]
+    pub metrics_listen: Option<MetricsListen>,
 }
 
 /// Runs the chosen command on its own runtime.
@@ -116,10 +122,15 @@ mod tests {
             "/tmp/d",
             "--heartbeat-interval",
             "1s",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .unwrap();
         match cli.command {
-            Command::Run(r) => assert_eq!(r.heartbeat_interval, Some(Duration::from_secs(1))),
+            Command::Run(r) => {
+                assert_eq!(r.heartbeat_interval, Some(Duration::from_secs(1)));
+                assert_eq!(r.metrics_listen.unwrap().to_string(), "127.0.0.1:0");
+            }
             Command::Join(_) => panic!("parsed as join"),
         }
         let cli = Cli::try_parse_from([

@@ -4,14 +4,19 @@
 //! ```toml
 //! heartbeat_interval = "10s"   # 100ms ..= 1h
 //! max_backoff = "30s"          # 1s ..= 1h, cap of the reconnect delay
+//! metrics_listen = "0.0.0.0:9437"  # Prometheus /metrics; "off" (or "") disables it
 //! ```
 
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::backoff;
+use crate::metrics::DEFAULT_PORT;
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const HEARTBEAT_RANGE: (Duration, Duration) =
@@ -22,6 +27,7 @@ const MAX_BACKOFF_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duratio
 pub struct Settings {
     pub heartbeat_interval: Duration,
     pub max_backoff: Duration,
+    pub metrics_listen: MetricsListen,
 }
 
 impl Default for Settings {
@@ -29,6 +35,44 @@ impl Default for Settings {
         Settings {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             max_backoff: backoff::DEFAULT_MAX,
+            metrics_listen: MetricsListen::default(),
+        }
+    }
+}
+
+/// Where `/metrics` listens, or `off`. All interfaces by default, like node_exporter:
+/// Prometheus scrapes from another machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl Default for MetricsListen {
+    fn default() -> Self {
+        MetricsListen(Some(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            DEFAULT_PORT,
+        ))))
+    }
+}
+
+impl FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "off" => Ok(MetricsListen(None)),
+            addr => addr.parse().map(|a| MetricsListen(Some(a))).map_err(|_| {
+                "not an address: write IP:PORT (e.g. \"0.0.0.0:9437\" or \"[::]:9437\") or \"off\""
+                    .to_owned()
+            }),
+        }
+    }
+}
+
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("off"),
         }
     }
 }
@@ -39,6 +83,7 @@ impl Default for Settings {
 struct FileConfig {
     heartbeat_interval: Option<String>,
     max_backoff: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +105,12 @@ pub enum ConfigError {
 }
 
 /// Builds the settings: defaults, then the file (if any), then `heartbeat_flag` (from
-/// `--heartbeat-interval` or `FLEET_AGENT_HEARTBEAT_INTERVAL`).
+/// `--heartbeat-interval` or `FLEET_AGENT_HEARTBEAT_INTERVAL`) and `metrics_flag` (from
+/// `--metrics-listen` or `FLEET_AGENT_METRICS_LISTEN`, already parsed by clap).
 pub fn resolve(
     file: Option<&Path>,
     heartbeat_flag: Option<Duration>,
+    metrics_flag: Option<MetricsListen>,
 ) -> Result<Settings, ConfigError> {
     let mut settings = match file {
         Some(path) => {
@@ -84,6 +131,9 @@ pub fn resolve(
         )?;
         settings.heartbeat_interval = interval;
     }
+    if let Some(listen) = metrics_flag {
+        settings.metrics_listen = listen;
+    }
     Ok(settings)
 }
 
@@ -100,6 +150,14 @@ pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = raw.max_backoff {
         settings.max_backoff = duration(&origin, "max_backoff", &v, MAX_BACKOFF_RANGE)?;
+    }
+    if let Some(v) = raw.metrics_listen {
+        settings.metrics_listen = v.parse().map_err(|reason| ConfigError::Field {
+            origin: origin.clone(),
+            field: "metrics_listen",
+            value: v.clone(),
+            reason,
+        })?;
     }
     Ok(settings)
 }
@@ -197,17 +255,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, "heartbeat_interval = \"5s\"").unwrap();
-        let s = resolve(Some(&path), Some(Duration::from_secs(1))).unwrap();
+        let s = resolve(Some(&path), Some(Duration::from_secs(1)), None).unwrap();
         assert_eq!(s.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(
-            resolve(Some(&path), None).unwrap().heartbeat_interval,
+            resolve(Some(&path), None, None).unwrap().heartbeat_interval,
             Duration::from_secs(5)
         );
-        let err = resolve(None, Some(Duration::ZERO)).unwrap_err().to_string();
+        let err = resolve(None, Some(Duration::ZERO), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--heartbeat-interval"), "{err}");
-        let err = resolve(Some(&dir.path().join("missing.toml")), None)
+        let err = resolve(Some(&dir.path().join("missing.toml")), None, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_parses_and_turns_off() {
+        assert_eq!(
+            Settings::default().metrics_listen.to_string(),
+            "0.0.0.0:9437"
+        );
+        let s = parse("metrics_listen = \"127.0.0.1:9500\"").unwrap();
+        assert_eq!(s.metrics_listen.to_string(), "127.0.0.1:9500");
+        assert_eq!(
+            parse("metrics_listen = \"off\"").unwrap().metrics_listen.0,
+            None
+        );
+        assert_eq!(
+            parse("metrics_listen = \"\"").unwrap().metrics_listen.0,
+            None
+        );
+        assert_eq!(
+            parse("metrics_listen = \"[::]:9437\"")
+                .unwrap()
+                .metrics_listen
+                .to_string(),
+            "[::]:9437"
+        );
+        let err = parse("metrics_listen = \"9437\"").unwrap_err().to_string();
+        assert!(
+            err.contains("metrics_listen") && err.contains("IP:PORT"),
+            "{err}"
+        );
+        let flag: MetricsListen = "off".parse().unwrap();
+        let s = resolve(None, None, Some(flag)).unwrap();
+        assert_eq!(s.metrics_listen.0, None);
     }
 }

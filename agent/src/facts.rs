@@ -4,7 +4,9 @@
 use fleet_proto::v1::HostFacts;
 use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 
-pub fn collect() -> HostFacts {
+/// `metrics_port`: where this agent's `/metrics` listens (0: disabled), for the
+/// controller's Prometheus service discovery.
+pub fn collect(metrics_port: u16) -> HostFacts {
     let memory_bytes = System::new_with_specifics(
         RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
     )
@@ -23,6 +25,7 @@ pub fn collect() -> HostFacts {
             .unwrap_or(0),
         memory_bytes,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        metrics_port: u32::from(metrics_port),
     }
 }
 
@@ -62,7 +65,8 @@ mod tests {
 
     #[test]
     fn facts_of_this_machine() {
-        let f = collect();
+        let f = collect(9437);
+        assert_eq!(f.metrics_port, 9437);
         assert!(f.cores >= 1);
         assert!(f.memory_bytes > 0);
         assert_eq!(f.agent_version, env!("CARGO_PKG_VERSION"));

@@ -229,6 +229,27 @@ impl Systemd {
             .map_err(Self::call_err("properties", path.as_str()))
     }
 
+    /// Memory in bytes and CPU time in nanoseconds of a unit's cgroup, each `None` when
+    /// systemd does not account it (it reports u64::MAX then).
+    pub async fn usage(&self, unit: &str) -> (Option<u64>, Option<u64>) {
+        let read = async {
+            let path = self.unit_path(unit).await.ok()?;
+            let props = self.properties(&path).await.ok()?;
+            props
+                .get_all(InterfaceName::from_static_str_unchecked(SERVICE_IFACE))
+                .await
+                .ok()
+        };
+        let Some(s) = read.await else {
+            return (None, None);
+        };
+        let known = |v: u64| (v != u64::MAX).then_some(v);
+        (
+            known(number::<u64>(&s, "MemoryCurrent")),
+            known(number::<u64>(&s, "CPUUsageNSec")),
+        )
+    }
+
     /// Reads the state of a service unit through its Properties proxy.
     pub async fn read_props(
         props: &PropertiesProxy<'static>,

@@ -20,6 +20,7 @@ fn agent(args: &[&str]) -> Output {
         .env_remove("FLEET_CONTROLLER")
         .env_remove("FLEET_AGENT_STATE_DIR")
         .env_remove("FLEET_AGENT_HEARTBEAT_INTERVAL")
+        .env_remove("FLEET_AGENT_METRICS_LISTEN")
         .env_remove("NOTIFY_SOCKET")
         .output()
         .expect("run fleet-agent")
@@ -281,6 +282,24 @@ fn run_with_a_bad_config_names_the_field() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("max_backoff") && err.contains("forever"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_with_a_bad_metrics_listen_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = agent(&[
+        "run",
+        "--state-dir",
+        tmp.path().to_str().unwrap(),
+        "--metrics-listen",
+        "9437",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--metrics-listen") && err.contains("IP:PORT"),
         "{err}"
     );
 }

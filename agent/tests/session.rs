@@ -327,6 +327,8 @@ async fn join_then_run_speaks_the_protocol() {
     let mut agent = tokio::process::Command::new(BIN)
         .args(["run", "--state-dir", state_s, "--heartbeat-interval", "1s"])
         .args(["--config", config.to_str().unwrap()])
+        // Tests stay on loopback and must not contend for the default port 9437.
+        .args(["--metrics-listen", "off"])
         .env_remove("NOTIFY_SOCKET")
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -41,6 +41,7 @@ fn host_view(shared: &Shared, h: HostRecord) -> Host {
             cores: h.cores,
             memory_bytes: h.memory_bytes,
             agent_version: h.version,
+            metrics_port: h.metrics_port,
         }),
         name: h.name,
     }
@@ -259,6 +260,33 @@ impl Admin for AdminService {
         _request: Request<FirewallStatusRequest>,
     ) -> Result<Response<FirewallStatusResponse>, Status> {
         crate::firewall::status(&self.0).map(Response::new)
+    }
+
+    type StartRolloutStream = ReceiverStream<Result<RolloutEvent, Status>>;
+
+    async fn start_rollout(
+        &self,
+        request: Request<RolloutRequest>,
+    ) -> Result<Response<Self::StartRolloutStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::rollout::start(self.0.clone(), actor, request.into_inner()).map(Response::new)
+    }
+
+    type WatchRolloutStream = ReceiverStream<Result<RolloutEvent, Status>>;
+
+    async fn watch_rollout(
+        &self,
+        request: Request<WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        crate::rollout::watch(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn control_rollout(
+        &self,
+        request: Request<ControlRolloutRequest>,
+    ) -> Result<Response<RolloutInfo>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::rollout::control(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn list_audit(

@@ -265,7 +265,7 @@ pub fn set_secret(
 
 type Progress = mpsc::Sender<Result<HostProgress, Status>>;
 
-fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
+pub fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
     let enrolled: Vec<String> = shared
         .store
         .hosts()
@@ -291,6 +291,31 @@ fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status>
         )));
     }
     Ok(requested.to_vec())
+}
+
+/// The secret values the app's spec names; refuses when any is not set, before any host
+/// is touched.
+pub fn wanted_secrets(
+    shared: &Shared,
+    app: &str,
+    spec: &AppSpec,
+) -> Result<BTreeMap<String, String>, Status> {
+    let secrets = shared.store.secrets(app).map_err(internal)?;
+    let missing: Vec<&String> = spec
+        .secrets
+        .iter()
+        .filter(|s| !secrets.contains_key(*s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{app} needs secrets that are not set: {} (set each with `fleetctl secret set {app} KEY`); no host was touched",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(secrets
+        .into_iter()
+        .filter(|(k, _)| spec.secrets.contains(k))
+        .collect())
 }
 
 fn describe(err: CommandError) -> String {
@@ -383,22 +408,7 @@ pub fn deploy(
         .ok_or_else(|| {
             Status::not_found(format!("{app} has no release {version}: upload it with `fleetctl release upload {app} FILE.tar.gz --version {version}`"))
         })?;
-    let secrets = shared.store.secrets(app.as_str()).map_err(internal)?;
-    let missing: Vec<&String> = spec
-        .secrets
-        .iter()
-        .filter(|s| !secrets.contains_key(*s))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Status::failed_precondition(format!(
-            "{app} needs secrets that are not set: {} (set each with `fleetctl secret set {app} KEY`); no host was touched",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    let wanted: BTreeMap<String, String> = secrets
-        .into_iter()
-        .filter(|(k, _)| spec.secrets.contains(k))
-        .collect();
+    let wanted = wanted_secrets(&shared, app.as_str(), &spec)?;
     let hosts = targets(&shared, &req.hosts)?;
     let deadline = match req.healthy_deadline_ms {
         0 => DEFAULT_HEALTHY_DEADLINE,
@@ -411,6 +421,7 @@ pub fn deploy(
         size: release.size,
         secrets: wanted.into_iter().collect(),
         healthy_deadline_ms: deadline.as_millis() as u64,
+        min_healthy_ms: 0,
     });
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {

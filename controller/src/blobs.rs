@@ -115,6 +115,7 @@ mod tests {
             blobs.finish(short, 5),
             Err(BlobError::SizeMismatch { .. })
         ));
+        drop(big);
         // Only the one finished blob is left (temp files are removed when dropped).
         assert_eq!(
             std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),

@@ -93,6 +93,7 @@ impl AgentChannel for ChannelService {
                 h.kernel = facts.kernel.clone();
                 h.cores = facts.cores;
                 h.memory_bytes = facts.memory_bytes;
+                h.metrics_port = facts.metrics_port;
             })
             .map_err(internal)?;
 

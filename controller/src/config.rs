@@ -17,6 +17,8 @@ pub struct Settings {
     pub join_burst: u32,
     pub join_per_minute: u32,
     pub max_release_bytes: u64,
+    /// URLs (http://) that get a JSON event on rollout start, success, failure, revert.
+    pub webhooks: Vec<String>,
 }
 
 impl Default for Settings {
@@ -29,6 +31,7 @@ impl Default for Settings {
             join_burst: 10,
             join_per_minute: 10,
             max_release_bytes: 512 * 1024 * 1024,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct FileConfig {
     pub join_burst: Option<u32>,
     pub join_per_minute: Option<u32>,
     pub max_release_bytes: Option<u64>,
+    pub webhooks: Option<Vec<String>>,
 }
 
 pub fn parse_duration(field: &str, value: &str) -> anyhow::Result<Duration> {
@@ -78,6 +82,9 @@ impl Settings {
         if let Some(v) = file.max_release_bytes {
             self.max_release_bytes = v;
         }
+        if let Some(v) = file.webhooks {
+            self.webhooks = v;
+        }
         Ok(())
     }
 
@@ -94,6 +101,9 @@ impl Settings {
         }
         if self.max_release_bytes < 1024 || self.max_release_bytes > 16 << 30 {
             bail!("max_release_bytes must be between 1 KiB and 16 GiB");
+        }
+        for url in &self.webhooks {
+            crate::webhook::parse_url(url).map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         }
         if self.join_burst == 0 || self.join_per_minute == 0 {
             bail!("join_burst and join_per_minute must be at least 1");

@@ -100,6 +100,7 @@ impl Enrollment for EnrollmentService {
                     not_after: issued.not_after,
                 }],
                 cert_expires: issued.not_after,
+                metrics_port: 0,
             })
             .map_err(internal)?;
         shared

@@ -1,5 +1,5 @@
 //! `fleet-controller run`: load the data dir, listen (gRPC over our TLS, plain HTTP for
-//! health), and serve until SIGTERM/SIGINT.
+//! health, metrics and Prometheus discovery), and serve until SIGTERM/SIGINT.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ use crate::config::Settings;
 use crate::datadir::DataDir;
 use crate::enroll::EnrollmentService;
 use crate::init::TRUST_DOMAIN_KEY;
+use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::Sessions;
@@ -67,6 +68,8 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         commands: Commands::default(),
         app_states: AppStates::default(),
         firewall_states: Default::default(),
+        rollouts: Default::default(),
+        metrics: ControllerMetrics::default(),
     }))
 }
 
@@ -106,6 +109,8 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         conn_tx,
     ));
     let reaper = tokio::spawn(reap(shared.clone()));
+    // After the listeners are up: the resumed rollouts wait for their agents to reconnect.
+    crate::rollout::resume_all(&shared);
     let pruner = tokio::spawn(prune(shared.clone()));
     let http_server = tokio::spawn(crate::http::serve(http, shared.clone()));
 
@@ -114,6 +119,8 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Outermost, so refused calls are timed too.
+        .layer(shared.metrics.layer())
         .layer(AuthLayer {
             trust_domain: shared.ca.trust_domain().clone(),
         })

@@ -6,6 +6,7 @@ use crate::apps::AppStates;
 use crate::blobs::Blobs;
 use crate::commands::Commands;
 use crate::config::Settings;
+use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
 use crate::sessions::Sessions;
@@ -24,6 +25,8 @@ pub struct Shared {
     pub commands: Commands,
     pub app_states: AppStates,
     pub firewall_states: crate::firewall::FirewallStates,
+    pub rollouts: crate::rollout::Rollouts,
+    pub metrics: ControllerMetrics,
 }
 
 impl Shared {

@@ -22,6 +22,8 @@ const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
 /// The fleet-wide firewall policy: key `policy` (TOML) and `applied_at_ms`.
 const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
+/// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -70,6 +72,10 @@ pub struct HostRecord {
     /// are revoked when the host is removed.
     pub serials: Vec<IssuedSerial>,
     pub cert_expires: i64,
+    /// Port of the agent's Prometheus `/metrics` (0: off or not reported yet), from its
+    /// last Hello; records written before agents reported it read as 0.
+    #[serde(default)]
+    pub metrics_port: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -167,6 +173,7 @@ impl Store {
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
             tx.open_table(FIREWALL).map_err(db_err)?;
+            tx.open_table(ROLLOUTS).map_err(db_err)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
@@ -221,6 +228,7 @@ impl Store {
             tx.open_table(APPS).map_err(db_err)?;
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
+            tx.open_table(ROLLOUTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -481,6 +489,28 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
+    /// Writes a rollout record under `id`, replacing the previous step's.
+    pub fn put_rollout<T: Serialize>(&self, id: &str, rec: &T) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(ROLLOUTS).map_err(db_err)?;
+            table.insert(id, encode(rec).as_slice()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Every rollout record, by id (per app, oldest first).
+    pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(ROLLOUTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode("rollouts", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>, StoreError> {
         let key = format!("{app}/{version}");
         let tx = self.db.begin_read().map_err(db_err)?;
@@ -646,6 +676,7 @@ mod tests {
                 not_after: 100,
             }],
             cert_expires: 100,
+            metrics_port: 0,
         }
     }
 
@@ -742,6 +773,33 @@ mod tests {
     }
 
     #[test]
+    fn rollouts_are_replaced_by_id_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::create(&path).unwrap();
+            store
+                .put_rollout("shop/1", &serde_json::json!({"step": 1}))
+                .unwrap();
+            store
+                .put_rollout("shop/1", &serde_json::json!({"step": 2}))
+                .unwrap();
+            store
+                .put_rollout("api/1", &serde_json::json!({"step": 7}))
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let all: Vec<serde_json::Value> = store.rollouts().unwrap();
+        assert_eq!(
+            all,
+            vec![
+                serde_json::json!({"step": 7}),
+                serde_json::json!({"step": 2})
+            ]
+        );
+    }
+
+    #[test]
     fn secrets_are_per_app() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::create(&dir.path().join("s.redb")).unwrap();
@@ -773,5 +831,14 @@ mod tests {
         assert_eq!(s.spend_token("h", refuse).unwrap().unwrap().uses_left, 0);
         assert_eq!(s.spend_token("h", refuse).unwrap(), Err("spent"));
         assert_eq!(s.spend_token("nope", refuse).unwrap(), Err("spent"));
+    }
+
+    #[test]
+    fn host_records_from_before_metrics_port_still_load() {
+        let mut old = serde_json::to_value(host("h")).unwrap();
+        old.as_object_mut().unwrap().remove("metrics_port");
+        let bytes = serde_json::to_vec(&old).unwrap();
+        let record: HostRecord = decode("hosts", "h", &bytes).unwrap();
+        assert_eq!(record.metrics_port, 0);
     }
 }

@@ -172,6 +172,11 @@ pub fn controller_init(paths: &Paths, b: &Binaries) -> Result<String> {
         .context("fleet-controller init printed no `ca-pin:` line")
 }
 
+/// The controller's optional `--config` file in the lab.
+pub fn controller_config(paths: &Paths) -> std::path::PathBuf {
+    paths.controller_data().join("controller.toml")
+}
+
 pub fn controller_start(paths: &Paths, b: &Binaries, lock: &File) -> Result<(Child, ProcRec)> {
     let args: Vec<String> = vec![
         b.controller.display().to_string(),
@@ -183,6 +188,14 @@ pub fn controller_start(paths: &Paths, b: &Binaries, lock: &File) -> Result<(Chi
         "--http-listen".into(),
         format!("{OUTER_ADDR}:{CONTROLLER_HTTP_PORT}"),
     ];
+    // Tests that need controller settings (e.g. webhooks) write this file and restart
+    // the controller.
+    let mut args = args;
+    let config = controller_config(paths);
+    if config.exists() {
+        args.push("--config".into());
+        args.push(config.display().to_string());
+    }
     let (child, rec) = launch::spawn(
         "controller",
         r#"exec "$@""#,

@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod demo;
 pub mod exec;
 pub mod fault;
 pub mod fleet;

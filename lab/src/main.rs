@@ -186,14 +186,18 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Demo => {
             up_detached(&LabOptions::fleet(3))?;
             let b = fleet::binaries()?;
+            println!("$ fleetctl hosts");
             print!("{}", fleet::fleetctl(&paths, &b, &["hosts"])?);
+            fleet_lab::demo::deploy_sample(&paths, &b, &[1, 2, 3])?;
             let lab_bin = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "fleet-lab".into());
             let ctl = b.fleetctl.display().to_string();
             println!(
-                "\nThe lab is up: 3 real-systemd hosts, each running an enrolled fleet-agent, and the \
-                 controller on 198.18.0.1. Try:\n  eval \"$({lab_bin} env)\"\n  {ctl} hosts\n  \
+                "\nThe lab is up: 3 real-systemd hosts, each running an enrolled fleet-agent and the \
+                 sample app `shop` (Gunicorn, port 8000), and the controller on 198.18.0.1. Try:\n  \
+                 eval \"$({lab_bin} env)\"\n  {ctl} hosts\n  {ctl} status shop\n  {ctl} logs shop -n 5\n  \
+                 {ctl} restart shop\n  \
                  {lab_bin} exec host1 -- systemctl status fleet-agent\n  {lab_bin} fault cut host2; \
                  sleep 4; {ctl} hosts\nWhen done:\n  {lab_bin} down"
             );

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod exposition;
 pub mod firewall;
 pub mod identity;
 pub mod peer;

@@ -253,12 +253,22 @@ impl Fleet {
     }
 
     pub fn run_agent(&self, name: &str, state: &Path) -> Proc {
+        // Metrics off unless a test asks: parallel tests must not fight over port 9437.
+        self.run_agent_with(name, state, &["--metrics-listen", "off"])
+    }
+
+    pub fn run_agent_with(&self, name: &str, state: &Path, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(bin("fleet-agent"));
         cmd.arg("run")
             .arg("--state-dir")
             .arg(state)
-            .args(["--heartbeat-interval", "1s"]);
+            .args(["--heartbeat-interval", "1s"])
+            .args(extra);
         Proc::spawn(cmd, self.dir.path().join(format!("agent-{name}.log")))
+    }
+
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
     }
 }
 
@@ -268,4 +278,101 @@ impl Drop for Fleet {
             c.stop();
         }
     }
+}
+
+/// A minimal HTTP/1.1 GET (what `curl` would do), returning status and body. The servers
+/// under test send a Content-Length, so reading to EOF after `Connection: close` is
+/// enough.
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header end in {raw:?}"));
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked response not expected: {head}"
+    );
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// Whether promtool can be run. Missing promtool fails the test (CI installs Debian's
+/// `prometheus` package) unless FLEET_LAB=skip says this machine cannot have it.
+pub fn promtool_present() -> bool {
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var("FLEET_LAB").as_deref() == Ok("skip") {
+        eprintln!("promtool not found and FLEET_LAB=skip: skipping the promtool checks");
+        return false;
+    }
+    panic!("promtool not found: install prometheus (apt-get install prometheus), or set FLEET_LAB=skip");
+}
+
+/// Runs `promtool ARGS` with `stdin` (if any) in `dir`; returns (success, stdout+stderr).
+pub fn promtool(dir: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The only `promtool check metrics` findings accepted: node_exporter's own meminfo names
+/// (`node_memory_MemTotal_bytes`, ...), kept verbatim so existing dashboards work, trip
+/// its camelCase lint. Returns every other problem line.
+pub fn metric_problems(promtool_output: &str) -> Vec<String> {
+    promtool_output
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            !(l.starts_with("node_memory_")
+                && l.ends_with("metric names should be written in 'snake_case' not 'camelCase'"))
+        })
+        .map(str::to_owned)
+        .collect()
 }

@@ -92,6 +92,10 @@ pub struct HostFacts {
     pub memory_bytes: u64,
     #[prost(string, tag = "6")]
     pub agent_version: ::prost::alloc::string::String,
+    /// Port of the agent's Prometheus /metrics listener; 0 when it is disabled. The
+    /// controller pairs it with the address it sees the agent at for service discovery.
+    #[prost(uint32, tag = "7")]
+    pub metrics_port: u32,
 }
 /// First message on every stream.
 #[allow(clippy::all)]
@@ -261,6 +265,11 @@ pub struct Activate {
     >,
     #[prost(uint64, tag = "6")]
     pub healthy_deadline_ms: u64,
+    /// Once healthy, the app must stay healthy with the same main process and no restart or
+    /// crash for this long (within the deadline) before the command succeeds. 0: succeed at
+    /// the first healthy probe.
+    #[prost(uint64, tag = "7")]
+    pub min_healthy_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -770,6 +779,140 @@ pub struct FirewallStatusResponse {
     pub policy_sha256: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]
     pub hosts: ::prost::alloc::vec::Vec<HostFirewall>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RolloutRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    /// Empty only with `rollback`.
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    /// Hosts updated alone first, one batch.
+    #[prost(uint32, tag = "3")]
+    pub canary: u32,
+    /// Batch size after the canary: "N" hosts or "P%" of the targets; empty: 1.
+    #[prost(string, tag = "4")]
+    pub max_parallel: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub min_healthy_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub healthy_deadline_ms: u64,
+    #[prost(bool, tag = "7")]
+    pub no_auto_revert: bool,
+    /// Hosts that are down when their turn comes are skipped (and converge when back)
+    /// instead of failing the rollout.
+    #[prost(bool, tag = "8")]
+    pub skip_down: bool,
+    /// Empty: every enrolled host.
+    #[prost(string, repeated, tag = "9")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Roll back to the previous release present on every target host.
+    #[prost(bool, tag = "10")]
+    pub rollback: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchRolloutRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub follow: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ControlRolloutRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    /// "pause", "resume" or "abort".
+    #[prost(string, tag = "2")]
+    pub action: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RolloutBatch {
+    #[prost(string, repeated, tag = "1")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RolloutHost {
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+    /// 0-based index into RolloutInfo.batches.
+    #[prost(uint32, tag = "2")]
+    pub batch: u32,
+    /// "pending", "staged", "switching", "healthy", "failed", "skipped", "reverting",
+    /// "reverted", "revert_failed", "converged"
+    #[prost(string, tag = "3")]
+    pub phase: ::prost::alloc::string::String,
+    /// Release the host ran when the rollout started; empty if none.
+    #[prost(string, tag = "4")]
+    pub previous: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RolloutInfo {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// "staging", "running", "paused", "reverting", "succeeded", "reverted", "failed",
+    /// "aborted"
+    #[prost(string, tag = "4")]
+    pub state: ::prost::alloc::string::String,
+    /// The canary batch first (when canary > 0).
+    #[prost(message, repeated, tag = "5")]
+    pub batches: ::prost::alloc::vec::Vec<RolloutBatch>,
+    #[prost(message, repeated, tag = "6")]
+    pub hosts: ::prost::alloc::vec::Vec<RolloutHost>,
+    /// Index of the batch being (or next to be) activated.
+    #[prost(uint32, tag = "7")]
+    pub current_batch: u32,
+    #[prost(int64, tag = "8")]
+    pub started_ms: i64,
+    /// 0 while the rollout runs.
+    #[prost(int64, tag = "9")]
+    pub ended_ms: i64,
+    #[prost(string, tag = "10")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(bool, tag = "11")]
+    pub auto_revert: bool,
+    #[prost(bool, tag = "12")]
+    pub skip_down: bool,
+    #[prost(uint64, tag = "13")]
+    pub min_healthy_ms: u64,
+    #[prost(uint64, tag = "14")]
+    pub healthy_deadline_ms: u64,
+    #[prost(uint32, tag = "15")]
+    pub canary: u32,
+    #[prost(string, tag = "16")]
+    pub actor: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RolloutEvent {
+    #[prost(int64, tag = "1")]
+    pub time_ms: i64,
+    /// "snapshot", "started", "staging", "staged", "batch", "switching", "healthy", "failed",
+    /// "skipped", "halted", "reverting", "reverted", "revert_failed", "paused", "resumed",
+    /// "aborting", "converged", "finished"
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub host: ::prost::alloc::string::String,
+    /// 0-based batch index, for batch and host events.
+    #[prost(uint32, tag = "4")]
+    pub batch: u32,
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
+    /// The rollout after this event.
+    #[prost(message, optional, tag = "6")]
+    pub info: ::core::option::Option<RolloutInfo>,
 }
 /// Generated client implementations.
 pub mod enrollment_client {
@@ -1817,6 +1960,79 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "FirewallStatus"));
             self.inner.unary(req, path, codec).await
         }
+        /// Rolling updates. StartRollout streams the rollout's events until it ends (a client
+        /// may hang up at any time: the rollout runs on in the controller).
+        pub async fn start_rollout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::RolloutEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/StartRollout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "StartRollout"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// The app's current (or last) rollout as one snapshot event, then, with follow, its
+        /// events until it ends.
+        pub async fn watch_rollout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchRolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::RolloutEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/WatchRollout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "WatchRollout"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        pub async fn control_rollout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ControlRolloutRequest>,
+        ) -> std::result::Result<tonic::Response<super::RolloutInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ControlRollout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ControlRollout"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1957,6 +2173,40 @@ pub mod admin_server {
             tonic::Response<super::FirewallStatusResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the StartRollout method.
+        type StartRolloutStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::RolloutEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Rolling updates. StartRollout streams the rollout's events until it ends (a client
+        /// may hang up at any time: the rollout runs on in the controller).
+        async fn start_rollout(
+            &self,
+            request: tonic::Request<super::RolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::StartRolloutStream>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchRollout method.
+        type WatchRolloutStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::RolloutEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The app's current (or last) rollout as one snapshot event, then, with follow, its
+        /// events until it ends.
+        async fn watch_rollout(
+            &self,
+            request: tonic::Request<super::WatchRolloutRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchRolloutStream>,
+            tonic::Status,
+        >;
+        async fn control_rollout(
+            &self,
+            request: tonic::Request<super::ControlRolloutRequest>,
+        ) -> std::result::Result<tonic::Response<super::RolloutInfo>, tonic::Status>;
     }
     /// Operator API used by fleetctl (admin identities only).
     #[derive(Debug)]
@@ -2728,6 +2978,143 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = FirewallStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/StartRollout" => {
+                    #[allow(non_camel_case_types)]
+                    struct StartRolloutSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::RolloutRequest>
+                    for StartRolloutSvc<T> {
+                        type Response = super::RolloutEvent;
+                        type ResponseStream = T::StartRolloutStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::start_rollout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StartRolloutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/WatchRollout" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchRolloutSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::WatchRolloutRequest>
+                    for WatchRolloutSvc<T> {
+                        type Response = super::RolloutEvent;
+                        type ResponseStream = T::WatchRolloutStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchRolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::watch_rollout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchRolloutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ControlRollout" => {
+                    #[allow(non_camel_case_types)]
+                    struct ControlRolloutSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ControlRolloutRequest>
+                    for ControlRolloutSvc<T> {
+                        type Response = super::RolloutInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ControlRolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::control_rollout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ControlRolloutSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -8,6 +8,7 @@ mod client;
 mod firewall;
 mod hosts;
 mod output;
+mod rollout;
 mod run;
 mod token;
 
@@ -86,6 +87,18 @@ enum Command {
     /// Host firewall policy (the agent-owned `inet fleet` nftables table).
     #[command(subcommand)]
     Firewall(firewall::FirewallCmd),
+    /// Rolling update: stage everywhere, canary, health-gated batches, auto-revert.
+    /// Exit code 0 rolled out, 2 failed and reverted, 1 failed otherwise.
+    Rollout(rollout::RolloutCmd),
+    /// Roll back to the previous release present on every host (a rollout of it).
+    Rollback(RollbackArgs),
+}
+
+#[derive(clap::Args)]
+struct RollbackArgs {
+    app: String,
+    #[command(flatten)]
+    opts: rollout::Opts,
 }
 
 fn main() -> ExitCode {
@@ -102,10 +115,14 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<rollout::Exit>() {
+            // The outcome was printed already; only the code remains to say.
+            Some(rollout::Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -125,5 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { app } => run::status(&conn, app, cli.output).await,
         Command::Logs(args) => run::logs(&conn, args).await,
         Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
+        Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
+        Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
     }
 }

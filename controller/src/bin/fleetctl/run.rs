@@ -72,11 +72,15 @@ async fn follow(
         }
         match format {
             Format::Table => {
+                // The agent's own message already says what runs; the state adds the
+                // rest only when it sent none.
                 let detail = match (&p.state, p.phase.as_str()) {
-                    (Some(s), "done") => format!(
-                        "release {} healthy={} pid {}",
-                        s.release, s.healthy, s.main_pid
-                    ),
+                    (Some(s), "done") if p.message.is_empty() => {
+                        format!(
+                            "release {} healthy={} pid {}",
+                            s.release, s.healthy, s.main_pid
+                        )
+                    }
                     _ => String::new(),
                 };
                 println!("{:<16} {:<10} {} {}", p.host, p.phase, p.message, detail);

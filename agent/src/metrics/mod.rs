@@ -1,0 +1,265 @@
+//! The agent's Prometheus endpoint (`metrics_listen`, default `0.0.0.0:9437`): node
+//! metrics under node_exporter's names, `fleet_app_*` fed by the app manager, and the
+//! agent's own `fleet_agent_*`.
+//!
+//! A scrape reads /proc and statvfs on a blocking thread (see `server.rs`), one scrape at a
+//! time, so it never stalls the controller stream running on the async workers.
+
+pub mod apps;
+mod encode;
+pub mod node;
+pub mod procfs;
+pub mod server;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+pub use apps::AppMetrics;
+pub use fleet_proto::exposition::Format;
+
+use fleet_proto::exposition as text;
+
+use crate::state::StateDir;
+use encode::{family, single};
+use node::{NodeCollector, NodeSnapshot};
+
+pub const DEFAULT_PORT: u16 = 9437;
+
+/// Whether the agent holds a welcomed session with the controller; set by `channel.rs`.
+#[derive(Clone, Debug, Default)]
+pub struct Connected(Arc<AtomicBool>);
+
+impl Connected {
+    pub fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `fleet_agent_*`: read at scrape time from shared flags and the state dir.
+#[derive(Debug)]
+struct AgentCollector {
+    state_dir: Option<PathBuf>,
+    connected: Connected,
+    /// f64 bits of the last scrape's collection time.
+    scrape_seconds: AtomicU64,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        use MetricType::Gauge;
+        family(
+            &mut enc,
+            "fleet_agent_build_info",
+            "The running fleet-agent's version (value always 1)",
+            None,
+            Gauge,
+            [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1.0)],
+        )?;
+        single(
+            &mut enc,
+            "fleet_agent_controller_connected",
+            "1 while the agent holds an accepted session with the controller",
+            None,
+            Gauge,
+            Some(if self.connected.get() { 1.0 } else { 0.0 }),
+        )?;
+        // Read from disk each scrape (a few hundred bytes of PEM): it follows renewals and
+        // `join --force` without any hook, and a missing certificate shows as no sample.
+        let expiry = self
+            .state_dir
+            .as_ref()
+            .and_then(|dir| StateDir::new(dir).load_cert().ok())
+            .map(|c| c.not_after as f64);
+        single(
+            &mut enc,
+            "fleet_agent_certificate_expiry_timestamp",
+            "When the agent's certificate expires, in unixtime",
+            Some(&Unit::Seconds),
+            Gauge,
+            expiry,
+        )?;
+        single(
+            &mut enc,
+            "fleet_agent_scrape_duration",
+            "Time this scrape spent reading the node's figures",
+            Some(&Unit::Seconds),
+            Gauge,
+            Some(f64::from_bits(self.scrape_seconds.load(Ordering::Relaxed))),
+        )
+    }
+}
+
+/// Everything `/metrics` serves.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    node: Arc<NodeCollector>,
+    agent: Arc<AgentCollector>,
+    apps: AppMetrics,
+    /// One scrape at a time: the node snapshot and the scrape duration belong to it.
+    scrape: Mutex<()>,
+}
+
+impl Metrics {
+    /// `state_dir` is where the agent certificate is read from (None: no expiry metric).
+    pub fn new(state_dir: Option<PathBuf>) -> Metrics {
+        let node = Arc::new(NodeCollector::default());
+        let agent = Arc::new(AgentCollector {
+            state_dir,
+            connected: Connected::default(),
+            scrape_seconds: AtomicU64::new(0f64.to_bits()),
+        });
+        let apps = AppMetrics::default();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(node.clone()));
+        registry.register_collector(Box::new(agent.clone()));
+        apps.register(&mut registry);
+        Metrics {
+            registry,
+            node,
+            agent,
+            apps,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    pub fn connected(&self) -> Connected {
+        self.agent.connected.clone()
+    }
+
+    /// The handle the app manager reports through.
+    pub fn apps(&self) -> AppMetrics {
+        self.apps.clone()
+    }
+
+    /// One scrape: reads the node's figures (blocking I/O) and encodes everything.
+    pub fn render(&self, format: Format) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let start = Instant::now();
+        self.node.set(NodeSnapshot::read());
+        self.agent
+            .scrape_seconds
+            .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail, and every collector above only formats.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => text::to_prometheus_text(&out),
+        }
+    }
+}
+
+/// `(name, type)` of every metric family the agent exports, as named in the Prometheus
+/// text format (counters with `_total`). Packaging tests check alert rules and dashboards
+/// against this list, so it comes from the real registry rather than a copy.
+pub fn exported_families() -> Vec<(String, String)> {
+    text::families(&Metrics::new(None).render(Format::Text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_required_family_is_exported_with_its_type() {
+        let families = exported_families();
+        let get = |n: &str| {
+            families
+                .iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, t)| t.as_str())
+        };
+        for (name, kind) in [
+            ("node_cpu_seconds_total", "counter"),
+            ("node_load1", "gauge"),
+            ("node_load5", "gauge"),
+            ("node_load15", "gauge"),
+            ("node_memory_MemTotal_bytes", "gauge"),
+            ("node_memory_MemAvailable_bytes", "gauge"),
+            ("node_memory_MemFree_bytes", "gauge"),
+            ("node_memory_Buffers_bytes", "gauge"),
+            ("node_memory_Cached_bytes", "gauge"),
+            ("node_memory_SwapTotal_bytes", "gauge"),
+            ("node_memory_SwapFree_bytes", "gauge"),
+            ("node_filesystem_size_bytes", "gauge"),
+            ("node_filesystem_avail_bytes", "gauge"),
+            ("node_filesystem_free_bytes", "gauge"),
+            ("node_filesystem_files", "gauge"),
+            ("node_filesystem_files_free", "gauge"),
+            ("node_network_receive_bytes_total", "counter"),
+            ("node_network_receive_packets_total", "counter"),
+            ("node_network_receive_errs_total", "counter"),
+            ("node_network_receive_drop_total", "counter"),
+            ("node_network_transmit_bytes_total", "counter"),
+            ("node_network_transmit_packets_total", "counter"),
+            ("node_network_transmit_errs_total", "counter"),
+            ("node_network_transmit_drop_total", "counter"),
+            ("node_disk_read_bytes_total", "counter"),
+            ("node_disk_written_bytes_total", "counter"),
+            ("node_disk_io_time_seconds_total", "counter"),
+            ("node_boot_time_seconds", "gauge"),
+            ("node_time_seconds", "gauge"),
+            ("node_uname_info", "gauge"),
+            ("fleet_agent_build_info", "gauge"),
+            ("fleet_agent_controller_connected", "gauge"),
+            ("fleet_agent_certificate_expiry_timestamp_seconds", "gauge"),
+            ("fleet_agent_scrape_duration_seconds", "gauge"),
+            ("fleet_app_up", "gauge"),
+            ("fleet_app_healthy", "gauge"),
+            ("fleet_app_release_info", "gauge"),
+            ("fleet_app_restarts_total", "counter"),
+            ("fleet_app_memory_bytes", "gauge"),
+            ("fleet_app_cpu_seconds_total", "counter"),
+            ("fleet_app_health_probe_duration_seconds", "histogram"),
+            ("fleet_app_crash_loop", "gauge"),
+        ] {
+            assert_eq!(get(name), Some(kind), "{name}");
+        }
+    }
+
+    #[test]
+    fn agent_metrics_follow_the_session_and_the_certificate() {
+        let m = Metrics::new(Some(PathBuf::from("/nonexistent/fleet-agent-state")));
+        let out = m.render(Format::Text);
+        assert!(
+            out.contains("fleet_agent_controller_connected 0.0\n"),
+            "{out}"
+        );
+        assert!(out.contains(&format!(
+            "fleet_agent_build_info{{version=\"{}\"}} 1.0\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(
+            !out.contains("\nfleet_agent_certificate_expiry_timestamp_seconds "),
+            "no certificate, no sample\n{out}"
+        );
+        m.connected().set(true);
+        let out = m.render(Format::OpenMetrics);
+        assert!(
+            out.contains("fleet_agent_controller_connected 1.0\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("# EOF\n"));
+        let took: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("fleet_agent_scrape_duration_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(took > 0.0 && took < 5.0, "{took}");
+    }
+}

@@ -1,0 +1,239 @@
+//! The controller's Prometheus metrics (`/metrics` on the HTTP listener): connected agents,
+//! enrolled hosts by state, and gRPC latency by method (recorded by [`RpcMetricsLayer`]
+//! around every call). Rollout metrics join them with rollouts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use fleet_proto::access::access_for;
+use fleet_proto::exposition::{self, Format};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+/// gRPC latency buckets, seconds: unary calls take milliseconds; a Session call's time
+/// is that of opening the stream.
+const RPC_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Label for calls to paths fleet does not serve, so scanners cannot grow the label set.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// Host counts taken at scrape time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    /// Open agent sessions.
+    pub connected: usize,
+    /// Enrolled hosts whose session is alive.
+    pub up: usize,
+    /// Enrolled hosts without a live session.
+    pub down: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    hosts: Mutex<HostCounts>,
+    rpc: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl Collector for Inner {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let hosts = *self.hosts.lock().expect("metrics lock");
+        ConstGauge::new(hosts.connected as i64).encode(enc.encode_descriptor(
+            "fleet_controller_agents_connected",
+            "Agents holding a session with this controller",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut by_state = enc.encode_descriptor(
+            "fleet_controller_hosts",
+            "Enrolled hosts by state (up: live session; down: none)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in [("up", hosts.up), ("down", hosts.down)] {
+            let labels = [("state", state)];
+            ConstGauge::new(n as i64).encode(by_state.encode_family(&labels)?)?;
+        }
+        let mut rpc = enc.encode_descriptor(
+            "fleet_controller_rpc_duration",
+            "gRPC call latency by method, until the response starts",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (method, h) in self.rpc.lock().expect("metrics lock").iter() {
+            let labels = [("method", method.as_str())];
+            h.encode(rpc.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Cheap to clone; all clones share the same values.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    inner: Arc<Inner>,
+    registry: Arc<Registry>,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        let inner = Arc::new(Inner::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(inner.clone()));
+        ControllerMetrics {
+            inner,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl ControllerMetrics {
+    pub fn observe_rpc(&self, path: &str, seconds: f64) {
+        let method = if access_for(path).is_some() {
+            path
+        } else {
+            UNKNOWN_METHOD
+        };
+        let mut rpc = self.inner.rpc.lock().expect("metrics lock");
+        if let Some(h) = rpc.get(method) {
+            h.observe(seconds);
+        } else {
+            let h = Histogram::new(RPC_BUCKETS);
+            h.observe(seconds);
+            rpc.insert(method.to_owned(), h);
+        }
+    }
+
+    /// Encodes everything, with `hosts` as the current host counts.
+    pub fn render(&self, hosts: HostCounts, format: Format) -> String {
+        *self.inner.hosts.lock().expect("metrics lock") = hosts;
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail; the collector only formats.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => exposition::to_prometheus_text(&out),
+        }
+    }
+
+    pub fn layer(&self) -> RpcMetricsLayer {
+        RpcMetricsLayer {
+            metrics: self.clone(),
+        }
+    }
+}
+
+/// `(name, type)` of every family the controller exports (Prometheus text naming), from
+/// the real registry; the packaging tests check rules and dashboards against it.
+pub fn exported_families() -> Vec<(String, String)> {
+    exposition::families(&ControllerMetrics::default().render(HostCounts::default(), Format::Text))
+}
+
+/// Times every gRPC call, refused ones included.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    metrics: ControllerMetrics,
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: ControllerMetrics,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let start = Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            metrics.observe_rpc(&path, start.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_rpc_latency_are_exported() {
+        let m = ControllerMetrics::default();
+        m.observe_rpc("/fleet.v1.Admin/ListHosts", 0.002);
+        m.observe_rpc("/fleet.v1.Admin/ListHosts", 0.3);
+        m.observe_rpc("/evil/scan-1", 0.001);
+        m.observe_rpc("/evil/scan-2", 0.001);
+        let out = m.render(
+            HostCounts {
+                connected: 2,
+                up: 2,
+                down: 1,
+            },
+            Format::Text,
+        );
+        for line in [
+            "fleet_controller_agents_connected 2",
+            "fleet_controller_hosts{state=\"up\"} 2",
+            "fleet_controller_hosts{state=\"down\"} 1",
+            "fleet_controller_rpc_duration_seconds_count{method=\"/fleet.v1.Admin/ListHosts\"} 2",
+            "fleet_controller_rpc_duration_seconds_bucket{le=\"0.0025\",method=\"/fleet.v1.Admin/ListHosts\"} 1",
+            "fleet_controller_rpc_duration_seconds_count{method=\"unknown\"} 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?}\n{out}");
+        }
+        assert!(!out.contains("evil"), "{out}");
+    }
+
+    #[test]
+    fn every_family_is_described_before_any_call() {
+        let names: Vec<String> = exported_families().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "fleet_controller_agents_connected",
+                "fleet_controller_hosts",
+                "fleet_controller_rpc_duration_seconds"
+            ]
+        );
+    }
+}

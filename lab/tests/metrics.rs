@@ -1,0 +1,247 @@
+//! Metrics end to end (issue 7): a real Prometheus on the outer machine, configured like
+//! the shipped example, discovers every lab agent through the controller and scrapes
+//! node and app metrics whose values match the hosts.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fleet_lab::release;
+use fleet_lab::{Lab, LabOptions};
+use serde_json::Value;
+
+const PROM_ADDR: &str = "127.0.0.1:19090";
+
+/// Prometheus, started by us and ended by its PID.
+struct Prometheus {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus() -> Prometheus {
+    let bin = Path::new("/usr/bin/prometheus");
+    assert!(
+        bin.exists(),
+        "prometheus is not installed: run lab/setup.sh (apt-get install prometheus)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped example, pointed at the lab's controller and made fast for a test.
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/prometheus/prometheus.yml"
+    ))
+    .unwrap();
+    let config = shipped
+        .replace("controller.example:7444", "198.18.0.1:7444")
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("refresh_interval: 30s", "refresh_interval: 1s");
+    assert!(
+        config.contains("198.18.0.1:7444/v1/sd/prometheus"),
+        "the shipped config changed shape:\n{config}"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/prometheus/alerts.yml"
+        ),
+        dir.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let child = Command::new(bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={PROM_ADDR}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Prometheus { child, _dir: dir }
+}
+
+fn api(path: &str) -> Option<Value> {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "5",
+            &format!("http://{PROM_ADDR}{path}"),
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn query(q: &str) -> Vec<Value> {
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    api(&format!("/api/v1/query?query={enc}"))
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn hosts_of(series: &[Value]) -> Vec<String> {
+    let mut h: Vec<String> = series
+        .iter()
+        .map(|s| s["metric"]["host"].as_str().unwrap_or("").to_owned())
+        .collect();
+    h.sort();
+    h
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    assert!(
+        common::eventually(timeout, &mut f),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+fn ctl(lab: &Lab, args: &[&str]) -> String {
+    lab.fleetctl(args)
+        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
+}
+
+#[test]
+fn prometheus_discovers_and_scrapes_every_agent() {
+    common::init();
+    let mut opts = LabOptions::fleet(3);
+    opts.agent.heartbeat = Some("1s".into());
+    let Some(lab) = fleet_lab::test_lab(&opts) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let spec = release::write(
+        work.path(),
+        "shop.toml",
+        release::spec("shop", "gunicorn", 8000, "").as_bytes(),
+    )
+    .unwrap();
+    ctl(&lab, &["app", "apply", spec.to_str().unwrap()]);
+    for v in ["1.0", "2.0"] {
+        let tar = release::write(
+            work.path(),
+            &format!("{v}.tar.gz"),
+            &release::sample("wsgi", v, &[]).unwrap(),
+        )
+        .unwrap();
+        ctl(
+            &lab,
+            &[
+                "release",
+                "upload",
+                "shop",
+                tar.to_str().unwrap(),
+                "--version",
+                v,
+            ],
+        );
+    }
+    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
+
+    let _prom = start_prometheus();
+    wait("3 agent targets up", Duration::from_secs(60), || {
+        api("/api/v1/targets").is_some_and(|v| {
+            let active = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            active
+                .iter()
+                .filter(|t| t["labels"]["job"] == "fleet-agents" && t["health"] == "up")
+                .count()
+                == 3
+        })
+    });
+    let everyone = vec!["host1".to_string(), "host2".into(), "host3".into()];
+    for q in [
+        "node_memory_MemAvailable_bytes",
+        "fleet_app_healthy",
+        "fleet_app_release_info",
+    ] {
+        wait(
+            &format!("{q}: one series per host"),
+            Duration::from_secs(30),
+            || hosts_of(&query(q)) == everyone,
+        );
+    }
+    let healthy = query("fleet_app_healthy");
+    assert!(healthy.iter().all(|s| s["value"][1] == "1"), "{healthy:?}");
+
+    // Node figures agree with /proc inside the host.
+    let memtotal_kb: u64 = lab
+        .sh(1, "awk '/^MemTotal:/ {print $2}' /proc/meminfo")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let scraped = query("node_memory_MemTotal_bytes{host=\"host1\"}");
+    let value: f64 = scraped[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert_eq!(value as u64, memtotal_kb * 1024);
+    let btime: f64 = lab
+        .sh(1, "awk '/^btime/ {print $2}' /proc/stat")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let boot = query("node_boot_time_seconds{host=\"host1\"}");
+    let scraped: f64 = boot[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(
+        (scraped - btime).abs() <= 1.0,
+        "boot time {scraped} vs /proc {btime}"
+    );
+
+    // After a new release the release label follows.
+    ctl(&lab, &["deploy", "shop", "--version", "2.0"]);
+    wait("release 2.0 on every host", Duration::from_secs(30), || {
+        hosts_of(&query("fleet_app_release_info{release=\"2.0\"}")) == everyone
+    });
+
+    // After kill -9 of the app the restart counter goes up.
+    let before: f64 = query("fleet_app_restarts_total{host=\"host1\"}")[0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid = lab
+        .sh(1, "systemctl show -p MainPID --value fleet-app-shop")
+        .unwrap();
+    assert_eq!(lab.exec(1, &["kill", "-9", pid.trim()]).unwrap(), 0);
+    wait(
+        "fleet_app_restarts_total to increase",
+        Duration::from_secs(30),
+        || {
+            query("fleet_app_restarts_total{host=\"host1\"}")
+                .first()
+                .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+                .is_some_and(|v| v > before)
+        },
+    );
+}

@@ -7,8 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Tables of JSON records under string keys.
+type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
 const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -45,7 +48,7 @@ pub enum StoreError {
     Db(String),
     #[error("controller state record {table}/{key} is corrupt: {reason}")]
     Record {
-        table: &'static str,
+        table: String,
         key: String,
         reason: String,
     },
@@ -133,13 +136,9 @@ pub struct Store {
     db: Database,
 }
 
-fn decode<T: DeserializeOwned>(
-    table: &'static str,
-    key: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
-        table,
+        table: table.to_owned(),
         key: key.to_owned(),
         reason: e.to_string(),
     })
@@ -283,33 +282,57 @@ impl Store {
         tx.commit().map_err(db_err)
     }
 
-    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+    /// One JSON record of a string-keyed table, or `None`.
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        def: JsonTable,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        let table = tx.open_table(def).map_err(db_err)?;
+        let got = table.get(key).map_err(db_err)?;
+        got.map(|v| decode(def.name(), key, v.value())).transpose()
+    }
+
+    /// Every JSON record of a string-keyed table, in key order.
+    fn all_json<T: DeserializeOwned>(&self, def: JsonTable) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(def).map_err(db_err)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            out.push(decode("hosts", k.value(), v.value())?);
+            out.push(decode(def.name(), k.value(), v.value())?);
         }
         Ok(out)
     }
 
-    pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(HOSTS).map_err(db_err)?;
-        let got = table.get(name).map_err(db_err)?;
-        got.map(|v| decode("hosts", name, v.value())).transpose()
-    }
-
-    pub fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+    /// Writes one JSON record in its own transaction.
+    fn put_json<T: Serialize>(
+        &self,
+        def: JsonTable,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
-            let mut table = tx.open_table(HOSTS).map_err(db_err)?;
+            let mut table = tx.open_table(def).map_err(db_err)?;
             table
-                .insert(host.name.as_str(), encode(host).as_slice())
+                .insert(key, encode(value).as_slice())
                 .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
+    }
+
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.all_json(HOSTS)
+    }
+
+    pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        self.get_json(HOSTS, name)
+    }
+
+    pub fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.put_json(HOSTS, &host.name, host)
     }
 
     /// Reads, changes and writes one host in a single transaction; `None` if absent.
@@ -381,25 +404,11 @@ impl Store {
     }
 
     pub fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(REVOKED).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(decode("revoked", k.value(), v.value())?);
-        }
-        Ok(out)
+        self.all_json(REVOKED)
     }
 
     pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
-            table
-                .insert(hash, encode(token).as_slice())
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        self.put_json(TOKENS, hash, token)
     }
 
     /// Spends one use of a token atomically. `decide` sees the current record (or `None`)
@@ -461,62 +470,29 @@ impl Store {
     }
 
     pub fn app(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(APPS).map_err(db_err)?;
-        let got = table.get(name).map_err(db_err)?;
-        got.map(|v| decode("apps", name, v.value())).transpose()
+        self.get_json(APPS, name)
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(APPS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(decode("apps", k.value(), v.value())?);
-        }
-        Ok(out)
+        self.all_json(APPS)
     }
 
     pub fn put_app(&self, app: &AppRecord) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(APPS).map_err(db_err)?;
-            table
-                .insert(app.name.as_str(), encode(app).as_slice())
-                .map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        self.put_json(APPS, &app.name, app)
     }
 
     /// Writes a rollout record under `id`, replacing the previous step's.
     pub fn put_rollout<T: Serialize>(&self, id: &str, rec: &T) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(ROLLOUTS).map_err(db_err)?;
-            table.insert(id, encode(rec).as_slice()).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        self.put_json(ROLLOUTS, id, rec)
     }
 
     /// Every rollout record, by id (per app, oldest first).
     pub fn rollouts<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(ROLLOUTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(decode("rollouts", k.value(), v.value())?);
-        }
-        Ok(out)
+        self.all_json(ROLLOUTS)
     }
 
     pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>, StoreError> {
-        let key = format!("{app}/{version}");
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(RELEASES).map_err(db_err)?;
-        let got = table.get(key.as_str()).map_err(db_err)?;
-        got.map(|v| decode("releases", &key, v.value())).transpose()
+        self.get_json(RELEASES, &format!("{app}/{version}"))
     }
 
     /// Releases of `app`, oldest upload first.

@@ -2,7 +2,7 @@
 //! hosts: deploy, restart/reload, status and logs. Secret values leave the controller
 //! only inside Activate commands to the hosts that run the app.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,15 @@ impl AppStates {
             .collect();
         v.sort_by(|a, b| (&a.1.app, &a.0).cmp(&(&b.1.app, &b.0)));
         v
+    }
+
+    /// Host name → the apps it reported.
+    pub fn by_host(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (host, state) in self.all() {
+            map.entry(host).or_default().insert(state.app);
+        }
+        map
     }
 
     pub fn hosts_running(&self, app: &str) -> Vec<String> {

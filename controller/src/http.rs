@@ -72,7 +72,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
 
 async fn service_discovery(State(shared): State<Arc<Shared>>) -> Response {
     match hosts(&shared).await {
-        Ok(hosts) => Json(crate::sd::targets(&hosts)).into_response(),
+        Ok(hosts) => Json(crate::sd::targets(&hosts, &shared.app_states.by_host())).into_response(),
         Err(resp) => resp,
     }
 }

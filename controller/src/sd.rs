@@ -3,7 +3,7 @@
 //! address the controller last saw it connect from. Down hosts stay listed, so Prometheus
 //! shows them as `up == 0` instead of forgetting them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
@@ -16,7 +16,11 @@ pub struct TargetGroup {
     pub labels: BTreeMap<&'static str, String>,
 }
 
-pub fn targets(hosts: &[HostRecord]) -> Vec<TargetGroup> {
+/// `apps`: the apps each host last reported running (host name → app names).
+pub fn targets(
+    hosts: &[HostRecord],
+    apps: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<TargetGroup> {
     hosts
         .iter()
         .filter_map(|h| {
@@ -27,7 +31,7 @@ pub fn targets(hosts: &[HostRecord]) -> Vec<TargetGroup> {
             let labels = BTreeMap::from([
                 ("host", h.name.clone()),
                 ("group", group_label(h)),
-                ("apps", apps_label(h)),
+                ("apps", apps_label(apps.get(&h.name))),
             ]);
             Some(TargetGroup {
                 targets: vec![SocketAddr::new(ip, port).to_string()],
@@ -42,11 +46,17 @@ fn group_label(_host: &HostRecord) -> String {
     String::new()
 }
 
-/// Extension point: the apps placed on the host, comma-separated with a comma at both
-/// ends (",shop,blog,", Prometheus' convention for list labels, so `=~".*,shop,.*"`
-/// matches one app). Empty until the controller tracks app placement.
-fn apps_label(_host: &HostRecord) -> String {
-    String::new()
+/// The apps on the host, comma-separated with a comma at both ends (",blog,shop,",
+/// Prometheus' convention for list labels, so `=~".*,shop,.*"` matches one app); empty
+/// when the host runs none.
+fn apps_label(apps: Option<&BTreeSet<String>>) -> String {
+    match apps {
+        Some(apps) if !apps.is_empty() => {
+            let joined: Vec<&str> = apps.iter().map(String::as_str).collect();
+            format!(",{},", joined.join(","))
+        }
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -73,20 +83,33 @@ mod tests {
 
     #[test]
     fn one_target_per_host_with_a_metrics_port() {
-        let groups = targets(&[
-            host("web-1", "10.0.0.5", 9437),
-            host("web-2", "fd00::7", 9500),
-            host("off", "10.0.0.6", 0),
-            host("never-connected", "", 9437),
+        let apps = BTreeMap::from([
+            (
+                "web-1".to_owned(),
+                BTreeSet::from(["shop".to_owned(), "blog".to_owned()]),
+            ),
+            ("web-2".to_owned(), BTreeSet::new()),
         ]);
+        let groups = targets(
+            &[
+                host("web-1", "10.0.0.5", 9437),
+                host("web-2", "fd00::7", 9500),
+                host("off", "10.0.0.6", 0),
+                host("never-connected", "", 9437),
+            ],
+            &apps,
+        );
         let json = serde_json::to_value(&groups).unwrap();
         assert_eq!(
             json,
             serde_json::json!([
-                {"targets": ["10.0.0.5:9437"], "labels": {"apps": "", "group": "", "host": "web-1"}},
+                {"targets": ["10.0.0.5:9437"], "labels": {"apps": ",blog,shop,", "group": "", "host": "web-1"}},
                 {"targets": ["[fd00::7]:9500"], "labels": {"apps": "", "group": "", "host": "web-2"}},
             ])
         );
-        assert_eq!(serde_json::to_string(&targets(&[])).unwrap(), "[]");
+        assert_eq!(
+            serde_json::to_string(&targets(&[], &BTreeMap::new())).unwrap(),
+            "[]"
+        );
     }
 }

@@ -180,6 +180,25 @@ fn prometheus_discovers_and_scrapes_every_agent() {
                 == 3
         })
     });
+    // Discovery labels each target with the apps its host runs, so a query can select
+    // one app's hosts: every host runs `shop`.
+    wait(
+        "every agent target labelled apps=\",shop,\"",
+        Duration::from_secs(30),
+        || {
+            api("/api/v1/targets").is_some_and(|v| {
+                v["data"]["activeTargets"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|t| t["labels"]["job"] == "fleet-agents")
+                    .filter(|t| t["labels"]["apps"] == ",shop,")
+                    .count()
+                    == 3
+            })
+        },
+    );
     let everyone = vec!["host1".to_string(), "host2".into(), "host3".into()];
     for q in [
         "node_memory_MemAvailable_bytes",

@@ -68,12 +68,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // configured one may be 0: "any free port").
     let metrics_port = match settings.metrics_listen.0 {
         Some(addr) => {
+            // Files first: a bad TLS file must stop the agent before it binds anything.
+            let tls = match &settings.metrics_tls {
+                Some(files) => Some(metrics::tls::server_config(files)?),
+                None => None,
+            };
             let listener = metrics::server::bind(addr).await?;
             let bound = listener
                 .local_addr()
                 .context("cannot read the /metrics listener's address")?;
-            tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
-            tokio::spawn(metrics::server::serve(listener, metrics.clone()));
+            match tls {
+                Some(config) => {
+                    tracing::info!(address = %bound, "serving Prometheus metrics on /metrics over TLS (client certificates required)");
+                    let app = metrics::server::router(metrics.clone());
+                    tokio::spawn(metrics::tls::serve(listener, config, app));
+                }
+                None => {
+                    tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
+                    tokio::spawn(metrics::server::serve(listener, metrics.clone()));
+                }
+            }
             bound.port()
         }
         None => {

@@ -5,6 +5,13 @@
 //! heartbeat_interval = "10s"   # 100ms ..= 1h
 //! max_backoff = "30s"          # 1s ..= 1h, cap of the reconnect delay
 //! metrics_listen = "0.0.0.0:9437"  # Prometheus /metrics; "off" (or "") disables it
+//!
+//! # Optional: serve /metrics over TLS and accept only scrapers whose client certificate
+//! # chains to `client_ca` (Prometheus' `tls_config` with `cert_file`/`key_file`).
+//! [metrics_tls]
+//! cert = "/etc/fleet/metrics.crt"       # PEM chain, leaf first
+//! key = "/etc/fleet/metrics.key"        # PEM private key
+//! client_ca = "/etc/fleet/scraper-ca.crt"
 //! ```
 
 use std::fmt;
@@ -28,6 +35,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub max_backoff: Duration,
     pub metrics_listen: MetricsListen,
+    /// `None`: plain HTTP, like node_exporter.
+    pub metrics_tls: Option<MetricsTls>,
 }
 
 impl Default for Settings {
@@ -36,8 +45,19 @@ impl Default for Settings {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             max_backoff: backoff::DEFAULT_MAX,
             metrics_listen: MetricsListen::default(),
+            metrics_tls: None,
         }
     }
+}
+
+/// Files for TLS on `/metrics`; all three are required, so a half-configured listener
+/// never silently serves plain HTTP or accepts any client.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// Where `/metrics` listens, or `off`. All interfaces by default, like node_exporter:
@@ -84,6 +104,7 @@ struct FileConfig {
     heartbeat_interval: Option<String>,
     max_backoff: Option<String>,
     metrics_listen: Option<String>,
+    metrics_tls: Option<MetricsTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +180,7 @@ pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
             reason,
         })?;
     }
+    settings.metrics_tls = raw.metrics_tls;
     Ok(settings)
 }
 
@@ -269,6 +291,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn metrics_tls_needs_all_three_files() {
+        assert_eq!(parse("").unwrap().metrics_tls, None);
+        let s =
+            parse("[metrics_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\n")
+                .unwrap();
+        assert_eq!(
+            s.metrics_tls,
+            Some(MetricsTls {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into(),
+                client_ca: "/ca.pem".into(),
+            })
+        );
+        let err = parse("[metrics_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_ca"), "{err}");
     }
 
     #[test]

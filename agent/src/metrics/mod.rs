@@ -10,6 +10,7 @@ mod encode;
 pub mod node;
 pub mod procfs;
 pub mod server;
+pub mod tls;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! The `/metrics` HTTP listener. Plain HTTP/1 on its own port, like node_exporter, so any
-//! Prometheus scrapes it without fleet-specific setup.
+//! The `/metrics` HTTP listener. Plain HTTP/1 on its own port by default, like
+//! node_exporter, so any Prometheus scrapes it without fleet-specific setup (TLS: `tls.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,11 +29,14 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let app = Router::new()
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
         .route("/metrics", get(scrape))
-        .with_state(metrics);
-    if let Err(e) = axum::serve(listener, app).await {
+        .with_state(metrics)
+}
+
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    if let Err(e) = axum::serve(listener, router(metrics)).await {
         tracing::error!(error = %e, "metrics listener failed");
     }
 }

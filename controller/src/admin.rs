@@ -22,6 +22,18 @@ const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_TOKEN_USES: u32 = 10_000;
 
+/// Empty means "no group"; anything else follows the host-name rules, because it lands in
+/// Prometheus labels and firewall policies.
+fn group_name(group: &str) -> Result<String, Status> {
+    if group.is_empty() {
+        return Ok(String::new());
+    }
+    group
+        .parse::<Name>()
+        .map(|n| n.to_string())
+        .map_err(|e| Status::invalid_argument(format!("group name: {e}")))
+}
+
 fn host_view(shared: &Shared, h: HostRecord) -> Host {
     let live = shared.sessions.up(&h.name);
     Host {
@@ -34,6 +46,7 @@ fn host_view(shared: &Shared, h: HostRecord) -> Host {
         },
         version: h.version.clone(),
         cert_expires: h.cert_expires,
+        group: h.group.clone(),
         facts: Some(HostFacts {
             hostname: h.hostname,
             os: h.os,
@@ -65,6 +78,7 @@ impl Admin for AdminService {
                 "token ttl must be at most 30 days",
             ));
         }
+        let group = group_name(&req.group)?;
         let uses = if req.uses == 0 { 1 } else { req.uses };
         if uses > MAX_TOKEN_USES {
             return Err(Status::invalid_argument(format!(
@@ -85,6 +99,7 @@ impl Admin for AdminService {
                     uses_total: uses,
                     uses_left: uses,
                     created_by: actor.clone(),
+                    group: group.clone(),
                 },
             )
             .map_err(internal)?;
@@ -93,7 +108,15 @@ impl Admin for AdminService {
                 &actor,
                 "token.create",
                 &format!("token:{}", token.id),
-                &format!("uses={uses} ttl={}s", ttl.as_secs()),
+                &format!(
+                    "uses={uses} ttl={}s{}",
+                    ttl.as_secs(),
+                    if group.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" group={group}")
+                    }
+                ),
             )
             .map_err(internal)?;
         Ok(Response::new(CreateTokenResponse {
@@ -118,6 +141,50 @@ impl Admin for AdminService {
             .collect();
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListHostsResponse { hosts }))
+    }
+
+    async fn set_host_group(
+        &self,
+        request: Request<SetHostGroupRequest>,
+    ) -> Result<Response<Host>, Status> {
+        let shared = &self.0;
+        let actor = Caller::from_request(&request)?.actor();
+        let req = request.into_inner();
+        let name: Name = req
+            .name
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
+        let group = group_name(&req.group)?;
+        let previous = shared
+            .store
+            .update_host(name.as_str(), |h| {
+                std::mem::replace(&mut h.group, group.clone())
+            })
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!("no host named {name}: see `fleetctl hosts`"))
+            })?;
+        let show = |g: &str| {
+            if g.is_empty() {
+                "(none)".to_owned()
+            } else {
+                g.to_owned()
+            }
+        };
+        shared
+            .audit(
+                &actor,
+                "host.group",
+                name.as_str(),
+                &format!("{} -> {}", show(&previous), show(&group)),
+            )
+            .map_err(internal)?;
+        let host = shared
+            .store
+            .host(name.as_str())
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("host {name} was removed meanwhile")))?;
+        Ok(Response::new(host_view(shared, host)))
     }
 
     async fn remove_host(

@@ -101,6 +101,7 @@ impl Enrollment for EnrollmentService {
                 }],
                 cert_expires: issued.not_after,
                 metrics_port: 0,
+                group: token.group.clone(),
             })
             .map_err(internal)?;
         shared

@@ -41,9 +41,8 @@ pub fn targets(
         .collect()
 }
 
-/// Extension point: hosts have no groups yet; fill this in when they do.
-fn group_label(_host: &HostRecord) -> String {
-    String::new()
+fn group_label(host: &HostRecord) -> String {
+    host.group.clone()
 }
 
 /// The apps on the host, comma-separated with a comma at both ends (",blog,shop,",
@@ -78,6 +77,11 @@ mod tests {
             serials: vec![],
             cert_expires: 0,
             metrics_port,
+            group: if name == "web-1" {
+                "web".into()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -103,7 +107,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!([
-                {"targets": ["10.0.0.5:9437"], "labels": {"apps": ",blog,shop,", "group": "", "host": "web-1"}},
+                {"targets": ["10.0.0.5:9437"], "labels": {"apps": ",blog,shop,", "group": "web", "host": "web-1"}},
                 {"targets": ["[fd00::7]:9500"], "labels": {"apps": "", "group": "", "host": "web-2"}},
             ])
         );

@@ -79,6 +79,9 @@ pub struct HostRecord {
     /// last Hello; records written before agents reported it read as 0.
     #[serde(default)]
     pub metrics_port: u32,
+    /// Operator-chosen group (Prometheus `group` label); empty for none.
+    #[serde(default)]
+    pub group: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -95,6 +98,9 @@ pub struct TokenRecord {
     pub uses_total: u32,
     pub uses_left: u32,
     pub created_by: String,
+    /// Group given to hosts that join with this token; empty for none.
+    #[serde(default)]
+    pub group: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -652,6 +658,7 @@ mod tests {
                 not_after: 100,
             }],
             cert_expires: 100,
+            group: String::new(),
             metrics_port: 0,
         }
     }
@@ -797,6 +804,7 @@ mod tests {
             expires_at: 10,
             uses_total: 1,
             uses_left: 1,
+            group: String::new(),
             created_by: "me".into(),
         };
         s.put_token("h", &t).unwrap();

@@ -84,6 +84,7 @@ mod tests {
             uses_total: 1,
             uses_left,
             created_by: "t".into(),
+            group: String::new(),
         }
     }
 

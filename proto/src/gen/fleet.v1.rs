@@ -454,7 +454,7 @@ pub struct RenewResponse {
     pub error: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateTokenRequest {
     /// 0 means the default (1 h).
     #[prost(uint64, tag = "1")]
@@ -462,6 +462,9 @@ pub struct CreateTokenRequest {
     /// 0 means the default (1).
     #[prost(uint32, tag = "2")]
     pub uses: u32,
+    /// Group the hosts joining with this token are placed in; empty for none.
+    #[prost(string, tag = "3")]
+    pub group: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -499,12 +502,24 @@ pub struct Host {
     pub cert_expires: i64,
     #[prost(message, optional, tag = "7")]
     pub facts: ::core::option::Option<HostFacts>,
+    /// Empty when the host is in no group.
+    #[prost(string, tag = "8")]
+    pub group: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListHostsResponse {
     #[prost(message, repeated, tag = "1")]
     pub hosts: ::prost::alloc::vec::Vec<Host>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetHostGroupRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Empty takes the host out of its group.
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1673,6 +1688,27 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "RemoveHost"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn set_host_group(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetHostGroupRequest>,
+        ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/SetHostGroup",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "SetHostGroup"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn list_audit(
             &mut self,
             request: impl tonic::IntoRequest<super::ListAuditRequest>,
@@ -2069,6 +2105,10 @@ pub mod admin_server {
             tonic::Response<super::RemoveHostResponse>,
             tonic::Status,
         >;
+        async fn set_host_group(
+            &self,
+            request: tonic::Request<super::SetHostGroupRequest>,
+        ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status>;
         async fn list_audit(
             &self,
             request: tonic::Request<super::ListAuditRequest>,
@@ -2399,6 +2439,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RemoveHostSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/SetHostGroup" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetHostGroupSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::SetHostGroupRequest>
+                    for SetHostGroupSvc<T> {
+                        type Response = super::Host;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetHostGroupRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_host_group(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetHostGroupSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,7 +1,7 @@
-//! `fleetctl hosts` and `fleetctl host remove`.
+//! `fleetctl hosts`, `fleetctl host set-group` and `fleetctl host remove`.
 
 use clap::Subcommand;
-use fleet_proto::v1::{ListHostsRequest, RemoveHostRequest};
+use fleet_proto::v1::{ListHostsRequest, RemoveHostRequest, SetHostGroupRequest};
 use serde_json::json;
 
 use crate::client::Conn;
@@ -12,6 +12,15 @@ pub enum HostCmd {
     /// Remove a host: revoke its certificate at once and close its stream. Only a new
     /// join token brings it back.
     Remove { name: String },
+    /// Put a host in a group (the `group` label Prometheus gets from discovery).
+    SetGroup {
+        name: String,
+        /// Group name; omit with --none to take the host out of its group.
+        #[arg(required_unless_present = "none")]
+        group: Option<String>,
+        #[arg(long, conflicts_with = "group")]
+        none: bool,
+    },
 }
 
 pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
@@ -32,6 +41,7 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                 "state": h.state,
                 "last_seen": output::time(h.last_seen),
                 "version": h.version,
+                "group": h.group,
                 "cert_expires": output::time(h.cert_expires),
             }))
             .collect::<Vec<_>>())),
@@ -40,6 +50,7 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                 "NAME",
                 "ADDRESS",
                 "STATE",
+                "GROUP",
                 "LAST SEEN",
                 "VERSION",
                 "CERT EXPIRES",
@@ -51,6 +62,11 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                         h.name.clone(),
                         h.address.clone(),
                         h.state.clone(),
+                        if h.group.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            h.group.clone()
+                        },
                         output::time_or_dash(h.last_seen),
                         h.version.clone(),
                         output::time_or_dash(h.cert_expires),
@@ -64,6 +80,31 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
 
 pub async fn run(conn: &Conn, cmd: HostCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
+        HostCmd::SetGroup { name, group, none } => {
+            let group = if none {
+                String::new()
+            } else {
+                group.unwrap_or_default()
+            };
+            let host = conn
+                .admin()
+                .await?
+                .set_host_group(SetHostGroupRequest {
+                    name: name.clone(),
+                    group: group.clone(),
+                })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            match format {
+                Format::Json => output::json(&json!({"name": host.name, "group": host.group})),
+                Format::Table if host.group.is_empty() => {
+                    println!("host {} is in no group", host.name)
+                }
+                Format::Table => println!("host {} is in group {}", host.name, host.group),
+            }
+            Ok(())
+        }
         HostCmd::Remove { name } => {
             let resp = conn
                 .admin()

@@ -17,12 +17,15 @@ pub enum TokenCmd {
         /// How many hosts may join with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Place the hosts that join with it in this group.
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
 pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
-        TokenCmd::Create { ttl, uses } => {
+        TokenCmd::Create { ttl, uses, group } => {
             let ttl = humantime::parse_duration(&ttl).map_err(|_| {
                 anyhow::anyhow!("--ttl {ttl:?} is not a duration (examples: 30m, 1h, 2d)")
             })?;
@@ -38,6 +41,7 @@ pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<(
                 .create_token(CreateTokenRequest {
                     ttl_seconds: ttl.as_secs(),
                     uses,
+                    group: group.unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| conn.status(s))?

@@ -477,11 +477,18 @@ impl Inner {
                     self.metrics
                         .observe_probe(app.name.as_str(), started.elapsed().as_secs_f64());
                     if let Ok(bus) = self.bus().await {
-                        if let (Some(mem), Some(cpu)) =
-                            bus.usage(&units::service_name(&app.name)).await
-                        {
-                            self.metrics
-                                .set_usage(app.name.as_str(), mem, cpu as f64 / 1e9);
+                        let unit = units::service_name(&app.name);
+                        let usage = match bus.usage(&unit).await {
+                            (Some(mem), Some(cpu)) => Some((mem, cpu as f64 / 1e9)),
+                            // No cgroup accounting (hybrid cgroup hosts, or turned off):
+                            // add up the unit's processes instead.
+                            _ => match bus.unit_pids(&unit).await {
+                                Ok(pids) => crate::metrics::procfs::processes_usage(&pids),
+                                Err(_) => None,
+                            },
+                        };
+                        if let Some((mem, cpu)) = usage {
+                            self.metrics.set_usage(app.name.as_str(), mem, cpu);
                         }
                     }
                     outcome

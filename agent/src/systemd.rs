@@ -33,6 +33,8 @@ trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    /// (cgroup path, pid, command line) of every process in the unit.
+    fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     fn enable_unit_files(
         &self,
         files: &[&str],
@@ -227,6 +229,16 @@ impl Systemd {
             .build()
             .await
             .map_err(Self::call_err("properties", path.as_str()))
+    }
+
+    /// Pids of every process in the unit's cgroup (empty when it has none).
+    pub async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
+        let procs = self
+            .manager
+            .get_unit_processes(unit)
+            .await
+            .map_err(Self::call_err("list processes of", unit))?;
+        Ok(procs.into_iter().map(|(_, pid, _)| pid).collect())
     }
 
     /// Memory in bytes and CPU time in nanoseconds of a unit's cgroup, each `None` when

@@ -213,6 +213,20 @@ fn prometheus_discovers_and_scrapes_every_agent() {
     }
     let healthy = query("fleet_app_healthy");
     assert!(healthy.iter().all(|s| s["value"][1] == "1"), "{healthy:?}");
+    // The app's memory and CPU: from the unit's cgroup where systemd accounts it, else (as
+    // on this machine's hybrid cgroups) summed over the unit's processes. A Gunicorn master
+    // and its workers hold well over 5 MB.
+    for q in ["fleet_app_memory_bytes", "fleet_app_cpu_seconds_total"] {
+        wait(
+            &format!("{q}: one series per host"),
+            Duration::from_secs(30),
+            || hosts_of(&query(q)) == everyone,
+        );
+    }
+    for s in query("fleet_app_memory_bytes") {
+        let bytes: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        assert!(bytes > 5e6, "implausible app memory: {s}");
+    }
 
     // Node figures agree with /proc inside the host.
     let memtotal_kb: u64 = lab

@@ -4,27 +4,41 @@
 use std::error::Error as StdError;
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
 
 use crate::cli::LogFormat;
 
 pub const FILTER_ENV: &str = "FLEET_LOG";
 
-pub fn init(format: LogFormat) {
-    let filter = match std::env::var(FILTER_ENV) {
-        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+/// `FLEET_LOG` as `target=level` directives ("info", "warn,fleet_agent::apps=debug").
+/// `Targets` rather than `EnvFilter`: it needs no regex engine, which keeps the agent's
+/// binary, and so its resident memory, smaller; span-field filters are not worth that.
+fn filter(spec: Option<&str>) -> Targets {
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    match spec {
+        Some(spec) => spec.parse().unwrap_or_else(|e| {
             eprintln!("warning: ignoring {FILTER_ENV}={spec:?} ({e}); logging at info");
-            EnvFilter::new("info")
+            default()
         }),
-        Err(_) => EnvFilter::new("info"),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        None => default(),
+    }
+}
+
+pub fn init(format: LogFormat) {
+    let filter = filter(std::env::var(FILTER_ENV).ok().as_deref());
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     match format {
         // Colours only for a person at a terminal: escape codes in the journal are noise.
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Human => registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()).with_filter(filter))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt.json().with_ansi(false).with_filter(filter))
+            .init(),
     }
 }
 
@@ -52,6 +66,20 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Outer(#[source] io::Error);
+
+    #[test]
+    fn filter_takes_directives_and_falls_back_to_info() {
+        use tracing::Level;
+        let f = filter(Some("warn,fleet_agent::apps=debug"));
+        assert!(f.would_enable("fleet_agent::apps", &Level::DEBUG));
+        assert!(!f.would_enable("fleet_agent::channel", &Level::INFO));
+        assert!(f.would_enable("fleet_agent::channel", &Level::WARN));
+        let f = filter(None);
+        assert!(f.would_enable("anything", &Level::INFO));
+        assert!(!f.would_enable("anything", &Level::DEBUG));
+        let f = filter(Some("=nonsense=="));
+        assert!(f.would_enable("anything", &Level::INFO));
+    }
 
     #[test]
     fn chain_joins_sources_once() {

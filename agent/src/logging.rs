@@ -34,7 +34,10 @@ pub fn init(format: LogFormat) {
     match format {
         // Colours only for a person at a terminal: escape codes in the journal are noise.
         LogFormat::Human => registry
-            .with(fmt.with_ansi(std::io::stderr().is_terminal()).with_filter(filter))
+            .with(
+                fmt.with_ansi(std::io::stderr().is_terminal())
+                    .with_filter(filter),
+            )
             .init(),
         LogFormat::Json => registry
             .with(fmt.json().with_ansi(false).with_filter(filter))

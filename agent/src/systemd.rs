@@ -33,6 +33,8 @@ trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    /// (cgroup path, pid, command line) of every process in the unit's cgroup.
+    fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     fn enable_unit_files(
         &self,
         files: &[&str],
@@ -204,6 +206,21 @@ impl Systemd {
                 unit: unit.to_owned(),
                 timeout,
             }),
+        }
+    }
+
+    /// Every process in the unit's cgroup (main, workers, anything they started); empty
+    /// when the unit is not running.
+    pub async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
+        match self.manager.get_unit_processes(unit).await {
+            Ok(procs) => Ok(procs.into_iter().map(|(_, pid, _)| pid).collect()),
+            // Not loaded or not active: no processes.
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(Self::call_err("list processes of", unit)(e)),
         }
     }
 

@@ -523,7 +523,7 @@ impl Inner {
     /// it. Reading /proc/<pid>/fd of an app's few processes every LOG_CHECK_INTERVAL
     /// costs next to nothing and needs no state that a crash of the agent could lose. A
     /// holder must be seen by two checks in a row, so the instant between logrotate
-    /// removing a file and Gunicorn reopening on USR1 never triggers a restart.
+    /// removing a file and Gunicorn reopening on its signal never triggers a restart.
     async fn log_watch(self: Arc<Self>, app: Arc<App>) {
         let unit = units::service_name(&app.name);
         let dir = logrotate::log_dir(&app.name);

@@ -4,21 +4,29 @@
 //! Gunicorn (the master and its workers) writes `access.log` and `error.log` under
 //! `/var/log/fleet/<app>/`; the unit's `LogsDirectory=` makes that directory, owned by the
 //! app's user with mode 0750, so logrotate needs no `su` (it only refuses directories that
-//! are group- or world-writable). Rotation is rename + `create` + USR1: logrotate renames
-//! the file (writers keep writing into the renamed one, nothing is lost), creates a fresh
-//! one, and the postrotate makes Gunicorn reopen (USR1 to the master, which reopens its
-//! own files and passes USR1 on to every worker). `copytruncate` would lose the lines
-//! written between copy and truncate, measured (notes/host.md), so it is never used.
-//! Compression is always delayed by one rotation: the file just renamed may still be
-//! written until the reopen, so only the one before it is compressed. ASGI apps run as
-//! Gunicorn with UvicornWorker (see units.rs), so the same USR1 works for them; no app
-//! server fleet runs needs the lossy copytruncate.
+//! are group- or world-writable). Rotation is rename + `create` + a signal: logrotate
+//! renames the file (writers keep writing into the renamed one, nothing is lost), creates
+//! a fresh one, and the postrotate makes Gunicorn reopen. `copytruncate` would lose the
+//! lines written between copy and truncate, measured (notes/host.md), so it is never
+//! used. Compression is always delayed by one rotation: the file just renamed may still
+//! be written until the reopen, so only the one before it is compressed.
+//!
+//! The signal depends on the worker class:
+//! - WSGI (sync workers): USR1 to the master, which reopens its own files and passes USR1
+//!   on to every worker, which reopens too; nothing restarts.
+//! - ASGI (Gunicorn with UvicornWorker, units.rs): Debian 12's uvicorn 0.17.6 resets
+//!   USR1 to its default action in the worker (`init_signals`), so USR1 would kill every
+//!   worker mid-request. These apps get HUP instead: a graceful reload, where the master
+//!   reopens its files and starts new workers (which open the new files) while the old
+//!   ones finish their requests. Trade-off: every rotation replaces the workers (the app
+//!   is imported again; measured near zero, not zero, connection resets per reload in
+//!   notes/host.md), still far better than losing lines or killing requests.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use fleet_proto::spec::{AppName, AppSpec, LogMode};
+use fleet_proto::spec::{AppName, AppSpec, LogMode, Server};
 use tokio::process::Command;
 
 use crate::units;
@@ -105,11 +113,20 @@ pub fn render(spec: &AppSpec) -> Option<String> {
     let _ = write!(
         s,
         "    missingok\n    notifempty\n    create\n    sharedscripts\n    postrotate\n        \
-         systemctl kill --signal=USR1 --kill-whom=main {unit} >/dev/null 2>&1 || true\n    \
+         systemctl kill --signal={signal} --kill-whom=main {unit} >/dev/null 2>&1 || true\n    \
          endscript\n}}\n",
+        signal = reopen_signal(spec.server),
         unit = units::service_name(app)
     );
     Some(s)
+}
+
+/// What makes the app's Gunicorn write into the new files (see the module comment).
+pub fn reopen_signal(server: Server) -> &'static str {
+    match server {
+        Server::Gunicorn => "USR1",
+        Server::Uvicorn => "HUP",
+    }
 }
 
 /// Judges `logrotate -d` output: it exits 0 even for unknown options (it ignores the
@@ -281,6 +298,15 @@ mod tests {
         }
         assert!(!text.contains("copytruncate"), "loses lines");
         assert!(!text.contains("su "), "the directory is the app's, 0750");
+
+        let mut asgi = spec("mode = \"files\"");
+        asgi.server = Server::Uvicorn;
+        let text = render(&asgi).unwrap();
+        assert!(
+            text.contains("systemctl kill --signal=HUP --kill-whom=main fleet-app-shop.service"),
+            "UvicornWorker dies on USR1: {text}"
+        );
+        assert!(!text.contains("USR1"));
 
         let size_only = render(&spec(
             "mode = \"files\"\nmax_size = \"1G\"\ncompress = false",

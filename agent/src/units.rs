@@ -179,15 +179,16 @@ pub fn render_service(
     if spec.server == Server::Uvicorn {
         // ASGI apps run as Gunicorn workers rather than under the uvicorn CLI: Gunicorn
         // takes the systemd socket (LISTEN_FDS), sends READY=1 (Type=notify), reloads on
-        // HUP and reopens logs on USR1. Debian 12's uvicorn 0.17.6 CLI exits on SIGHUP (no
+        // HUP and reopens its own log files on USR1 (the workers do not: logrotate.rs).
+        // Debian 12's uvicorn 0.17.6 CLI exits on SIGHUP (no
         // graceful reload at all) and knows neither LISTEN_FDS nor sd_notify.
         argv.push("--worker-class".into());
         argv.push("uvicorn.workers.UvicornWorker".into());
     }
     let mut log_settings = String::new();
     if spec.logs.mode == LogMode::Files {
-        // Gunicorn itself writes the files (master and workers), so USR1 can make it
-        // reopen them after logrotate renamed them; see logrotate.rs.
+        // Gunicorn itself writes the files (master and workers), so a signal can make
+        // it reopen them after logrotate renamed them; see logrotate.rs.
         for (flag, path) in [
             ("--access-logfile", logrotate::access_log(&spec.name)),
             ("--error-logfile", logrotate::error_log(&spec.name)),

@@ -8,7 +8,7 @@
 //! `<state-dir>/apps/<app>.toml`) by reading and watching the units, never touching them,
 //! so `kill -9` or a restart of the agent leaves every app's main pid as it was.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_proto::spec::{AppName, AppSpec, Version};
+use fleet_proto::spec::{AppName, AppSpec, LogMode, Version};
 use fleet_proto::v1::{
     agent_message, command, command_result, Activate, AppState, Command, CommandResult, Event,
     LogLine, Restart, StageRelease, StopLogs, TailLogs,
@@ -32,6 +32,7 @@ use crate::crash::{Tracker, Verdict};
 use crate::fetch::Fetcher;
 use crate::health::{self, Health};
 use crate::journal::{self, now_ms};
+use crate::logrotate;
 use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};
 use crate::releases::{venv_bin, Releases};
@@ -44,6 +45,8 @@ const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Journal lines quoted in a failure message.
 const FAILURE_LINES: u32 = 8;
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often apps with log files are checked for processes writing into deleted logs.
+const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What runs, persisted so an agent restart re-adopts it.
 #[derive(Serialize, Deserialize)]
@@ -67,6 +70,7 @@ struct Inner {
     state_dir: PathBuf,
     unit_dir: PathBuf,
     env_dir: PathBuf,
+    logrotate_dir: PathBuf,
     cores: u32,
     bus: tokio::sync::Mutex<Option<Systemd>>,
     apps: Mutex<HashMap<AppName, Arc<App>>>,
@@ -167,6 +171,7 @@ impl Apps {
                 state_dir: agent_state.join("apps"),
                 unit_dir: units::UNIT_DIR.into(),
                 env_dir: units::ENV_DIR.into(),
+                logrotate_dir: logrotate::CONF_DIR.into(),
                 cores: std::thread::available_parallelism()
                     .map(|n| n.get() as u32)
                     .unwrap_or(1),
@@ -333,6 +338,7 @@ impl Inner {
         }
         tokio::spawn(self.clone().watch_unit(app.clone()));
         tokio::spawn(self.clone().probe_loop(app.clone()));
+        tokio::spawn(self.clone().log_watch(app.clone()));
     }
 
     /// Pushes the app's state when it differs from what was last sent (or always).
@@ -512,6 +518,93 @@ impl Inner {
         }
     }
 
+    // ---- log files ----
+
+    /// Restarts an app (gracefully, the usual restart path) whose processes still write
+    /// into a deleted log file, and reports it as a `log-restart` event.
+    ///
+    /// A periodic check rather than a signal from the postrotate script: rotations also
+    /// come from logrotate.timer, from `logrotate -f` by hand, or from a config someone
+    /// edited (or a postrotate that failed), and what matters is the outcome (a process
+    /// writing into a file that is gone, so its lines are lost), not which rotation caused
+    /// it. Reading /proc/<pid>/fd of an app's few processes every LOG_CHECK_INTERVAL
+    /// costs next to nothing and needs no state that a crash of the agent could lose. A
+    /// holder must be seen by two checks in a row, so the instant between logrotate
+    /// removing a file and Gunicorn reopening on its signal never triggers a restart.
+    async fn log_watch(self: Arc<Self>, app: Arc<App>) {
+        let unit = units::service_name(&app.name);
+        let dir = logrotate::log_dir(&app.name);
+        let mut seen_before: BTreeSet<u32> = BTreeSet::new();
+        loop {
+            sleep(LOG_CHECK_INTERVAL).await;
+            if lock(&app.data).spec.logs.mode != LogMode::Files {
+                seen_before.clear();
+                continue;
+            }
+            let pids = match self.bus().await {
+                Ok(bus) => match bus.unit_pids(&unit).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(app = %app.name, "deleted-log check: {e}");
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(app = %app.name, "deleted-log check: {e}");
+                    continue;
+                }
+            };
+            let held = logrotate::holders_of_deleted_logs(Path::new("/proc"), &pids, &dir);
+            let now: BTreeSet<u32> = held.iter().map(|(pid, _)| *pid).collect();
+            let stuck: Vec<&(u32, String)> = held
+                .iter()
+                .filter(|(pid, _)| seen_before.contains(pid))
+                .collect();
+            if stuck.is_empty() {
+                seen_before = now;
+                continue;
+            }
+            seen_before.clear();
+            let what = stuck
+                .iter()
+                .map(|(pid, file)| format!("pid {pid} writes into {file}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(app = %app.name, "{what}: restarting gracefully so it writes into the live log files");
+            let outcome = self
+                .restart(Restart {
+                    app: app.name.to_string(),
+                    reload: false,
+                    healthy_deadline_ms: 0,
+                })
+                .await;
+            let (result, detail) = match &outcome {
+                Ok(m) => ("ok", m.clone()),
+                Err(m) => ("failed", m.clone()),
+            };
+            let fields = HashMap::from([
+                (
+                    "files".to_string(),
+                    stuck
+                        .iter()
+                        .map(|(_, f)| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                ("restart".to_string(), result.to_string()),
+            ]);
+            self.outbox
+                .event(Event {
+                    time_ms: now_ms(),
+                    kind: "log-restart".into(),
+                    subject: app.name.to_string(),
+                    message: format!("{what}; graceful restart {result}: {detail}"),
+                    fields,
+                })
+                .await;
+        }
+    }
+
     /// Waits until the app is healthy, crash-loops, fails, or `deadline` passes.
     async fn wait_healthy(&self, app: &App, deadline: Duration) -> Outcome {
         let mut rx = app.changed.subscribe();
@@ -671,6 +764,9 @@ impl Inner {
         // Everything that can be refused is refused before the host is touched.
         let env = units::render_env(&spec, &a.secrets).map_err(|e| e.to_string())?;
         let socket = units::render_socket(&spec).map_err(|e| e.to_string())?;
+        let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir)
+            .await
+            .map_err(|e| e.to_string())?;
         let name = spec.name.clone();
         let deadline = match a.healthy_deadline_ms {
             0 => DEFAULT_HEALTHY_DEADLINE,
@@ -716,6 +812,7 @@ impl Inner {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        rotate.apply().map_err(|e| e.to_string())?;
         let previous = self
             .releases
             .switch_current(&name, &version)
@@ -924,12 +1021,22 @@ impl Inner {
             return Err("no session to send lines to".into());
         };
         let unit = units::service_name(&app.name);
-        let mut child = journal::spawn(&unit, t.lines, t.follow)
-            .map_err(|e| format!("cannot run journalctl: {e}"))?;
+        let files = lock(&app.data).spec.logs.mode == LogMode::Files;
+        let mut child = if files {
+            let paths = [
+                logrotate::access_log(&app.name),
+                logrotate::error_log(&app.name),
+            ];
+            journal::spawn_files(&paths, t.lines, t.follow)
+                .map_err(|e| format!("cannot run tail: {e}"))?
+        } else {
+            journal::spawn(&unit, t.lines, t.follow)
+                .map_err(|e| format!("cannot run journalctl: {e}"))?
+        };
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| "journalctl has no stdout".to_string())?;
+            .ok_or_else(|| "the log reader has no stdout".to_string())?;
         let (stop_tx, mut stop_rx) = oneshot::channel();
         lock(&self.tails).insert(id.to_owned(), stop_tx);
         let mut reader = BufReader::new(stdout);
@@ -952,8 +1059,8 @@ impl Inner {
                         }
                         sent += 1;
                     }
-                    Ok(None) => break "end of journal",
-                    Err(_) => break "journalctl output unreadable",
+                    Ok(None) => break "end of log",
+                    Err(_) => break "log output unreadable",
                 },
                 _ = &mut stop_rx => break "stopped",
                 _ = &mut ended => break "session ended",

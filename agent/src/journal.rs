@@ -1,6 +1,7 @@
-//! An app's journal lines, read with `journalctl` (the journal has no D-Bus API; the
-//! binary format is not ours to parse). Lines are bounded, and a follow is ended by
-//! killing the child it started, by its pid, never by name.
+//! An app's log lines: its journal read with `journalctl` (the journal has no D-Bus API;
+//! the binary format is not ours to parse), or its log files (`logs.mode = "files"`) read
+//! with `tail`. Lines are bounded, and a follow is ended by killing the child it started,
+//! by its pid, never by name.
 
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +30,27 @@ pub fn spawn(unit: &str, lines: u32, follow: bool) -> std::io::Result<Child> {
         cmd.arg("-f");
     }
     cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Starts `tail` on an app's log files (`mode = "files"`): the last `lines` lines of
+/// each, then, with `follow`, new ones, by name across rotations (`-F`).
+pub fn spawn_files(
+    paths: &[std::path::PathBuf],
+    lines: u32,
+    follow: bool,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new("tail");
+    cmd.args(["-q", "-n"]).arg(lines.min(MAX_LINES).to_string());
+    if follow {
+        cmd.arg("-F");
+    }
+    cmd.arg("--")
+        .args(paths)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -20,6 +20,7 @@ pub mod firewall;
 pub mod health;
 pub mod journal;
 pub mod logging;
+pub mod logrotate;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

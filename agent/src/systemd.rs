@@ -33,7 +33,7 @@ trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
-    /// (cgroup path, pid, command line) of every process in the unit.
+    /// (cgroup path, pid, command line) of every process in the unit's cgroup.
     fn get_unit_processes(&self, name: &str) -> zbus::Result<Vec<(String, u32, String)>>;
     fn enable_unit_files(
         &self,
@@ -209,6 +209,21 @@ impl Systemd {
         }
     }
 
+    /// Every process in the unit's cgroup (main, workers, anything they started); empty
+    /// when the unit is not running.
+    pub async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
+        match self.manager.get_unit_processes(unit).await {
+            Ok(procs) => Ok(procs.into_iter().map(|(_, pid, _)| pid).collect()),
+            // Not loaded or not active: no processes.
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(Self::call_err("list processes of", unit)(e)),
+        }
+    }
+
     /// The unit's object (loaded if needed, never started).
     pub async fn unit_path(&self, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
         self.manager
@@ -229,16 +244,6 @@ impl Systemd {
             .build()
             .await
             .map_err(Self::call_err("properties", path.as_str()))
-    }
-
-    /// Pids of every process in the unit's cgroup (empty when it has none).
-    pub async fn unit_pids(&self, unit: &str) -> Result<Vec<u32>, SystemdError> {
-        let procs = self
-            .manager
-            .get_unit_processes(unit)
-            .await
-            .map_err(Self::call_err("list processes of", unit))?;
-        Ok(procs.into_iter().map(|(_, pid, _)| pid).collect())
     }
 
     /// Memory in bytes and CPU time in nanoseconds of a unit's cgroup, each `None` when

@@ -22,7 +22,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, Server};
+use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, LogMode, Server};
+
+use crate::logrotate;
 
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 pub const ENV_DIR: &str = "/etc/fleet/apps";
@@ -177,10 +179,36 @@ pub fn render_service(
     if spec.server == Server::Uvicorn {
         // ASGI apps run as Gunicorn workers rather than under the uvicorn CLI: Gunicorn
         // takes the systemd socket (LISTEN_FDS), sends READY=1 (Type=notify), reloads on
-        // HUP and reopens logs on USR1. Debian 12's uvicorn 0.17.6 CLI exits on SIGHUP (no
+        // HUP and reopens its own log files on USR1 (the workers do not: logrotate.rs).
+        // Debian 12's uvicorn 0.17.6 CLI exits on SIGHUP (no
         // graceful reload at all) and knows neither LISTEN_FDS nor sd_notify.
         argv.push("--worker-class".into());
         argv.push("uvicorn.workers.UvicornWorker".into());
+    }
+    let mut log_settings = String::new();
+    if spec.logs.mode == LogMode::Files {
+        // Gunicorn itself writes the files (master and workers), so a signal can make
+        // it reopen them after logrotate renamed them; see logrotate.rs.
+        for (flag, path) in [
+            ("--access-logfile", logrotate::access_log(&spec.name)),
+            ("--error-logfile", logrotate::error_log(&spec.name)),
+        ] {
+            argv.push(flag.into());
+            argv.push(exec_arg("logs", &path_str("logs", &path)?)?);
+        }
+        // systemd creates it owned by User= and makes it writable under
+        // ProtectSystem=strict; 0750 and owned by the app, so logrotate needs no `su`.
+        let _ = writeln!(
+            log_settings,
+            "LogsDirectory={}\nLogsDirectoryMode=0750",
+            setting("name", &logrotate::logs_directory(&spec.name))?
+        );
+    }
+    if let Some(i) = spec.logs.rate_limit_interval {
+        let _ = writeln!(log_settings, "LogRateLimitIntervalSec={}ms", i.as_millis());
+    }
+    if let Some(b) = spec.logs.rate_limit_burst {
+        let _ = writeln!(log_settings, "LogRateLimitBurst={b}");
     }
     argv.push(exec_arg("entry", &spec.entry)?);
     let exec_start = argv.join(" ");
@@ -216,6 +244,7 @@ pub fn render_service(
         server = spec.server.as_str(),
         stop = graceful + STOP_MARGIN_SECS,
     );
+    s.push_str(&log_settings);
     s.push_str(HARDENING);
     s.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     Ok(s)
@@ -468,6 +497,35 @@ mod tests {
              app:application\n"
         ));
         assert!(s.contains("Type=notify"));
+    }
+
+    #[test]
+    fn files_mode_writes_logs_under_var_log_fleet() {
+        let s = service(&spec(
+            "[logs]\nmode = \"files\"\nrate_limit_interval = \"10s\"\nrate_limit_burst = 200",
+        ));
+        let l = lines(&s);
+        assert!(
+            s.contains(
+                "--graceful-timeout 30 --access-logfile /var/log/fleet/shop/access.log \
+                 --error-logfile /var/log/fleet/shop/error.log app:application\n"
+            ),
+            "{s}"
+        );
+        for want in [
+            "LogsDirectory=fleet/shop",
+            "LogsDirectoryMode=0750",
+            "LogRateLimitIntervalSec=10000ms",
+            "LogRateLimitBurst=200",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{s}");
+        }
+        // Journal mode: as before, nothing about files.
+        let j = service(&spec(""));
+        assert!(!j.contains("logfile") && !j.contains("LogsDirectory") && !j.contains("LogRate"));
+        let j = service(&spec("[logs]\nrate_limit_burst = 0"));
+        assert!(lines(&j).contains(&"LogRateLimitBurst=0"));
+        assert!(!j.contains("logfile"));
     }
 
     #[test]

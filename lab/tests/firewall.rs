@@ -396,5 +396,27 @@ fn firewall_cannot_lock_you_out() {
                 && fw_state(&lab, "host2") == "confirmed"
         },
     );
+
+    // 7. on_drift = "reapply": a hand edit is reported and undone.
+    let reapply = write_policy(
+        &dir,
+        "reapply.toml",
+        &policy("").replace("on_drift = \"report\"", "on_drift = \"reapply\""),
+    );
+    let out = lab
+        .fleetctl(&["firewall", "apply", &reapply, "--output", "json"])
+        .unwrap();
+    assert!(
+        outcomes(&out).iter().all(|(_, r)| r == "confirmed"),
+        "{out}"
+    );
+    let confirmed = fleet_table(&lab, 1).expect("fleet table on host1");
+    lab.sh(1, "nft add rule inet fleet input tcp dport 9999 accept")
+        .unwrap();
+    wait_on(&lab, 1, "hand edit undone", Duration::from_secs(15), || {
+        fleet_table(&lab, 1).as_deref() == Some(confirmed.as_str())
+            && fw_detail(&lab, "host1").contains("re-applied after drift")
+    });
+    assert_eq!(fw_state(&lab, "host1"), "confirmed");
     lab.down().unwrap();
 }

@@ -159,6 +159,8 @@ pub enum SessionEnd {
     OpenTimeout,
     #[error("controller did not send Welcome within {}s", WELCOME_TIMEOUT.as_secs())]
     NoWelcome,
+    #[error("an unconfirmed firewall change was reverted; starting a fresh session")]
+    FirewallReverted,
 }
 
 impl SessionEnd {
@@ -216,17 +218,25 @@ impl Agent {
         let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff);
         loop {
             let mut welcomed = false;
-            let end = match self.session(&mut welcomed).await {
-                Ok(never) => match never {},
-                Err(end) => end,
+            // A reverted firewall change ends the session too: the rules that were just
+            // removed may have cut this stream, and TCP would take tens of seconds of
+            // retransmission backoff to notice that they are gone.
+            let end = tokio::select! {
+                r = self.session(&mut welcomed) => match r {
+                    Ok(never) => match never {},
+                    Err(end) => end,
+                },
+                _ = self.firewall.reverted() => SessionEnd::FirewallReverted,
             };
             self.connected.set(false);
-            if welcomed {
+            if welcomed || matches!(end, SessionEnd::FirewallReverted) {
                 backoff.reset();
             }
             // A session the controller had accepted and then ended is retried soon even if
             // it ended with a refusal: the next handshake says precisely what is wrong.
-            let delay = if end.needs_operator() && !welcomed {
+            let delay = if matches!(end, SessionEnd::FirewallReverted) {
+                Duration::ZERO
+            } else if end.needs_operator() && !welcomed {
                 backoff.at_max()
             } else {
                 backoff.next_delay()
@@ -241,7 +251,13 @@ impl Agent {
                 _ => tracing::warn!("{end}; retrying in {retry}"),
             }
             notify::status(&format!("disconnected: {end}; retrying in {retry}"));
-            sleep(delay).await;
+            tokio::select! {
+                _ = sleep(delay) => {}
+                _ = self.firewall.reverted() => {
+                    tracing::info!("firewall change reverted: reconnecting now");
+                    backoff.reset();
+                }
+            }
         }
     }
 

@@ -7,6 +7,12 @@
 //! cannot leave the host on unconfirmed rules, and rules that cut the controller off undo
 //! themselves.
 //!
+//! The change waiting for confirmation is also written to the state dir: an agent that
+//! restarts has lost the stream that carried the change, so it can never be confirmed; the
+//! agent then reverts it at once instead of waiting for the timer (and never re-applies it).
+//! After a revert the agent starts a new session right away: a stream that lived under rules
+//! that cut it is stuck in TCP retransmission backoff long after the rules are gone.
+//!
 //! Confirmed rules are kept in the state dir and restored on start, by a oneshot unit
 //! ordered after Debian's `nftables.service` (which flushes the whole ruleset when it
 //! starts or stops), and by the periodic drift check.
@@ -23,7 +29,7 @@ use fleet_proto::v1::{
 };
 use sha2::{Digest, Sha256};
 use tokio::process::Command as Proc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::journal::now_ms;
 use crate::outbox::{self, Outbox};
@@ -31,9 +37,11 @@ use crate::outbox::{self, Outbox};
 const NFT: &str = "/usr/sbin/nft";
 const PERSIST_UNIT: &str = "fleet-firewall.service";
 const PERSIST_PATH: &str = "/etc/systemd/system/fleet-firewall.service";
-/// Extra time before the agent itself calls an unconfirmed change reverted: the timer
-/// fires at the deadline and nft takes a moment.
-const REVERT_SLACK: Duration = Duration::from_secs(2);
+/// In the firewall state dir: "APPLY_ID\nTIMER\n" while a change waits for confirmation.
+const PENDING_FILE: &str = "pending";
+/// How long after the deadline the agent waits for the timer's `nft -f` to finish before
+/// it reloads the saved table itself.
+const REVERT_SLACK: Duration = Duration::from_secs(5);
 
 pub fn handles(c: &Command) -> bool {
     matches!(
@@ -53,10 +61,16 @@ struct Inner {
     controller: String,
     outbox: Outbox,
     st: Mutex<St>,
+    /// One apply at a time: two interleaved applies would each save the other's rules.
+    applying: tokio::sync::Mutex<()>,
+    /// Signalled when an unconfirmed change was reverted by its deadline.
+    reverted: Notify,
 }
 
 struct St {
     pending: Option<Pending>,
+    /// A revert is being finished: the table is not the confirmed one, and that is no drift.
+    reverting: bool,
     state: FirewallState,
     on_drift: OnDrift,
     drift_check: Duration,
@@ -69,6 +83,8 @@ struct Pending {
     candidate: String,
     /// `nft list table` right after applying, for the post-confirm drift baseline.
     listing: String,
+    /// The table before the change (None: there was none), to check the revert.
+    previous: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,6 +120,22 @@ async fn listing() -> Option<String> {
     run(NFT, &["list", "table", family, name]).await.ok()
 }
 
+/// True while `unit` is armed (a timer) or running (a service).
+async fn unit_busy(unit: &str) -> bool {
+    let prop = if unit.ends_with(".timer") {
+        "SubState"
+    } else {
+        "ActiveState"
+    };
+    match run("systemctl", &["show", "-p", prop, "--value", unit]).await {
+        Ok(s) => matches!(
+            s.trim(),
+            "waiting" | "running" | "active" | "activating" | "deactivating" | "reloading"
+        ),
+        Err(_) => false,
+    }
+}
+
 /// Checks then loads a whole-table file: a file nft rejects changes nothing.
 async fn load(path: &Path) -> Result<(), String> {
     let p = path.to_string_lossy();
@@ -128,8 +160,11 @@ impl Firewall {
                 host: host.to_owned(),
                 controller: controller.to_owned(),
                 outbox: Outbox::default(),
+                applying: tokio::sync::Mutex::new(()),
+                reverted: Notify::new(),
                 st: Mutex::new(St {
                     pending: None,
+                    reverting: false,
                     state: FirewallState {
                         state: "none".into(),
                         ..Default::default()
@@ -149,6 +184,13 @@ impl Firewall {
         self.inner.outbox.attach(tx)
     }
 
+    /// Resolves once an unconfirmed change was reverted by its deadline: the stream that
+    /// carried it may have been cut, and a fresh one should be opened right away. A revert
+    /// while nobody waits is remembered for the next caller.
+    pub async fn reverted(&self) {
+        self.inner.reverted.notified().await
+    }
+
     pub fn resync(&self) {
         // A host that never had a fleet firewall has nothing to report; older controllers
         // and the protocol tests see no new message kind then.
@@ -156,7 +198,11 @@ impl Firewall {
             return;
         }
         let fw = self.clone();
-        tokio::spawn(async move { fw.push().await });
+        tokio::spawn(async move {
+            // Drift and revert events from while we were cut off, then the state.
+            fw.inner.outbox.flush_events().await;
+            fw.push().await
+        });
     }
 
     async fn push(&self) {
@@ -205,6 +251,7 @@ impl Firewall {
                     st.state.time_ms = now_ms();
                 }
             }
+            fw.recover_unconfirmed().await;
             loop {
                 fw.check_drift().await;
                 // Re-read the period every second: a newly confirmed policy may shorten it,
@@ -219,8 +266,11 @@ impl Firewall {
 
     async fn check_drift(&self) {
         let desired = self.path("desired.nft");
-        if !desired.exists() || lock(&self.inner.st).pending.is_some() {
-            return;
+        {
+            let st = lock(&self.inner.st);
+            if !desired.exists() || st.pending.is_some() || st.reverting {
+                return;
+            }
         }
         let expected = std::fs::read_to_string(self.path("expected.txt")).unwrap_or_default();
         let live = listing().await;
@@ -287,6 +337,7 @@ impl Firewall {
     }
 
     async fn apply(&self, a: ApplyFirewall) -> Result<String, String> {
+        let _one_at_a_time = self.inner.applying.lock().await;
         if let Some(p) = &lock(&self.inner.st).pending {
             return Err(format!(
                 "failed: change {} is still waiting for confirmation",
@@ -318,10 +369,12 @@ impl Firewall {
             .await
             .map_err(|e| format!("invalid: nft rejected the rendered table: {e}"))?;
 
-        // What to go back to: the live table exactly as it is now (or none at all).
+        // What to go back to: the live table exactly as it is now (or none at all), as one
+        // transaction like every other load.
         let mut rollback = format!("table {TABLE} {{}}\ndelete table {TABLE}\n");
-        if let Some(live) = listing().await {
-            rollback.push_str(&live);
+        let previous = listing().await;
+        if let Some(live) = &previous {
+            rollback.push_str(live);
         }
         let rb_path = self.path("rollback.nft");
         write(&rb_path, &rollback).map_err(|e| format!("failed: {e}"))?;
@@ -332,7 +385,13 @@ impl Firewall {
         let short = &a.apply_id[..a.apply_id.len().min(12)];
         let timer = format!("fleet-firewall-revert-{short}");
         let secs = policy.confirm_timeout.as_secs().to_string();
-        run(
+        // Written before the timer is armed: an agent that dies from here on reverts on start.
+        write(
+            &self.path(PENDING_FILE),
+            &format!("{}\n{timer}\n", a.apply_id),
+        )
+        .map_err(|e| format!("failed: {e}"))?;
+        let armed = run(
             "systemd-run",
             &[
                 &format!("--unit={timer}"),
@@ -344,11 +403,17 @@ impl Firewall {
                 &rb_path.to_string_lossy(),
             ],
         )
-        .await
-        .map_err(|e| format!("failed: cannot arm the revert timer, nothing changed: {e}"))?;
+        .await;
+        if let Err(e) = armed {
+            let _ = std::fs::remove_file(self.path(PENDING_FILE));
+            return Err(format!(
+                "failed: cannot arm the revert timer, nothing changed: {e}"
+            ));
+        }
 
         if let Err(e) = load(&cand_path).await {
             let _ = run("systemctl", &["stop", &format!("{timer}.timer")]).await;
+            let _ = std::fs::remove_file(self.path(PENDING_FILE));
             return Err(format!("failed: {e}"));
         }
         let listing = listing().await.unwrap_or_default();
@@ -358,6 +423,7 @@ impl Firewall {
             policy_toml: a.policy_toml.clone(),
             candidate,
             listing,
+            previous,
         });
         self.set_state(
             "pending",
@@ -367,26 +433,25 @@ impl Firewall {
             ),
         )
         .await;
-        // The timer does the revert; this only keeps our own state honest.
+        // The timer does the revert; this checks it happened and reports it.
         let fw = self.clone();
         let id = a.apply_id.clone();
-        let wait = policy.confirm_timeout + REVERT_SLACK;
+        let deadline = policy.confirm_timeout;
         tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(deadline).await;
             let expired = {
                 let mut st = lock(&fw.inner.st);
-                if st.pending.as_ref().is_some_and(|p| p.apply_id == id) {
-                    st.pending = None;
-                    true
-                } else {
-                    false
+                match &st.pending {
+                    Some(p) if p.apply_id == id => {
+                        st.reverting = true;
+                        st.pending.take()
+                    }
+                    _ => None,
                 }
             };
-            if expired {
-                let msg = format!("change {id} was not confirmed: previous rules restored");
-                tracing::warn!("{msg}");
-                fw.event("firewall.reverted", msg.clone()).await;
-                fw.set_state("reverted", msg).await;
+            if let Some(p) = expired {
+                // The stream that carried the change was probably cut by it.
+                fw.finish_revert(p, "was not confirmed in time", true).await;
             }
         });
         let mut msg = format!("applied; reverts in {secs}s unless confirmed");
@@ -401,7 +466,10 @@ impl Firewall {
         let pending = {
             let mut st = lock(&self.inner.st);
             match &st.pending {
-                Some(p) if p.apply_id == c.apply_id => st.pending.take(),
+                Some(p) if p.apply_id == c.apply_id => {
+                    st.reverting = true;
+                    st.pending.take()
+                }
                 _ => None,
             }
         };
@@ -413,17 +481,28 @@ impl Firewall {
         };
         let timer = format!("{}.timer", p.timer);
         // A timer that is no longer waiting has fired (or is firing): too late.
-        let active = run("systemctl", &["is-active", &timer]).await;
-        if active.map(|s| s.trim() == "active").unwrap_or(false) {
-            run("systemctl", &["stop", &timer])
-                .await
-                .map_err(|e| format!("cannot disarm the revert timer: {e}"))?;
-        } else {
-            return Err("the revert timer already fired: previous rules restored".into());
+        if !unit_busy(&timer).await {
+            let msg = self.finish_revert(p, "was confirmed too late", false).await;
+            return Err(msg);
         }
+        if let Err(e) = run("systemctl", &["stop", &timer]).await {
+            let e = format!("cannot disarm the revert timer: {e}");
+            let mut st = lock(&self.inner.st);
+            st.pending = Some(p);
+            st.reverting = false;
+            return Err(e);
+        }
+        lock(&self.inner.st).reverting = false;
+        let _ = std::fs::remove_file(self.path(PENDING_FILE));
         let live = listing().await.unwrap_or_default();
         if live != p.listing {
-            return Err("the table changed before confirmation: not confirmed".into());
+            // The timer fired while we stopped it, or someone edited the table meanwhile.
+            let msg = format!(
+                "change {}: the table changed before confirmation: not confirmed",
+                p.apply_id
+            );
+            self.set_state("reverted", msg.clone()).await;
+            return Err(msg);
         }
         write(&self.path("desired.nft"), &p.candidate)?;
         write(&self.path("expected.txt"), &p.listing)?;
@@ -440,6 +519,104 @@ impl Firewall {
         self.set_state("confirmed", String::new()).await;
         tracing::info!(apply_id = %c.apply_id, "firewall change confirmed");
         Ok("confirmed".into())
+    }
+
+    /// After the deadline of an unconfirmed change: waits for the timer's revert to finish,
+    /// reloads the saved table itself if the timer did not (nft -f is one transaction, and
+    /// loading the same table twice changes nothing), then reports `reverted`.
+    async fn finish_revert(&self, p: Pending, why: &str, reconnect: bool) -> String {
+        let timer = format!("{}.timer", p.timer);
+        let service = format!("{}.service", p.timer);
+        let start = tokio::time::Instant::now();
+        while (unit_busy(&timer).await || unit_busy(&service).await)
+            && start.elapsed() < REVERT_SLACK
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let msg = if listing().await == p.previous {
+            format!("change {} {why}: previous rules restored", p.apply_id)
+        } else {
+            let _ = self.revert_now(&p.timer).await;
+            if listing().await == p.previous {
+                format!(
+                    "change {} {why}: previous rules restored by the agent (the timer did not)",
+                    p.apply_id
+                )
+            } else {
+                format!(
+                    "change {} {why}, but the previous rules could not be restored: check `nft list table {TABLE}`",
+                    p.apply_id
+                )
+            }
+        };
+        // Normally gone by now; a timer that outlived REVERT_SLACK must not fire later.
+        let _ = run("systemctl", &["stop", &timer]).await;
+        let _ = std::fs::remove_file(self.path(PENDING_FILE));
+        lock(&self.inner.st).reverting = false;
+        tracing::warn!("{msg}");
+        // Before reporting: reports queue on the current stream, which may be the cut one;
+        // the new session re-sends the state anyway.
+        if reconnect {
+            self.inner.reverted.notify_one();
+        }
+        self.event("firewall.reverted", msg.clone()).await;
+        self.set_state("reverted", msg.clone()).await;
+        msg
+    }
+
+    /// Disarms the timer and loads the saved table now.
+    async fn revert_now(&self, timer: &str) -> Result<(), String> {
+        let _ = run("systemctl", &["stop", &format!("{timer}.timer")]).await;
+        load(&self.path("rollback.nft")).await.map_err(|e| {
+            tracing::error!("cannot restore the previous firewall table: {e}");
+            e
+        })
+    }
+
+    /// At start: a change that was waiting for confirmation when the agent stopped (crash,
+    /// kill, reboot) can no longer be confirmed, so it is reverted now rather than left to
+    /// cut the new session off until the timer fires.
+    async fn recover_unconfirmed(&self) {
+        let Ok(text) = std::fs::read_to_string(self.path(PENDING_FILE)) else {
+            return;
+        };
+        let mut lines = text.lines();
+        let valid = |id: &str, timer: &str| {
+            !id.is_empty()
+                && id.chars().all(|c| c.is_ascii_hexdigit())
+                && timer
+                    .strip_prefix("fleet-firewall-revert-")
+                    .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
+        };
+        let (Some(apply_id), Some(timer)) = (lines.next(), lines.next()) else {
+            let _ = std::fs::remove_file(self.path(PENDING_FILE));
+            return;
+        };
+        if !valid(apply_id, timer) {
+            tracing::error!("ignoring a malformed {PENDING_FILE} file in the firewall state dir");
+            let _ = std::fs::remove_file(self.path(PENDING_FILE));
+            return;
+        }
+        let service = format!("{timer}.service");
+        // A revert already running finishes first; then the saved table is loaded again,
+        // which is the same table (or none) either way.
+        let start = tokio::time::Instant::now();
+        while unit_busy(&service).await && start.elapsed() < REVERT_SLACK {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let msg = match self.revert_now(timer).await {
+            Ok(()) => format!(
+                "change {apply_id} was not confirmed before the agent restarted: previous rules restored"
+            ),
+            Err(e) => format!(
+                "change {apply_id} was not confirmed before the agent restarted, and the previous rules could not be restored: {e}"
+            ),
+        };
+        let _ = std::fs::remove_file(self.path(PENDING_FILE));
+        tracing::warn!("{msg}");
+        self.event("firewall.reverted", msg.clone()).await;
+        // Pushed too: the first session may have started (and resynced) meanwhile.
+        self.set_state("reverted", msg).await;
     }
 
     /// Installs the oneshot that reloads the confirmed table after boot and whenever

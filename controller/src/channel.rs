@@ -109,6 +109,7 @@ impl AgentChannel for ChannelService {
                 server_time: now_secs(),
             })))
             .await;
+        tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));
         tokio::spawn(drive(shared, identity, name, id, inbound, tx, close));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

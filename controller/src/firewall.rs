@@ -3,6 +3,11 @@
 //! have carried that stream for `confirm_after`. A host that cannot be reached to confirm
 //! reverts by itself (its own systemd timer), so the controller never has to reach a
 //! host it has just cut off.
+//!
+//! A host that is down during an apply gets the stored policy when its next session
+//! starts, unless that policy already reverted on it (a policy that cuts the host off
+//! would otherwise be retried at every reconnect). Catch-ups are never forced: a policy
+//! the agent finds locking out SSH or the controller is refused, as without `--force`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::commands::new_id;
+use crate::commands::{new_id, CommandError};
 use crate::shared::{internal, Shared};
 use crate::timefmt::now_ms;
 
@@ -26,24 +31,55 @@ use crate::timefmt::now_ms;
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Latest firewall state each host reported.
+/// How long a new session has to report its firewall state before the catch-up compares
+/// it with the stored policy (the agent sends it right after Welcome).
+const CATCH_UP_AFTER: Duration = Duration::from_secs(2);
+
+/// Latest firewall state each host reported, and which policy reverted where.
 #[derive(Default)]
-pub struct FirewallStates(Mutex<HashMap<String, FirewallState>>);
+pub struct FirewallStates {
+    states: Mutex<HashMap<String, FirewallState>>,
+    /// Host -> sha256 of the policy whose last attempt there ended reverted.
+    reverted: Mutex<HashMap<String, String>>,
+    /// One apply (fleet-wide or catch-up) at a time: the agent takes one change at a time.
+    applying: tokio::sync::Mutex<()>,
+}
 
 impl FirewallStates {
     pub fn update(&self, host: &str, state: FirewallState) {
-        self.0
+        self.states
             .lock()
             .expect("firewall states lock")
             .insert(host.to_owned(), state);
     }
 
     fn get(&self, host: &str) -> Option<FirewallState> {
-        self.0
+        self.states
             .lock()
             .expect("firewall states lock")
             .get(host)
             .cloned()
+    }
+
+    fn outcome(&self, host: &str, policy_sha: &str, outcome: &str) {
+        let mut r = self.reverted.lock().expect("firewall reverted lock");
+        match outcome {
+            "reverted" => {
+                r.insert(host.to_owned(), policy_sha.to_owned());
+            }
+            "confirmed" => {
+                r.remove(host);
+            }
+            _ => {}
+        }
+    }
+
+    fn reverted_here(&self, host: &str, policy_sha: &str) -> bool {
+        self.reverted
+            .lock()
+            .expect("firewall reverted lock")
+            .get(host)
+            .is_some_and(|s| s == policy_sha)
     }
 }
 
@@ -131,6 +167,7 @@ pub async fn apply(
         .collect();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let _one_at_a_time = shared.firewall_states.applying.lock().await;
         let mut tasks = Vec::new();
         for host in hosts.clone() {
             let ports = app_ports(&shared, &host);
@@ -152,8 +189,10 @@ pub async fn apply(
             *counts.entry(outcome).or_default() += 1;
         }
         let confirmed = counts.get("confirmed").copied().unwrap_or(0);
-        // The stored policy is what confirmed hosts run; a policy no host took is not it.
-        if confirmed > 0 || hosts.is_empty() {
+        let deferred = counts.get("deferred").copied().unwrap_or(0);
+        // The stored policy is what confirmed hosts run and what hosts that were down get
+        // when they come back; a policy that every reachable host rejected is not it.
+        if confirmed > 0 || deferred == hosts.len() {
             if let Err(e) = shared.store.set_firewall_policy(&req.policy_toml, now_ms()) {
                 tracing::error!(error = %e, "cannot store the firewall policy");
             }
@@ -184,16 +223,49 @@ async fn one_host(
     app_ports: Vec<AppPort>,
     policy: &Policy,
 ) -> &'static str {
-    let Some(session) = shared.sessions.session_id(host) else {
-        progress(
-            tx,
-            host,
-            "failed",
-            "host is down: nothing was changed on it".into(),
-        )
-        .await;
-        return "failed";
+    // A session that missed its heartbeats is down even before the reaper removes it.
+    let session = match shared.sessions.session_id(host) {
+        Some(s) if shared.sessions.up(host).is_some() => s,
+        _ => return deferred(tx, host).await,
     };
+    let policy_sha = sha(&policy_toml);
+    let outcome = apply_on(
+        shared,
+        tx,
+        host,
+        session,
+        policy_toml,
+        force,
+        app_ports,
+        policy,
+    )
+    .await;
+    shared.firewall_states.outcome(host, &policy_sha, outcome);
+    outcome
+}
+
+async fn deferred(tx: &Progress, host: &str) -> &'static str {
+    progress(
+        tx,
+        host,
+        "deferred",
+        "host is down: it gets this policy when it reconnects".into(),
+    )
+    .await;
+    "deferred"
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_on(
+    shared: &Shared,
+    tx: &Progress,
+    host: &str,
+    session: u64,
+    policy_toml: String,
+    force: bool,
+    app_ports: Vec<AppPort>,
+    policy: &Policy,
+) -> &'static str {
     let apply_id = new_id();
     let kind = Kind::ApplyFirewall(ApplyFirewall {
         apply_id: apply_id.clone(),
@@ -227,6 +299,8 @@ async fn one_host(
             progress(tx, host, "failed", r.message).await;
             return "failed";
         }
+        // Not sent at all: nothing changed on the host.
+        Err(CommandError::HostDown) => return deferred(tx, host).await,
         Err(e) => {
             // The agent may have applied before the answer was lost: its timer reverts.
             progress(
@@ -288,6 +362,57 @@ async fn one_host(
             "reverted"
         }
     }
+}
+
+/// Called when a host's session starts: if the stored policy is not the one the host
+/// reports running, apply it there (not forced) and log the outcome.
+pub async fn catch_up(shared: Arc<Shared>, host: String, session: u64) {
+    tokio::time::sleep(CATCH_UP_AFTER).await;
+    let _one_at_a_time = shared.firewall_states.applying.lock().await;
+    if shared.sessions.session_id(&host) != Some(session) {
+        return;
+    }
+    let Ok(Some((toml, _))) = shared.store.firewall_policy() else {
+        return;
+    };
+    let want = sha(&toml);
+    let runs = shared
+        .firewall_states
+        .get(&host)
+        .map(|s| s.policy_sha256)
+        .unwrap_or_default();
+    if runs == want {
+        return;
+    }
+    if shared.firewall_states.reverted_here(&host, &want) {
+        tracing::warn!(host = %host, policy = %&want[..12], "firewall policy reverted on this host before: not re-applied on reconnect");
+        return;
+    }
+    let Ok(policy) = Policy::parse(&toml) else {
+        tracing::error!(host = %host, "stored firewall policy no longer validates: not applied");
+        return;
+    };
+    tracing::info!(host = %host, policy = %&want[..12], "host reconnected without the current firewall policy: applying it");
+    // Nobody reads these progress lines but the log below.
+    let (tx, mut rx): (Progress, _) = mpsc::channel(16);
+    let drain = tokio::spawn(async move {
+        let mut last = String::new();
+        while let Some(Ok(p)) = rx.recv().await {
+            last = format!("{}: {}", p.phase, p.message);
+        }
+        last
+    });
+    let ports = app_ports(&shared, &host);
+    let outcome = one_host(&shared, &tx, &host, toml, false, ports, &policy).await;
+    drop(tx);
+    let last = drain.await.unwrap_or_default();
+    tracing::info!(host = %host, outcome, detail = %last, "firewall catch-up");
+    let _ = shared.audit(
+        "controller",
+        "firewall.catch-up",
+        &want[..12],
+        &format!("{host}: {outcome}"),
+    );
 }
 
 pub fn show(shared: &Shared, host: &str) -> Result<ShowFirewallResponse, Status> {

@@ -13,7 +13,8 @@ use crate::output::{self, Format};
 #[derive(Subcommand)]
 pub enum FirewallCmd {
     /// Apply a policy file to every host, commit-confirmed; prints the diff and each
-    /// host's outcome (applied, confirmed, reverted, refused).
+    /// host's outcome (applied, confirmed, reverted, refused; deferred for a host that is
+    /// down: it gets the policy when it reconnects).
     Apply {
         file: PathBuf,
         /// Apply even if it would cut off the controller or SSH from the admin sources.
@@ -128,7 +129,7 @@ async fn apply(conn: &Conn, file: PathBuf, force: bool, format: Format) -> anyho
     while let Some(p) = stream.message().await.map_err(|s| conn.status(s))? {
         let final_phase = matches!(
             p.phase.as_str(),
-            "confirmed" | "reverted" | "refused" | "failed"
+            "confirmed" | "reverted" | "refused" | "failed" | "deferred"
         );
         if final_phase && p.phase != "confirmed" {
             bad.push(format!("{}: {} ({})", p.host, p.phase, p.message));

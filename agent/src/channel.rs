@@ -118,6 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state.path(),
         creds.meta.name.as_str(),
         &creds.meta.controller,
+        metrics.firewall_drift(),
     );
     firewall.start();
     let agent = Agent {

@@ -32,6 +32,7 @@ use tokio::process::Command as Proc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::journal::now_ms;
+use crate::metrics::Flag;
 use crate::outbox::{self, Outbox};
 
 const NFT: &str = "/usr/sbin/nft";
@@ -56,6 +57,7 @@ pub struct Firewall {
 }
 
 struct Inner {
+    drift: Flag,
     dir: PathBuf,
     host: String,
     controller: String,
@@ -153,9 +155,11 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 impl Firewall {
-    pub fn new(agent_state: &Path, host: &str, controller: &str) -> Firewall {
+    /// `drift` is raised while the state is `drift` (the `fleet_firewall_drift` metric).
+    pub fn new(agent_state: &Path, host: &str, controller: &str, drift: Flag) -> Firewall {
         Firewall {
             inner: Arc::new(Inner {
+                drift,
                 dir: agent_state.join("firewall"),
                 host: host.to_owned(),
                 controller: controller.to_owned(),
@@ -220,6 +224,7 @@ impl Firewall {
             st.state.detail = detail;
             st.state.time_ms = now_ms();
         }
+        self.inner.drift.set(state == "drift");
         self.push().await;
     }
 

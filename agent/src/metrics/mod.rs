@@ -34,11 +34,14 @@ use node::{NodeCollector, NodeSnapshot};
 
 pub const DEFAULT_PORT: u16 = 9437;
 
-/// Whether the agent holds a welcomed session with the controller; set by `channel.rs`.
+/// A yes/no figure another part of the agent sets and scrapes read.
 #[derive(Clone, Debug, Default)]
-pub struct Connected(Arc<AtomicBool>);
+pub struct Flag(Arc<AtomicBool>);
 
-impl Connected {
+/// Whether the agent holds a welcomed session with the controller; set by `channel.rs`.
+pub type Connected = Flag;
+
+impl Flag {
     pub fn set(&self, up: bool) {
         self.0.store(up, Ordering::Relaxed);
     }
@@ -53,6 +56,8 @@ impl Connected {
 struct AgentCollector {
     state_dir: Option<PathBuf>,
     connected: Connected,
+    /// Set by `firewall.rs` while the live table differs from the confirmed policy.
+    firewall_drift: Flag,
     /// f64 bits of the last scrape's collection time.
     scrape_seconds: AtomicU64,
 }
@@ -75,6 +80,14 @@ impl Collector for AgentCollector {
             None,
             Gauge,
             Some(if self.connected.get() { 1.0 } else { 0.0 }),
+        )?;
+        single(
+            &mut enc,
+            "fleet_firewall_drift",
+            "1 while the host's fleet nftables table differs from its confirmed policy",
+            None,
+            Gauge,
+            Some(if self.firewall_drift.get() { 1.0 } else { 0.0 }),
         )?;
         // Read from disk each scrape (a few hundred bytes of PEM): it follows renewals and
         // `join --force` without any hook, and a missing certificate shows as no sample.
@@ -120,6 +133,7 @@ impl Metrics {
         let agent = Arc::new(AgentCollector {
             state_dir,
             connected: Connected::default(),
+            firewall_drift: Flag::default(),
             scrape_seconds: AtomicU64::new(0f64.to_bits()),
         });
         let apps = AppMetrics::default();
@@ -138,6 +152,10 @@ impl Metrics {
 
     pub fn connected(&self) -> Connected {
         self.agent.connected.clone()
+    }
+
+    pub fn firewall_drift(&self) -> Flag {
+        self.agent.firewall_drift.clone()
     }
 
     /// The handle the app manager reports through.
@@ -219,6 +237,7 @@ mod tests {
             ("fleet_agent_controller_connected", "gauge"),
             ("fleet_agent_certificate_expiry_timestamp_seconds", "gauge"),
             ("fleet_agent_scrape_duration_seconds", "gauge"),
+            ("fleet_firewall_drift", "gauge"),
             ("fleet_app_up", "gauge"),
             ("fleet_app_healthy", "gauge"),
             ("fleet_app_release_info", "gauge"),

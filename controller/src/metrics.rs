@@ -105,7 +105,6 @@ impl Collector for Inner {
             let labels = [("method", method.as_str())];
             h.encode(rpc.encode_family(&labels)?)?;
         }
-        drop(rpc);
         let counts = *self.rollouts.lock().expect("metrics lock");
         let mut rollouts = enc.encode_descriptor(
             "fleet_rollouts",
@@ -117,7 +116,6 @@ impl Collector for Inner {
             let labels = [("outcome", state.as_str())];
             ConstCounter::new(n).encode(rollouts.encode_family(&labels)?)?;
         }
-        drop(rollouts);
         self.rollout_duration.encode(enc.encode_descriptor(
             "fleet_rollout_duration",
             "Wall time of finished rollouts, start to end (across controller restarts)",

@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(
             s,
             Stage {
-                label: "batch 1".into(),
+                label: "batch 2".into(),
                 done: 1,
                 total: 2,
                 busy: "h3 switching".into()

@@ -235,11 +235,13 @@ fn bar(done: usize, total: usize) -> String {
     )
 }
 
+/// Names batches as the controller's messages do ("canary: host1", "batch 2: host2, host3"):
+/// the canary counts as the first batch.
 pub(crate) fn batch_label(info: &RolloutInfo, b: u32) -> String {
     if b == 0 && info.canary > 0 {
         "canary".into()
     } else {
-        format!("batch {}", b + 1 - u32::from(info.canary > 0))
+        format!("batch {}", b + 1)
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Timings {
     pub hosts: BTreeMap<String, i64>,
     /// From `started` to `finished`, as the controller saw it.
     pub controller_ms: i64,
+    /// Between the last `healthy` of each batch and the first `switching` of the next: the
+    /// engine's own delay between batches.
+    pub gaps_ms: Vec<i64>,
 }
 
 impl Timings {
@@ -43,6 +46,8 @@ impl Timings {
         let mut t = Timings::default();
         let mut switching: BTreeMap<String, i64> = BTreeMap::new();
         let mut batch_of: BTreeMap<String, usize> = BTreeMap::new();
+        // Per batch: first switching, last healthy.
+        let mut spans: BTreeMap<usize, (i64, i64)> = BTreeMap::new();
         let (mut started, mut staged, mut finished) = (None, None, None);
         for line in json_lines.lines().filter(|l| !l.trim().is_empty()) {
             let ev: Value =
@@ -57,14 +62,18 @@ impl Timings {
                 "staged" => staged = Some(time),
                 "finished" => finished = Some(time),
                 "switching" => {
+                    let b = ev["batch"].as_u64().unwrap_or(0) as usize;
                     switching.insert(host.clone(), time);
-                    batch_of.insert(host, ev["batch"].as_u64().unwrap_or(0) as usize);
+                    batch_of.insert(host, b);
+                    spans.entry(b).or_insert((time, time));
                 }
                 "healthy" => {
                     let from = switching
                         .get(&host)
                         .with_context(|| format!("{host} turned healthy without switching"))?;
-                    t.hosts.insert(host, time - from);
+                    t.hosts.insert(host.clone(), time - from);
+                    let span = spans.entry(batch_of[&host]).or_insert((time, time));
+                    span.1 = span.1.max(time);
                 }
                 _ => {}
             }
@@ -73,6 +82,8 @@ impl Timings {
             bail!("the events lack started, staged or finished:\n{json_lines}");
         };
         t.staging_ms = staged - started;
+        let spans: Vec<(i64, i64)> = spans.into_values().collect();
+        t.gaps_ms = spans.windows(2).map(|w| w[1].0 - w[0].1).collect();
         t.controller_ms = finished - started;
         for (host, took) in &t.hosts {
             let b = batch_of[host];
@@ -177,10 +188,12 @@ pub fn report(t: &Timings, wall: Duration, hosts: usize, plan: &Plan) -> String 
     }
     let floor = t.floor_ms();
     let wall_ms = wall.as_millis() as i64;
+    let gaps: Vec<String> = t.gaps_ms.iter().map(|g| format!("{g}")).collect();
     out += &format!(
-        "  staging (all hosts at once): {:.2}s\n  controller start-to-finish: {:.2}s\n  \
+        "  gaps between batches (ms): {}\n  staging (all hosts at once): {:.2}s\n  controller start-to-finish: {:.2}s\n  \
          wall time of `fleetctl rollout`: {:.2}s\n  floor (sum of slowest per batch): {:.2}s\n  \
          ratio wall/floor: {:.3}\n  ratio (wall - staging)/floor: {:.3}\n",
+        gaps.join(", "),
         secs(t.staging_ms),
         secs(t.controller_ms),
         secs(wall_ms),
@@ -232,6 +245,7 @@ mod tests {
             ]
         );
         assert_eq!(t.floor_ms(), 5300);
+        assert_eq!(t.gaps_ms, vec![10]);
         let plan = Plan {
             canary: 1,
             max_parallel: 2,
@@ -240,6 +254,7 @@ mod tests {
         let r = report(&t, Duration::from_millis(6360), 3, &plan);
         assert!(r.contains("ratio wall/floor: 1.200"), "{r}");
         assert!(r.contains("ratio (wall - staging)/floor: 1.049"), "{r}");
+        assert!(r.contains("gaps between batches (ms): 10\n"), "{r}");
     }
 
     #[test]

@@ -99,8 +99,13 @@ impl Bars {
     /// Prints `lines` above the bars, then redraws them from the event's rollout.
     pub fn show(&mut self, ev: &RolloutEvent, lines: Vec<String>) {
         for l in lines {
-            // A terminal that went away is not worth failing the rollout watch for.
-            let _ = self.multi.println(l);
+            if self.multi.is_hidden() {
+                // indicatif drops lines it would not draw; the lines must never be lost.
+                println!("{l}");
+            } else {
+                // A terminal that went away is not worth failing the rollout watch for.
+                let _ = self.multi.println(l);
+            }
         }
         let Some(info) = &ev.info else { return };
         let overall = self.overall.get_or_insert_with(|| {

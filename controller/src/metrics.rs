@@ -1,27 +1,45 @@
 //! The controller's Prometheus metrics (`/metrics` on the HTTP listener): connected agents,
 //! enrolled hosts by state, and gRPC latency by method (recorded by [`RpcMetricsLayer`]
-//! around every call). Rollout metrics join them with rollouts.
+//! around every call), and rollouts by outcome with their duration.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleet_proto::access::access_for;
 use fleet_proto::exposition::{self, Format};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::rollout::State;
+
 /// gRPC latency buckets, seconds: unary calls take milliseconds; a Session call's time
 /// is that of opening the stream.
 const RPC_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Rollout duration buckets, seconds: a canary and a few batches, each held healthy for
+/// min-healthy (10 s by default), take from tens of seconds to an hour on large fleets.
+const ROLLOUT_BUCKETS: [f64; 10] = [
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// How a rollout can end; each is exported from the start (at 0) so that `increase()`
+/// sees the first one of a kind.
+const ROLLOUT_OUTCOMES: [State; 4] = [
+    State::Succeeded,
+    State::Reverted,
+    State::Failed,
+    State::Aborted,
 ];
 
 /// Label for calls to paths fleet does not serve, so scanners cannot grow the label set.
@@ -38,10 +56,24 @@ pub struct HostCounts {
     pub down: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     hosts: Mutex<HostCounts>,
     rpc: Mutex<BTreeMap<String, Histogram>>,
+    /// Finished rollouts, indexed as [`ROLLOUT_OUTCOMES`].
+    rollouts: Mutex<[u64; ROLLOUT_OUTCOMES.len()]>,
+    rollout_duration: Histogram,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            hosts: Mutex::default(),
+            rpc: Mutex::default(),
+            rollouts: Mutex::default(),
+            rollout_duration: Histogram::new(ROLLOUT_BUCKETS),
+        }
+    }
 }
 
 impl Collector for Inner {
@@ -73,6 +105,23 @@ impl Collector for Inner {
             let labels = [("method", method.as_str())];
             h.encode(rpc.encode_family(&labels)?)?;
         }
+        let counts = *self.rollouts.lock().expect("metrics lock");
+        let mut rollouts = enc.encode_descriptor(
+            "fleet_rollouts",
+            "Finished rollouts (and rollbacks) by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (state, n) in ROLLOUT_OUTCOMES.iter().zip(counts) {
+            let labels = [("outcome", state.as_str())];
+            ConstCounter::new(n).encode(rollouts.encode_family(&labels)?)?;
+        }
+        self.rollout_duration.encode(enc.encode_descriptor(
+            "fleet_rollout_duration",
+            "Wall time of finished rollouts, start to end (across controller restarts)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?)?;
         Ok(())
     }
 }
@@ -111,6 +160,15 @@ impl ControllerMetrics {
             h.observe(seconds);
             rpc.insert(method.to_owned(), h);
         }
+    }
+
+    /// Counts a finished rollout; `end` is its terminal state (others are not outcomes).
+    pub fn observe_rollout(&self, end: State, took: Duration) {
+        let Some(i) = ROLLOUT_OUTCOMES.iter().position(|s| *s == end) else {
+            return;
+        };
+        self.inner.rollouts.lock().expect("metrics lock")[i] += 1;
+        self.inner.rollout_duration.observe(took.as_secs_f64());
     }
 
     /// Encodes everything, with `hosts` as the current host counts.
@@ -225,6 +283,40 @@ mod tests {
     }
 
     #[test]
+    fn rollouts_are_counted_by_outcome_with_their_duration() {
+        let m = ControllerMetrics::default();
+        let before = m.render(HostCounts::default(), Format::Text);
+        for outcome in ["succeeded", "reverted", "failed", "aborted"] {
+            let line = format!("fleet_rollouts_total{{outcome=\"{outcome}\"}} 0");
+            assert!(
+                before.lines().any(|l| l == line),
+                "missing {line:?}\n{before}"
+            );
+        }
+        m.observe_rollout(State::Succeeded, Duration::from_secs(25));
+        m.observe_rollout(State::Succeeded, Duration::from_secs(70));
+        m.observe_rollout(State::Reverted, Duration::from_secs(40));
+        // Not an end: nothing to count (the engine only reports terminal states).
+        m.observe_rollout(State::Running, Duration::from_secs(1));
+        let out = m.render(HostCounts::default(), Format::Text);
+        for line in [
+            "# TYPE fleet_rollouts_total counter",
+            "fleet_rollouts_total{outcome=\"succeeded\"} 2",
+            "fleet_rollouts_total{outcome=\"reverted\"} 1",
+            "fleet_rollouts_total{outcome=\"failed\"} 0",
+            "fleet_rollouts_total{outcome=\"aborted\"} 0",
+            "# TYPE fleet_rollout_duration_seconds histogram",
+            "fleet_rollout_duration_seconds_count 3",
+            "fleet_rollout_duration_seconds_sum 135.0",
+            "fleet_rollout_duration_seconds_bucket{le=\"30.0\"} 1",
+            "fleet_rollout_duration_seconds_bucket{le=\"60.0\"} 2",
+            "fleet_rollout_duration_seconds_bucket{le=\"120.0\"} 3",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?}\n{out}");
+        }
+    }
+
+    #[test]
     fn every_family_is_described_before_any_call() {
         let names: Vec<String> = exported_families().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
@@ -232,7 +324,9 @@ mod tests {
             [
                 "fleet_controller_agents_connected",
                 "fleet_controller_hosts",
-                "fleet_controller_rpc_duration_seconds"
+                "fleet_controller_rpc_duration_seconds",
+                "fleet_rollouts_total",
+                "fleet_rollout_duration_seconds",
             ]
         );
     }

@@ -706,6 +706,8 @@ async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
         }
     }
     let rec = live.rec();
+    let took = Duration::from_millis(now_ms().saturating_sub(rec.started_ms).max(0) as u64);
+    shared.metrics.observe_rollout(rec.state, took);
     let outcome = format!(
         "{} of {} to {} {}{}",
         if rec.rollback { "rollback" } else { "rollout" },

@@ -228,6 +228,24 @@ pub fn fleetctl(paths: &Paths, b: &Binaries, args: &[&str]) -> Result<String> {
     )
 }
 
+/// Runs fleetctl with this process's stdout and stderr, so its live output reaches the
+/// operator as it happens; fails on a non-zero exit.
+pub fn fleetctl_live(paths: &Paths, b: &Binaries, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(&b.fleetctl);
+    cmd.arg("--controller")
+        .arg(controller_endpoint())
+        .arg("--identity")
+        .arg(paths.admin_identity())
+        .args(args);
+    // Our own buffered lines must come out before the child's.
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let st = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !st.success() {
+        bail!("fleetctl {} failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
 pub fn hosts(paths: &Paths, b: &Binaries) -> Result<Vec<FleetHost>> {
     let out = fleetctl(paths, b, &["hosts", "--output", "json"])?;
     serde_json::from_str(&out)

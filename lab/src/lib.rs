@@ -9,6 +9,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod bench;
 pub mod cgroup;
 pub mod config;
 pub mod demo;

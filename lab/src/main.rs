@@ -59,8 +59,21 @@ enum Cmd {
     },
     /// Tear everything down (idempotent).
     Down,
-    /// Up 3 hosts with fleet, show `fleetctl hosts`, leave the lab up.
+    /// Up 3 hosts with fleet, deploy the sample app, roll a new release out live; the lab
+    /// stays up.
     Demo,
+    /// Time a rollout against its physical floor (issue 5): boots a lab of N hosts,
+    /// deploys the sample app, rolls a new release out, prints the numbers, tears down.
+    BenchRollout {
+        #[arg(long, default_value_t = 5)]
+        hosts: u32,
+        #[arg(long, default_value_t = 1)]
+        canary: u32,
+        #[arg(long, default_value_t = 2)]
+        max_parallel: u32,
+        #[arg(long, default_value = "2s")]
+        min_healthy: String,
+    },
 }
 
 fn main() {
@@ -183,20 +196,41 @@ fn run(cli: Cli) -> Result<i32> {
             lab::down(&paths)?;
             eprintln!("fleet-lab: lab is down");
         }
+        Cmd::BenchRollout {
+            hosts,
+            canary,
+            max_parallel,
+            min_healthy,
+        } => {
+            arm_signal_teardown(&paths)?;
+            let lab = Lab::up(&LabOptions::fleet(hosts))?;
+            let b = lab.binaries().context("lab has no fleet")?.clone();
+            let plan = fleet_lab::bench::Plan {
+                canary,
+                max_parallel,
+                min_healthy,
+            };
+            let r = fleet_lab::bench::rollout(&paths, &b, lab.hosts(), &plan);
+            lab.down()?;
+            r?;
+        }
         Cmd::Demo => {
             up_detached(&LabOptions::fleet(3))?;
             let b = fleet::binaries()?;
             println!("$ fleetctl hosts");
             print!("{}", fleet::fleetctl(&paths, &b, &["hosts"])?);
             fleet_lab::demo::deploy_sample(&paths, &b, &[1, 2, 3])?;
+            fleet_lab::demo::roll_out_next(&paths, &b, &[1, 2, 3])?;
             let lab_bin = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "fleet-lab".into());
             let ctl = b.fleetctl.display().to_string();
             println!(
                 "\nThe lab is up: 3 real-systemd hosts, each running an enrolled fleet-agent and the \
-                 sample app `shop` (Gunicorn, port 8000), and the controller on 198.18.0.1. Try:\n  \
+                 sample app `shop` (Gunicorn, port 8000) at release 1.1 after a live rollout, and the \
+                 controller on 198.18.0.1. Try:\n  \
                  eval \"$({lab_bin} env)\"\n  {ctl} hosts\n  {ctl} status shop\n  {ctl} logs shop -n 5\n  \
+                 {ctl} rollback shop --min-healthy 2s\n  {ctl} rollout status shop\n  \
                  {ctl} restart shop\n  \
                  {lab_bin} exec host1 -- systemctl status fleet-agent\n  {lab_bin} fault cut host2; \
                  sleep 4; {ctl} hosts\nWhen done:\n  {lab_bin} down"

@@ -8,6 +8,7 @@ mod client;
 mod firewall;
 mod hosts;
 mod output;
+mod progress;
 mod rollout;
 mod run;
 mod token;

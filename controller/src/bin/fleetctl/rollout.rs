@@ -1,7 +1,9 @@
 //! `fleetctl rollout`, `rollout status|pause|resume|abort`, `rollback`: live progress of a
-//! rolling update (a line per host step, a bar per batch), a summary, and an exit code that
-//! says how it ended. With `--output json` every event is one JSON line on stdout.
+//! rolling update (a line per host step; on a terminal, live overall and batch bars under
+//! them), a summary, and an exit code that says how it ended. With `--output json` every
+//! event is one JSON line on stdout.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -13,6 +15,7 @@ use tonic::Streaming;
 
 use crate::client::Conn;
 use crate::output::Format;
+use crate::progress::Bars;
 
 /// The process exit code a finished rollout maps to (0 rolled out, 2 reverted, 1 other).
 #[derive(Debug)]
@@ -232,20 +235,27 @@ fn bar(done: usize, total: usize) -> String {
     )
 }
 
-fn batch_label(info: &RolloutInfo, b: u32) -> String {
+/// Names batches as the controller's messages do ("canary: host1", "batch 2: host2, host3"):
+/// the canary counts as the first batch.
+pub(crate) fn batch_label(info: &RolloutInfo, b: u32) -> String {
     if b == 0 && info.canary > 0 {
         "canary".into()
     } else {
-        format!("batch {}", b + 1 - u32::from(info.canary > 0))
+        format!("batch {}", b + 1)
     }
 }
 
-fn print_table_event(ev: &RolloutEvent, t0: i64) {
-    let Some(info) = &ev.info else { return };
+/// The plain lines an event prints (what scripts and CI read). `text_bars` adds a `[###..]`
+/// line after each healthy host, for output that has no live bars.
+fn table_lines(ev: &RolloutEvent, t0: i64, text_bars: bool) -> Vec<String> {
+    let Some(info) = &ev.info else {
+        return Vec::new();
+    };
     let at = format!("+{:>6.1}s", (ev.time_ms - t0) as f64 / 1000.0);
+    let mut out = Vec::new();
     match ev.kind.as_str() {
         "snapshot" => {
-            println!(
+            out.push(format!(
                 "rollout {} of {} to {}: {}{}",
                 info.id,
                 info.app,
@@ -256,15 +266,15 @@ fn print_table_event(ev: &RolloutEvent, t0: i64) {
                 } else {
                     format!(" ({})", info.message)
                 }
-            );
+            ));
             for h in &info.hosts {
-                println!(
+                out.push(format!(
                     "  {:<10} {:<8} {:<13} {}",
                     h.host,
                     batch_label(info, h.batch),
                     h.phase,
                     h.message
-                );
+                ));
             }
         }
         "healthy" | "failed" | "reverted" | "revert_failed" | "skipped" => {
@@ -280,40 +290,41 @@ fn print_table_event(ev: &RolloutEvent, t0: i64) {
             } else {
                 String::new()
             };
-            println!(
+            out.push(format!(
                 "{at} {:<10} {:<13} {}{note}",
                 ev.host,
                 ev.kind,
                 first_line(&ev.message)
-            );
-            if ev.kind == "healthy" {
-                println!(
+            ));
+            if ev.kind == "healthy" && text_bars {
+                out.push(format!(
                     "{at}   {:<8} {}   overall {}",
                     batch_label(info, ev.batch),
                     bar(done, total),
                     bar(overall, info.hosts.len())
-                );
+                ));
             }
         }
         "finished" => {}
-        _ if !ev.host.is_empty() => println!(
+        _ if !ev.host.is_empty() => out.push(format!(
             "{at} {:<10} {:<13} {}",
             ev.host,
             ev.kind,
             first_line(&ev.message)
-        ),
-        _ => println!("{at} {:<24} {}", ev.kind, first_line(&ev.message)),
+        )),
+        _ => out.push(format!("{at} {:<24} {}", ev.kind, first_line(&ev.message))),
     }
+    out
 }
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-fn summary(info: &RolloutInfo) {
+fn summary(info: &RolloutInfo) -> String {
     let secs = Duration::from_millis((info.ended_ms.max(info.started_ms) - info.started_ms) as u64);
     let count = |p: &str| info.hosts.iter().filter(|h| h.phase == p).count();
-    println!(
+    format!(
         "{}: {} to {} {} in {:.1}s: {} updated, {} reverted, {} skipped, {} failed, {} untouched{}",
         info.id,
         info.app,
@@ -330,7 +341,7 @@ fn summary(info: &RolloutInfo) {
         } else {
             format!("\n{}", info.message)
         }
-    );
+    )
 }
 
 /// Prints events until the stream ends; with `until_end`, maps the end state to the exit
@@ -344,6 +355,9 @@ async fn show(
     let mut last: Option<RolloutInfo> = None;
     let mut finished = false;
     let mut t0 = 0;
+    // Live bars only for a person watching: piped output stays line by line.
+    let mut bars =
+        (format == Format::Table && until_end && std::io::stdout().is_terminal()).then(Bars::new);
     while let Some(ev) = stream.message().await.map_err(|s| conn.status(s))? {
         if t0 == 0 {
             t0 = ev.info.as_ref().map(|i| i.started_ms).unwrap_or(ev.time_ms);
@@ -360,19 +374,27 @@ async fn show(
                     "rollout": ev.info.as_ref().map(info_json),
                 })
             ),
-            Format::Table => print_table_event(&ev, t0),
+            Format::Table => match bars.as_mut() {
+                Some(bars) => bars.show(&ev, table_lines(&ev, t0, false)),
+                None => table_lines(&ev, t0, true)
+                    .iter()
+                    .for_each(|l| println!("{l}")),
+            },
         }
         finished |= ev.kind == "finished";
         if ev.info.is_some() {
             last = ev.info;
         }
     }
+    if let Some(bars) = bars {
+        bars.clear();
+    }
     let Some(info) = last else {
         anyhow::bail!("the controller sent no rollout");
     };
     let ended = finished || info.ended_ms != 0;
     if format == Format::Table && ended {
-        summary(&info);
+        println!("{}", summary(&info));
     }
     // A one-off `rollout status` reports; only a watched (or started) rollout turns its
     // outcome into the exit code, so scripts can poll status without tripping on it.

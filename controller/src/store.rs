@@ -711,6 +711,27 @@ mod tests {
     }
 
     #[test]
+    fn desired_releases_are_per_app_and_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        s.set_desired("shop", "host1", Some(&"2.0")).unwrap();
+        s.set_desired("shop", "host10", Some(&"2.1")).unwrap();
+        s.set_desired("api", "host1", Some(&"1.0")).unwrap();
+        assert_eq!(
+            s.desired::<String>("shop", "host1").unwrap().as_deref(),
+            Some("2.0")
+        );
+        let on: Vec<(String, String)> = s.desired_on("host1").unwrap();
+        assert_eq!(
+            on,
+            [("api".into(), "1.0".into()), ("shop".into(), "2.0".into())]
+        );
+        s.set_desired::<String>("shop", "host1", None).unwrap();
+        assert_eq!(s.desired::<String>("shop", "host1").unwrap(), None);
+        assert_eq!(s.desired_on::<String>("host10").unwrap().len(), 1);
+    }
+
+    #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");

@@ -19,7 +19,7 @@ use std::time::Duration;
 use fleet_proto::spec::{AppName, AppSpec, LogMode, Version};
 use fleet_proto::v1::{
     agent_message, command, command_result, Activate, AppState, Command, CommandResult, Event,
-    LogLine, Restart, StageRelease, StopLogs, TailLogs,
+    LogLine, Restart, RunPreStart, StageRelease, StopLogs, TailLogs,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::BufReader;
@@ -153,6 +153,7 @@ pub fn handles(c: &Command) -> bool {
                 | command::Kind::Restart(_)
                 | command::Kind::TailLogs(_)
                 | command::Kind::StopLogs(_)
+                | command::Kind::RunPreStart(_)
         )
     )
 }
@@ -254,6 +255,7 @@ impl Apps {
                 Some(command::Kind::Restart(r)) => inner.restart(r).await,
                 Some(command::Kind::TailLogs(t)) => inner.tail(&id, t, session).await,
                 Some(command::Kind::StopLogs(s)) => Ok(inner.stop_tail(s)),
+                Some(command::Kind::RunPreStart(p)) => inner.pre_start(p).await,
                 Some(
                     command::Kind::Ping(_)
                     | command::Kind::ApplyFirewall(_)
@@ -753,6 +755,40 @@ impl Inner {
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!("{name} {version} staged in {}", dir.display()))
+    }
+
+    /// The spec's pre-start hook with a staged release; touches nothing that runs.
+    async fn pre_start(&self, p: RunPreStart) -> Outcome {
+        let spec = AppSpec::parse(&p.spec_toml).map_err(|e| format!("invalid spec: {e}"))?;
+        let version: Version = p
+            .version
+            .parse()
+            .map_err(|e| format!("invalid version: {e}"))?;
+        if spec.pre_start.is_empty() {
+            return Err(format!("{} has no pre_start hook in its spec", spec.name));
+        }
+        let release_dir = self.releases.release_dir(&spec.name, &version);
+        if !release_dir.join(crate::releases::MARKER).is_file() {
+            return Err(format!(
+                "{} {version} is not staged on this host: stage it before its pre-start hook",
+                spec.name
+            ));
+        }
+        let env = units::render_env(&spec, &p.secrets).map_err(|e| e.to_string())?;
+        ensure_user(&spec.user).await?;
+        units::ensure_dir(&self.env_dir, 0o700)
+            .map_err(|e| format!("cannot create {}: {e}", self.env_dir.display()))?;
+        // Its own env file: the running app's keeps the running release's env.
+        let env_file = self.env_dir.join(format!("{}.prestart.env", spec.name));
+        units::write_if_changed(&env_file, &env, 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", env_file.display()))?;
+        let out = crate::hook::run(&spec, &release_dir, &env_file).await;
+        let _ = std::fs::remove_file(&env_file);
+        match &out {
+            Ok(_) => tracing::info!(app = %spec.name, %version, "pre-start hook succeeded"),
+            Err(e) => tracing::warn!(app = %spec.name, %version, "pre-start hook failed: {e}"),
+        }
+        out
     }
 
     async fn activate(self: &Arc<Self>, a: Activate) -> Outcome {

@@ -624,6 +624,7 @@ pub fn answer(c: Command) -> CommandResult {
             | command::Kind::Restart(_)
             | command::Kind::TailLogs(_)
             | command::Kind::StopLogs(_)
+            | command::Kind::RunPreStart(_)
             | command::Kind::ApplyFirewall(_)
             | command::Kind::ConfirmFirewall(_),
         )

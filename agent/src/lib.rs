@@ -18,6 +18,7 @@ pub mod facts;
 pub mod fetch;
 pub mod firewall;
 pub mod health;
+pub mod hook;
 pub mod journal;
 pub mod logging;
 pub mod logrotate;

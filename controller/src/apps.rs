@@ -443,6 +443,21 @@ pub fn deploy(
             tx,
         )
         .await;
+        for host in &hosts {
+            let now = shared
+                .app_states
+                .all()
+                .into_iter()
+                .find(|(h, s)| h == host && s.app == app.as_str())
+                .map(|(_, s)| s.release);
+            crate::converge::after_deploy(
+                &shared,
+                app.as_str(),
+                host,
+                version.as_str(),
+                now.as_deref() == Some(version.as_str()),
+            );
+        }
         let _ = shared.audit(
             &actor,
             "app.deploy",

@@ -110,6 +110,7 @@ impl AgentChannel for ChannelService {
             })))
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));
+        crate::converge::session_started(&shared, &name, id);
         tokio::spawn(drive(shared, identity, name, id, inbound, tx, close));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -181,6 +182,7 @@ async fn handle(
         }
         Up::AppState(state) => {
             let prev = shared.app_states.update(name, state.clone());
+            crate::converge::on_app_state(shared, name, id, &state);
             let changed = prev.as_ref().is_none_or(|p| {
                 (
                     p.release.as_str(),

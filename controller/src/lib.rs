@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod channel;
 pub mod commands;
 pub mod config;
+pub mod converge;
 pub mod datadir;
 pub mod enroll;
 pub mod firewall;

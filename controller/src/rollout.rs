@@ -20,7 +20,7 @@ use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::{
     Activate, ControlRolloutRequest, RolloutBatch, RolloutEvent, RolloutHost, RolloutInfo,
-    RolloutRequest, StageRelease, WatchRolloutRequest,
+    RolloutRequest, RunPreStart, StageRelease, WatchRolloutRequest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
@@ -139,6 +139,9 @@ pub struct Record {
     pub rollback: bool,
     /// Set by abort: the revert (if any) ends in `aborted`, not `reverted`.
     pub aborted: bool,
+    /// The spec's pre-start hook ran (and succeeded): a resumed rollout does not rerun it.
+    #[serde(default)]
+    pub pre_start_done: bool,
     pub actor: String,
     pub started_ms: i64,
     pub ended_ms: i64,
@@ -318,6 +321,11 @@ impl Rollouts {
         self.0.lock().expect("rollouts lock").get(app).cloned()
     }
 
+    /// A rollout of `app` runs in this process.
+    pub fn active(&self, app: &str) -> bool {
+        self.get(app).is_some()
+    }
+
     /// Registers a rollout; refuses a second one for the same app.
     fn insert(&self, rec: Record) -> Result<Arc<Live>, Status> {
         let mut map = self.0.lock().expect("rollouts lock");
@@ -455,6 +463,11 @@ pub fn start(
     })?;
     let spec = AppSpec::parse(&rec.spec_toml)
         .map_err(|e| Status::internal(format!("stored spec of {app} no longer validates: {e}")))?;
+    if let Some(host) = shared.convergence.busy(&app) {
+        return Err(Status::failed_precondition(format!(
+            "{host} is converging to the desired release of {app} (it came back after a rollout); retry when it is done"
+        )));
+    }
     let mut hosts = crate::apps::targets(&shared, &req.hosts)?;
     natural_sort(&mut hosts);
     let version = if req.rollback {
@@ -519,6 +532,7 @@ pub fn start(
         skip_down: req.skip_down,
         rollback: req.rollback,
         aborted: false,
+        pre_start_done: false,
         actor: actor.clone(),
         started_ms,
         ended_ms: 0,
@@ -736,6 +750,7 @@ async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
         r.ended_ms = now_ms()
     });
     shared.rollouts.remove(&rec.app);
+    crate::converge::after_rollout(&shared, &live.rec());
 }
 
 fn abort(shared: &Shared, live: &Live) {
@@ -796,14 +811,16 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
         let skip_down = rec.skip_down;
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            if !wait_up(&shared, &host, deadline).await {
+            // --skip-down: a host down now is skipped now; it converges when it is back.
+            let wait = if skip_down { Duration::ZERO } else { deadline };
+            if !wait_up(&shared, &host, wait).await {
                 return (
                     host,
                     if skip_down {
                         None
                     } else {
                         Some(Err(format!(
-                            "host is down (waited {})",
+                            "host is down (waited {}); no host was restarted",
                             humantime::format_duration(deadline)
                         )))
                     },
@@ -853,9 +870,95 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
             }
         }
     }
+    if !pre_start(shared, live).await {
+        return;
+    }
     live.step(shared, "staged", "", 0, "staged everywhere", |r| {
         r.state = State::Running
     });
+}
+
+/// The spec's pre-start hook, once, on the first staged target, before any restart.
+/// Returns whether the rollout goes on (false: it halted or was aborted).
+async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
+    let rec = live.rec();
+    let spec = match AppSpec::parse(&rec.spec_toml) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("the rollout's app spec no longer validates: {e}");
+            live.step(shared, "failed", "", 0, &why.clone(), |r| r.halt(why));
+            return false;
+        }
+    };
+    if spec.pre_start.is_empty() || rec.pre_start_done {
+        return true;
+    }
+    let Some(host) = rec
+        .hosts
+        .iter()
+        .find(|h| h.phase == Phase::Staged)
+        .map(|h| h.host.clone())
+    else {
+        // Every target was skipped: nothing will restart, so nothing needs the hook yet.
+        return true;
+    };
+    let secrets = match spec_secrets(shared, &rec) {
+        Ok(s) => s,
+        Err(e) => {
+            live.step(shared, "failed", "", 0, &e.clone(), |r| r.halt(e));
+            return false;
+        }
+    };
+    let argv = spec.pre_start.join(" ");
+    live.step(
+        shared,
+        "pre_start",
+        &host,
+        0,
+        &format!("running pre-start `{argv}` with {}", rec.version),
+        |_| {},
+    );
+    let kind = Kind::RunPreStart(RunPreStart {
+        spec_toml: rec.spec_toml.clone(),
+        version: rec.version.clone(),
+        secrets: secrets.into_iter().collect(),
+    });
+    let call = shared.commands.call(
+        &shared.sessions,
+        &host,
+        kind,
+        spec.pre_start_timeout + ACTIVATE_SLACK,
+    );
+    let mut control = live.control.subscribe();
+    tokio::pin!(call);
+    let r = loop {
+        tokio::select! {
+            r = &mut call => break outcome(r),
+            _ = control.changed() => {
+                // The hook is not interrupted (a half-run migration is worse); abort waits.
+                if *control.borrow_and_update() == Control::Abort {
+                    live.step(shared, "pre_start", &host, 0, "abort requested: waiting for the pre-start hook to end", |_| {});
+                }
+            }
+        }
+    };
+    match r {
+        Ok(msg) => {
+            live.step(shared, "pre_start_done", &host, 0, &msg, |r| {
+                r.pre_start_done = true
+            });
+            if *live.control.borrow() == Control::Abort {
+                abort(shared, live);
+                return false;
+            }
+            true
+        }
+        Err(msg) => {
+            let why = format!("pre-start hook failed on {host}; no host was restarted: {msg}");
+            live.step(shared, "failed", &host, 0, &why.clone(), |r| r.halt(why));
+            false
+        }
+    }
 }
 
 enum HostMsg {
@@ -930,7 +1033,8 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         });
         let skip_down = rec.skip_down;
         tasks.spawn(async move {
-            if !wait_up(&shared, &host, deadline).await {
+            let wait = if skip_down { Duration::ZERO } else { deadline };
+            if !wait_up(&shared, &host, wait).await {
                 let _ = tx
                     .send(if skip_down {
                         HostMsg::Skipped(host)
@@ -938,7 +1042,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                         HostMsg::Done(
                             host,
                             Err(format!(
-                                "host is down (waited {})",
+                                "host is down (waited {} for it; --skip-down would skip it)",
                                 humantime::format_duration(deadline)
                             )),
                         )
@@ -1183,6 +1287,7 @@ mod tests {
             skip_down: false,
             rollback: false,
             aborted: false,
+            pre_start_done: false,
             actor: "admin".into(),
             started_ms: 1,
             ended_ms: 0,

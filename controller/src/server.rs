@@ -69,6 +69,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         app_states: AppStates::default(),
         firewall_states: Default::default(),
         rollouts: Default::default(),
+        convergence: Default::default(),
         metrics: ControllerMetrics::default(),
     }))
 }

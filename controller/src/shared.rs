@@ -26,6 +26,7 @@ pub struct Shared {
     pub app_states: AppStates,
     pub firewall_states: crate::firewall::FirewallStates,
     pub rollouts: crate::rollout::Rollouts,
+    pub convergence: crate::converge::Convergence,
     pub metrics: ControllerMetrics,
 }
 

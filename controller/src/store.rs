@@ -27,6 +27,9 @@ const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
 const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
 /// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
 const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
+/// Key: `<app>/<host>`; the release each host should run, from the last rollout or deploy
+/// that decided it (JSON, shape owned by `converge`).
+const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -179,6 +182,7 @@ impl Store {
             tx.open_table(SECRETS).map_err(db_err)?;
             tx.open_table(FIREWALL).map_err(db_err)?;
             tx.open_table(ROLLOUTS).map_err(db_err)?;
+            tx.open_table(DESIRED).map_err(db_err)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
@@ -234,6 +238,7 @@ impl Store {
             tx.open_table(RELEASES).map_err(db_err)?;
             tx.open_table(SECRETS).map_err(db_err)?;
             tx.open_table(ROLLOUTS).map_err(db_err)?;
+            tx.open_table(DESIRED).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -497,6 +502,55 @@ impl Store {
         self.all_json(ROLLOUTS)
     }
 
+    /// The release `host` should run for `app`, if one was decided.
+    pub fn desired<T: DeserializeOwned>(
+        &self,
+        app: &str,
+        host: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get_json(DESIRED, &format!("{app}/{host}"))
+    }
+
+    /// Records (or with `None`, forgets) the release `host` should run for `app`.
+    pub fn set_desired<T: Serialize>(
+        &self,
+        app: &str,
+        host: &str,
+        value: Option<&T>,
+    ) -> Result<(), StoreError> {
+        let key = format!("{app}/{host}");
+        match value {
+            Some(v) => self.put_json(DESIRED, &key, v),
+            None => {
+                let tx = self.db.begin_write().map_err(db_err)?;
+                {
+                    let mut table = tx.open_table(DESIRED).map_err(db_err)?;
+                    table.remove(key.as_str()).map_err(db_err)?;
+                }
+                tx.commit().map_err(db_err)
+            }
+        }
+    }
+
+    /// Every app with a desired release on `host`, as (app, record).
+    pub fn desired_on<T: DeserializeOwned>(
+        &self,
+        host: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(DESIRED).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if let Some((app, h)) = k.value().split_once('/') {
+                if h == host {
+                    out.push((app.to_owned(), decode("desired", k.value(), v.value())?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>, StoreError> {
         self.get_json(RELEASES, &format!("{app}/{version}"))
     }
@@ -661,6 +715,27 @@ mod tests {
             group: String::new(),
             metrics_port: 0,
         }
+    }
+
+    #[test]
+    fn desired_releases_are_per_app_and_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        s.set_desired("shop", "host1", Some(&"2.0")).unwrap();
+        s.set_desired("shop", "host10", Some(&"2.1")).unwrap();
+        s.set_desired("api", "host1", Some(&"1.0")).unwrap();
+        assert_eq!(
+            s.desired::<String>("shop", "host1").unwrap().as_deref(),
+            Some("2.0")
+        );
+        let on: Vec<(String, String)> = s.desired_on("host1").unwrap();
+        assert_eq!(
+            on,
+            [("api".into(), "1.0".into()), ("shop".into(), "2.0".into())]
+        );
+        s.set_desired::<String>("shop", "host1", None).unwrap();
+        assert_eq!(s.desired::<String>("shop", "host1").unwrap(), None);
+        assert_eq!(s.desired_on::<String>("host10").unwrap().len(), 1);
     }
 
     #[test]

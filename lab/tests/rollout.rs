@@ -572,3 +572,270 @@ fn rollout_resumes_pauses_rolls_back_aborts_and_survives_a_cut() {
     assert!(out.contains("aborted"), "{out}");
     assert!(all_on(&lab, "shop", "2.0"), "{:?}", releases(&lab, "shop"));
 }
+
+/// The release each host serves, asked over HTTP (not what the agents report).
+fn served(n: u32, port: u16) -> Option<String> {
+    let addr: SocketAddr = format!("{}:{port}", host_addr(n)).parse().unwrap();
+    match load::request(addr, "/", Duration::from_secs(3)) {
+        load::Outcome::Ok(body) => load::release_of(&body).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Starts a detached rollout, waits until it is past staging, cuts host3 and waits until
+/// the controller sees it down while the canary still holds (so host3 is down when its
+/// batch comes, not mid-activation); returns the re-attached `rollout status --watch`.
+fn rollout_with_host3_cut(lab: &Lab, version: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "rollout",
+        "shop",
+        "--version",
+        version,
+        "--canary",
+        "1",
+        "--max-parallel",
+        "2",
+        "--min-healthy",
+        "8s",
+        "--healthy-deadline",
+        "15s",
+        "--detach",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, _) = run(lab, &args);
+    assert_eq!(code, 0, "{out}");
+    wait("staged everywhere", Duration::from_secs(60), || {
+        rollout_status(lab, "shop")["state"] == "running"
+    });
+    lab.fault(3, fleet_lab::Fault::Cut).unwrap();
+    lab.wait_fleet_state(&["host3"], "down", Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(
+        rollout_status(lab, "shop")["current_batch"].as_u64(),
+        Some(0),
+        "host3 was seen down only after the canary: the test cannot say what it means"
+    );
+    run(lab, &["rollout", "status", "shop", "--watch"])
+}
+
+fn phases(status: &Value) -> BTreeMap<String, String> {
+    status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_owned(),
+                h["phase"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rollout_host_down_fails_and_reverts_or_is_skipped_and_converges() {
+    let Some(lab) = lab() else { return };
+    let work = Work(tempfile::tempdir().unwrap());
+    work.apply(&lab, "shop", "gunicorn", SHOP_PORT);
+    for v in ["1.0", "2.0"] {
+        work.upload(&lab, "shop", "wsgi", v, &[]);
+    }
+    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
+    wait("shop 1.0 everywhere", Duration::from_secs(30), || {
+        all_on(&lab, "shop", "1.0")
+    });
+
+    // --- without --skip-down: host3 is down when its batch comes, the rollout waits the
+    // deadline for it, fails and reverts what was switched; nobody else is touched.
+    let before = pids(&lab, "shop");
+    let t = Instant::now();
+    let (code, out, _) = rollout_with_host3_cut(&lab, "2.0", &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("host is down (waited 15s"),
+        "the output must say host3 was down: {out}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(15),
+        "did not wait the deadline"
+    );
+    let status = rollout_status(&lab, "shop");
+    assert_eq!(status["state"], "reverted", "{status}");
+    let p = phases(&status);
+    assert_eq!(p["host1"], "reverted");
+    assert_eq!(p["host2"], "reverted");
+    assert_eq!(p["host3"], "failed");
+    assert_eq!(p["host4"], "staged");
+    assert_eq!(p["host5"], "staged");
+    let after = pids(&lab, "shop");
+    assert_eq!(before["host4"], after["host4"], "host4 was touched");
+    assert_eq!(before["host5"], after["host5"], "host5 was touched");
+    lab.fault(3, fleet_lab::Fault::Heal).unwrap();
+    lab.wait_fleet_state(&["host3"], "up", Duration::from_secs(60))
+        .unwrap();
+    // What it should run after the revert is 1.0, what it runs: nothing converges.
+    wait("every host serving 1.0", Duration::from_secs(30), || {
+        (1..=HOSTS).all(|n| served(n, SHOP_PORT).as_deref() == Some("1.0"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !ctl(&lab, &["audit"]).contains("rollout.converge"),
+        "a host converged to a reverted release"
+    );
+    assert_eq!(served(3, SHOP_PORT).as_deref(), Some("1.0"));
+
+    // --- with --skip-down: host3 is skipped (and the output says so), the others roll,
+    // and once healed host3 converges to 2.0 on its own.
+    let (code, out, _) = rollout_with_host3_cut(&lab, "2.0", &["--skip-down"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("host3") && l.contains("skipped") && l.contains("converges")),
+        "the output must say host3 was skipped: {out}"
+    );
+    let status = rollout_status(&lab, "shop");
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(phases(&status)["host3"], "skipped");
+    for n in [1, 2, 4, 5] {
+        assert_eq!(served(n, SHOP_PORT).as_deref(), Some("2.0"), "host{n}");
+    }
+    lab.fault(3, fleet_lab::Fault::Heal).unwrap();
+    wait(
+        "host3 serving 2.0 after heal",
+        Duration::from_secs(90),
+        || served(3, SHOP_PORT).as_deref() == Some("2.0"),
+    );
+    wait(
+        "host3 converged in the rollout's status",
+        Duration::from_secs(30),
+        || phases(&rollout_status(&lab, "shop"))["host3"] == "converged",
+    );
+    assert!(all_on(&lab, "shop", "2.0"), "{:?}", releases(&lab, "shop"));
+    let audit = ctl(&lab, &["audit"]);
+    assert!(
+        audit.contains("rollout.converge") && audit.contains("host3 converged from 1.0 to 2.0"),
+        "{audit}"
+    );
+}
+
+/// A pre-start hook that fails after reporting in.
+const FAILING_MIGRATE: &str = r#"
+import sys
+print("applying migration 0007")
+print("migration 0007 failed: column already exists", file=sys.stderr)
+sys.exit(3)
+"#;
+
+#[test]
+fn rollout_pre_start_hook_runs_once_before_any_restart() {
+    let Some(lab) = lab() else { return };
+    let work = Work(tempfile::tempdir().unwrap());
+    let (marker_url, markers) = webhook_receiver();
+    let extra = format!(
+        "pre_start = [\"python3\", \"-m\", \"migrate\", \"head\"]\npre_start_timeout = \"60s\"\n\
+         env = {{ MIGRATE_MARKER_URL = \"{marker_url}\" }}\n"
+    );
+    let spec = release::spec("shop", "gunicorn", SHOP_PORT, &extra);
+    let path = release::write(work.0.path(), "shop.toml", spec.as_bytes()).unwrap();
+    ctl(&lab, &["app", "apply", path.to_str().unwrap()]);
+    work.upload(&lab, "shop", "wsgi", "1.0", &[]);
+    work.upload(&lab, "shop", "wsgi", "2.0", &[]);
+    work.upload(
+        &lab,
+        "shop",
+        "wsgi",
+        "3.0",
+        &[("migrate.py", FAILING_MIGRATE)],
+    );
+    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
+    wait("shop 1.0 everywhere", Duration::from_secs(30), || {
+        all_on(&lab, "shop", "1.0")
+    });
+    assert!(markers.lock().unwrap().is_empty(), "a deploy ran the hook");
+
+    // --- the hook runs once, on the first target, after staging everywhere and before
+    // the first switch, as the app's user in the new release with the app's env.
+    let (code, out, _) = run(
+        &lab,
+        &[
+            "--output",
+            "json",
+            "rollout",
+            "shop",
+            "--version",
+            "2.0",
+            "--canary",
+            "1",
+            "--max-parallel",
+            "2",
+            "--min-healthy",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let got = markers.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "the hook ran {} times: {got:?}", got.len());
+    assert_eq!(got[0]["host"], "host1", "{got:?}");
+    assert_eq!(got[0]["release"], "2.0", "{got:?}");
+    assert_eq!(got[0]["argv"], serde_json::json!(["head"]));
+    assert!(
+        got[0]["cwd"].as_str().unwrap().ends_with("/releases/2.0"),
+        "{got:?}"
+    );
+    assert_ne!(got[0]["uid"], 0, "the hook ran as root");
+    let evs = events(&out);
+    let pos = |f: &dyn Fn(&Value) -> bool| evs.iter().position(f);
+    let done = pos(&|e| e["kind"] == "pre_start_done").expect("no pre_start_done event");
+    assert_eq!(evs[done]["host"], "host1");
+    assert!(
+        evs[done]["message"]
+            .as_str()
+            .unwrap()
+            .contains("migrated 2.0 to head on host1"),
+        "the hook's output is not in the event: {}",
+        evs[done]
+    );
+    let last_staged = evs
+        .iter()
+        .rposition(|e| e["kind"] == "staged" && e["host"] != "")
+        .unwrap();
+    let first_switch = pos(&|e| e["kind"] == "switching").unwrap();
+    assert!(
+        last_staged < done && done < first_switch,
+        "hook out of order"
+    );
+    assert!(all_on(&lab, "shop", "2.0"));
+
+    // --- a failing hook aborts with nothing restarted: exit 1, every host still on 2.0.
+    let before = pids(&lab, "shop");
+    let (code, out, err) = run(
+        &lab,
+        &[
+            "rollout",
+            "shop",
+            "--version",
+            "3.0",
+            "--canary",
+            "1",
+            "--min-healthy",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("pre-start hook failed on host1; no host was restarted"),
+        "{text}"
+    );
+    assert!(
+        text.contains("migration 0007 failed: column already exists"),
+        "the hook's output tail is missing: {text}"
+    );
+    assert!(!text.contains("switching"), "{text}");
+    assert_eq!(before, pids(&lab, "shop"), "a host was restarted");
+    assert!(all_on(&lab, "shop", "2.0"));
+    for n in 1..=HOSTS {
+        assert_eq!(served(n, SHOP_PORT).as_deref(), Some("2.0"), "host{n}");
+    }
+    assert_eq!(rollout_status(&lab, "shop")["state"], "failed");
+}

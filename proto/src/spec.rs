@@ -145,6 +145,10 @@ pub struct AppSpec {
     pub graceful_timeout: Duration,
     pub group: Option<String>,
     pub logs: Logs,
+    /// Run once per rollout on one host, with the new release, before any host restarts
+    /// (migrations). An argv: no shell reads it.
+    pub pre_start: Vec<String>,
+    pub pre_start_timeout: Duration,
 }
 
 /// Where the app's access and error logs go.
@@ -241,6 +245,9 @@ struct RawSpec {
     group: Option<String>,
     #[serde(default)]
     logs: RawLogs,
+    #[serde(default)]
+    pre_start: Vec<String>,
+    pre_start_timeout: Option<String>,
 }
 
 /// Size bounds: a spec is configuration, not data.
@@ -475,6 +482,43 @@ fn check_logs(raw: RawLogs) -> Result<Logs, SpecError> {
     })
 }
 
+const MAX_PRE_START_ARGS: usize = 64;
+const MAX_PRE_START_ARG: usize = 1024;
+
+/// The hook's argv lands on a systemd command line: no empty argument (an empty argv
+/// would run nothing), no control characters, and a program that is a plain name (looked
+/// up in the release's venv, then the system) or a path, never an option.
+fn check_pre_start(argv: &[String]) -> Result<(), SpecError> {
+    if argv.len() > MAX_PRE_START_ARGS {
+        return Err(err(
+            "pre_start",
+            format!("more than {MAX_PRE_START_ARGS} arguments"),
+        ));
+    }
+    for a in argv {
+        if a.is_empty() || a.len() > MAX_PRE_START_ARG || a.chars().any(|c| c.is_control()) {
+            return Err(err(
+                "pre_start",
+                format!("{a:?}: every argument must be 1 to {MAX_PRE_START_ARG} bytes without control characters"),
+            ));
+        }
+    }
+    if let Some(program) = argv.first() {
+        let ok = !program.starts_with('-')
+            && program
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./+-".contains(c))
+            && !program.split('/').any(|part| part == "..");
+        if !ok {
+            return Err(err(
+                "pre_start",
+                format!("program {program:?} must be a name (python) or a path without '..' (bin/migrate)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl AppSpec {
     /// Parses and validates a spec as fleetctl and the controller must: unknown fields are
     /// errors (a typo is never silently ignored).
@@ -567,6 +611,20 @@ impl AppSpec {
             g.parse::<AppName>()
                 .map_err(|_| err("group", format!("{g:?} must match [a-z][a-z0-9-]{{0,30}}")))?;
         }
+        check_pre_start(&raw.pre_start)?;
+        if raw.pre_start.is_empty() && raw.pre_start_timeout.is_some() {
+            return Err(err(
+                "pre_start_timeout",
+                "set without pre_start: there is no hook to bound",
+            ));
+        }
+        let pre_start_timeout = duration(
+            "pre_start_timeout",
+            raw.pre_start_timeout.as_deref(),
+            Duration::from_secs(300),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
         Ok(AppSpec {
             name,
             server: raw.server,
@@ -581,6 +639,8 @@ impl AppSpec {
             graceful_timeout,
             group: raw.group,
             logs: check_logs(raw.logs)?,
+            pre_start: raw.pre_start,
+            pre_start_timeout,
         })
     }
 
@@ -655,6 +715,33 @@ health = { path = "/health", timeout = "2s" }
             .reason
             .contains("colour"));
         assert!(replace("gunicorn", "waitress").is_err());
+    }
+
+    #[test]
+    fn pre_start_is_a_checked_argv_with_a_bounded_timeout() {
+        let s = with("pre_start = [\"python\", \"-m\", \"app.migrate\"]").unwrap();
+        assert_eq!(s.pre_start, ["python", "-m", "app.migrate"]);
+        assert_eq!(s.pre_start_timeout, Duration::from_secs(300));
+        let s = with("pre_start = [\"bin/migrate\"]\npre_start_timeout = \"30s\"").unwrap();
+        assert_eq!(s.pre_start_timeout, Duration::from_secs(30));
+        assert!(AppSpec::parse(MIN).unwrap().pre_start.is_empty());
+        for bad in [
+            "pre_start = \"python -m migrate\"",
+            "pre_start = [\"\"]",
+            "pre_start = [\"python\", \"\"]",
+            "pre_start = [\"python\", \"a\\nb\"]",
+            "pre_start = [\"-python\"]",
+            "pre_start = [\"../../bin/sh\"]",
+            "pre_start = [\"sh -c x\"]",
+            "pre_start_timeout = \"1m\"",
+            "pre_start = [\"python\"]\npre_start_timeout = \"2h\"",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                e.field.starts_with("pre_start") || e.field == "spec",
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub struct Command {
     /// Correlation id; echoed in CommandResult.id.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
@@ -175,6 +175,8 @@ pub mod command {
         ApplyFirewall(super::ApplyFirewall),
         #[prost(message, tag = "9")]
         ConfirmFirewall(super::ConfirmFirewall),
+        #[prost(message, tag = "10")]
+        RunPreStart(super::RunPreStart),
     }
 }
 /// Commit-confirmed firewall change: the agent renders the policy for itself, refuses it
@@ -270,6 +272,24 @@ pub struct Activate {
     /// the first healthy probe.
     #[prost(uint64, tag = "7")]
     pub min_healthy_ms: u64,
+}
+/// Run the spec's `pre_start` hook once with release `version` (staged on this host): as
+/// the app's user, with the spec's env and these secrets, in the release directory with its
+/// venv first on PATH, sandboxed like the app, killed after `pre_start_timeout`. Nothing
+/// that runs is touched. The result message carries the tail of its output.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RunPreStart {
+    /// The app spec as TOML (the rollout's, holding the hook), validated on both ends.
+    #[prost(string, tag = "1")]
+    pub spec_toml: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub secrets: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,294 @@
+//! The spec's `pre_start` hook (migrations): one run of an argv with a staged release, as
+//! a transient systemd unit with the app's user, env file and sandbox, bounded in time.
+//!
+//! A transient unit rather than a child of the agent: systemd applies the same `User=`
+//! and hardening as the app's own service (the agent runs as root), kills the whole
+//! process tree at `RuntimeMaxSec=`, and the run is visible in the journal as a unit.
+//! `systemd-run --wait --pipe` hands the hook's stdout/stderr to us, so its output
+//! reaches the rollout without a journal query.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet_proto::spec::AppSpec;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use crate::units;
+
+/// Output lines quoted back to the controller, and their bound.
+const TAIL_LINES: usize = 20;
+const LINE_CHARS: usize = 300;
+/// For systemd to stop the unit after `RuntimeMaxSec=` before the agent gives up on it.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+/// Looked up in this order after the release's venv, for a program named without a path.
+const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// Where the program comes from: a bare name is looked up in the release's venv, then the
+/// system; a relative path is inside the release.
+pub fn resolve_program(program: &str, release_dir: &Path) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = if program.starts_with('/') {
+        vec![PathBuf::from(program)]
+    } else if program.contains('/') {
+        vec![release_dir.join(program)]
+    } else {
+        crate::releases::venv_bin(release_dir)
+            .into_iter()
+            .chain(SYSTEM_PATH.iter().map(PathBuf::from))
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "pre_start program {program:?} not found (looked at {})",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// The `systemd-run` arguments for one run (pure: what lands on the command line).
+pub fn systemd_run_args(
+    spec: &AppSpec,
+    unit: &str,
+    release_dir: &Path,
+    env_file: &Path,
+    program: &Path,
+) -> Vec<String> {
+    let mut path = String::new();
+    if let Some(venv) = crate::releases::venv_bin(release_dir) {
+        path.push_str(&venv.to_string_lossy());
+        path.push(':');
+    }
+    path.push_str(&SYSTEM_PATH.join(":"));
+    let mut args = vec![
+        format!("--unit={unit}"),
+        format!("--description=fleet: pre-start hook of {}", spec.name),
+        "--wait".into(),
+        "--pipe".into(),
+        "--quiet".into(),
+        "--collect".into(),
+        "--service-type=exec".into(),
+        format!("--working-directory={}", release_dir.display()),
+        format!("--property=User={}", spec.user),
+        format!("--property=EnvironmentFile={}", env_file.display()),
+        format!(
+            "--property=RuntimeMaxSec={}ms",
+            spec.pre_start_timeout.as_millis()
+        ),
+        format!("--setenv=PATH={path}"),
+        "--setenv=PYTHONUNBUFFERED=1".into(),
+        "--setenv=PYTHONDONTWRITEBYTECODE=1".into(),
+    ];
+    // The app's own sandbox, setting by setting.
+    for line in units::HARDENING.lines().filter(|l| !l.trim().is_empty()) {
+        args.push(format!("--property={line}"));
+    }
+    args.push("--".into());
+    args.push(program.to_string_lossy().into_owned());
+    args.extend(spec.pre_start.iter().skip(1).cloned());
+    args
+}
+
+/// The last lines of the hook's output, each cut to a bounded length.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    total: usize,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        self.total += 1;
+        let mut l: String = line.chars().take(LINE_CHARS).collect();
+        if l.len() < line.len() {
+            l.push('…');
+        }
+        self.lines.push_back(l);
+        if self.lines.len() > TAIL_LINES {
+            self.lines.pop_front();
+        }
+    }
+
+    fn render(&self) -> String {
+        if self.total == 0 {
+            return "(no output)".into();
+        }
+        let skipped = self.total - self.lines.len();
+        let mut out = String::new();
+        if skipped > 0 {
+            out.push_str(&format!("  … {skipped} earlier lines\n"));
+        }
+        for l in &self.lines {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.trim_end().to_owned()
+    }
+}
+
+async fn collect(r: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+    let mut lines = BufReader::new(r).lines();
+    // A line that is not UTF-8 ends the copy; the exit status still decides.
+    while let Ok(Some(l)) = lines.next_line().await {
+        tail.lock().unwrap_or_else(|e| e.into_inner()).push(&l);
+    }
+}
+
+/// Runs the hook; Ok and Err both carry a one-line summary and the output's tail.
+pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<String, String> {
+    let argv_text = spec.pre_start.join(" ");
+    let program = resolve_program(&spec.pre_start[0], release_dir)?;
+    let unit = format!(
+        "fleet-prestart-{}-{:08x}.service",
+        spec.name,
+        rand::random::<u32>()
+    );
+    let args = systemd_run_args(spec, &unit, release_dir, env_file, &program);
+    let mut child = Command::new("systemd-run")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run systemd-run for the pre-start hook: {e}"))?;
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let out = child.stdout.take().map(|o| collect(o, tail.clone()));
+    let err = child.stderr.take().map(|e| collect(e, tail.clone()));
+    let started = Instant::now();
+    let limit = spec.pre_start_timeout + STOP_SLACK;
+    let waited = tokio::time::timeout(limit, async {
+        let (status, _, _) = tokio::join!(
+            child.wait(),
+            async {
+                if let Some(o) = out {
+                    o.await
+                }
+            },
+            async {
+                if let Some(e) = err {
+                    e.await
+                }
+            }
+        );
+        status
+    })
+    .await;
+    let took =
+        humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
+    let output = tail.lock().unwrap_or_else(|e| e.into_inner()).render();
+    match waited {
+        Ok(Ok(s)) if s.success() => Ok(format!(
+            "pre-start `{argv_text}` succeeded in {took}; output:\n{output}"
+        )),
+        Ok(Ok(s)) if started.elapsed() >= spec.pre_start_timeout => Err(format!(
+            "pre-start `{argv_text}` did not finish within pre_start_timeout {} and was stopped ({s}); output:\n{output}",
+            humantime::format_duration(spec.pre_start_timeout)
+        )),
+        Ok(Ok(s)) => Err(format!(
+            "pre-start `{argv_text}` failed after {took} ({s}); output:\n{output}"
+        )),
+        Ok(Err(e)) => Err(format!("pre-start hook: waiting for systemd-run: {e}")),
+        Err(_) => {
+            // systemd did not stop it at RuntimeMaxSec=: stop the unit ourselves.
+            let _ = Command::new("systemctl")
+                .args(["stop", "--", &unit])
+                .stdin(Stdio::null())
+                .output()
+                .await;
+            Err(format!(
+                "pre-start `{argv_text}` did not finish within {} and was stopped; output:\n{output}",
+                humantime::format_duration(spec.pre_start_timeout)
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> AppSpec {
+        AppSpec::parse(&format!(
+            "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\n\
+             listen = \"0.0.0.0:8000\"\nhealth = {{ path = \"/health\" }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn runs_as_the_app_in_its_sandbox_with_the_release() {
+        let s = spec("pre_start = [\"python3\", \"-m\", \"migrate\", \"--to=$HEAD\"]\npre_start_timeout = \"90s\"");
+        let args = systemd_run_args(
+            &s,
+            "fleet-prestart-shop-1.service",
+            Path::new("/var/lib/fleet/apps/shop/releases/2.0"),
+            Path::new("/etc/fleet/apps/shop.prestart.env"),
+            Path::new("/usr/bin/python3"),
+        );
+        for want in [
+            "--wait",
+            "--pipe",
+            "--collect",
+            "--property=User=shop",
+            "--property=EnvironmentFile=/etc/fleet/apps/shop.prestart.env",
+            "--working-directory=/var/lib/fleet/apps/shop/releases/2.0",
+            "--property=RuntimeMaxSec=90000ms",
+            "--property=ProtectSystem=strict",
+            "--property=NoNewPrivileges=yes",
+            "--property=SystemCallFilter=@system-service",
+        ] {
+            assert!(args.iter().any(|a| a == want), "missing {want}: {args:?}");
+        }
+        // The argv follows `--` verbatim: systemd-run passes it as is, no shell.
+        let dash = args.iter().position(|a| a == "--").unwrap();
+        assert_eq!(
+            &args[dash + 1..],
+            ["/usr/bin/python3", "-m", "migrate", "--to=$HEAD"]
+        );
+    }
+
+    #[test]
+    fn programs_resolve_in_the_release_or_the_system() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("bin/migrate"), "").unwrap();
+        assert_eq!(
+            resolve_program("bin/migrate", dir.path()).unwrap(),
+            dir.path().join("bin/migrate")
+        );
+        // No venv in this release: the system's.
+        let sh = resolve_program("sh", dir.path()).unwrap();
+        assert!(sh.starts_with("/usr") || sh.starts_with("/bin"), "{sh:?}");
+        let e = resolve_program("no-such-program-here", dir.path()).unwrap_err();
+        assert!(e.contains("not found"), "{e}");
+        assert!(resolve_program("bin/nothing", dir.path()).is_err());
+    }
+
+    #[test]
+    fn output_tail_is_bounded() {
+        let mut t = Tail::default();
+        assert_eq!(t.render(), "(no output)");
+        for i in 0..50 {
+            t.push(&format!("line {i}"));
+        }
+        t.push(&"x".repeat(5000));
+        let r = t.render();
+        assert!(r.starts_with("  … 31 earlier lines"), "{r}");
+        assert!(r.contains("line 49"));
+        assert!(!r.contains("line 30\n"));
+        assert!(r.len() < TAIL_LINES * (LINE_CHARS + 8) + 40);
+    }
+}

@@ -1,0 +1,426 @@
+//! Convergence: a host that missed a decision about an app (down and skipped during a
+//! rollout, or cut off before its revert) is brought to the release it should run when it
+//! comes back, health-gated like a rollout host.
+//!
+//! "Should run" is the desired release per (app, host), written when a rollout ends (the
+//! new release after success; after a revert or a failure, the release each host was
+//! reverted to, never the failed one) and when a deploy lands. It is checked on the first
+//! state report of each app on every new agent session, and for every host of a rollout
+//! when it ends (a skipped host may be back by then). Nothing converges while a rollout of
+//! the app runs: the rollout owns its hosts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_proto::spec::AppSpec;
+use fleet_proto::v1::command::Kind;
+use fleet_proto::v1::{Activate, AppState, StageRelease};
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::{Phase, Record, State};
+use crate::shared::Shared;
+
+/// After this, a new session that reported no state for an app does not run it.
+const SETTLE: Duration = Duration::from_secs(5);
+const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
+const ACTIVATE_SLACK: Duration = Duration::from_secs(60);
+/// Hold and deadline when a deploy (not a rollout) decided the release.
+const DEFAULT_MIN_HEALTHY_MS: u64 = 2_000;
+const DEFAULT_DEADLINE_MS: u64 = 60_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub version: String,
+    /// The rollout that decided it (empty: a deploy).
+    #[serde(default)]
+    pub rollout: String,
+    pub min_healthy_ms: u64,
+    pub healthy_deadline_ms: u64,
+}
+
+#[derive(Default)]
+pub struct Convergence {
+    /// (host, app) -> the session whose first report was checked.
+    checked: Mutex<HashMap<(String, String), u64>>,
+    running: Mutex<HashSet<(String, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Convergence {
+    pub fn busy(&self, app: &str) -> Option<String> {
+        lock(&self.running)
+            .iter()
+            .find(|(_, a)| a == app)
+            .map(|(h, _)| h.clone())
+    }
+}
+
+/// What each host of a finished rollout should run: `Some(version)`, or `None` when the
+/// rollout leaves it undecided (switched without a revert, or no earlier release).
+pub fn desired_after(rec: &Record) -> Vec<(String, Option<String>)> {
+    rec.hosts
+        .iter()
+        .map(|h| {
+            let v = match rec.state {
+                State::Succeeded => Some(rec.version.clone()),
+                _ if !h.switched => h.previous.clone(),
+                _ => match h.phase {
+                    Phase::Reverted | Phase::Reverting | Phase::RevertFailed => h.previous.clone(),
+                    // auto-revert off: it stays where it was left.
+                    Phase::Healthy => Some(rec.version.clone()),
+                    _ => None,
+                },
+            };
+            (h.host.clone(), v)
+        })
+        .collect()
+}
+
+/// A rollout ended: record what its hosts should run, then converge any that differ.
+pub fn after_rollout(shared: &Arc<Shared>, rec: &Record) {
+    for (host, version) in desired_after(rec) {
+        let d = version.map(|version| Desired {
+            version,
+            rollout: rec.id.clone(),
+            min_healthy_ms: rec.min_healthy_ms,
+            healthy_deadline_ms: rec.healthy_deadline_ms,
+        });
+        if let Err(e) = shared.store.set_desired(&rec.app, &host, d.as_ref()) {
+            tracing::error!(app = %rec.app, %host, error = %e, "cannot record the desired release");
+        }
+    }
+    for h in &rec.hosts {
+        if shared.sessions.up(&h.host).is_some() {
+            check(
+                shared,
+                &h.host,
+                &rec.app,
+                running(shared, &h.host, &rec.app),
+            );
+        }
+    }
+}
+
+/// A deploy landed (or not) on `host`: what it runs now is what it should run.
+pub fn after_deploy(shared: &Shared, app: &str, host: &str, version: &str, ok: bool) {
+    let d = ok.then(|| Desired {
+        version: version.to_owned(),
+        rollout: String::new(),
+        min_healthy_ms: DEFAULT_MIN_HEALTHY_MS,
+        healthy_deadline_ms: DEFAULT_DEADLINE_MS,
+    });
+    if let Err(e) = shared.store.set_desired(app, host, d.as_ref()) {
+        tracing::error!(%app, %host, error = %e, "cannot record the desired release");
+    }
+}
+
+fn running(shared: &Shared, host: &str, app: &str) -> Option<String> {
+    shared
+        .app_states
+        .all()
+        .into_iter()
+        .find(|(h, s)| h == host && s.app == app && !s.release.is_empty())
+        .map(|(_, s)| s.release)
+}
+
+/// Every app state report: the first of each app on a session is checked.
+pub fn on_app_state(shared: &Arc<Shared>, host: &str, session: u64, state: &AppState) {
+    let key = (host.to_owned(), state.app.clone());
+    if lock(&shared.convergence.checked).insert(key, session) == Some(session) {
+        return;
+    }
+    let release = (!state.release.is_empty()).then(|| state.release.clone());
+    check(shared, host, &state.app, release);
+}
+
+/// A session started: apps the host should run but never reported get it too.
+pub fn session_started(shared: &Arc<Shared>, host: &str, session: u64) {
+    let (shared, host) = (shared.clone(), host.to_owned());
+    tokio::spawn(async move {
+        tokio::time::sleep(SETTLE).await;
+        if shared.sessions.session_id(&host) != Some(session) {
+            return;
+        }
+        let wanted: Vec<(String, Desired)> = match shared.store.desired_on(&host) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(%host, error = %e, "cannot read desired releases");
+                return;
+            }
+        };
+        for (app, _) in wanted {
+            let reported = lock(&shared.convergence.checked).get(&(host.clone(), app.clone()))
+                == Some(&session);
+            if !reported {
+                check(&shared, &host, &app, running(&shared, &host, &app));
+            }
+        }
+    });
+}
+
+fn check(shared: &Arc<Shared>, host: &str, app: &str, running: Option<String>) {
+    let desired: Desired = match shared.store.desired(app, host) {
+        Ok(Some(d)) => d,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(%app, %host, error = %e, "cannot read the desired release");
+            return;
+        }
+    };
+    if running.as_deref() == Some(desired.version.as_str()) || shared.rollouts.active(app) {
+        return;
+    }
+    if !lock(&shared.convergence.running).insert((host.to_owned(), app.to_owned())) {
+        return;
+    }
+    let (shared, host, app) = (shared.clone(), host.to_owned(), app.to_owned());
+    tokio::spawn(async move {
+        let outcome = converge(&shared, &host, &app, &desired, running.as_deref()).await;
+        finish(&shared, &host, &app, &desired, running.as_deref(), outcome);
+        lock(&shared.convergence.running).remove(&(host, app));
+    });
+}
+
+fn outcome(
+    r: Result<fleet_proto::v1::CommandResult, crate::commands::CommandError>,
+) -> Result<String, String> {
+    use fleet_proto::v1::command_result::Status;
+    match r {
+        Ok(r) if r.status == Status::Ok as i32 => Ok(r.message),
+        Ok(r) => Err(r.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn activate(
+    shared: &Shared,
+    app: &str,
+    version: &str,
+    d: &Desired,
+) -> Result<(Kind, AppSpec), String> {
+    let rec = shared
+        .store
+        .app(app)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("app {app} no longer exists"))?;
+    let spec = AppSpec::parse(&rec.spec_toml)
+        .map_err(|e| format!("stored spec of {app} no longer validates: {e}"))?;
+    let release = shared
+        .store
+        .release(app, version)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("release {version} is no longer known to the controller"))?;
+    let secrets =
+        crate::apps::wanted_secrets(shared, app, &spec).map_err(|e| e.message().to_owned())?;
+    Ok((
+        Kind::Activate(Activate {
+            spec_toml: rec.spec_toml,
+            version: version.to_owned(),
+            sha256: release.sha256,
+            size: release.size,
+            secrets: secrets.into_iter().collect(),
+            healthy_deadline_ms: d.healthy_deadline_ms,
+            min_healthy_ms: d.min_healthy_ms,
+        }),
+        spec,
+    ))
+}
+
+/// Stage, then activate health-gated; a release that fails goes back to what ran.
+async fn converge(
+    shared: &Arc<Shared>,
+    host: &str,
+    app: &str,
+    d: &Desired,
+    running: Option<&str>,
+) -> Result<String, String> {
+    tracing::info!(%host, %app, version = %d.version, from = ?running, "converging");
+    let (kind, _) = activate(shared, app, &d.version, d)?;
+    let Kind::Activate(a) = &kind else {
+        unreachable!("activate() builds an Activate")
+    };
+    let stage = Kind::Stage(StageRelease {
+        app: app.to_owned(),
+        version: d.version.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+    });
+    outcome(
+        shared
+            .commands
+            .call(&shared.sessions, host, stage, STAGE_TIMEOUT)
+            .await,
+    )
+    .map_err(|e| format!("staging {} failed: {e}; nothing was restarted", d.version))?;
+    let limit = Duration::from_millis(d.healthy_deadline_ms) + ACTIVATE_SLACK;
+    let r = outcome(
+        shared
+            .commands
+            .call(&shared.sessions, host, kind, limit)
+            .await,
+    );
+    let Err(why) = r else { return r };
+    let Some(prev) = running else {
+        return Err(why);
+    };
+    let back = match activate(shared, app, prev, d) {
+        Ok((k, _)) => outcome(shared.commands.call(&shared.sessions, host, k, limit).await),
+        Err(e) => Err(e),
+    };
+    Err(match back {
+        Ok(_) => format!("{why}; back on {prev}"),
+        Err(e) => format!("{why}; going back to {prev} failed too: {e}"),
+    })
+}
+
+fn finish(
+    shared: &Shared,
+    host: &str,
+    app: &str,
+    d: &Desired,
+    running: Option<&str>,
+    r: Result<String, String>,
+) {
+    let from = running.unwrap_or("nothing");
+    let (ok, detail) = match &r {
+        Ok(m) => (
+            true,
+            format!("{host} converged from {from} to {}: {m}", d.version),
+        ),
+        Err(e) => (
+            false,
+            format!("{host} did not converge from {from} to {}: {e}", d.version),
+        ),
+    };
+    if ok {
+        tracing::info!(%host, %app, "{detail}");
+    } else {
+        tracing::warn!(%host, %app, "{detail}");
+    }
+    let _ = shared.audit(
+        "controller",
+        if ok {
+            "rollout.converge"
+        } else {
+            "rollout.converge_failed"
+        },
+        &format!("{app}@{}", d.version),
+        &detail,
+    );
+    // The rollout that decided it shows the host's fate in its status.
+    let mut info = None;
+    if !d.rollout.is_empty() && !shared.rollouts.active(app) {
+        if let Ok(all) = shared.store.rollouts::<Record>() {
+            if let Some(mut rec) = all.into_iter().find(|r| r.id == d.rollout) {
+                if let Some(h) = rec.hosts.iter_mut().find(|h| h.host == host) {
+                    if ok {
+                        h.phase = Phase::Converged;
+                    }
+                    h.message = detail.clone();
+                    if let Err(e) = shared.store.put_rollout(&rec.id, &rec) {
+                        tracing::error!(rollout = %rec.id, error = %e, "cannot record convergence");
+                    }
+                }
+                info = Some(rec.info());
+            }
+        }
+    }
+    let info = info.unwrap_or_else(|| fleet_proto::v1::RolloutInfo {
+        app: app.to_owned(),
+        version: d.version.clone(),
+        ..Default::default()
+    });
+    crate::webhook::notify(
+        shared,
+        if ok { "converged" } else { "converge_failed" },
+        &format!("fleet: {detail}"),
+        &info,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::HostStep;
+
+    fn rec(state: State, hosts: &[(&str, Phase, bool)]) -> Record {
+        Record {
+            id: "shop/1".into(),
+            app: "shop".into(),
+            version: "2.0".into(),
+            sha256: String::new(),
+            size: 0,
+            spec_toml: String::new(),
+            canary: 1,
+            batches: vec![],
+            hosts: hosts
+                .iter()
+                .map(|(h, phase, switched)| HostStep {
+                    host: (*h).into(),
+                    batch: 0,
+                    phase: *phase,
+                    previous: Some("1.0".into()),
+                    switched: *switched,
+                    message: String::new(),
+                })
+                .collect(),
+            current_batch: 0,
+            state,
+            min_healthy_ms: 1,
+            healthy_deadline_ms: 2,
+            auto_revert: true,
+            skip_down: true,
+            rollback: false,
+            aborted: false,
+            pre_start_done: false,
+            actor: "admin".into(),
+            started_ms: 0,
+            ended_ms: 0,
+            message: String::new(),
+        }
+    }
+
+    fn get(v: &[(String, Option<String>)], h: &str) -> Option<String> {
+        v.iter().find(|(x, _)| x == h).unwrap().1.clone()
+    }
+
+    #[test]
+    fn a_success_wants_the_new_release_even_on_skipped_hosts() {
+        let r = rec(
+            State::Succeeded,
+            &[("h1", Phase::Healthy, true), ("h2", Phase::Skipped, false)],
+        );
+        let d = desired_after(&r);
+        assert_eq!(get(&d, "h1").as_deref(), Some("2.0"));
+        assert_eq!(get(&d, "h2").as_deref(), Some("2.0"));
+    }
+
+    #[test]
+    fn a_revert_wants_the_reverted_to_release_never_the_failed_one() {
+        let r = rec(
+            State::Failed,
+            &[
+                ("h1", Phase::Reverted, true),
+                ("h2", Phase::RevertFailed, true),
+                ("h3", Phase::Pending, false),
+                ("h4", Phase::Staged, false),
+            ],
+        );
+        let d = desired_after(&r);
+        for h in ["h1", "h2", "h3", "h4"] {
+            assert_eq!(get(&d, h).as_deref(), Some("1.0"), "{h}");
+        }
+        // Without auto-revert a switched, failed host is left undecided.
+        let r = rec(
+            State::Failed,
+            &[("h1", Phase::Healthy, true), ("h2", Phase::Failed, true)],
+        );
+        let d = desired_after(&r);
+        assert_eq!(get(&d, "h1").as_deref(), Some("2.0"));
+        assert_eq!(get(&d, "h2"), None);
+    }
+}

@@ -406,6 +406,17 @@ impl Store {
                             .map_err(db_err)?;
                         out.push(rec);
                     }
+                    // A rejoining host starts fresh: no release is owed to a removed one.
+                    let mut desired = tx.open_table(DESIRED).map_err(db_err)?;
+                    let stale: Vec<String> = desired
+                        .iter()
+                        .map_err(db_err)?
+                        .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
+                        .filter(|k| k.split_once('/').is_some_and(|(_, h)| h == name))
+                        .collect();
+                    for key in stale {
+                        desired.remove(key.as_str()).map_err(db_err)?;
+                    }
                     Some(out)
                 }
             }
@@ -774,6 +785,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Store::open(&dir.path().join("state.redb")).err().unwrap();
         assert!(err.to_string().contains("fleet-controller init"));
+    }
+
+    #[test]
+    fn remove_host_forgets_the_releases_it_was_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        s.put_host(&host("web-1")).unwrap();
+        s.put_host(&host("web-10")).unwrap();
+        s.set_desired("shop", "web-1", Some(&"2.0".to_owned()))
+            .unwrap();
+        s.set_desired("shop", "web-10", Some(&"2.0".to_owned()))
+            .unwrap();
+        s.remove_host("web-1", "spiffe://x/agent/web-1", 7).unwrap();
+        assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
+        assert_eq!(
+            s.desired::<String>("shop", "web-10").unwrap().as_deref(),
+            Some("2.0")
+        );
     }
 
     #[test]

@@ -285,10 +285,12 @@ fn table_lines(ev: &RolloutEvent, t0: i64, text_bars: bool) -> Vec<String> {
                 .filter(|h| h.batch == ev.batch && h.phase == "healthy")
                 .count();
             let overall = info.hosts.iter().filter(|h| h.phase == "healthy").count();
-            let note = if ev.kind == "skipped" {
-                " (down: skipped, converges when it comes back)".to_string()
+            // The controller's message already says why a host was skipped; add it only
+            // when the message is empty (an older controller).
+            let note = if ev.kind == "skipped" && ev.message.is_empty() {
+                " (down: skipped, converges when it comes back)"
             } else {
-                String::new()
+                ""
             };
             out.push(format!(
                 "{at} {:<10} {:<13} {}{note}",

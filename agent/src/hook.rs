@@ -220,13 +220,7 @@ pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<
 mod tests {
     use super::*;
 
-    fn spec(extra: &str) -> AppSpec {
-        AppSpec::parse(&format!(
-            "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\n\
-             listen = \"0.0.0.0:8000\"\nhealth = {{ path = \"/health\" }}\n{extra}"
-        ))
-        .unwrap()
-    }
+    use crate::units::tests::spec;
 
     #[test]
     fn runs_as_the_app_in_its_sandbox_with_the_release() {

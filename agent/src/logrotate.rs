@@ -257,11 +257,7 @@ mod tests {
     use super::*;
 
     fn spec(logs: &str) -> AppSpec {
-        AppSpec::parse(&format!(
-            "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\n\
-             listen = \"0.0.0.0:8000\"\nhealth = {{ path = \"/health\" }}\n[logs]\n{logs}"
-        ))
-        .unwrap()
+        crate::units::tests::spec(&format!("[logs]\n{logs}"))
     }
 
     #[test]

@@ -398,11 +398,12 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn spec(extra: &str) -> AppSpec {
+    /// A valid minimal spec for app `shop`, plus `extra` TOML; shared by the agent's tests.
+    pub(crate) fn spec(extra: &str) -> AppSpec {
         AppSpec::parse(&format!(
             "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\n\
              listen = \"0.0.0.0:8000\"\nhealth = {{ path = \"/health\" }}\n{extra}"

@@ -18,7 +18,7 @@ use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::{Activate, AppState, StageRelease};
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{Phase, Record, State};
+use crate::rollout::{outcome, Phase, Record, State};
 use crate::shared::Shared;
 
 /// After this, a new session that reported no state for an app does not run it.
@@ -183,17 +183,6 @@ fn check(shared: &Arc<Shared>, host: &str, app: &str, running: Option<String>) {
         finish(&shared, &host, &app, &desired, running.as_deref(), outcome);
         lock(&shared.convergence.running).remove(&(host, app));
     });
-}
-
-fn outcome(
-    r: Result<fleet_proto::v1::CommandResult, crate::commands::CommandError>,
-) -> Result<String, String> {
-    use fleet_proto::v1::command_result::Status;
-    match r {
-        Ok(r) if r.status == Status::Ok as i32 => Ok(r.message),
-        Ok(r) => Err(r.message),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 fn activate(

@@ -773,7 +773,8 @@ async fn wait_up(shared: &Shared, host: &str, deadline: Duration) -> bool {
     }
 }
 
-fn outcome(
+/// A command's result as the message on success or the reason it failed.
+pub(crate) fn outcome(
     r: Result<fleet_proto::v1::CommandResult, crate::commands::CommandError>,
 ) -> Result<String, String> {
     match r {

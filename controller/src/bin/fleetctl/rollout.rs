@@ -285,15 +285,8 @@ fn table_lines(ev: &RolloutEvent, t0: i64, text_bars: bool) -> Vec<String> {
                 .filter(|h| h.batch == ev.batch && h.phase == "healthy")
                 .count();
             let overall = info.hosts.iter().filter(|h| h.phase == "healthy").count();
-            // The controller's message already says why a host was skipped; add it only
-            // when the message is empty (an older controller).
-            let note = if ev.kind == "skipped" && ev.message.is_empty() {
-                " (down: skipped, converges when it comes back)"
-            } else {
-                ""
-            };
             out.push(format!(
-                "{at} {:<10} {:<13} {}{note}",
+                "{at} {:<10} {:<13} {}",
                 ev.host,
                 ev.kind,
                 first_line(&ev.message)

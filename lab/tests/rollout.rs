@@ -56,6 +56,13 @@ fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
     r
 }
 
+/// The last lines of the lab controller's log, for failure messages.
+fn controller_log_tail() -> String {
+    let text = std::fs::read_to_string(Paths::from_env().controller_log()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 fn by_host(lab: &Lab, app: &str) -> BTreeMap<String, Value> {
     let v: Vec<Value> =
         serde_json::from_str(&ctl(lab, &["status", app, "--output", "json"])).unwrap();
@@ -490,7 +497,12 @@ fn rollout_resumes_pauses_rolls_back_aborts_and_survives_a_cut() {
     assert!(c.wait_gone(Duration::from_secs(10)));
     lab.restart_controller().unwrap();
     let (code, out, _) = run(&lab, &["rollout", "status", "shop", "--watch"]);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        code,
+        0,
+        "{out}\n--- controller log (tail) ---\n{}",
+        controller_log_tail()
+    );
     assert!(out.contains("succeeded"), "{out}");
     assert!(all_on(&lab, "shop", "2.0"), "{:?}", releases(&lab, "shop"));
     assert!(ctl(&lab, &["audit"]).contains("rollout.resume"));

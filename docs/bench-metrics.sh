@@ -37,7 +37,8 @@ for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$GRPC") 2>/dev/null && break
 TOKEN=$("$BIN/fleetctl" --controller "127.0.0.1:$GRPC" --identity "$WORK/ctl/admin" token create)
 "$BIN/fleet-agent" join --controller "127.0.0.1:$GRPC" --token "$TOKEN" --ca-pin "$PIN" \
     --state-dir "$WORK/agent" --name bench > /dev/null
-"$BIN/fleet-agent" run --state-dir "$WORK/agent" --metrics-listen "127.0.0.1:$METRICS" 2> "$WORK/agent.log" &
+# MALLOC_ARENA_MAX=1 as systemd/fleet-agent.service sets it.
+MALLOC_ARENA_MAX=1 "$BIN/fleet-agent" run --state-dir "$WORK/agent" --metrics-listen "127.0.0.1:$METRICS" 2> "$WORK/agent.log" &
 AGENT=$!; PIDS+=($AGENT)
 
 prometheus-node-exporter --web.listen-address=127.0.0.1:9100 2> "$WORK/ne.log" &

@@ -28,9 +28,18 @@ impl ProcRec {
     pub fn of(pid: i32) -> Option<Self> {
         stat(pid).map(|(_, _, start)| ProcRec { pid, start })
     }
-    /// Alive and still the same process; zombies count as dead.
+    /// Alive and still the same process. A zombie counts as dead only once its whole thread
+    /// group is gone: after SIGKILL the main thread turns zombie at once, while another
+    /// thread (one in fsync, say) can take a while to exit and keeps the process's sockets
+    /// and file locks until it does. A controller restarted in that window finds its port
+    /// still answering and its store still locked.
     pub fn alive(&self) -> bool {
-        matches!(stat(self.pid), Some((st, _, start)) if start == self.start && st != 'Z' && st != 'X')
+        match stat(self.pid) {
+            Some((st, _, start)) if start == self.start => {
+                !matches!(st, 'Z' | 'X') || threads(self.pid) > 1
+            }
+            _ => false,
+        }
     }
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         if self.alive() {
@@ -47,6 +56,13 @@ impl ProcRec {
         }
         true
     }
+}
+
+/// Threads listed for `pid`, the main thread included (0 when it is gone).
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn comm(pid: i32) -> Option<String> {
@@ -84,4 +100,35 @@ pub fn children(parent: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn a_zombie_main_thread_with_a_live_thread_is_still_alive() {
+        // The main thread exits at once; another thread keeps the process for 2 s.
+        let script = "import threading, time, ctypes\n\
+                      threading.Thread(target=time.sleep, args=(2,)).start()\n\
+                      ctypes.CDLL(None).pthread_exit(None)\n";
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .unwrap();
+        let rec = ProcRec::of(child.id() as i32).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while stat(rec.pid).map(|(st, _, _)| st) != Some('Z') {
+            assert!(Instant::now() < end, "the main thread never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(rec.alive(), "counted dead while a thread still runs");
+        assert!(rec.wait_gone(Duration::from_secs(10)));
+        // Exited but not yet reaped: a zombie of one thread is dead.
+        assert_eq!(stat(rec.pid).map(|(st, _, _)| st), Some('Z'));
+        assert!(!rec.alive());
+        child.wait().unwrap();
+        assert!(!rec.alive());
+    }
 }

@@ -39,9 +39,10 @@ use crate::fetch::Fetcher;
 use crate::firewall::{self, Firewall};
 use crate::logging::error_chain;
 use crate::metrics::{self, Connected, Metrics};
-use crate::renew::{check_issued, csr_pem, renew_delay, retry_delay};
+use crate::renew::{check_issued, csr_pem};
 use crate::state::{Credentials, StateDir, StateError};
 use crate::{facts, notify};
+use fleet_proto::renewal::{renew_delay, retry_delay};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on opening the stream (response headers), so a hung controller cannot park us.

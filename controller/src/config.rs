@@ -8,11 +8,25 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+/// Default lifetime of the controller's serving certificate, at `init` and at renewal.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Bounds for the serving certificate's lifetime: seconds for tests, at most the year and a
+/// day agents get too.
+pub fn check_server_cert_lifetime(lifetime: Duration) -> anyhow::Result<()> {
+    if lifetime < Duration::from_secs(3) || lifetime > Duration::from_secs(366 * 24 * 3600) {
+        bail!("server_cert_lifetime must be between 3s and 366d");
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub agent_cert_lifetime: Duration,
+    /// Lifetime of the controller's own serving certificate when it renews it.
+    pub server_cert_lifetime: Duration,
     pub handshake_timeout: Duration,
     pub join_burst: u32,
     pub join_per_minute: u32,
@@ -27,6 +41,7 @@ impl Default for Settings {
             listen: "0.0.0.0:7443".parse().expect("literal"),
             http_listen: "0.0.0.0:7444".parse().expect("literal"),
             agent_cert_lifetime: Duration::from_secs(7 * 24 * 3600),
+            server_cert_lifetime: SERVER_CERT_LIFETIME,
             handshake_timeout: Duration::from_secs(10),
             join_burst: 10,
             join_per_minute: 10,
@@ -43,6 +58,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub agent_cert_lifetime: Option<String>,
+    pub server_cert_lifetime: Option<String>,
     pub handshake_timeout: Option<String>,
     pub join_burst: Option<u32>,
     pub join_per_minute: Option<u32>,
@@ -70,6 +86,9 @@ impl Settings {
         if let Some(v) = file.agent_cert_lifetime {
             self.agent_cert_lifetime = parse_duration("agent_cert_lifetime", &v)?;
         }
+        if let Some(v) = file.server_cert_lifetime {
+            self.server_cert_lifetime = parse_duration("server_cert_lifetime", &v)?;
+        }
         if let Some(v) = file.handshake_timeout {
             self.handshake_timeout = parse_duration("handshake_timeout", &v)?;
         }
@@ -94,6 +113,7 @@ impl Settings {
         {
             bail!("agent_cert_lifetime must be between 3s and 366d");
         }
+        check_server_cert_lifetime(self.server_cert_lifetime)?;
         if self.handshake_timeout < Duration::from_millis(100)
             || self.handshake_timeout > Duration::from_secs(120)
         {
@@ -133,5 +153,21 @@ mod tests {
         std::fs::write(&p, "listne = \"0.0.0.0:1\"\n").unwrap();
         let err = Settings::default().apply_file(&p).unwrap_err();
         assert!(format!("{err:#}").contains("listne"), "{err:#}");
+    }
+
+    #[test]
+    fn server_cert_lifetime_is_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "server_cert_lifetime = \"90d\"\n").unwrap();
+        let mut s = Settings::default();
+        s.apply_file(&p).unwrap();
+        assert_eq!(s.server_cert_lifetime, Duration::from_secs(90 * 86400));
+        s.validate().unwrap();
+        for bad in [Duration::from_secs(2), Duration::from_secs(367 * 86400)] {
+            s.server_cert_lifetime = bad;
+            let err = format!("{:#}", s.validate().unwrap_err());
+            assert!(err.contains("server_cert_lifetime"), "{err}");
+        }
     }
 }

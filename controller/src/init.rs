@@ -12,7 +12,6 @@ use crate::pki::Ca;
 use crate::store::Store;
 
 pub const TRUST_DOMAIN_KEY: &str = "trust_domain";
-const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct InitOutcome {
@@ -24,7 +23,9 @@ pub fn init(
     dir: &Path,
     trust_domain: TrustDomain,
     extra_sans: &[String],
+    server_cert_lifetime: Duration,
 ) -> anyhow::Result<InitOutcome> {
+    crate::config::check_server_cert_lifetime(server_cert_lifetime)?;
     let dd = DataDir(dir.to_owned());
     for existing in [dd.ca_cert(), dd.ca_key(), dd.store()] {
         if existing.exists() {
@@ -44,7 +45,7 @@ pub fn init(
     }
 
     let (ca, ca_key) = Ca::generate(trust_domain.clone())?;
-    let server = ca.new_server_identity(&sans, SERVER_CERT_LIFETIME)?;
+    let server = ca.new_server_identity(&sans, server_cert_lifetime)?;
     let admin_id = Identity::admin(trust_domain.clone(), "admin".parse().expect("literal name"));
     let admin = ca.new_client_identity(&admin_id, ADMIN_CERT_LIFETIME)?;
 

@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod rollout;
 pub mod sd;
 pub mod server;
+pub mod servercert;
 pub mod sessions;
 pub mod shared;
 pub mod store;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -63,6 +64,9 @@ struct Inner {
     /// Finished rollouts, indexed as [`ROLLOUT_OUTCOMES`].
     rollouts: Mutex<[u64; ROLLOUT_OUTCOMES.len()]>,
     rollout_duration: Histogram,
+    /// Unix seconds at which the serving certificate expires; set before the controller
+    /// serves anything.
+    cert_expiry: AtomicI64,
 }
 
 impl Default for Inner {
@@ -72,6 +76,7 @@ impl Default for Inner {
             rpc: Mutex::default(),
             rollouts: Mutex::default(),
             rollout_duration: Histogram::new(ROLLOUT_BUCKETS),
+            cert_expiry: AtomicI64::new(0),
         }
     }
 }
@@ -122,6 +127,14 @@ impl Collector for Inner {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?)?;
+        ConstGauge::new(self.cert_expiry.load(Ordering::Relaxed)).encode(
+            enc.encode_descriptor(
+                "fleet_controller_certificate_expiry_timestamp",
+                "When the controller's serving certificate expires (it renews it at 2/3 of its lifetime)",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?,
+        )?;
         Ok(())
     }
 }
@@ -169,6 +182,10 @@ impl ControllerMetrics {
         };
         self.inner.rollouts.lock().expect("metrics lock")[i] += 1;
         self.inner.rollout_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_certificate_expiry(&self, not_after: i64) {
+        self.inner.cert_expiry.store(not_after, Ordering::Relaxed);
     }
 
     /// Encodes everything, with `hosts` as the current host counts.
@@ -327,6 +344,7 @@ mod tests {
                 "fleet_controller_rpc_duration_seconds",
                 "fleet_rollouts_total",
                 "fleet_rollout_duration_seconds",
+                "fleet_controller_certificate_expiry_timestamp_seconds",
             ]
         );
     }

@@ -218,14 +218,29 @@ impl Ca {
         })
     }
 
-    /// The controller's serving certificate: its SPIFFE identity plus the DNS names and
-    /// addresses agents and fleetctl dial.
+    /// The controller's serving certificate with a key made here (at `init`).
     pub fn new_server_identity(
         &self,
         sans: &[String],
         lifetime: Duration,
     ) -> Result<LocalIdentity, PkiError> {
         let key = KeyPair::generate()?;
+        let issued = self.issue_server(&key, sans, lifetime)?;
+        Ok(LocalIdentity {
+            key_pem: key.serialize_pem(),
+            issued,
+        })
+    }
+
+    /// The controller's serving certificate for `public_key`: its SPIFFE identity plus the
+    /// DNS names and addresses agents and fleetctl dial. Renewal passes the key it already
+    /// has, so only the certificate changes.
+    pub fn issue_server(
+        &self,
+        public_key: &impl PublicKeyData,
+        sans: &[String],
+        lifetime: Duration,
+    ) -> Result<Issued, PkiError> {
         let identity = Identity::controller(self.trust_domain.clone());
         let (mut params, serial, not_after) = leaf_params(&identity, lifetime);
         for san in sans {
@@ -244,14 +259,11 @@ impl Ca {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(LocalIdentity {
-            key_pem: key.serialize_pem(),
-            issued: Issued {
-                cert_pem: cert.pem(),
-                serial,
-                not_after,
-            },
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial,
+            not_after,
         })
     }
 }

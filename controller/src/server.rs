@@ -27,6 +27,7 @@ use crate::init::TRUST_DOMAIN_KEY;
 use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
 use crate::ratelimit::RateLimiter;
+use crate::servercert::{self, ServingCert};
 use crate::sessions::Sessions;
 use crate::shared::Shared;
 use crate::store::Store;
@@ -48,6 +49,9 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         .parse()
         .context("controller state holds an invalid trust domain")?;
     let ca = Ca::load(td, &dd.read(&dd.ca_cert())?, &dd.read(&dd.ca_key())?)?;
+    let serving = Arc::new(ServingCert::load(&dd, ca.cert_pem())?);
+    let metrics = ControllerMetrics::default();
+    metrics.set_certificate_expiry(serving.served().not_after);
     let revocations = Arc::new(Revocations::new(
         store.revoked()?.into_iter().map(|r| r.serial),
     ));
@@ -60,6 +64,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
     Ok(Arc::new(Shared {
         store,
         ca,
+        serving,
         revocations,
         sessions: Sessions::default(),
         settings,
@@ -70,18 +75,19 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         firewall_states: Default::default(),
         rollouts: Default::default(),
         convergence: Default::default(),
-        metrics: ControllerMetrics::default(),
+        metrics,
     }))
 }
 
 pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     settings.validate()?;
     let shared = load(dir, settings.clone())?;
-    let dd = DataDir(dir.to_owned());
+    // Before listening: a controller that was down when its certificate was due (or past
+    // it) must not greet agents with an expired one.
+    servercert::renew_if_due(&shared)?;
     let tls_config = tls::server_config(
         shared.ca.cert_pem(),
-        &dd.read(&dd.server_cert())?,
-        &dd.read(&dd.server_key())?,
+        shared.serving.clone(),
         shared.revocations.clone(),
     )?;
 
@@ -110,6 +116,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         conn_tx,
     ));
     let reaper = tokio::spawn(reap(shared.clone()));
+    let renewer = tokio::spawn(servercert::keep_fresh(shared.clone()));
     // After the listeners are up: the resumed rollouts wait for their agents to reconnect.
     crate::rollout::resume_all(&shared);
     let pruner = tokio::spawn(prune(shared.clone()));
@@ -143,6 +150,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     };
     accept.abort();
     reaper.abort();
+    renewer.abort();
     pruner.abort();
     http_server.abort();
     result

@@ -17,6 +17,7 @@ use crate::tls::Revocations;
 pub struct Shared {
     pub store: Store,
     pub ca: Ca,
+    pub serving: Arc<crate::servercert::ServingCert>,
     pub revocations: Arc<Revocations>,
     pub sessions: Sessions,
     pub settings: Settings,

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use fleet_proto::transport::{certs_from_pem, key_from_pem, provider, TlsSetupError};
+use fleet_proto::transport::{certs_from_pem, provider, TlsSetupError};
+
+use crate::servercert::ServingCert;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -104,29 +106,27 @@ impl ClientCertVerifier for RevocationAwareVerifier {
     }
 }
 
+/// The listener's rustls config: TLS 1.3, the revocation-aware client verifier, and the
+/// serving certificate from `serving`, which renewal swaps without a restart.
 pub fn server_config(
     ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
+    serving: Arc<ServingCert>,
     revoked: Arc<Revocations>,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let ca = certs_from_pem(ca_pem, "the CA certificate")?;
     let mut roots = RootCertStore::empty();
-    for c in &ca {
-        roots.add(c.clone())?;
+    for c in ca {
+        roots.add(c)?;
     }
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsSetupError::Rustls(rustls::Error::General(e.to_string())))?;
     let verifier = Arc::new(RevocationAwareVerifier { inner, revoked });
-    // The chain carries the CA so that a joining agent can check it against its pin.
-    let mut chain = certs_from_pem(cert_pem, "the controller certificate")?;
-    chain.extend(ca);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key_from_pem(key_pem)?)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{wait_for, Fleet};
+use support::{http_get, wait_for, Fleet};
 
 /// Three missed 1 s heartbeats, plus the controller's 200 ms liveness tick and fleetctl's
 /// own round trip.
@@ -100,6 +100,89 @@ fn certificate_renews_without_dropping_the_stream() {
     assert!(
         count(&log, "certificate renewed host=renew-me") >= 2,
         "{log}"
+    );
+}
+
+/// Serial and expiry (Unix seconds) of the controller's certificate on disk.
+fn controller_cert(fleet: &Fleet) -> (String, i64) {
+    let pem = std::fs::read_to_string(fleet.data_dir().join("controller.crt")).unwrap();
+    let der = fleet_proto::transport::certs_from_pem(&pem, "controller cert").unwrap();
+    let info = fleet_proto::peer::cert_info(&der[0]).unwrap();
+    (info.serial, info.not_after)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn controller_renews_its_certificate_before_listening_and_while_serving() {
+    // The certificate expires while the controller is not running...
+    let mut fleet = Fleet::init(
+        &["--server-cert-lifetime", "3s"],
+        &["--server-cert-lifetime", "6s"],
+    );
+    let (first, first_expiry) = controller_cert(&fleet);
+    wait_for(
+        "the first certificate to expire",
+        Duration::from_secs(10),
+        || (now_secs() > first_expiry).then_some(()),
+    );
+    // ...so the controller renews it before it accepts anyone: clients connect at once.
+    fleet.run_controller();
+    let (second, second_expiry) = controller_cert(&fleet);
+    assert_ne!(first, second, "an expired certificate was kept");
+    assert!(second_expiry > now_secs(), "renewed into the past");
+    let state = fleet.join("web-1", &fleet.token(&[]));
+    let mut agent = fleet.run_agent("web-1", &state);
+    fleet.wait_state("web-1", "up", Duration::from_secs(15));
+
+    // While serving: renewed at 2/3 of its 6 s, and again, without a restart.
+    let third = wait_for("a renewal while serving", Duration::from_secs(10), || {
+        let (s, _) = controller_cert(&fleet);
+        (s != second).then_some(s)
+    });
+    let (fourth, fourth_expiry) = wait_for("another renewal", Duration::from_secs(10), || {
+        let c = controller_cert(&fleet);
+        (c.0 != third).then_some(c)
+    });
+    // Past the expiry of the certificate the agent connected under, its stream lives on,
+    // and new handshakes (fleetctl's, a restarted agent's) get the renewed certificate.
+    wait_for(
+        "the agent's first certificate to expire",
+        Duration::from_secs(10),
+        || (now_secs() > second_expiry).then_some(()),
+    );
+    assert_eq!(fleet.host_state("web-1").as_deref(), Some("up"));
+    agent.stop();
+    let _agent = fleet.run_agent("web-1", &state);
+    wait_for(
+        "the restarted agent to reconnect",
+        Duration::from_secs(15),
+        || (count(&fleet.controller_log(), "host up host=web-1") >= 2).then_some(()),
+    );
+
+    let log = fleet.controller_log();
+    assert!(count(&log, "controller certificate renewed") >= 3, "{log}");
+    let audit = fleet.ok(&["audit"]);
+    assert!(audit.contains("controller.cert.renew"), "{audit}");
+    assert!(audit.contains("(it had expired)"), "{audit}");
+    // The gauge follows the certificate being served (or the one after it, if renewed
+    // again meanwhile).
+    let (_, metrics) = http_get(&fleet.http_addr(), "/metrics", None);
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet_controller_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no expiry gauge:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        expiry >= fourth_expiry,
+        "{expiry} < {fourth_expiry} ({fourth})"
     );
 }
 

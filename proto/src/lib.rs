@@ -8,6 +8,7 @@ pub mod exposition;
 pub mod firewall;
 pub mod identity;
 pub mod peer;
+pub mod renewal;
 pub mod spec;
 pub mod transport;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleet_controller::config::{parse_duration, Settings};
+use fleet_controller::config::{parse_duration, Settings, SERVER_CERT_LIFETIME};
 use fleet_controller::logging::{self, LogFormat};
 use fleet_proto::identity::TrustDomain;
 
@@ -30,6 +30,10 @@ enum Command {
         /// DNS name or IP agents and fleetctl use to reach the controller (repeatable).
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// Lifetime of the controller's serving certificate; `run` renews it at 2/3 of it
+        /// [default: 365d]
+        #[arg(long)]
+        server_cert_lifetime: Option<String>,
     },
     /// Serve the fleet.
     Run {
@@ -47,6 +51,10 @@ enum Command {
         /// Lifetime of agent certificates; agents renew at 2/3 of it [default: 7d]
         #[arg(long)]
         agent_cert_lifetime: Option<String>,
+        /// Lifetime of the serving certificate this controller issues itself when the
+        /// current one is at 2/3 of its own lifetime [default: 365d]
+        #[arg(long)]
+        server_cert_lifetime: Option<String>,
     },
 }
 
@@ -68,9 +76,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             trust_domain,
             sans,
+            server_cert_lifetime,
         } => {
             let td: TrustDomain = trust_domain.parse()?;
-            let out = fleet_controller::init::init(&data_dir, td, &sans)?;
+            let lifetime = match server_cert_lifetime {
+                Some(v) => parse_duration("--server-cert-lifetime", &v)?,
+                None => SERVER_CERT_LIFETIME,
+            };
+            let out = fleet_controller::init::init(&data_dir, td, &sans, lifetime)?;
             println!("ca-pin: {}", out.pin);
             eprintln!(
                 "fleet created in {}; admin identity in {} (use: fleetctl --identity {} ...)",
@@ -86,6 +99,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             http_listen,
             config,
             agent_cert_lifetime,
+            server_cert_lifetime,
         } => {
             let mut settings = Settings::default();
             if let Some(path) = config {
@@ -99,6 +113,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             if let Some(v) = agent_cert_lifetime {
                 settings.agent_cert_lifetime = parse_duration("--agent-cert-lifetime", &v)?;
+            }
+            if let Some(v) = server_cert_lifetime {
+                settings.server_cert_lifetime = parse_duration("--server-cert-lifetime", &v)?;
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

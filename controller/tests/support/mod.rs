@@ -110,10 +110,18 @@ impl Fleet {
 
     /// `fleet-controller init` + `run`, waiting until the controller accepts connections.
     pub fn start(extra_args: &[&str]) -> Fleet {
+        let mut fleet = Fleet::init(&[], extra_args);
+        fleet.run_controller();
+        fleet
+    }
+
+    /// `fleet-controller init` with `init_args`; `run` (later) gets `run_args`.
+    pub fn init(init_args: &[&str], run_args: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(bin("fleet-controller"))
             .args(["init", "--data-dir"])
             .arg(dir.path().join("controller"))
+            .args(init_args)
             .output()
             .unwrap();
         assert!(
@@ -127,17 +135,15 @@ impl Fleet {
             .find_map(|l| l.strip_prefix("ca-pin: "))
             .expect("init prints ca-pin")
             .to_owned();
-        let mut fleet = Fleet {
+        Fleet {
             dir,
             port: free_port(),
             http_port: free_port(),
             pin,
             controller: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args: run_args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
-        };
-        fleet.run_controller();
-        fleet
+        }
     }
 
     pub fn run_controller(&mut self) {

@@ -356,6 +356,46 @@ impl Admin for AdminService {
         crate::rollout::control(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
+    /// Same identity, the CSR's key (the caller proved it holds it by signing the CSR, and
+    /// proved who it is with its current certificate), a fresh lifetime.
+    async fn renew_identity(
+        &self,
+        request: Request<RenewIdentityRequest>,
+    ) -> Result<Response<RenewIdentityResponse>, Status> {
+        let shared = &self.0;
+        let caller = Caller::from_request(&request)?.clone();
+        let identity = caller
+            .identity
+            .clone()
+            .ok_or_else(|| Status::unauthenticated("renewal needs a client certificate"))?;
+        let csr = crate::pki::parse_csr(&request.into_inner().csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = shared
+            .ca
+            .issue_client(&csr, &identity, shared.settings.admin_cert_lifetime)
+            .map_err(|e| {
+                tracing::error!(error = %e, "issuing an admin certificate failed");
+                Status::internal(format!("cannot issue the certificate: {e}"))
+            })?;
+        shared
+            .audit(
+                &caller.actor(),
+                "identity.renew",
+                &identity.uri(),
+                &format!(
+                    "serial {} replaced by {}; valid until {}",
+                    caller.serial.as_deref().unwrap_or("?"),
+                    issued.serial,
+                    crate::timefmt::rfc3339(issued.not_after)
+                ),
+            )
+            .map_err(internal)?;
+        Ok(Response::new(RenewIdentityResponse {
+            cert_pem: issued.cert_pem,
+            not_after: issued.not_after,
+        }))
+    }
+
     async fn list_audit(
         &self,
         request: Request<ListAuditRequest>,

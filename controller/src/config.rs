@@ -11,11 +11,23 @@ use serde::Deserialize;
 /// Default lifetime of the controller's serving certificate, at `init` and at renewal.
 pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Default lifetime of admin certificates, at `init` and when fleetctl renews one.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Bounds for the serving certificate's lifetime: seconds for tests, at most the year and a
 /// day agents get too.
 pub fn check_server_cert_lifetime(lifetime: Duration) -> anyhow::Result<()> {
+    check_lifetime("server_cert_lifetime", lifetime)
+}
+
+/// The same bounds for admin certificates.
+pub fn check_admin_cert_lifetime(lifetime: Duration) -> anyhow::Result<()> {
+    check_lifetime("admin_cert_lifetime", lifetime)
+}
+
+fn check_lifetime(what: &str, lifetime: Duration) -> anyhow::Result<()> {
     if lifetime < Duration::from_secs(3) || lifetime > Duration::from_secs(366 * 24 * 3600) {
-        bail!("server_cert_lifetime must be between 3s and 366d");
+        bail!("{what} must be between 3s and 366d");
     }
     Ok(())
 }
@@ -27,6 +39,8 @@ pub struct Settings {
     pub agent_cert_lifetime: Duration,
     /// Lifetime of the controller's own serving certificate when it renews it.
     pub server_cert_lifetime: Duration,
+    /// Lifetime of the admin certificates fleetctl renews.
+    pub admin_cert_lifetime: Duration,
     pub handshake_timeout: Duration,
     pub join_burst: u32,
     pub join_per_minute: u32,
@@ -42,6 +56,7 @@ impl Default for Settings {
             http_listen: "0.0.0.0:7444".parse().expect("literal"),
             agent_cert_lifetime: Duration::from_secs(7 * 24 * 3600),
             server_cert_lifetime: SERVER_CERT_LIFETIME,
+            admin_cert_lifetime: ADMIN_CERT_LIFETIME,
             handshake_timeout: Duration::from_secs(10),
             join_burst: 10,
             join_per_minute: 10,
@@ -59,6 +74,7 @@ pub struct FileConfig {
     pub http_listen: Option<SocketAddr>,
     pub agent_cert_lifetime: Option<String>,
     pub server_cert_lifetime: Option<String>,
+    pub admin_cert_lifetime: Option<String>,
     pub handshake_timeout: Option<String>,
     pub join_burst: Option<u32>,
     pub join_per_minute: Option<u32>,
@@ -89,6 +105,9 @@ impl Settings {
         if let Some(v) = file.server_cert_lifetime {
             self.server_cert_lifetime = parse_duration("server_cert_lifetime", &v)?;
         }
+        if let Some(v) = file.admin_cert_lifetime {
+            self.admin_cert_lifetime = parse_duration("admin_cert_lifetime", &v)?;
+        }
         if let Some(v) = file.handshake_timeout {
             self.handshake_timeout = parse_duration("handshake_timeout", &v)?;
         }
@@ -114,6 +133,7 @@ impl Settings {
             bail!("agent_cert_lifetime must be between 3s and 366d");
         }
         check_server_cert_lifetime(self.server_cert_lifetime)?;
+        check_admin_cert_lifetime(self.admin_cert_lifetime)?;
         if self.handshake_timeout < Duration::from_millis(100)
             || self.handshake_timeout > Duration::from_secs(120)
         {
@@ -156,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn server_cert_lifetime_is_read_and_bounded() {
+    fn certificate_lifetimes_are_read_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "server_cert_lifetime = \"90d\"\n").unwrap();
@@ -169,5 +189,12 @@ mod tests {
             let err = format!("{:#}", s.validate().unwrap_err());
             assert!(err.contains("server_cert_lifetime"), "{err}");
         }
+        s.server_cert_lifetime = SERVER_CERT_LIFETIME;
+        std::fs::write(&p, "admin_cert_lifetime = \"30d\"\n").unwrap();
+        s.apply_file(&p).unwrap();
+        assert_eq!(s.admin_cert_lifetime, Duration::from_secs(30 * 86400));
+        s.admin_cert_lifetime = Duration::from_secs(1);
+        let err = format!("{:#}", s.validate().unwrap_err());
+        assert!(err.contains("admin_cert_lifetime"), "{err}");
     }
 }

@@ -12,7 +12,6 @@ use crate::pki::Ca;
 use crate::store::Store;
 
 pub const TRUST_DOMAIN_KEY: &str = "trust_domain";
-const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct InitOutcome {
     pub pin: String,
@@ -24,8 +23,10 @@ pub fn init(
     trust_domain: TrustDomain,
     extra_sans: &[String],
     server_cert_lifetime: Duration,
+    admin_cert_lifetime: Duration,
 ) -> anyhow::Result<InitOutcome> {
     crate::config::check_server_cert_lifetime(server_cert_lifetime)?;
+    crate::config::check_admin_cert_lifetime(admin_cert_lifetime)?;
     let dd = DataDir(dir.to_owned());
     for existing in [dd.ca_cert(), dd.ca_key(), dd.store()] {
         if existing.exists() {
@@ -47,7 +48,7 @@ pub fn init(
     let (ca, ca_key) = Ca::generate(trust_domain.clone())?;
     let server = ca.new_server_identity(&sans, server_cert_lifetime)?;
     let admin_id = Identity::admin(trust_domain.clone(), "admin".parse().expect("literal name"));
-    let admin = ca.new_client_identity(&admin_id, ADMIN_CERT_LIFETIME)?;
+    let admin = ca.new_client_identity(&admin_id, admin_cert_lifetime)?;
 
     // Everything is made in memory first; nothing is written unless all of it succeeded.
     create_dir_private(dir)?;

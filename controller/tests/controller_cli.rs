@@ -64,21 +64,19 @@ fn init_writes_private_keys_0600_and_prints_the_pin() {
 fn init_refuses_a_bad_certificate_lifetime_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("c");
-    for bad in ["1s", "2y", "soon"] {
-        let out = controller(&[
-            "init",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--server-cert-lifetime",
-            bad,
-        ]);
-        assert!(!out.status.success(), "{bad} accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("server-cert-lifetime") || err.contains("server_cert_lifetime"),
-            "{err}"
-        );
-        assert!(!data.exists(), "{bad}: init wrote {}", data.display());
+    for flag in ["--server-cert-lifetime", "--admin-cert-lifetime"] {
+        for bad in ["1s", "2y", "soon"] {
+            let out = controller(&["init", "--data-dir", data.to_str().unwrap(), flag, bad]);
+            assert!(!out.status.success(), "{flag} {bad} accepted");
+            let err = String::from_utf8_lossy(&out.stderr);
+            let setting = flag.trim_start_matches("--").replace('-', "_");
+            assert!(err.contains(flag) || err.contains(&setting), "{err}");
+            assert!(
+                !data.exists(),
+                "{flag} {bad}: init wrote {}",
+                data.display()
+            );
+        }
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleet_controller::config::{parse_duration, Settings, SERVER_CERT_LIFETIME};
+use fleet_controller::config::{
+    parse_duration, Settings, ADMIN_CERT_LIFETIME, SERVER_CERT_LIFETIME,
+};
 use fleet_controller::logging::{self, LogFormat};
 use fleet_proto::identity::TrustDomain;
 
@@ -34,6 +36,10 @@ enum Command {
         /// [default: 365d]
         #[arg(long)]
         server_cert_lifetime: Option<String>,
+        /// Lifetime of the first admin certificate; `fleetctl identity renew` gets a new
+        /// one [default: 365d]
+        #[arg(long)]
+        admin_cert_lifetime: Option<String>,
     },
     /// Serve the fleet.
     Run {
@@ -55,6 +61,9 @@ enum Command {
         /// current one is at 2/3 of its own lifetime [default: 365d]
         #[arg(long)]
         server_cert_lifetime: Option<String>,
+        /// Lifetime of the admin certificates `fleetctl identity renew` gets [default: 365d]
+        #[arg(long)]
+        admin_cert_lifetime: Option<String>,
     },
 }
 
@@ -77,13 +86,24 @@ fn run(command: Command) -> anyhow::Result<()> {
             trust_domain,
             sans,
             server_cert_lifetime,
+            admin_cert_lifetime,
         } => {
             let td: TrustDomain = trust_domain.parse()?;
-            let lifetime = match server_cert_lifetime {
+            let server_lifetime = match server_cert_lifetime {
                 Some(v) => parse_duration("--server-cert-lifetime", &v)?,
                 None => SERVER_CERT_LIFETIME,
             };
-            let out = fleet_controller::init::init(&data_dir, td, &sans, lifetime)?;
+            let admin_lifetime = match admin_cert_lifetime {
+                Some(v) => parse_duration("--admin-cert-lifetime", &v)?,
+                None => ADMIN_CERT_LIFETIME,
+            };
+            let out = fleet_controller::init::init(
+                &data_dir,
+                td,
+                &sans,
+                server_lifetime,
+                admin_lifetime,
+            )?;
             println!("ca-pin: {}", out.pin);
             eprintln!(
                 "fleet created in {}; admin identity in {} (use: fleetctl --identity {} ...)",
@@ -100,6 +120,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             agent_cert_lifetime,
             server_cert_lifetime,
+            admin_cert_lifetime,
         } => {
             let mut settings = Settings::default();
             if let Some(path) = config {
@@ -116,6 +137,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             if let Some(v) = server_cert_lifetime {
                 settings.server_cert_lifetime = parse_duration("--server-cert-lifetime", &v)?;
+            }
+            if let Some(v) = admin_cert_lifetime {
+                settings.admin_cert_lifetime = parse_duration("--admin-cert-lifetime", &v)?;
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

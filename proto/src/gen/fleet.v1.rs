@@ -949,6 +949,23 @@ pub struct RolloutEvent {
     #[prost(message, optional, tag = "6")]
     pub info: ::core::option::Option<RolloutInfo>,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewIdentityRequest {
+    /// PEM PKCS#10 request signed by the caller's key; only its public key is used.
+    #[prost(string, tag = "1")]
+    pub csr_pem: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewIdentityResponse {
+    /// PEM certificate for the caller's identity.
+    #[prost(string, tag = "1")]
+    pub cert_pem: ::prost::alloc::string::String,
+    /// Unix seconds.
+    #[prost(int64, tag = "2")]
+    pub not_after: i64,
+}
 /// Generated client implementations.
 pub mod enrollment_client {
     #![allow(
@@ -2089,6 +2106,32 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "ControlRollout"));
             self.inner.unary(req, path, codec).await
         }
+        /// A new certificate for the calling admin's identity, for the key that signed the CSR,
+        /// before the current one expires.
+        pub async fn renew_identity(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenewIdentityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RenewIdentityResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RenewIdentity",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "RenewIdentity"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2267,6 +2310,15 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::ControlRolloutRequest>,
         ) -> std::result::Result<tonic::Response<super::RolloutInfo>, tonic::Status>;
+        /// A new certificate for the calling admin's identity, for the key that signed the CSR,
+        /// before the current one expires.
+        async fn renew_identity(
+            &self,
+            request: tonic::Request<super::RenewIdentityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RenewIdentityResponse>,
+            tonic::Status,
+        >;
     }
     /// Operator API used by fleetctl (admin identities only).
     #[derive(Debug)]
@@ -3220,6 +3272,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ControlRolloutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RenewIdentity" => {
+                    #[allow(non_camel_case_types)]
+                    struct RenewIdentitySvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::RenewIdentityRequest>
+                    for RenewIdentitySvc<T> {
+                        type Response = super::RenewIdentityResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenewIdentityRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::renew_identity(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RenewIdentitySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

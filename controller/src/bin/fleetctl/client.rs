@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use fleet_proto::transport::{alert_reason, classify, connect, identity_client_config, Failure};
+use fleet_proto::peer::cert_info;
+use fleet_proto::renewal::renew_at;
+use fleet_proto::transport::{
+    alert_reason, certs_from_pem, classify, connect, identity_client_config, Failure,
+};
 use fleet_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
@@ -24,7 +28,11 @@ impl Conn {
         }
     }
 
-    fn read(&self, file: &str) -> anyhow::Result<String> {
+    pub fn identity_dir(&self) -> &Path {
+        &self.identity
+    }
+
+    pub fn read(&self, file: &str) -> anyhow::Result<String> {
         let path = self.identity.join(file);
         std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -36,7 +44,15 @@ impl Conn {
         })
     }
 
+    /// A client for the controller; says on stderr when the admin certificate is due for
+    /// renewal (past 2/3 of its lifetime), so it is not first noticed when it has expired.
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        self.warn_if_due(&self.read("admin.crt")?);
+        self.connect().await
+    }
+
+    /// [`Conn::admin`] without the renewal reminder (for the renewal itself).
+    pub async fn connect(&self) -> anyhow::Result<AdminClient<Channel>> {
         let config = identity_client_config(
             &self.read("ca.crt")?,
             &self.read("admin.crt")?,
@@ -47,6 +63,32 @@ impl Conn {
             .await
             .map_err(|e| self.explain(&e))?;
         Ok(AdminClient::new(channel))
+    }
+
+    fn warn_if_due(&self, cert_pem: &str) {
+        // An unreadable certificate is reported by the connection that follows.
+        let Ok(chain) = certs_from_pem(cert_pem, "the admin certificate") else {
+            return;
+        };
+        let Ok(info) = cert_info(&chain[0]) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if now >= renew_at(info.not_before, info.not_after) {
+            let when = if now >= info.not_after {
+                "expired"
+            } else {
+                "expires"
+            };
+            eprintln!(
+                "warning: the admin certificate in {} {when} {}; run `fleetctl identity renew`",
+                self.identity.display(),
+                crate::output::time_or_dash(info.not_after)
+            );
+        }
     }
 
     /// Maps a transport error or status to what the operator should know.

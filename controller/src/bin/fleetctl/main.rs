@@ -7,6 +7,7 @@ mod audit;
 mod client;
 mod firewall;
 mod hosts;
+mod identity;
 mod output;
 mod progress;
 mod rollout;
@@ -93,6 +94,9 @@ enum Command {
     Rollout(rollout::RolloutCmd),
     /// Roll back to the previous release present on every host (a rollout of it).
     Rollback(RollbackArgs),
+    /// This admin identity: show it, or renew its certificate before it expires.
+    #[command(subcommand)]
+    Identity(identity::IdentityCmd),
 }
 
 #[derive(clap::Args)]
@@ -145,5 +149,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
         Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
+        Command::Identity(cmd) => identity::run(&conn, cmd, cli.output).await,
     }
 }

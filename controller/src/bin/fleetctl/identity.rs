@@ -1,0 +1,118 @@
+//! `fleetctl identity show|renew`: the admin identity fleetctl uses, and a new certificate
+//! for its key before the current one expires (agents renew theirs by themselves; an
+//! admin box may be offline for months, so this one is asked for).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use fleet_proto::peer::{cert_info, CertInfo};
+use fleet_proto::transport::{certs_from_pem, provider};
+use fleet_proto::v1::RenewIdentityRequest;
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use serde_json::json;
+
+use crate::client::Conn;
+use crate::output::{self, Format};
+
+#[derive(Subcommand)]
+pub enum IdentityCmd {
+    /// Who this identity is and until when its certificate is valid.
+    Show,
+    /// Get a new certificate for this identity's key from the controller; admin.crt is
+    /// replaced, admin.key stays.
+    Renew,
+}
+
+pub async fn run(conn: &Conn, cmd: IdentityCmd, format: Format) -> anyhow::Result<()> {
+    let dir = conn.identity_dir();
+    let current = read_cert(&conn.read("admin.crt")?)
+        .with_context(|| format!("{} is unusable", dir.join("admin.crt").display()))?;
+    let info = match cmd {
+        IdentityCmd::Show => current,
+        IdentityCmd::Renew => renew(conn, dir, &current).await?,
+    };
+    let row = |info: &CertInfo| {
+        vec![
+            info.identity.uri(),
+            info.serial.clone(),
+            output::time_or_dash(info.not_after),
+        ]
+    };
+    match format {
+        Format::Json => output::json(&json!({
+            "identity": info.identity.uri(),
+            "serial": info.serial,
+            "not_after": output::time(info.not_after),
+            "dir": dir.display().to_string(),
+        })),
+        Format::Table => output::table(&["IDENTITY", "SERIAL", "VALID UNTIL"], &[row(&info)]),
+    }
+    Ok(())
+}
+
+async fn renew(conn: &Conn, dir: &Path, current: &CertInfo) -> anyhow::Result<CertInfo> {
+    let key_pem = conn.read("admin.key")?;
+    let key = KeyPair::from_pem(&key_pem)
+        .with_context(|| format!("{} is not a usable key", dir.join("admin.key").display()))?;
+    let csr_pem = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .context("cannot make a certificate request")?;
+    let resp = conn
+        .connect()
+        .await?
+        .renew_identity(RenewIdentityRequest { csr_pem })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    // Checked before anything is written: ours, for our key.
+    let issued =
+        read_cert(&resp.cert_pem).context("the controller sent an unusable certificate")?;
+    if issued.identity != current.identity {
+        bail!(
+            "the controller issued a certificate for {}, not {}: admin.crt left as it was",
+            issued.identity.uri(),
+            current.identity.uri()
+        );
+    }
+    let chain = certs_from_pem(&resp.cert_pem, "the renewed certificate")?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    CertifiedKey::from_der(chain, key_der, &provider())
+        .context("the renewed certificate is not for admin.key: admin.crt left as it was")?;
+    replace(&dir.join("admin.crt"), &resp.cert_pem)?;
+    Ok(issued)
+}
+
+fn read_cert(pem: &str) -> anyhow::Result<CertInfo> {
+    let chain = certs_from_pem(pem, "the admin certificate")?;
+    Ok(cert_info(&chain[0])?)
+}
+
+/// Written beside it and renamed over it, so a crash leaves the old certificate or the new
+/// one, never a torn file.
+fn replace(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("crt.new-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!(
+            "cannot write {}: {e} (the renewed certificate is lost; run `fleetctl identity renew` again where the identity directory is writable)",
+            path.display()
+        )
+    })
+}

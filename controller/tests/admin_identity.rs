@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{wait_for, Fleet};
+use support::{now_secs, wait_for, Fleet};
 
 const REMINDER: &str = "run `fleetctl identity renew`";
 
@@ -14,13 +14,6 @@ fn admin_cert(fleet: &Fleet) -> fleet_proto::peer::CertInfo {
     let pem = std::fs::read_to_string(fleet.admin_dir().join("admin.crt")).unwrap();
     let der = fleet_proto::transport::certs_from_pem(&pem, "admin cert").unwrap();
     fleet_proto::peer::cert_info(&der[0]).unwrap()
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn stderr_of(fleet: &Fleet, args: &[&str]) -> String {

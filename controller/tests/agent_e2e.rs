@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{http_get, wait_for, Fleet};
+use support::{http_get, now_secs, wait_for, Fleet};
 
 /// Three missed 1 s heartbeats, plus the controller's 200 ms liveness tick and fleetctl's
 /// own round trip.
@@ -109,13 +109,6 @@ fn controller_cert(fleet: &Fleet) -> (String, i64) {
     let der = fleet_proto::transport::certs_from_pem(&pem, "controller cert").unwrap();
     let info = fleet_proto::peer::cert_info(&der[0]).unwrap();
     (info.serial, info.not_after)
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 #[test]

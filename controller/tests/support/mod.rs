@@ -19,6 +19,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Wall clock, Unix seconds: certificate validity is in these.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -9,9 +9,9 @@
 //! rename, fsync of the dir), so a crash or power cut leaves either the old or the new
 //! version, never a torn one.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use fleet_proto::identity::{Name, TrustDomain};
@@ -213,48 +213,13 @@ impl StateDir {
     }
 }
 
-/// Writes `dir/name` atomically with `mode`: a temp file in the same dir (so the rename
-/// cannot cross filesystems), created with the final mode from the start (a key is never
-/// readable by others, not even for an instant), fsynced, renamed over the target, and the
-/// dir fsynced so the rename itself survives a power cut.
+/// Writes `dir/name` whole with `mode` (see [`fleet_proto::files::write_atomic`]).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let target = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let io_err = |action, path: &Path, source| StateError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    // A temp file left by a crash may have any mode; start from scratch.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("remove", &tmp, e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io_err("create", &tmp, e))?;
-    let written = (|| {
-        // The umask may have removed bits from `mode`; set exactly what we asked for.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })();
-    drop(file);
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("write", &tmp, e));
-    }
-    fs::rename(&tmp, &target).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err("replace", &target, e)
-    })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("sync", dir, e))
+    fleet_proto::files::write_atomic(&dir.join(name), bytes, mode).map_err(|e| StateError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn read(path: &Path) -> Result<String, StateError> {
@@ -326,24 +291,6 @@ mod tests {
         })
         .unwrap();
         (key, ca)
-    }
-
-    #[test]
-    fn atomic_write_sets_modes_and_replaces() {
-        let tmp = tempfile::tempdir().unwrap();
-        write_atomic(tmp.path(), "agent.key", b"one", 0o600).unwrap();
-        assert_eq!(mode(&tmp.path().join("agent.key")), 0o600);
-        assert_eq!(fs::read(tmp.path().join("agent.key")).unwrap(), b"one");
-        // A stale temp file with a loose mode does not leak its mode into the new file.
-        let stale = tmp.path().join(".agent.key.tmp");
-        fs::write(&stale, "junk").unwrap();
-        fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).unwrap();
-        write_atomic(tmp.path(), "agent.key", b"two", 0o600).unwrap();
-        assert_eq!(fs::read(tmp.path().join("agent.key")).unwrap(), b"two");
-        assert_eq!(mode(&tmp.path().join("agent.key")), 0o600);
-        assert!(!stale.exists());
-        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
-        assert_eq!(left.len(), 1, "temp files left behind: {left:?}");
     }
 
     #[test]

@@ -66,32 +66,3 @@ pub fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
         .and_then(|_| f.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))
 }
-
-/// Replaces `path` with `contents` (mode `mode`) so that a crash at any point leaves either
-/// the old file or the new one, never a torn one: a fresh temporary file beside it, flushed,
-/// renamed over it, and the directory flushed.
-pub fn replace_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.new-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    // A leftover from a crash of this same PID (after a reboot) would block create_new.
-    let _ = fs::remove_file(&tmp);
-    let written = write_new(&tmp, contents, mode).and_then(|()| {
-        fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot flush {}", dir.display()))
-    });
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}

@@ -21,7 +21,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::datadir::{replace_file, DataDir};
+use crate::datadir::DataDir;
 use crate::pki::Ca;
 use crate::shared::Shared;
 use crate::timefmt::now_secs;
@@ -88,7 +88,7 @@ impl ServingCert {
             .issue_server(&self.key, &sans, lifetime)
             .context("cannot issue the controller certificate")?;
         let next = certified(&self.key, &self.ca, &issued.cert_pem)?;
-        replace_file(&self.cert_path, &issued.cert_pem, 0o644)?;
+        fleet_proto::files::write_atomic(&self.cert_path, issued.cert_pem.as_bytes(), 0o644)?;
         let served = next.1.clone();
         *self.current.write().expect("serving cert lock") = next;
         Ok(served)
@@ -262,7 +262,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(&dd.0)
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".new-"))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }

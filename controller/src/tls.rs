@@ -11,8 +11,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fleet_proto::transport::{certs_from_pem, provider, TlsSetupError};
-
-use crate::servercert::ServingCert;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -25,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::servercert::ServingCert;
 
 /// Serials of revoked certificates, consulted in every handshake. Shared with the admin
 /// service, which adds to it when a host is removed.

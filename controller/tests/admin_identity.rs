@@ -76,7 +76,7 @@ fn fleetctl_is_reminded_then_renews_its_certificate_for_the_same_key() {
     let leftovers: Vec<_> = std::fs::read_dir(fleet.admin_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".new-"))
+        .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

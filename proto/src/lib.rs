@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod exposition;
+pub mod files;
 pub mod firewall;
 pub mod identity;
 pub mod peer;

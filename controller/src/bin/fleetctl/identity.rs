@@ -82,37 +82,14 @@ async fn renew(conn: &Conn, dir: &Path, current: &CertInfo) -> anyhow::Result<Ce
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     CertifiedKey::from_der(chain, key_der, &provider())
         .context("the renewed certificate is not for admin.key: admin.crt left as it was")?;
-    replace(&dir.join("admin.crt"), &resp.cert_pem)?;
+    fleet_proto::files::write_atomic(&dir.join("admin.crt"), resp.cert_pem.as_bytes(), 0o644)
+        .context(
+            "the renewed certificate could not be saved (the old one is still valid); run `fleetctl identity renew` again where the identity directory is writable",
+        )?;
     Ok(issued)
 }
 
 fn read_cert(pem: &str) -> anyhow::Result<CertInfo> {
     let chain = certs_from_pem(pem, "the admin certificate")?;
     Ok(cert_info(&chain[0])?)
-}
-
-/// Written beside it and renamed over it, so a crash leaves the old certificate or the new
-/// one, never a torn file.
-fn replace(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("crt.new-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!(
-            "cannot write {}: {e} (the renewed certificate is lost; run `fleetctl identity renew` again where the identity directory is writable)",
-            path.display()
-        )
-    })
 }

@@ -10,8 +10,9 @@ use tonic::{Request, Response, Status};
 
 use crate::apps;
 use crate::auth::Caller;
+use crate::paging;
 use crate::shared::{internal, Shared};
-use crate::store::{HostRecord, TokenRecord};
+use crate::store::{HostRecord, RevokedRecord, TokenRecord};
 use crate::timefmt::now_secs;
 use crate::tokens;
 use tokio_stream::wrappers::ReceiverStream;
@@ -129,18 +130,25 @@ impl Admin for AdminService {
 
     async fn list_hosts(
         &self,
-        _request: Request<ListHostsRequest>,
+        request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
         let shared = &self.0;
-        let mut hosts: Vec<Host> = shared
+        let req = request.into_inner();
+        let limit = paging::limit(req.limit);
+        // Host names sort the same in the store as here: the token is the last name sent.
+        let rows = shared
             .store
-            .hosts()
-            .map_err(internal)?
-            .into_iter()
-            .map(|h| host_view(shared, h))
-            .collect();
-        hosts.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(ListHostsResponse { hosts }))
+            .hosts_page(&req.page_token, limit + 1)
+            .map_err(internal)?;
+        let (hosts, more) = paging::fill(rows.into_iter().map(|h| host_view(shared, h)), limit);
+        let next_page_token = match (more, hosts.last()) {
+            (true, Some(last)) => last.name.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListHostsResponse {
+            hosts,
+            next_page_token,
+        }))
     }
 
     async fn set_host_group(
@@ -289,7 +297,7 @@ impl Admin for AdminService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        apps::status(&self.0, &request.into_inner().app).map(Response::new)
+        apps::status(&self.0, request.into_inner()).map(Response::new)
     }
 
     type LogsStream = ReceiverStream<Result<LogLine, Status>>;
@@ -324,9 +332,9 @@ impl Admin for AdminService {
 
     async fn firewall_status(
         &self,
-        _request: Request<FirewallStatusRequest>,
+        request: Request<FirewallStatusRequest>,
     ) -> Result<Response<FirewallStatusResponse>, Status> {
-        crate::firewall::status(&self.0).map(Response::new)
+        crate::firewall::status(&self.0, request.into_inner()).map(Response::new)
     }
 
     type StartRolloutStream = ReceiverStream<Result<RolloutEvent, Status>>;
@@ -377,13 +385,27 @@ impl Admin for AdminService {
                 tracing::error!(error = %e, "issuing an admin certificate failed");
                 Status::internal(format!("cannot issue the certificate: {e}"))
             })?;
+        // The old certificate stops working now: a renewed identity whose old key leaked
+        // must not stay usable for the rest of the old lifetime.
+        if let (Some(serial), Some(not_after)) = (&caller.serial, caller.not_after) {
+            shared
+                .store
+                .revoke(&RevokedRecord {
+                    serial: serial.clone(),
+                    identity: identity.uri(),
+                    revoked_at: now_secs(),
+                    not_after,
+                })
+                .map_err(internal)?;
+            shared.revocations.insert(serial.clone());
+        }
         shared
             .audit(
                 &caller.actor(),
                 "identity.renew",
                 &identity.uri(),
                 &format!(
-                    "serial {} replaced by {}; valid until {}",
+                    "serial {} replaced (and revoked) by {}; valid until {}",
                     caller.serial.as_deref().unwrap_or("?"),
                     issued.serial,
                     crate::timefmt::rfc3339(issued.not_after)
@@ -400,22 +422,68 @@ impl Admin for AdminService {
         &self,
         request: Request<ListAuditRequest>,
     ) -> Result<Response<ListAuditResponse>, Status> {
-        let since = request.into_inner().since;
-        let entries = self
+        let req = request.into_inner();
+        let limit = paging::limit(req.limit);
+        let after: u64 = match req.page_token.as_str() {
+            "" => 0,
+            t => t.parse().map_err(|_| paging::bad_token("ListAudit"))?,
+        };
+        let rows = self
             .0
             .store
-            .audit_since(since.saturating_mul(1000))
-            .map_err(internal)?
-            .into_iter()
-            .map(|a| AuditEntry {
+            .audit_page(req.since.saturating_mul(1000), after, limit + 1)
+            .map_err(internal)?;
+        let (entries, more) = paging::fill(
+            rows.into_iter().map(|a| AuditEntry {
                 seq: a.seq,
                 time_ms: a.time_ms,
                 actor: a.actor,
                 action: a.action,
                 target: a.target,
                 detail: a.detail,
+            }),
+            limit,
+        );
+        let next_page_token = match (more, entries.last()) {
+            (true, Some(last)) => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListAuditResponse {
+            entries,
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<RevokeCertificateRequest>,
+    ) -> Result<Response<RevokeCertificateResponse>, Status> {
+        let shared = &self.0;
+        let actor = Caller::from_request(&request)?.actor();
+        let serial = request.into_inner().serial.trim().to_ascii_lowercase();
+        if serial.is_empty()
+            || serial.len() > 64
+            || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Status::invalid_argument(
+                "serial must be the certificate's serial number in hex (see `fleetctl identity show`)",
+            ));
+        }
+        let now = now_secs();
+        let newly_revoked = shared
+            .store
+            .revoke(&RevokedRecord {
+                serial: serial.clone(),
+                identity: String::new(),
+                revoked_at: now,
+                // Unknown here: kept as long as the longest certificate fleet issues lives.
+                not_after: now + 367 * 24 * 3600,
             })
-            .collect();
-        Ok(Response::new(ListAuditResponse { entries }))
+            .map_err(internal)?;
+        shared.revocations.insert(serial.clone());
+        shared
+            .audit(&actor, "certificate.revoke", &serial, "")
+            .map_err(internal)?;
+        Ok(Response::new(RevokeCertificateResponse { newly_revoked }))
     }
 }

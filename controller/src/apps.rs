@@ -19,45 +19,114 @@ use crate::shared::{internal, Shared};
 use crate::store::{AppRecord, ReleaseRecord};
 use crate::timefmt::now_secs;
 
-/// Latest state each host reported for each app.
+/// Latest state each host reported for each app, for the hosts with a live session (a
+/// session's states are dropped when it ends), ordered by (app, host) for paging.
 #[derive(Default)]
-pub struct AppStates(Mutex<HashMap<(String, String), AppState>>);
+pub struct AppStates(Mutex<StatesInner>);
+
+#[derive(Default)]
+pub struct StatesInner {
+    by_app: BTreeMap<(String, String), AppState>,
+    by_host: HashMap<String, BTreeSet<String>>,
+}
 
 impl AppStates {
     /// Records a report; returns the previous one.
     pub fn update(&self, host: &str, state: AppState) -> Option<AppState> {
-        self.0
-            .lock()
-            .expect("app states lock")
-            .insert((host.to_owned(), state.app.clone()), state)
+        let mut g = self.0.lock().expect("app states lock");
+        g.by_host
+            .entry(host.to_owned())
+            .or_default()
+            .insert(state.app.clone());
+        g.by_app.insert((state.app.clone(), host.to_owned()), state)
+    }
+
+    /// Whether `host` already reported `app` (on this session).
+    pub fn knows(&self, host: &str, app: &str) -> bool {
+        let g = self.0.lock().expect("app states lock");
+        g.by_host.get(host).is_some_and(|apps| apps.contains(app))
+    }
+
+    /// Drops everything `host` reported (its session ended).
+    pub fn forget_host(&self, host: &str) {
+        let mut g = self.0.lock().expect("app states lock");
+        if let Some(apps) = g.by_host.remove(host) {
+            for app in apps {
+                g.by_app.remove(&(app, host.to_owned()));
+            }
+        }
+    }
+
+    pub fn get(&self, host: &str, app: &str) -> Option<AppState> {
+        let g = self.0.lock().expect("app states lock");
+        g.by_app.get(&(app.to_owned(), host.to_owned())).cloned()
     }
 
     pub fn all(&self) -> Vec<(String, AppState)> {
-        let mut v: Vec<(String, AppState)> = self
-            .0
-            .lock()
-            .expect("app states lock")
+        let g = self.0.lock().expect("app states lock");
+        g.by_app
             .iter()
-            .map(|((h, _), s)| (h.clone(), s.clone()))
+            .map(|((_, h), s)| (h.clone(), s.clone()))
+            .collect()
+    }
+
+    /// At most `limit` states after `after` (app, host) in (app, host) order, only of
+    /// `app` when it is not empty; the bool says whether more follow.
+    pub fn page(
+        &self,
+        app: &str,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> (Vec<(String, AppState)>, bool) {
+        use std::ops::Bound;
+        let g = self.0.lock().expect("app states lock");
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included((app.to_owned(), String::new())),
+        };
+        let mut it = g
+            .by_app
+            .range((lower, Bound::Unbounded))
+            .take_while(|((a, _), _)| app.is_empty() || a == app);
+        let page: Vec<(String, AppState)> = it
+            .by_ref()
+            .take(limit)
+            .map(|((_, h), s)| (h.clone(), s.clone()))
             .collect();
-        v.sort_by(|a, b| (&a.1.app, &a.0).cmp(&(&b.1.app, &b.0)));
-        v
+        let more = it.next().is_some();
+        (page, more)
     }
 
     /// Host name → the apps it reported.
     pub fn by_host(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (host, state) in self.all() {
-            map.entry(host).or_default().insert(state.app);
-        }
-        map
+        let g = self.0.lock().expect("app states lock");
+        g.by_host
+            .iter()
+            .map(|(h, apps)| (h.clone(), apps.clone()))
+            .collect()
+    }
+
+    /// The apps `host` reported.
+    pub fn apps_on(&self, host: &str) -> Vec<AppState> {
+        let g = self.0.lock().expect("app states lock");
+        g.by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|app| g.by_app.get(&(app.clone(), host.to_owned())).cloned())
+            .collect()
     }
 
     pub fn hosts_running(&self, app: &str) -> Vec<String> {
-        self.all()
-            .into_iter()
-            .filter(|(_, s)| s.app == app)
-            .map(|(h, _)| h)
+        use std::ops::Bound;
+        let g = self.0.lock().expect("app states lock");
+        g.by_app
+            .range((
+                Bound::Included((app.to_owned(), String::new())),
+                Bound::Unbounded,
+            ))
+            .take_while(|((a, _), _)| a == app)
+            .map(|((_, h), _)| h.clone())
             .collect()
     }
 }
@@ -517,16 +586,20 @@ pub fn restart(
     Ok(ReceiverStream::new(rx))
 }
 
-pub fn status(shared: &Shared, app: &str) -> Result<StatusResponse, Status> {
+pub fn status(shared: &Shared, req: StatusRequest) -> Result<StatusResponse, Status> {
+    let app = req.app.as_str();
     if !app.is_empty() {
         load_app(shared, app)?;
     }
-    let entries = shared
-        .app_states
-        .all()
-        .into_iter()
-        .filter(|(_, s)| app.is_empty() || s.app == app)
-        .map(|(host, state)| HostAppStatus {
+    // The token is "app/host" of the last entry sent: neither name can hold a '/'.
+    let after = match req.page_token.split_once('/') {
+        None if req.page_token.is_empty() => None,
+        None => return Err(crate::paging::bad_token("Status")),
+        Some((a, h)) => Some((a.to_owned(), h.to_owned())),
+    };
+    let limit = crate::paging::limit(req.limit);
+    let (rows, more) = shared.app_states.page(app, after, limit);
+    let rows = rows.into_iter().map(|(host, state)| HostAppStatus {
             host_state: if shared.sessions.up(&host).is_some() {
                 "up"
             } else {
@@ -535,9 +608,20 @@ pub fn status(shared: &Shared, app: &str) -> Result<StatusResponse, Status> {
             .into(),
             host,
             state: Some(state),
-        })
-        .collect();
-    Ok(StatusResponse { entries })
+        });
+    let (entries, cut) = crate::paging::fill(rows, limit);
+    let next_page_token = match (more || cut, entries.last()) {
+        (true, Some(last)) => format!(
+            "{}/{}",
+            last.state.as_ref().map(|s| s.app.as_str()).unwrap_or(""),
+            last.host
+        ),
+        _ => String::new(),
+    };
+    Ok(StatusResponse {
+        entries,
+        next_page_token,
+    })
 }
 
 pub async fn logs(

@@ -4,13 +4,25 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use fleet_proto::access::{access_for, Access};
+use fleet_proto::access::{access_for, method, Access};
 use fleet_proto::identity::{Identity, TrustDomain};
 use fleet_proto::peer::verify_peer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
+
+use crate::ratelimit::{clip, LogThrottle};
+use crate::tls::Revocations;
+
+/// Longest caller-supplied text (a path, a name) quoted in a log line or an error.
+pub const MAX_QUOTED: usize = 128;
+
+/// Longest `grpc-message` the controller sends: errors quote what the caller sent, and a
+/// caller must not be able to make the controller echo a megabyte back.
+const MAX_STATUS_MESSAGE: usize = 1024;
 
 /// Who is calling, as established by the authorization layer.
 #[derive(Clone, Debug)]
@@ -18,6 +30,8 @@ pub struct Caller {
     /// `None` only on anonymous (join) calls without a certificate.
     pub identity: Option<Identity>,
     pub serial: Option<String>,
+    /// Unix seconds at which the caller's certificate expires.
+    pub not_after: Option<i64>,
     pub addr: Option<SocketAddr>,
 }
 
@@ -37,14 +51,19 @@ impl Caller {
     }
 }
 
+/// Checks the caller of `path`. `revoked` is consulted on every call, not only at the
+/// handshake: a connection (or a resumed TLS session) outlives the moment its certificate
+/// was checked.
 pub fn authorize(
     path: &str,
     conn: Option<&TlsConnectInfo<TcpConnectInfo>>,
     trust_domain: &TrustDomain,
+    revoked: &Revocations,
 ) -> Result<Caller, Status> {
     let addr = conn.and_then(|c| c.get_ref().remote_addr());
-    let access =
-        access_for(path).ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
+    let access = access_for(path).ok_or_else(|| {
+        Status::unimplemented(format!("unknown method {}", clip(path, MAX_QUOTED)))
+    })?;
     let cert = conn
         .and_then(|c| c.peer_certs())
         .and_then(|certs| certs.first().cloned());
@@ -60,6 +79,14 @@ pub fn authorize(
                 .map_err(|e| Status::unauthenticated(format!("certificate not accepted: {e}")))?,
         ),
     };
+    if let Some(info) = &info {
+        if revoked.contains(&info.serial) {
+            return Err(Status::unauthenticated(format!(
+                "certificate {} of {} is revoked",
+                info.serial, info.identity
+            )));
+        }
+    }
     if let (Access::Role(role), Some(info)) = (access, &info) {
         if info.identity.role() != role {
             return Err(Status::permission_denied(format!(
@@ -70,14 +97,32 @@ pub fn authorize(
     }
     Ok(Caller {
         identity: info.as_ref().map(|i| i.identity.clone()),
+        not_after: info.as_ref().map(|i| i.not_after),
         serial: info.map(|i| i.serial),
         addr,
     })
 }
 
+/// Authorizes every call, bounds unary calls in time and caps the status message.
 #[derive(Clone)]
 pub struct AuthLayer {
     pub trust_domain: TrustDomain,
+    pub revoked: Arc<Revocations>,
+    /// Deadline of unary calls (streams run as long as their handlers decide).
+    pub request_timeout: Duration,
+    /// Refused calls are logged through this: anyone can make them.
+    pub refused_log: Arc<LogThrottle>,
+}
+
+impl AuthLayer {
+    pub fn new(trust_domain: TrustDomain, revoked: Arc<Revocations>, request_timeout: Duration) -> Self {
+        AuthLayer {
+            trust_domain,
+            revoked,
+            request_timeout,
+            refused_log: Arc::new(LogThrottle::new(10, Duration::from_secs(1))),
+        }
+    }
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -86,7 +131,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
-            trust_domain: self.trust_domain.clone(),
+            cfg: self.clone(),
         }
     }
 }
@@ -94,7 +139,32 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    trust_domain: TrustDomain,
+    cfg: AuthLayer,
+}
+
+/// Cuts an over-long `grpc-message` (percent-encoded, so any cut at a `%` boundary stays
+/// valid) down to [`MAX_STATUS_MESSAGE`].
+fn cap_status_message(headers: &mut http::HeaderMap) {
+    let Some(v) = headers.get("grpc-message") else {
+        return;
+    };
+    let bytes = v.as_bytes();
+    if bytes.len() <= MAX_STATUS_MESSAGE {
+        return;
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    // Never split a %XX escape.
+    for back in 1..=2 {
+        if bytes[end - back] == b'%' {
+            end -= back;
+            break;
+        }
+    }
+    let mut cut = bytes[..end].to_vec();
+    cut.extend_from_slice(b"%E2%80%A6(truncated)");
+    if let Ok(v) = http::HeaderValue::from_bytes(&cut) {
+        headers.insert("grpc-message", v);
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -115,19 +185,39 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let conn = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-        match authorize(req.uri().path(), conn, &self.trust_domain) {
+        match authorize(req.uri().path(), conn, &self.cfg.trust_domain, &self.cfg.revoked) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(req))
+                let unary = method(req.uri().path()).is_some_and(|m| m.is_unary());
+                let timeout = self.cfg.request_timeout;
+                let call = self.inner.call(req);
+                Box::pin(async move {
+                    let mut resp = if unary {
+                        match tokio::time::timeout(timeout, call).await {
+                            Ok(r) => r?,
+                            Err(_) => Status::deadline_exceeded(format!(
+                                "the controller did not answer within {timeout:?} (request_timeout)"
+                            ))
+                            .into_http(),
+                        }
+                    } else {
+                        call.await?
+                    };
+                    cap_status_message(resp.headers_mut());
+                    Ok(resp)
+                })
             }
             Err(status) => {
-                let peer = conn.and_then(|c| c.get_ref().remote_addr());
-                tracing::warn!(
-                    peer = ?peer,
-                    method = req.uri().path(),
-                    reason = status.message(),
-                    "call refused"
-                );
+                if let Some(suppressed) = self.cfg.refused_log.admit(Instant::now()) {
+                    let peer = conn.and_then(|c| c.get_ref().remote_addr());
+                    tracing::warn!(
+                        peer = ?peer,
+                        method = %clip(req.uri().path(), MAX_QUOTED).escape_debug(),
+                        reason = %status.message().escape_debug(),
+                        suppressed,
+                        "call refused"
+                    );
+                }
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

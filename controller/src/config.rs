@@ -42,9 +42,32 @@ pub struct Settings {
     /// Lifetime of the admin certificates fleetctl renews.
     pub admin_cert_lifetime: Duration,
     pub handshake_timeout: Duration,
+    /// Time after the TLS handshake for the first HTTP/2 bytes.
+    pub preface_timeout: Duration,
+    /// Longest silence on an established connection (the controller pings every 15 s).
+    pub idle_timeout: Duration,
+    /// Deadline of unary calls (everything but streams).
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_pending_handshakes: usize,
+    pub max_pending_handshakes_per_ip: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Release downloads one agent session may have running at once.
+    pub max_fetches_per_session: usize,
     pub join_burst: u32,
     pub join_per_minute: u32,
+    /// Joins per minute from all sources together.
+    pub join_global_per_minute: u32,
     pub max_release_bytes: u64,
+    /// Audit entries older than this are pruned (in batches, off the request path).
+    pub audit_retention: Duration,
+    /// At most this many audit entries are kept; the oldest go first.
+    pub audit_max_entries: u64,
+    /// File holding the bearer token `/metrics` and `/v1/sd/prometheus` require; `None`
+    /// leaves them open (the HTTP listener then defaults to loopback).
+    pub http_token_file: Option<std::path::PathBuf>,
     /// URLs (http://) that get a JSON event on rollout start, success, failure, revert.
     pub webhooks: Vec<String>,
 }
@@ -53,14 +76,31 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: "0.0.0.0:7443".parse().expect("literal"),
-            http_listen: "0.0.0.0:7444".parse().expect("literal"),
+            // Loopback: /metrics and service discovery name every host; expose them with
+            // http_listen (and http_token_file) when Prometheus runs elsewhere.
+            http_listen: "127.0.0.1:7444".parse().expect("literal"),
             agent_cert_lifetime: Duration::from_secs(7 * 24 * 3600),
             server_cert_lifetime: SERVER_CERT_LIFETIME,
             admin_cert_lifetime: ADMIN_CERT_LIFETIME,
             handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            request_timeout: Duration::from_secs(60),
+            // Room for 50,000 agents and their admins; the accept loop also keeps it
+            // below the process's file-descriptor limit.
+            max_connections: 60_000,
+            max_connections_per_ip: 64,
+            max_pending_handshakes: 512,
+            max_pending_handshakes_per_ip: 16,
+            max_concurrent_streams: 64,
+            max_fetches_per_session: 4,
             join_burst: 10,
             join_per_minute: 10,
+            join_global_per_minute: 600,
             max_release_bytes: 512 * 1024 * 1024,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_max_entries: 1_000_000,
+            http_token_file: None,
             webhooks: Vec::new(),
         }
     }
@@ -76,9 +116,22 @@ pub struct FileConfig {
     pub server_cert_lifetime: Option<String>,
     pub admin_cert_lifetime: Option<String>,
     pub handshake_timeout: Option<String>,
+    pub preface_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_pending_handshakes: Option<usize>,
+    pub max_pending_handshakes_per_ip: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
+    pub max_fetches_per_session: Option<usize>,
     pub join_burst: Option<u32>,
     pub join_per_minute: Option<u32>,
+    pub join_global_per_minute: Option<u32>,
     pub max_release_bytes: Option<u64>,
+    pub audit_retention: Option<String>,
+    pub audit_max_entries: Option<u64>,
+    pub http_token_file: Option<std::path::PathBuf>,
     pub webhooks: Option<Vec<String>>,
 }
 
@@ -110,6 +163,42 @@ impl Settings {
         }
         if let Some(v) = file.handshake_timeout {
             self.handshake_timeout = parse_duration("handshake_timeout", &v)?;
+        }
+        for (field, value, target) in [
+            ("preface_timeout", file.preface_timeout, &mut self.preface_timeout),
+            ("idle_timeout", file.idle_timeout, &mut self.idle_timeout),
+            ("request_timeout", file.request_timeout, &mut self.request_timeout),
+            ("audit_retention", file.audit_retention, &mut self.audit_retention),
+        ] {
+            if let Some(v) = value {
+                *target = parse_duration(field, &v)?;
+            }
+        }
+        for (value, target) in [
+            (file.max_connections, &mut self.max_connections),
+            (file.max_connections_per_ip, &mut self.max_connections_per_ip),
+            (file.max_pending_handshakes, &mut self.max_pending_handshakes),
+            (
+                file.max_pending_handshakes_per_ip,
+                &mut self.max_pending_handshakes_per_ip,
+            ),
+            (file.max_fetches_per_session, &mut self.max_fetches_per_session),
+        ] {
+            if let Some(v) = value {
+                *target = v;
+            }
+        }
+        if let Some(v) = file.max_concurrent_streams {
+            self.max_concurrent_streams = v;
+        }
+        if let Some(v) = file.join_global_per_minute {
+            self.join_global_per_minute = v;
+        }
+        if let Some(v) = file.audit_max_entries {
+            self.audit_max_entries = v;
+        }
+        if let Some(v) = file.http_token_file {
+            self.http_token_file = Some(v);
         }
         if let Some(v) = file.join_burst {
             self.join_burst = v;
@@ -145,8 +234,42 @@ impl Settings {
         for url in &self.webhooks {
             crate::webhook::parse_url(url).map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         }
-        if self.join_burst == 0 || self.join_per_minute == 0 {
-            bail!("join_burst and join_per_minute must be at least 1");
+        if self.join_burst == 0 || self.join_per_minute == 0 || self.join_global_per_minute == 0 {
+            bail!("join_burst, join_per_minute and join_global_per_minute must be at least 1");
+        }
+        let secs = Duration::from_secs;
+        for (field, value, min, max) in [
+            ("preface_timeout", self.preface_timeout, Duration::from_millis(100), secs(120)),
+            // Above the 15 s keepalive ping plus its 10 s answer time.
+            ("idle_timeout", self.idle_timeout, secs(30), secs(3600)),
+            ("request_timeout", self.request_timeout, secs(1), secs(3600)),
+            ("audit_retention", self.audit_retention, secs(3600), secs(3660 * 86400)),
+        ] {
+            if value < min || value > max {
+                bail!(
+                    "{field} must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                );
+            }
+        }
+        for (field, value, min, max) in [
+            ("max_connections", self.max_connections, 16, 1_000_000),
+            ("max_connections_per_ip", self.max_connections_per_ip, 1, 1_000_000),
+            ("max_pending_handshakes", self.max_pending_handshakes, 1, 100_000),
+            ("max_pending_handshakes_per_ip", self.max_pending_handshakes_per_ip, 1, 100_000),
+            ("max_concurrent_streams", self.max_concurrent_streams as usize, 4, 10_000),
+            ("max_fetches_per_session", self.max_fetches_per_session, 1, 64),
+        ] {
+            if value < min || value > max {
+                bail!("{field} must be between {min} and {max} (it is {value})");
+            }
+        }
+        if self.audit_max_entries < 1000 {
+            bail!("audit_max_entries must be at least 1000");
+        }
+        if let Some(path) = &self.http_token_file {
+            crate::http::read_token(path)?;
         }
         Ok(())
     }

@@ -121,10 +121,9 @@ pub fn after_deploy(shared: &Shared, app: &str, host: &str, version: &str, ok: b
 fn running(shared: &Shared, host: &str, app: &str) -> Option<String> {
     shared
         .app_states
-        .all()
-        .into_iter()
-        .find(|(h, s)| h == host && s.app == app && !s.release.is_empty())
-        .map(|(_, s)| s.release)
+        .get(host, app)
+        .filter(|s| !s.release.is_empty())
+        .map(|s| s.release)
 }
 
 /// Every app state report: the first of each app on a session is checked.

@@ -8,7 +8,8 @@ use fleet_proto::v1::enrollment_server::Enrollment;
 use fleet_proto::v1::{JoinRequest, JoinResponse};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, MAX_QUOTED};
+use crate::ratelimit::clip;
 use crate::pki::parse_csr;
 use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, IssuedSerial};
@@ -17,61 +18,100 @@ use crate::tokens;
 
 pub struct EnrollmentService(pub Arc<Shared>);
 
+/// Why a join that got as far as the token was refused.
+enum Refusal {
+    Token(tokens::TokenRefused),
+    Enrolled,
+}
+
 #[tonic::async_trait]
 impl Enrollment for EnrollmentService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let shared = &self.0;
         let caller = Caller::from_request(&request)?.clone();
         let ip = caller.addr.map(|a| a.ip());
-        if let Some(ip) = ip {
-            let limited = shared
+        let now_i = Instant::now();
+        let limited = match ip {
+            Some(ip) => shared
                 .join_limiter
                 .lock()
                 .expect("limiter lock")
-                .check(ip, Instant::now());
-            if let Err(wait) = limited {
-                tracing::warn!(peer = %ip, "join rate limit hit");
-                return Err(Status::resource_exhausted(format!(
-                    "too many join attempts from {ip}: retry in {}s",
-                    wait.as_secs() + 1
-                )));
+                .check(ip, now_i)
+                .map_err(|wait| (format!("from {ip}"), wait)),
+            None => Ok(()),
+        }
+        .and_then(|()| {
+            shared
+                .join_global
+                .lock()
+                .expect("limiter lock")
+                .check(now_i)
+                .map_err(|wait| ("from all sources (join_global_per_minute)".to_owned(), wait))
+        });
+        if let Err((scope, wait)) = limited {
+            if let Some(suppressed) = shared.join_refusals_log.admit(now_i) {
+                tracing::warn!(peer = ?ip, %scope, suppressed, "join rate limit hit");
             }
+            return Err(Status::resource_exhausted(format!(
+                "too many join attempts {scope}: retry in {}s",
+                wait.as_secs() + 1
+            )));
         }
         let req = request.into_inner();
-        let name: Name = req
-            .name
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
+        let name: Name = req.name.parse().map_err(|e: fleet_proto::identity::InvalidName| {
+            Status::invalid_argument(format!("host name: {}", clip(&e.to_string(), MAX_QUOTED)))
+        })?;
         tokens::check_format(&req.token).map_err(|e| Status::permission_denied(e.to_string()))?;
         let csr = parse_csr(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if shared
+        // Read now, answered only once the token is known good: whether a name is
+        // enrolled is not for anonymous callers to learn.
+        let enrolled = shared
             .store
             .host(name.as_str())
             .map_err(internal)?
-            .is_some()
-        {
-            return Err(Status::already_exists(format!(
-                "host {name} is already enrolled: remove it first with `fleetctl host remove {name}`, or join with another --name"
-            )));
-        }
+            .is_some();
 
         let hash = tokens::hash(&req.token);
         let now = now_secs();
         let spent = shared
             .store
-            .spend_token(&hash, |t| tokens::check_use(t, now))
+            .spend_token(&hash, |t| {
+                tokens::check_use(t, now).map_err(Refusal::Token)?;
+                if enrolled {
+                    return Err(Refusal::Enrolled);
+                }
+                Ok(())
+            })
             .map_err(internal)?;
         let token = match spent {
             Ok(token) => token,
-            Err(refused) => {
-                let target = name.to_string();
-                let detail = format!(
-                    "from {}: {refused}",
-                    ip.map(|i| i.to_string()).unwrap_or_default()
-                );
-                shared
-                    .audit("anonymous", "host.join.refused", &target, &detail)
-                    .map_err(internal)?;
+            Err(Refusal::Enrolled) => {
+                return Err(Status::already_exists(format!(
+                    "host {name} is already enrolled: remove it first with `fleetctl host remove {name}`, or join with another --name"
+                )));
+            }
+            Err(Refusal::Token(refused)) => {
+                let from = ip.map(|i| i.to_string()).unwrap_or_default();
+                // Anyone can make these: a few reach the audit log, the rest are counted
+                // in a rate-limited log line, so a flood cannot grow the store.
+                let audited = shared
+                    .join_refusals_audit
+                    .lock()
+                    .expect("limiter lock")
+                    .check(now_i)
+                    .is_ok();
+                if audited {
+                    shared
+                        .audit(
+                            "anonymous",
+                            "host.join.refused",
+                            name.as_str(),
+                            &format!("from {from}: {refused}"),
+                        )
+                        .map_err(internal)?;
+                } else if let Some(suppressed) = shared.join_refusals_log.admit(now_i) {
+                    tracing::warn!(peer = %from, host = %name, reason = %refused, suppressed, "join refused (not audited: audit rate for refused joins reached)");
+                }
                 return Err(Status::permission_denied(refused.to_string()));
             }
         };

@@ -90,10 +90,7 @@ fn sha(s: &str) -> String {
 /// The listen ports of the apps the host runs, as the host last reported them.
 fn app_ports(shared: &Shared, host: &str) -> Vec<AppPort> {
     let mut out = Vec::new();
-    for (h, state) in shared.app_states.all() {
-        if h != host {
-            continue;
-        }
+    for state in shared.app_states.apps_on(host) {
         let spec = shared
             .store
             .app(&state.app)
@@ -438,11 +435,19 @@ pub fn show(shared: &Shared, host: &str) -> Result<ShowFirewallResponse, Status>
     })
 }
 
-pub fn status(shared: &Shared) -> Result<FirewallStatusResponse, Status> {
+pub fn status(
+    shared: &Shared,
+    req: FirewallStatusRequest,
+) -> Result<FirewallStatusResponse, Status> {
     let policy = shared.store.firewall_policy().map_err(internal)?;
-    let mut hosts = Vec::new();
-    for h in shared.store.hosts().map_err(internal)? {
-        hosts.push(HostFirewall {
+    let limit = crate::paging::limit(req.limit);
+    let mut rows = Vec::new();
+    for h in shared
+        .store
+        .hosts_page(&req.page_token, limit + 1)
+        .map_err(internal)?
+    {
+        rows.push(HostFirewall {
             host_state: if shared.sessions.up(&h.name).is_some() {
                 "up"
             } else {
@@ -453,9 +458,15 @@ pub fn status(shared: &Shared) -> Result<FirewallStatusResponse, Status> {
             host: h.name,
         });
     }
+    let (hosts, more) = crate::paging::fill(rows, limit);
+    let next_page_token = match (more, hosts.last()) {
+        (true, Some(last)) => last.host.clone(),
+        _ => String::new(),
+    };
     Ok(FirewallStatusResponse {
         policy_sha256: policy.map(|(t, _)| sha(&t)).unwrap_or_default(),
         hosts,
+        next_page_token,
     })
 }
 

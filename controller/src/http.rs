@@ -1,7 +1,15 @@
 //! The controller's plain HTTP listener (`--http-listen`): health, Prometheus `/metrics`,
 //! and Prometheus service discovery for the agents' `/metrics` (`/v1/sd/prometheus`).
+//! With `http_token_file` set, everything but `/healthz` needs `Authorization: Bearer`
+//! with that token (Prometheus: `authorization: { credentials_file: ... }`).
 
+use std::path::Path;
 use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use sha2::{Digest, Sha256};
 
 use axum::extract::State;
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
@@ -17,12 +25,71 @@ use crate::metrics::HostCounts;
 use crate::shared::Shared;
 use crate::store::HostRecord;
 
+/// Reads the bearer token file: one line, at least 16 characters, nothing but visible
+/// ASCII (it goes into an HTTP header).
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("http_token_file: cannot read {}", path.display()))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "http_token_file {}: the token must be one line of at least 16 visible ASCII characters",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+/// Hashes compared, not the tokens, so the comparison takes the same time wherever they
+/// differ.
+async fn require_token(
+    State(expected): State<Arc<[u8; 32]>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    if given != *expected {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer")],
+            "a bearer token is required (see http_token_file in the controller's config)\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let app = Router::new()
-        .route("/healthz", get(health))
+    let mut protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/sd/prometheus", get(service_discovery))
-        .with_state(shared);
+        .with_state(shared.clone());
+    if let Some(path) = &shared.settings.http_token_file {
+        match read_token(path) {
+            Ok(token) => {
+                let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                protected = protected.layer(middleware::from_fn_with_state(
+                    Arc::new(hash),
+                    require_token,
+                ));
+            }
+            Err(e) => {
+                // validate() read it at start; refusing everything beats serving openly.
+                tracing::error!(error = %format!("{e:#}"), "HTTP listener not started");
+                return;
+            }
+        }
+    }
+    let app = Router::new()
+        .route("/healthz", get(health))
+        .with_state(shared)
+        .merge(protected);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP listener failed");
     }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod init;
 pub mod logging;
 pub mod metrics;
+pub mod paging;
 pub mod pki;
 pub mod ratelimit;
 pub mod rollout;

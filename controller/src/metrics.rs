@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use fleet_proto::access::access_for;
+use fleet_proto::access::method;
 use fleet_proto::exposition::{self, Format};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -60,7 +60,9 @@ pub struct HostCounts {
 #[derive(Debug)]
 struct Inner {
     hosts: Mutex<HostCounts>,
-    rpc: Mutex<BTreeMap<String, Histogram>>,
+    /// Keyed by the proto's own method paths (or [`UNKNOWN_METHOD`]), never by a
+    /// caller-supplied string.
+    rpc: Mutex<BTreeMap<&'static str, Histogram>>,
     /// Finished rollouts, indexed as [`ROLLOUT_OUTCOMES`].
     rollouts: Mutex<[u64; ROLLOUT_OUTCOMES.len()]>,
     rollout_duration: Histogram,
@@ -107,7 +109,7 @@ impl Collector for Inner {
             MetricType::Histogram,
         )?;
         for (method, h) in self.rpc.lock().expect("metrics lock").iter() {
-            let labels = [("method", method.as_str())];
+            let labels = [("method", *method)];
             h.encode(rpc.encode_family(&labels)?)?;
         }
         let counts = *self.rollouts.lock().expect("metrics lock");
@@ -160,19 +162,11 @@ impl Default for ControllerMetrics {
 
 impl ControllerMetrics {
     pub fn observe_rpc(&self, path: &str, seconds: f64) {
-        let method = if access_for(path).is_some() {
-            path
-        } else {
-            UNKNOWN_METHOD
-        };
+        let label = method(path).map_or(UNKNOWN_METHOD, |m| m.path);
         let mut rpc = self.inner.rpc.lock().expect("metrics lock");
-        if let Some(h) = rpc.get(method) {
-            h.observe(seconds);
-        } else {
-            let h = Histogram::new(RPC_BUCKETS);
-            h.observe(seconds);
-            rpc.insert(method.to_owned(), h);
-        }
+        rpc.entry(label)
+            .or_insert_with(|| Histogram::new(RPC_BUCKETS))
+            .observe(seconds);
     }
 
     /// Counts a finished rollout; `end` is its terminal state (others are not outcomes).
@@ -278,6 +272,8 @@ mod tests {
         m.observe_rpc("/fleet.v1.Admin/ListHosts", 0.3);
         m.observe_rpc("/evil/scan-1", 0.001);
         m.observe_rpc("/evil/scan-2", 0.001);
+        // Under a service whose rule is "*": still not a method fleet serves.
+        m.observe_rpc("/fleet.v1.Admin/evil-3", 0.001);
         let out = m.render(
             HostCounts {
                 connected: 2,
@@ -292,7 +288,7 @@ mod tests {
             "fleet_controller_hosts{state=\"down\"} 1",
             "fleet_controller_rpc_duration_seconds_count{method=\"/fleet.v1.Admin/ListHosts\"} 2",
             "fleet_controller_rpc_duration_seconds_bucket{le=\"0.0025\",method=\"/fleet.v1.Admin/ListHosts\"} 1",
-            "fleet_controller_rpc_duration_seconds_count{method=\"unknown\"} 2",
+            "fleet_controller_rpc_duration_seconds_count{method=\"unknown\"} 3",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?}\n{out}");
         }

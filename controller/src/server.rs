@@ -26,7 +26,7 @@ use crate::enroll::EnrollmentService;
 use crate::init::TRUST_DOMAIN_KEY;
 use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{GlobalLimiter, LogThrottle, RateLimiter};
 use crate::servercert::{self, ServingCert};
 use crate::sessions::Sessions;
 use crate::shared::Shared;
@@ -59,6 +59,10 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         settings.join_burst,
         settings.join_per_minute,
     ));
+    let join_global = Mutex::new(GlobalLimiter::new(
+        settings.join_global_per_minute,
+        settings.join_global_per_minute,
+    ));
     let blobs = Blobs::open(dir)
         .with_context(|| format!("cannot open release storage in {}", dir.display()))?;
     Ok(Arc::new(Shared {
@@ -69,6 +73,9 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         sessions: Sessions::default(),
         settings,
         join_limiter,
+        join_global,
+        join_refusals_audit: Mutex::new(GlobalLimiter::new(20, 20)),
+        join_refusals_log: LogThrottle::new(5, Duration::from_secs(1)),
         blobs,
         commands: Commands::default(),
         app_states: AppStates::default(),
@@ -109,17 +116,22 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     );
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
-    let accept = tokio::spawn(tls::accept_loop(
-        grpc,
-        tls_config,
-        settings.handshake_timeout,
-        conn_tx,
-    ));
+    let slots = tls::Slots::new(tls::ConnLimits {
+        handshake_timeout: settings.handshake_timeout,
+        preface_timeout: settings.preface_timeout,
+        idle_timeout: settings.idle_timeout,
+        max_connections: connection_budget(settings.max_connections),
+        max_connections_per_ip: settings.max_connections_per_ip,
+        max_pending_handshakes: settings.max_pending_handshakes,
+        max_pending_handshakes_per_ip: settings.max_pending_handshakes_per_ip,
+    });
+    let accept = tokio::spawn(tls::accept_loop(grpc, tls_config, slots, conn_tx));
     let reaper = tokio::spawn(reap(shared.clone()));
     let renewer = tokio::spawn(servercert::keep_fresh(shared.clone()));
     // After the listeners are up: the resumed rollouts wait for their agents to reconnect.
     crate::rollout::resume_all(&shared);
     let pruner = tokio::spawn(prune(shared.clone()));
+    let audit_pruner = tokio::spawn(prune_audit(shared.clone()));
     let http_server = tokio::spawn(crate::http::serve(http, shared.clone()));
 
     let shutdown = shutdown_signal();
@@ -127,11 +139,18 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(settings.max_concurrent_streams))
+        // Streams a client opens and resets at once cost us work without counting
+        // against max_concurrent_streams.
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .http2_max_header_list_size(Some(64 * 1024))
         // Outermost, so refused calls are timed too.
         .layer(shared.metrics.layer())
-        .layer(AuthLayer {
-            trust_domain: shared.ca.trust_domain().clone(),
-        })
+        .layer(AuthLayer::new(
+            shared.ca.trust_domain().clone(),
+            shared.revocations.clone(),
+            settings.request_timeout,
+        ))
         .add_service(EnrollmentServer::new(EnrollmentService(shared.clone())))
         .add_service(AgentChannelServer::new(ChannelService(shared.clone())))
         .add_service(AdminServer::new(AdminService(shared.clone())))
@@ -152,8 +171,37 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     reaper.abort();
     renewer.abort();
     pruner.abort();
+    audit_pruner.abort();
     http_server.abort();
     result
+}
+
+/// File descriptors kept free for the store, blobs, the HTTP listener and logging when
+/// the gRPC listener is full.
+const FD_RESERVE: u64 = 128;
+
+/// `max_connections`, lowered to what the file-descriptor limit allows (after raising the
+/// soft limit to the hard one), so a full listener never starves the rest of the process.
+fn connection_budget(configured: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return configured;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let budget = limit.saturating_sub(FD_RESERVE).max(16) as usize;
+    if budget < configured {
+        tracing::warn!(
+            max_connections = configured,
+            fd_limit = limit,
+            using = budget,
+            "max_connections is above what the open-file limit allows: raise LimitNOFILE"
+        );
+    }
+    configured.min(budget)
 }
 
 async fn reap(shared: Arc<Shared>) {
@@ -173,6 +221,48 @@ async fn prune(shared: Arc<Shared>) {
         // A day of grace so "token expired" stays a clearer answer than "token unknown".
         if let Err(e) = shared.store.prune(now_secs() - 24 * 3600) {
             tracing::warn!(error = %e, "pruning expired tokens and revocations failed");
+        }
+    }
+}
+
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(300);
+const AUDIT_PRUNE_BATCH: usize = 1000;
+
+/// Keeps the audit log within `audit_retention` and `audit_max_entries`: small batches
+/// on a blocking thread, with a pause between them so appends get the store in between.
+async fn prune_audit(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(AUDIT_PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        let before_ms = (now_secs() - shared.settings.audit_retention.as_secs() as i64) * 1000;
+        let mut total = 0;
+        loop {
+            let s = shared.clone();
+            let keep = shared.settings.audit_max_entries;
+            let batch = tokio::task::spawn_blocking(move || {
+                s.store.prune_audit(before_ms, keep, AUDIT_PRUNE_BATCH)
+            })
+            .await;
+            match batch {
+                Ok(Ok(n)) => {
+                    total += n;
+                    if n < AUDIT_PRUNE_BATCH {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "pruning the audit log failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit pruning task failed");
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if total > 0 {
+            tracing::info!(removed = total, "pruned the audit log");
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct Shared {
     pub sessions: Sessions,
     pub settings: Settings,
     pub join_limiter: Mutex<RateLimiter>,
+    pub join_global: Mutex<crate::ratelimit::GlobalLimiter>,
+    /// Refused joins that still get an audit row (the rest are only counted in the log).
+    pub join_refusals_audit: Mutex<crate::ratelimit::GlobalLimiter>,
+    pub join_refusals_log: crate::ratelimit::LogThrottle,
     pub blobs: Blobs,
     pub commands: Commands,
     pub app_states: AppStates,

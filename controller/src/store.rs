@@ -337,6 +337,28 @@ impl Store {
         self.all_json(HOSTS)
     }
 
+    /// At most `limit` hosts whose names sort after `after` (all when empty), in order.
+    pub fn hosts_page(&self, after: &str, limit: usize) -> Result<Vec<HostRecord>, StoreError> {
+        use std::ops::Bound;
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        let lower = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after)
+        };
+        let mut out = Vec::new();
+        for row in table
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(db_err)?
+            .take(limit)
+        {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(decode("hosts", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
         self.get_json(HOSTS, name)
     }
@@ -422,6 +444,21 @@ impl Store {
         };
         tx.commit().map_err(db_err)?;
         Ok(revoked)
+    }
+
+    /// Records one revocation (an admin certificate, or any serial by hand); returns
+    /// whether it is new.
+    pub fn revoke(&self, rec: &RevokedRecord) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let created = {
+            let mut table = tx.open_table(REVOKED).map_err(db_err)?;
+            let old = table
+                .insert(rec.serial.as_str(), encode(rec).as_slice())
+                .map_err(db_err)?;
+            old.is_none()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(created)
     }
 
     pub fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
@@ -684,6 +721,63 @@ impl Store {
         };
         tx.commit().map_err(db_err)?;
         Ok(record)
+    }
+
+    /// At most `limit` entries with `seq > after_seq` and `time_ms >= since_ms`, in order.
+    pub fn audit_page(
+        &self,
+        since_ms: i64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.range(after_seq.saturating_add(1)..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let rec: AuditRecord = decode("audit", &k.value().to_string(), v.value())?;
+            if rec.time_ms >= since_ms {
+                out.push(rec);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes up to `batch` of the oldest audit entries that are older than `before_ms`
+    /// or beyond the newest `keep` entries; returns how many went. Small batches keep each
+    /// write transaction short, so appends are never held up for long.
+    pub fn prune_audit(&self, before_ms: i64, keep: u64, batch: usize) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut table = tx.open_table(AUDIT).map_err(db_err)?;
+            let last = table.last().map_err(db_err)?.map(|(k, _)| k.value());
+            let Some(last) = last else {
+                return Ok(0);
+            };
+            let keep_from = last.saturating_sub(keep.saturating_sub(1));
+            let mut doomed = Vec::new();
+            for row in table.iter().map_err(db_err)?.take(batch) {
+                let (k, v) = row.map_err(db_err)?;
+                let seq = k.value();
+                let old = serde_json::from_slice::<AuditRecord>(v.value())
+                    .map(|r| r.time_ms < before_ms)
+                    .unwrap_or(false);
+                if seq < keep_from || old {
+                    doomed.push(seq);
+                } else {
+                    break;
+                }
+            }
+            for seq in &doomed {
+                table.remove(seq).map_err(db_err)?;
+            }
+            doomed.len()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(removed)
     }
 
     pub fn audit_since(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {

@@ -2,13 +2,18 @@
 //! fleet CA and the revocation list, handshakes bounded in time and refused ones logged.
 //!
 //! tonic's `ServerTlsConfig` accepts TLS 1.2 and has no revocation hook, so the listener
-//! owns its rustls config and accept loop and hands finished streams to tonic.
+//! owns its rustls config and accept loop and hands finished streams to tonic. The loop
+//! also owns the connection limits: per source and in total, for handshakes and for
+//! established connections, and the silence allowed before and after the HTTP/2 preface.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use fleet_proto::transport::{certs_from_pem, provider, TlsSetupError};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -19,11 +24,14 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::Connected;
 
+use crate::ratelimit::LogThrottle;
 use crate::servercert::ServingCert;
 
 /// Serials of revoked certificates, consulted in every handshake. Shared with the admin
@@ -128,31 +136,229 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: a resumed TLS 1.3 session skips the client certificate check, so a
+    // revoked certificate would keep working for the ticket's lifetime. Agents and
+    // fleetctl reconnect rarely; a full handshake costs about a millisecond (see
+    // docs/benchmarks.md).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
-/// Handshakes at most this many clients at once; more wait in the kernel backlog.
-const MAX_PENDING_HANDSHAKES: usize = 512;
+/// What the listener lets any client hold, from the controller's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub handshake_timeout: Duration,
+    /// After the handshake, how long the first HTTP/2 bytes may take.
+    pub preface_timeout: Duration,
+    /// Longest silence on an established connection (the controller pings every 15 s and
+    /// every HTTP/2 client answers, so only a dead or hostile peer is ever this quiet).
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_pending_handshakes: usize,
+    pub max_pending_handshakes_per_ip: usize,
+}
 
-/// Accepts TCP connections, completes TLS within `timeout`, and forwards established
-/// streams to tonic. Ends when the receiver is dropped.
+#[derive(Default)]
+struct Counts {
+    connections: usize,
+    pending: usize,
+    per_ip: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// Connection and handshake slots, taken at accept and given back when the connection (or
+/// its handshake) ends. One lock, O(1) per accept.
+pub struct Slots {
+    limits: ConnLimits,
+    counts: Mutex<Counts>,
+}
+
+impl Slots {
+    pub fn new(limits: ConnLimits) -> Arc<Slots> {
+        Arc::new(Slots {
+            limits,
+            counts: Mutex::default(),
+        })
+    }
+
+    /// A connection slot with a pending handshake, or why there is none.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let l = &self.limits;
+        let mut c = self.counts.lock().expect("slots lock");
+        let (conns, pending) = c.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        if c.connections >= l.max_connections {
+            return Err("too many connections (max_connections)");
+        }
+        if conns >= l.max_connections_per_ip {
+            return Err("too many connections from this address (max_connections_per_ip)");
+        }
+        if c.pending >= l.max_pending_handshakes {
+            return Err("too many pending handshakes (max_pending_handshakes)");
+        }
+        if pending >= l.max_pending_handshakes_per_ip {
+            return Err(
+                "too many pending handshakes from this address (max_pending_handshakes_per_ip)",
+            );
+        }
+        c.connections += 1;
+        c.pending += 1;
+        c.per_ip.insert(ip, (conns + 1, pending + 1));
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+            pending: true,
+        })
+    }
+
+    /// Open connections (handshaking or established), for tests and health.
+    pub fn connections(&self) -> usize {
+        self.counts.lock().expect("slots lock").connections
+    }
+}
+
+/// One connection's place in [`Slots`]; released on drop.
+pub struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+    pending: bool,
+}
+
+impl Slot {
+    fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            let mut c = self.slots.counts.lock().expect("slots lock");
+            c.pending -= 1;
+            if let Some(e) = c.per_ip.get_mut(&self.ip) {
+                e.1 -= 1;
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.counts.lock().expect("slots lock");
+        c.connections -= 1;
+        if self.pending {
+            c.pending -= 1;
+        }
+        if let Some(e) = c.per_ip.get_mut(&self.ip) {
+            e.0 -= 1;
+            if self.pending {
+                e.1 -= 1;
+            }
+            if e.0 == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An established connection as tonic sees it: the TLS stream, its slot, and a read
+/// deadline (first the preface timeout, then the idle timeout) that fails the connection
+/// when the peer stays silent.
+pub struct Conn {
+    inner: TlsStream<TcpStream>,
+    _slot: Slot,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+}
+
+impl Conn {
+    fn new(inner: TlsStream<TcpStream>, slot: Slot, limits: &ConnLimits) -> Conn {
+        Conn {
+            inner,
+            _slot: slot,
+            deadline: Box::pin(tokio::time::sleep(limits.preface_timeout)),
+            idle: limits.idle_timeout,
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer silent past preface_timeout/idle_timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts every TCP connection at once and refuses it right away (closing it) when its
+/// source or the controller is over a limit, so silent sockets cannot queue up in the
+/// kernel backlog ahead of real clients; completes TLS within the handshake timeout and
+/// forwards established connections to tonic. Ends when the receiver is dropped.
 pub async fn accept_loop(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    timeout: Duration,
-    tx: mpsc::Sender<Result<TlsStream<TcpStream>, io::Error>>,
+    slots: Arc<Slots>,
+    tx: mpsc::Sender<Result<Conn, io::Error>>,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let refused_log = Arc::new(LogThrottle::new(10, Duration::from_secs(1)));
+    let limits = slots.limits;
     loop {
-        let permit = pending
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
+                // Out of file descriptors, typically: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -161,22 +367,40 @@ pub async fn accept_loop(
         if tx.is_closed() {
             return;
         }
+        let mut slot = match slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                drop(tcp);
+                log_refused(&refused_log, peer, reason);
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let refused_log = refused_log.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = tx.send(Ok(stream)).await;
+                    slot.handshake_done();
+                    let _ = tx.send(Ok(Conn::new(stream, slot, &limits))).await;
                 }
-                Ok(Err(e)) => log_refused(peer, &e.to_string()),
-                Err(_) => log_refused(peer, &format!("handshake not completed within {timeout:?}")),
+                Ok(Err(e)) => log_refused(&refused_log, peer, &e.to_string()),
+                Err(_) => log_refused(
+                    &refused_log,
+                    peer,
+                    &format!(
+                        "handshake not completed within {:?}",
+                        limits.handshake_timeout
+                    ),
+                ),
             }
         });
     }
 }
 
-fn log_refused(peer: SocketAddr, reason: &str) {
-    tracing::warn!(peer = %peer, reason, "TLS handshake refused");
+fn log_refused(throttle: &LogThrottle, peer: SocketAddr, reason: &str) {
+    if let Some(suppressed) = throttle.admit(Instant::now()) {
+        tracing::warn!(peer = %peer, reason, suppressed, "connection refused");
+    }
 }

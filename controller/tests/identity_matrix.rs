@@ -97,7 +97,7 @@ async fn list_hosts(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Result<(), to
         Err(e) => return Err(tonic::Status::from_error(Box::new(e))),
     };
     AdminClient::new(channel)
-        .list_hosts(ListHostsRequest {})
+        .list_hosts(ListHostsRequest::default())
         .await
         .map(|_| ())
 }

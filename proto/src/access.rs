@@ -25,13 +25,73 @@ const RULES: &[(&str, &str, Access)] = &[
 ];
 
 /// The access rule for a gRPC request path (`/package.Service/Method`), or `None` when the
-/// path names no known RPC.
+/// path names no RPC declared in `fleet.proto` (a service's `"*"` rule covers only the
+/// methods it declares, never invented ones).
 pub fn access_for(path: &str) -> Option<Access> {
+    method(path)?;
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     RULES
         .iter()
         .find(|(s, m, _)| *s == service && (*m == "*" || *m == method))
         .map(|(_, _, access)| *access)
+}
+
+/// One RPC of `fleet.proto`: its request path and whether each side streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method {
+    /// `/fleet.v1.Service/Method`, as it appears in a request's `:path`.
+    pub path: &'static str,
+    pub client_streaming: bool,
+    pub server_streaming: bool,
+}
+
+impl Method {
+    /// Neither side streams: the call is one request and one response.
+    pub fn is_unary(&self) -> bool {
+        !self.client_streaming && !self.server_streaming
+    }
+}
+
+/// Every RPC declared in `fleet.proto`, read from the proto itself (compiled in) so the
+/// list cannot drift from the generated services.
+pub fn methods() -> &'static [Method] {
+    static METHODS: std::sync::OnceLock<Vec<Method>> = std::sync::OnceLock::new();
+    METHODS.get_or_init(|| parse_methods(include_str!("../proto/fleet/v1/fleet.proto")))
+}
+
+/// The RPC a request path names, if fleet serves it. Callers use the returned `path`
+/// (a `'static` str) instead of the caller-supplied one, e.g. as a metric label.
+pub fn method(path: &str) -> Option<&'static Method> {
+    methods().iter().find(|m| m.path == path)
+}
+
+fn parse_methods(proto: &'static str) -> Vec<Method> {
+    let mut out = Vec::new();
+    let mut service: Option<&str> = None;
+    for line in proto.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.split_whitespace().next();
+        } else if let (Some(rest), Some(service)) = (line.strip_prefix("rpc "), service) {
+            let Some((name, sig)) = rest.split_once('(') else {
+                continue;
+            };
+            let Some((request, response)) = sig.split_once("returns") else {
+                continue;
+            };
+            let path: &'static str =
+                Box::leak(format!("/fleet.v1.{service}/{}", name.trim()).into_boxed_str());
+            out.push(Method {
+                path,
+                client_streaming: request.trim_start().starts_with("stream "),
+                server_streaming: response
+                    .trim_start()
+                    .trim_start_matches('(')
+                    .trim_start()
+                    .starts_with("stream "),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -55,6 +115,22 @@ mod tests {
         assert_eq!(access_for("/fleet.v1.Enrollment/Other"), None);
         assert_eq!(access_for("/grpc.reflection.v1.ServerReflection/X"), None);
         assert_eq!(access_for("garbage"), None);
+        assert_eq!(access_for("/fleet.v1.Admin/NoSuchMethod"), None);
+        assert_eq!(access_for("/fleet.v1.Admin/ListHosts/x"), None);
+    }
+
+    #[test]
+    fn methods_know_which_side_streams() {
+        let m = |p| *method(p).unwrap();
+        assert!(m("/fleet.v1.Admin/ListHosts").is_unary());
+        assert!(m("/fleet.v1.Enrollment/Join").is_unary());
+        let session = m("/fleet.v1.AgentChannel/Session");
+        assert!(session.client_streaming && session.server_streaming);
+        let upload = m("/fleet.v1.Admin/UploadRelease");
+        assert!(upload.client_streaming && !upload.server_streaming);
+        let deploy = m("/fleet.v1.Admin/Deploy");
+        assert!(!deploy.client_streaming && deploy.server_streaming);
+        assert!(methods().len() >= 20, "{:?}", methods());
     }
 
     /// Every rpc declared in fleet.proto has a rule, so adding an RPC without deciding who

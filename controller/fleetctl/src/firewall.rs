@@ -61,13 +61,24 @@ pub async fn run(conn: &Conn, cmd: FirewallCmd, format: Format) -> anyhow::Resul
             Ok(())
         }
         FirewallCmd::Status => {
-            let r = conn
-                .admin()
-                .await?
-                .firewall_status(FirewallStatusRequest {})
-                .await
-                .map_err(|s| conn.status(s))?
-                .into_inner();
+            let mut admin = conn.admin().await?;
+            let mut r = fleet_proto::v1::FirewallStatusResponse::default();
+            loop {
+                let page = admin
+                    .firewall_status(FirewallStatusRequest {
+                        page_token: std::mem::take(&mut r.next_page_token),
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(|s| conn.status(s))?
+                    .into_inner();
+                r.policy_sha256 = page.policy_sha256;
+                r.hosts.extend(page.hosts);
+                r.next_page_token = page.next_page_token;
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+            }
             match format {
                 Format::Json => output::json(&json!({
                     "policy_sha256": r.policy_sha256,

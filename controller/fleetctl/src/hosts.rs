@@ -24,14 +24,24 @@ pub enum HostCmd {
 }
 
 pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
-    let hosts = conn
-        .admin()
-        .await?
-        .list_hosts(ListHostsRequest {})
-        .await
-        .map_err(|s| conn.status(s))?
-        .into_inner()
-        .hosts;
+    let mut admin = conn.admin().await?;
+    let mut hosts = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_hosts(ListHostsRequest {
+                page_token,
+                limit: 0,
+            })
+            .await
+            .map_err(|s| conn.status(s))?
+            .into_inner();
+        hosts.extend(page.hosts);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     match format {
         Format::Json => output::json(&json!(hosts
             .iter()

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use fleet_proto::peer::{cert_info, CertInfo};
 use fleet_proto::transport::{certs_from_pem, provider};
-use fleet_proto::v1::RenewIdentityRequest;
+use fleet_proto::v1::{RenewIdentityRequest, RevokeCertificateRequest};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -22,8 +22,14 @@ pub enum IdentityCmd {
     /// Who this identity is and until when its certificate is valid.
     Show,
     /// Get a new certificate for this identity's key from the controller; admin.crt is
-    /// replaced, admin.key stays.
+    /// replaced, admin.key stays, and the old certificate is revoked.
     Renew,
+    /// Revoke a certificate by its serial (an admin's that leaked or whose holder left);
+    /// hosts are revoked with `fleetctl host remove`.
+    Revoke {
+        /// Serial number in hex, as `fleetctl identity show` prints it.
+        serial: String,
+    },
 }
 
 pub async fn run(conn: &Conn, cmd: IdentityCmd, format: Format) -> anyhow::Result<()> {
@@ -33,6 +39,7 @@ pub async fn run(conn: &Conn, cmd: IdentityCmd, format: Format) -> anyhow::Resul
     let info = match cmd {
         IdentityCmd::Show => current,
         IdentityCmd::Renew => renew(conn, dir, &current).await?,
+        IdentityCmd::Revoke { serial } => return revoke(conn, &serial, format).await,
     };
     let row = |info: &CertInfo| {
         vec![
@@ -49,6 +56,24 @@ pub async fn run(conn: &Conn, cmd: IdentityCmd, format: Format) -> anyhow::Resul
             "dir": dir.display().to_string(),
         })),
         Format::Table => output::table(&["IDENTITY", "SERIAL", "VALID UNTIL"], &[row(&info)]),
+    }
+    Ok(())
+}
+
+async fn revoke(conn: &Conn, serial: &str, format: Format) -> anyhow::Result<()> {
+    let r = conn
+        .admin()
+        .await?
+        .revoke_certificate(RevokeCertificateRequest {
+            serial: serial.to_owned(),
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    match format {
+        Format::Json => output::json(&json!({"serial": serial, "newly_revoked": r.newly_revoked})),
+        Format::Table if r.newly_revoked => println!("revoked {serial}"),
+        Format::Table => println!("{serial} was already revoked"),
     }
     Ok(())
 }

@@ -66,6 +66,9 @@ enum Command {
         /// Only entries younger than this (e.g. 1h, 7d).
         #[arg(long)]
         since: Option<String>,
+        /// At most this many entries (the oldest first).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Apps: apply a spec, list, show.
     #[command(subcommand)]
@@ -137,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&conn, cmd, cli.output).await,
         Command::Hosts => hosts::list(&conn, cli.output).await,
         Command::Host(cmd) => hosts::run(&conn, cmd, cli.output).await,
-        Command::Audit { since } => audit::run(&conn, since, cli.output).await,
+        Command::Audit { since, limit } => audit::run(&conn, since, limit, cli.output).await,
         Command::App(cmd) => apps::app(&conn, cmd, cli.output).await,
         Command::Release(cmd) => apps::release(&conn, cmd, cli.output).await,
         Command::Secret(cmd) => apps::secret(&conn, cmd, cli.output).await,

@@ -161,16 +161,26 @@ pub async fn restart(
 }
 
 pub async fn status(conn: &Conn, app: Option<String>, format: Format) -> anyhow::Result<()> {
-    let entries = conn
-        .admin()
-        .await?
-        .status(StatusRequest {
-            app: app.unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| conn.status(s))?
-        .into_inner()
-        .entries;
+    let app = app.unwrap_or_default();
+    let mut admin = conn.admin().await?;
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .status(StatusRequest {
+                app: app.clone(),
+                page_token,
+                limit: 0,
+            })
+            .await
+            .map_err(|s| conn.status(s))?
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     match format {
         Format::Json => output::json(&json!(entries
             .iter()

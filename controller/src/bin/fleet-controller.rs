@@ -48,7 +48,7 @@ enum Command {
         /// gRPC (mTLS) listen address [default: 0.0.0.0:7443]
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// HTTP listen address for health and metrics [default: 0.0.0.0:7444]
+        /// HTTP listen address for health, metrics and service discovery [default: 127.0.0.1:7444]
         #[arg(long)]
         http_listen: Option<SocketAddr>,
         /// TOML settings file (flags win over it).

@@ -499,9 +499,16 @@ pub struct CreateTokenResponse {
     #[prost(string, tag = "4")]
     pub token_id: ::prost::alloc::string::String,
 }
+/// Lists are paged: a response holds at most `limit` entries (0: the controller's page
+/// size) and a non-empty `next_page_token` when more follow; pass it back as `page_token`.
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListHostsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListHostsRequest {
+    #[prost(string, tag = "1")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Host {
@@ -531,6 +538,8 @@ pub struct Host {
 pub struct ListHostsResponse {
     #[prost(message, repeated, tag = "1")]
     pub hosts: ::prost::alloc::vec::Vec<Host>,
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -557,11 +566,15 @@ pub struct RemoveHostResponse {
     pub was_connected: bool,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListAuditRequest {
     /// Unix seconds; 0 for everything.
     #[prost(int64, tag = "1")]
     pub since: i64,
+    #[prost(string, tag = "2")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -585,6 +598,8 @@ pub struct AuditEntry {
 pub struct ListAuditResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<AuditEntry>,
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -740,6 +755,10 @@ pub struct StatusRequest {
     /// Empty: every app.
     #[prost(string, tag = "1")]
     pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub limit: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -756,6 +775,8 @@ pub struct HostAppStatus {
 pub struct StatusResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<HostAppStatus>,
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -795,8 +816,13 @@ pub struct ShowFirewallResponse {
     pub applied_at_ms: i64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct FirewallStatusRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FirewallStatusRequest {
+    #[prost(string, tag = "1")]
+    pub page_token: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HostFirewall {
@@ -814,6 +840,8 @@ pub struct FirewallStatusResponse {
     pub policy_sha256: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]
     pub hosts: ::prost::alloc::vec::Vec<HostFirewall>,
+    #[prost(string, tag = "3")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -965,6 +993,20 @@ pub struct RenewIdentityResponse {
     /// Unix seconds.
     #[prost(int64, tag = "2")]
     pub not_after: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeCertificateRequest {
+    /// Lowercase hex, as `fleetctl identity show` and the audit log print it.
+    #[prost(string, tag = "1")]
+    pub serial: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeCertificateResponse {
+    /// False when it was already revoked.
+    #[prost(bool, tag = "1")]
+    pub newly_revoked: bool,
 }
 /// Generated client implementations.
 pub mod enrollment_client {
@@ -2132,6 +2174,32 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "RenewIdentity"));
             self.inner.unary(req, path, codec).await
         }
+        /// Revokes one certificate by serial (an admin's, typically: hosts are revoked by
+        /// RemoveHost). Takes effect on the next call or connection of that certificate.
+        pub async fn revoke_certificate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeCertificateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeCertificateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RevokeCertificate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "RevokeCertificate"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2317,6 +2385,15 @@ pub mod admin_server {
             request: tonic::Request<super::RenewIdentityRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RenewIdentityResponse>,
+            tonic::Status,
+        >;
+        /// Revokes one certificate by serial (an admin's, typically: hosts are revoked by
+        /// RemoveHost). Takes effect on the next call or connection of that certificate.
+        async fn revoke_certificate(
+            &self,
+            request: tonic::Request<super::RevokeCertificateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeCertificateResponse>,
             tonic::Status,
         >;
     }
@@ -3317,6 +3394,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RenewIdentitySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RevokeCertificate" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeCertificateSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::RevokeCertificateRequest>
+                    for RevokeCertificateSvc<T> {
+                        type Response = super::RevokeCertificateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeCertificateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::revoke_certificate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeCertificateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -461,9 +461,7 @@ impl Admin for AdminService {
         let shared = &self.0;
         let actor = Caller::from_request(&request)?.actor();
         let serial = request.into_inner().serial.trim().to_ascii_lowercase();
-        if serial.is_empty()
-            || serial.len() > 64
-            || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+        if serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return Err(Status::invalid_argument(
                 "serial must be the certificate's serial number in hex (see `fleetctl identity show`)",

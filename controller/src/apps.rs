@@ -324,7 +324,13 @@ pub fn set_secret(
     check_env_value(&req.key, &req.value).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let created = shared
         .store
-        .set_secret(app.as_str(), &req.key, &req.value)
+        .set_secret(
+            app.as_str(),
+            &req.key,
+            &shared
+                .sealer
+                .seal(&format!("{app}/{}", req.key), &req.value),
+        )
         .map_err(internal)?;
     shared
         .audit(
@@ -390,10 +396,17 @@ pub fn wanted_secrets(
             missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    Ok(secrets
-        .into_iter()
-        .filter(|(k, _)| spec.secrets.contains(k))
-        .collect())
+    let mut opened = BTreeMap::new();
+    for (k, v) in secrets {
+        if spec.secrets.contains(&k) {
+            let value = shared.sealer.open(&format!("{app}/{k}"), &v).map_err(|e| {
+                tracing::error!(error = %e, "cannot open a sealed secret");
+                Status::internal(e.to_string())
+            })?;
+            opened.insert(k, value);
+        }
+    }
+    Ok(opened)
 }
 
 fn describe(err: CommandError) -> String {
@@ -600,15 +613,15 @@ pub fn status(shared: &Shared, req: StatusRequest) -> Result<StatusResponse, Sta
     let limit = crate::paging::limit(req.limit);
     let (rows, more) = shared.app_states.page(app, after, limit);
     let rows = rows.into_iter().map(|(host, state)| HostAppStatus {
-            host_state: if shared.sessions.up(&host).is_some() {
-                "up"
-            } else {
-                "down"
-            }
-            .into(),
-            host,
-            state: Some(state),
-        });
+        host_state: if shared.sessions.up(&host).is_some() {
+            "up"
+        } else {
+            "down"
+        }
+        .into(),
+        host,
+        state: Some(state),
+    });
     let (entries, cut) = crate::paging::fill(rows, limit);
     let next_page_token = match (more || cut, entries.last()) {
         (true, Some(last)) => format!(
@@ -686,7 +699,29 @@ pub async fn logs(
 }
 
 /// Serves release bytes to an agent over its stream, in order, from `offset`.
-pub async fn serve_fetch(shared: Arc<Shared>, req: FetchRelease, tx: crate::sessions::Outbound) {
+/// Answers a fetch with an error and no data.
+pub async fn refuse_fetch(req: &FetchRelease, tx: &crate::sessions::Outbound, error: &str) {
+    let _ = tx
+        .send(Ok(ControllerMessage {
+            body: Some(controller_message::Body::ReleaseData(ReleaseData {
+                request_id: req.request_id.clone(),
+                offset: req.offset,
+                data: vec![],
+                last: true,
+                error: error.to_owned(),
+            })),
+        }))
+        .await;
+}
+
+/// Streams a release blob to an agent; `_permit` is the session's fetch slot, held until
+/// the download ends.
+pub async fn serve_fetch(
+    shared: Arc<Shared>,
+    req: FetchRelease,
+    tx: crate::sessions::Outbound,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let reply = |offset: u64, data: Vec<u8>, last: bool, error: String| ControllerMessage {
         body: Some(controller_message::Body::ReleaseData(ReleaseData {
@@ -720,7 +755,10 @@ pub async fn serve_fetch(shared: Arc<Shared>, req: FetchRelease, tx: crate::sess
                     req.offset,
                     vec![],
                     true,
-                    format!("no release with sha256 {}", req.sha256),
+                    format!(
+                        "no release with sha256 {}",
+                        crate::ratelimit::clip(&req.sha256, crate::auth::MAX_QUOTED)
+                    ),
                 )))
                 .await;
             return;

@@ -115,7 +115,11 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    pub fn new(trust_domain: TrustDomain, revoked: Arc<Revocations>, request_timeout: Duration) -> Self {
+    pub fn new(
+        trust_domain: TrustDomain,
+        revoked: Arc<Revocations>,
+        request_timeout: Duration,
+    ) -> Self {
         AuthLayer {
             trust_domain,
             revoked,
@@ -185,7 +189,12 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let conn = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-        match authorize(req.uri().path(), conn, &self.cfg.trust_domain, &self.cfg.revoked) {
+        match authorize(
+            req.uri().path(),
+            conn,
+            &self.cfg.trust_domain,
+            &self.cfg.revoked,
+        ) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 let unary = method(req.uri().path()).is_some_and(|m| m.is_unary());

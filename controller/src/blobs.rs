@@ -13,8 +13,39 @@ pub enum BlobError {
     TooLarge { limit: u64 },
     #[error("release size {got} does not match the announced {announced} bytes")]
     SizeMismatch { got: u64, announced: u64 },
+    #[error("release is not a gzip-compressed tarball ({0}): build it with `tar czf`")]
+    NotTarball(String),
     #[error("release storage: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Compressed bytes kept from an upload's start to check its format.
+const HEAD: usize = 64 * 1024;
+
+/// Whether `head` (the first bytes of an upload) starts a gzip stream whose first 512
+/// bytes are a tar header with a valid checksum: what the agent's unpacker needs, checked
+/// before the upload is stored rather than on every host.
+fn check_tarball(head: &[u8]) -> Result<(), BlobError> {
+    use std::io::Read;
+    let bad = |why: &str| BlobError::NotTarball(why.to_owned());
+    if !head.starts_with(&[0x1f, 0x8b]) {
+        return Err(bad("no gzip header"));
+    }
+    let mut block = [0u8; 512];
+    let mut gz = flate2::read::MultiGzDecoder::new(head);
+    gz.read_exact(&mut block)
+        .map_err(|e| bad(&format!("cannot decompress its start: {e}")))?;
+    if block.iter().all(|b| *b == 0) {
+        return Err(bad("the archive is empty"));
+    }
+    let header = tar::Header::from_byte_slice(&block);
+    let stored = header.cksum().map_err(|_| bad("no tar header"))?;
+    let mut fixed = header.clone();
+    fixed.set_cksum();
+    if fixed.cksum().ok() != Some(stored) {
+        return Err(bad("no tar header"));
+    }
+    Ok(())
 }
 
 pub struct Blobs {
@@ -27,6 +58,7 @@ pub struct Upload {
     hasher: Sha256,
     size: u64,
     limit: u64,
+    head: Vec<u8>,
 }
 
 pub const CHUNK: usize = 256 * 1024;
@@ -50,6 +82,7 @@ impl Blobs {
             hasher: Sha256::new(),
             size: 0,
             limit,
+            head: Vec::new(),
         })
     }
 
@@ -61,6 +94,7 @@ impl Blobs {
                 announced,
             });
         }
+        check_tarball(&up.head)?;
         up.file.as_file_mut().sync_all()?;
         let sha = hex::encode(up.hasher.finalize());
         let dest = self.dir.join(&sha);
@@ -84,6 +118,10 @@ impl Upload {
             return Err(BlobError::TooLarge { limit: self.limit });
         }
         self.hasher.update(data);
+        if self.head.len() < HEAD {
+            let take = data.len().min(HEAD - self.head.len());
+            self.head.extend_from_slice(&data[..take]);
+        }
         self.file.write_all(data)?;
         Ok(())
     }
@@ -93,15 +131,49 @@ impl Upload {
 mod tests {
     use super::*;
 
+    fn tarball() -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "app.py", &b"print"[..]).unwrap();
+        tar.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn only_gzip_tarballs_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let gz_text = {
+            use std::io::Write as _;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&[b'x'; 2000]).unwrap();
+            e.finish().unwrap()
+        };
+        for bad in [&b"hello, not a tarball"[..], &gz_text[..]] {
+            let mut up = blobs.begin(1 << 20).unwrap();
+            up.write(bad).unwrap();
+            let err = blobs.finish(up, 0).unwrap_err();
+            assert!(matches!(err, BlobError::NotTarball(_)), "{err}");
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
+            0
+        );
+    }
+
     #[test]
     fn uploads_are_named_by_content_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::open(dir.path()).unwrap();
-        let mut up = blobs.begin(10).unwrap();
-        up.write(b"hello").unwrap();
-        let (sha, size) = blobs.finish(up, 5).unwrap();
-        assert_eq!(size, 5);
-        assert_eq!(std::fs::read(blobs.path(&sha).unwrap()).unwrap(), b"hello");
+        let t = tarball();
+        let mut up = blobs.begin(1 << 20).unwrap();
+        up.write(&t).unwrap();
+        let (sha, size) = blobs.finish(up, t.len() as u64).unwrap();
+        assert_eq!(size, t.len() as u64);
+        assert_eq!(std::fs::read(blobs.path(&sha).unwrap()).unwrap(), t);
 
         let mut big = blobs.begin(4).unwrap();
         assert!(matches!(

@@ -12,12 +12,15 @@ use fleet_proto::v1::controller_message::Body as Down;
 use fleet_proto::v1::{
     AgentMessage, ControllerMessage, Hello, RenewRequest, RenewResponse, Welcome,
 };
-use tokio::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, MAX_QUOTED};
 use crate::pki::parse_csr;
+use crate::ratelimit::clip;
 use crate::sessions::CloseSignal;
 use crate::shared::{internal, Shared};
 use crate::store::IssuedSerial;
@@ -102,7 +105,7 @@ impl AgentChannel for ChannelService {
         let (id, close) = shared
             .sessions
             .register(&name, address.clone(), interval, tx.clone());
-        tracing::info!(host = %name, %address, version = %facts.agent_version, ?interval, "host up");
+        tracing::info!(host = %name, %address, version = ?clip(&facts.agent_version, MAX_QUOTED), ?interval, "host up");
         let _ = tx
             .send(down(Down::Welcome(Welcome {
                 controller_version: env!("CARGO_PKG_VERSION").into(),
@@ -125,6 +128,9 @@ async fn drive(
     tx: Outbound,
     mut close: CloseSignal,
 ) {
+    // Per session, so one agent certificate cannot have the controller open blobs
+    // without bound.
+    let fetches = Arc::new(Semaphore::new(shared.settings.max_fetches_per_session));
     let reason = loop {
         tokio::select! {
             reason = &mut close => {
@@ -133,7 +139,7 @@ async fn drive(
                 break reason;
             }
             msg = inbound.message() => match msg {
-                Ok(Some(AgentMessage { body: Some(body) })) => handle(&shared, &identity, &name, id, body, &tx).await,
+                Ok(Some(AgentMessage { body: Some(body) })) => handle(&shared, &identity, &name, id, body, &tx, &fetches).await,
                 // A newer agent's message kind we do not know: ignore, never fail the stream.
                 Ok(Some(AgentMessage { body: None })) => {}
                 Ok(None) => break "agent closed the stream".into(),
@@ -143,6 +149,15 @@ async fn drive(
     };
     if shared.sessions.end(&name, id) {
         shared.commands.host_gone(&name);
+    }
+    // What the host reported is only known while it is connected; a newer session of the
+    // same host keeps (and re-sends) its own.
+    if shared
+        .sessions
+        .session_id(&name)
+        .is_none_or(|current| current == id)
+    {
+        shared.app_states.forget_host(&name);
     }
     let _ = shared
         .store
@@ -157,6 +172,7 @@ async fn handle(
     id: u64,
     body: Up,
     tx: &Outbound,
+    fetches: &Arc<Semaphore>,
 ) {
     match body {
         Up::Heartbeat(_) => shared.sessions.heartbeat(name, id),
@@ -172,15 +188,48 @@ async fn handle(
             });
             let _ = tx.send(down(Down::Renewed(resp))).await;
         }
-        Up::Event(ev) => {
-            tracing::info!(host = %name, kind = %ev.kind, subject = %ev.subject, message = %ev.message, "agent event")
-        }
+        // Debug-formatted: the agent's text is quoted and escaped, so a newline in it
+        // cannot forge a log line.
+        Up::Event(ev) => tracing::info!(
+            host = %name,
+            kind = ?clip(&ev.kind, MAX_QUOTED),
+            subject = ?clip(&ev.subject, MAX_QUOTED),
+            message = ?clip(&ev.message, MAX_EVENT_TEXT),
+            "agent event"
+        ),
         Up::Result(r) => shared.commands.resolve(name, r),
-        Up::Fetch(req) => {
-            tracing::info!(host = %name, sha256 = %req.sha256, offset = req.offset, "serving release");
-            tokio::spawn(crate::apps::serve_fetch(shared.clone(), req, tx.clone()));
-        }
+        Up::Fetch(req) => match fetches.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracing::info!(host = %name, sha256 = ?clip(&req.sha256, MAX_QUOTED), offset = req.offset, "serving release");
+                tokio::spawn(crate::apps::serve_fetch(
+                    shared.clone(),
+                    req,
+                    tx.clone(),
+                    permit,
+                ));
+            }
+            Err(_) => {
+                if let Some(suppressed) = shared.agent_noise_log.admit(Instant::now()) {
+                    tracing::warn!(host = %name, suppressed, "release fetch refused: max_fetches_per_session reached");
+                }
+                crate::apps::refuse_fetch(
+                    &req,
+                    tx,
+                    &format!(
+                        "{} release downloads already running on this session (max_fetches_per_session): retry when one ends",
+                        shared.settings.max_fetches_per_session
+                    ),
+                )
+                .await;
+            }
+        },
         Up::AppState(state) => {
+            if !known_app(shared, name, &state.app) {
+                if let Some(suppressed) = shared.agent_noise_log.admit(Instant::now()) {
+                    tracing::warn!(host = %name, app = ?clip(&state.app, MAX_QUOTED), suppressed, "ignoring the state of an app the controller does not know");
+                }
+                return;
+            }
             let prev = shared.app_states.update(name, state.clone());
             crate::converge::on_app_state(shared, name, id, &state);
             let changed = prev.as_ref().is_none_or(|p| {
@@ -204,8 +253,8 @@ async fn handle(
                 tracing::info!(
                     host = %name,
                     app = %state.app,
-                    release = %state.release,
-                    active = %state.active_state,
+                    release = ?clip(&state.release, MAX_QUOTED),
+                    active = ?clip(&state.active_state, MAX_QUOTED),
                     healthy = state.healthy,
                     restarts = state.restarts,
                     main_pid = state.main_pid,
@@ -219,11 +268,27 @@ async fn handle(
             shared.commands.deliver_line(name, line);
         }
         Up::Firewall(state) => {
-            tracing::info!(host = %name, state = %state.state, detail = %state.detail, "firewall state");
+            tracing::info!(host = %name, state = ?clip(&state.state, MAX_QUOTED), detail = ?clip(&state.detail, MAX_EVENT_TEXT), "firewall state");
             shared.firewall_states.update(name, state);
         }
         Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),
     }
+}
+
+/// Longest agent-supplied event text logged.
+const MAX_EVENT_TEXT: usize = 4096;
+
+/// Whether `app` is one the controller manages: states of invented apps are dropped, so
+/// an agent cannot grow the controller's memory or anyone's status output. Only a
+/// host's first report of an app reads the store.
+fn known_app(shared: &Shared, host: &str, app: &str) -> bool {
+    if app.parse::<fleet_proto::spec::AppName>().is_err() {
+        return false;
+    }
+    if shared.app_states.knows(host, app) {
+        return true;
+    }
+    matches!(shared.store.app(app), Ok(Some(_)))
 }
 
 /// Issues a new certificate for the stream's own identity; the CSR only supplies the key.

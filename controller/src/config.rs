@@ -165,10 +165,22 @@ impl Settings {
             self.handshake_timeout = parse_duration("handshake_timeout", &v)?;
         }
         for (field, value, target) in [
-            ("preface_timeout", file.preface_timeout, &mut self.preface_timeout),
+            (
+                "preface_timeout",
+                file.preface_timeout,
+                &mut self.preface_timeout,
+            ),
             ("idle_timeout", file.idle_timeout, &mut self.idle_timeout),
-            ("request_timeout", file.request_timeout, &mut self.request_timeout),
-            ("audit_retention", file.audit_retention, &mut self.audit_retention),
+            (
+                "request_timeout",
+                file.request_timeout,
+                &mut self.request_timeout,
+            ),
+            (
+                "audit_retention",
+                file.audit_retention,
+                &mut self.audit_retention,
+            ),
         ] {
             if let Some(v) = value {
                 *target = parse_duration(field, &v)?;
@@ -176,13 +188,22 @@ impl Settings {
         }
         for (value, target) in [
             (file.max_connections, &mut self.max_connections),
-            (file.max_connections_per_ip, &mut self.max_connections_per_ip),
-            (file.max_pending_handshakes, &mut self.max_pending_handshakes),
+            (
+                file.max_connections_per_ip,
+                &mut self.max_connections_per_ip,
+            ),
+            (
+                file.max_pending_handshakes,
+                &mut self.max_pending_handshakes,
+            ),
             (
                 file.max_pending_handshakes_per_ip,
                 &mut self.max_pending_handshakes_per_ip,
             ),
-            (file.max_fetches_per_session, &mut self.max_fetches_per_session),
+            (
+                file.max_fetches_per_session,
+                &mut self.max_fetches_per_session,
+            ),
         ] {
             if let Some(v) = value {
                 *target = v;
@@ -239,11 +260,21 @@ impl Settings {
         }
         let secs = Duration::from_secs;
         for (field, value, min, max) in [
-            ("preface_timeout", self.preface_timeout, Duration::from_millis(100), secs(120)),
+            (
+                "preface_timeout",
+                self.preface_timeout,
+                Duration::from_millis(100),
+                secs(120),
+            ),
             // Above the 15 s keepalive ping plus its 10 s answer time.
             ("idle_timeout", self.idle_timeout, secs(30), secs(3600)),
             ("request_timeout", self.request_timeout, secs(1), secs(3600)),
-            ("audit_retention", self.audit_retention, secs(3600), secs(3660 * 86400)),
+            (
+                "audit_retention",
+                self.audit_retention,
+                secs(3600),
+                secs(3660 * 86400),
+            ),
         ] {
             if value < min || value > max {
                 bail!(
@@ -255,11 +286,36 @@ impl Settings {
         }
         for (field, value, min, max) in [
             ("max_connections", self.max_connections, 16, 1_000_000),
-            ("max_connections_per_ip", self.max_connections_per_ip, 1, 1_000_000),
-            ("max_pending_handshakes", self.max_pending_handshakes, 1, 100_000),
-            ("max_pending_handshakes_per_ip", self.max_pending_handshakes_per_ip, 1, 100_000),
-            ("max_concurrent_streams", self.max_concurrent_streams as usize, 4, 10_000),
-            ("max_fetches_per_session", self.max_fetches_per_session, 1, 64),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                1,
+                1_000_000,
+            ),
+            (
+                "max_pending_handshakes",
+                self.max_pending_handshakes,
+                1,
+                100_000,
+            ),
+            (
+                "max_pending_handshakes_per_ip",
+                self.max_pending_handshakes_per_ip,
+                1,
+                100_000,
+            ),
+            (
+                "max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+                4,
+                10_000,
+            ),
+            (
+                "max_fetches_per_session",
+                self.max_fetches_per_session,
+                1,
+                64,
+            ),
         ] {
             if value < min || value > max {
                 bail!("{field} must be between {min} and {max} (it is {value})");

@@ -3,6 +3,7 @@
 //! ```text
 //! DIR/ca.crt  DIR/ca.key (0600)  DIR/controller.crt  DIR/controller.key (0600)
 //! DIR/admin/{ca.crt,admin.crt,admin.key (0600)}   DIR/state.redb
+//! DIR/secrets.key (0600, seals secret values in state.redb)   DIR/blobs/
 //! ```
 
 use std::fs::{self, OpenOptions};

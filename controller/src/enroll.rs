@@ -9,8 +9,8 @@ use fleet_proto::v1::{JoinRequest, JoinResponse};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, MAX_QUOTED};
-use crate::ratelimit::clip;
 use crate::pki::parse_csr;
+use crate::ratelimit::clip;
 use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, IssuedSerial};
 use crate::timefmt::{now_ms, now_secs};
@@ -58,9 +58,12 @@ impl Enrollment for EnrollmentService {
             )));
         }
         let req = request.into_inner();
-        let name: Name = req.name.parse().map_err(|e: fleet_proto::identity::InvalidName| {
-            Status::invalid_argument(format!("host name: {}", clip(&e.to_string(), MAX_QUOTED)))
-        })?;
+        let name: Name = req
+            .name
+            .parse()
+            .map_err(|e: fleet_proto::identity::InvalidName| {
+                Status::invalid_argument(format!("host name: {}", clip(&e.to_string(), MAX_QUOTED)))
+            })?;
         tokens::check_format(&req.token).map_err(|e| Status::permission_denied(e.to_string()))?;
         let csr = parse_csr(&req.csr_pem).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Read now, answered only once the token is known good: whether a name is

@@ -23,6 +23,7 @@ pub mod pki;
 pub mod ratelimit;
 pub mod rollout;
 pub mod sd;
+pub mod sealing;
 pub mod server;
 pub mod servercert;
 pub mod sessions;

@@ -68,7 +68,13 @@ mod tests {
         assert!(bytes <= MAX_PAGE_BYTES, "{bytes}");
         assert!(page.len() >= 10, "{}", page.len());
 
-        let (page, more) = fill((0..3).map(|i| AuditEntry { seq: i, ..Default::default() }), 3);
+        let (page, more) = fill(
+            (0..3).map(|i| AuditEntry {
+                seq: i,
+                ..Default::default()
+            }),
+            3,
+        );
         assert_eq!((page.len(), more), (3, false));
     }
 }

@@ -27,6 +27,7 @@ use crate::init::TRUST_DOMAIN_KEY;
 use crate::metrics::ControllerMetrics;
 use crate::pki::Ca;
 use crate::ratelimit::{GlobalLimiter, LogThrottle, RateLimiter};
+use crate::sealing::Sealer;
 use crate::servercert::{self, ServingCert};
 use crate::sessions::Sessions;
 use crate::shared::Shared;
@@ -63,6 +64,8 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         settings.join_global_per_minute,
         settings.join_global_per_minute,
     ));
+    let sealer = Sealer::load_or_create(dir)?;
+    seal_old_secrets(&store, &sealer)?;
     let blobs = Blobs::open(dir)
         .with_context(|| format!("cannot open release storage in {}", dir.display()))?;
     Ok(Arc::new(Shared {
@@ -74,8 +77,10 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         settings,
         join_limiter,
         join_global,
+        sealer,
         join_refusals_audit: Mutex::new(GlobalLimiter::new(20, 20)),
         join_refusals_log: LogThrottle::new(5, Duration::from_secs(1)),
+        agent_noise_log: LogThrottle::new(10, Duration::from_secs(1)),
         blobs,
         commands: Commands::default(),
         app_states: AppStates::default(),
@@ -84,6 +89,27 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         convergence: Default::default(),
         metrics,
     }))
+}
+
+/// Seals the secrets a controller from before sealing stored in the clear.
+fn seal_old_secrets(store: &Store, sealer: &Sealer) -> anyhow::Result<()> {
+    let mut sealed = 0;
+    for (slot, value) in store.all_secrets()? {
+        if Sealer::is_sealed(&value) {
+            continue;
+        }
+        if let Some((app, key)) = slot.split_once('/') {
+            store.set_secret(app, key, &sealer.seal(&slot, &value))?;
+            sealed += 1;
+        }
+    }
+    if sealed > 0 {
+        tracing::info!(
+            sealed,
+            "sealed secrets stored in the clear by an older controller"
+        );
+    }
+    Ok(())
 }
 
 pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {

@@ -26,7 +26,10 @@ pub struct Shared {
     /// Refused joins that still get an audit row (the rest are only counted in the log).
     pub join_refusals_audit: Mutex<crate::ratelimit::GlobalLimiter>,
     pub join_refusals_log: crate::ratelimit::LogThrottle,
+    /// Warnings an agent's misbehaviour triggers, rate-limited across all agents.
+    pub agent_noise_log: crate::ratelimit::LogThrottle,
     pub blobs: Blobs,
+    pub sealer: crate::sealing::Sealer,
     pub commands: Commands,
     pub app_states: AppStates,
     pub firewall_states: crate::firewall::FirewallStates,

@@ -671,7 +671,19 @@ impl Store {
         Ok(created)
     }
 
-    /// All secrets of `app` by name.
+    /// Every stored secret as ("app/KEY", stored value): for sealing old plaintext ones.
+    pub fn all_secrets(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SECRETS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// All secrets of `app` by name, as stored (sealed).
     pub fn secrets(
         &self,
         app: &str,
@@ -749,7 +761,12 @@ impl Store {
     /// Deletes up to `batch` of the oldest audit entries that are older than `before_ms`
     /// or beyond the newest `keep` entries; returns how many went. Small batches keep each
     /// write transaction short, so appends are never held up for long.
-    pub fn prune_audit(&self, before_ms: i64, keep: u64, batch: usize) -> Result<usize, StoreError> {
+    pub fn prune_audit(
+        &self,
+        before_ms: i64,
+        keep: u64,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         let removed = {
             let mut table = tx.open_table(AUDIT).map_err(db_err)?;

@@ -23,6 +23,18 @@ fn write(fleet: &Fleet, name: &str, bytes: &[u8]) -> String {
     p.to_str().unwrap().to_owned()
 }
 
+/// A real release: a gzip-compressed tarball with one file holding `content`.
+fn tarball(content: &[u8]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "app.py", content).unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
 fn fail(fleet: &Fleet, args: &[&str]) -> String {
     let out = fleet.fleetctl(args);
     assert!(!out.status.success(), "fleetctl {args:?} succeeded");
@@ -62,7 +74,21 @@ fn apps_releases_and_secrets() {
     let err = fail(&fleet, &["app", "apply", &bad]);
     assert!(err.contains("name"), "{err}");
 
-    let tar1 = write(&fleet, "r1.tar.gz", b"release one bytes");
+    // Not a tarball: refused at upload, not later on every host.
+    let junk = write(&fleet, "junk.tar.gz", b"release one bytes");
+    let err = fail(
+        &fleet,
+        &["release", "upload", "shop", &junk, "--version", "1.0"],
+    );
+    assert!(err.contains("not a gzip-compressed tarball"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(fleet.data_dir().join("blobs"))
+            .unwrap()
+            .count(),
+        0,
+        "a refused upload left a file behind"
+    );
+    let tar1 = write(&fleet, "r1.tar.gz", &tarball(b"release one bytes"));
     let out = fleet.ok(&["release", "upload", "shop", &tar1, "--version", "1.0"]);
     assert!(out.contains("uploaded shop 1.0"), "{out}");
     // Same bytes again: fine, nothing new.
@@ -70,7 +96,7 @@ fn apps_releases_and_secrets() {
         .ok(&["release", "upload", "shop", &tar1, "--version", "1.0"])
         .contains("already present"));
     // Other bytes under the same version: refused.
-    let tar2 = write(&fleet, "r2.tar.gz", b"release two bytes");
+    let tar2 = write(&fleet, "r2.tar.gz", &tarball(b"release two bytes"));
     let err = fail(
         &fleet,
         &["release", "upload", "shop", &tar2, "--version", "1.0"],
@@ -123,6 +149,12 @@ fn apps_releases_and_secrets() {
     for text in [show, audit, fleet.controller_log()] {
         assert!(!text.contains("hunter2"), "secret leaked:\n{text}");
     }
+    // Nor in the store file: it is sealed with the data dir's secrets.key.
+    let store = std::fs::read(fleet.data_dir().join("state.redb")).unwrap();
+    assert!(
+        !store.windows(7).any(|w| w == b"hunter2"),
+        "the secret is in the store file in the clear"
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use fleet_proto::firewall::Policy;
 use fleet_proto::spec::AppSpec;
@@ -38,7 +38,8 @@ const CATCH_UP_AFTER: Duration = Duration::from_secs(2);
 /// Latest firewall state each host reported, and which policy reverted where.
 #[derive(Default)]
 pub struct FirewallStates {
-    states: Mutex<HashMap<String, FirewallState>>,
+    /// With when it arrived, to tell a report made after an apply from an older one.
+    states: Mutex<HashMap<String, (FirewallState, Instant)>>,
     /// Host -> sha256 of the policy whose last attempt there ended reverted.
     reverted: Mutex<HashMap<String, String>>,
     /// One apply (fleet-wide or catch-up) at a time: the agent takes one change at a time.
@@ -50,7 +51,7 @@ impl FirewallStates {
         self.states
             .lock()
             .expect("firewall states lock")
-            .insert(host.to_owned(), state);
+            .insert(host.to_owned(), (state, Instant::now()));
     }
 
     fn get(&self, host: &str) -> Option<FirewallState> {
@@ -58,13 +59,21 @@ impl FirewallStates {
             .lock()
             .expect("firewall states lock")
             .get(host)
-            .cloned()
+            .map(|(s, _)| s.clone())
+    }
+
+    /// The host's report of a revert, if it sent one after `since`.
+    fn reverted_since(&self, host: &str, since: Instant) -> Option<String> {
+        let states = self.states.lock().expect("firewall states lock");
+        let (s, at) = states.get(host)?;
+        (*at >= since && s.state == "reverted").then(|| s.detail.clone())
     }
 
     fn outcome(&self, host: &str, policy_sha: &str, outcome: &str) {
         let mut r = self.reverted.lock().expect("firewall reverted lock");
         match outcome {
-            "reverted" => {
+            // Unconfirmed changes revert by themselves: not to be retried on reconnect.
+            "reverted" | "unconfirmed" => {
                 r.insert(host.to_owned(), policy_sha.to_owned());
             }
             "confirmed" => {
@@ -196,6 +205,7 @@ pub async fn apply(
         }
         let mut summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         summary.sort();
+        drop(tx);
         let _ = shared.audit(
             &actor,
             "firewall.apply",
@@ -263,6 +273,7 @@ async fn apply_on(
     app_ports: Vec<AppPort>,
     policy: &Policy,
 ) -> &'static str {
+    let started = Instant::now();
     let apply_id = new_id();
     let kind = Kind::ApplyFirewall(ApplyFirewall {
         apply_id: apply_id.clone(),
@@ -300,35 +311,19 @@ async fn apply_on(
         Err(CommandError::HostDown) => return deferred(tx, host).await,
         Err(e) => {
             // The agent may have applied before the answer was lost: its timer reverts.
-            progress(
-                tx,
-                host,
-                "reverted",
-                format!(
-                    "no answer to apply ({e}): if it applied, it reverts within {}",
-                    humantime::format_duration(policy.confirm_timeout)
-                ),
-            )
-            .await;
-            return "reverted";
+            let by = SystemTime::now() + policy.confirm_timeout;
+            let reason = format!("no answer to apply ({e}); if it applied");
+            return unconfirmed(shared, tx, host, started, by, &reason).await;
         }
     }
+    // The agent armed its revert timer before it answered: the rules are back by then.
+    let reverts_by = SystemTime::now() + policy.confirm_timeout;
     tokio::time::sleep(policy.confirm_after).await;
-    let reverting = format!(
-        "previous rules come back within {} of the apply",
-        humantime::format_duration(policy.confirm_timeout)
-    );
     // Another session means the old stream died under the new rules (or the agent
     // restarted): only the stream that carried the change may confirm it.
     if shared.sessions.session_id(host) != Some(session) || shared.sessions.up(host).is_none() {
-        progress(
-            tx,
-            host,
-            "reverted",
-            format!("lost the host's stream under the new rules: {reverting}"),
-        )
-        .await;
-        return "reverted";
+        let reason = "lost the host's stream under the new rules";
+        return unconfirmed(shared, tx, host, started, reverts_by, reason).await;
     }
     let r = shared
         .commands
@@ -344,21 +339,69 @@ async fn apply_on(
             progress(tx, host, "confirmed", r.message).await;
             "confirmed"
         }
-        Ok(r) => {
-            progress(tx, host, "reverted", format!("{}: {reverting}", r.message)).await;
-            "reverted"
-        }
+        Ok(r) => unconfirmed(shared, tx, host, started, reverts_by, &r.message).await,
         Err(e) => {
+            let reason = format!("no confirmation ({e})");
+            unconfirmed(shared, tx, host, started, reverts_by, &reason).await
+        }
+    }
+}
+
+/// How long after its revert deadline a host has to reconnect and report the revert.
+const REVERT_REPORT_GRACE: Duration = Duration::from_secs(15);
+
+/// A change the controller could not confirm: says so with the time the host's own timer
+/// restores the previous rules, then waits (until a little past that time) for the host to
+/// report the revert. Only that report makes the outcome `reverted`; without it the
+/// outcome stays `unconfirmed`, because all the controller knows is that it stopped
+/// waiting.
+async fn unconfirmed(
+    shared: &Shared,
+    tx: &Progress,
+    host: &str,
+    since: Instant,
+    reverts_by: SystemTime,
+    reason: &str,
+) -> &'static str {
+    let by = clock(reverts_by);
+    progress(
+        tx,
+        host,
+        "unconfirmed",
+        format!("reverts by {by}: {reason}"),
+    )
+    .await;
+    let until = tokio::time::Instant::now()
+        + reverts_by
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+        + REVERT_REPORT_GRACE;
+    loop {
+        if let Some(detail) = shared.firewall_states.reverted_since(host, since) {
+            progress(tx, host, "reverted", format!("the host reports: {detail}")).await;
+            return "reverted";
+        }
+        if tokio::time::Instant::now() >= until {
             progress(
                 tx,
                 host,
-                "reverted",
-                format!("no confirmation ({e}): {reverting}"),
+                "unconfirmed",
+                format!(
+                    "no report from the host by {}; its timer reverts the change by {by} by itself: see `fleetctl firewall status`",
+                    clock(SystemTime::now())
+                ),
             )
             .await;
-            "reverted"
+            return "unconfirmed";
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `HH:MM:SS UTC` of a wall-clock time.
+fn clock(t: SystemTime) -> String {
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", s.get(11..19).unwrap_or(&s))
 }
 
 /// Called when a host's session starts: if the stored policy is not the one the host

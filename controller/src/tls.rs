@@ -371,7 +371,9 @@ pub async fn accept_loop(
             Ok(slot) => slot,
             Err(reason) => {
                 drop(tcp);
-                log_refused(&refused_log, peer, reason);
+                if let Some(suppressed) = refused_log.admit(Instant::now()) {
+                    tracing::warn!(peer = %peer, reason, suppressed, "connection refused");
+                }
                 continue;
             }
         };
@@ -401,6 +403,6 @@ pub async fn accept_loop(
 
 fn log_refused(throttle: &LogThrottle, peer: SocketAddr, reason: &str) {
     if let Some(suppressed) = throttle.admit(Instant::now()) {
-        tracing::warn!(peer = %peer, reason, suppressed, "connection refused");
+        tracing::warn!(peer = %peer, reason, suppressed, "TLS handshake refused");
     }
 }

@@ -1,5 +1,6 @@
 //! `fleetctl firewall apply|show|status`: the fleet's `inet fleet` nftables policy.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -13,8 +14,9 @@ use crate::output::{self, Format};
 #[derive(Subcommand)]
 pub enum FirewallCmd {
     /// Apply a policy file to every host, commit-confirmed; prints the diff and each
-    /// host's outcome (applied, confirmed, reverted, refused; deferred for a host that is
-    /// down: it gets the policy when it reconnects).
+    /// host's outcome (applied, confirmed, refused; unconfirmed with the time its own timer
+    /// reverts the change, then reverted once the host reports it; deferred for a host that
+    /// is down: it gets the policy when it reconnects).
     Apply {
         file: PathBuf,
         /// Apply even if it would cut off the controller or SSH from the admin sources.
@@ -135,32 +137,44 @@ async fn apply(conn: &Conn, file: PathBuf, force: bool, format: Format) -> anyho
         .await
         .map_err(|s| conn.status(s))?
         .into_inner();
-    let mut outcomes = Vec::new();
-    let mut bad = Vec::new();
+    // Host -> its latest outcome: "unconfirmed" comes first and is replaced by
+    // "reverted" when the host reports its revert before the controller stops waiting.
+    let mut outcomes: BTreeMap<String, (String, String)> = BTreeMap::new();
     while let Some(p) = stream.message().await.map_err(|s| conn.status(s))? {
-        let final_phase = matches!(
+        let outcome = matches!(
             p.phase.as_str(),
-            "confirmed" | "reverted" | "refused" | "failed" | "deferred"
+            "confirmed" | "reverted" | "unconfirmed" | "refused" | "failed" | "deferred"
         );
-        if final_phase && p.phase != "confirmed" {
-            bad.push(format!("{}: {} ({})", p.host, p.phase, p.message));
+        if outcome {
+            outcomes.insert(p.host.clone(), (p.phase.clone(), p.message.clone()));
         }
         match format {
             Format::Table if p.phase == "diff" => {
                 println!("--- {} diff", p.host);
                 print!("{}", p.message);
             }
-            Format::Table => println!("{:<16} {:<10} {}", p.host, p.phase, p.message),
-            Format::Json => {
-                if final_phase {
-                    outcomes.push(json!({"host": p.host, "result": p.phase, "message": p.message}));
-                }
+            // "unconfirmed; reverts by 08:31:05 UTC: ..." reads as one statement.
+            Format::Table if p.phase == "unconfirmed" => {
+                println!("{:<16} unconfirmed; {}", p.host, p.message)
             }
+            Format::Table => println!("{:<16} {:<10} {}", p.host, p.phase, p.message),
+            Format::Json => {}
         }
     }
     if format == Format::Json {
-        output::json(&json!(outcomes));
+        output::json(&json!(outcomes
+            .iter()
+            .map(|(host, (result, message))| json!({"host": host, "result": result, "message": message}))
+            .collect::<Vec<_>>()));
     }
+    let bad: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, (phase, _))| phase != "confirmed")
+        .map(|(host, (phase, message))| match phase.as_str() {
+            "unconfirmed" => format!("{host}: unconfirmed; {message}"),
+            _ => format!("{host}: {phase} ({message})"),
+        })
+        .collect();
     if !bad.is_empty() {
         anyhow::bail!(
             "firewall policy not confirmed on {} host(s):\n  {}",

@@ -355,6 +355,44 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "max_connections_per_ip = 8\npreface_timeout = \"2s\"\naudit_retention = \"30d\"\n",
+        )
+        .unwrap();
+        let mut s = Settings::default();
+        assert!(
+            s.http_listen.ip().is_loopback(),
+            "HTTP defaults to loopback"
+        );
+        s.validate().unwrap();
+        s.apply_file(&p).unwrap();
+        assert_eq!(s.max_connections_per_ip, 8);
+        assert_eq!(s.preface_timeout, Duration::from_secs(2));
+        assert_eq!(s.audit_retention, Duration::from_secs(30 * 86400));
+        s.validate().unwrap();
+        for (toml, key) in [
+            ("max_connections_per_ip = 0\n", "max_connections_per_ip"),
+            ("idle_timeout = \"5s\"\n", "idle_timeout"),
+            ("max_concurrent_streams = 1\n", "max_concurrent_streams"),
+            ("audit_max_entries = 10\n", "audit_max_entries"),
+            (
+                "http_token_file = \"/nonexistent/token\"\n",
+                "http_token_file",
+            ),
+        ] {
+            std::fs::write(&p, toml).unwrap();
+            let mut s = Settings::default();
+            s.apply_file(&p).unwrap();
+            let err = format!("{:#}", s.validate().unwrap_err());
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn certificate_lifetimes_are_read_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

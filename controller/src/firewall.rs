@@ -30,6 +30,7 @@ use crate::timefmt::now_ms;
 /// Checking and applying takes the agent a few nft and systemctl runs.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_POLICY_BYTES: usize = 256 * 1024;
 
 /// How long a new session has to report its firewall state before the catch-up compares
 /// it with the stored policy (the agent sends it right after Welcome).
@@ -160,6 +161,14 @@ pub async fn apply(
     actor: String,
     req: ApplyFirewallRequest,
 ) -> Result<ReceiverStream<Result<HostProgress, Status>>, Status> {
+    // Keeps `firewall show` (the policy plus one host's rendering) far inside a client's
+    // 4 MiB decode limit.
+    if req.policy_toml.len() > MAX_POLICY_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the policy is {} bytes, over the limit of {MAX_POLICY_BYTES}; no host was touched",
+            req.policy_toml.len()
+        )));
+    }
     let policy = Policy::parse(&req.policy_toml)
         .map_err(|e| Status::invalid_argument(format!("{e}; no host was touched")))?;
     let old = shared.store.firewall_policy().map_err(internal)?;

@@ -860,6 +860,29 @@ mod tests {
     }
 
     #[test]
+    fn audit_is_pruned_by_age_and_count_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(&dir.path().join("s.redb")).unwrap();
+        for t in 0..50 {
+            s.append_audit(t * 1000, "me", "x", "t", "").unwrap();
+        }
+        // Older than t=10s: 10 entries, taken 4 at a time.
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 2);
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 0);
+        // At most 30 kept: the oldest go.
+        while s.prune_audit(0, 30, 7).unwrap() > 0 {}
+        let left = s.audit_page(0, 0, 1000).unwrap();
+        assert_eq!(left.len(), 30);
+        assert_eq!(left[0].seq, 21);
+        // Sequence numbers keep growing after pruning.
+        assert_eq!(s.append_audit(99, "me", "x", "t", "").unwrap().seq, 51);
+        let page = s.audit_page(0, 40, 3).unwrap();
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [41, 42, 43]);
+    }
+
+    #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");

@@ -340,6 +340,44 @@ fn silent_connections_are_capped_per_source_and_timed_out() {
     fleet.ok(&["hosts"]);
 }
 
+/// Finding 4: the controller caps streams per connection and says so in its HTTP/2
+/// SETTINGS, which every client (fleetctl, agents, h2 libraries) honours; a client that
+/// ignores it gets its extra streams refused by hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_connection_are_capped() {
+    let (fleet, _cfg) = start_with("max_concurrent_streams = 8\n");
+    let tcp = tokio::net::TcpStream::connect(fleet.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls =
+        tokio_rustls::TlsConnector::from(pinned_client_config(fleet.pin.parse().unwrap()))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // The server's first frame is its SETTINGS: 9-byte header, then 6-byte entries.
+    let mut head = [0u8; 9];
+    tokio::time::timeout(T, tls.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[3], 0x4, "first frame is not SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).await.unwrap();
+    let max_streams = body.chunks(6).find_map(|e| {
+        (u16::from_be_bytes([e[0], e[1]]) == 0x3)
+            .then(|| u32::from_be_bytes([e[2], e[3], e[4], e[5]]))
+    });
+    assert_eq!(
+        max_streams,
+        Some(8),
+        "SETTINGS_MAX_CONCURRENT_STREAMS not sent"
+    );
+    fleet.ok(&["hosts"]);
+}
+
 /// Finding 6: one agent certificate asking for many downloads at once and reporting
 /// invented apps: downloads beyond the cap are refused, invented apps are not kept, and
 /// states go when the session ends.

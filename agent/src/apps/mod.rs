@@ -26,10 +26,11 @@ use fleet_proto::v1::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::clock::now_ms;
 use crate::crash::Tracker;
 use crate::fetch::Fetcher;
 use crate::health::Health;
-use crate::journal::{self, now_ms};
+use crate::journal;
 use crate::logrotate;
 use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};

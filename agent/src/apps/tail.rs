@@ -6,7 +6,8 @@ use tokio::io::BufReader;
 use tokio::sync::oneshot;
 
 use super::{lock, Inner, Outcome};
-use crate::journal::{self, now_ms};
+use crate::clock::now_ms;
+use crate::journal;
 use crate::logrotate;
 use crate::units;
 

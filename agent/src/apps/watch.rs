@@ -14,9 +14,9 @@ use tokio::time::sleep;
 use tokio_stream::StreamExt;
 
 use super::{is_up, lock, App, Inner, LOG_CHECK_INTERVAL, WATCH_RETRY_MAX};
+use crate::clock::now_ms;
 use crate::crash::Verdict;
 use crate::health;
-use crate::journal::now_ms;
 use crate::logrotate;
 use crate::systemd::{Systemd, UnitProps};
 use crate::units;

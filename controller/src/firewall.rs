@@ -396,7 +396,7 @@ async fn unconfirmed(
                 host,
                 "unconfirmed",
                 format!(
-                    "no report from the host by {}; its timer reverts the change by {by} by itself: see `fleetctl firewall status`",
+                    "reverts by {by} (the host's own timer); no report from the host by {}: see `fleetctl firewall status`",
                     clock(SystemTime::now())
                 ),
             )

@@ -82,9 +82,9 @@ pub struct FileConfig {
     pub webhooks: Option<Vec<String>>,
 }
 
+/// fleet's one duration syntax (`fleet_proto::values::parse_duration`), as fleetctl reads it.
 pub fn parse_duration(field: &str, value: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(value)
-        .with_context(|| format!("{field}: {value:?} is not a duration (examples: 30s, 12h, 7d)"))
+    Ok(fleet_proto::values::parse_duration(field, value)?)
 }
 
 impl Settings {

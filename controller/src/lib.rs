@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod ratelimit;
+pub mod releases;
 pub mod rollout;
 pub mod sd;
 pub mod server;

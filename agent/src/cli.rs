@@ -1,4 +1,4 @@
-//! Command-line surface. Operators script against these names (DESIGN.md, "Command-line
+//! Command-line surface. Operators script against these names (docs/architecture.md, "Command-line
 //! contract"): add flags freely, never rename one without keeping the old spelling.
 
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! are group- or world-writable). Rotation is rename + `create` + a signal: logrotate
 //! renames the file (writers keep writing into the renamed one, nothing is lost), creates
 //! a fresh one, and the postrotate makes Gunicorn reopen. `copytruncate` would lose the
-//! lines written between copy and truncate, measured (notes/host.md), so it is never
+//! lines written between copy and truncate, measured (docs/host.md), so it is never
 //! used. Compression is always delayed by one rotation: the file just renamed may still
 //! be written until the reopen, so only the one before it is compressed.
 //!
@@ -20,7 +20,7 @@
 //!   reopens its files and starts new workers (which open the new files) while the old
 //!   ones finish their requests. Trade-off: every rotation replaces the workers (the app
 //!   is imported again; measured near zero, not zero, connection resets per reload in
-//!   notes/host.md), still far better than losing lines or killing requests.
+//!   docs/host.md), still far better than losing lines or killing requests.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

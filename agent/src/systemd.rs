@@ -3,7 +3,7 @@
 //!
 //! Only what fleet uses: daemon-reload, enable, start/stop/restart/reload waiting for the
 //! job's result, reset-failed, and the unit properties that make an app's state.
-//! Signatures as measured against systemd 252 (notes/host.md).
+//! Signatures as measured against systemd 252 (docs/host.md).
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! `/etc/systemd/system/fleet-app-<app>.{socket,service}`, `/etc/fleet/apps/<app>.env` and
 //! the pre-start hook's `/etc/fleet/apps/<app>.prestart.env`.
 //!
-//! Shape (measured facts in notes/host.md):
+//! Shape (measured facts in docs/host.md):
 //! - a `.socket` unit owns the listener, so a restart queues connections in the kernel
 //!   backlog instead of refusing them (0 failed requests versus hundreds without);
 //! - Gunicorn reads `LISTEN_FDS` and sends `READY=1`, so `Type=notify`; reload is HUP;

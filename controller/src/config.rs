@@ -135,12 +135,47 @@ pub struct FileConfig {
     pub webhooks: Option<Vec<String>>,
 }
 
+/// fleet's one duration syntax (`fleet_proto::values::parse_duration`), as fleetctl reads it.
 pub fn parse_duration(field: &str, value: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(value)
-        .with_context(|| format!("{field}: {value:?} is not a duration (examples: 30s, 12h, 7d)"))
+    Ok(fleet_proto::values::parse_duration(field, value)?)
+}
+
+/// `fleet-controller run`'s flags that override the settings file (as typed; parsed in
+/// `Settings::resolve` so each error names its flag).
+#[derive(Debug, Default)]
+pub struct Flags {
+    pub listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub agent_cert_lifetime: Option<String>,
+    pub server_cert_lifetime: Option<String>,
+    pub admin_cert_lifetime: Option<String>,
 }
 
 impl Settings {
+    /// Defaults, then the settings file if any, then the flags: flags win.
+    pub fn resolve(config: Option<&Path>, flags: Flags) -> anyhow::Result<Settings> {
+        let mut settings = Settings::default();
+        if let Some(path) = config {
+            settings.apply_file(path)?;
+        }
+        if let Some(v) = flags.listen {
+            settings.listen = v;
+        }
+        if let Some(v) = flags.http_listen {
+            settings.http_listen = v;
+        }
+        if let Some(v) = flags.agent_cert_lifetime {
+            settings.agent_cert_lifetime = parse_duration("--agent-cert-lifetime", &v)?;
+        }
+        if let Some(v) = flags.server_cert_lifetime {
+            settings.server_cert_lifetime = parse_duration("--server-cert-lifetime", &v)?;
+        }
+        if let Some(v) = flags.admin_cert_lifetime {
+            settings.admin_cert_lifetime = parse_duration("--admin-cert-lifetime", &v)?;
+        }
+        Ok(settings)
+    }
+
     pub fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -413,5 +448,35 @@ mod tests {
         s.admin_cert_lifetime = Duration::from_secs(1);
         let err = format!("{:#}", s.validate().unwrap_err());
         assert!(err.contains("admin_cert_lifetime"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "agent_cert_lifetime = \"1h\"\nadmin_cert_lifetime = \"30d\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(
+            Some(&p),
+            Flags {
+                agent_cert_lifetime: Some("2h".into()),
+                ..Flags::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.agent_cert_lifetime, Duration::from_secs(7200));
+        assert_eq!(s.admin_cert_lifetime, Duration::from_secs(30 * 86400));
+        let e = Settings::resolve(
+            None,
+            Flags {
+                server_cert_lifetime: Some("soon".into()),
+                ..Flags::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--server-cert-lifetime"), "{e}");
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod paging;
 pub mod pki;
 pub mod ratelimit;
+pub mod releases;
 pub mod rollout;
 pub mod sd;
 pub mod sealing;

@@ -3,7 +3,7 @@
 //! Every process the lab starts (host restart loops, nspawn, containers, the
 //! controller) lives below it, so teardown finds exactly the lab's processes
 //! and nothing else. nspawn needs its own cgroup per host: without one, all
-//! containers share `<cgroup>/payload` and collide (notes/lab.md).
+//! containers share `<cgroup>/payload` and collide (docs/lab.md).
 
 use crate::config::CGROUP_NAME;
 use anyhow::{Context, Result};

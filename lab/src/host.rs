@@ -198,3 +198,24 @@ pub fn wait_booted(paths: &Paths, n: u32, timeout: Duration) -> Result<String> {
 pub fn is_running(n: u32) -> bool {
     !cgroup::procs_below(&host_name(n)).is_empty()
 }
+
+/// Boots a powered-off host of a detached lab. The new restart loop carries
+/// the lab lock like the others: taken here if no lab process holds it any
+/// more (every host off, no controller), otherwise the other lab processes
+/// already hold it and the loop gets a plain descriptor of the lock file.
+pub fn start_powered_off(paths: &Paths, n: u32) -> Result<()> {
+    if is_running(n) {
+        eprintln!("{} is already running", host_name(n));
+        return Ok(());
+    }
+    let mut st = crate::state::load(paths).context("no lab is up")?;
+    let lockf = match crate::state::try_lock(paths)? {
+        Some(locked) => locked,
+        None => std::fs::File::open(paths.lock_file())?,
+    };
+    let (_child, rec) = launch(paths, n, &lockf)?;
+    st.loops.insert(n, rec);
+    crate::state::save(paths, &st)?;
+    wait_booted(paths, n, std::time::Duration::from_secs(90))?;
+    Ok(())
+}

@@ -88,32 +88,9 @@ fn main() {
     }
 }
 
-/// While `up` works, Ctrl-C/SIGTERM/SIGHUP must not leave half a lab behind.
-fn arm_signal_teardown(paths: &Paths) -> Result<()> {
-    let p = paths.clone();
-    ctrlc::set_handler(move || {
-        eprintln!("fleet-lab: interrupted, tearing the lab down");
-        // Reap our children (restart loops, controller) as they exit: an
-        // unreaped zombie keeps its cgroup from being removed. We exit right
-        // after, so reaping any child is fine here.
-        std::thread::spawn(|| loop {
-            if nix::sys::wait::waitpid(None, None).is_err() {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        });
-        lab::ABORTING.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _g = lab::STEP.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = teardown::teardown_all(&p) {
-            eprintln!("fleet-lab: teardown: {e:#}");
-        }
-        std::process::exit(130);
-    })
-    .context("install signal handler")
-}
-
 fn up_detached(opts: &LabOptions) -> Result<()> {
     let paths = Paths::from_env();
-    arm_signal_teardown(&paths)?;
+    teardown::on_signal(&paths)?;
     let t = Instant::now();
     let lab = Lab::up(opts)?;
     eprintln!(
@@ -164,7 +141,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Start { host } => {
             let n = parse_host(&host)?;
-            start_host(&paths, n)?;
+            fleet_lab::host::start_powered_off(&paths, n)?;
         }
         Cmd::Cp { src, host, dst } => {
             fleet_lab::exec::copy_into(&paths, parse_host(&host)?, &src, &dst)?
@@ -202,7 +179,7 @@ fn run(cli: Cli) -> Result<i32> {
             max_parallel,
             min_healthy,
         } => {
-            arm_signal_teardown(&paths)?;
+            teardown::on_signal(&paths)?;
             let lab = Lab::up(&LabOptions::fleet(hosts))?;
             let b = lab.binaries().context("lab has no fleet")?.clone();
             let plan = fleet_lab::bench::Plan {
@@ -238,25 +215,4 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// Boots a powered-off host of a detached lab. The new restart loop carries
-/// the lab lock like the others: taken here if no lab process holds it any
-/// more (every host off, no controller), otherwise the other lab processes
-/// already hold it and the loop gets a plain descriptor of the lock file.
-fn start_host(paths: &Paths, n: u32) -> Result<()> {
-    if fleet_lab::host::is_running(n) {
-        eprintln!("{} is already running", fleet_lab::host_name(n));
-        return Ok(());
-    }
-    let mut st = fleet_lab::state::load(paths).context("no lab is up")?;
-    let lockf = match fleet_lab::state::try_lock(paths)? {
-        Some(locked) => locked,
-        None => std::fs::File::open(paths.lock_file())?,
-    };
-    let (_child, rec) = fleet_lab::host::launch(paths, n, &lockf)?;
-    st.loops.insert(n, rec);
-    fleet_lab::state::save(paths, &st)?;
-    fleet_lab::host::wait_booted(paths, n, std::time::Duration::from_secs(90))?;
-    Ok(())
 }

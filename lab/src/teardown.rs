@@ -8,7 +8,7 @@
 use crate::config::{Paths, BRIDGE};
 use crate::proc::{self, ProcRec};
 use crate::{cgroup, host, net, state};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,6 +26,29 @@ fn host_members() -> Vec<String> {
         .into_iter()
         .filter(|m| m.starts_with("host"))
         .collect()
+}
+
+/// While `up` works, Ctrl-C/SIGTERM/SIGHUP must not leave half a lab behind.
+pub fn on_signal(paths: &Paths) -> Result<()> {
+    let p = paths.clone();
+    ctrlc::set_handler(move || {
+        eprintln!("fleet-lab: interrupted, tearing the lab down");
+        // Reap our children (restart loops, controller) as they exit: an
+        // unreaped zombie keeps its cgroup from being removed. We exit right
+        // after, so reaping any child is fine here.
+        std::thread::spawn(|| loop {
+            if nix::sys::wait::waitpid(None, None).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        crate::lab::ABORTING.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _g = crate::lab::STEP.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = teardown_all(&p) {
+            eprintln!("fleet-lab: teardown: {e:#}");
+        }
+        std::process::exit(130);
+    })
+    .context("install signal handler")
 }
 
 /// Stops every lab process and removes every lab resource. Never takes the

@@ -376,7 +376,7 @@ fn asgi_log_files_rotate_with_a_graceful_reload() {
 
     let pid_before = main_pid(&lab, "api");
     let load = rotate_under_load(&lab, "api", 4);
-    // A reload resets a few connections in tens of thousands (notes/host.md).
+    // A reload resets a few connections in tens of thousands (docs/host.md).
     assert!(
         load.failed.len() * 200 <= load.ok_paths.len(),
         "too many failed requests: {} ({:?})",

@@ -12,6 +12,7 @@ pub mod peer;
 pub mod renewal;
 pub mod spec;
 pub mod transport;
+pub mod values;
 
 /// Generated from `proto/fleet/v1/fleet.proto` (see `tests/codegen.rs`).
 pub mod v1 {

@@ -1,5 +1,6 @@
 //! `fleetctl audit`.
 
+use fleet_proto::values::parse_duration;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_proto::v1::ListAuditRequest;
@@ -17,9 +18,7 @@ pub async fn run(
     let since = match since {
         None => 0,
         Some(s) => {
-            let d = humantime::parse_duration(&s).map_err(|_| {
-                anyhow::anyhow!("--since {s:?} is not a duration (examples: 30m, 1h, 7d)")
-            })?;
+            let d = parse_duration("--since", &s)?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or(Duration::ZERO);

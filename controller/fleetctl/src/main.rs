@@ -155,3 +155,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity(cmd) => identity::run(&conn, cmd, cli.output).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollout_flags_are_checked_before_anything_is_sent() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fleetctl", "rollout", "shop", "--version", "1.1"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        for bad in [
+            &["--max-parallel", "0"][..],
+            &["--max-parallel", "150%"],
+            &["--min-healthy", "ten"],
+            &["--healthy-deadline", "soon"],
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(e.to_string().contains(bad[1]), "{bad:?}: {e}");
+        }
+        let Ok(Cli {
+            command: Command::Rollout(r),
+            ..
+        }) = parse(&["--max-parallel", "25%", "--min-healthy", "3s"])
+        else {
+            panic!("valid flags refused");
+        };
+        assert_eq!(r.start.opts.max_parallel.to_string(), "25%");
+        assert_eq!(r.start.opts.min_healthy, std::time::Duration::from_secs(3));
+    }
+}

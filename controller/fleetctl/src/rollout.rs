@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use fleet_proto::v1::{
     ControlRolloutRequest, RolloutEvent, RolloutInfo, RolloutRequest, WatchRolloutRequest,
 };
+use fleet_proto::values::{parse_duration, MaxParallel};
 use serde_json::json;
 use tonic::Streaming;
 
@@ -54,13 +55,13 @@ pub struct Opts {
     pub canary: u32,
     /// Batch size after the canary: N hosts or P% of them.
     #[arg(long, default_value = "1")]
-    pub max_parallel: String,
+    pub max_parallel: MaxParallel,
     /// How long each host must stay healthy, without a crash, to count as done.
-    #[arg(long, default_value = "10s")]
-    pub min_healthy: String,
+    #[arg(long, default_value = "10s", value_parser = |v: &str| parse_duration("--min-healthy", v))]
+    pub min_healthy: Duration,
     /// How long each host may take to become (and stay) healthy.
-    #[arg(long, default_value = "2m")]
-    pub healthy_deadline: String,
+    #[arg(long, default_value = "2m", value_parser = |v: &str| parse_duration("--healthy-deadline", v))]
+    pub healthy_deadline: Duration,
     /// On failure, halt but leave switched hosts on the new release.
     #[arg(long)]
     pub no_auto_revert: bool,
@@ -90,12 +91,6 @@ pub enum RolloutSub {
     Resume { app: String },
     /// Stop now and revert the switched hosts.
     Abort { app: String },
-}
-
-fn ms(field: &str, v: &str) -> anyhow::Result<u64> {
-    Ok(humantime::parse_duration(v)
-        .map_err(|e| anyhow::anyhow!("--{field} {v:?}: {e}"))?
-        .as_millis() as u64)
 }
 
 pub async fn run(conn: &Conn, cmd: RolloutCmd, format: Format) -> anyhow::Result<()> {
@@ -139,9 +134,9 @@ pub async fn start(
         rollback: version.is_none(),
         version: version.unwrap_or_default(),
         canary: o.canary,
-        max_parallel: o.max_parallel.clone(),
-        min_healthy_ms: ms("min-healthy", &o.min_healthy)?,
-        healthy_deadline_ms: ms("healthy-deadline", &o.healthy_deadline)?,
+        max_parallel: o.max_parallel.to_string(),
+        min_healthy_ms: o.min_healthy.as_millis() as u64,
+        healthy_deadline_ms: o.healthy_deadline.as_millis() as u64,
         no_auto_revert: o.no_auto_revert,
         skip_down: o.skip_down,
         hosts: o.hosts.clone(),

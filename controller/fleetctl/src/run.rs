@@ -4,6 +4,7 @@ use clap::Args;
 use fleet_proto::v1::{
     AppState, DeployRequest, HostProgress, LogsRequest, RestartAppRequest, StatusRequest,
 };
+use fleet_proto::values::parse_duration;
 use serde_json::json;
 use tonic::Streaming;
 
@@ -99,12 +100,7 @@ async fn follow(
 }
 
 pub async fn deploy(conn: &Conn, args: DeployArgs, format: Format) -> anyhow::Result<()> {
-    let deadline = humantime::parse_duration(&args.healthy_deadline).map_err(|_| {
-        anyhow::anyhow!(
-            "--healthy-deadline {:?} is not a duration",
-            args.healthy_deadline
-        )
-    })?;
+    let deadline = parse_duration("--healthy-deadline", &args.healthy_deadline)?;
     let stream = conn
         .admin()
         .await?

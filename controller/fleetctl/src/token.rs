@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 use fleet_proto::v1::CreateTokenRequest;
+use fleet_proto::values::parse_duration;
 use serde_json::json;
 
 use crate::client::Conn;
@@ -26,9 +27,7 @@ pub enum TokenCmd {
 pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create { ttl, uses, group } => {
-            let ttl = humantime::parse_duration(&ttl).map_err(|_| {
-                anyhow::anyhow!("--ttl {ttl:?} is not a duration (examples: 30m, 1h, 2d)")
-            })?;
+            let ttl = parse_duration("--ttl", &ttl)?;
             if ttl.as_secs() == 0 {
                 anyhow::bail!("--ttl must be at least 1s");
             }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fleet_controller::config::{
-    parse_duration, Settings, ADMIN_CERT_LIFETIME, SERVER_CERT_LIFETIME,
+    parse_duration, Flags, Settings, ADMIN_CERT_LIFETIME, SERVER_CERT_LIFETIME,
 };
 use fleet_controller::logging::{self, LogFormat};
 use fleet_proto::identity::TrustDomain;
@@ -122,25 +122,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             server_cert_lifetime,
             admin_cert_lifetime,
         } => {
-            let mut settings = Settings::default();
-            if let Some(path) = config {
-                settings.apply_file(&path)?;
-            }
-            if let Some(v) = listen {
-                settings.listen = v;
-            }
-            if let Some(v) = http_listen {
-                settings.http_listen = v;
-            }
-            if let Some(v) = agent_cert_lifetime {
-                settings.agent_cert_lifetime = parse_duration("--agent-cert-lifetime", &v)?;
-            }
-            if let Some(v) = server_cert_lifetime {
-                settings.server_cert_lifetime = parse_duration("--server-cert-lifetime", &v)?;
-            }
-            if let Some(v) = admin_cert_lifetime {
-                settings.admin_cert_lifetime = parse_duration("--admin-cert-lifetime", &v)?;
-            }
+            let settings = Settings::resolve(
+                config.as_deref(),
+                Flags {
+                    listen,
+                    http_listen,
+                    agent_cert_lifetime,
+                    server_cert_lifetime,
+                    admin_cert_lifetime,
+                },
+            )?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -26,10 +26,11 @@ use std::time::Duration;
 
 use fleet_proto::spec::{AppSpec, Version};
 use fleet_proto::v1::{ControlRolloutRequest, RolloutInfo, RolloutRequest, WatchRolloutRequest};
+use fleet_proto::values::MaxParallel;
 use tonic::Status;
 
 pub use live::{Control, EventStream, Live, Rollouts};
-pub use plan::{natural_sort, parse_max_parallel, plan_batches};
+pub use plan::{natural_sort, plan_batches};
 pub use record::{outcome, HostStep, Phase, Record, State, Step};
 
 use crate::shared::{internal, Shared};
@@ -77,6 +78,9 @@ pub fn start(
     req: RolloutRequest,
 ) -> Result<EventStream, Status> {
     let app = req.app.clone();
+    // Checked before any store read: a bad request costs nothing.
+    let max_parallel = MaxParallel::parse_wire(&req.max_parallel)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let rec = shared.store.app(&app).map_err(internal)?.ok_or_else(|| {
         Status::not_found(format!(
             "no app named {app}: create it with `fleetctl app apply FILE.toml`"
@@ -105,8 +109,7 @@ pub fn start(
         .map_err(internal)?
         .ok_or_else(|| Status::not_found(format!("{app} has no release {version}: upload it with `fleetctl release upload {app} FILE.tar.gz --version {version}`")))?;
     crate::desired::wanted_secrets(&shared, &app, &spec)?;
-    let max_parallel =
-        parse_max_parallel(&req.max_parallel, hosts.len()).map_err(Status::invalid_argument)?;
+    let max_parallel = max_parallel.hosts(hosts.len());
     let batches = plan_batches(&hosts, req.canary as usize, max_parallel);
     let running: BTreeMap<String, String> = shared
         .app_states

@@ -1,28 +1,5 @@
-//! Batch planning: which hosts go in which batch, from the canary and `--max-parallel`.
-
-/// `--max-parallel`: "N" hosts or "P%" of `targets` (rounded up, at least 1).
-pub fn parse_max_parallel(s: &str, targets: usize) -> Result<usize, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(1);
-    }
-    let bad = || format!("max-parallel {s:?}: expected a host count (2) or a percentage (25%)");
-    if let Some(p) = s.strip_suffix('%') {
-        let p: usize = p.trim().parse().map_err(|_| bad())?;
-        if p == 0 || p > 100 {
-            return Err(format!(
-                "max-parallel {s:?}: the percentage must be 1 to 100"
-            ));
-        }
-        Ok((targets * p).div_ceil(100).max(1))
-    } else {
-        let n: usize = s.parse().map_err(|_| bad())?;
-        if n == 0 {
-            return Err(format!("max-parallel {s:?}: must be at least 1"));
-        }
-        Ok(n)
-    }
-}
+//! Batch planning: which hosts go in which batch, from the canary and `--max-parallel`
+//! (parsed by `fleet_proto::values::MaxParallel`, as fleetctl parses it).
 
 /// Canary batch (if any) then batches of `max_parallel`, in the order given.
 pub fn plan_batches(hosts: &[String], canary: usize, max_parallel: usize) -> Vec<Vec<String>> {
@@ -51,6 +28,7 @@ pub fn natural_sort(hosts: &mut [String]) {
 mod tests {
     use super::*;
     use crate::rollout::record::tests::names;
+    use fleet_proto::values::MaxParallel;
 
     #[test]
     fn batches_from_canary_and_max_parallel() {
@@ -69,15 +47,11 @@ mod tests {
     }
 
     #[test]
-    fn max_parallel_counts_and_percentages() {
-        assert_eq!(parse_max_parallel("", 10), Ok(1));
-        assert_eq!(parse_max_parallel("3", 10), Ok(3));
-        assert_eq!(parse_max_parallel("25%", 10), Ok(3));
-        assert_eq!(parse_max_parallel("1%", 10), Ok(1));
-        assert_eq!(parse_max_parallel("100%", 7), Ok(7));
-        for bad in ["0", "0%", "101%", "x", "-1", "%"] {
-            assert!(parse_max_parallel(bad, 10).is_err(), "{bad}");
-        }
+    fn max_parallel_of_the_targets() {
+        let b =
+            |mp: &str, n| plan_batches(&names(n), 0, MaxParallel::parse_wire(mp).unwrap().hosts(n));
+        assert_eq!(b("", 3).len(), 3, "empty: one at a time");
+        assert_eq!(b("25%", 10).len(), 4, "3 + 3 + 3 + 1");
     }
 
     #[test]

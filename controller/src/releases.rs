@@ -1,0 +1,212 @@
+//! Release blobs: the operator's upload (streamed to the content-addressed blob store,
+//! bounded, releases immutable once recorded) and the agents' fetch of them over their
+//! stream, resumable from any offset.
+
+use std::sync::Arc;
+
+use fleet_proto::spec::Version;
+use fleet_proto::v1::*;
+use tonic::{Status, Streaming};
+
+use crate::apps::{app_name, load_app};
+use crate::shared::{internal, Shared};
+use crate::store::ReleaseRecord;
+use crate::timefmt::now_secs;
+
+pub async fn upload(
+    shared: &Shared,
+    actor: &str,
+    mut chunks: Streaming<UploadReleaseChunk>,
+) -> Result<UploadReleaseResponse, Status> {
+    let first = chunks
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+    let app = app_name(&first.app)?;
+    let version: Version = first
+        .version
+        .parse()
+        .map_err(|e: fleet_proto::spec::SpecError| Status::invalid_argument(e.to_string()))?;
+    load_app(shared, app.as_str())?;
+    let limit = shared.settings.max_release_bytes;
+    if first.size > limit {
+        return Err(Status::invalid_argument(format!(
+            "release is {} bytes, over the controller's limit of {limit} (max_release_bytes)",
+            first.size
+        )));
+    }
+    let mut up = shared
+        .blobs
+        .begin(limit)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    up.write(&first.data)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    while let Some(chunk) = chunks.message().await? {
+        up.write(&chunk.data)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    let (sha256, size) = shared
+        .blobs
+        .finish(up, first.size)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let rec = ReleaseRecord {
+        app: app.to_string(),
+        version: version.to_string(),
+        sha256: sha256.clone(),
+        size,
+        uploaded_at: now_secs(),
+    };
+    match shared.store.put_release_if_absent(&rec).map_err(internal)? {
+        None => {
+            shared
+                .audit(
+                    actor,
+                    "release.upload",
+                    &format!("{app}@{version}"),
+                    &format!("sha256 {sha256}, {size} bytes"),
+                )
+                .map_err(internal)?;
+            Ok(UploadReleaseResponse {
+                sha256,
+                size,
+                created: true,
+            })
+        }
+        Some(existing) if existing.sha256 == sha256 => Ok(UploadReleaseResponse {
+            sha256,
+            size,
+            created: false,
+        }),
+        Some(existing) => {
+            if !shared.store.blob_in_use(&sha256).map_err(internal)? {
+                shared.blobs.remove(&sha256);
+            }
+            Err(Status::already_exists(format!(
+                "{app} {version} already exists with other content (sha256 {}): releases are immutable, upload this one under a new version",
+                existing.sha256
+            )))
+        }
+    }
+}
+
+/// Serves release bytes to an agent over its stream, in order, from `offset`.
+/// Answers a fetch with an error and no data.
+pub async fn refuse_fetch(req: &FetchRelease, tx: &crate::sessions::Outbound, error: &str) {
+    let _ = tx
+        .send(Ok(ControllerMessage {
+            body: Some(controller_message::Body::ReleaseData(ReleaseData {
+                request_id: req.request_id.clone(),
+                offset: req.offset,
+                data: vec![],
+                last: true,
+                error: error.to_owned(),
+            })),
+        }))
+        .await;
+}
+
+/// Streams a release blob to an agent; `_permit` is the session's fetch slot, held until
+/// the download ends.
+pub async fn serve_fetch(
+    shared: Arc<Shared>,
+    req: FetchRelease,
+    tx: crate::sessions::Outbound,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let reply = |offset: u64, data: Vec<u8>, last: bool, error: String| ControllerMessage {
+        body: Some(controller_message::Body::ReleaseData(ReleaseData {
+            request_id: req.request_id.clone(),
+            offset,
+            data,
+            last,
+            error,
+        })),
+    };
+    let known = shared.store.blob_in_use(&req.sha256).unwrap_or(false);
+    let path = shared.blobs.path(&req.sha256).filter(|_| known);
+    let mut file = match path {
+        Some(p) => match tokio::fs::File::open(&p).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(reply(
+                        req.offset,
+                        vec![],
+                        true,
+                        format!("release blob unreadable: {e}"),
+                    )))
+                    .await;
+                return;
+            }
+        },
+        None => {
+            let _ = tx
+                .send(Ok(reply(
+                    req.offset,
+                    vec![],
+                    true,
+                    format!(
+                        "no release with sha256 {}",
+                        crate::ratelimit::clip(&req.sha256, crate::auth::MAX_QUOTED)
+                    ),
+                )))
+                .await;
+            return;
+        }
+    };
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if req.offset > size
+        || file
+            .seek(std::io::SeekFrom::Start(req.offset))
+            .await
+            .is_err()
+    {
+        let _ = tx
+            .send(Ok(reply(
+                req.offset,
+                vec![],
+                true,
+                format!("offset {} beyond size {size}", req.offset),
+            )))
+            .await;
+        return;
+    }
+    let mut offset = req.offset;
+    loop {
+        let mut buf = vec![0u8; crate::blobs::CHUNK];
+        let n = match file.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(reply(offset, vec![], true, format!("read failed: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        if n == 0 && offset < size {
+            let _ = tx
+                .send(Ok(reply(
+                    offset,
+                    vec![],
+                    true,
+                    format!("release blob is truncated at {offset} of {size} bytes"),
+                )))
+                .await;
+            return;
+        }
+        buf.truncate(n);
+        let last = offset + n as u64 >= size;
+        if tx
+            .send(Ok(reply(offset, buf, last, String::new())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        offset += n as u64;
+        if last {
+            return;
+        }
+    }
+}

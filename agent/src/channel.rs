@@ -54,7 +54,7 @@ const OUTBOX: usize = 64;
 /// Warn when the controller's clock differs from ours by more than this.
 const MAX_SKEW_SECS: i64 = 30;
 /// What this agent understands beyond the base protocol (see `Hello.capabilities`).
-pub const CAPABILITIES: &[&str] = &["renew"];
+pub const CAPABILITIES: &[&str] = &["renew", "agent-upgrade"];
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = config::resolve(
@@ -122,12 +122,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.firewall_drift(),
     );
     firewall.start();
+    let upgrader = crate::upgrade::Upgrader::new(state.path(), fetcher.clone());
     let agent = Agent {
         state,
         settings,
         fetcher,
         apps,
         firewall,
+        upgrader,
         metrics_port,
         connected: metrics.connected(),
     };
@@ -211,6 +213,7 @@ struct Agent {
     fetcher: Fetcher,
     apps: Apps,
     firewall: Firewall,
+    upgrader: crate::upgrade::Upgrader,
     metrics_port: u16,
     connected: Connected,
 }
@@ -334,6 +337,7 @@ impl Agent {
         // App states, events, log lines and app command results likewise.
         let _apps_outbox = self.apps.attach(tx.clone());
         let _firewall_outbox = self.firewall.attach(tx.clone());
+        let _upgrade_outbox = self.upgrader.attach(tx.clone());
 
         let mut session = Session {
             identity: creds.cert.identity.clone(),
@@ -347,6 +351,7 @@ impl Agent {
             fetcher: &self.fetcher,
             apps: &self.apps,
             firewall: &self.firewall,
+            upgrader: &self.upgrader,
             seq: 0,
             connected: self.connected.clone(),
         };
@@ -417,6 +422,7 @@ struct Session<'a> {
     fetcher: &'a Fetcher,
     apps: &'a Apps,
     firewall: &'a Firewall,
+    upgrader: &'a crate::upgrade::Upgrader,
     renewal: Renewal,
     seq: u64,
     connected: Connected,
@@ -500,6 +506,10 @@ impl Session<'_> {
             }
             Some(controller_message::Body::Command(c)) if firewall::handles(&c) => {
                 self.firewall.dispatch(c);
+                Ok(())
+            }
+            Some(controller_message::Body::Command(c)) if crate::upgrade::handles(&c) => {
+                self.upgrader.dispatch(c);
                 Ok(())
             }
             Some(controller_message::Body::Command(c)) => {
@@ -627,7 +637,8 @@ pub fn answer(c: Command) -> CommandResult {
             | command::Kind::StopLogs(_)
             | command::Kind::RunPreStart(_)
             | command::Kind::ApplyFirewall(_)
-            | command::Kind::ConfirmFirewall(_),
+            | command::Kind::ConfirmFirewall(_)
+            | command::Kind::UpgradeAgent(_),
         )
         | None => (
             command_result::Status::Unsupported,

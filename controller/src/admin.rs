@@ -396,6 +396,33 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn upload_agent_package(
+        &self,
+        request: Request<tonic::Streaming<UploadAgentPackageChunk>>,
+    ) -> Result<Response<UploadAgentPackageResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::agentpkg::upload(&self.0, &actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_agent_packages(
+        &self,
+        _request: Request<ListAgentPackagesRequest>,
+    ) -> Result<Response<ListAgentPackagesResponse>, Status> {
+        crate::agentpkg::list(&self.0).map(Response::new)
+    }
+
+    type UpgradeAgentsStream = crate::upgrade::EventStream;
+
+    async fn upgrade_agents(
+        &self,
+        request: Request<UpgradeAgentsRequest>,
+    ) -> Result<Response<Self::UpgradeAgentsStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::upgrade::start(self.0.clone(), actor, request.into_inner()).map(Response::new)
+    }
+
     async fn list_audit(
         &self,
         request: Request<ListAuditRequest>,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agentpkg;
 pub mod apps;
 pub mod auth;
 pub mod blobs;
@@ -30,4 +31,5 @@ pub mod store;
 pub mod timefmt;
 pub mod tls;
 pub mod tokens;
+pub mod upgrade;
 pub mod webhook;

@@ -75,6 +75,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         firewall_states: Default::default(),
         rollouts: Default::default(),
         convergence: Default::default(),
+        upgrades: Default::default(),
         metrics,
     }))
 }

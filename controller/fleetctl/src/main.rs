@@ -2,6 +2,7 @@
 //! through fleet-proto, prints. It never links controller internals.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod apps;
 mod audit;
 mod client;
@@ -94,6 +95,9 @@ enum Command {
     Rollout(rollout::RolloutCmd),
     /// Roll back to the previous release present on every host (a rollout of it).
     Rollback(RollbackArgs),
+    /// fleet-agent packages on the controller and fleet-wide agent upgrades.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
     /// This admin identity: show it, or renew its certificate before it expires.
     #[command(subcommand)]
     Identity(identity::IdentityCmd),
@@ -150,5 +154,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
         Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
         Command::Identity(cmd) => identity::run(&conn, cmd, cli.output).await,
+        Command::Agent(cmd) => agent::run(&conn, cmd, cli.output).await,
     }
 }

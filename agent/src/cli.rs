@@ -42,9 +42,15 @@ pub struct JoinArgs {
     #[arg(long, env = "FLEET_CONTROLLER", value_name = "ADDR:PORT")]
     pub controller: String,
 
-    /// Join token from `fleetctl token create`.
-    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Join token from `fleetctl token create`. Prefer FLEET_JOIN_TOKEN or --token-stdin:
+    /// a command line is visible to every user of the host.
+    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true, required_unless_present = "token_stdin")]
+    pub token: Option<String>,
+
+    /// Read the join token from stdin (one line), e.g. from a configuration tool that
+    /// must not put it in a command line or an environment it logs.
+    #[arg(long, conflicts_with = "token")]
+    pub token_stdin: bool,
 
     /// Fingerprint of the fleet CA, as printed by `fleet-controller init`.
     #[arg(long, value_name = "sha256:HEX")]
@@ -114,6 +120,20 @@ mod tests {
     }
 
     #[test]
+    fn the_token_comes_from_exactly_one_place() {
+        let base = ["fleet-agent", "join", "--controller", "c:1", "--ca-pin", "sha256:00"];
+        let with = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra.iter()).copied())
+        };
+        // The variable may be set by the test environment: only argv is under test here.
+        if std::env::var_os("FLEET_JOIN_TOKEN").is_none() {
+            assert!(with(&[]).is_err(), "a token source is required");
+        }
+        assert!(with(&["--token-stdin"]).is_ok());
+        assert!(with(&["--token", "t", "--token-stdin"]).is_err());
+    }
+
+    #[test]
     fn lead_e2e_flags_parse() {
         let cli = Cli::try_parse_from([
             "fleet-agent",
@@ -151,6 +171,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(
+            matches!(cli.command, Command::Join(ref j) if j.token.as_deref() == Some("t"))
+        );
         assert!(
             matches!(cli.command, Command::Join(ref j) if j.name.as_deref() == Some("h1") && !j.force)
         );

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash lab/setup.sh
+# ansible-core + ansible-lint for the collection in ansible/ (pinned, in a venv).
+sh lab/ansible-venv.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi

@@ -26,7 +26,33 @@ pub fn collect(metrics_port: u16) -> HostFacts {
         memory_bytes,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         metrics_port: u32::from(metrics_port),
+        package_version: std::fs::read_to_string(DPKG_STATUS)
+            .ok()
+            .and_then(|t| installed_version(&t, "fleet-agent"))
+            .unwrap_or_default(),
     }
+}
+
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+
+/// The Version of `package` in dpkg's status file, if it is unpacked (an upgrade's
+/// postinst restarts the agent while dpkg still calls it half-configured).
+pub fn installed_version(status: &str, package: &str) -> Option<String> {
+    status.split("\n\n").find_map(|stanza| {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        if field("Package") != Some(package) {
+            return None;
+        }
+        let state = field("Status")?.split_whitespace().nth(2)?;
+        matches!(state, "installed" | "half-configured" | "unpacked" | "triggers-awaited" | "triggers-pending")
+            .then(|| field("Version").map(str::to_owned))
+            .flatten()
+    })
 }
 
 pub fn hostname() -> Option<String> {
@@ -61,6 +87,20 @@ mod tests {
         assert_eq!(pretty_name("PRETTY_NAME='x y'").as_deref(), Some("x y"));
         assert_eq!(pretty_name("ID=debian\n"), None);
         assert_eq!(pretty_name("PRETTY_NAME=\"\""), None);
+    }
+
+    #[test]
+    fn the_package_version_comes_from_dpkg_status() {
+        let status = "Package: fleet-agentx\nStatus: install ok installed\nVersion: 9\n\n\
+                      Package: fleet-agent\nStatus: install ok half-configured\nPriority: optional\nVersion: 0.1.1-1\n\n\
+                      Package: other\nStatus: install ok installed\nVersion: 1\n";
+        assert_eq!(
+            installed_version(status, "fleet-agent").as_deref(),
+            Some("0.1.1-1")
+        );
+        let removed = "Package: fleet-agent\nStatus: deinstall ok config-files\nVersion: 0.1.0-1\n";
+        assert_eq!(installed_version(removed, "fleet-agent"), None);
+        assert_eq!(installed_version("", "fleet-agent"), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn host_view(shared: &Shared, h: HostRecord) -> Host {
             memory_bytes: h.memory_bytes,
             agent_version: h.version,
             metrics_port: h.metrics_port,
+            package_version: h.package_version,
         }),
         name: h.name,
     }

@@ -84,6 +84,9 @@ pub struct HostRecord {
     /// last Hello; records written before agents reported it read as 0.
     #[serde(default)]
     pub metrics_port: u32,
+    /// fleet-agent package version from the last Hello; empty: not installed from one.
+    #[serde(default)]
+    pub package_version: String,
     /// Operator-chosen group (Prometheus `group` label); empty for none.
     #[serde(default)]
     pub group: String,
@@ -764,6 +767,7 @@ mod tests {
             address: "127.0.0.1".into(),
             last_seen_ms: 0,
             version: String::new(),
+            package_version: String::new(),
             hostname: String::new(),
             os: String::new(),
             kernel: String::new(),

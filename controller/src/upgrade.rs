@@ -57,7 +57,20 @@ impl Drop for Running<'_> {
 pub struct Target {
     pub name: String,
     pub up: bool,
+    /// What its last Hello said: the agent's own version and its package's (empty when
+    /// not installed from a package).
     pub version: String,
+    pub package_version: String,
+}
+
+/// Whether a host reporting these versions runs package `version`. The package version
+/// decides when there is one (a rebuilt package may carry the same binary version).
+pub fn runs(version: &PackageVersion, agent_version: &str, package_version: &str) -> bool {
+    if package_version.is_empty() {
+        version.is_reported_by(agent_version)
+    } else {
+        package_version == version.as_str()
+    }
 }
 
 /// What an upgrade will do, decided before it starts.
@@ -76,7 +89,7 @@ pub fn plan(targets: &[Target], version: &PackageVersion, max_parallel: usize) -
     let mut plan = Plan::default();
     let mut todo = Vec::new();
     for t in targets {
-        if version.is_reported_by(&t.version) {
+        if runs(version, &t.version, &t.package_version) {
             plan.current.push(t.name.clone());
         } else if !t.up {
             plan.skipped.push(t.name.clone());
@@ -150,19 +163,23 @@ pub fn start(
     let pkg = package(&shared, &version)?;
     let mut names = crate::apps::targets(&shared, &req.hosts)?;
     natural_sort(&mut names);
-    let records: HashMap<String, String> = shared
+    let records: HashMap<String, (String, String)> = shared
         .store
         .hosts()
         .map_err(internal)?
         .into_iter()
-        .map(|h| (h.name, h.version))
+        .map(|h| (h.name, (h.version, h.package_version)))
         .collect();
     let targets: Vec<Target> = names
         .iter()
-        .map(|n| Target {
-            name: n.clone(),
-            up: shared.sessions.up(n).is_some(),
-            version: records.get(n).cloned().unwrap_or_default(),
+        .map(|n| {
+            let (version, package_version) = records.get(n).cloned().unwrap_or_default();
+            Target {
+                name: n.clone(),
+                up: shared.sessions.up(n).is_some(),
+                version,
+                package_version,
+            }
         })
         .collect();
     let plan = plan(&targets, &version, max_parallel);
@@ -356,14 +373,15 @@ async fn upgrade_host(
     loop {
         let now = shared.sessions.session_id(host);
         if now.is_some() && now != before && shared.sessions.up(host).is_some() {
-            let reported = shared
+            let (agent, package) = shared
                 .store
                 .host(host)
                 .ok()
                 .flatten()
-                .map(|h| h.version)
+                .map(|h| (h.version, h.package_version))
                 .unwrap_or_default();
-            if version.is_reported_by(&reported) {
+            let reported = if package.is_empty() { agent.clone() } else { package.clone() };
+            if runs(version, &agent, &package) {
                 return Ok(format!(
                     "back with fleet-agent {reported} after {:.1}s",
                     started.elapsed().as_secs_f64()
@@ -396,7 +414,19 @@ mod tests {
             name: name.into(),
             up,
             version: version.into(),
+            package_version: String::new(),
         }
+    }
+
+    #[test]
+    fn the_package_version_decides_when_there_is_one() {
+        let v: PackageVersion = "0.1.0-2".parse().unwrap();
+        assert!(runs(&v, "0.1.0", "0.1.0-2"));
+        assert!(!runs(&v, "0.1.0", "0.1.0-1"), "same binary, older package");
+        assert!(runs(&v, "0.1.0", ""), "no package: the binary's version");
+        let mut pkg = t("h1", true, "0.1.0");
+        pkg.package_version = "0.1.0-1".into();
+        assert_eq!(plan(&[pkg], &v, 1).batches, vec![vec!["h1".to_string()]]);
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct HostFacts {
     /// controller pairs it with the address it sees the agent at for service discovery.
     #[prost(uint32, tag = "7")]
     pub metrics_port: u32,
+    /// Version of the installed fleet-agent package (dpkg), empty when the agent was not
+    /// installed from one. Agent upgrades are complete when it is the rolled-out version.
+    #[prost(string, tag = "8")]
+    pub package_version: ::prost::alloc::string::String,
 }
 /// First message on every stream.
 #[allow(clippy::all)]

@@ -9,6 +9,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod ansible;
 pub mod bench;
 pub mod cgroup;
 pub mod config;

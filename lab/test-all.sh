@@ -11,6 +11,10 @@ sh lab/ansible-venv.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
+# packaging/deb/build.sh makes the .debs with it (~4 min to install, once per machine).
+if ! cargo deb --version >/dev/null 2>&1; then
+    cargo install cargo-deb --locked
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -18,5 +22,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> release build (installed into lab hosts)"
 cargo build --workspace --release --locked --bins
+echo "==> .deb packages and the signed apt repository (lab hosts install these)"
+bash packaging/deb/build.sh
 echo "==> tests"
 exec cargo nextest run --workspace --locked --profile ci

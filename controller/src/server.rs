@@ -108,6 +108,8 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         ca_pin = %shared.ca.pin(),
         "controller listening"
     );
+    let watchdog = crate::systemd::spawn_watchdog();
+    crate::systemd::ready(&format!("serving on {}", settings.listen));
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
     let accept = tokio::spawn(tls::accept_loop(
@@ -139,6 +141,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
             shutdown.await;
             tracing::info!("shutting down: closing agent sessions");
+            crate::systemd::stopping();
             // Open bidi streams would hold graceful shutdown forever; end them first.
             shared_for_shutdown
                 .sessions
@@ -154,6 +157,9 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     renewer.abort();
     pruner.abort();
     http_server.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     result
 }
 

@@ -90,6 +90,55 @@ pub fn site(work: &Path, inventories: &[&Path], vars: &[&Path], args: &[&str]) -
     cmd.output().context("run ansible-playbook")
 }
 
+/// The lab's inventory (what `fleet-lab inventory` prints) for `lab`, written to `work`.
+pub fn lab_inventory(lab: &crate::Lab, work: &Path) -> Result<PathBuf> {
+    let facts = crate::inventory::LabFacts {
+        ca_pin: lab.ca_pin().map(str::to_owned),
+        keyring: lab.packages().map(|p| p.keyring()),
+    };
+    let p = work.join("lab.yml");
+    std::fs::write(
+        &p,
+        crate::inventory::render(&lab.paths, lab.hosts(), &facts),
+    )?;
+    Ok(p)
+}
+
+/// An inventory that makes the lab inventory's hosts the playbook's `fleet_agents`.
+pub fn agents_group(work: &Path) -> Result<PathBuf> {
+    let p = work.join("groups.yml");
+    std::fs::write(
+        &p,
+        "all:\n  children:\n    fleet_agents:\n      children:\n        fleet_hosts:\n",
+    )?;
+    Ok(p)
+}
+
+/// The agent role's variables from the lab inventory's facts (`pin` overrides the CA pin)
+/// plus the token: a 0600 file, as an operator's vault file would be.
+pub fn agent_vars(
+    work: &Path,
+    name: &str,
+    version: &str,
+    token: &str,
+    pin: Option<&str>,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let v = serde_json::json!({
+        "agent_package_version": version,
+        "agent_apt_repo_url": "{{ fleet_repo_url }}",
+        "agent_apt_keyring_src": "{{ fleet_repo_keyring }}",
+        "agent_controller": "{{ fleet_controller }}",
+        "agent_ca_pin": pin.unwrap_or("{{ fleet_ca_pin }}"),
+        "agent_join_token": token,
+    });
+    let p = work.join(name);
+    std::fs::write(&p, "")?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::write(&p, v.to_string())?;
+    Ok(p)
+}
+
 /// One host's line of PLAY RECAP.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recap {

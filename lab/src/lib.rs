@@ -9,8 +9,10 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod agentpkg;
 pub mod ansible;
 pub mod bench;
+pub mod bench_install;
 pub mod cgroup;
 pub mod config;
 pub mod demo;

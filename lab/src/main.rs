@@ -80,6 +80,20 @@ enum Cmd {
         #[arg(long, default_value = "2s")]
         min_healthy: String,
     },
+    /// Time the fleet.fleet collection installing and enrolling N fresh hosts (and a
+    /// no-op re-run); boots its own lab, tears it down.
+    BenchAnsible {
+        #[arg(long, default_value_t = 10)]
+        hosts: u32,
+    },
+    /// Time `fleetctl agent upgrade` to a newer fleet-agent package across N hosts; boots
+    /// its own lab, tears it down.
+    BenchAgentUpgrade {
+        #[arg(long, default_value_t = 10)]
+        hosts: u32,
+        #[arg(long, default_value_t = 10)]
+        max_parallel: u32,
+    },
 }
 
 fn main() {
@@ -240,6 +254,17 @@ fn run(cli: Cli) -> Result<i32> {
             let r = fleet_lab::bench::rollout(&paths, &b, lab.hosts(), &plan);
             lab.down()?;
             r?;
+        }
+        Cmd::BenchAnsible { hosts } => {
+            arm_signal_teardown(&paths)?;
+            fleet_lab::bench_install::ansible(hosts)?;
+        }
+        Cmd::BenchAgentUpgrade {
+            hosts,
+            max_parallel,
+        } => {
+            arm_signal_teardown(&paths)?;
+            fleet_lab::bench_install::agent_upgrade(hosts, max_parallel)?;
         }
         Cmd::Demo => {
             up_detached(&LabOptions::fleet(3))?;

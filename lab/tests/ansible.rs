@@ -1,9 +1,15 @@
 //! The fleet.fleet Ansible collection (ansible/): lint-clean under ansible-lint's
-//! production profile with the pinned toolchain.
+//! production profile with the pinned toolchain, and `site.yml` against bare lab hosts:
+//! installs and enrolls them, changes nothing on a re-run, fails with the reason on a
+//! wrong CA pin or a spent token, and never shows the token (`-vvv`, hosts' journals).
 
 mod common;
 
-use fleet_lab::ansible;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use fleet_lab::{ansible, packages, Lab, LabOptions};
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -37,4 +43,142 @@ fn collection_is_clean_under_the_production_profile() {
         .output()
         .unwrap();
     assert!(out.status.success(), "syntax check failed:\n{}", text(&out));
+}
+
+/// The lab's own inventory (`fleet-lab inventory`, as an operator would use it) plus a
+/// file that makes its hosts the playbook's `fleet_agents`.
+fn inventories(work: &Path) -> (PathBuf, PathBuf) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleet-lab"))
+        .arg("inventory")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fleet-lab inventory: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lab = work.join("lab.yml");
+    std::fs::write(&lab, &out.stdout).unwrap();
+    let groups = ansible::agents_group(work).unwrap();
+    (lab, groups)
+}
+
+fn vars(work: &Path, name: &str, token: &str, pin: Option<&str>) -> PathBuf {
+    ansible::agent_vars(work, name, packages::DEB_VERSION, token, pin).unwrap()
+}
+
+fn run(work: &Path, inv: &(PathBuf, PathBuf), vars: &Path, limit: &str) -> (bool, String) {
+    let out = ansible::site(
+        work,
+        &[&inv.0, &inv.1],
+        &[vars],
+        &["-vvv", "--limit", limit],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    (out.status.success(), text(&out))
+}
+
+fn token(lab: &Lab, uses: &str) -> String {
+    let t = lab
+        .fleetctl(&["token", "create", "--uses", uses])
+        .unwrap()
+        .trim()
+        .to_owned();
+    // What the leak checks grep for must be what tokens look like.
+    assert!(t.starts_with(LEAK), "{t}");
+    t
+}
+
+const LEAK: &str = "fleetjoin_";
+
+fn journal_leaks(lab: &Lab, n: u32) -> String {
+    lab.sh(
+        n,
+        "journalctl --no-pager -o cat | grep -c fleetjoin_ || true",
+    )
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn site_playbook_enrolls_bare_hosts_once_and_never_shows_the_token() {
+    common::init();
+    let Some(lab) = fleet_lab::test_lab(&LabOptions::no_agents(4)) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let inv = inventories(w);
+    let t = token(&lab, "3");
+    let v = vars(w, "vars.json", &t, None);
+
+    let (ok, first) = run(w, &inv, &v, "host1,host2,host3");
+    assert!(ok, "first run failed:\n{first}");
+    assert!(!first.contains(LEAK), "a token leaked into -vvv output");
+    let r = ansible::recap(&first);
+    for h in ["host1", "host2", "host3"] {
+        assert!(r[h].changed > 0 && r[h].failed == 0, "{h}: {:?}", r[h]);
+    }
+    lab.wait_fleet_state(&["host1", "host2", "host3"], "up", Duration::from_secs(60))
+        .unwrap();
+    for h in lab.fleet_hosts().unwrap() {
+        assert_eq!(h.state, "up", "{h:?}");
+    }
+    let hosts: Vec<serde_json::Value> =
+        serde_json::from_str(&lab.fleetctl(&["hosts", "--output", "json"]).unwrap()).unwrap();
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    for h in &hosts {
+        assert_eq!(h["package_version"], packages::DEB_VERSION, "{h}");
+    }
+
+    let (ok, second) = run(w, &inv, &v, "host1,host2,host3");
+    assert!(ok, "second run failed:\n{second}");
+    let r = ansible::recap(&second);
+    assert_eq!(r.len(), 3, "{second}");
+    for (h, rec) in &r {
+        assert_eq!(
+            (rec.changed, rec.failed),
+            (0, 0),
+            "{h} changed on a re-run:\n{second}"
+        );
+    }
+    assert!(!second.contains(LEAK));
+
+    // host4 is bare. A wrong pin stops the join before the (valid) token is sent.
+    let t2 = token(&lab, "1");
+    let wrong = vars(
+        w,
+        "wrong-pin.json",
+        &t2,
+        Some(&format!("sha256:{}", "0".repeat(64))),
+    );
+    let (ok, out) = run(w, &inv, &wrong, "host4");
+    assert!(!ok, "a wrong pin must fail:\n{out}");
+    assert!(
+        out.contains("fleet-agent join failed on host4") && out.contains("does not match --ca-pin"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(LEAK),
+        "token in the output of a failed run:\n{out}"
+    );
+    // The first token is spent (3 uses, 3 hosts).
+    let spent = vars(w, "spent.json", &t, None);
+    let (ok, out) = run(w, &inv, &spent, "host4");
+    assert!(!ok, "a spent token must fail:\n{out}");
+    assert!(
+        out.contains("fleet-agent join failed on host4")
+            && out.contains("join token refused by the controller"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(LEAK),
+        "token in the output of a failed run:\n{out}"
+    );
+    assert!(lab.fleet_hosts().unwrap().iter().all(|h| h.name != "host4"));
+
+    for n in 1..=4 {
+        assert_eq!(journal_leaks(&lab, n), "0", "token in host{n}'s journal");
+    }
 }

@@ -1,0 +1,83 @@
+//! fleet-agent from its package on lab hosts, as operators install it: `apt-get install
+//! fleet-agent=V` from the repository the lab serves, `fleet-agent join`, start. Also the
+//! second, newer fleet-agent package that agent-upgrade tests and benchmarks roll out.
+
+use crate::config::host_name;
+use crate::fleet::Binaries;
+use crate::lab::Lab;
+use crate::packages::{self, Packages};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// The version of the newer package: same source, a later Debian revision.
+pub const NEXT_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-2");
+
+/// Where that package is built: an OUT_DIR of its own, so building it never rewrites the
+/// repository a running lab serves.
+pub fn next_dir() -> PathBuf {
+    packages::default_dir().with_file_name("debian-next")
+}
+
+/// The newer fleet-agent .deb for binaries `b`, built with build.sh when missing or older
+/// than the agent binary.
+pub fn next_package(b: &Binaries) -> Result<PathBuf> {
+    let pk = Packages { dir: next_dir() };
+    let deb = pk.deb("fleet-agent", NEXT_VERSION);
+    let mtime = |p: &std::path::Path| p.metadata().and_then(|m| m.modified()).ok();
+    if matches!((mtime(&deb), mtime(&b.agent)), (Some(d), Some(a)) if d >= a) {
+        return Ok(deb);
+    }
+    let ws = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    tracing::info!(version = NEXT_VERSION, dir = %pk.dir.display(), "building the newer fleet-agent package");
+    let st = Command::new("bash")
+        .arg("packaging/deb/build.sh")
+        .arg(&pk.dir)
+        .env("FLEET_DEB_VERSION", NEXT_VERSION)
+        .current_dir(&ws)
+        .status()
+        .context("run packaging/deb/build.sh")?;
+    if !st.success() || !deb.exists() {
+        bail!(
+            "FLEET_DEB_VERSION={NEXT_VERSION} bash packaging/deb/build.sh {} did not make {}",
+            pk.dir.display(),
+            deb.display()
+        );
+    }
+    Ok(deb)
+}
+
+/// Installs fleet-agent `version` from the lab's repository on `hosts` and enrolls them
+/// (one token for all), in parallel; returns when all are `up`.
+pub fn install_and_enroll(lab: &Lab, hosts: &[u32], version: &str) -> Result<()> {
+    let pin = lab
+        .ca_pin()
+        .context("the lab has no controller (LabOptions::no_agents)")?
+        .to_owned();
+    let token = lab
+        .fleetctl(&["token", "create", "--uses", &hosts.len().to_string()])?
+        .trim()
+        .to_owned();
+    let script = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
+         apt-get update -q >/dev/null; apt-get install -y -q fleet-agent={version} >/dev/null; \
+         printf '%s\\n' \"$FLEET_TOKEN\" | fleet-agent join --controller {} --ca-pin {pin} --token-stdin; \
+         systemctl start fleet-agent",
+        crate::config::controller_endpoint()
+    );
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = hosts
+            .iter()
+            .map(|&n| {
+                let script = format!("FLEET_TOKEN='{token}'; {script}");
+                s.spawn(move || lab.sh(n, &script).map(|_| ()))
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().expect("install thread panicked"))
+    })?;
+    let names: Vec<String> = hosts.iter().map(|&n| host_name(n)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    lab.wait_fleet_state(&names, "up", Duration::from_secs(60))
+}

@@ -44,7 +44,12 @@ pub struct JoinArgs {
 
     /// Join token from `fleetctl token create`. Prefer FLEET_JOIN_TOKEN or --token-stdin:
     /// a command line is visible to every user of the host.
-    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true, required_unless_present = "token_stdin")]
+    #[arg(
+        long,
+        env = "FLEET_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_stdin"
+    )]
     pub token: Option<String>,
 
     /// Read the join token from stdin (one line), e.g. from a configuration tool that
@@ -121,10 +126,15 @@ mod tests {
 
     #[test]
     fn the_token_comes_from_exactly_one_place() {
-        let base = ["fleet-agent", "join", "--controller", "c:1", "--ca-pin", "sha256:00"];
-        let with = |extra: &[&str]| {
-            Cli::try_parse_from(base.iter().chain(extra.iter()).copied())
-        };
+        let base = [
+            "fleet-agent",
+            "join",
+            "--controller",
+            "c:1",
+            "--ca-pin",
+            "sha256:00",
+        ];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra.iter()).copied());
         // The variable may be set by the test environment: only argv is under test here.
         if std::env::var_os("FLEET_JOIN_TOKEN").is_none() {
             assert!(with(&[]).is_err(), "a token source is required");
@@ -171,9 +181,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
-        assert!(
-            matches!(cli.command, Command::Join(ref j) if j.token.as_deref() == Some("t"))
-        );
+        assert!(matches!(cli.command, Command::Join(ref j) if j.token.as_deref() == Some("t")));
         assert!(
             matches!(cli.command, Command::Join(ref j) if j.name.as_deref() == Some("h1") && !j.force)
         );

@@ -350,13 +350,22 @@ mod tests {
 
     #[test]
     fn a_token_on_stdin_is_one_trimmed_bounded_line() {
-        assert_eq!(token_from(&b"fleetjoin_abc\n"[..]).unwrap(), "fleetjoin_abc");
-        assert_eq!(token_from(&b"  fleetjoin_abc  "[..]).unwrap(), "fleetjoin_abc");
+        assert_eq!(
+            token_from(&b"fleetjoin_abc\n"[..]).unwrap(),
+            "fleetjoin_abc"
+        );
+        assert_eq!(
+            token_from(&b"  fleetjoin_abc  "[..]).unwrap(),
+            "fleetjoin_abc"
+        );
         let empty = token_from(&b"\n"[..]).unwrap_err().to_string();
         assert!(empty.contains("empty"), "{empty}");
         let long = vec![b'a'; 2000];
         let e = token_from(&long[..]).unwrap_err().to_string();
-        assert!(e.contains("more than 1024 bytes") && !e.contains("aaaa"), "{e}");
+        assert!(
+            e.contains("more than 1024 bytes") && !e.contains("aaaa"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -49,9 +49,12 @@ pub fn installed_version(status: &str, package: &str) -> Option<String> {
             return None;
         }
         let state = field("Status")?.split_whitespace().nth(2)?;
-        matches!(state, "installed" | "half-configured" | "unpacked" | "triggers-awaited" | "triggers-pending")
-            .then(|| field("Version").map(str::to_owned))
-            .flatten()
+        matches!(
+            state,
+            "installed" | "half-configured" | "unpacked" | "triggers-awaited" | "triggers-pending"
+        )
+        .then(|| field("Version").map(str::to_owned))
+        .flatten()
     })
 }
 

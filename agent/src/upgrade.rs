@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleet_proto::package::PackageVersion;
-use fleet_proto::v1::{agent_message, command, command_result, Command, CommandResult, UpgradeAgent};
+use fleet_proto::v1::{
+    agent_message, command, command_result, Command, CommandResult, UpgradeAgent,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -156,7 +158,9 @@ impl Upgrader {
                     Ok(req) => up.upgrade(req).await,
                     Err(e) => Err(e),
                 },
-                _ => Err(UpgradeError::Start("not an upgrade command (channel.rs routes it)".into())),
+                _ => Err(UpgradeError::Start(
+                    "not an upgrade command (channel.rs routes it)".into(),
+                )),
             };
             let (status, message) = match outcome {
                 Ok(m) => (command_result::Status::Ok, m),
@@ -257,7 +261,11 @@ mod tests {
         let sha = "a".repeat(64);
         assert!(Request::parse(cmd("0.2.0-1", &sha, 10)).is_ok());
         let e = Request::parse(cmd("../../x", &sha, 10)).unwrap_err();
-        assert!(e.to_string().contains("invalid fleet-agent package version"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("invalid fleet-agent package version"),
+            "{e}"
+        );
         assert!(matches!(
             Request::parse(cmd("0.2.0", "abc", 10)),
             Err(UpgradeError::Sha(_))
@@ -307,7 +315,10 @@ mod tests {
             .await
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("refusing to install fleet-agent 0.2.0"), "{msg}");
+        assert!(
+            msg.contains("refusing to install fleet-agent 0.2.0"),
+            "{msg}"
+        );
         assert!(msg.contains(&want), "{msg}");
         assert!(msg.contains("nothing was installed"), "{msg}");
         assert!(!part.exists(), "the bad download is deleted");

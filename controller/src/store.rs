@@ -599,11 +599,7 @@ impl Store {
 
     /// Whether any release (of any app) or agent package still refers to this blob.
     pub fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
-        if self
-            .agent_packages()?
-            .iter()
-            .any(|p| p.sha256 == sha256)
-        {
+        if self.agent_packages()?.iter().any(|p| p.sha256 == sha256) {
             return Ok(true);
         }
         let tx = self.db.begin_read().map_err(db_err)?;

@@ -183,11 +183,7 @@ pub fn start(
         })
         .collect();
     let plan = plan(&targets, &version, max_parallel);
-    if shared
-        .upgrades
-        .running
-        .swap(true, Ordering::AcqRel)
-    {
+    if shared.upgrades.running.swap(true, Ordering::AcqRel) {
         return Err(Status::failed_precondition(
             "an agent upgrade is already running: wait for it to finish",
         ));
@@ -380,7 +376,11 @@ async fn upgrade_host(
                 .flatten()
                 .map(|h| (h.version, h.package_version))
                 .unwrap_or_default();
-            let reported = if package.is_empty() { agent.clone() } else { package.clone() };
+            let reported = if package.is_empty() {
+                agent.clone()
+            } else {
+                package.clone()
+            };
             if runs(version, &agent, &package) {
                 return Ok(format!(
                     "back with fleet-agent {reported} after {:.1}s",
@@ -445,7 +445,10 @@ mod tests {
         assert_eq!(p.skipped, ["h3"]);
         assert_eq!(
             p.batches,
-            vec![vec!["h1".to_string(), "h4".into()], vec!["h5".into(), "h6".into()]]
+            vec![
+                vec!["h1".to_string(), "h4".into()],
+                vec!["h5".into(), "h6".into()]
+            ]
         );
         let one = plan(&targets, &v, 0);
         assert_eq!(one.batches.len(), 4, "0 means one at a time");
@@ -456,7 +459,9 @@ mod tests {
     fn bounds_are_refused_with_the_limit() {
         assert_eq!(max_parallel(0), Ok(1));
         assert_eq!(max_parallel(7), Ok(7));
-        assert!(max_parallel(MAX_PARALLEL + 1).unwrap_err().contains("at most"));
+        assert!(max_parallel(MAX_PARALLEL + 1)
+            .unwrap_err()
+            .contains("at most"));
         assert_eq!(deadline(0), Ok(DEFAULT_DEADLINE));
         assert_eq!(deadline(5000), Ok(Duration::from_secs(5)));
         assert!(deadline(10).is_err());

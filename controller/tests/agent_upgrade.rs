@@ -47,13 +47,22 @@ fn packages_are_immutable_and_unknown_versions_are_refused_before_anything_chang
         err.contains("holds no fleet-agent package 0.9.0") && err.contains("fleetctl agent upload"),
         "{err}"
     );
-    assert!(!audit_actions(&fleet).iter().any(|a| a.starts_with("agent.")));
+    assert!(!audit_actions(&fleet)
+        .iter()
+        .any(|a| a.starts_with("agent.")));
 
     let err = fail(&fleet, &["agent", "upgrade", "--version", "../0.9"]);
     assert!(err.contains("invalid fleet-agent package version"), "{err}");
     let err = fail(
         &fleet,
-        &["agent", "upgrade", "--version", "0.9.0", "--max-parallel", "100000"],
+        &[
+            "agent",
+            "upgrade",
+            "--version",
+            "0.9.0",
+            "--max-parallel",
+            "100000",
+        ],
     );
     assert!(err.contains("at most"), "{err}");
 
@@ -101,7 +110,15 @@ fn a_package_that_fails_its_sha256_is_refused_by_the_agent_and_halts_the_upgrade
     fleet.wait_state("h2", "up", Duration::from_secs(20));
 
     let pkg = write(&fleet, "a.deb", b"the package as uploaded");
-    let out = fleet.ok(&["agent", "upload", &pkg, "--version", "0.9.0-1", "--output", "json"]);
+    let out = fleet.ok(&[
+        "agent",
+        "upload",
+        &pkg,
+        "--version",
+        "0.9.0-1",
+        "--output",
+        "json",
+    ]);
     let sha = serde_json::from_str::<serde_json::Value>(&out).unwrap()["sha256"]
         .as_str()
         .unwrap()
@@ -136,7 +153,10 @@ fn a_package_that_fails_its_sha256_is_refused_by_the_agent_and_halts_the_upgrade
         "{text}"
     );
     assert!(text.contains("halted at batch 1"), "{text}");
-    assert!(!text.contains("batch 2"), "the second batch must not start: {text}");
+    assert!(
+        !text.contains("batch 2"),
+        "the second batch must not start: {text}"
+    );
     assert!(
         !a2.log().contains("downloading fleet-agent package"),
         "h2 was not asked: {}",

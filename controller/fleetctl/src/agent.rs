@@ -96,10 +96,7 @@ async fn upload(
         None => {
             let (package, version) = control_fields(file)?;
             if package != "fleet-agent" {
-                bail!(
-                    "{} is package {package:?}, not fleet-agent",
-                    file.display()
-                );
+                bail!("{} is package {package:?}, not fleet-agent", file.display());
             }
             version
                 .parse()

@@ -182,3 +182,83 @@ fn site_playbook_enrolls_bare_hosts_once_and_never_shows_the_token() {
         assert_eq!(journal_leaks(&lab, n), "0", "token in host{n}'s journal");
     }
 }
+
+#[test]
+fn site_playbook_sets_up_a_controller_and_its_agents_from_the_repository() {
+    common::init();
+    let Some(lab) = fleet_lab::test_lab(&LabOptions::no_agents(3)) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let inv = ansible::lab_inventory(&lab, w).unwrap();
+    // host1 runs the controller (from the lab's repository), host2 and host3 its agents.
+    let groups = w.join("groups.yml");
+    std::fs::write(
+        &groups,
+        "all:\n  children:\n    fleet_controllers:\n      hosts:\n        host1:\n    \
+         fleet_agents:\n      hosts:\n        host2:\n        host3:\n",
+    )
+    .unwrap();
+    let vars = w.join("vars.json");
+    let write_vars = |token: &str| {
+        let v = serde_json::json!({
+            "controller_apt_repo_url": "{{ fleet_repo_url }}",
+            "controller_apt_keyring_src": "{{ fleet_repo_keyring }}",
+            "controller_package_version": packages::DEB_VERSION,
+            "agent_package_version": packages::DEB_VERSION,
+            "agent_apt_repo_url": "{{ fleet_repo_url }}",
+            "agent_apt_keyring_src": "{{ fleet_repo_keyring }}",
+            "agent_join_token": token,
+        });
+        std::fs::write(&vars, v.to_string()).unwrap();
+    };
+    let play = |limit: &str| {
+        let out = ansible::site(w, &[&inv, &groups], &[&vars], &["--limit", limit]).unwrap();
+        (out.status.success(), text(&out))
+    };
+
+    write_vars("");
+    let (ok, out) = play("host1");
+    assert!(ok, "controller play failed:\n{out}");
+    let pin = lab.sh(1, "cat /etc/fleet/ca.pin").unwrap().trim().to_owned();
+    assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
+    let active = lab.sh(1, "systemctl is-active fleet-controller").unwrap();
+    assert_eq!(active.trim(), "active");
+    let token = lab
+        .sh(
+            1,
+            "fleetctl --controller 127.0.0.1:7443 --identity /var/lib/fleet-controller/admin \
+             token create --uses 2",
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(token.starts_with(LEAK), "{token}");
+
+    // Agents take the controller's address and CA pin from the controller play.
+    write_vars(&token);
+    let (ok, out) = play("all");
+    assert!(ok, "site.yml failed:\n{out}");
+    let ctl = "fleetctl --controller 127.0.0.1:7443 --identity /var/lib/fleet-controller/admin";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let hosts = lab.sh(1, &format!("{ctl} hosts --output json")).unwrap();
+        let hosts: Vec<serde_json::Value> = serde_json::from_str(&hosts).unwrap();
+        if hosts.len() == 2 && hosts.iter().all(|h| h["state"] == "up") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents not up on the Ansible-made controller: {hosts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (ok, again) = play("all");
+    assert!(ok, "re-run failed:\n{again}");
+    for (h, r) in ansible::recap(&again) {
+        assert_eq!((r.changed, r.failed), (0, 0), "{h} changed on a re-run:\n{again}");
+    }
+    // init ran once: the CA (and so the pin) is the same after the re-run.
+    assert_eq!(lab.sh(1, "cat /etc/fleet/ca.pin").unwrap().trim(), pin);
+}

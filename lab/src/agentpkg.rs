@@ -14,16 +14,15 @@ use std::time::Duration;
 /// The version of the newer package: same source, a later Debian revision.
 pub const NEXT_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-2");
 
-/// Where that package is built: an OUT_DIR of its own, so building it never rewrites the
-/// repository a running lab serves.
-pub fn next_dir() -> PathBuf {
-    packages::default_dir().with_file_name("debian-next")
-}
-
 /// The newer fleet-agent .deb for binaries `b`, built with build.sh when missing or older
-/// than the agent binary.
+/// than the agent binary. Into the lab's own package directory (build.sh's repository
+/// keeps every version): cargo-deb stages every package in target/debian, so building
+/// into another directory would take the lab's packages away. Call it while holding the
+/// lab (it rewrites the repository index the lab serves) or before any lab is up.
 pub fn next_package(b: &Binaries) -> Result<PathBuf> {
-    let pk = Packages { dir: next_dir() };
+    let pk = Packages {
+        dir: packages::default_dir(),
+    };
     let deb = pk.deb("fleet-agent", NEXT_VERSION);
     let mtime = |p: &std::path::Path| p.metadata().and_then(|m| m.modified()).ok();
     if matches!((mtime(&deb), mtime(&b.agent)), (Some(d), Some(a)) if d >= a) {

@@ -23,7 +23,8 @@ pub fn next_package(b: &Binaries) -> Result<PathBuf> {
     let pk = Packages {
         dir: packages::default_dir(),
     };
-    let deb = pk.deb("fleet-agent", NEXT_VERSION);
+    // The repository keeps a link to every version built; the top level only the last.
+    let deb = pk.repo().join(format!("fleet-agent_{NEXT_VERSION}_amd64.deb"));
     let mtime = |p: &std::path::Path| p.metadata().and_then(|m| m.modified()).ok();
     if matches!((mtime(&deb), mtime(&b.agent)), (Some(d), Some(a)) if d >= a) {
         return Ok(deb);

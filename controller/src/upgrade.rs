@@ -161,7 +161,7 @@ pub fn start(
     let max_parallel = max_parallel(req.max_parallel).map_err(Status::invalid_argument)?;
     let deadline = deadline(req.deadline_ms).map_err(Status::invalid_argument)?;
     let pkg = package(&shared, &version)?;
-    let mut names = crate::apps::targets(&shared, &req.hosts)?;
+    let mut names = crate::desired::targets(&shared, &req.hosts)?;
     natural_sort(&mut names);
     let records: HashMap<String, (String, String)> = shared
         .store

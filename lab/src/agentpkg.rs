@@ -24,7 +24,9 @@ pub fn next_package(b: &Binaries) -> Result<PathBuf> {
         dir: packages::default_dir(),
     };
     // The repository keeps a link to every version built; the top level only the last.
-    let deb = pk.repo().join(format!("fleet-agent_{NEXT_VERSION}_amd64.deb"));
+    let deb = pk
+        .repo()
+        .join(format!("fleet-agent_{NEXT_VERSION}_amd64.deb"));
     let mtime = |p: &std::path::Path| p.metadata().and_then(|m| m.modified()).ok();
     if matches!((mtime(&deb), mtime(&b.agent)), (Some(d), Some(a)) if d >= a) {
         return Ok(deb);

@@ -221,7 +221,11 @@ fn site_playbook_sets_up_a_controller_and_its_agents_from_the_repository() {
     write_vars("");
     let (ok, out) = play("host1");
     assert!(ok, "controller play failed:\n{out}");
-    let pin = lab.sh(1, "cat /etc/fleet/ca.pin").unwrap().trim().to_owned();
+    let pin = lab
+        .sh(1, "cat /etc/fleet/ca.pin")
+        .unwrap()
+        .trim()
+        .to_owned();
     assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
     let active = lab.sh(1, "systemctl is-active fleet-controller").unwrap();
     assert_eq!(active.trim(), "active");
@@ -257,7 +261,11 @@ fn site_playbook_sets_up_a_controller_and_its_agents_from_the_repository() {
     let (ok, again) = play("all");
     assert!(ok, "re-run failed:\n{again}");
     for (h, r) in ansible::recap(&again) {
-        assert_eq!((r.changed, r.failed), (0, 0), "{h} changed on a re-run:\n{again}");
+        assert_eq!(
+            (r.changed, r.failed),
+            (0, 0),
+            "{h} changed on a re-run:\n{again}"
+        );
     }
     // init ran once: the CA (and so the pin) is the same after the re-run.
     assert_eq!(lab.sh(1, "cat /etc/fleet/ca.pin").unwrap().trim(), pin);

@@ -6,7 +6,9 @@
 set -eu
 
 # prometheus: promtool for the rule tests and a real server for the discovery test.
-PKGS="systemd-container debootstrap nftables iproute2 util-linux openssh-client curl python3-venv ca-certificates prometheus"
+# dpkg-dev apt-utils gnupg: packaging/deb/build.sh (dpkg-scanpackages, apt-ftparchive, gpg);
+# lintian: the package tests (lab/tests/packages.rs).
+PKGS="systemd-container debootstrap nftables iproute2 util-linux openssh-client curl python3-venv ca-certificates prometheus dpkg-dev apt-utils gnupg lintian"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "lab/setup.sh: run as root (the lab mounts overlays and creates a bridge)" >&2

@@ -6,8 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash lab/setup.sh
+# ansible-core + ansible-lint for the collection in ansible/ (pinned, in a venv).
+sh lab/ansible-venv.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
+fi
+# packaging/deb/build.sh makes the .debs with it (~4 min to install, once per machine).
+if ! cargo deb --version >/dev/null 2>&1; then
+    cargo install cargo-deb --locked
 fi
 
 echo "==> cargo fmt --check"
@@ -16,5 +22,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> release build (installed into lab hosts)"
 cargo build --workspace --release --locked --bins
+echo "==> .deb packages and the signed apt repository (lab hosts install these)"
+bash packaging/deb/build.sh
 echo "==> tests"
 exec cargo nextest run --workspace --locked --profile ci

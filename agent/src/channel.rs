@@ -52,7 +52,7 @@ const OUTBOX: usize = 64;
 /// Warn when the controller's clock differs from ours by more than this.
 const MAX_SKEW_SECS: i64 = 30;
 /// What this agent understands beyond the base protocol (see `Hello.capabilities`).
-pub const CAPABILITIES: &[&str] = &["renew"];
+pub const CAPABILITIES: &[&str] = &["renew", "agent-upgrade"];
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,7 @@ pub struct Agent {
     pub fetcher: Fetcher,
     pub apps: Apps,
     pub firewall: Firewall,
+    pub upgrader: crate::upgrade::Upgrader,
     /// The bound /metrics port (0: off), told to the controller in Hello.
     pub metrics_port: u16,
     pub connected: Connected,
@@ -251,6 +252,7 @@ impl Agent {
         // App states, events, log lines and app command results likewise.
         let _apps_outbox = self.apps.attach(tx.clone());
         let _firewall_outbox = self.firewall.attach(tx.clone());
+        let _upgrade_outbox = self.upgrader.attach(tx.clone());
 
         let mut session = Session {
             identity: creds.cert.identity.clone(),
@@ -264,6 +266,7 @@ impl Agent {
             fetcher: &self.fetcher,
             apps: &self.apps,
             firewall: &self.firewall,
+            upgrader: &self.upgrader,
             seq: 0,
             connected: self.connected.clone(),
         };
@@ -327,6 +330,7 @@ struct Session<'a> {
     fetcher: &'a Fetcher,
     apps: &'a Apps,
     firewall: &'a Firewall,
+    upgrader: &'a crate::upgrade::Upgrader,
     renewal: Renewal,
     seq: u64,
     connected: Connected,
@@ -410,6 +414,10 @@ impl Session<'_> {
             }
             Some(controller_message::Body::Command(c)) if firewall::handles(&c) => {
                 self.firewall.dispatch(c);
+                Ok(())
+            }
+            Some(controller_message::Body::Command(c)) if crate::upgrade::handles(&c) => {
+                self.upgrader.dispatch(c);
                 Ok(())
             }
             Some(controller_message::Body::Command(c)) => {
@@ -537,7 +545,8 @@ pub fn answer(c: Command) -> CommandResult {
             | command::Kind::StopLogs(_)
             | command::Kind::RunPreStart(_)
             | command::Kind::ApplyFirewall(_)
-            | command::Kind::ConfirmFirewall(_),
+            | command::Kind::ConfirmFirewall(_)
+            | command::Kind::UpgradeAgent(_),
         )
         | None => (
             command_result::Status::Unsupported,

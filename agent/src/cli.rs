@@ -62,6 +62,25 @@ mod tests {
     }
 
     #[test]
+    fn the_token_comes_from_exactly_one_place() {
+        let base = [
+            "fleet-agent",
+            "join",
+            "--controller",
+            "c:1",
+            "--ca-pin",
+            "sha256:00",
+        ];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra.iter()).copied());
+        // The variable may be set by the test environment: only argv is under test here.
+        if std::env::var_os("FLEET_JOIN_TOKEN").is_none() {
+            assert!(with(&[]).is_err(), "a token source is required");
+        }
+        assert!(with(&["--token-stdin"]).is_ok());
+        assert!(with(&["--token", "t", "--token-stdin"]).is_err());
+    }
+
+    #[test]
     fn lead_e2e_flags_parse() {
         let cli = Cli::try_parse_from([
             "fleet-agent",
@@ -99,6 +118,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(matches!(cli.command, Command::Join(ref j) if j.token.as_deref() == Some("t")));
         assert!(
             matches!(cli.command, Command::Join(ref j) if j.name.as_deref() == Some("h1") && !j.force)
         );

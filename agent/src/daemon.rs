@@ -105,12 +105,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.firewall_drift(),
     );
     firewall.start();
+    // Also outlives sessions: a package download resumes across reconnects like a release.
+    let upgrader = crate::upgrade::Upgrader::new(state.path(), fetcher.clone());
     let agent = Agent {
         state,
         settings,
         fetcher,
         apps,
         firewall,
+        upgrader,
         metrics_port,
         connected: metrics.connected(),
     };

@@ -34,9 +34,20 @@ pub struct JoinArgs {
     #[arg(long, env = "FLEET_CONTROLLER", value_name = "ADDR:PORT")]
     pub controller: String,
 
-    /// Join token from `fleetctl token create`.
-    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Join token from `fleetctl token create`. Prefer FLEET_JOIN_TOKEN or --token-stdin:
+    /// a command line is visible to every user of the host.
+    #[arg(
+        long,
+        env = "FLEET_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_stdin"
+    )]
+    pub token: Option<String>,
+
+    /// Read the join token from stdin (one line), e.g. from a configuration tool that
+    /// must not put it in a command line or an environment it logs.
+    #[arg(long, conflicts_with = "token")]
+    pub token_stdin: bool,
 
     /// Fingerprint of the fleet CA, as printed by `fleet-controller init`.
     #[arg(long, value_name = "sha256:HEX")]
@@ -67,6 +78,8 @@ pub enum JoinError {
     HostName { host: String, reason: &'static str },
     #[error("cannot determine this machine's host name; pass --name NAME")]
     NoHostName,
+    #[error("cannot read the join token from stdin: {0}")]
+    TokenInput(String),
     #[error("invalid --controller {0:?}: expected HOST:PORT, e.g. controller.example:7443")]
     Address(String),
     #[error("already enrolled as {name} with {controller} (certificate expires {expires}); pass --force to enroll again with a new token")]
@@ -113,7 +126,41 @@ struct Plan {
     force: bool,
 }
 
+/// Longer than any token `fleetctl token create` makes; bounds what stdin may hand us.
+const MAX_TOKEN_BYTES: u64 = 1024;
+
+/// The token from the first line of `input`, surrounding whitespace removed.
+fn token_from(input: impl std::io::Read) -> Result<String, JoinError> {
+    use std::io::Read;
+    let mut text = String::new();
+    input
+        .take(MAX_TOKEN_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| JoinError::TokenInput(e.to_string()))?;
+    if text.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(JoinError::TokenInput(format!(
+            "more than {MAX_TOKEN_BYTES} bytes: pass only the token"
+        )));
+    }
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.is_empty() {
+        return Err(JoinError::TokenInput(
+            "it is empty: pipe the token from `fleetctl token create`".into(),
+        ));
+    }
+    Ok(token)
+}
+
 fn plan(args: JoinArgs) -> Result<Plan, JoinError> {
+    let token = match (args.token_stdin, args.token) {
+        (true, _) => token_from(std::io::stdin().lock())?,
+        (false, Some(t)) => t,
+        (false, None) => {
+            return Err(JoinError::TokenInput(
+                "no token: pass --token-stdin, FLEET_JOIN_TOKEN or --token".into(),
+            ))
+        }
+    };
     let pin = CaPin::from_str(&args.ca_pin)?;
     let name = match &args.name {
         Some(n) => Name::from_str(n).map_err(JoinError::Name)?,
@@ -122,7 +169,7 @@ fn plan(args: JoinArgs) -> Result<Plan, JoinError> {
     validate_address(&args.controller).map_err(|_| JoinError::Address(args.controller.clone()))?;
     Ok(Plan {
         controller: args.controller,
-        token: args.token,
+        token,
         pin,
         name,
         state: StateDir::new(args.state_dir),
@@ -334,5 +381,25 @@ mod tests {
         let p = plan_for(None);
         let e = status_error(&p, &tonic::Status::permission_denied("unknown token"));
         assert!(!e.to_string().contains("secret-token"));
+    }
+
+    #[test]
+    fn a_token_on_stdin_is_one_trimmed_bounded_line() {
+        assert_eq!(
+            token_from(&b"fleetjoin_abc\n"[..]).unwrap(),
+            "fleetjoin_abc"
+        );
+        assert_eq!(
+            token_from(&b"  fleetjoin_abc  "[..]).unwrap(),
+            "fleetjoin_abc"
+        );
+        let empty = token_from(&b"\n"[..]).unwrap_err().to_string();
+        assert!(empty.contains("empty"), "{empty}");
+        let long = vec![b'a'; 2000];
+        let e = token_from(&long[..]).unwrap_err().to_string();
+        assert!(
+            e.contains("more than 1024 bytes") && !e.contains("aaaa"),
+            "{e}"
+        );
     }
 }

@@ -26,7 +26,68 @@ pub fn collect(metrics_port: u16) -> HostFacts {
         memory_bytes,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         metrics_port: u32::from(metrics_port),
+        package_version: installed_version(&dpkg_records(), "fleet-agent").unwrap_or_default(),
     }
+}
+
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+/// dpkg's journal of status changes not yet merged into the status file. While dpkg runs
+/// (an upgrade's postinst restarts the agent), the new version is only here.
+const DPKG_UPDATES: &str = "/var/lib/dpkg/updates";
+
+/// dpkg's status file followed by its pending updates, oldest first: later stanzas of a
+/// package supersede earlier ones, as dpkg itself reads them.
+fn dpkg_records() -> String {
+    let mut text = std::fs::read_to_string(DPKG_STATUS).unwrap_or_default();
+    let mut updates: Vec<_> = std::fs::read_dir(DPKG_UPDATES)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                // Journal entries are named by number; "tmp.i" is one being written.
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    updates.sort();
+    for u in updates {
+        if let Ok(t) = std::fs::read_to_string(u) {
+            text.push_str("\n\n");
+            text.push_str(&t);
+        }
+    }
+    text
+}
+
+/// The Version of `package` in dpkg status records (the last stanza of the package wins),
+/// if it is unpacked (an upgrade's postinst restarts the agent while dpkg still calls it
+/// half-configured).
+pub fn installed_version(records: &str, package: &str) -> Option<String> {
+    let last = records.split("\n\n").filter(|stanza| {
+        stanza
+            .lines()
+            .find_map(|l| l.strip_prefix("Package")?.strip_prefix(':'))
+            .map(str::trim)
+            == Some(package)
+    });
+    last.last().and_then(|stanza| {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let state = field("Status")?.split_whitespace().nth(2)?;
+        matches!(
+            state,
+            "installed" | "half-configured" | "unpacked" | "triggers-awaited" | "triggers-pending"
+        )
+        .then(|| field("Version").map(str::to_owned))
+        .flatten()
+    })
 }
 
 pub fn hostname() -> Option<String> {
@@ -61,6 +122,27 @@ mod tests {
         assert_eq!(pretty_name("PRETTY_NAME='x y'").as_deref(), Some("x y"));
         assert_eq!(pretty_name("ID=debian\n"), None);
         assert_eq!(pretty_name("PRETTY_NAME=\"\""), None);
+    }
+
+    #[test]
+    fn the_package_version_comes_from_dpkg_status() {
+        let status = "Package: fleet-agentx\nStatus: install ok installed\nVersion: 9\n\n\
+                      Package: fleet-agent\nStatus: install ok half-configured\nPriority: optional\nVersion: 0.1.1-1\n\n\
+                      Package: other\nStatus: install ok installed\nVersion: 1\n";
+        assert_eq!(
+            installed_version(status, "fleet-agent").as_deref(),
+            Some("0.1.1-1")
+        );
+        // The journal's newer record of the package supersedes the status file's.
+        let journal = "Package: fleet-agent\nStatus: install ok installed\nVersion: 0.1.0-1\n\n\n\
+                       Package: fleet-agent\nStatus: install ok half-configured\nVersion: 0.1.0-2\n";
+        assert_eq!(
+            installed_version(journal, "fleet-agent").as_deref(),
+            Some("0.1.0-2")
+        );
+        let removed = "Package: fleet-agent\nStatus: deinstall ok config-files\nVersion: 0.1.0-1\n";
+        assert_eq!(installed_version(removed, "fleet-agent"), None);
+        assert_eq!(installed_version("", "fleet-agent"), None);
     }
 
     #[test]

@@ -32,3 +32,4 @@ pub mod renew;
 pub mod state;
 pub mod systemd;
 pub mod units;
+pub mod upgrade;

@@ -341,7 +341,10 @@ async fn join_then_run_speaks_the_protocol() {
         panic!("first message is not Hello");
     };
     assert_eq!(hello.heartbeat_interval_ms, 1000);
-    assert_eq!(hello.capabilities, vec!["renew".to_string()]);
+    assert_eq!(
+        hello.capabilities,
+        vec!["renew".to_string(), "agent-upgrade".to_string()]
+    );
     let facts = hello.facts.unwrap();
     assert_eq!(facts.agent_version, env!("CARGO_PKG_VERSION"));
     assert!(facts.cores >= 1 && facts.memory_bytes > 0);

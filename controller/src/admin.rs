@@ -56,6 +56,7 @@ fn host_view(shared: &Shared, h: HostRecord) -> Host {
             memory_bytes: h.memory_bytes,
             agent_version: h.version,
             metrics_port: h.metrics_port,
+            package_version: h.package_version,
         }),
         name: h.name,
     }
@@ -416,6 +417,33 @@ impl Admin for AdminService {
             cert_pem: issued.cert_pem,
             not_after: issued.not_after,
         }))
+    }
+
+    async fn upload_agent_package(
+        &self,
+        request: Request<tonic::Streaming<UploadAgentPackageChunk>>,
+    ) -> Result<Response<UploadAgentPackageResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::agentpkg::upload(&self.0, &actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_agent_packages(
+        &self,
+        _request: Request<ListAgentPackagesRequest>,
+    ) -> Result<Response<ListAgentPackagesResponse>, Status> {
+        crate::agentpkg::list(&self.0).map(Response::new)
+    }
+
+    type UpgradeAgentsStream = crate::upgrade::EventStream;
+
+    async fn upgrade_agents(
+        &self,
+        request: Request<UpgradeAgentsRequest>,
+    ) -> Result<Response<Self::UpgradeAgentsStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::upgrade::start(self.0.clone(), actor, request.into_inner()).map(Response::new)
     }
 
     async fn list_audit(

@@ -239,7 +239,6 @@ pub fn get(shared: &Shared, name: &str) -> Result<AppInfo, Status> {
     })
 }
 
-
 pub fn set_secret(
     shared: &Shared,
     actor: &str,

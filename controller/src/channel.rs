@@ -97,6 +97,7 @@ impl AgentChannel for ChannelService {
                 h.cores = facts.cores;
                 h.memory_bytes = facts.memory_bytes;
                 h.metrics_port = facts.metrics_port;
+                h.package_version = facts.package_version.clone();
             })
             .map_err(internal)?;
 

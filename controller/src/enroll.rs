@@ -133,6 +133,7 @@ impl Enrollment for EnrollmentService {
                 address: address.clone(),
                 last_seen_ms: 0,
                 version: String::new(),
+                package_version: String::new(),
                 hostname: String::new(),
                 os: String::new(),
                 kernel: String::new(),

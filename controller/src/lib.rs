@@ -4,10 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agentpkg;
 pub mod apps;
 pub mod auth;
 pub mod blobs;
 pub mod channel;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod converge;
@@ -31,7 +33,9 @@ pub mod servercert;
 pub mod sessions;
 pub mod shared;
 pub mod store;
+pub mod systemd;
 pub mod timefmt;
 pub mod tls;
 pub mod tokens;
+pub mod upgrade;
 pub mod webhook;

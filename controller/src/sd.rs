@@ -69,6 +69,7 @@ mod tests {
             address: address.into(),
             last_seen_ms: 0,
             version: String::new(),
+            package_version: String::new(),
             hostname: String::new(),
             os: String::new(),
             kernel: String::new(),

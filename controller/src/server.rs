@@ -87,6 +87,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         firewall_states: Default::default(),
         rollouts: Default::default(),
         convergence: Default::default(),
+        upgrades: Default::default(),
         metrics,
     }))
 }
@@ -140,6 +141,8 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         ca_pin = %shared.ca.pin(),
         "controller listening"
     );
+    let watchdog = crate::systemd::spawn_watchdog();
+    crate::systemd::ready(&format!("serving on {}", settings.listen));
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
     let slots = tls::Slots::new(tls::ConnLimits {
@@ -183,6 +186,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
             shutdown.await;
             tracing::info!("shutting down: closing agent sessions");
+            crate::systemd::stopping();
             // Open bidi streams would hold graceful shutdown forever; end them first.
             shared_for_shutdown
                 .sessions
@@ -199,6 +203,9 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     pruner.abort();
     audit_pruner.abort();
     http_server.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     result
 }
 
@@ -209,15 +216,10 @@ const FD_RESERVE: u64 = 128;
 /// `max_connections`, lowered to what the file-descriptor limit allows (after raising the
 /// soft limit to the hard one), so a full listener never starves the rest of the process.
 fn connection_budget(configured: usize) -> usize {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+    let limit = crate::systemd::raise_nofile_limit();
+    if limit == 0 {
         return configured;
-    };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
+    }
     let budget = limit.saturating_sub(FD_RESERVE).max(16) as usize;
     if budget < configured {
         tracing::warn!(

@@ -35,6 +35,7 @@ pub struct Shared {
     pub firewall_states: crate::firewall::FirewallStates,
     pub rollouts: crate::rollout::Rollouts,
     pub convergence: crate::converge::Convergence,
+    pub upgrades: crate::upgrade::Upgrades,
     pub metrics: ControllerMetrics,
 }
 

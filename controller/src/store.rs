@@ -30,6 +30,8 @@ const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 /// Key: `<app>/<host>`; the release each host should run, from the last rollout or deploy
 /// that decided it (JSON, shape owned by `converge`).
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
+/// fleet-agent packages by Debian version; their bytes are blobs like releases.
+const AGENT_PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("agent_packages");
 
 /// The one list of tables: `create` makes them, `open` adds any a store made by an older
 /// controller lacks (so every reader may assume they exist).
@@ -45,6 +47,7 @@ fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(FIREWALL).map_err(db_err)?;
     tx.open_table(ROLLOUTS).map_err(db_err)?;
     tx.open_table(DESIRED).map_err(db_err)?;
+    tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
     Ok(())
 }
 
@@ -99,6 +102,9 @@ pub struct HostRecord {
     /// last Hello; records written before agents reported it read as 0.
     #[serde(default)]
     pub metrics_port: u32,
+    /// fleet-agent package version from the last Hello; empty: not installed from one.
+    #[serde(default)]
+    pub package_version: String,
     /// Operator-chosen group (Prometheus `group` label); empty for none.
     #[serde(default)]
     pub group: String,
@@ -142,6 +148,14 @@ pub struct AppRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReleaseRecord {
     pub app: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentPackageRecord {
     pub version: String,
     pub sha256: String,
     pub size: u64,
@@ -613,8 +627,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether any release (of any app) still refers to this blob.
+    /// Whether any release (of any app) or agent package still refers to this blob.
     pub fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        if self.agent_packages()?.iter().any(|p| p.sha256 == sha256) {
+            return Ok(true);
+        }
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(RELEASES).map_err(db_err)?;
         for row in table.iter().map_err(db_err)? {
@@ -644,6 +661,39 @@ impl Store {
             if existing.is_none() {
                 table
                     .insert(key.as_str(), encode(rec).as_slice())
+                    .map_err(db_err)?;
+            }
+            existing
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(existing)
+    }
+
+    pub fn agent_package(&self, version: &str) -> Result<Option<AgentPackageRecord>, StoreError> {
+        self.get_json(AGENT_PACKAGES, version)
+    }
+
+    /// Every fleet-agent package held, in version-key order.
+    pub fn agent_packages(&self) -> Result<Vec<AgentPackageRecord>, StoreError> {
+        self.all_json(AGENT_PACKAGES)
+    }
+
+    /// Records an agent package unless that version exists; returns the existing one if so.
+    pub fn put_agent_package_if_absent(
+        &self,
+        rec: &AgentPackageRecord,
+    ) -> Result<Option<AgentPackageRecord>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let existing = {
+            let mut table = tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
+            let existing: Option<AgentPackageRecord> = {
+                let got = table.get(rec.version.as_str()).map_err(db_err)?;
+                got.map(|v| decode("agent_packages", &rec.version, v.value()))
+                    .transpose()?
+            };
+            if existing.is_none() {
+                table
+                    .insert(rec.version.as_str(), encode(rec).as_slice())
                     .map_err(db_err)?;
             }
             existing
@@ -817,6 +867,7 @@ mod tests {
             address: "127.0.0.1".into(),
             last_seen_ms: 0,
             version: String::new(),
+            package_version: String::new(),
             hostname: String::new(),
             os: String::new(),
             kernel: String::new(),

@@ -102,6 +102,10 @@ impl Paths {
     pub fn controller_log(&self) -> PathBuf {
         self.state.join("controller.log")
     }
+    /// The apt repository server's request log (packages.rs).
+    pub fn repo_log(&self) -> PathBuf {
+        self.state.join("repo.log")
+    }
     /// Lab SSH key pair, generated once and kept across labs.
     pub fn ssh_key(&self) -> PathBuf {
         self.state.join("lab_key")

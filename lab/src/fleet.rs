@@ -24,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub const AGENT_UNIT: &str = include_str!("../../systemd/fleet-agent.service");
 /// Creates /var/lib/fleet (see the unit's comments).
 pub const AGENT_TMPFILES: &str = include_str!("../../systemd/fleet-agent.tmpfiles");
+/// The package's conffile, which the unit's ExecStart names.
+pub const AGENT_CONFIG: &str = include_str!("../../packaging/deb/agent.toml");
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[derive(Clone, Debug)]
@@ -286,6 +288,13 @@ pub fn install_agent(paths: &Paths, b: &Binaries, n: u32, opts: &AgentOptions) -
         n,
         "/etc/systemd/system/fleet-agent.service",
         AGENT_UNIT.as_bytes(),
+        0o644,
+    )?;
+    exec::write_file(
+        paths,
+        n,
+        "/etc/fleet/agent.toml",
+        AGENT_CONFIG.as_bytes(),
         0o644,
     )?;
     exec::write_file(

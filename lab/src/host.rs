@@ -86,6 +86,12 @@ pub fn prepare(paths: &Paths, base: &Path, n: u32, ssh_pub: &str) -> Result<()> 
             host_addr(n)
         ),
     )?;
+    // Hosts have no route out: the image's Debian mirror would only make `apt-get update`
+    // fail. apt sees just the fleet repository the lab serves on the bridge (packages.rs).
+    std::fs::write(
+        merged.join("etc/apt/sources.list"),
+        "# written by fleet-lab: no route out of the lab; see sources.list.d/fleet.list\n",
+    )?;
     let mut hosts = format!(
         "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{OUTER_ADDR}\tcontroller fleet-controller\n"
     );

@@ -30,6 +30,9 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "openssh-server",
+    // Ansible's apt module (the fleet.fleet collection) drives apt through it, as on a
+    // standard Debian install.
+    "python3-apt",
     "ca-certificates",
     "curl",
     "less",

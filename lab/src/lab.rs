@@ -3,6 +3,7 @@
 use crate::config::{host_name, Paths, MAX_HOSTS};
 use crate::fault::Fault;
 use crate::fleet::{self, AgentOptions, Binaries, FleetHost};
+use crate::packages::{self, Packages};
 use crate::proc::ProcRec;
 use crate::state::{self, LabState};
 use crate::{exec, fault, host, image, net, teardown};
@@ -35,6 +36,12 @@ pub struct LabOptions {
     pub hosts: u32,
     /// Start the controller and enroll an agent on every host.
     pub fleet: bool,
+    /// With `fleet`: install and enroll an agent on every host (false: hosts plus the
+    /// controller only, to install agents by apt or Ansible).
+    pub agents: bool,
+    /// Serve the apt repository of the fleet packages on the bridge and point every
+    /// host's apt at it (packages.rs).
+    pub repo: bool,
     pub agent: AgentOptions,
     /// How long to wait for another lab (a parallel test) to finish.
     pub lock_wait: Duration,
@@ -47,6 +54,8 @@ impl LabOptions {
         LabOptions {
             hosts: n,
             fleet: false,
+            agents: false,
+            repo: false,
             agent: AgentOptions::default(),
             lock_wait: Duration::from_secs(30 * 60),
             boot_timeout: Duration::from_secs(90),
@@ -56,7 +65,17 @@ impl LabOptions {
     pub fn fleet(n: u32) -> Self {
         LabOptions {
             fleet: true,
+            agents: true,
             ..Self::hosts(n)
+        }
+    }
+    /// Hosts plus the controller, no agent: the served apt repository is how agents get
+    /// installed (by a test, an operator or Ansible).
+    pub fn no_agents(n: u32) -> Self {
+        LabOptions {
+            agents: false,
+            repo: true,
+            ..Self::fleet(n)
         }
     }
 }
@@ -91,6 +110,7 @@ pub struct Lab {
     hosts: Vec<u32>,
     children: Vec<Child>,
     bins: Option<Binaries>,
+    packages: Option<Packages>,
     detached: bool,
 }
 
@@ -119,6 +139,7 @@ impl Lab {
             hosts: (1..=opts.hosts).collect(),
             children: Vec::new(),
             bins: None,
+            packages: None,
             detached: false,
         };
         state::save(&lab.paths, &lab.state)?;
@@ -127,9 +148,13 @@ impl Lab {
     }
 
     fn boot(&mut self, opts: &LabOptions) -> Result<()> {
-        if opts.fleet {
+        if opts.fleet || opts.repo {
             // Before booting anything: a cargo build can take minutes.
             self.bins = Some(fleet::binaries()?);
+        }
+        if opts.repo {
+            let b = self.bins.as_ref().context("no binaries")?;
+            self.packages = Some(packages::ensure(b)?);
         }
         let t0 = Instant::now();
         let base = image::ensure_base(&self.paths)?;
@@ -155,8 +180,28 @@ impl Lab {
             total_secs = t0.elapsed().as_secs_f64(),
             "lab hosts up"
         );
+        if opts.repo {
+            self.start_repo()?;
+        }
         if opts.fleet {
-            self.start_fleet(&opts.agent)?;
+            self.start_fleet(opts.agents, &opts.agent)?;
+        }
+        Ok(())
+    }
+
+    fn start_repo(&mut self) -> Result<()> {
+        let pk = self.packages.clone().context("no packages")?;
+        {
+            let _g = step()?;
+            let lock = self.lock.as_ref().context("lab lock released")?;
+            let (child, rec) = packages::serve_repo(&self.paths, &pk, lock)?;
+            self.children.push(child);
+            self.state.repo_server = Some(rec);
+            self.state.packages_dir = Some(pk.dir.clone());
+            state::save(&self.paths, &self.state)?;
+        }
+        for &n in &self.hosts {
+            packages::add_repo_source(&self.paths, &pk, n)?;
         }
         Ok(())
     }
@@ -185,13 +230,17 @@ impl Lab {
         state::save(&self.paths, &self.state)
     }
 
-    fn start_fleet(&mut self, agent: &AgentOptions) -> Result<()> {
+    fn start_fleet(&mut self, agents: bool, agent: &AgentOptions) -> Result<()> {
         let b = self.bins.clone().context("no binaries")?;
         let pin = fleet::controller_init(&self.paths, &b)?;
         self.state.ca_pin = Some(pin.clone());
         {
             let _g = step()?;
             self.start_controller()?;
+        }
+        state::save(&self.paths, &self.state)?;
+        if !agents {
+            return Ok(());
         }
         let token = fleet::fleetctl(
             &self.paths,
@@ -248,6 +297,16 @@ impl Lab {
 
     pub fn binaries(&self) -> Option<&Binaries> {
         self.bins.as_ref()
+    }
+
+    /// The fleet packages (with `LabOptions::repo`).
+    pub fn packages(&self) -> Option<&Packages> {
+        self.packages.as_ref()
+    }
+
+    /// The CA pin printed by `fleet-controller init` (labs with a fleet).
+    pub fn ca_pin(&self) -> Option<&str> {
+        self.state.ca_pin.as_deref()
     }
 
     /// Runs argv inside host N (nsenter), stdio inherited; returns exit code.

@@ -9,7 +9,10 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod agentpkg;
+pub mod ansible;
 pub mod bench;
+pub mod bench_install;
 pub mod cgroup;
 pub mod config;
 pub mod demo;
@@ -18,10 +21,12 @@ pub mod fault;
 pub mod fleet;
 pub mod host;
 pub mod image;
+pub mod inventory;
 pub mod lab;
 pub mod launch;
 pub mod load;
 pub mod net;
+pub mod packages;
 pub mod proc;
 pub mod release;
 pub mod state;

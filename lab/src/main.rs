@@ -19,18 +19,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Boot N hosts (host1..hostN), start the controller and enroll agents.
+    /// Boot N hosts (host1..hostN), start the controller and enroll agents; serve the
+    /// apt repository of the fleet packages to the hosts.
     Up {
         n: u32,
         /// Hosts only: no controller, no agents.
         #[arg(long)]
         no_fleet: bool,
+        /// Hosts and the controller, but no agent: install agents yourself (apt, Ansible).
+        #[arg(long, conflicts_with = "no_fleet")]
+        no_agents: bool,
         /// Agent heartbeat interval (lab drop-in), e.g. 1s.
         #[arg(long)]
         heartbeat: Option<String>,
     },
     /// Print shell exports for fleetctl: eval "$(fleet-lab env)".
     Env,
+    /// Print an Ansible inventory (YAML) of the running lab: SSH as root with the lab key.
+    Inventory,
     /// Run a command inside a host; its exit code is passed back.
     Exec {
         host: String,
@@ -74,6 +80,20 @@ enum Cmd {
         #[arg(long, default_value = "2s")]
         min_healthy: String,
     },
+    /// Time the fleet.fleet collection installing and enrolling N fresh hosts (and a
+    /// no-op re-run); boots its own lab, tears it down.
+    BenchAnsible {
+        #[arg(long, default_value_t = 10)]
+        hosts: u32,
+    },
+    /// Time `fleetctl agent upgrade` to a newer fleet-agent package across N hosts; boots
+    /// its own lab, tears it down.
+    BenchAgentUpgrade {
+        #[arg(long, default_value_t = 10)]
+        hosts: u32,
+        #[arg(long, default_value_t = 10)]
+        max_parallel: u32,
+    },
 }
 
 fn main() {
@@ -106,8 +126,12 @@ fn env_line(paths: &Paths) -> Result<String> {
     if st.controller.is_none() {
         bail!("the lab has no controller (started with --no-fleet?)");
     }
+    let pin = st
+        .ca_pin
+        .as_deref()
+        .context("the lab has a controller but no CA pin in lab.json")?;
     Ok(format!(
-        "export FLEET_CONTROLLER={} FLEET_IDENTITY={}",
+        "export FLEET_CONTROLLER={} FLEET_IDENTITY={} FLEET_CA_PIN={pin}",
         controller_endpoint(),
         paths.admin_identity().display()
     ))
@@ -119,17 +143,34 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Up {
             n,
             no_fleet,
+            no_agents,
             heartbeat,
         } => {
             let mut o = if no_fleet {
                 LabOptions::hosts(n)
+            } else if no_agents {
+                LabOptions::no_agents(n)
             } else {
                 LabOptions::fleet(n)
             };
+            // A lab by hand can always `apt-get install` the fleet packages.
+            o.repo = true;
             o.agent.heartbeat = heartbeat;
             up_detached(&o)?;
         }
         Cmd::Env => println!("{}", env_line(&paths)?),
+        Cmd::Inventory => {
+            let st = fleet_lab::state::load(&paths).context("no lab is up (fleet-lab up N)")?;
+            let facts = fleet_lab::inventory::LabFacts {
+                ca_pin: st.ca_pin.clone(),
+                keyring: st
+                    .packages_dir
+                    .as_ref()
+                    .map(|d| fleet_lab::packages::Packages { dir: d.clone() }.keyring()),
+            };
+            let hosts: Vec<u32> = st.loops.keys().copied().collect();
+            print!("{}", fleet_lab::inventory::render(&paths, &hosts, &facts));
+        }
         Cmd::Exec { host, unit, cmd } => {
             let n = parse_host(&host)?;
             let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
@@ -190,6 +231,17 @@ fn run(cli: Cli) -> Result<i32> {
             let r = fleet_lab::bench::rollout(&paths, &b, lab.hosts(), &plan);
             lab.down()?;
             r?;
+        }
+        Cmd::BenchAnsible { hosts } => {
+            teardown::on_signal(&paths)?;
+            fleet_lab::bench_install::ansible(hosts)?;
+        }
+        Cmd::BenchAgentUpgrade {
+            hosts,
+            max_parallel,
+        } => {
+            teardown::on_signal(&paths)?;
+            fleet_lab::bench_install::agent_upgrade(hosts, max_parallel)?;
         }
         Cmd::Demo => {
             up_detached(&LabOptions::fleet(3))?;

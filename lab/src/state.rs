@@ -18,6 +18,12 @@ pub struct LabState {
     /// Restart loop of each host, by host number.
     pub loops: BTreeMap<u32, ProcRec>,
     pub controller: Option<ProcRec>,
+    /// The static HTTP server of the apt repository (packages.rs), when served.
+    #[serde(default)]
+    pub repo_server: Option<ProcRec>,
+    /// The packaging/deb/build.sh OUT_DIR the repository is served from.
+    #[serde(default)]
+    pub packages_dir: Option<std::path::PathBuf>,
     pub ca_pin: Option<String>,
     /// fs.inotify.max_user_instances before the lab raised it (restored at
     /// teardown). Each host uses about 8; the default 128 broke 20 hosts.

@@ -89,10 +89,17 @@ pub fn teardown_all(paths: &Paths) -> Result<()> {
                 pid_signal(p, Signal::SIGTERM);
             }
         }
-        for pid in cgroup::procs_below("controller") {
+        for pid in cgroup::procs_below("controller")
+            .into_iter()
+            .chain(cgroup::procs_below("repo"))
+        {
             pid_signal(pid, Signal::SIGTERM);
         }
-        if let Some(c) = st.as_ref().and_then(|s| s.controller) {
+        for c in st
+            .iter()
+            .flat_map(|s| [s.controller, s.repo_server])
+            .flatten()
+        {
             c.signal(Signal::SIGTERM);
         }
         if wait_no_procs(Duration::from_secs(1)) {
@@ -163,7 +170,7 @@ pub fn teardown_all(paths: &Paths) -> Result<()> {
         std::fs::write(crate::lab::INOTIFY_INSTANCES, was.to_string())?;
     }
     // 9. Per-lab state; the lock file and the SSH key pair stay.
-    for p in [paths.lab_json(), paths.controller_log()] {
+    for p in [paths.lab_json(), paths.controller_log(), paths.repo_log()] {
         let _ = std::fs::remove_file(p);
     }
     for d in [paths.hosts_dir(), paths.share(), paths.controller_data()] {

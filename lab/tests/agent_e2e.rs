@@ -63,9 +63,19 @@ fn agents_enroll_and_systemd_restarts_killed_or_hung_agents() {
     }
     // The shipped unit (plus the lab drop-in) verifies cleanly on a real
     // host: `systemd-analyze verify` exits 0 even on warnings, so any output
-    // at all is a failure (docs/host.md).
+    // at all is a failure (docs/host.md). `--man=no`: lab hosts have no man-db to
+    // resolve the unit's Documentation= pages; lab/tests/packages.rs checks the package
+    // ships them.
     let o = lab
-        .exec_output(1, &["systemd-analyze", "verify", "fleet-agent.service"])
+        .exec_output(
+            1,
+            &[
+                "systemd-analyze",
+                "verify",
+                "--man=no",
+                "fleet-agent.service",
+            ],
+        )
         .unwrap();
     let said = format!(
         "{}{}",

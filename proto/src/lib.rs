@@ -8,6 +8,7 @@ pub mod exposition;
 pub mod files;
 pub mod firewall;
 pub mod identity;
+pub mod package;
 pub mod peer;
 pub mod renewal;
 pub mod spec;

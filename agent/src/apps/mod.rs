@@ -265,7 +265,8 @@ impl Apps {
                 Some(
                     command::Kind::Ping(_)
                     | command::Kind::ApplyFirewall(_)
-                    | command::Kind::ConfirmFirewall(_),
+                    | command::Kind::ConfirmFirewall(_)
+                    | command::Kind::UpgradeAgent(_),
                 )
                 | None => Err("not an app command (channel.rs routes it)".into()),
             };

@@ -51,6 +51,7 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                 "state": h.state,
                 "last_seen": output::time(h.last_seen),
                 "version": h.version,
+                "package_version": h.facts.as_ref().map(|f| f.package_version.clone()).unwrap_or_default(),
                 "group": h.group,
                 "cert_expires": output::time(h.cert_expires),
             }))
@@ -63,6 +64,7 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                 "GROUP",
                 "LAST SEEN",
                 "VERSION",
+                "PACKAGE",
                 "CERT EXPIRES",
             ],
             &hosts
@@ -79,6 +81,11 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                         },
                         output::time_or_dash(h.last_seen),
                         h.version.clone(),
+                        h.facts
+                            .as_ref()
+                            .map(|f| f.package_version.clone())
+                            .filter(|v| !v.is_empty())
+                            .unwrap_or_else(|| "-".to_owned()),
                         output::time_or_dash(h.cert_expires),
                     ]
                 })

@@ -96,6 +96,10 @@ pub struct HostFacts {
     /// controller pairs it with the address it sees the agent at for service discovery.
     #[prost(uint32, tag = "7")]
     pub metrics_port: u32,
+    /// Version of the installed fleet-agent package (dpkg), empty when the agent was not
+    /// installed from one. Agent upgrades are complete when it is the rolled-out version.
+    #[prost(string, tag = "8")]
+    pub package_version: ::prost::alloc::string::String,
 }
 /// First message on every stream.
 #[allow(clippy::all)]
@@ -151,7 +155,7 @@ pub struct Command {
     /// Correlation id; echoed in CommandResult.id.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
@@ -177,7 +181,23 @@ pub mod command {
         ConfirmFirewall(super::ConfirmFirewall),
         #[prost(message, tag = "10")]
         RunPreStart(super::RunPreStart),
+        #[prost(message, tag = "11")]
+        UpgradeAgent(super::UpgradeAgent),
     }
+}
+/// Replace this agent with fleet-agent package `version`: fetch it like a release (FetchRelease
+/// by sha256), check size and sha256, and install it with dpkg outside the agent's own cgroup
+/// (the package restarts the agent). The agent answers OK once dpkg is started; success is
+/// the agent coming back with `version` in its Hello.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpgradeAgent {
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
 }
 /// Commit-confirmed firewall change: the agent renders the policy for itself, refuses it
 /// if it would lock out the controller or SSH from the admin sources (unless `force`),
@@ -1007,6 +1027,82 @@ pub struct RevokeCertificateResponse {
     /// False when it was already revoked.
     #[prost(bool, tag = "1")]
     pub newly_revoked: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UploadAgentPackageChunk {
+    /// Header fields, first message only. version: the package's Debian version.
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UploadAgentPackageResponse {
+    #[prost(string, tag = "1")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// False when the same version with the same bytes was already there.
+    #[prost(bool, tag = "3")]
+    pub created: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAgentPackagesRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentPackage {
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    #[prost(int64, tag = "4")]
+    pub uploaded_at: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAgentPackagesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub packages: ::prost::alloc::vec::Vec<AgentPackage>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpgradeAgentsRequest {
+    /// A version uploaded with UploadAgentPackage.
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    /// Hosts upgraded at once; 0: 1.
+    #[prost(uint32, tag = "2")]
+    pub max_parallel: u32,
+    /// How long a host has to come back with the new version; 0: the default (120 s).
+    #[prost(uint64, tag = "3")]
+    pub deadline_ms: u64,
+    /// Empty: every enrolled host.
+    #[prost(string, repeated, tag = "4")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentUpgradeEvent {
+    #[prost(int64, tag = "1")]
+    pub time_ms: i64,
+    /// "started", "batch", "installing", "upgraded", "current", "skipped", "failed", "halted",
+    /// "finished"
+    #[prost(string, tag = "2")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub host: ::prost::alloc::string::String,
+    /// 0-based batch index, for batch and host events.
+    #[prost(uint32, tag = "4")]
+    pub batch: u32,
+    #[prost(string, tag = "5")]
+    pub message: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod enrollment_client {
@@ -2200,6 +2296,83 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "RevokeCertificate"));
             self.inner.unary(req, path, codec).await
         }
+        /// fleet-agent packages (.deb) held by the controller, and fleet-wide agent upgrades.
+        /// First message carries the header (version, size); the rest carry data.
+        pub async fn upload_agent_package(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::UploadAgentPackageChunk,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<super::UploadAgentPackageResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/UploadAgentPackage",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "UploadAgentPackage"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+        pub async fn list_agent_packages(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAgentPackagesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAgentPackagesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ListAgentPackages",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ListAgentPackages"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Streams the upgrade's events until it ends (it runs on if the client hangs up).
+        pub async fn upgrade_agents(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UpgradeAgentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::AgentUpgradeEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/UpgradeAgents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "UpgradeAgents"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2394,6 +2567,36 @@ pub mod admin_server {
             request: tonic::Request<super::RevokeCertificateRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RevokeCertificateResponse>,
+            tonic::Status,
+        >;
+        /// fleet-agent packages (.deb) held by the controller, and fleet-wide agent upgrades.
+        /// First message carries the header (version, size); the rest carry data.
+        async fn upload_agent_package(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::UploadAgentPackageChunk>>,
+        ) -> std::result::Result<
+            tonic::Response<super::UploadAgentPackageResponse>,
+            tonic::Status,
+        >;
+        async fn list_agent_packages(
+            &self,
+            request: tonic::Request<super::ListAgentPackagesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAgentPackagesResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the UpgradeAgents method.
+        type UpgradeAgentsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::AgentUpgradeEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Streams the upgrade's events until it ends (it runs on if the client hangs up).
+        async fn upgrade_agents(
+            &self,
+            request: tonic::Request<super::UpgradeAgentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::UpgradeAgentsStream>,
             tonic::Status,
         >;
     }
@@ -3450,6 +3653,145 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/UploadAgentPackage" => {
+                    #[allow(non_camel_case_types)]
+                    struct UploadAgentPackageSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ClientStreamingService<
+                        super::UploadAgentPackageChunk,
+                    > for UploadAgentPackageSvc<T> {
+                        type Response = super::UploadAgentPackageResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::UploadAgentPackageChunk>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::upload_agent_package(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UploadAgentPackageSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ListAgentPackages" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAgentPackagesSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ListAgentPackagesRequest>
+                    for ListAgentPackagesSvc<T> {
+                        type Response = super::ListAgentPackagesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAgentPackagesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_agent_packages(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAgentPackagesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/UpgradeAgents" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpgradeAgentsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::UpgradeAgentsRequest>
+                    for UpgradeAgentsSvc<T> {
+                        type Response = super::AgentUpgradeEvent;
+                        type ResponseStream = T::UpgradeAgentsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UpgradeAgentsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::upgrade_agents(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpgradeAgentsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

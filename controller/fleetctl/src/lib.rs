@@ -1,0 +1,217 @@
+//! fleetctl: the operator's command line. Parses, calls the controller's admin API
+//! through fleet-proto, prints. It never links controller internals. A library so that the
+//! packaging generator (packaging/gen) renders its man pages and completions from this
+//! same definition.
+#![forbid(unsafe_code)]
+
+mod agent;
+mod apps;
+mod audit;
+mod client;
+mod firewall;
+mod hosts;
+mod identity;
+mod output;
+mod progress;
+mod rollout;
+mod run;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use output::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Operate a fleet through its controller"
+)]
+pub struct Cli {
+    /// Controller gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_CONTROLLER",
+        default_value = "127.0.0.1:7443"
+    )]
+    controller: String,
+    /// Directory holding ca.crt, admin.crt and admin.key.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_IDENTITY",
+        default_value = "/etc/fleet/admin"
+    )]
+    identity: PathBuf,
+    /// Output format; json prints exactly one JSON document on stdout.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join tokens for enrolling hosts.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// List hosts with their state.
+    Hosts,
+    /// Act on one host.
+    #[command(subcommand)]
+    Host(hosts::HostCmd),
+    /// Show who did what, when.
+    Audit {
+        /// Only entries younger than this (e.g. 1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many entries (the oldest first).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Apps: apply a spec, list, show.
+    #[command(subcommand)]
+    App(apps::AppCmd),
+    /// Release tarballs.
+    #[command(subcommand)]
+    Release(apps::ReleaseCmd),
+    /// Per-app secrets (values from stdin, never printed).
+    #[command(subcommand)]
+    Secret(apps::SecretCmd),
+    /// Install and start a release on hosts, all at once.
+    Deploy(run::DeployArgs),
+    /// Restart an app (graceful: connections queue in the socket meanwhile).
+    Restart(run::RestartArgs),
+    /// Reload an app's code in place (HUP after a preflight import).
+    Reload(run::RestartArgs),
+    /// Per host: release, state, health, restarts, main pid.
+    Status { app: Option<String> },
+    /// The app's journal lines from its hosts, prefixed by host.
+    Logs(run::LogsArgs),
+    /// Host firewall policy (the agent-owned `inet fleet` nftables table).
+    #[command(subcommand)]
+    Firewall(firewall::FirewallCmd),
+    /// Rolling update: stage everywhere, canary, health-gated batches, auto-revert.
+    /// Exit code 0 rolled out, 2 failed and reverted, 1 failed otherwise.
+    Rollout(rollout::RolloutCmd),
+    /// Roll back to the previous release present on every host (a rollout of it).
+    Rollback(RollbackArgs),
+    /// fleet-agent packages on the controller and fleet-wide agent upgrades.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// This admin identity: show it, or renew its certificate before it expires.
+    #[command(subcommand)]
+    Identity(identity::IdentityCmd),
+    /// Print a shell completion script, e.g. `fleetctl completions bash >
+    /// /etc/bash_completion.d/fleetctl` (the .deb installs them already).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args)]
+struct RollbackArgs {
+    app: String,
+    #[command(flatten)]
+    opts: rollout::Opts,
+}
+
+/// The whole program: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<rollout::Exit>() {
+            // The outcome was printed already; only the code remains to say.
+            Some(rollout::Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Writes the completion script of `shell` for fleetctl.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "fleetctl", out);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = client::Conn::new(&cli.controller, &cli.identity);
+    match cli.command {
+        Command::Token(cmd) => token::run(&conn, cmd, cli.output).await,
+        Command::Hosts => hosts::list(&conn, cli.output).await,
+        Command::Host(cmd) => hosts::run(&conn, cmd, cli.output).await,
+        Command::Audit { since, limit } => audit::run(&conn, since, limit, cli.output).await,
+        Command::App(cmd) => apps::app(&conn, cmd, cli.output).await,
+        Command::Release(cmd) => apps::release(&conn, cmd, cli.output).await,
+        Command::Secret(cmd) => apps::secret(&conn, cmd, cli.output).await,
+        Command::Deploy(args) => run::deploy(&conn, args, cli.output).await,
+        Command::Restart(args) => run::restart(&conn, args, false, cli.output).await,
+        Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
+        Command::Status { app } => run::status(&conn, app, cli.output).await,
+        Command::Logs(args) => run::logs(&conn, args).await,
+        Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
+        Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
+        Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
+        Command::Identity(cmd) => identity::run(&conn, cmd, cli.output).await,
+        Command::Agent(cmd) => agent::run(&conn, cmd, cli.output).await,
+        Command::Completions { shell } => {
+            completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollout_flags_are_checked_before_anything_is_sent() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fleetctl", "rollout", "shop", "--version", "1.1"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        for bad in [
+            &["--max-parallel", "0"][..],
+            &["--max-parallel", "150%"],
+            &["--min-healthy", "ten"],
+            &["--healthy-deadline", "soon"],
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(e.to_string().contains(bad[1]), "{bad:?}: {e}");
+        }
+        let Ok(Cli {
+            command: Command::Rollout(r),
+            ..
+        }) = parse(&["--max-parallel", "25%", "--min-healthy", "3s"])
+        else {
+            panic!("valid flags refused");
+        };
+        assert_eq!(r.start.opts.max_parallel.to_string(), "25%");
+        assert_eq!(r.start.opts.min_healthy, std::time::Duration::from_secs(3));
+    }
+}

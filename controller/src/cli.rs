@@ -1,0 +1,68 @@
+//! The `fleet-controller` command line, in the library so that the packaging generator
+//! (packaging/gen) renders its man page and completions from the same definition.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::LogFormat;
+
+/// The packaged unit's data directory (systemd/fleet-controller.service).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/fleet-controller";
+
+#[derive(Parser)]
+#[command(name = "fleet-controller", version, about = "fleet controller")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new fleet: CA, controller certificate, first admin identity, empty state.
+    Init {
+        #[arg(long, env = "FLEET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = fleet_proto::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// DNS name or IP agents and fleetctl use to reach the controller (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Lifetime of the controller's serving certificate; `run` renews it at 2/3 of it
+        /// [default: 365d]
+        #[arg(long)]
+        server_cert_lifetime: Option<String>,
+        /// Lifetime of the first admin certificate; `fleetctl identity renew` gets a new
+        /// one [default: 365d]
+        #[arg(long)]
+        admin_cert_lifetime: Option<String>,
+    },
+    /// Serve the fleet.
+    Run {
+        #[arg(long, env = "FLEET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// gRPC (mTLS) listen address [default: 0.0.0.0:7443]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP listen address for health, metrics and service discovery [default: 127.0.0.1:7444]
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// TOML settings file (flags win over it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Lifetime of agent certificates; agents renew at 2/3 of it [default: 7d]
+        #[arg(long)]
+        agent_cert_lifetime: Option<String>,
+        /// Lifetime of the serving certificate this controller issues itself when the
+        /// current one is at 2/3 of its own lifetime [default: 365d]
+        #[arg(long)]
+        server_cert_lifetime: Option<String>,
+        /// Lifetime of the admin certificates `fleetctl identity renew` gets [default: 365d]
+        #[arg(long)]
+        admin_cert_lifetime: Option<String>,
+    },
+}

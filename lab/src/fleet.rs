@@ -3,7 +3,7 @@
 //!
 //! Binaries come from `FLEET_BIN_DIR` when set (used as is). Otherwise from
 //! the workspace's target/release, rebuilt with
-//! `cargo build --release -p fleet-agent -p fleet-controller` when missing or
+//! `cargo build --workspace --release --locked --bins` when missing or
 //! older than their sources (set `FLEET_LAB_BUILD=0` to never run cargo).
 
 use crate::config::{
@@ -127,22 +127,17 @@ pub fn binaries() -> Result<Binaries> {
                 rel.display()
             );
         }
-        tracing::info!("building fleet-agent and fleet-controller (release)");
+        tracing::info!("building the fleet binaries (release)");
         let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "fleet-agent",
-                "-p",
-                "fleet-controller",
-            ])
+            // The same command as lab/test-all.sh and packaging/deb/build.sh: other
+            // package sets resolve other features and would rebuild each other's output.
+            .args(["build", "--workspace", "--release", "--locked", "--bins"])
             .current_dir(&ws)
             .status()
             .context("run cargo (or set FLEET_BIN_DIR)")?;
         anyhow::ensure!(
             st.success(),
-            "cargo build --release -p fleet-agent -p fleet-controller failed"
+            "cargo build --workspace --release --locked --bins failed"
         );
     }
     Ok(b)

@@ -6,11 +6,24 @@
 //! time, so it never stalls the controller stream running on the async workers.
 
 pub mod apps;
+mod cpu;
+mod diskstats;
 mod encode;
+mod filesystem;
+mod kernel;
+mod meminfo;
+mod netclass;
+mod netdev;
+mod netstat;
 pub mod node;
+mod pressure;
 pub mod procfs;
+mod raid;
 pub mod server;
+mod source;
+mod timex;
 pub mod tls;
+mod vmstat;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,7 +43,8 @@ use fleet_proto::exposition as text;
 
 use crate::state::StateDir;
 use encode::{family, single};
-use node::{NodeCollector, NodeSnapshot};
+pub use node::NodeSettings;
+use source::Sources;
 
 pub const DEFAULT_PORT: u16 = 9437;
 
@@ -111,7 +125,8 @@ impl Collector for AgentCollector {
             Some(&Unit::Seconds),
             Gauge,
             Some(f64::from_bits(self.scrape_seconds.load(Ordering::Relaxed))),
-        )
+        )?;
+        kernel::build_info(&mut enc)
     }
 }
 
@@ -119,7 +134,6 @@ impl Collector for AgentCollector {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    node: Arc<NodeCollector>,
     agent: Arc<AgentCollector>,
     apps: AppMetrics,
     /// One scrape at a time: the node snapshot and the scrape duration belong to it.
@@ -127,9 +141,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `state_dir` is where the agent certificate is read from (None: no expiry metric).
+    /// `state_dir` is where the agent certificate is read from (None: no expiry metric);
+    /// node collectors with their defaults.
     pub fn new(state_dir: Option<PathBuf>) -> Metrics {
-        let node = Arc::new(NodeCollector::default());
+        Metrics::with_settings(state_dir, &NodeSettings::default())
+            .expect("the default node settings are valid")
+    }
+
+    /// As [`Metrics::new`], with the `[node_metrics]` settings of the config file.
+    pub fn with_settings(
+        state_dir: Option<PathBuf>,
+        settings: &NodeSettings,
+    ) -> Result<Metrics, node::BadRegex> {
+        let node: Sources = node::sources(settings, Vec::new())?;
         let agent = Arc::new(AgentCollector {
             state_dir,
             connected: Connected::default(),
@@ -138,16 +162,15 @@ impl Metrics {
         });
         let apps = AppMetrics::default();
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(node.clone()));
+        registry.register_collector(Box::new(node));
         registry.register_collector(Box::new(agent.clone()));
         apps.register(&mut registry);
-        Metrics {
+        Ok(Metrics {
             registry,
-            node,
             agent,
             apps,
             scrape: Mutex::new(()),
-        }
+        })
     }
 
     pub fn connected(&self) -> Connected {
@@ -163,18 +186,19 @@ impl Metrics {
         self.apps.clone()
     }
 
-    /// One scrape: reads the node's figures (blocking I/O) and encodes everything.
+    /// One scrape: the node collectors read the host (blocking I/O) while encoding.
+    /// `fleet_agent_scrape_duration_seconds` is the previous scrape's time: this one's is
+    /// only known once its page is written.
     pub fn render(&self, format: Format) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let start = Instant::now();
-        self.node.set(NodeSnapshot::read());
-        self.agent
-            .scrape_seconds
-            .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
-        let mut out = String::with_capacity(16 * 1024);
+        let mut out = String::with_capacity(64 * 1024);
         // Writing into a String cannot fail, and every collector above only formats.
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String");
+        self.agent
+            .scrape_seconds
+            .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
         match format {
             Format::OpenMetrics => out,
             Format::Text => text::to_prometheus_text(&out),

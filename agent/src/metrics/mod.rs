@@ -21,6 +21,8 @@ pub mod procfs;
 mod raid;
 pub mod server;
 mod source;
+mod systemd_units;
+mod textfile;
 mod timex;
 pub mod tls;
 mod vmstat;
@@ -153,24 +155,46 @@ impl Metrics {
         state_dir: Option<PathBuf>,
         settings: &NodeSettings,
     ) -> Result<Metrics, node::BadRegex> {
-        let node: Sources = node::sources(settings, Vec::new())?;
+        let textfile = (!settings.textfile_directory.as_os_str().is_empty())
+            .then(|| Arc::new(textfile::Textfile::new(settings.textfile_directory.clone())));
+        let mut extra: Vec<Box<dyn source::Source>> = Vec::new();
+        let apps = AppMetrics::default();
+        extra.push(Box::new(settings.systemd(apps.bus())?));
+        if let Some(t) = &textfile {
+            extra.push(Box::new(t.clone()));
+        }
+        let node: Sources = node::sources(settings, extra)?;
         let agent = Arc::new(AgentCollector {
             state_dir,
             connected: Connected::default(),
             firewall_drift: Flag::default(),
             scrape_seconds: AtomicU64::new(0f64.to_bits()),
         });
-        let apps = AppMetrics::default();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(node));
         registry.register_collector(Box::new(agent.clone()));
         apps.register(&mut registry);
-        Ok(Metrics {
+        let metrics = Metrics {
             registry,
             agent,
             apps,
             scrape: Mutex::new(()),
-        })
+        };
+        if let Some(t) = textfile {
+            // One render without textfiles gives the names a textfile may not redefine.
+            let page = metrics.render(Format::Text);
+            let mut names = std::collections::BTreeSet::new();
+            for (name, kind) in text::families(&page) {
+                if kind == "histogram" || kind == "summary" {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{s}"));
+                    }
+                }
+                names.insert(name);
+            }
+            let _ = t.reserved.set(names);
+        }
+        Ok(metrics)
     }
 
     pub fn connected(&self) -> Connected {
@@ -273,6 +297,33 @@ mod tests {
         ] {
             assert_eq!(get(name), Some(kind), "{name}");
         }
+    }
+
+    /// node-mixin's and dashboard 1860's main rows' names (agent/tests/fixtures), all on
+    /// the page whatever the host has.
+    #[test]
+    fn every_node_exporter_name_of_the_checked_in_list_is_exported() {
+        let list = include_str!("../../tests/fixtures/node_exporter_names.txt");
+        let families = exported_families();
+        let exported = |n: &str| families.iter().any(|(f, _)| f == n);
+        let names: Vec<&str> = list
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(names.len() > 60, "the list is read: {}", names.len());
+        let missing: Vec<&str> = names.iter().copied().filter(|n| !exported(n)).collect();
+        assert!(missing.is_empty(), "not exported: {missing:?}");
+    }
+
+    #[test]
+    fn the_page_is_one_family_per_name() {
+        let families = exported_families();
+        let mut names: Vec<&str> = families.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a family is described twice");
     }
 
     #[test]

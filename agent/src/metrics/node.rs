@@ -14,6 +14,7 @@
 //! netstat_fields = "..."
 //! textfile_directory = "/var/lib/prometheus/node-exporter"   # "" turns it off
 //! systemd_unit_states = "bounded"   # or "all": every state of every unit
+//! systemd_unit_exclude = ".+\\.(automount|device|mount|scope|slice|target)"
 //! ```
 //! Each default is Debian 12's prometheus-node-exporter 1.5 default.
 
@@ -23,7 +24,7 @@ use serde::Deserialize;
 
 use super::source::{Filter, Reader, Source, Sources};
 use super::{cpu, diskstats, filesystem, kernel, meminfo, netclass, netdev, netstat};
-use super::{pressure, raid, timex, vmstat};
+use super::{pressure, raid, systemd_units, timex, vmstat};
 
 /// `[node_metrics]` of the agent's config file, as written; regexes are compiled (and
 /// refused with the field's name) by [`NodeSettings::validate`].
@@ -44,6 +45,8 @@ pub struct NodeSettings {
     /// Where `*.prom` files are read from; empty: textfile collector off.
     pub textfile_directory: PathBuf,
     pub systemd_unit_states: SystemdUnitStates,
+    pub systemd_unit_include: Option<String>,
+    pub systemd_unit_exclude: String,
 }
 
 /// How many `node_systemd_unit_state` series the systemd collector exports.
@@ -76,6 +79,8 @@ impl Default for NodeSettings {
             netstat_fields: netstat::DEFAULT_FIELDS.into(),
             textfile_directory: DEFAULT_TEXTFILE_DIRECTORY.into(),
             systemd_unit_states: SystemdUnitStates::Bounded,
+            systemd_unit_include: None,
+            systemd_unit_exclude: systemd_units::DEFAULT_UNIT_EXCLUDE.into(),
         }
     }
 }
@@ -111,7 +116,24 @@ fn exclude(field: &'static str, s: &str) -> Result<Filter, BadRegex> {
 impl NodeSettings {
     /// Compiles every regex, naming the field of the first bad one.
     pub fn validate(&self) -> Result<(), BadRegex> {
-        self.node_sources().map(|_| ())
+        self.node_sources()?;
+        self.systemd(systemd_units::Bus::default()).map(|_| ())
+    }
+
+    /// The systemd collector, reading over `bus`.
+    pub fn systemd(&self, bus: systemd_units::Bus) -> Result<systemd_units::Systemd, BadRegex> {
+        let units = Filter {
+            include: re(
+                "systemd_unit_include",
+                self.systemd_unit_include.as_deref().unwrap_or(""),
+            )?,
+            exclude: re("systemd_unit_exclude", &self.systemd_unit_exclude)?,
+        };
+        Ok(systemd_units::Systemd::new(
+            bus,
+            self.systemd_unit_states,
+            units,
+        ))
     }
 
     /// The collectors that read /proc and /sys, in node_exporter's alphabetical order.

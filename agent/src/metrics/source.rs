@@ -46,6 +46,16 @@ pub trait Source: Send + Sync + fmt::Debug {
     fn collect(&self, io: &mut Reader, enc: &mut DescriptorEncoder) -> Collected;
 }
 
+impl<T: Source> Source for std::sync::Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn collect(&self, io: &mut Reader, enc: &mut DescriptorEncoder) -> Collected {
+        (**self).collect(io, enc)
+    }
+}
+
 /// Where the host's /proc and /sys are (node_exporter's `--path.procfs`/`--path.sysfs`),
 /// plus the read buffers the collectors share; one scrape runs at a time.
 #[derive(Debug)]
@@ -128,17 +138,26 @@ pub fn fam<'a>(
 
 impl Fam<'_> {
     pub fn sample(&mut self, labels: &impl EncodeLabelSet, v: f64) -> fmt::Result {
-        let m = self.metric.encode_family(labels)?;
-        put(m, self.kind, v)
+        let mut m = self.metric.encode_family(labels)?;
+        put(&mut m, self.kind, v)
+    }
+
+    /// A sample with labels known only at run time (none: a bare `name value` line).
+    pub fn series(&mut self, labels: &[(String, String)], v: f64) -> fmt::Result {
+        if labels.is_empty() {
+            put(&mut self.metric, self.kind, v)
+        } else {
+            self.sample(&labels, v)
+        }
     }
 
     /// The family's one sample without labels.
-    pub fn value(self, v: f64) -> fmt::Result {
-        put(self.metric, self.kind, v)
+    pub fn value(mut self, v: f64) -> fmt::Result {
+        put(&mut self.metric, self.kind, v)
     }
 }
 
-fn put(mut m: MetricEncoder, kind: MetricType, v: f64) -> fmt::Result {
+fn put(m: &mut MetricEncoder, kind: MetricType, v: f64) -> fmt::Result {
     match kind {
         MetricType::Counter => m.encode_counter::<NoLabelSet, f64, f64>(&v, None),
         _ => m.encode_gauge(&v),

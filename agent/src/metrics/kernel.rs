@@ -190,9 +190,9 @@ impl Source for Uname {
 
 /// `node_exporter_build_info`: the series node-mixin's dashboards pick instances by.
 /// `version` is the node_exporter release the page is compatible with; the agent's own
-/// version is in `tags` (and in `fleet_agent_build_info`).
+/// version is in `revision` (and in `fleet_agent_build_info`). Labels as node_exporter 1.5's.
 pub fn build_info(enc: &mut DescriptorEncoder) -> std::fmt::Result {
-    let tags = concat!("fleet-agent-", env!("CARGO_PKG_VERSION"));
+    let revision = concat!("fleet-agent-", env!("CARGO_PKG_VERSION"));
     fam(
         enc,
         "node_exporter_build_info",
@@ -206,8 +206,7 @@ pub fn build_info(enc: &mut DescriptorEncoder) -> std::fmt::Result {
             ("goarch", std::env::consts::ARCH),
             ("goos", std::env::consts::OS),
             ("goversion", "none"),
-            ("revision", ""),
-            ("tags", tags),
+            ("revision", revision),
             ("version", NODE_EXPORTER_COMPAT),
         ],
         1.0,

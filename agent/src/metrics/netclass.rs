@@ -200,7 +200,8 @@ impl Source for Netclass {
                 }
             }
         }
-        // Mbit/s to bytes/s; -1 (unknown, virtual devices) is left out.
+        // Mbit/s to bytes/s. A device reporting -1 (unknown link speed) shows -125000, as
+        // in node_exporter without --collector.netclass.ignore-invalid-speed.
         let mut f = fam(
             enc,
             "node_network_speed",
@@ -209,7 +210,7 @@ impl Source for Netclass {
             Gauge,
         )?;
         for dev in &devices {
-            if let Some(v) = attr(io, dev, "speed").filter(|v| *v >= 0.0) {
+            if let Some(v) = attr(io, dev, "speed") {
                 f.sample(&[("device", dev.as_str())], v * 125_000.0)?;
             }
         }
@@ -293,7 +294,10 @@ mod tests {
         ] {
             assert!(has(&page, l), "{l} in\n{page}");
         }
-        assert!(!page.contains("node_network_speed_bytes{device=\"veth1\"}"));
+        assert!(has(
+            &page,
+            "node_network_speed_bytes{device=\"veth1\"} -125000.0"
+        ));
         assert!(!page.contains("node_network_carrier{device=\"veth1\"}"));
         // Out of i64 range: left out rather than wrapped.
         assert!(!page.contains("node_network_carrier_changes_total{device=\"eth0\"}"));

@@ -159,7 +159,8 @@ impl Metrics {
             .then(|| Arc::new(textfile::Textfile::new(settings.textfile_directory.clone())));
         let mut extra: Vec<Box<dyn source::Source>> = Vec::new();
         let apps = AppMetrics::default();
-        extra.push(Box::new(settings.systemd(apps.bus())?));
+        let systemd = Arc::new(settings.systemd(apps.bus())?);
+        extra.push(Box::new(systemd.clone()));
         if let Some(t) = &textfile {
             extra.push(Box::new(t.clone()));
         }
@@ -194,6 +195,7 @@ impl Metrics {
             }
             let _ = t.reserved.set(names);
         }
+        systemd.live.store(true, Ordering::Relaxed);
         Ok(metrics)
     }
 
@@ -314,6 +316,18 @@ mod tests {
         assert!(names.len() > 60, "the list is read: {}", names.len());
         let missing: Vec<&str> = names.iter().copied().filter(|n| !exported(n)).collect();
         assert!(missing.is_empty(), "not exported: {missing:?}");
+    }
+
+    /// As in `fleet-agent run`: built on an async task (its first, names-only render must
+    /// not block on D-Bus there), scraped on a blocking thread as server.rs does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn built_on_an_async_task_and_scraped_on_a_blocking_thread() {
+        let m = Arc::new(Metrics::new(None));
+        let page = tokio::task::spawn_blocking(move || m.render(Format::Text))
+            .await
+            .unwrap();
+        assert!(page.contains("# TYPE node_systemd_units gauge"), "{page}");
+        assert!(page.contains("node_scrape_collector_success{collector=\"systemd\"}"));
     }
 
     #[test]

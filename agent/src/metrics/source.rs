@@ -212,12 +212,15 @@ impl Filter {
     }
 }
 
+/// One collector's part of a scrape: its name, seconds taken, outcome.
+type Timing = (&'static str, f64, Outcome);
+
 /// Every enabled collector, run in order at each scrape, then the scrape series.
 #[derive(Debug)]
 pub struct Sources {
     sources: Vec<Box<dyn Source>>,
     /// The shared buffers, and the per-collector timings of the scrape being encoded.
-    state: Mutex<(Reader, Vec<(&'static str, f64, Outcome)>)>,
+    state: Mutex<(Reader, Vec<Timing>)>,
 }
 
 impl Sources {

@@ -13,6 +13,7 @@
 //! `systemd_unit_states = "all"`, which also exports every state of every unit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -104,6 +105,10 @@ pub struct Systemd {
     pub mode: SystemdUnitStates,
     pub units: Filter,
     types: Mutex<HashMap<String, String>>,
+    /// Off for the registry's first render (names only), which runs on an async task
+    /// where blocking on D-Bus would panic; on from then on, for scrapes, which run on
+    /// blocking threads.
+    pub live: AtomicBool,
 }
 
 impl Systemd {
@@ -113,6 +118,7 @@ impl Systemd {
             mode,
             units,
             types: Mutex::new(HashMap::new()),
+            live: AtomicBool::new(false),
         }
     }
 
@@ -270,14 +276,16 @@ impl Source for Systemd {
         // Scrapes run on a blocking thread of the agent's runtime (server.rs); outside one
         // (the exported-families check) there is no bus and nothing to read.
         let got = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt.block_on(async {
+            Ok(rt) if self.live.load(Ordering::Relaxed) => rt.block_on(async {
                 tokio::time::timeout(TIMEOUT, async {
                     let conn = self.bus.get().await?;
                     self.snapshot(&conn).await
                 })
                 .await
             }),
-            Err(_) => Ok(Err(zbus::Error::Failure("no async runtime".into()))),
+            _ => Ok(Err(zbus::Error::Failure(
+                "not scraping yet, or no async runtime".into(),
+            ))),
         };
         let snap = match got {
             Ok(Ok(s)) => Some(s),

@@ -5,7 +5,7 @@
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::{Gauge, Unknown};
 
-use super::source::{one, Collected, Filter, Outcome, Reader, Source};
+use super::source::{one, Collected, FieldFilter, Filter, Outcome, Reader, Source};
 
 /// node_exporter 1.5's (and Debian's) default `--collector.netstat.fields`.
 pub const DEFAULT_FIELDS: &str = "^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts)|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$";
@@ -33,13 +33,13 @@ const KNOWN: &[&str] = &[
 
 #[derive(Debug)]
 pub struct Netstat {
-    pub fields: Filter,
+    pub fields: FieldFilter,
 }
 
 impl Default for Netstat {
     fn default() -> Self {
         Netstat {
-            fields: Filter::include(DEFAULT_FIELDS),
+            fields: FieldFilter::new(Filter::include(DEFAULT_FIELDS)),
         }
     }
 }

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::source::{Filter, Reader, Source, Sources};
+use super::source::{FieldFilter, Filter, Reader, Source, Sources};
 use super::{cpu, diskstats, filesystem, kernel, meminfo, netclass, netdev, netstat};
 use super::{pressure, raid, systemd_units, timex, vmstat};
 
@@ -90,16 +90,16 @@ impl Default for NodeSettings {
 pub struct BadRegex {
     pub field: &'static str,
     #[source]
-    pub source: regex::Error,
+    pub source: regex_lite::Error,
 }
 
-fn re(field: &'static str, s: &str) -> Result<Option<regex::Regex>, BadRegex> {
+fn re(field: &'static str, s: &str) -> Result<Option<regex_lite::Regex>, BadRegex> {
     if s.is_empty() {
         return Ok(None);
     }
     // node_exporter anchors nothing itself; neither do we. Bounded size: a config typo
     // must not build a huge automaton.
-    regex::RegexBuilder::new(s)
+    regex_lite::RegexBuilder::new(s)
         .size_limit(1 << 20)
         .build()
         .map(Some)
@@ -170,16 +170,16 @@ impl NodeSettings {
             devices: exclude("netclass_ignored_devices", &self.netclass_ignored_devices)?,
         };
         let vmstat = vmstat::Vmstat {
-            fields: Filter {
+            fields: FieldFilter::new(Filter {
                 include: re("vmstat_fields", &self.vmstat_fields)?,
                 exclude: None,
-            },
+            }),
         };
         let netstat = netstat::Netstat {
-            fields: Filter {
+            fields: FieldFilter::new(Filter {
                 include: re("netstat_fields", &self.netstat_fields)?,
                 exclude: None,
-            },
+            }),
         };
         Ok(vec![
             Box::new(raid::Bonding),

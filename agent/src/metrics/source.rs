@@ -187,21 +187,21 @@ pub const BYTES: Option<&Unit> = Some(&Unit::Bytes);
 /// `include` (if set) and does not match `exclude` (if set).
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    pub include: Option<regex::Regex>,
-    pub exclude: Option<regex::Regex>,
+    pub include: Option<regex_lite::Regex>,
+    pub exclude: Option<regex_lite::Regex>,
 }
 
 impl Filter {
     pub fn exclude(re: &str) -> Filter {
         Filter {
             include: None,
-            exclude: Some(regex::Regex::new(re).expect("built-in default regex")),
+            exclude: Some(regex_lite::Regex::new(re).expect("built-in default regex")),
         }
     }
 
     pub fn include(re: &str) -> Filter {
         Filter {
-            include: Some(regex::Regex::new(re).expect("built-in default regex")),
+            include: Some(regex_lite::Regex::new(re).expect("built-in default regex")),
             exclude: None,
         }
     }
@@ -209,6 +209,40 @@ impl Filter {
     pub fn keep(&self, name: &str) -> bool {
         self.include.as_ref().is_none_or(|r| r.is_match(name))
             && !self.exclude.as_ref().is_some_and(|r| r.is_match(name))
+    }
+}
+
+/// A [`Filter`] over field names that repeat every scrape (vmstat, netstat): each name's
+/// answer is remembered, so the small regex engine runs once per field, not per scrape.
+#[derive(Debug, Default)]
+pub struct FieldFilter {
+    pub filter: Filter,
+    memo: Mutex<Vec<(String, bool)>>,
+}
+
+/// Field names remembered at most (the kernel has a few hundred).
+const MAX_MEMO: usize = 2048;
+
+impl FieldFilter {
+    pub fn new(filter: Filter) -> FieldFilter {
+        FieldFilter {
+            filter,
+            memo: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn keep(&self, name: &str) -> bool {
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        match memo.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => memo[i].1,
+            Err(i) => {
+                let keep = self.filter.keep(name);
+                if memo.len() < MAX_MEMO {
+                    memo.insert(i, (name.to_owned(), keep));
+                }
+                keep
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType::Unknown;
 
-use super::source::{one, Collected, Filter, Outcome, Reader, Source};
+use super::source::{one, Collected, FieldFilter, Filter, Outcome, Reader, Source};
 
 pub const DEFAULT_FIELDS: &str = "^(oom_kill|pgpg|pswp|pg.*fault).*";
 /// The default set's fields, described even where the kernel lacks one.
@@ -21,13 +21,13 @@ const KNOWN: &[&str] = &[
 
 #[derive(Debug)]
 pub struct Vmstat {
-    pub fields: Filter,
+    pub fields: FieldFilter,
 }
 
 impl Default for Vmstat {
     fn default() -> Self {
         Vmstat {
-            fields: Filter::include(DEFAULT_FIELDS),
+            fields: FieldFilter::new(Filter::include(DEFAULT_FIELDS)),
         }
     }
 }
@@ -115,7 +115,7 @@ mod tests {
     fn configured_fields_and_missing_file() {
         let fx = Fixture::new(&[("vmstat", "nr_free_pages 5\npgmajfault 1\n")]);
         let v = Vmstat {
-            fields: Filter::include("^nr_free"),
+            fields: FieldFilter::new(Filter::include("^nr_free")),
         };
         let page = render(v, fx.path(), fx.path());
         assert!(has(&page, "node_vmstat_nr_free_pages 5.0"), "{page}");

@@ -12,6 +12,11 @@
 //! cert = "/etc/fleet/metrics.crt"       # PEM chain, leaf first
 //! key = "/etc/fleet/metrics.key"        # PEM private key
 //! client_ca = "/etc/fleet/scraper-ca.crt"
+//!
+//! # Optional: node collector settings under node_exporter's flag names (metrics/node.rs).
+//! [node_metrics]
+//! netdev_device_exclude = "^(lo|veth.*)$"
+//! systemd_unit_states = "all"
 //! ```
 
 use std::fmt;
@@ -23,7 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backoff;
-use crate::metrics::DEFAULT_PORT;
+use crate::metrics::{NodeSettings, DEFAULT_PORT};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const HEARTBEAT_RANGE: (Duration, Duration) =
@@ -37,6 +42,8 @@ pub struct Settings {
     pub metrics_listen: MetricsListen,
     /// `None`: plain HTTP, like node_exporter.
     pub metrics_tls: Option<MetricsTls>,
+    /// `[node_metrics]`: the node collectors' filters and paths, regexes validated.
+    pub node_metrics: NodeSettings,
 }
 
 impl Default for Settings {
@@ -46,6 +53,7 @@ impl Default for Settings {
             max_backoff: backoff::DEFAULT_MAX,
             metrics_listen: MetricsListen::default(),
             metrics_tls: None,
+            node_metrics: NodeSettings::default(),
         }
     }
 }
@@ -105,6 +113,7 @@ struct FileConfig {
     max_backoff: Option<String>,
     metrics_listen: Option<String>,
     metrics_tls: Option<MetricsTls>,
+    node_metrics: Option<NodeSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +125,11 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    NodeMetrics {
+        path: PathBuf,
+        source: crate::metrics::node::BadRegex,
+    },
     #[error("{origin}: {field} = {value:?}: {reason}")]
     Field {
         origin: String,
@@ -181,6 +195,13 @@ pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         })?;
     }
     settings.metrics_tls = raw.metrics_tls;
+    if let Some(node) = raw.node_metrics {
+        node.validate().map_err(|source| ConfigError::NodeMetrics {
+            path: path.to_owned(),
+            source,
+        })?;
+        settings.node_metrics = node;
+    }
     Ok(settings)
 }
 
@@ -291,6 +312,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn node_metrics_are_read_and_bad_regexes_refused() {
+        let s = parse("[node_metrics]\nnetdev_device_exclude = \"^veth\"\n").unwrap();
+        assert_eq!(s.node_metrics.netdev_device_exclude, "^veth");
+        assert_eq!(parse("").unwrap().node_metrics, NodeSettings::default());
+        let err = parse("[node_metrics]\nvmstat_fields = \"(\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node_metrics.vmstat_fields is not a valid regular expression"),
+            "{err}"
+        );
+        assert!(parse("[node_metrics]\nno_such = 1\n").is_err());
     }
 
     #[test]

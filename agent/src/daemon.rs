@@ -47,7 +47,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let state = StateDir::new(args.state_dir);
     let creds = state.load()?;
-    let metrics = Arc::new(Metrics::new(Some(state.path().to_owned())));
+    let metrics = Arc::new(Metrics::with_settings(
+        Some(state.path().to_owned()),
+        &settings.node_metrics,
+    )?);
     // Bound before the first session so Hello can tell the controller the real port (the
     // configured one may be 0: "any free port").
     let metrics_port = match settings.metrics_listen.0 {

@@ -125,6 +125,11 @@ impl Systemd {
         Ok(Systemd { conn, manager })
     }
 
+    /// The bus connection, for readers that need no proxy of their own (metrics).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     fn call_err(op: &'static str, unit: &str) -> impl FnOnce(zbus::Error) -> SystemdError {
         let unit = unit.to_owned();
         move |source| SystemdError::Call { op, unit, source }

@@ -92,7 +92,7 @@ fn alert_rules_pass_promtool_and_query_real_metrics() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 20, "{alerts:?}");
     for alert in &alerts {
         assert!(
             tests.contains(&format!("alertname: {alert}\n")),

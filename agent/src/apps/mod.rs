@@ -335,6 +335,7 @@ impl Inner {
             return Ok(b.clone());
         }
         let b = Systemd::connect().await.map_err(|e| e.to_string())?;
+        self.metrics.share_bus(b.connection());
         *bus = Some(b.clone());
         Ok(b)
     }

@@ -58,9 +58,20 @@ struct Inner {
 #[derive(Clone, Debug, Default)]
 pub struct AppMetrics {
     inner: Arc<Inner>,
+    /// The app manager's system bus connection, reused by the systemd node collector.
+    bus: super::systemd_units::Bus,
 }
 
 impl AppMetrics {
+    /// Lends the app manager's system bus connection to the systemd node collector.
+    pub fn share_bus(&self, conn: &zbus::Connection) {
+        self.bus.set(conn);
+    }
+
+    pub(super) fn bus(&self) -> super::systemd_units::Bus {
+        self.bus.clone()
+    }
+
     /// Adds the `fleet_app_*` families to `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(self.inner.clone()));

@@ -6,11 +6,26 @@
 //! time, so it never stalls the controller stream running on the async workers.
 
 pub mod apps;
+mod cpu;
+mod diskstats;
 mod encode;
+mod filesystem;
+mod kernel;
+mod meminfo;
+mod netclass;
+mod netdev;
+mod netstat;
 pub mod node;
+mod pressure;
 pub mod procfs;
+mod raid;
 pub mod server;
+mod source;
+mod systemd_units;
+mod textfile;
+mod timex;
 pub mod tls;
+mod vmstat;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,7 +45,8 @@ use fleet_proto::exposition as text;
 
 use crate::state::StateDir;
 use encode::{family, single};
-use node::{NodeCollector, NodeSnapshot};
+pub use node::NodeSettings;
+use source::Sources;
 
 pub const DEFAULT_PORT: u16 = 9437;
 
@@ -111,7 +127,8 @@ impl Collector for AgentCollector {
             Some(&Unit::Seconds),
             Gauge,
             Some(f64::from_bits(self.scrape_seconds.load(Ordering::Relaxed))),
-        )
+        )?;
+        kernel::build_info(&mut enc)
     }
 }
 
@@ -119,7 +136,6 @@ impl Collector for AgentCollector {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    node: Arc<NodeCollector>,
     agent: Arc<AgentCollector>,
     apps: AppMetrics,
     /// One scrape at a time: the node snapshot and the scrape duration belong to it.
@@ -127,27 +143,60 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `state_dir` is where the agent certificate is read from (None: no expiry metric).
+    /// `state_dir` is where the agent certificate is read from (None: no expiry metric);
+    /// node collectors with their defaults.
     pub fn new(state_dir: Option<PathBuf>) -> Metrics {
-        let node = Arc::new(NodeCollector::default());
+        Metrics::with_settings(state_dir, &NodeSettings::default())
+            .expect("the default node settings are valid")
+    }
+
+    /// As [`Metrics::new`], with the `[node_metrics]` settings of the config file.
+    pub fn with_settings(
+        state_dir: Option<PathBuf>,
+        settings: &NodeSettings,
+    ) -> Result<Metrics, node::BadRegex> {
+        let textfile = (!settings.textfile_directory.as_os_str().is_empty())
+            .then(|| Arc::new(textfile::Textfile::new(settings.textfile_directory.clone())));
+        let mut extra: Vec<Box<dyn source::Source>> = Vec::new();
+        let apps = AppMetrics::default();
+        let systemd = Arc::new(settings.systemd(apps.bus())?);
+        extra.push(Box::new(systemd.clone()));
+        if let Some(t) = &textfile {
+            extra.push(Box::new(t.clone()));
+        }
+        let node: Sources = node::sources(settings, extra)?;
         let agent = Arc::new(AgentCollector {
             state_dir,
             connected: Connected::default(),
             firewall_drift: Flag::default(),
             scrape_seconds: AtomicU64::new(0f64.to_bits()),
         });
-        let apps = AppMetrics::default();
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(node.clone()));
+        registry.register_collector(Box::new(node));
         registry.register_collector(Box::new(agent.clone()));
         apps.register(&mut registry);
-        Metrics {
+        let metrics = Metrics {
             registry,
-            node,
             agent,
             apps,
             scrape: Mutex::new(()),
+        };
+        if let Some(t) = textfile {
+            // One render without textfiles gives the names a textfile may not redefine.
+            let page = metrics.render(Format::Text);
+            let mut names = std::collections::BTreeSet::new();
+            for (name, kind) in text::families(&page) {
+                if kind == "histogram" || kind == "summary" {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{s}"));
+                    }
+                }
+                names.insert(name);
+            }
+            let _ = t.reserved.set(names);
         }
+        systemd.live.store(true, Ordering::Relaxed);
+        Ok(metrics)
     }
 
     pub fn connected(&self) -> Connected {
@@ -163,18 +212,19 @@ impl Metrics {
         self.apps.clone()
     }
 
-    /// One scrape: reads the node's figures (blocking I/O) and encodes everything.
+    /// One scrape: the node collectors read the host (blocking I/O) while encoding.
+    /// `fleet_agent_scrape_duration_seconds` is the previous scrape's time: this one's is
+    /// only known once its page is written.
     pub fn render(&self, format: Format) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let start = Instant::now();
-        self.node.set(NodeSnapshot::read());
-        self.agent
-            .scrape_seconds
-            .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
-        let mut out = String::with_capacity(16 * 1024);
+        let mut out = String::with_capacity(64 * 1024);
         // Writing into a String cannot fail, and every collector above only formats.
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String");
+        self.agent
+            .scrape_seconds
+            .store(start.elapsed().as_secs_f64().to_bits(), Ordering::Relaxed);
         match format {
             Format::OpenMetrics => out,
             Format::Text => text::to_prometheus_text(&out),
@@ -249,6 +299,45 @@ mod tests {
         ] {
             assert_eq!(get(name), Some(kind), "{name}");
         }
+    }
+
+    /// node-mixin's and dashboard 1860's main rows' names (agent/tests/fixtures), all on
+    /// the page whatever the host has.
+    #[test]
+    fn every_node_exporter_name_of_the_checked_in_list_is_exported() {
+        let list = include_str!("../../tests/fixtures/node_exporter_names.txt");
+        let families = exported_families();
+        let exported = |n: &str| families.iter().any(|(f, _)| f == n);
+        let names: Vec<&str> = list
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(names.len() > 60, "the list is read: {}", names.len());
+        let missing: Vec<&str> = names.iter().copied().filter(|n| !exported(n)).collect();
+        assert!(missing.is_empty(), "not exported: {missing:?}");
+    }
+
+    /// As in `fleet-agent run`: built on an async task (its first, names-only render must
+    /// not block on D-Bus there), scraped on a blocking thread as server.rs does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn built_on_an_async_task_and_scraped_on_a_blocking_thread() {
+        let m = Arc::new(Metrics::new(None));
+        let page = tokio::task::spawn_blocking(move || m.render(Format::Text))
+            .await
+            .unwrap();
+        assert!(page.contains("# TYPE node_systemd_units gauge"), "{page}");
+        assert!(page.contains("node_scrape_collector_success{collector=\"systemd\"}"));
+    }
+
+    #[test]
+    fn the_page_is_one_family_per_name() {
+        let families = exported_families();
+        let mut names: Vec<&str> = families.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a family is described twice");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command as Proc;
 use tokio::sync::{mpsc, Notify};
 
-use crate::journal::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::Flag;
 use crate::outbox::{self, Outbox};
 
@@ -147,11 +147,10 @@ async fn load(path: &Path) -> Result<(), String> {
     run(NFT, &["-f", &p]).await.map(|_| ())
 }
 
+/// Through the fsync'ing atomic write: the pending file decides a revert after a crash, so
+/// a power cut must leave the old file or the new one, never an empty one.
 fn write(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    fleet_proto::files::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| e.to_string())
 }
 
 impl Firewall {

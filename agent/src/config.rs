@@ -381,4 +381,27 @@ mod tests {
         let s = resolve(None, None, Some(flag)).unwrap();
         assert_eq!(s.metrics_listen.0, None);
     }
+
+    /// The package's /etc/fleet/agent.toml lists every setting commented out at its
+    /// default: uncommented, it must parse and change nothing.
+    #[test]
+    fn packaged_config_file_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deb/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.contains("heartbeat_interval"), "{uncommented}");
+        let s = from_toml(&uncommented, &path).unwrap();
+        let defaults = Settings::default();
+        assert_eq!(s.heartbeat_interval, defaults.heartbeat_interval);
+        assert_eq!(s.max_backoff, defaults.max_backoff);
+        assert_eq!(s.metrics_listen, defaults.metrics_listen);
+        // The TLS example is the one optional section; the plain file leaves it off.
+        assert!(s.metrics_tls.is_some());
+        assert_eq!(from_toml(&text, &path).unwrap(), defaults);
+    }
 }

@@ -479,4 +479,31 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("--server-cert-lifetime"), "{e}");
     }
+
+    /// The package's /etc/fleet/controller.toml lists every setting commented out at its
+    /// default: uncommented, it must parse and change nothing.
+    #[test]
+    fn packaged_config_file_shows_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/deb/controller.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, &uncommented).unwrap();
+        let mut s = Settings::default();
+        s.apply_file(&p).unwrap();
+        assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
+        // Every field of the file format is shown.
+        let n = uncommented.lines().count();
+        assert_eq!(n, 22, "{uncommented}");
+        let mut plain = Settings::default();
+        plain.apply_file(&path).unwrap();
+        assert_eq!(format!("{plain:?}"), format!("{:?}", Settings::default()));
+    }
 }

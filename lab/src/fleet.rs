@@ -1,5 +1,6 @@
 //! Wiring the fleet binaries into the lab: the controller on the outer
-//! machine at 198.18.0.1, an enrolled agent on every host.
+//! machine at 198.18.0.1, an enrolled agent on every host, installed from the
+//! fleet-agent .deb (packages.rs).
 //!
 //! Binaries come from `FLEET_BIN_DIR` when set (used as is). Otherwise from
 //! the workspace's target/release, rebuilt with
@@ -9,6 +10,7 @@
 use crate::config::{
     controller_endpoint, host_name, Paths, CONTROLLER_HTTP_PORT, CONTROLLER_PORT, OUTER_ADDR,
 };
+use crate::packages::{self, Packages};
 use crate::proc::ProcRec;
 use crate::{exec, launch, net};
 use anyhow::{bail, Context, Result};
@@ -18,14 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
-/// The agent unit, compiled in so the lab always installs the unit of the
-/// same checkout. The binary goes wherever its ExecStart says (the one place
-/// that path is written down).
+/// The agent unit of this checkout (the package installs it): the binary's path is
+/// taken from its ExecStart, the one place that path is written down.
 pub const AGENT_UNIT: &str = include_str!("../../systemd/fleet-agent.service");
-/// Creates /var/lib/fleet (see the unit's comments).
-pub const AGENT_TMPFILES: &str = include_str!("../../systemd/fleet-agent.tmpfiles");
-/// The package's conffile, which the unit's ExecStart names.
-pub const AGENT_CONFIG: &str = include_str!("../../packaging/deb/agent.toml");
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[derive(Clone, Debug)]
@@ -275,30 +272,11 @@ pub fn wait_state(
     }
 }
 
-/// Installs the agent binary, its unit and lab drop-ins into host N.
-pub fn install_agent(paths: &Paths, b: &Binaries, n: u32, opts: &AgentOptions) -> Result<()> {
-    exec::copy_into(paths, n, &b.agent, agent_bin_path())?;
-    exec::write_file(
-        paths,
-        n,
-        "/etc/systemd/system/fleet-agent.service",
-        AGENT_UNIT.as_bytes(),
-        0o644,
-    )?;
-    exec::write_file(
-        paths,
-        n,
-        "/etc/fleet/agent.toml",
-        AGENT_CONFIG.as_bytes(),
-        0o644,
-    )?;
-    exec::write_file(
-        paths,
-        n,
-        "/etc/tmpfiles.d/fleet-agent.conf",
-        AGENT_TMPFILES.as_bytes(),
-        0o644,
-    )?;
+/// Installs the fleet-agent package into host N the way an operator does (`dpkg -i`:
+/// binary, unit, tmpfiles, conffile, maintainer scripts against the host's systemd), then
+/// the lab's test settings as a drop-in on top of the packaged unit.
+pub fn install_agent(paths: &Paths, pk: &Packages, n: u32, opts: &AgentOptions) -> Result<()> {
+    packages::dpkg_install(paths, pk, n, "fleet-agent", packages::DEB_VERSION)?;
     let mut dropin = String::from("# fleet-lab test settings\n[Service]\n");
     if let Some(h) = &opts.heartbeat {
         dropin.push_str(&format!("Environment=FLEET_AGENT_HEARTBEAT_INTERVAL={h}\n"));
@@ -313,10 +291,7 @@ pub fn install_agent(paths: &Paths, b: &Binaries, n: u32, opts: &AgentOptions) -
         dropin.as_bytes(),
         0o644,
     )?;
-    exec::sh(
-        n,
-        "systemd-tmpfiles --create fleet-agent.conf && systemctl daemon-reload",
-    )?;
+    exec::sh(n, "systemctl daemon-reload")?;
     Ok(())
 }
 

@@ -152,7 +152,9 @@ impl Lab {
             // Before booting anything: a cargo build can take minutes.
             self.bins = Some(fleet::binaries()?);
         }
-        if opts.repo {
+        // Agents are installed from their package, so a lab with agents needs the
+        // packages as much as one that serves the repository.
+        if opts.repo || (opts.fleet && opts.agents) {
             let b = self.bins.as_ref().context("no binaries")?;
             self.packages = Some(packages::ensure(b)?);
         }
@@ -242,6 +244,7 @@ impl Lab {
         if !agents {
             return Ok(());
         }
+        let pk = self.packages.clone().context("no packages")?;
         let token = fleet::fleetctl(
             &self.paths,
             &b,
@@ -256,7 +259,7 @@ impl Lab {
         )?;
         let token = token.trim().to_string();
         for &n in &self.hosts {
-            fleet::install_agent(&self.paths, &b, n, agent)?;
+            fleet::install_agent(&self.paths, &pk, n, agent)?;
             fleet::enroll(n, &token, &pin)?;
         }
         let names: Vec<String> = self.hosts.iter().map(|&n| host_name(n)).collect();

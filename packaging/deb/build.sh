@@ -54,8 +54,8 @@ echo "==> release build"
 cargo build --workspace --release --locked --bins
 
 echo "==> man pages and completions (packaging/deb/generated)"
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-"$target_dir/release/fleet-pkg-gen" "$ws/packaging/deb/generated"
+# The dev profile: the generator only renders text, and it reuses the test build's artifacts.
+cargo run --locked -q -p fleet-pkg-gen --features cli -- "$ws/packaging/deb/generated"
 
 echo "==> packages"
 mkdir -p "$repo"

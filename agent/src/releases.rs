@@ -39,6 +39,16 @@ pub use unpack::Limits;
 use unpack::UnpackError;
 pub use venv::venv_bin;
 
+/// Unpacks `archive` into the empty directory `dest` exactly as staging a release does and
+/// returns the number of entries, or why it refused. For the fuzz targets (lab/fuzz), which
+/// check that no archive can make it write outside `dest`; the agent itself calls `stage`.
+#[doc(hidden)]
+pub fn unpack_for_fuzzing(archive: &Path, dest: &Path, limits: &Limits) -> Result<u64, String> {
+    unpack::unpack(archive, dest, limits)
+        .map(|s| s.entries)
+        .map_err(|e| format!("{e:?}"))
+}
+
 pub const DEFAULT_ROOT: &str = "/var/lib/fleet/apps";
 const RELEASES: &str = "releases";
 const CURRENT: &str = "current";

@@ -1258,3 +1258,20 @@ impl From<SystemdError> for String {
         e.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_accounts_fleet_made_for_the_app_are_used() {
+        let shop: AppName = "shop".parse().unwrap();
+        assert_eq!(user_comment(&shop), "fleet app shop");
+        assert!(user_is_fleets("fleet app shop", &shop));
+        // Made by an agent before comments named the app.
+        assert!(user_is_fleets("fleet app", &shop));
+        for other in ["", "daemon", "www-data", "fleet app api", "fleet app shopx", "Fleet App shop"] {
+            assert!(!user_is_fleets(other, &shop), "{other:?}");
+        }
+    }
+}

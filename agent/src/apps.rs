@@ -35,7 +35,7 @@ use crate::journal::{self, now_ms};
 use crate::logrotate;
 use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};
-use crate::releases::{venv_bin, Releases};
+use crate::releases::{venv_bin, Releases, RunAs};
 use crate::systemd::{JobKind, Systemd, SystemdError, UnitProps};
 use crate::units::{self, Layout, Runtime};
 
@@ -72,6 +72,8 @@ struct Inner {
     env_dir: PathBuf,
     logrotate_dir: PathBuf,
     cores: u32,
+    /// This agent's own /metrics port (0: off): no app may take it.
+    metrics_port: u16,
     bus: tokio::sync::Mutex<Option<Systemd>>,
     apps: Mutex<HashMap<AppName, Arc<App>>>,
     tails: Mutex<HashMap<String, oneshot::Sender<()>>>,
@@ -162,7 +164,12 @@ type Outcome = Result<String, String>;
 
 impl Apps {
     /// `agent_state` is the agent's state dir; apps' own files live in the system paths.
-    pub fn new(agent_state: &Path, fetcher: Fetcher, metrics: AppMetrics) -> Apps {
+    pub fn new(
+        agent_state: &Path,
+        fetcher: Fetcher,
+        metrics: AppMetrics,
+        metrics_port: u16,
+    ) -> Apps {
         Apps {
             inner: Arc::new(Inner {
                 outbox: Outbox::default(),
@@ -176,6 +183,7 @@ impl Apps {
                 cores: std::thread::available_parallelism()
                     .map(|n| n.get() as u32)
                     .unwrap_or(1),
+                metrics_port,
                 bus: tokio::sync::Mutex::new(None),
                 apps: Mutex::default(),
                 tails: Mutex::default(),
@@ -295,6 +303,11 @@ impl Inner {
         let name = parse_app(name)?;
         self.get(&name)
             .ok_or_else(|| format!("app {name} is not deployed on this host"))
+    }
+
+    /// The user of the spec this host runs `name` with, if it runs it.
+    fn entry_user(&self, name: &AppName) -> Option<String> {
+        self.get(name).map(|app| lock(&app.data).spec.user.clone())
     }
 
     /// The app's entry, made on first use; a known app keeps its state.
@@ -749,9 +762,22 @@ impl Inner {
             .version
             .parse()
             .map_err(|e| format!("invalid version: {e}"))?;
+        // The venv's builder: the user the controller names, else the one of the spec this
+        // host runs (an older controller sends none).
+        let user = match s.user.as_str() {
+            "" => self.entry_user(&name),
+            u => Some(u.to_owned()),
+        };
+        let run_as = match user {
+            Some(u) => {
+                fleet_proto::spec::check_user(&u).map_err(|e| format!("invalid user: {e}"))?;
+                Some(ensure_user(&u, &name).await?)
+            }
+            None => None,
+        };
         let dir = self
             .releases
-            .stage(&name, &version, &s.sha256, s.size, &self.fetcher)
+            .stage(&name, &version, &s.sha256, s.size, &self.fetcher, run_as)
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!("{name} {version} staged in {}", dir.display()))
@@ -775,7 +801,7 @@ impl Inner {
             ));
         }
         let env = units::render_env(&spec, &p.secrets).map_err(|e| e.to_string())?;
-        ensure_user(&spec.user).await?;
+        ensure_user(&spec.user, &spec.name).await?;
         units::ensure_dir(&self.env_dir, 0o700)
             .map_err(|e| format!("cannot create {}: {e}", self.env_dir.display()))?;
         // Its own env file: the running app's keeps the running release's env.
@@ -798,6 +824,12 @@ impl Inner {
             .parse()
             .map_err(|e| format!("invalid version: {e}"))?;
         // Everything that can be refused is refused before the host is touched.
+        if self.metrics_port != 0 && spec.listen.port() == self.metrics_port {
+            return Err(format!(
+                "listen {}: port {} is this host's fleet-agent metrics port (metrics_listen); pick another port",
+                spec.listen, self.metrics_port
+            ));
+        }
         let env = units::render_env(&spec, &a.secrets).map_err(|e| e.to_string())?;
         let socket = units::render_socket(&spec).map_err(|e| e.to_string())?;
         let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir)
@@ -811,11 +843,11 @@ impl Inner {
         let app = self.entry(spec.clone(), version.as_str());
         let _op = app.ops.lock().await;
 
-        ensure_user(&spec.user).await?;
+        let run_as = ensure_user(&spec.user, &name).await?;
         let app_dir = self.releases.app_dir(&name);
         let release_dir = self
             .releases
-            .stage(&name, &version, &a.sha256, a.size, &self.fetcher)
+            .stage(&name, &version, &a.sha256, a.size, &self.fetcher, Some(run_as))
             .await
             .map_err(|e| e.to_string())?;
         let runtime = runtime_for(&release_dir, &app_dir);
@@ -1152,13 +1184,40 @@ fn runtime_for(release_dir: &Path, app_dir: &Path) -> Runtime {
     }
 }
 
-/// Creates the app's system user if missing. There is no D-Bus API for users; useradd is
-/// what Debian's own maintainer scripts use.
-async fn ensure_user(user: &str) -> Result<(), String> {
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(_)) => return Ok(()),
-        Ok(None) => {}
-        Err(e) => return Err(format!("cannot look up user {user}: {e}")),
+/// The comment (GECOS field) fleet gives the user it creates for `app`: how it later
+/// tells its own users from the system's.
+fn user_comment(app: &AppName) -> String {
+    format!("{USER_COMMENT} {app}")
+}
+/// What agents before per-app comments wrote; still accepted as fleet's own.
+const USER_COMMENT: &str = "fleet app";
+
+/// Whether an existing account with this GECOS field may run `app`: only one fleet made,
+/// for this app (or, from an older agent, for an app).
+pub fn user_is_fleets(gecos: &str, app: &AppName) -> bool {
+    gecos == user_comment(app) || gecos == USER_COMMENT
+}
+
+/// Creates the app's system user if missing and returns its ids. An existing account is
+/// used only if fleet created it for this app: naming `daemon`, `www-data` or another
+/// app's user would hand this app their files. There is no D-Bus API for users; useradd
+/// is what Debian's own maintainer scripts use.
+async fn ensure_user(user: &str, app: &AppName) -> Result<RunAs, String> {
+    let look = || match nix::unistd::User::from_name(user) {
+        Ok(u) => Ok(u),
+        Err(e) => Err(format!("cannot look up user {user}: {e}")),
+    };
+    if let Some(u) = look()? {
+        if !user_is_fleets(&u.gecos.to_string_lossy(), app) {
+            return Err(format!(
+                "user {user} already exists and was not created by fleet for app {app}; \
+                 set `user` in the spec to a name of the app's own (fleet creates it)"
+            ));
+        }
+        return Ok(RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        });
     }
     let out = Process::new("useradd")
         .args([
@@ -1170,7 +1229,7 @@ async fn ensure_user(user: &str) -> Result<(), String> {
             "--shell",
             "/usr/sbin/nologin",
             "--comment",
-            "fleet app",
+            &user_comment(app),
             "--",
             user,
         ])
@@ -1179,8 +1238,12 @@ async fn ensure_user(user: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot run useradd: {e}"))?;
     if out.status.success() {
-        tracing::info!(%user, "created system user for app");
-        Ok(())
+        tracing::info!(%user, %app, "created system user for app");
+        let u = look()?.ok_or_else(|| format!("useradd {user} succeeded but it does not exist"))?;
+        Ok(RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })
     } else {
         Err(format!(
             "useradd {user} failed ({}): {}",
@@ -1193,5 +1256,22 @@ async fn ensure_user(user: &str) -> Result<(), String> {
 impl From<SystemdError> for String {
     fn from(e: SystemdError) -> String {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_accounts_fleet_made_for_the_app_are_used() {
+        let shop: AppName = "shop".parse().unwrap();
+        assert_eq!(user_comment(&shop), "fleet app shop");
+        assert!(user_is_fleets("fleet app shop", &shop));
+        // Made by an agent before comments named the app.
+        assert!(user_is_fleets("fleet app", &shop));
+        for other in ["", "daemon", "www-data", "fleet app api", "fleet app shopx", "Fleet App shop"] {
+            assert!(!user_is_fleets(other, &shop), "{other:?}");
+        }
     }
 }

@@ -228,7 +228,7 @@ async fn converge(
     running: Option<&str>,
 ) -> Result<String, String> {
     tracing::info!(%host, %app, version = %d.version, from = ?running, "converging");
-    let (kind, _) = activate(shared, app, &d.version, d)?;
+    let (kind, spec) = activate(shared, app, &d.version, d)?;
     let Kind::Activate(a) = &kind else {
         unreachable!("activate() builds an Activate")
     };
@@ -237,6 +237,7 @@ async fn converge(
         version: d.version.clone(),
         sha256: a.sha256.clone(),
         size: a.size,
+        user: spec.user.clone(),
     });
     outcome(
         shared

@@ -9,6 +9,13 @@ bash lab/setup.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+# libFuzzer (built by the fuzz targets) is C++.
+if ! command -v c++ >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -16,5 +23,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> release build (installed into lab hosts)"
 cargo build --workspace --release --locked --bins
+echo "==> fuzz smoke: every target over its corpus, then 15 s each (lab/fuzz/README.md)"
+bash lab/fuzz/smoke.sh
 echo "==> tests"
 exec cargo nextest run --workspace --locked --profile ci

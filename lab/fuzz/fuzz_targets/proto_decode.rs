@@ -29,14 +29,18 @@ fn roundtrip<M: Message + Default + PartialEq>(bytes: &[u8]) -> Option<M> {
 fn app_name(s: &str) {
     if let Ok(n) = s.parse::<AppName>() {
         assert_eq!(n.as_str(), s);
-        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
     }
 }
 
 fn host_name(s: &str) {
     if let Ok(n) = s.parse::<Name>() {
         assert_eq!(n.as_str(), s);
-        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
     }
 }
 

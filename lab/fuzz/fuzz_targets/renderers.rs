@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use arbitrary::Arbitrary;
-use fleet_agent::units::{self, Layout, RenderError, Runtime};
 use fleet_agent::logrotate;
+use fleet_agent::units::{self, Layout, RenderError, Runtime};
 use fleet_fuzz::{split_exec, valid_env_key};
 use fleet_proto::spec::{check_env_value, AppSpec};
 use libfuzzer_sys::fuzz_target;
@@ -80,7 +80,10 @@ fn spec_text(i: &Input) -> String {
     l.insert("mode".into(), s(if i.files { "files" } else { "journal" }));
     if i.files {
         if let Some(p) = i.period {
-            l.insert("period".into(), s(["daily", "weekly", "monthly"][p as usize % 3]));
+            l.insert(
+                "period".into(),
+                s(["daily", "weekly", "monthly"][p as usize % 3]),
+            );
         }
         if let Some(m) = &i.max_size {
             l.insert("max_size".into(), s(m));
@@ -147,8 +150,11 @@ fn check_env(spec: &AppSpec, secrets: &HashMap<String, String>) {
         }
         Err(e) => panic!("render_env: {e}"),
     };
-    let mut expected: Vec<(String, String)> =
-        spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut expected: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut names = spec.secrets.clone();
     names.sort();
     expected.extend(names.into_iter().map(|k| {
@@ -181,8 +187,18 @@ fn check_logrotate(spec: &AppSpec) {
     assert_eq!(lines[1], head);
     assert_eq!(*lines.last().unwrap(), "}");
     let fixed = [
-        "daily", "weekly", "monthly", "compress", "delaycompress", "nocompress", "missingok",
-        "notifempty", "create", "sharedscripts", "postrotate", "endscript",
+        "daily",
+        "weekly",
+        "monthly",
+        "compress",
+        "delaycompress",
+        "nocompress",
+        "missingok",
+        "notifempty",
+        "create",
+        "sharedscripts",
+        "postrotate",
+        "endscript",
     ];
     for l in &lines[2..lines.len() - 1] {
         if *l == post {
@@ -236,7 +252,9 @@ fn unit_settings(text: &str) -> BTreeMap<String, Vec<String>> {
             assert!(!l.contains('\\'), "{l:?}");
             continue;
         }
-        let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not a setting: {l:?}"));
+        let (k, v) = l
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not a setting: {l:?}"));
         assert!(k.bytes().all(|b| b.is_ascii_alphanumeric()), "key {k:?}");
         assert!(!v.ends_with('\\'), "line continuation in {l:?}");
         assert!(!v.contains(|c: char| c.is_control()), "{l:?}");

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     check_spec_invariants(&spec);
     let again = spec_to_toml(&spec);
-    let reparsed = AppSpec::parse(&again)
-        .unwrap_or_else(|e| panic!("re-written spec refused: {e}\n{again}"));
+    let reparsed =
+        AppSpec::parse(&again).unwrap_or_else(|e| panic!("re-written spec refused: {e}\n{again}"));
     assert_eq!(reparsed, spec, "spec does not round-trip:\n{again}");
 });

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_proto::spec::{AppName, AppSpec, LogMode};
+use fleet_proto::spec::{AppName, AppSpec, LogMode, RESERVED_PORTS, RESERVED_USERS};
 use toml::{Table, Value};
 
 fn dur(d: Duration) -> Value {
@@ -90,9 +90,25 @@ pub fn check_spec_invariants(s: &AppSpec) {
     assert!(s.user != "root" && !s.user.is_empty() && s.user.is_ascii());
     assert!(!s.user.contains(['/', '\n', ' ', '.']), "user {:?}", s.user);
     assert!(s.listen.port() != 0);
+    assert!(!RESERVED_PORTS.iter().any(|(p, _)| *p == s.listen.port()));
+    assert!(!s.listen.ip().is_multicast(), "listen {}", s.listen);
+    assert!(
+        !RESERVED_USERS.contains(&s.user.as_str())
+            && !s.user.starts_with('_')
+            && !s.user.starts_with("systemd-"),
+        "user {:?}",
+        s.user
+    );
     assert!(s.health.path.starts_with('/'));
-    assert!(!s.health.path.contains(|c: char| c.is_control() || c == ' ' || c == '%'));
-    assert!(s.entry.contains(':') && s.entry.is_ascii(), "entry {:?}", s.entry);
+    assert!(!s
+        .health
+        .path
+        .contains(|c: char| c.is_control() || c == ' ' || c == '%'));
+    assert!(
+        s.entry.contains(':') && s.entry.is_ascii(),
+        "entry {:?}",
+        s.entry
+    );
     for (k, v) in &s.env {
         assert!(valid_env_key(k), "env key {k:?}");
         assert!(!v.contains(['\n', '\r', '\0']), "env value {v:?}");
@@ -102,7 +118,10 @@ pub fn check_spec_invariants(s: &AppSpec) {
         assert!(!s.env.contains_key(k));
     }
     for a in &s.pre_start {
-        assert!(!a.is_empty() && !a.contains(|c: char| c.is_control()), "{a:?}");
+        assert!(
+            !a.is_empty() && !a.contains(|c: char| c.is_control()),
+            "{a:?}"
+        );
     }
     if let Some(g) = &s.group {
         assert!(g.parse::<AppName>().is_ok(), "group {g:?}");
@@ -205,7 +224,9 @@ fn check_rule_line(body: &str, verdict: &str, apps: &[(String, u16)]) -> Result<
         if let Some(r) = rest.strip_prefix(&format!("{fam} saddr ")) {
             let (cidrs, r) = braced(r)?;
             for c in cidrs {
-                let (a, l) = c.split_once('/').ok_or(format!("{c:?} has no prefix length"))?;
+                let (a, l) = c
+                    .split_once('/')
+                    .ok_or(format!("{c:?} has no prefix length"))?;
                 let addr: std::net::IpAddr = a.parse().map_err(|_| format!("address {a:?}"))?;
                 let len: u8 = l.parse().map_err(|_| format!("prefix {l:?}"))?;
                 let (v4, max) = (addr.is_ipv4(), if addr.is_ipv4() { 32 } else { 128 });
@@ -249,7 +270,9 @@ fn check_rule_line(body: &str, verdict: &str, apps: &[(String, u16)]) -> Result<
     let name = rest
         .strip_prefix(&format!("{verdict} comment \""))
         .and_then(|r| r.strip_suffix('"'))
-        .ok_or(format!("rule {body:?} must end in `{verdict} comment \"NAME\"`"))?;
+        .ok_or(format!(
+            "rule {body:?} must end in `{verdict} comment \"NAME\"`"
+        ))?;
     if !rule_name_ok(name, apps) {
         return Err(format!("rule name {name:?}"));
     }
@@ -260,7 +283,9 @@ fn check_rule_line(body: &str, verdict: &str, apps: &[(String, u16)]) -> Result<
 /// transaction, one input chain, deny rules (drop) before the fixed lines, allow rules
 /// (accept) after, the reject tail only under a reject default.
 pub fn check_nft(text: &str, apps: &[(String, u16)]) -> Result<(), String> {
-    let body = text.strip_suffix('\n').ok_or("file must end in a newline")?;
+    let body = text
+        .strip_suffix('\n')
+        .ok_or("file must end in a newline")?;
     if text.contains(['\r', '\0']) {
         return Err("carriage return or NUL".into());
     }

@@ -847,7 +847,14 @@ impl Inner {
         let app_dir = self.releases.app_dir(&name);
         let release_dir = self
             .releases
-            .stage(&name, &version, &a.sha256, a.size, &self.fetcher, Some(run_as))
+            .stage(
+                &name,
+                &version,
+                &a.sha256,
+                a.size,
+                &self.fetcher,
+                Some(run_as),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let runtime = runtime_for(&release_dir, &app_dir);
@@ -1270,7 +1277,14 @@ mod tests {
         assert!(user_is_fleets("fleet app shop", &shop));
         // Made by an agent before comments named the app.
         assert!(user_is_fleets("fleet app", &shop));
-        for other in ["", "daemon", "www-data", "fleet app api", "fleet app shopx", "Fleet App shop"] {
+        for other in [
+            "",
+            "daemon",
+            "www-data",
+            "fleet app api",
+            "fleet app shopx",
+            "Fleet App shop",
+        ] {
             assert!(!user_is_fleets(other, &shop), "{other:?}");
         }
     }

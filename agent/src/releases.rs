@@ -18,9 +18,9 @@
 //! Operations on one app are serialized (staging, switching and pruning the same app at
 //! once would race on these directories); different apps proceed in parallel.
 
+pub mod requirements;
 #[cfg(test)]
 mod tests;
-pub mod requirements;
 mod unpack;
 mod venv;
 

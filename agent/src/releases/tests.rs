@@ -928,3 +928,15 @@ async fn requirements_that_would_run_code_read_files_or_reach_out_are_refused() 
     ]);
     fx.refused(&link, &["symlink"]).await;
 }
+
+#[tokio::test]
+async fn a_requirements_file_without_pins_gets_an_empty_venv() {
+    let fx = Fx::new();
+    let bytes = targz(&[
+        E::File("app.py", 0o644, b""),
+        E::File("requirements.txt", 0o644, b"# nothing needed yet\n"),
+        E::Dir("wheels", 0o755),
+    ]);
+    let dir = fx.stage("1.0", &bytes).await.unwrap();
+    assert!(venv_bin(&dir).is_some());
+}

@@ -180,12 +180,15 @@ pub(super) async fn build(
     venv_cmd.args(["-I", "-m", "venv"]).arg(&venv);
     run(&mut venv_cmd, &venv, limit).await?;
     let py = venv.join("bin").join("python");
-    let mut pip = as_user(run_as, &py);
-    pip.args(["-I", "-m", "pip", "install"])
-        .args(PIP_FLAGS)
-        .arg("--")
-        .args(&wheels);
-    run(&mut pip, &venv, limit).await?;
+    // No pins (only comments): an empty venv, as the file asks; pip refuses no arguments.
+    if !wheels.is_empty() {
+        let mut pip = as_user(run_as, &py);
+        pip.args(["-I", "-m", "pip", "install"])
+            .args(PIP_FLAGS)
+            .arg("--")
+            .args(&wheels);
+        run(&mut pip, &venv, limit).await?;
+    }
     let mut check = as_user(run_as, &py);
     check.args([
         "-I",

@@ -168,7 +168,9 @@ fn host_disk_full_while_staging_refuses_cleanly() {
     ctl(&lab, &["deploy", "shop", "--version", "3.0"]);
     assert!(serves(1, "3.0"), "{}", get(1));
     // A successful deploy prunes the leftover download.
-    let left = lab.sh(1, "ls -A /var/lib/fleet/apps/shop/.incoming").unwrap();
+    let left = lab
+        .sh(1, "ls -A /var/lib/fleet/apps/shop/.incoming")
+        .unwrap();
     assert_eq!(left.trim(), "", "downloads left behind");
 }
 

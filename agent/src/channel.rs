@@ -1,4 +1,5 @@
-//! `fleet-agent run`: hold one long-lived stream to the controller, forever.
+//! One long-lived stream to the controller, held forever (`daemon::run` builds what it
+//! needs and calls `Agent::supervise`).
 //!
 //! Each attempt reloads the credentials from disk (so `join --force` and renewals take
 //! effect without a restart), connects over mTLS, opens `AgentChannel.Session`, sends
@@ -10,10 +11,8 @@
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::Context;
 use fleet_proto::identity::Identity;
 use fleet_proto::peer::CaPin;
 use fleet_proto::transport::{
@@ -25,7 +24,6 @@ use fleet_proto::v1::{
     CommandResult, ControllerMessage, Heartbeat, Hello, RenewRequest, RenewResponse, Welcome,
 };
 use rcgen::KeyPair;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,12 +31,12 @@ use tonic::Code;
 
 use crate::apps::{self, Apps};
 use crate::backoff::{self, Backoff};
-use crate::cli::RunArgs;
-use crate::config::{self, Settings};
+use crate::clock::now_unix;
+use crate::config::Settings;
 use crate::fetch::Fetcher;
 use crate::firewall::{self, Firewall};
 use crate::logging::error_chain;
-use crate::metrics::{self, Connected, Metrics};
+use crate::metrics::Connected;
 use crate::renew::{check_issued, csr_pem};
 use crate::state::{Credentials, StateDir, StateError};
 use crate::{facts, notify};
@@ -55,90 +53,6 @@ const OUTBOX: usize = 64;
 const MAX_SKEW_SECS: i64 = 30;
 /// What this agent understands beyond the base protocol (see `Hello.capabilities`).
 pub const CAPABILITIES: &[&str] = &["renew"];
-
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = config::resolve(
-        args.config.as_deref(),
-        args.heartbeat_interval,
-        args.metrics_listen,
-    )?;
-    let state = StateDir::new(args.state_dir);
-    let creds = state.load()?;
-    let metrics = Arc::new(Metrics::new(Some(state.path().to_owned())));
-    // Bound before the first session so Hello can tell the controller the real port (the
-    // configured one may be 0: "any free port").
-    let metrics_port = match settings.metrics_listen.0 {
-        Some(addr) => {
-            // Files first: a bad TLS file must stop the agent before it binds anything.
-            let tls = match &settings.metrics_tls {
-                Some(files) => Some(metrics::tls::server_config(files)?),
-                None => None,
-            };
-            let listener = metrics::server::bind(addr).await?;
-            let bound = listener
-                .local_addr()
-                .context("cannot read the /metrics listener's address")?;
-            match tls {
-                Some(config) => {
-                    tracing::info!(address = %bound, "serving Prometheus metrics on /metrics over TLS (client certificates required)");
-                    let app = metrics::server::router(metrics.clone());
-                    tokio::spawn(metrics::tls::serve(listener, config, app));
-                }
-                None => {
-                    tracing::info!(address = %bound, "serving Prometheus metrics on /metrics");
-                    tokio::spawn(metrics::server::serve(listener, metrics.clone()));
-                }
-            }
-            bound.port()
-        }
-        None => {
-            tracing::info!("metrics listener off (metrics_listen = \"off\")");
-            0
-        }
-    };
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-
-    tracing::info!(
-        identity = %creds.cert.identity,
-        controller = %creds.meta.controller,
-        heartbeat = %humantime::format_duration(settings.heartbeat_interval),
-        version = env!("CARGO_PKG_VERSION"),
-        "fleet-agent starting"
-    );
-    notify::ready(&format!("connecting to {}", creds.meta.controller));
-    notify::spawn_watchdog();
-
-    // Outlives every session, so a release download cut by a reconnect resumes on the next.
-    let fetcher = Fetcher::new();
-    // Also outlives sessions: apps are watched and probed whether or not we are connected.
-    let apps = Apps::new(state.path(), fetcher.clone(), metrics.apps(), metrics_port);
-    apps.adopt();
-    // Also outlives sessions: the revert timers and drift checks must not need the stream.
-    let firewall = Firewall::new(
-        state.path(),
-        creds.meta.name.as_str(),
-        &creds.meta.controller,
-        metrics.firewall_drift(),
-    );
-    firewall.start();
-    let agent = Agent {
-        state,
-        settings,
-        fetcher,
-        apps,
-        firewall,
-        metrics_port,
-        connected: metrics.connected(),
-    };
-    tokio::select! {
-        never = agent.supervise() => match never {},
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
-    }
-    notify::stopping();
-    Ok(())
-}
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -205,18 +119,21 @@ impl SessionEnd {
     }
 }
 
-struct Agent {
-    state: StateDir,
-    settings: Settings,
-    fetcher: Fetcher,
-    apps: Apps,
-    firewall: Firewall,
-    metrics_port: u16,
-    connected: Connected,
+/// What outlives every session, built by `daemon::run`.
+pub struct Agent {
+    pub state: StateDir,
+    pub settings: Settings,
+    pub fetcher: Fetcher,
+    pub apps: Apps,
+    pub firewall: Firewall,
+    /// The bound /metrics port (0: off), told to the controller in Hello.
+    pub metrics_port: u16,
+    pub connected: Connected,
 }
 
 impl Agent {
-    async fn supervise(&self) -> Infallible {
+    /// One session after another, forever.
+    pub async fn supervise(&self) -> Infallible {
         let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff);
         loop {
             let mut welcomed = false;
@@ -376,13 +293,6 @@ fn message(body: agent_message::Body) -> AgentMessage {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// When to ask for a new certificate, and the request in flight if any.
@@ -555,7 +465,7 @@ impl Session<'_> {
             }
         };
         tracing::info!(
-            expires = %crate::enroll::format_time(self.creds.cert.not_after),
+            expires = %crate::clock::format_time(self.creds.cert.not_after),
             "renewing certificate"
         );
         self.renewal.pending = Some(request_id.clone());
@@ -602,7 +512,7 @@ impl Session<'_> {
             return;
         }
         tracing::info!(
-            expires = %crate::enroll::format_time(info.not_after),
+            expires = %crate::clock::format_time(info.not_after),
             "certificate renewed"
         );
         self.renewal = Renewal::for_cert(info.not_before, info.not_after);

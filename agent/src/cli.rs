@@ -1,14 +1,14 @@
 //! Command-line surface. Operators script against these names (DESIGN.md, "Command-line
 //! contract"): add flags freely, never rename one without keeping the old spelling.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::config::MetricsListen;
-use crate::state::DEFAULT_STATE_DIR;
+use crate::daemon::RunArgs;
+use crate::enroll::JoinArgs;
+use crate::logging::LogFormat;
 
 #[derive(Parser)]
 #[command(name = "fleet-agent", version, about = "fleet host agent")]
@@ -21,64 +21,12 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
 #[derive(Subcommand)]
 pub enum Command {
     /// Enroll this host with a controller (once; --force to enroll again).
     Join(JoinArgs),
     /// Hold the session with the controller (the systemd service runs this).
     Run(RunArgs),
-}
-
-// No `Debug` derive: the token must not end up in a debug print by accident.
-#[derive(Args)]
-pub struct JoinArgs {
-    /// Controller gRPC address.
-    #[arg(long, env = "FLEET_CONTROLLER", value_name = "ADDR:PORT")]
-    pub controller: String,
-
-    /// Join token from `fleetctl token create`.
-    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
-    pub token: String,
-
-    /// Fingerprint of the fleet CA, as printed by `fleet-controller init`.
-    #[arg(long, value_name = "sha256:HEX")]
-    pub ca_pin: String,
-
-    #[arg(long, env = "FLEET_AGENT_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-
-    /// Host name in the fleet (default: this machine's short host name).
-    #[arg(long)]
-    pub name: Option<String>,
-
-    /// Enroll again even if this state dir already holds an enrollment.
-    #[arg(long)]
-    pub force: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    #[arg(long, env = "FLEET_AGENT_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-
-    /// Optional TOML config file (heartbeat_interval, max_backoff).
-    #[arg(long, env = "FLEET_AGENT_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// Heartbeat period, e.g. "10s" (overrides the config file).
-    #[arg(long, env = "FLEET_AGENT_HEARTBEAT_INTERVAL", value_name = "DUR", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Option<Duration>,
-
-    /// Address of the Prometheus /metrics listener (default 0.0.0.0:9437), or "off"
-    /// (overrides the config file).
-    #[arg(long, env = "FLEET_AGENT_METRICS_LISTEN", value_name = "ADDR:PORT|off")]
-    pub metrics_listen: Option<MetricsListen>,
 }
 
 /// Runs the chosen command on its own runtime.
@@ -96,7 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{line}");
             Ok(())
         }),
-        Command::Run(args) => runtime.block_on(crate::channel::run(args)),
+        Command::Run(args) => runtime.block_on(crate::daemon::run(args)),
     };
     // Do not let a stuck blocking task hold up `systemctl stop`.
     runtime.shutdown_timeout(Duration::from_secs(1));

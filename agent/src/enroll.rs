@@ -6,8 +6,9 @@
 //! has answered with a certificate that passed our checks, so a failed `--force` leaves
 //! the old enrollment working.
 
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use fleet_proto::identity::{InvalidName, Name};
 use fleet_proto::peer::{CaPin, InvalidPin};
@@ -20,10 +21,38 @@ use fleet_proto::v1::JoinRequest;
 use rcgen::KeyPair;
 use tonic::Code;
 
-use crate::cli::JoinArgs;
+use crate::clock::format_time;
 use crate::logging::error_chain;
 use crate::renew::{check_issued, csr_pem, IssueError};
-use crate::state::{Meta, NewEnrollment, StateDir, StateError};
+use crate::state::{Meta, NewEnrollment, StateDir, StateError, DEFAULT_STATE_DIR};
+
+/// `fleet-agent join`.
+// No `Debug` derive: the token must not end up in a debug print by accident.
+#[derive(clap::Args)]
+pub struct JoinArgs {
+    /// Controller gRPC address.
+    #[arg(long, env = "FLEET_CONTROLLER", value_name = "ADDR:PORT")]
+    pub controller: String,
+
+    /// Join token from `fleetctl token create`.
+    #[arg(long, env = "FLEET_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Fingerprint of the fleet CA, as printed by `fleet-controller init`.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub ca_pin: String,
+
+    #[arg(long, env = "FLEET_AGENT_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Host name in the fleet (default: this machine's short host name).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Enroll again even if this state dir already holds an enrollment.
+    #[arg(long)]
+    pub force: bool,
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,11 +158,6 @@ fn check_not_enrolled(state: &StateDir) -> Result<(), JoinError> {
         controller,
         expires,
     })
-}
-
-pub fn format_time(unix: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Runs the join; returns the success line for stdout.
@@ -310,11 +334,5 @@ mod tests {
         let p = plan_for(None);
         let e = status_error(&p, &tonic::Status::permission_denied("unknown token"));
         assert!(!e.to_string().contains("secret-token"));
-    }
-
-    #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_time(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 }

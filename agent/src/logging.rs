@@ -7,9 +7,14 @@ use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 
-use crate::cli::LogFormat;
-
 pub const FILTER_ENV: &str = "FLEET_LOG";
+
+/// `--log-format`: log line format on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
 
 /// `FLEET_LOG` as `target=level` directives ("info", "warn,fleet_agent::apps=debug").
 /// `Targets` rather than `EnvFilter`: it needs no regex engine, which keeps the agent's

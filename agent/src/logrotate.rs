@@ -48,6 +48,8 @@ pub enum LogrotateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    File(#[from] fleet_proto::files::FileError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LogrotateError {
@@ -156,8 +158,7 @@ pub async fn validate(app: &AppName, text: &str) -> Result<(), LogrotateError> {
     })?;
     let candidate = dir.path().join(format!("fleet-app-{app}"));
     // logrotate ignores config files writable by others; 0644 as installed.
-    units::write_if_changed(&candidate, text, 0o644)
-        .map_err(io("cannot write candidate", &candidate))?;
+    fleet_proto::files::write_if_changed(&candidate, text.as_bytes(), 0o644)?;
     let out = Command::new("logrotate")
         .arg("-d")
         .arg("-s")
@@ -205,8 +206,11 @@ impl Plan {
     /// they are the operator's data.
     pub fn apply(&self) -> Result<bool, LogrotateError> {
         match &self.text {
-            Some(t) => units::write_if_changed(&self.path, t, 0o644)
-                .map_err(io("cannot write", &self.path)),
+            Some(t) => Ok(fleet_proto::files::write_if_changed(
+                &self.path,
+                t.as_bytes(),
+                0o644,
+            )?),
             None => match std::fs::remove_file(&self.path) {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

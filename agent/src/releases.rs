@@ -18,9 +18,9 @@
 //! Operations on one app are serialized (staging, switching and pruning the same app at
 //! once would race on these directories); different apps proceed in parallel.
 
+pub mod requirements;
 #[cfg(test)]
 mod tests;
-pub mod requirements;
 mod unpack;
 mod venv;
 
@@ -30,7 +30,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleet_proto::spec::{AppName, Version};
 use sha2::{Digest, Sha256};
@@ -572,23 +571,14 @@ fn read_marker(release: &Path) -> Result<Option<Marker>, ReleaseError> {
 }
 
 fn write_marker(release: &Path, sha256: &str) -> Result<(), ReleaseError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let tmp = release.join(format!("{MARKER}.tmp"));
+    let now = crate::clock::now_ms();
     let path = release.join(MARKER);
-    let io = |op, path: &Path| {
-        let path = path.to_owned();
-        move |source| ReleaseError::Io { op, path, source }
-    };
-    fs::write(&tmp, format!("sha256={sha256}\nstaged_at_ms={now}\n")).map_err(io("write", &tmp))?;
-    fs::set_permissions(&tmp, Permissions::from_mode(0o644)).map_err(io("chmod", &tmp))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("sync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io("write", &path))?;
-    sync_dir(release)
+    let text = format!("sha256={sha256}\nstaged_at_ms={now}\n");
+    fleet_proto::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| ReleaseError::Io {
+        op: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Atomically makes `<app_dir>/<name>` a symlink to `releases/<version>`: a relative

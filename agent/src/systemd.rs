@@ -88,7 +88,7 @@ pub struct UnitProps {
     pub active_enter_us: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobKind {
     Start,
     Stop,

@@ -1,6 +1,8 @@
-//! The app's systemd units and its environment file: rendered here (pure functions) and
-//! written atomically, only when their content changed. Owns
-//! `/etc/systemd/system/fleet-app-<app>.{socket,service}` and `/etc/fleet/apps/<app>.env`.
+//! The app's systemd units and its environment files: rendered here (pure functions) and
+//! written by `plan` (a [`Plan`] rendered before anything changes, then applied), atomically
+//! and only when their content changed. Owns
+//! `/etc/systemd/system/fleet-app-<app>.{socket,service}`, `/etc/fleet/apps/<app>.env` and
+//! the pre-start hook's `/etc/fleet/apps/<app>.prestart.env`.
 //!
 //! Shape (measured facts in notes/host.md):
 //! - a `.socket` unit owns the listener, so a restart queues connections in the kernel
@@ -17,14 +19,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, LogMode, Server};
 
 use crate::logrotate;
+
+mod plan;
+pub use plan::{Applied, Plan, Prepared, PrestartEnv};
 
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 pub const ENV_DIR: &str = "/etc/fleet/apps";
@@ -353,50 +355,6 @@ pub fn parse_env(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Writes `content` to `path` with `mode` atomically (temp file in the same directory,
-/// fsync, rename, fsync of the directory) unless the file already holds exactly that with
-/// that mode. Returns whether it wrote.
-pub fn write_if_changed(path: &Path, content: &str, mode: u32) -> io::Result<bool> {
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.permissions().mode() & 0o7777 == mode
-            && fs::read(path).is_ok_and(|old| old == content.as_bytes())
-        {
-            return Ok(false);
-        }
-    }
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        // Created with the final mode: a secret never sits in a world-readable file.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(Permissions::from_mode(mode))?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
-}
-
-/// Creates `dir` (and parents) if missing and sets its mode.
-pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, Permissions::from_mode(mode))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -602,26 +560,5 @@ pub(crate) mod tests {
         let err = render_env(&sp, &bad).unwrap_err();
         assert!(matches!(err, RenderError::BadSecret { ref key, .. } if key == "TOKEN"));
         assert!(!err.to_string().contains("Evil"), "never echo a secret");
-    }
-
-    #[test]
-    fn files_are_written_atomically_with_their_mode_and_only_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("shop.env");
-        assert!(write_if_changed(&p, "A=\"1\"\n", 0o600).unwrap());
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert!(!write_if_changed(&p, "A=\"1\"\n", 0o600).unwrap());
-        fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
-        assert!(
-            write_if_changed(&p, "A=\"1\"\n", 0o600).unwrap(),
-            "mode fixed"
-        );
-        assert!(write_if_changed(&p, "A=\"2\"\n", 0o600).unwrap());
-        assert_eq!(fs::read_to_string(&p).unwrap(), "A=\"2\"\n");
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no temporaries left behind");
     }
 }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::commands::CommandError;
+use crate::desired::{self, targets, wanted_secrets};
 use crate::shared::{internal, Shared};
 use crate::store::{AppRecord, ReleaseRecord};
 use crate::timefmt::now_secs;
@@ -274,59 +275,6 @@ pub fn set_secret(
 
 type Progress = mpsc::Sender<Result<HostProgress, Status>>;
 
-pub fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
-    let enrolled: Vec<String> = shared
-        .store
-        .hosts()
-        .map_err(internal)?
-        .into_iter()
-        .map(|h| h.name)
-        .collect();
-    if requested.is_empty() {
-        if enrolled.is_empty() {
-            return Err(Status::failed_precondition("no hosts are enrolled: enroll one with `fleetctl token create` and `fleet-agent join`"));
-        }
-        return Ok(enrolled);
-    }
-    let unknown: Vec<&String> = requested.iter().filter(|h| !enrolled.contains(h)).collect();
-    if !unknown.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "unknown host(s): {}: see `fleetctl hosts`",
-            unknown
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(requested.to_vec())
-}
-
-/// The secret values the app's spec names; refuses when any is not set, before any host
-/// is touched.
-pub fn wanted_secrets(
-    shared: &Shared,
-    app: &str,
-    spec: &AppSpec,
-) -> Result<BTreeMap<String, String>, Status> {
-    let secrets = shared.store.secrets(app).map_err(internal)?;
-    let missing: Vec<&String> = spec
-        .secrets
-        .iter()
-        .filter(|s| !secrets.contains_key(*s))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Status::failed_precondition(format!(
-            "{app} needs secrets that are not set: {} (set each with `fleetctl secret set {app} KEY`); no host was touched",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(secrets
-        .into_iter()
-        .filter(|(k, _)| spec.secrets.contains(k))
-        .collect())
-}
-
 fn describe(err: CommandError) -> String {
     match err {
         CommandError::HostDown => "host is down: nothing was changed on it".into(),
@@ -423,15 +371,15 @@ pub fn deploy(
         0 => DEFAULT_HEALTHY_DEADLINE,
         ms => Duration::from_millis(ms),
     };
-    let kind = Kind::Activate(Activate {
-        spec_toml: rec.spec_toml,
-        version: version.to_string(),
-        sha256: release.sha256,
-        size: release.size,
-        secrets: wanted.into_iter().collect(),
-        healthy_deadline_ms: deadline.as_millis() as u64,
-        min_healthy_ms: 0,
-    });
+    let kind = desired::activate(
+        &rec.spec_toml,
+        &desired::Release::of(&release),
+        wanted,
+        desired::Gate {
+            min_healthy_ms: 0,
+            healthy_deadline_ms: deadline.as_millis() as u64,
+        },
+    );
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let (ok, failed) = fan_out(

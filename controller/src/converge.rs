@@ -13,12 +13,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_proto::spec::AppSpec;
 use fleet_proto::v1::command::Kind;
-use fleet_proto::v1::{Activate, AppState, StageRelease};
+use fleet_proto::v1::{AppState, StageRelease};
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{outcome, Phase, Record, State};
+use crate::desired::{activate_stored, Gate};
+use crate::rollout::record::{outcome, Phase, Record, State};
 use crate::shared::Shared;
 
 /// After this, a new session that reported no state for an app does not run it.
@@ -185,38 +185,13 @@ fn check(shared: &Arc<Shared>, host: &str, app: &str, running: Option<String>) {
     });
 }
 
-fn activate(
-    shared: &Shared,
-    app: &str,
-    version: &str,
-    d: &Desired,
-) -> Result<(Kind, AppSpec), String> {
-    let rec = shared
-        .store
-        .app(app)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("app {app} no longer exists"))?;
-    let spec = AppSpec::parse(&rec.spec_toml)
-        .map_err(|e| format!("stored spec of {app} no longer validates: {e}"))?;
-    let release = shared
-        .store
-        .release(app, version)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("release {version} is no longer known to the controller"))?;
-    let secrets =
-        crate::apps::wanted_secrets(shared, app, &spec).map_err(|e| e.message().to_owned())?;
-    Ok((
-        Kind::Activate(Activate {
-            spec_toml: rec.spec_toml,
-            version: version.to_owned(),
-            sha256: release.sha256,
-            size: release.size,
-            secrets: secrets.into_iter().collect(),
-            healthy_deadline_ms: d.healthy_deadline_ms,
-            min_healthy_ms: d.min_healthy_ms,
-        }),
-        spec,
-    ))
+impl Desired {
+    fn gate(&self) -> Gate {
+        Gate {
+            min_healthy_ms: self.min_healthy_ms,
+            healthy_deadline_ms: self.healthy_deadline_ms,
+        }
+    }
 }
 
 /// Stage, then activate health-gated; a release that fails goes back to what ran.
@@ -228,7 +203,7 @@ async fn converge(
     running: Option<&str>,
 ) -> Result<String, String> {
     tracing::info!(%host, %app, version = %d.version, from = ?running, "converging");
-    let (kind, spec) = activate(shared, app, &d.version, d)?;
+    let (kind, spec) = activate_stored(shared, app, &d.version, d.gate())?;
     let Kind::Activate(a) = &kind else {
         unreachable!("activate() builds an Activate")
     };
@@ -257,7 +232,7 @@ async fn converge(
     let Some(prev) = running else {
         return Err(why);
     };
-    let back = match activate(shared, app, prev, d) {
+    let back = match activate_stored(shared, app, prev, d.gate()) {
         Ok((k, _)) => outcome(shared.commands.call(&shared.sessions, host, k, limit).await),
         Err(e) => Err(e),
     };
@@ -335,7 +310,7 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::HostStep;
+    use crate::rollout::record::HostStep;
 
     fn rec(state: State, hosts: &[(&str, Phase, bool)]) -> Record {
         Record {

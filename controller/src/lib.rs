@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod converge;
 pub mod datadir;
+pub mod desired;
 pub mod enroll;
 pub mod firewall;
 pub mod http;

@@ -31,6 +31,23 @@ const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 /// that decided it (JSON, shape owned by `converge`).
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 
+/// The one list of tables: `create` makes them, `open` adds any a store made by an older
+/// controller lacks (so every reader may assume they exist).
+fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(HOSTS).map_err(db_err)?;
+    tx.open_table(TOKENS).map_err(db_err)?;
+    tx.open_table(REVOKED).map_err(db_err)?;
+    tx.open_table(AUDIT).map_err(db_err)?;
+    tx.open_table(META).map_err(db_err)?;
+    tx.open_table(APPS).map_err(db_err)?;
+    tx.open_table(RELEASES).map_err(db_err)?;
+    tx.open_table(SECRETS).map_err(db_err)?;
+    tx.open_table(FIREWALL).map_err(db_err)?;
+    tx.open_table(ROLLOUTS).map_err(db_err)?;
+    tx.open_table(DESIRED).map_err(db_err)?;
+    Ok(())
+}
+
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
 
@@ -173,16 +190,7 @@ impl Store {
         let store = Store { db };
         let tx = store.db.begin_write().map_err(db_err)?;
         {
-            tx.open_table(HOSTS).map_err(db_err)?;
-            tx.open_table(TOKENS).map_err(db_err)?;
-            tx.open_table(REVOKED).map_err(db_err)?;
-            tx.open_table(AUDIT).map_err(db_err)?;
-            tx.open_table(APPS).map_err(db_err)?;
-            tx.open_table(RELEASES).map_err(db_err)?;
-            tx.open_table(SECRETS).map_err(db_err)?;
-            tx.open_table(FIREWALL).map_err(db_err)?;
-            tx.open_table(ROLLOUTS).map_err(db_err)?;
-            tx.open_table(DESIRED).map_err(db_err)?;
+            open_every_table(&tx)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
@@ -228,29 +236,15 @@ impl Store {
     /// Tables added after a store was created are created empty on open.
     fn ensure_tables(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            tx.open_table(HOSTS).map_err(db_err)?;
-            tx.open_table(TOKENS).map_err(db_err)?;
-            tx.open_table(REVOKED).map_err(db_err)?;
-            tx.open_table(AUDIT).map_err(db_err)?;
-            tx.open_table(APPS).map_err(db_err)?;
-            tx.open_table(RELEASES).map_err(db_err)?;
-            tx.open_table(SECRETS).map_err(db_err)?;
-            tx.open_table(ROLLOUTS).map_err(db_err)?;
-            tx.open_table(DESIRED).map_err(db_err)?;
-        }
+        open_every_table(&tx)?;
         tx.commit().map_err(db_err)
     }
 
     /// The stored firewall policy TOML and when it was last applied (Unix ms).
     pub fn firewall_policy(&self) -> Result<Option<(String, i64)>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        // Stores created before the firewall existed have no table yet: no policy.
-        let table = match tx.open_table(FIREWALL) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(db_err(e)),
-        };
+        // `open` created the table in stores made before the firewall existed.
+        let table = tx.open_table(FIREWALL).map_err(db_err)?;
         let Some(policy) = table.get("policy").map_err(db_err)? else {
             return Ok(None);
         };

@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 
 use support::{promtool, promtool_present};
 
-/// Metrics the shipped rules and dashboard already use but that arrive with later work.
-/// When one of them starts being exported, this test fails until it is removed here.
-const ANNOUNCED: &[(&str, &str)] = &[];
-
 fn packaging() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging")
 }
@@ -75,26 +71,11 @@ fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
 
 fn check_names(what: &str, used: &BTreeSet<String>) {
     let exported = exported();
-    let announced: BTreeSet<&str> = ANNOUNCED.iter().map(|(n, _)| *n).collect();
-    let unknown: Vec<&String> = used
-        .iter()
-        .filter(|n| !exported.contains(*n) && !announced.contains(n.as_str()))
-        .collect();
+    let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(
         unknown.is_empty(),
         "{what} uses metrics nobody exports: {unknown:?}\nexported: {exported:?}"
     );
-}
-
-#[test]
-fn announced_metrics_are_not_exported_yet() {
-    let exported = exported();
-    for (name, by) in ANNOUNCED {
-        assert!(
-            !exported.contains(*name),
-            "{name} is exported now: remove it from ANNOUNCED (it was to come with {by})"
-        );
-    }
 }
 
 #[test]

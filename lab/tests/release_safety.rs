@@ -43,7 +43,10 @@ fn hostile_requirements_are_refused_and_wheels_still_install() {
     let upload = |version: &str, extra: &[(&str, Vec<u8>)]| {
         let tar = release::sample_with("wsgi", version, extra).unwrap();
         let path = file(&format!("shop-{version}.tar.gz"), &tar);
-        ctl(&lab, &["release", "upload", "shop", &path, "--version", version]);
+        ctl(
+            &lab,
+            &["release", "upload", "shop", &path, "--version", version],
+        );
     };
     upload("1.0", &[]);
     ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
@@ -99,11 +102,24 @@ fn hostile_requirements_are_refused_and_wheels_still_install() {
             Ok(out) => panic!("{version} was deployed: {out}"),
             Err(e) => format!("{e:#}"),
         };
-        assert!(err.contains(line) && err.contains("requirements.txt"), "{version}: {err}");
-        assert!(!err.contains("root:"), "{version} quoted /etc/shadow: {err}");
-        assert!(listener.accept().is_err(), "{version}: pip reached the network");
+        assert!(
+            err.contains(line) && err.contains("requirements.txt"),
+            "{version}: {err}"
+        );
+        assert!(
+            !err.contains("root:"),
+            "{version} quoted /etc/shadow: {err}"
+        );
+        assert!(
+            listener.accept().is_err(),
+            "{version}: pip reached the network"
+        );
         assert_eq!(before, snapshot(&lab), "{version} changed the host");
-        assert!(get(PORT).starts_with("release=1.0"), "{version}: {}", get(PORT));
+        assert!(
+            get(PORT).starts_with("release=1.0"),
+            "{version}: {}",
+            get(PORT)
+        );
     }
 
     // A wheel-only release still builds its venv, owned by root, and serves.
@@ -124,7 +140,10 @@ fn hostile_requirements_are_refused_and_wheels_still_install() {
         .unwrap();
     assert_eq!(value.trim(), "from-wheel");
     let not_root = lab
-        .sh(1, &format!("find {venv} ! -user root -o ! -group root -o -perm /022 ! -type l | head"))
+        .sh(
+            1,
+            &format!("find {venv} ! -user root -o ! -group root -o -perm /022 ! -type l | head"),
+        )
         .unwrap();
     assert_eq!(not_root.trim(), "", "the app's user could change its venv");
     let gecos = lab.sh(1, "getent passwd shop | cut -d: -f5").unwrap();

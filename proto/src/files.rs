@@ -64,6 +64,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
         .map_err(|e| err("sync", dir, e))
 }
 
+/// [`write_atomic`] unless `path` already holds exactly `bytes` with exactly `mode`: an
+/// unchanged unit or config file keeps its mtime, and callers learn whether anything
+/// changed (a daemon-reload or a re-apply is needed only then). Returns whether it wrote.
+pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, FileError> {
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o7777 == mode
+            && fs::read(path).is_ok_and(|old| old == bytes)
+        {
+            return Ok(false);
+        }
+    }
+    write_atomic(path, bytes, mode).map(|()| true)
+}
+
+/// Creates `dir` (and its parents) if missing and sets its mode.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<(), FileError> {
+    let err = |action, source| FileError {
+        action,
+        path: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(|e| err("create", e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| err("set the mode of", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +124,29 @@ mod tests {
         assert_eq!(e.action, "create");
         assert!(e.to_string().contains("missing-dir"), "{e}");
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn write_if_changed_skips_same_content_and_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("shop.env");
+        assert!(write_if_changed(&p, b"A=1\n", 0o600).unwrap());
+        assert!(!write_if_changed(&p, b"A=1\n", 0o600).unwrap());
+        // Same bytes, other mode: rewritten so the mode is what was asked for.
+        assert!(write_if_changed(&p, b"A=1\n", 0o640).unwrap());
+        assert_eq!(mode(&p), 0o640);
+        assert!(write_if_changed(&p, b"A=2\n", 0o640).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"A=2\n");
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn ensure_dir_creates_parents_with_the_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("a/b");
+        ensure_dir(&d, 0o700).unwrap();
+        assert_eq!(mode(&d), 0o700);
+        ensure_dir(&d, 0o750).unwrap();
+        assert_eq!(mode(&d), 0o750);
     }
 }

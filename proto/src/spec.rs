@@ -363,13 +363,66 @@ pub fn check_user(user: &str) -> Result<(), SpecError> {
 /// system accounts). The agent adds the rule that matters on a real host: an existing
 /// account is only used if fleet created it for this app.
 pub const RESERVED_USERS: &[&str] = &[
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
-    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "nogroup", "messagebus",
-    "sshd", "polkitd", "syslog", "systemd", "tss", "uuidd", "dnsmasq", "avahi", "colord",
-    "postgres", "mysql", "redis", "nginx", "apache", "memcache", "ntp", "chrony", "postfix",
-    "dovecot", "bind", "statd", "rpc", "tcpdump", "usbmux", "fleet", "fleet-agent",
-    "fleet-controller", "prometheus", "node-exporter", "admin", "operator", "adm", "staff",
-    "sudo", "wheel", "shadow", "disk", "kmem", "tty", "docker",
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "nogroup",
+    "messagebus",
+    "sshd",
+    "polkitd",
+    "syslog",
+    "systemd",
+    "tss",
+    "uuidd",
+    "dnsmasq",
+    "avahi",
+    "colord",
+    "postgres",
+    "mysql",
+    "redis",
+    "nginx",
+    "apache",
+    "memcache",
+    "ntp",
+    "chrony",
+    "postfix",
+    "dovecot",
+    "bind",
+    "statd",
+    "rpc",
+    "tcpdump",
+    "usbmux",
+    "fleet",
+    "fleet-agent",
+    "fleet-controller",
+    "prometheus",
+    "node-exporter",
+    "admin",
+    "operator",
+    "adm",
+    "staff",
+    "sudo",
+    "wheel",
+    "shadow",
+    "disk",
+    "kmem",
+    "tty",
+    "docker",
 ];
 
 /// Ports an app may never listen on: SSH, the controller's gRPC and HTTP ports and the
@@ -391,7 +444,10 @@ pub fn check_listen(listen: &SocketAddr) -> Result<(), SpecError> {
     if let Some((_, what)) = RESERVED_PORTS.iter().find(|(p, _)| *p == listen.port()) {
         return Err(err(
             "listen",
-            format!("port {} is reserved for {what}: pick another port", listen.port()),
+            format!(
+                "port {} is reserved for {what}: pick another port",
+                listen.port()
+            ),
         ));
     }
     let ip = listen.ip();
@@ -915,8 +971,18 @@ health = { path = "/health", timeout = "2s" }
     #[test]
     fn system_accounts_are_refused_as_users() {
         for user in [
-            "root", "daemon", "www-data", "nobody", "bin", "sshd", "_apt", "_chrony",
-            "systemd-network", "messagebus", "postgres", "fleet",
+            "root",
+            "daemon",
+            "www-data",
+            "nobody",
+            "bin",
+            "sshd",
+            "_apt",
+            "_chrony",
+            "systemd-network",
+            "messagebus",
+            "postgres",
+            "fleet",
         ] {
             let e = with(&format!("user = \"{user}\"")).unwrap_err();
             assert_eq!(e.field, "user", "{user}");
@@ -952,7 +1018,12 @@ health = { path = "/health", timeout = "2s" }
             .unwrap_err()
             .reason
             .contains("SSH"));
-        for ok in ["0.0.0.0:8000", "198.18.0.11:80", "[::]:8443", "127.0.0.1:2222"] {
+        for ok in [
+            "0.0.0.0:8000",
+            "198.18.0.11:80",
+            "[::]:8443",
+            "127.0.0.1:2222",
+        ] {
             assert_eq!(replace("0.0.0.0:8000", ok).unwrap().listen.to_string(), ok);
         }
     }

@@ -127,7 +127,10 @@ fn parse_line(raw: &str) -> Result<Option<(String, String)>, &'static str> {
     let Some((name, version)) = body.split_once("==") else {
         return Err("the version must be pinned with `==`");
     };
-    let (name, version) = (name.trim_matches([' ', '\t']), version.trim_matches([' ', '\t']));
+    let (name, version) = (
+        name.trim_matches([' ', '\t']),
+        version.trim_matches([' ', '\t']),
+    );
     if !valid_name(name) {
         return Err("the project name is not a valid name");
     }
@@ -198,8 +201,7 @@ pub fn parse_wheel_name(file: &str) -> Option<WheelName> {
         p.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.'))
     });
-    if !valid_name(name) || !valid_version(&version.replace('_', ".")) || !tags_ok
-    {
+    if !valid_name(name) || !valid_version(&version.replace('_', ".")) || !tags_ok {
         return None;
     }
     Some(WheelName {

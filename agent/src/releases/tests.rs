@@ -625,7 +625,14 @@ async fn refuses_a_malformed_sha256_before_touching_anything() {
     let fx = Fx::new();
     let err = fx
         .releases
-        .stage(&fx.app, &v("1.0"), "../../etc/passwd", 10, &fx.offline, None)
+        .stage(
+            &fx.app,
+            &v("1.0"),
+            "../../etc/passwd",
+            10,
+            &fx.offline,
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ReleaseError::BadSha256 { .. }), "{err}");
@@ -839,7 +846,14 @@ async fn the_venv_is_built_by_its_user_and_then_owned_by_root() {
         let sha = fx.download(&bytes);
         let err = fx
             .releases
-            .stage(&fx.app, &v("2.0"), &sha, bytes.len() as u64, &fx.offline, run_as)
+            .stage(
+                &fx.app,
+                &v("2.0"),
+                &sha,
+                bytes.len() as u64,
+                &fx.offline,
+                run_as,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, ReleaseError::Requirements { .. }), "{err}");
@@ -856,8 +870,12 @@ async fn requirements_that_would_run_code_read_files_or_reach_out_are_refused() 
     let pwned = outside.path().join("pwned");
     // An in-tree PEP 517 backend with no build requirements: pip imports it, and so runs
     // it, to ask what the build needs — `--only-binary :all:` does not apply to paths.
-    let backend = format!("open({:?}, 'w').write('ran')\n", pwned.display().to_string());
-    let pyproject = "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n";
+    let backend = format!(
+        "open({:?}, 'w').write('ran')\n",
+        pwned.display().to_string()
+    );
+    let pyproject =
+        "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n";
     let release = fx.releases.release_dir(&fx.app, &v("2.0"));
     let secret = outside.path().join("shadow");
     fs::write(&secret, "TOP-SECRET-LINE\n").unwrap();
@@ -891,8 +909,14 @@ async fn requirements_that_would_run_code_read_files_or_reach_out_are_refused() 
     for (req, needle) in cases {
         let err = fx.refused(&evil_dir(req.clone()), &[needle]).await;
         let text = err.to_string();
-        assert!(matches!(err, ReleaseError::Requirements { .. }), "{req:?}: {text}");
-        assert!(!text.contains("TOP-SECRET"), "{req:?} leaked a file: {text}");
+        assert!(
+            matches!(err, ReleaseError::Requirements { .. }),
+            "{req:?}: {text}"
+        );
+        assert!(
+            !text.contains("TOP-SECRET"),
+            "{req:?} leaked a file: {text}"
+        );
         assert!(!pwned.exists(), "{req:?} ran setup.py");
         assert!(listener.accept().is_err(), "{req:?} reached the network");
     }
@@ -903,4 +927,16 @@ async fn requirements_that_would_run_code_read_files_or_reach_out_are_refused() 
         E::Dir("wheels", 0o755),
     ]);
     fx.refused(&link, &["symlink"]).await;
+}
+
+#[tokio::test]
+async fn a_requirements_file_without_pins_gets_an_empty_venv() {
+    let fx = Fx::new();
+    let bytes = targz(&[
+        E::File("app.py", 0o644, b""),
+        E::File("requirements.txt", 0o644, b"# nothing needed yet\n"),
+        E::Dir("wheels", 0o755),
+    ]);
+    let dir = fx.stage("1.0", &bytes).await.unwrap();
+    assert!(venv_bin(&dir).is_some());
 }

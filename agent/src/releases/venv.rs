@@ -104,7 +104,9 @@ fn read_requirements(path: &Path) -> Result<Vec<u8>, String> {
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == nix::errno::Errno::ELOOP as i32 => format!("{REQUIREMENTS} is a symlink; it must be a regular file"),
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
+                format!("{REQUIREMENTS} is a symlink; it must be a regular file")
+            }
             _ => format!("cannot open {REQUIREMENTS}: {e}"),
         })?;
     let meta = file
@@ -124,7 +126,11 @@ fn read_requirements(path: &Path) -> Result<Vec<u8>, String> {
 fn wheel_files(dir: &Path) -> Result<Vec<String>, String> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{WHEELS}/ must be a directory (not a symlink or file)")),
+        Ok(_) => {
+            return Err(format!(
+                "{WHEELS}/ must be a directory (not a symlink or file)"
+            ))
+        }
         Err(e) => return Err(format!("cannot inspect {WHEELS}/: {e}")),
     }
     let mut out = Vec::new();
@@ -174,14 +180,24 @@ pub(super) async fn build(
     venv_cmd.args(["-I", "-m", "venv"]).arg(&venv);
     run(&mut venv_cmd, &venv, limit).await?;
     let py = venv.join("bin").join("python");
-    let mut pip = as_user(run_as, &py);
-    pip.args(["-I", "-m", "pip", "install"])
-        .args(PIP_FLAGS)
-        .arg("--")
-        .args(&wheels);
-    run(&mut pip, &venv, limit).await?;
+    // No pins (only comments): an empty venv, as the file asks; pip refuses no arguments.
+    if !wheels.is_empty() {
+        let mut pip = as_user(run_as, &py);
+        pip.args(["-I", "-m", "pip", "install"])
+            .args(PIP_FLAGS)
+            .arg("--")
+            .args(&wheels);
+        run(&mut pip, &venv, limit).await?;
+    }
     let mut check = as_user(run_as, &py);
-    check.args(["-I", "-m", "pip", "check", "--disable-pip-version-check", "--no-input"]);
+    check.args([
+        "-I",
+        "-m",
+        "pip",
+        "check",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]);
     run(&mut check, &venv, limit).await?;
     let sealed = tokio::task::spawn_blocking({
         let venv = venv.clone();
@@ -254,7 +270,9 @@ fn seal_dir(dir: OwnedFd, depth: usize, count: &mut usize) -> io::Result<()> {
             if name == b"." || name == b".." {
                 continue;
             }
-            names.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_owned());
+            names.push(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_owned(),
+            );
         }
         names
     };
@@ -264,7 +282,11 @@ fn seal_dir(dir: OwnedFd, depth: usize, count: &mut usize) -> io::Result<()> {
             return Err(io::Error::other(format!("more than {MAX_ENTRIES} entries")));
         }
         let shown = || Path::new(&name).display().to_string();
-        let st = fstatat(dir.as_fd(), name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let st = fstatat(
+            dir.as_fd(),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
         let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
         if kind == SFlag::S_IFLNK {
             fchownat(
@@ -292,13 +314,20 @@ fn seal_dir(dir: OwnedFd, depth: usize, count: &mut usize) -> io::Result<()> {
             let file = File::from(fd);
             let meta = file.metadata()?;
             if !meta.is_file() || meta.ino() != st.st_ino as u64 {
-                return Err(io::Error::other(format!("{} changed while sealing", shown())));
+                return Err(io::Error::other(format!(
+                    "{} changed while sealing",
+                    shown()
+                )));
             }
             if meta.nlink() != 1 {
                 return Err(io::Error::other(format!("{} is a hard link", shown())));
             }
             std::os::unix::fs::fchown(&file, Some(0), Some(0))?;
-            let mode = if meta.mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if meta.mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             file.set_permissions(fs::Permissions::from_mode(mode))?;
         } else {
             return Err(io::Error::other(format!(

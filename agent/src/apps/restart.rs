@@ -1,0 +1,137 @@
+//! Restart and reload of a running app, with the reload preflight (import the new code
+//! once, as the app, before sending HUP).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fleet_proto::spec::AppSpec;
+use fleet_proto::v1::Restart;
+use tokio::process::Command as Process;
+
+use super::{lock, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE, PREFLIGHT_TIMEOUT};
+use crate::releases::venv_bin;
+use crate::systemd::JobKind;
+use crate::units;
+
+impl Inner {
+    pub(super) async fn restart(&self, r: Restart) -> Outcome {
+        let app = self.known(&r.app)?;
+        let _op = app.ops.lock().await;
+        let (spec, release) = {
+            let d = lock(&app.data);
+            (d.spec.clone(), d.release.clone())
+        };
+        let name = app.name.clone();
+        let deadline = match r.healthy_deadline_ms {
+            0 => DEFAULT_HEALTHY_DEADLINE,
+            ms => Duration::from_millis(ms),
+        };
+        let bus = self.bus().await?;
+        let socket_unit = units::socket_name(&name);
+        let service_unit = units::service_name(&name);
+        let job_timeout = spec.graceful_timeout + Duration::from_secs(120);
+        if r.reload {
+            // HUP with code that cannot import kills the master (workers exit 3, the
+            // master follows): prove the import first, as the app's user with its env.
+            self.preflight(&spec).await?;
+            self.restart_health(&app, "reloading");
+            let reloaded = self
+                .agent_job(
+                    &bus,
+                    &app,
+                    bus.job(JobKind::Reload, &service_unit, job_timeout),
+                )
+                .await;
+            if let Err(e) = reloaded {
+                return Err(self.failure(&name, e.to_string()).await);
+            }
+        } else {
+            self.restart_health(&app, "restarting");
+            let restarted = self
+                .agent_job(&bus, &app, async {
+                    for unit in [&socket_unit, &service_unit] {
+                        bus.reset_failed(unit).await?;
+                    }
+                    bus.job(JobKind::Start, &socket_unit, job_timeout).await?;
+                    bus.job(JobKind::Restart, &service_unit, job_timeout).await
+                })
+                .await;
+            if let Err(e) = restarted {
+                return Err(self.failure(&name, e.to_string()).await);
+            }
+        }
+        let what = if r.reload { "reloaded" } else { "restarted" };
+        match self.wait_healthy(&app, deadline).await {
+            Ok(detail) => Ok(format!("{name} {release} {what}: {detail}")),
+            Err(why) => Err(self
+                .failure(
+                    &name,
+                    format!("{name} {release} {what} but not healthy: {why}"),
+                )
+                .await),
+        }
+    }
+
+    /// Imports the entry point of the current release once, as the app would.
+    pub(super) async fn preflight(&self, spec: &AppSpec) -> Result<(), String> {
+        let current = self.releases.app_dir(&spec.name).join("current");
+        let python = venv_bin(&current)
+            .map(|b| b.join("python"))
+            .unwrap_or_else(|| units::SYSTEM_PYTHON.into());
+        let (module, callable) = spec
+            .entry
+            .split_once(':')
+            .ok_or_else(|| format!("entry {:?} has no ':'", spec.entry))?;
+        let user = nix::unistd::User::from_name(&spec.user)
+            .map_err(|e| format!("cannot look up user {}: {e}", spec.user))?
+            .ok_or_else(|| format!("user {} does not exist", spec.user))?;
+        let env_file = units::env_path(&self.env_dir, &spec.name);
+        let env = std::fs::read_to_string(&env_file)
+            .map_err(|e| format!("cannot read {}: {e}", env_file.display()))?;
+        let mut cmd = Process::new("setpriv");
+        cmd.arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "--no-new-privs", "--"])
+            .arg(&python)
+            .args([
+                "-c",
+                "import importlib, sys; getattr(importlib.import_module(sys.argv[1]), sys.argv[2])",
+                module,
+                callable,
+            ])
+            .current_dir(&current)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(units::parse_env(&env))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run the preflight import: {e}"))?;
+        let out = tokio::time::timeout(PREFLIGHT_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                format!(
+                    "preflight: importing {} took longer than {}; not reloading",
+                    spec.entry,
+                    humantime::format_duration(PREFLIGHT_TIMEOUT)
+                )
+            })?
+            .map_err(|e| format!("preflight import: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(format!(
+            "preflight: importing {} failed ({}); not reloading, the running workers keep serving:\n  {}",
+            spec.entry,
+            out.status,
+            tail.join("\n  ")
+        ))
+    }
+}

@@ -1,0 +1,136 @@
+//! What hosts are told to run: the targets of an operation, the secrets an app's spec
+//! wants, and the one place an Activate command is built. Deploy (`apps`), rollouts and
+//! convergence all activate releases; they share this module, below all three, instead of
+//! importing each other.
+
+use std::collections::BTreeMap;
+
+use fleet_proto::spec::AppSpec;
+use fleet_proto::v1::command::Kind;
+use fleet_proto::v1::Activate;
+use tonic::Status;
+
+use crate::shared::{internal, Shared};
+use crate::store::ReleaseRecord;
+
+/// The release an Activate names.
+pub struct Release<'a> {
+    pub version: &'a str,
+    pub sha256: &'a str,
+    pub size: u64,
+}
+
+impl<'a> Release<'a> {
+    pub fn of(r: &'a ReleaseRecord) -> Self {
+        Release {
+            version: &r.version,
+            sha256: &r.sha256,
+            size: r.size,
+        }
+    }
+}
+
+/// How the agent health-gates an activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// Healthy this long, with no crash, before the host counts as done (0: first healthy).
+    pub min_healthy_ms: u64,
+    pub healthy_deadline_ms: u64,
+}
+
+/// The Activate command: the spec, the release, and the secrets the spec names.
+pub fn activate(
+    spec_toml: &str,
+    release: &Release<'_>,
+    secrets: BTreeMap<String, String>,
+    gate: Gate,
+) -> Kind {
+    Kind::Activate(Activate {
+        spec_toml: spec_toml.to_owned(),
+        version: release.version.to_owned(),
+        sha256: release.sha256.to_owned(),
+        size: release.size,
+        secrets: secrets.into_iter().collect(),
+        healthy_deadline_ms: gate.healthy_deadline_ms,
+        min_healthy_ms: gate.min_healthy_ms,
+    })
+}
+
+/// Activate `version` of `app` with what the store holds now (spec, release, secrets).
+pub fn activate_stored(
+    shared: &Shared,
+    app: &str,
+    version: &str,
+    gate: Gate,
+) -> Result<(Kind, AppSpec), String> {
+    let rec = shared
+        .store
+        .app(app)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("app {app} no longer exists"))?;
+    let spec = AppSpec::parse(&rec.spec_toml)
+        .map_err(|e| format!("stored spec of {app} no longer validates: {e}"))?;
+    let release = shared
+        .store
+        .release(app, version)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("release {version} is no longer known to the controller"))?;
+    let secrets = wanted_secrets(shared, app, &spec).map_err(|e| e.message().to_owned())?;
+    Ok((
+        activate(&rec.spec_toml, &Release::of(&release), secrets, gate),
+        spec,
+    ))
+}
+
+pub fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
+    let enrolled: Vec<String> = shared
+        .store
+        .hosts()
+        .map_err(internal)?
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    if requested.is_empty() {
+        if enrolled.is_empty() {
+            return Err(Status::failed_precondition("no hosts are enrolled: enroll one with `fleetctl token create` and `fleet-agent join`"));
+        }
+        return Ok(enrolled);
+    }
+    let unknown: Vec<&String> = requested.iter().filter(|h| !enrolled.contains(h)).collect();
+    if !unknown.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "unknown host(s): {}: see `fleetctl hosts`",
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(requested.to_vec())
+}
+
+/// The secret values the app's spec names; refuses when any is not set, before any host
+/// is touched.
+pub fn wanted_secrets(
+    shared: &Shared,
+    app: &str,
+    spec: &AppSpec,
+) -> Result<BTreeMap<String, String>, Status> {
+    let secrets = shared.store.secrets(app).map_err(internal)?;
+    let missing: Vec<&String> = spec
+        .secrets
+        .iter()
+        .filter(|s| !secrets.contains_key(*s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{app} needs secrets that are not set: {} (set each with `fleetctl secret set {app} KEY`); no host was touched",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(secrets
+        .into_iter()
+        .filter(|(k, _)| spec.secrets.contains(k))
+        .collect())
+}

@@ -1,0 +1,548 @@
+//! The engine: runs a rollout record step by step (stage, pre-start, batches, revert) to
+//! its end, persisting every step through `Live::step` so a restart resumes where it was.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::spec::AppSpec;
+use fleet_proto::v1::command::Kind;
+use fleet_proto::v1::{RunPreStart, StageRelease};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::live::{Control, Live};
+use super::record::{outcome, HostStep, Phase, Record, State, Step};
+use crate::desired::{self, Release};
+use crate::shared::Shared;
+use crate::timefmt::now_ms;
+
+/// Hosts staging at once: fetching is served by this controller, so bound its load.
+const STAGE_PARALLEL: usize = 16;
+/// Fetch, unpack and venv of one release.
+const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// On top of the health deadline: unit file writes and systemd jobs.
+const ACTIVATE_SLACK: Duration = Duration::from_secs(60);
+
+pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
+    loop {
+        let rec = live.rec();
+        match rec.next_step() {
+            Step::Stage => stage(&shared, &live).await,
+            Step::Batch(b) => batch(&shared, &live, b).await,
+            Step::Finish => {
+                let n = rec
+                    .hosts
+                    .iter()
+                    .filter(|h| h.phase == Phase::Healthy)
+                    .count();
+                let skipped = rec
+                    .hosts
+                    .iter()
+                    .filter(|h| h.phase == Phase::Skipped)
+                    .count();
+                let msg = if skipped > 0 {
+                    format!(
+                        "{n} hosts on {}; {skipped} skipped while down (they converge when back)",
+                        rec.version
+                    )
+                } else {
+                    format!("{n} hosts on {}", rec.version)
+                };
+                live.step(&shared, "succeeded", "", 0, &msg.clone(), |r| {
+                    r.state = State::Succeeded;
+                    r.message = msg;
+                });
+            }
+            Step::WaitResume => {
+                let mut rx = live.control.subscribe();
+                let c = *rx.borrow_and_update();
+                match c {
+                    Control::Run => {
+                        live.step(&shared, "resumed", "", rec.current_batch, "resumed", |r| {
+                            r.state = State::Running
+                        })
+                    }
+                    Control::Abort => abort(&shared, &live),
+                    Control::Pause => {
+                        let _ = rx.changed().await;
+                    }
+                }
+            }
+            Step::Revert => revert(&shared, &live).await,
+            Step::Done => break,
+        }
+    }
+    let rec = live.rec();
+    let took = Duration::from_millis(now_ms().saturating_sub(rec.started_ms).max(0) as u64);
+    shared.metrics.observe_rollout(rec.state, took);
+    let outcome = format!(
+        "{} of {} to {} {}{}",
+        if rec.rollback { "rollback" } else { "rollout" },
+        rec.app,
+        rec.version,
+        rec.state.as_str(),
+        if rec.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", rec.message)
+        }
+    );
+    let _ = shared.audit(
+        &rec.actor,
+        &format!("rollout.{}", rec.state.as_str()),
+        &format!("{}@{}", rec.app, rec.version),
+        &format!("rollout {}: {}", rec.id, rec.message),
+    );
+    crate::webhook::notify(
+        &shared,
+        rec.state.as_str(),
+        &format!("fleet: {outcome}"),
+        &rec.info(),
+    );
+    live.step(&shared, "finished", "", 0, &outcome, |r| {
+        r.ended_ms = now_ms()
+    });
+    shared.rollouts.remove(&rec.app);
+    crate::converge::after_rollout(&shared, &live.rec());
+}
+
+fn abort(shared: &Shared, live: &Live) {
+    live.step(shared, "aborting", "", 0, "aborted by an operator", |r| {
+        r.aborted = true;
+        r.halt("aborted by an operator".into());
+    });
+}
+
+async fn wait_up(shared: &Shared, host: &str, deadline: Duration) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if shared.sessions.up(host).is_some() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
+    let rec = live.rec();
+    let deadline = Duration::from_millis(rec.healthy_deadline_ms);
+    live.step(
+        shared,
+        "staging",
+        "",
+        0,
+        &format!("staging {} on {} hosts", rec.version, rec.hosts.len()),
+        |_| {},
+    );
+    let sem = Arc::new(Semaphore::new(STAGE_PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    // The venv is built as the app's user; a spec that no longer parses fails at activate.
+    let user = AppSpec::parse(&rec.spec_toml)
+        .map(|s| s.user)
+        .unwrap_or_default();
+    for h in rec.hosts.iter().filter(|h| h.phase == Phase::Pending) {
+        let (shared, sem, host) = (shared.clone(), sem.clone(), h.host.clone());
+        let kind = Kind::Stage(StageRelease {
+            app: rec.app.clone(),
+            version: rec.version.clone(),
+            sha256: rec.sha256.clone(),
+            size: rec.size,
+            user: user.clone(),
+        });
+        let skip_down = rec.skip_down;
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            // --skip-down: a host down now is skipped now; it converges when it is back.
+            let wait = if skip_down { Duration::ZERO } else { deadline };
+            if !wait_up(&shared, &host, wait).await {
+                return (
+                    host,
+                    if skip_down {
+                        None
+                    } else {
+                        Some(Err(format!(
+                            "host is down (waited {}); no host was restarted",
+                            humantime::format_duration(deadline)
+                        )))
+                    },
+                );
+            }
+            let r = shared
+                .commands
+                .call(&shared.sessions, &host, kind, STAGE_TIMEOUT)
+                .await;
+            (host, Some(outcome(r)))
+        });
+    }
+    let mut control = live.control.subscribe();
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => {
+                let Some(joined) = next else { break };
+                let Ok((host, result)) = joined else { continue };
+                match result {
+                    None => live.step(shared, "skipped", &host, 0, "down: skipped, converges when it comes back", |r| {
+                        let h = r.host_mut(&host);
+                        h.phase = Phase::Skipped;
+                        h.message = "down during staging".into();
+                    }),
+                    Some(Ok(msg)) => live.step(shared, "staged", &host, 0, &msg.clone(), |r| {
+                        let h = r.host_mut(&host);
+                        h.phase = Phase::Staged;
+                        h.message = msg;
+                    }),
+                    Some(Err(msg)) => {
+                        let why = format!("staging failed on {host}: {msg}; no host was restarted");
+                        live.step(shared, "failed", &host, 0, &why.clone(), |r| {
+                            let h = r.host_mut(&host);
+                            h.phase = Phase::Failed;
+                            h.message = msg;
+                            r.halt(why);
+                        });
+                        return;
+                    }
+                }
+            }
+            _ = control.changed() => {
+                if *control.borrow_and_update() == Control::Abort {
+                    abort(shared, live);
+                    return;
+                }
+            }
+        }
+    }
+    if !pre_start(shared, live).await {
+        return;
+    }
+    live.step(shared, "staged", "", 0, "staged everywhere", |r| {
+        r.state = State::Running
+    });
+}
+
+/// The spec's pre-start hook, once, on the first staged target, before any restart.
+/// Returns whether the rollout goes on (false: it halted or was aborted).
+async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
+    let rec = live.rec();
+    let spec = match AppSpec::parse(&rec.spec_toml) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("the rollout's app spec no longer validates: {e}");
+            live.step(shared, "failed", "", 0, &why.clone(), |r| r.halt(why));
+            return false;
+        }
+    };
+    if spec.pre_start.is_empty() || rec.pre_start_done {
+        return true;
+    }
+    let Some(host) = rec
+        .hosts
+        .iter()
+        .find(|h| h.phase == Phase::Staged)
+        .map(|h| h.host.clone())
+    else {
+        // Every target was skipped: nothing will restart, so nothing needs the hook yet.
+        return true;
+    };
+    let secrets = match spec_secrets(shared, &rec) {
+        Ok(s) => s,
+        Err(e) => {
+            live.step(shared, "failed", "", 0, &e.clone(), |r| r.halt(e));
+            return false;
+        }
+    };
+    let argv = spec.pre_start.join(" ");
+    live.step(
+        shared,
+        "pre_start",
+        &host,
+        0,
+        &format!("running pre-start `{argv}` with {}", rec.version),
+        |_| {},
+    );
+    let kind = Kind::RunPreStart(RunPreStart {
+        spec_toml: rec.spec_toml.clone(),
+        version: rec.version.clone(),
+        secrets: secrets.into_iter().collect(),
+    });
+    let call = shared.commands.call(
+        &shared.sessions,
+        &host,
+        kind,
+        spec.pre_start_timeout + ACTIVATE_SLACK,
+    );
+    let mut control = live.control.subscribe();
+    tokio::pin!(call);
+    let r = loop {
+        tokio::select! {
+            r = &mut call => break outcome(r),
+            _ = control.changed() => {
+                // The hook is not interrupted (a half-run migration is worse); abort waits.
+                if *control.borrow_and_update() == Control::Abort {
+                    live.step(shared, "pre_start", &host, 0, "abort requested: waiting for the pre-start hook to end", |_| {});
+                }
+            }
+        }
+    };
+    match r {
+        Ok(msg) => {
+            live.step(shared, "pre_start_done", &host, 0, &msg, |r| {
+                r.pre_start_done = true
+            });
+            if *live.control.borrow() == Control::Abort {
+                abort(shared, live);
+                return false;
+            }
+            true
+        }
+        Err(msg) => {
+            let why = format!("pre-start hook failed on {host}; no host was restarted: {msg}");
+            live.step(shared, "failed", &host, 0, &why.clone(), |r| r.halt(why));
+            false
+        }
+    }
+}
+
+enum HostMsg {
+    Switching(String),
+    Done(String, Result<String, String>),
+    Skipped(String),
+}
+
+async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
+    let mut control = live.control.subscribe();
+    match *control.borrow_and_update() {
+        Control::Pause => {
+            live.step(
+                shared,
+                "paused",
+                "",
+                b,
+                &format!("paused before batch {}", b + 1),
+                |r| r.state = State::Paused,
+            );
+            return;
+        }
+        Control::Abort => return abort(shared, live),
+        Control::Run => {}
+    }
+    let rec = live.rec();
+    let deadline = Duration::from_millis(rec.healthy_deadline_ms);
+    let secrets = match spec_secrets(shared, &rec) {
+        Ok(s) => s,
+        Err(e) => {
+            live.step(shared, "failed", "", b, &e.clone(), |r| r.halt(e));
+            return;
+        }
+    };
+    let todo: Vec<HostStep> = rec
+        .hosts
+        .iter()
+        .filter(|h| h.batch == b && !matches!(h.phase, Phase::Healthy | Phase::Skipped))
+        .cloned()
+        .collect();
+    let label = if b == 0 && rec.canary > 0 {
+        "canary".to_string()
+    } else {
+        format!("batch {}", b + 1)
+    };
+    live.step(
+        shared,
+        "batch",
+        "",
+        b,
+        &format!(
+            "{label}: {}",
+            todo.iter()
+                .map(|h| h.host.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        |_| {},
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for h in &todo {
+        let (shared, tx, host) = (shared.clone(), tx.clone(), h.host.clone());
+        let kind = desired::activate(
+            &rec.spec_toml,
+            &Release {
+                version: &rec.version,
+                sha256: &rec.sha256,
+                size: rec.size,
+            },
+            secrets.clone(),
+            rec.gate(),
+        );
+        let skip_down = rec.skip_down;
+        tasks.spawn(async move {
+            let wait = if skip_down { Duration::ZERO } else { deadline };
+            if !wait_up(&shared, &host, wait).await {
+                let _ = tx
+                    .send(if skip_down {
+                        HostMsg::Skipped(host)
+                    } else {
+                        HostMsg::Done(
+                            host,
+                            Err(format!(
+                                "host is down (waited {} for it; --skip-down would skip it)",
+                                humantime::format_duration(deadline)
+                            )),
+                        )
+                    })
+                    .await;
+                return;
+            }
+            let _ = tx.send(HostMsg::Switching(host.clone())).await;
+            let r = shared
+                .commands
+                .call(&shared.sessions, &host, kind, deadline + ACTIVATE_SLACK)
+                .await;
+            let _ = tx.send(HostMsg::Done(host, outcome(r))).await;
+        });
+    }
+    drop(tx);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(HostMsg::Switching(host)) => live.step(shared, "switching", &host, b, &format!("switching to {}", rec.version), |r| {
+                    let h = r.host_mut(&host);
+                    h.phase = Phase::Switching;
+                    h.switched = true;
+                }),
+                Some(HostMsg::Skipped(host)) => live.step(shared, "skipped", &host, b, "down: skipped, converges when it comes back", |r| {
+                    let h = r.host_mut(&host);
+                    h.phase = Phase::Skipped;
+                    h.message = "down when its batch came".into();
+                }),
+                Some(HostMsg::Done(host, Ok(msg))) => live.step(shared, "healthy", &host, b, &msg.clone(), |r| {
+                    let h = r.host_mut(&host);
+                    h.phase = Phase::Healthy;
+                    h.message = msg;
+                }),
+                Some(HostMsg::Done(host, Err(msg))) => {
+                    let why = format!("{host} failed: {msg}");
+                    live.step(shared, "failed", &host, b, &msg.clone(), |r| {
+                        let h = r.host_mut(&host);
+                        h.phase = Phase::Failed;
+                        h.message = msg;
+                    });
+                    // Halt means halt: the rest of the batch is reverted, not awaited.
+                    tasks.abort_all();
+                    live.step(shared, "halted", &host, b, &why.clone(), |r| r.halt(why));
+                    return;
+                }
+            },
+            _ = control.changed() => {
+                if *control.borrow_and_update() == Control::Abort {
+                    tasks.abort_all();
+                    return abort(shared, live);
+                }
+            }
+        }
+    }
+    live.step(
+        shared,
+        "batch_done",
+        "",
+        b,
+        &format!("{label} healthy"),
+        |r| r.current_batch = b + 1,
+    );
+}
+
+/// Secrets are read at each activation, never stored in the rollout record.
+fn spec_secrets(shared: &Shared, rec: &Record) -> Result<BTreeMap<String, String>, String> {
+    let spec = AppSpec::parse(&rec.spec_toml)
+        .map_err(|e| format!("the rollout's app spec no longer validates: {e}"))?;
+    desired::wanted_secrets(shared, &rec.app, &spec).map_err(|e| e.message().to_owned())
+}
+
+async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
+    let rec = live.rec();
+    let deadline = Duration::from_millis(rec.healthy_deadline_ms);
+    let hosts = rec.to_revert();
+    live.step(
+        shared,
+        "reverting",
+        "",
+        0,
+        &format!("reverting {}", hosts.join(", ")),
+        |_| {},
+    );
+    // Without its secrets a revert would fail on every host anyway; try with none and let
+    // each host say why.
+    let secrets = spec_secrets(shared, &rec).unwrap_or_default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for host in hosts {
+        let step = rec.host(&host).cloned().expect("host of this rollout");
+        let shared = shared.clone();
+        let rec = rec.clone();
+        let secrets = secrets.clone();
+        live.step(
+            &shared,
+            "reverting",
+            &host,
+            step.batch,
+            &format!("back to {}", step.previous.as_deref().unwrap_or("(none)")),
+            |r| r.host_mut(&host).phase = Phase::Reverting,
+        );
+        tasks.spawn(async move {
+            let Some(prev) = step.previous else {
+                return (
+                    host,
+                    Err("no previous release on this host: left on the new release".to_string()),
+                );
+            };
+            let release = match shared.store.release(&rec.app, &prev) {
+                Ok(Some(r)) => r,
+                _ => {
+                    return (
+                        host,
+                        Err(format!(
+                            "release {prev} is no longer known to the controller"
+                        )),
+                    )
+                }
+            };
+            if !wait_up(&shared, &host, deadline).await {
+                return (
+                    host,
+                    Err(format!(
+                        "host is down: it still runs {} (or whatever it reached)",
+                        rec.version
+                    )),
+                );
+            }
+            let kind =
+                desired::activate(&rec.spec_toml, &Release::of(&release), secrets, rec.gate());
+            let r = shared
+                .commands
+                .call(&shared.sessions, &host, kind, deadline + ACTIVATE_SLACK)
+                .await;
+            (host, outcome(r))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((host, r)) = joined else { continue };
+        let b = rec.host(&host).map(|h| h.batch).unwrap_or(0);
+        match r {
+            Ok(msg) => live.step(shared, "reverted", &host, b, &msg.clone(), |r| {
+                let h = r.host_mut(&host);
+                h.phase = Phase::Reverted;
+                h.message = msg;
+            }),
+            Err(msg) => live.step(shared, "revert_failed", &host, b, &msg.clone(), |r| {
+                let h = r.host_mut(&host);
+                h.phase = Phase::RevertFailed;
+                h.message = msg;
+            }),
+        }
+    }
+    live.step(shared, "revert_done", "", 0, "", |r| {
+        r.state = r.after_revert()
+    });
+}

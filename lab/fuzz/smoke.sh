@@ -12,6 +12,8 @@ targets=$(cargo fuzz list --fuzz-dir .)
 cargo fuzz build --fuzz-dir . -s none
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+# unpack's per-run trees go here too, so a run cut short leaves nothing in /dev/shm.
+export FLEET_FUZZ_TMP="$scratch"
 for t in $targets; do
     mkdir -p "$scratch/$t" "corpus/$t"
     dirs=("$scratch/$t" "corpus/$t")

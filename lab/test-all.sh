@@ -15,6 +15,13 @@ fi
 if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked
 fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+# libFuzzer (built by the fuzz targets) is C++.
+if ! command -v c++ >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -24,5 +31,7 @@ echo "==> release build (installed into lab hosts)"
 cargo build --workspace --release --locked --bins
 echo "==> .deb packages and the signed apt repository (lab hosts install these)"
 bash packaging/deb/build.sh
+echo "==> fuzz smoke: every target over its corpus, then 15 s each (lab/fuzz/README.md)"
+bash lab/fuzz/smoke.sh
 echo "==> tests"
 exec cargo nextest run --workspace --locked --profile ci

@@ -18,6 +18,7 @@
 //! Operations on one app are serialized (staging, switching and pruning the same app at
 //! once would race on these directories); different apps proceed in parallel.
 
+pub mod requirements;
 #[cfg(test)]
 mod tests;
 mod unpack;
@@ -36,7 +37,17 @@ use sha2::{Digest, Sha256};
 use crate::fetch::{FetchError, Fetcher};
 pub use unpack::Limits;
 use unpack::UnpackError;
-pub use venv::venv_bin;
+pub use venv::{venv_bin, RunAs};
+
+/// Unpacks `archive` into the empty directory `dest` exactly as staging a release does and
+/// returns the number of entries, or why it refused. For the fuzz targets (lab/fuzz), which
+/// check that no archive can make it write outside `dest`; the agent itself calls `stage`.
+#[doc(hidden)]
+pub fn unpack_for_fuzzing(archive: &Path, dest: &Path, limits: &Limits) -> Result<u64, String> {
+    unpack::unpack(archive, dest, limits)
+        .map(|s| s.entries)
+        .map_err(|e| format!("{e:?}"))
+}
 
 pub const DEFAULT_ROOT: &str = "/var/lib/fleet/apps";
 const RELEASES: &str = "releases";
@@ -96,6 +107,12 @@ pub enum ReleaseError {
     },
     #[error("release {app} {version}: {reason}")]
     BadArchive {
+        app: AppName,
+        version: Version,
+        reason: String,
+    },
+    #[error("release {app} {version} refused: {reason}")]
+    Requirements {
         app: AppName,
         version: Version,
         reason: String,
@@ -179,7 +196,8 @@ impl Releases {
     /// Makes release `version` of `app` present and ready (downloaded, verified, unpacked,
     /// venv built) without touching what runs; returns its directory. Idempotent.
     /// Runs the download through `fetcher`, so call it from a task of its own, never from
-    /// the session loop (see `fetch`).
+    /// the session loop (see `fetch`). A venv is built as `run_as` (the app's user); a
+    /// release that needs one is refused without it.
     pub async fn stage(
         &self,
         app: &AppName,
@@ -187,6 +205,7 @@ impl Releases {
         sha256: &str,
         size: u64,
         fetcher: &Fetcher,
+        run_as: Option<RunAs>,
     ) -> Result<PathBuf, ReleaseError> {
         let ctx = Ctx { app, version };
         let sha = normalize_sha(sha256).ok_or_else(|| ReleaseError::BadSha256 {
@@ -297,21 +316,36 @@ impl Releases {
 
         if venv::wanted(&dest) {
             tracing::info!(%app, %version, "building the release's venv from its wheels");
-            if let Err(e) =
-                venv::build(&self.inner.python, &dest, self.inner.limits.venv_timeout).await
-            {
+            let built = venv::build(
+                &self.inner.python,
+                &dest,
+                self.inner.limits.venv_timeout,
+                run_as,
+            )
+            .await;
+            if let Err(e) = built {
                 let _ = fs::remove_dir_all(&dest);
-                let tail = if e.tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(":\n{}", e.tail)
-                };
-                return Err(ReleaseError::Venv {
-                    app: app.clone(),
-                    version: version.clone(),
-                    step: e.step,
-                    outcome: e.outcome,
-                    tail,
+                return Err(match e {
+                    venv::VenvError::Refused(reason) => ReleaseError::Requirements {
+                        app: app.clone(),
+                        version: version.clone(),
+                        reason,
+                    },
+                    venv::VenvError::Step {
+                        step,
+                        outcome,
+                        tail,
+                    } => ReleaseError::Venv {
+                        app: app.clone(),
+                        version: version.clone(),
+                        step,
+                        outcome,
+                        tail: if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(":\n{tail}")
+                        },
+                    },
                 });
             }
         }

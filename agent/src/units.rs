@@ -255,7 +255,7 @@ pub fn render_service(
 /// Sandboxing that Gunicorn (sync and uvicorn workers) runs under. The app may read the
 /// system and its release, write only its private /tmp, reach the network, and nothing
 /// else. No MemoryDenyWriteExecute: CPython extensions built with cffi need W+X pages.
-pub(crate) const HARDENING: &str = "\
+pub const HARDENING: &str = "\
 NoNewPrivileges=yes
 CapabilityBoundingSet=
 AmbientCapabilities=

@@ -202,7 +202,7 @@ async fn converge(
     running: Option<&str>,
 ) -> Result<String, String> {
     tracing::info!(%host, %app, version = %d.version, from = ?running, "converging");
-    let (kind, _) = activate_stored(shared, app, &d.version, d.gate())?;
+    let (kind, spec) = activate_stored(shared, app, &d.version, d.gate())?;
     let Kind::Activate(a) = &kind else {
         unreachable!("activate() builds an Activate")
     };
@@ -211,6 +211,7 @@ async fn converge(
         version: d.version.clone(),
         sha256: a.sha256.clone(),
         size: a.size,
+        user: spec.user.clone(),
     });
     outcome(
         shared

@@ -279,6 +279,12 @@ impl Lab {
     /// Stops the controller (SIGTERM, by PID) and starts it again on the
     /// same data dir.
     pub fn restart_controller(&mut self) -> Result<()> {
+        self.restart_controller_with(|| Ok(()))
+    }
+
+    /// Like `restart_controller`, running `between` while the controller is stopped
+    /// (e.g. to move its data dir onto another filesystem).
+    pub fn restart_controller_with(&mut self, between: impl FnOnce() -> Result<()>) -> Result<()> {
         if let Some(c) = self.state.controller.take() {
             c.signal(nix::sys::signal::SIGTERM);
             if !c.wait_gone(Duration::from_secs(15)) {
@@ -287,6 +293,7 @@ impl Lab {
             }
         }
         self.reap();
+        between()?;
         self.start_controller()
     }
 

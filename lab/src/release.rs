@@ -47,6 +47,54 @@ pub fn sample(fixture: &str, version: &str, overrides: &[(&str, &str)]) -> Resul
     tar_gz(&refs)
 }
 
+/// The sample app `fixture` as release `version` plus `extra` files (binary, e.g. wheels).
+pub fn sample_with(fixture: &str, version: &str, extra: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    let dir = fixtures_dir().join(fixture);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            files.push((name, std::fs::read(&path)?));
+        }
+    }
+    files.push(("RELEASE".into(), format!("{version}\n").into_bytes()));
+    files.extend(extra.iter().map(|(n, d)| ((*n).to_owned(), d.clone())));
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    tar_gz(&refs)
+}
+
+/// A pure-python wheel `name-version-py3-none-any.whl` holding `name/__init__.py` with
+/// `VALUE = "<value>"`, zipped by the outer machine's python (no zip crate for tests).
+/// Returns (file name, bytes).
+pub fn tiny_wheel(name: &str, version: &str, value: &str) -> Result<(String, Vec<u8>)> {
+    let file = format!("{name}-{version}-py3-none-any.whl");
+    let script = r#"
+import io, sys, zipfile
+name, version, value = sys.argv[1:4]
+di = f"{name}-{version}.dist-info"
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w") as z:
+    z.writestr(f"{name}/__init__.py", f"VALUE = {value!r}\n")
+    z.writestr(f"{di}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    z.writestr(f"{di}/WHEEL", "Wheel-Version: 1.0\nGenerator: fleet-lab\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(f"{di}/RECORD", f"{name}/__init__.py,,\n{di}/METADATA,,\n{di}/WHEEL,,\n{di}/RECORD,,\n")
+sys.stdout.buffer.write(buf.getvalue())
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([name, version, value])
+        .output()
+        .context("run python3 to build a wheel")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python3 could not build {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((file, out.stdout))
+}
+
 /// Writes `bytes` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let p = dir.join(name);

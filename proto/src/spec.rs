@@ -327,7 +327,7 @@ pub fn env_file_line(key: &str, value: &str) -> String {
     out
 }
 
-fn check_user(user: &str) -> Result<(), SpecError> {
+pub fn check_user(user: &str) -> Result<(), SpecError> {
     let ok = (1..=32).contains(&user.len())
         && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && user
@@ -344,6 +344,126 @@ fn check_user(user: &str) -> Result<(), SpecError> {
             "user",
             "apps never run as root: name an unprivileged user (it is created if missing)",
         ));
+    }
+    if RESERVED_USERS.contains(&user) || user.starts_with('_') || user.starts_with("systemd-") {
+        return Err(err(
+            "user",
+            format!(
+                "{user:?} is a system account: name a user of the app's own (fleet creates it; \
+                 the agent also refuses any existing account it did not create for this app)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Accounts an app may never run as, whether or not they exist on a host yet: Debian's
+/// static system users (base-passwd), the ones its common services create, and fleet's
+/// own. Names starting with `_` or `systemd-` are refused too (Debian's convention for
+/// system accounts). The agent adds the rule that matters on a real host: an existing
+/// account is only used if fleet created it for this app.
+pub const RESERVED_USERS: &[&str] = &[
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "nogroup",
+    "messagebus",
+    "sshd",
+    "polkitd",
+    "syslog",
+    "systemd",
+    "tss",
+    "uuidd",
+    "dnsmasq",
+    "avahi",
+    "colord",
+    "postgres",
+    "mysql",
+    "redis",
+    "nginx",
+    "apache",
+    "memcache",
+    "ntp",
+    "chrony",
+    "postfix",
+    "dovecot",
+    "bind",
+    "statd",
+    "rpc",
+    "tcpdump",
+    "usbmux",
+    "fleet",
+    "fleet-agent",
+    "fleet-controller",
+    "prometheus",
+    "node-exporter",
+    "admin",
+    "operator",
+    "adm",
+    "staff",
+    "sudo",
+    "wheel",
+    "shadow",
+    "disk",
+    "kmem",
+    "tty",
+    "docker",
+];
+
+/// Ports an app may never listen on: SSH, the controller's gRPC and HTTP ports and the
+/// agent's default metrics port. A host's own configured metrics port is checked by its
+/// agent as well.
+pub const RESERVED_PORTS: &[(u16, &str)] = &[
+    (22, "SSH"),
+    (7443, "the fleet controller's gRPC port"),
+    (7444, "the fleet controller's HTTP port (/metrics, /v1/sd)"),
+    (9437, "the fleet agent's metrics port"),
+];
+
+/// An app's listen address: a unicast address (or the unspecified one, for "every
+/// address") and a port nothing of the host's own needs.
+pub fn check_listen(listen: &SocketAddr) -> Result<(), SpecError> {
+    if listen.port() == 0 {
+        return Err(err("listen", "port must not be 0"));
+    }
+    if let Some((_, what)) = RESERVED_PORTS.iter().find(|(p, _)| *p == listen.port()) {
+        return Err(err(
+            "listen",
+            format!(
+                "port {} is reserved for {what}: pick another port",
+                listen.port()
+            ),
+        ));
+    }
+    let ip = listen.ip();
+    if ip.is_multicast() {
+        return Err(err(
+            "listen",
+            format!("{ip} is a multicast address: listen on a unicast address or 0.0.0.0"),
+        ));
+    }
+    if let std::net::IpAddr::V4(v4) = ip {
+        if v4.is_broadcast() {
+            return Err(err(
+                "listen",
+                "255.255.255.255 is the broadcast address: listen on a unicast address or 0.0.0.0",
+            ));
+        }
     }
     Ok(())
 }
@@ -542,9 +662,7 @@ impl AppSpec {
                 format!("{:?} must be IP:PORT (e.g. 0.0.0.0:8000)", raw.listen),
             )
         })?;
-        if listen.port() == 0 {
-            return Err(err("listen", "port must not be 0"));
-        }
+        check_listen(&listen)?;
         if let Some(w) = raw.workers {
             if !(1..=256).contains(&w) {
                 return Err(err("workers", "must be between 1 and 256"));
@@ -706,6 +824,7 @@ health = { path = "/health", timeout = "2s" }
         );
         assert_eq!(with("workers = 0").unwrap_err().field, "workers");
         assert_eq!(with("user = \"root\"").unwrap_err().field, "user");
+        assert_eq!(replace("8000", "22").unwrap_err().field, "listen");
         assert_eq!(
             with("releases_kept = 0").unwrap_err().field,
             "releases_kept"
@@ -847,6 +966,66 @@ health = { path = "/health", timeout = "2s" }
             .unwrap_err()
             .reason
             .contains("rotate"));
+    }
+
+    #[test]
+    fn system_accounts_are_refused_as_users() {
+        for user in [
+            "root",
+            "daemon",
+            "www-data",
+            "nobody",
+            "bin",
+            "sshd",
+            "_apt",
+            "_chrony",
+            "systemd-network",
+            "messagebus",
+            "postgres",
+            "fleet",
+        ] {
+            let e = with(&format!("user = \"{user}\"")).unwrap_err();
+            assert_eq!(e.field, "user", "{user}");
+        }
+        assert!(with("user = \"daemon\"")
+            .unwrap_err()
+            .reason
+            .contains("system account"));
+        assert_eq!(with("user = \"shop-web\"").unwrap().user, "shop-web");
+        // The default (the app's name) follows the same rule.
+        let daemon = MIN.replace("name = \"shop\"", "name = \"daemon\"");
+        assert_eq!(AppSpec::parse(&daemon).unwrap_err().field, "user");
+    }
+
+    #[test]
+    fn listen_refuses_reserved_ports_broadcast_and_multicast() {
+        for addr in [
+            "0.0.0.0:22",
+            "0.0.0.0:7443",
+            "127.0.0.1:7444",
+            "[::]:9437",
+            "0.0.0.0:0",
+            "255.255.255.255:8000",
+            "224.0.0.1:8000",
+            "239.255.255.250:8000",
+            "[ff02::1]:8000",
+            "[ff05::2]:8000",
+        ] {
+            let e = replace("0.0.0.0:8000", addr).unwrap_err();
+            assert_eq!(e.field, "listen", "{addr}");
+        }
+        assert!(replace("0.0.0.0:8000", "0.0.0.0:22")
+            .unwrap_err()
+            .reason
+            .contains("SSH"));
+        for ok in [
+            "0.0.0.0:8000",
+            "198.18.0.11:80",
+            "[::]:8443",
+            "127.0.0.1:2222",
+        ] {
+            assert_eq!(replace("0.0.0.0:8000", ok).unwrap().listen.to_string(), ok);
+        }
     }
 
     #[test]

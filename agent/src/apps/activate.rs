@@ -2,16 +2,15 @@
 //! Everything that can be refused is refused before the host is touched.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::spec::{AppSpec, Version};
 use fleet_proto::v1::{Activate, StageRelease};
-use tokio::process::Command as Process;
 use tokio::time::Instant;
 
 use super::gate::too_late;
+use super::user::ensure_user;
 use super::{is_up, lock, parse_app, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE};
 use crate::logrotate;
 use crate::releases::venv_bin;
@@ -25,9 +24,22 @@ impl Inner {
             .version
             .parse()
             .map_err(|e| format!("invalid version: {e}"))?;
+        // The venv's builder: the user the controller names, else the one of the spec this
+        // host runs (an older controller sends none).
+        let user = match s.user.as_str() {
+            "" => self.entry_user(&name),
+            u => Some(u.to_owned()),
+        };
+        let run_as = match user {
+            Some(u) => {
+                fleet_proto::spec::check_user(&u).map_err(|e| format!("invalid user: {e}"))?;
+                Some(ensure_user(&u, &name).await?)
+            }
+            None => None,
+        };
         let dir = self
             .releases
-            .stage(&name, &version, &s.sha256, s.size, &self.fetcher)
+            .stage(&name, &version, &s.sha256, s.size, &self.fetcher, run_as)
             .await
             .map_err(|e| e.to_string())?;
         Ok(format!("{name} {version} staged in {}", dir.display()))
@@ -40,6 +52,12 @@ impl Inner {
             .parse()
             .map_err(|e| format!("invalid version: {e}"))?;
         // Everything that can be refused is refused before the host is touched.
+        if self.metrics_port != 0 && spec.listen.port() == self.metrics_port {
+            return Err(format!(
+                "listen {}: port {} is this host's fleet-agent metrics port (metrics_listen); pick another port",
+                spec.listen, self.metrics_port
+            ));
+        }
         let files = units::Prepared::render(&spec, &a.secrets, &self.unit_dir, &self.env_dir)
             .map_err(|e| e.to_string())?;
         let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir)
@@ -53,11 +71,18 @@ impl Inner {
         let app = self.entry(spec.clone(), version.as_str());
         let _op = app.ops.lock().await;
 
-        ensure_user(&spec.user).await?;
+        let run_as = ensure_user(&spec.user, &name).await?;
         let app_dir = self.releases.app_dir(&name);
         let release_dir = self
             .releases
-            .stage(&name, &version, &a.sha256, a.size, &self.fetcher)
+            .stage(
+                &name,
+                &version,
+                &a.sha256,
+                a.size,
+                &self.fetcher,
+                Some(run_as),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let runtime = runtime_for(&release_dir, &app_dir);
@@ -172,44 +197,6 @@ fn runtime_for(release_dir: &Path, app_dir: &Path) -> Runtime {
         } else {
             units::SYSTEM_GUNICORN.into()
         },
-    }
-}
-
-/// Creates the app's system user if missing. There is no D-Bus API for users; useradd is
-/// what Debian's own maintainer scripts use.
-pub(super) async fn ensure_user(user: &str) -> Result<(), String> {
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(_)) => return Ok(()),
-        Ok(None) => {}
-        Err(e) => return Err(format!("cannot look up user {user}: {e}")),
-    }
-    let out = Process::new("useradd")
-        .args([
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            "--comment",
-            "fleet app",
-            "--",
-            user,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run useradd: {e}"))?;
-    if out.status.success() {
-        tracing::info!(%user, "created system user for app");
-        Ok(())
-    } else {
-        Err(format!(
-            "useradd {user} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

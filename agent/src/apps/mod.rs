@@ -43,6 +43,7 @@ mod gate;
 mod prestart;
 mod restart;
 mod tail;
+mod user;
 mod watch;
 
 const DEFAULT_HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
@@ -78,6 +79,8 @@ struct Inner {
     env_dir: PathBuf,
     logrotate_dir: PathBuf,
     cores: u32,
+    /// This agent's own /metrics port (0: off): no app may take it.
+    metrics_port: u16,
     bus: tokio::sync::Mutex<Option<Systemd>>,
     apps: Mutex<HashMap<AppName, Arc<App>>>,
     tails: Mutex<HashMap<String, oneshot::Sender<()>>>,
@@ -168,7 +171,12 @@ type Outcome = Result<String, String>;
 
 impl Apps {
     /// `agent_state` is the agent's state dir; apps' own files live in the system paths.
-    pub fn new(agent_state: &Path, fetcher: Fetcher, metrics: AppMetrics) -> Apps {
+    pub fn new(
+        agent_state: &Path,
+        fetcher: Fetcher,
+        metrics: AppMetrics,
+        metrics_port: u16,
+    ) -> Apps {
         Apps {
             inner: Arc::new(Inner {
                 outbox: Outbox::default(),
@@ -182,6 +190,7 @@ impl Apps {
                 cores: std::thread::available_parallelism()
                     .map(|n| n.get() as u32)
                     .unwrap_or(1),
+                metrics_port,
                 bus: tokio::sync::Mutex::new(None),
                 apps: Mutex::default(),
                 tails: Mutex::default(),
@@ -300,6 +309,11 @@ impl Inner {
         let name = parse_app(name)?;
         self.get(&name)
             .ok_or_else(|| format!("app {name} is not deployed on this host"))
+    }
+
+    /// The user of the spec this host runs `name` with, if it runs it.
+    fn entry_user(&self, name: &AppName) -> Option<String> {
+        self.get(name).map(|app| lock(&app.data).spec.user.clone())
     }
 
     /// The app's entry, made on first use; a known app keeps its state.

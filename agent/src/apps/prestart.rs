@@ -4,7 +4,7 @@
 use fleet_proto::spec::{AppSpec, Version};
 use fleet_proto::v1::RunPreStart;
 
-use super::activate::ensure_user;
+use super::user::ensure_user;
 use super::{Inner, Outcome};
 use crate::units::PrestartEnv;
 
@@ -27,7 +27,7 @@ impl Inner {
         }
         let env =
             PrestartEnv::render(&spec, &p.secrets, &self.env_dir).map_err(|e| e.to_string())?;
-        ensure_user(&spec.user).await?;
+        ensure_user(&spec.user, &spec.name).await?;
         env.write().map_err(|e| e.to_string())?;
         let out = crate::hook::run(&spec, &release_dir, env.path()).await;
         env.remove();

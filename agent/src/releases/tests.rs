@@ -12,6 +12,12 @@ use super::*;
 use crate::fetch::testing::{serve, Script};
 use crate::fetch::FetchSettings;
 
+/// Builds venvs in these tests: nobody/nogroup, never root.
+const BUILDER: Option<RunAs> = Some(RunAs {
+    uid: 65534,
+    gid: 65534,
+});
+
 enum E<'a> {
     File(&'a str, u32, &'a [u8]),
     Dir(&'a str, u32),
@@ -94,6 +100,9 @@ impl Fx {
 
     fn with_limits(limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // The venv builder (not root) must reach the release through it, as it reaches
+        // /var/lib/fleet/apps on a host.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let root = dir.path().join("apps");
         let releases = Releases::with(&root, limits, "/usr/bin/python3");
         Fx {
@@ -127,6 +136,7 @@ impl Fx {
                 &sha,
                 bytes.len() as u64,
                 &self.offline,
+                BUILDER,
             )
             .await
     }
@@ -142,6 +152,7 @@ impl Fx {
                 &sha,
                 bytes.len() as u64,
                 &self.offline,
+                BUILDER,
             )
             .await
             .unwrap();
@@ -303,6 +314,7 @@ async fn restaging_the_same_bytes_is_a_no_op() {
             &sha(&good()),
             good().len() as u64,
             &fx.offline,
+            BUILDER,
         )
         .await
         .unwrap();
@@ -316,6 +328,7 @@ async fn restaging_the_same_bytes_is_a_no_op() {
             &sha(&good()).to_uppercase(),
             good().len() as u64,
             &fx.offline,
+            BUILDER,
         )
         .await
         .unwrap();
@@ -370,6 +383,7 @@ async fn stages_through_the_fetcher_across_a_dropped_session() {
             &sha(&bytes),
             bytes.len() as u64,
             &fetcher,
+            BUILDER,
         )
         .await
         .unwrap();
@@ -571,6 +585,7 @@ async fn refuses_a_download_with_the_wrong_sha256() {
             &claimed,
             bytes.len() as u64,
             &fx.offline,
+            None,
         )
         .await
         .unwrap_err();
@@ -610,7 +625,14 @@ async fn refuses_a_malformed_sha256_before_touching_anything() {
     let fx = Fx::new();
     let err = fx
         .releases
-        .stage(&fx.app, &v("1.0"), "../../etc/passwd", 10, &fx.offline)
+        .stage(
+            &fx.app,
+            &v("1.0"),
+            "../../etc/passwd",
+            10,
+            &fx.offline,
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ReleaseError::BadSha256 { .. }), "{err}");
@@ -622,7 +644,7 @@ async fn a_failed_download_names_the_release() {
     let fx = Fx::new();
     let err = fx
         .releases
-        .stage(&fx.app, &v("1.0"), &sha(b"x"), 10, &fx.offline)
+        .stage(&fx.app, &v("1.0"), &sha(b"x"), 10, &fx.offline, None)
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -772,15 +794,149 @@ async fn a_failed_venv_build_reports_pips_words_and_leaves_nothing() {
     let fx = Fx::new();
     let bytes = targz(&[
         E::File("app.py", 0o644, b""),
-        E::File("requirements.txt", 0o644, b"missingpkg==2.0\n"),
-        E::File("wheels/README", 0o644, b"no wheels here"),
+        E::File("requirements.txt", 0o644, b"tinypkg==1.0\n"),
+        E::File("wheels/tinypkg-1.0-py3-none-any.whl", 0o644, b"not a zip"),
     ]);
     let err = fx
         .refused(&bytes, &["building the venv failed", "pip install"])
         .await;
-    let text = err.to_string();
-    assert!(
-        text.contains("No matching distribution found for missingpkg"),
-        "{text}"
+    assert!(matches!(err, ReleaseError::Venv { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_venv_is_built_by_its_user_and_then_owned_by_root() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = Fx::new();
+    let wheels = tempfile::tempdir().unwrap();
+    make_wheel(wheels.path());
+    let wheel = fs::read(wheels.path().join("tinypkg-1.0-py3-none-any.whl")).unwrap();
+    let bytes = targz(&[
+        E::File("app.py", 0o644, b""),
+        E::File("requirements.txt", 0o644, b"# pinned\nTinyPkg == 1.0\n"),
+        E::File("wheels/tinypkg-1.0-py3-none-any.whl", 0o644, &wheel),
+        // Not pinned: never installed (and an sdist is never built).
+        E::File("wheels/other-2.0.tar.gz", 0o644, b"x"),
+    ]);
+    let dir = fx.stage("1.0", &bytes).await.unwrap();
+    let mut seen = 0;
+    let mut stack = vec![dir.join(VENV_DIR)];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        seen += 1;
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{}", p.display());
+        if !m.file_type().is_symlink() {
+            assert_eq!(m.mode() & 0o7022, 0, "{} is {:o}", p.display(), m.mode());
+        }
+        if m.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 50, "only {seen} entries");
+    let site = fs::read_dir(dir.join(".venv/lib"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("site-packages");
+    assert!(site.join("tinypkg/__init__.py").is_file());
+    assert!(!site.join("other").exists());
+    // Root is refused as the builder, and so is no builder at all.
+    for run_as in [Some(RunAs { uid: 0, gid: 0 }), None] {
+        let sha = fx.download(&bytes);
+        let err = fx
+            .releases
+            .stage(
+                &fx.app,
+                &v("2.0"),
+                &sha,
+                bytes.len() as u64,
+                &fx.offline,
+                run_as,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReleaseError::Requirements { .. }), "{err}");
+        assert!(!fx.releases.release_dir(&fx.app, &v("2.0")).exists());
+    }
+}
+
+/// Finding 1 of issue 14: each of these made pip, as root, run a package's build code,
+/// quote a root-only file or go to the network. Each is refused before pip runs.
+#[tokio::test]
+async fn requirements_that_would_run_code_read_files_or_reach_out_are_refused() {
+    let fx = Fx::new();
+    let outside = tempfile::tempdir().unwrap();
+    let pwned = outside.path().join("pwned");
+    // An in-tree PEP 517 backend with no build requirements: pip imports it, and so runs
+    // it, to ask what the build needs — `--only-binary :all:` does not apply to paths.
+    let backend = format!(
+        "open({:?}, 'w').write('ran')\n",
+        pwned.display().to_string()
     );
+    let pyproject =
+        "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n";
+    let release = fx.releases.release_dir(&fx.app, &v("2.0"));
+    let secret = outside.path().join("shadow");
+    fs::write(&secret, "TOP-SECRET-LINE\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    // Anything connecting here is pip following --find-links.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let evil_dir = |req: String| {
+        targz(&[
+            E::File("app.py", 0o644, b""),
+            E::File("requirements.txt", 0o644, req.as_bytes()),
+            E::File("evil/pyproject.toml", 0o644, pyproject.as_bytes()),
+            E::File("evil/backend.py", 0o644, backend.as_bytes()),
+            E::File("wheels/evil-1.0.tar.gz", 0o644, b"x"),
+        ])
+    };
+    let cases = [
+        ("./evil\n".to_owned(), "line 1: paths"),
+        (
+            format!("tinypkg==1.0\n\nevil @ file://{}/evil\n", release.display()),
+            "line 3: URLs",
+        ),
+        (format!("-r {}\n", secret.display()), "line 1: options"),
+        (
+            format!("--find-links http://127.0.0.1:{port}/\nevil==1.0\n"),
+            "line 1: options",
+        ),
+        ("evil==1.0\n".to_owned(), "no wheel for evil==1.0"),
+    ];
+    for (req, needle) in cases {
+        let err = fx.refused(&evil_dir(req.clone()), &[needle]).await;
+        let text = err.to_string();
+        assert!(
+            matches!(err, ReleaseError::Requirements { .. }),
+            "{req:?}: {text}"
+        );
+        assert!(
+            !text.contains("TOP-SECRET"),
+            "{req:?} leaked a file: {text}"
+        );
+        assert!(!pwned.exists(), "{req:?} ran setup.py");
+        assert!(listener.accept().is_err(), "{req:?} reached the network");
+    }
+    // requirements.txt itself may not lead elsewhere.
+    let link = targz(&[
+        E::File("app.py", 0o644, b""),
+        E::Link("requirements.txt", "app.py"),
+        E::Dir("wheels", 0o755),
+    ]);
+    fx.refused(&link, &["symlink"]).await;
+}
+
+#[tokio::test]
+async fn a_requirements_file_without_pins_gets_an_empty_venv() {
+    let fx = Fx::new();
+    let bytes = targz(&[
+        E::File("app.py", 0o644, b""),
+        E::File("requirements.txt", 0o644, b"# nothing needed yet\n"),
+        E::Dir("wheels", 0o755),
+    ]);
+    let dir = fx.stage("1.0", &bytes).await.unwrap();
+    assert!(venv_bin(&dir).is_some());
 }

@@ -139,6 +139,10 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
     );
     let sem = Arc::new(Semaphore::new(STAGE_PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
+    // The venv is built as the app's user; a spec that no longer parses fails at activate.
+    let user = AppSpec::parse(&rec.spec_toml)
+        .map(|s| s.user)
+        .unwrap_or_default();
     for h in rec.hosts.iter().filter(|h| h.phase == Phase::Pending) {
         let (shared, sem, host) = (shared.clone(), sem.clone(), h.host.clone());
         let kind = Kind::Stage(StageRelease {
@@ -146,6 +150,7 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
             version: rec.version.clone(),
             sha256: rec.sha256.clone(),
             size: rec.size,
+            user: user.clone(),
         });
         let skip_down = rec.skip_down;
         tasks.spawn(async move {

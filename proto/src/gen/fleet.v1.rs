@@ -264,6 +264,11 @@ pub struct StageRelease {
     pub sha256: ::prost::alloc::string::String,
     #[prost(uint64, tag = "4")]
     pub size: u64,
+    /// The app's user (spec `user`): a release's venv is built as this user, never as root.
+    /// Empty from older controllers: the agent then uses the spec of the app it runs, and
+    /// refuses a release with a venv for an app it does not know yet.
+    #[prost(string, tag = "5")]
+    pub user: ::prost::alloc::string::String,
 }
 /// Install the app's units and env, switch `current` to `version` (staged first if needed)
 /// and start or restart it, then wait until it is healthy or `healthy_deadline_ms` passes.

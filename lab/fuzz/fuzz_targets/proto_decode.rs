@@ -7,10 +7,11 @@
 //! receipt checks never panic and accept only values in their documented alphabets.
 #![no_main]
 
-use fleet_controller::{pki, rollout, tokens};
+use fleet_controller::{pki, tokens};
 use fleet_proto::firewall::Policy;
 use fleet_proto::identity::Name;
 use fleet_proto::spec::{AppName, AppSpec, Version};
+use fleet_proto::values::MaxParallel;
 use fleet_proto::v1::*;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -161,8 +162,9 @@ fuzz_target!(|data: &[u8]| {
             if let Some(r) = roundtrip::<RolloutRequest>(bytes) {
                 app_name(&r.app);
                 version(&r.version);
-                for targets in [0, 1, 7, r.hosts.len()] {
-                    if let Ok(n) = rollout::parse_max_parallel(&r.max_parallel, targets) {
+                if let Ok(m) = MaxParallel::parse_wire(&r.max_parallel) {
+                    for targets in [0, 1, 7, r.hosts.len()] {
+                        let n = m.hosts(targets);
                         assert!(n >= 1, "batch size {n} from {:?}", r.max_parallel);
                     }
                 }

@@ -46,7 +46,7 @@ pub async fn upload(
     }
     let (sha256, size) = shared
         .blobs
-        .finish(up, first.size)
+        .finish(up, first.size, crate::blobs::Format::Deb)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let rec = AgentPackageRecord {
         version: version.to_string(),

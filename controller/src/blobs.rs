@@ -15,6 +15,10 @@ pub enum BlobError {
     SizeMismatch { got: u64, announced: u64 },
     #[error("release is not a gzip-compressed tarball ({0}): build it with `tar czf`")]
     NotTarball(String),
+    #[error(
+        "agent package is not a Debian package (no ar archive header): upload a fleet-agent .deb"
+    )]
+    NotDeb,
     #[error("release storage: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -46,6 +50,25 @@ fn check_tarball(head: &[u8]) -> Result<(), BlobError> {
         return Err(bad("no tar header"));
     }
     Ok(())
+}
+
+/// What an upload must be, checked on its first bytes before it is stored.
+#[derive(Debug, Clone, Copy)]
+pub enum Format {
+    /// A release: gzip-compressed tar, what the agent's unpacker reads.
+    Tarball,
+    /// A fleet-agent package: a Debian binary package, an ar archive.
+    Deb,
+}
+
+impl Format {
+    fn check(self, head: &[u8]) -> Result<(), BlobError> {
+        match self {
+            Format::Tarball => check_tarball(head),
+            Format::Deb if head.starts_with(b"!<arch>\n") => Ok(()),
+            Format::Deb => Err(BlobError::NotDeb),
+        }
+    }
 }
 
 pub struct Blobs {
@@ -86,15 +109,20 @@ impl Blobs {
         })
     }
 
-    /// Completes an upload: checks the size, names the file by its hash.
-    pub fn finish(&self, mut up: Upload, announced: u64) -> Result<(String, u64), BlobError> {
+    /// Completes an upload: checks the size and the format, names the file by its hash.
+    pub fn finish(
+        &self,
+        mut up: Upload,
+        announced: u64,
+        format: Format,
+    ) -> Result<(String, u64), BlobError> {
         if announced != 0 && announced != up.size {
             return Err(BlobError::SizeMismatch {
                 got: up.size,
                 announced,
             });
         }
-        check_tarball(&up.head)?;
+        format.check(&up.head)?;
         up.file.as_file_mut().sync_all()?;
         let sha = hex::encode(up.hasher.finalize());
         let dest = self.dir.join(&sha);
@@ -155,7 +183,7 @@ mod tests {
         for bad in [&b"hello, not a tarball"[..], &gz_text[..]] {
             let mut up = blobs.begin(1 << 20).unwrap();
             up.write(bad).unwrap();
-            let err = blobs.finish(up, 0).unwrap_err();
+            let err = blobs.finish(up, 0, Format::Tarball).unwrap_err();
             assert!(matches!(err, BlobError::NotTarball(_)), "{err}");
         }
         assert_eq!(
@@ -165,13 +193,30 @@ mod tests {
     }
 
     #[test]
+    fn agent_packages_must_be_ar_archives_and_releases_tarballs() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let mut up = blobs.begin(1 << 20).unwrap();
+        up.write(&tarball()).unwrap();
+        let err = blobs.finish(up, 0, Format::Deb).unwrap_err();
+        assert!(matches!(err, BlobError::NotDeb), "{err}");
+        let mut up = blobs.begin(1 << 20).unwrap();
+        up.write(b"!<arch>\ndebian-binary   ").unwrap();
+        blobs.finish(up, 0, Format::Deb).unwrap();
+        let mut up = blobs.begin(1 << 20).unwrap();
+        up.write(b"!<arch>\ndebian-binary   ").unwrap();
+        let err = blobs.finish(up, 0, Format::Tarball).unwrap_err();
+        assert!(matches!(err, BlobError::NotTarball(_)), "{err}");
+    }
+
+    #[test]
     fn uploads_are_named_by_content_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::open(dir.path()).unwrap();
         let t = tarball();
         let mut up = blobs.begin(1 << 20).unwrap();
         up.write(&t).unwrap();
-        let (sha, size) = blobs.finish(up, t.len() as u64).unwrap();
+        let (sha, size) = blobs.finish(up, t.len() as u64, Format::Tarball).unwrap();
         assert_eq!(size, t.len() as u64);
         assert_eq!(std::fs::read(blobs.path(&sha).unwrap()).unwrap(), t);
 
@@ -184,7 +229,7 @@ mod tests {
         let mut short = blobs.begin(10).unwrap();
         short.write(b"hi").unwrap();
         assert!(matches!(
-            blobs.finish(short, 5),
+            blobs.finish(short, 5, Format::Tarball),
             Err(BlobError::SizeMismatch { .. })
         ));
         drop(big);

@@ -47,7 +47,7 @@ pub async fn upload(
     }
     let (sha256, size) = shared
         .blobs
-        .finish(up, first.size)
+        .finish(up, first.size, crate::blobs::Format::Tarball)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let rec = ReleaseRecord {
         app: app.to_string(),

@@ -66,12 +66,12 @@ fn packages_are_immutable_and_unknown_versions_are_refused_before_anything_chang
     );
     assert!(err.contains("at most"), "{err}");
 
-    let pkg = write(&fleet, "a.deb", b"package bytes, version one");
+    let pkg = write(&fleet, "a.deb", b"!<arch>\npackage bytes, version one");
     let out = fleet.ok(&["agent", "upload", &pkg, "--version", "0.9.0"]);
     assert!(out.starts_with("uploaded fleet-agent 0.9.0"), "{out}");
     let again = fleet.ok(&["agent", "upload", &pkg, "--version", "0.9.0"]);
     assert!(again.contains("already present"), "{again}");
-    let other = write(&fleet, "b.deb", b"other bytes");
+    let other = write(&fleet, "b.deb", b"!<arch>\nother bytes");
     let err = fail(&fleet, &["agent", "upload", &other, "--version", "0.9.0"]);
     assert!(err.contains("packages are immutable"), "{err}");
     // Without --version the control file is read, so a file that is no .deb is refused.
@@ -85,7 +85,7 @@ fn packages_are_immutable_and_unknown_versions_are_refused_before_anything_chang
         serde_json::from_str(&fleet.ok(&["agent", "list", "--output", "json"])).unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["version"], "0.9.0");
-    assert_eq!(list[0]["size"], 26);
+    assert_eq!(list[0]["size"], 34);
     let actions = audit_actions(&fleet);
     assert_eq!(
         actions.iter().filter(|a| *a == "agent.upload").count(),
@@ -109,7 +109,7 @@ fn a_package_that_fails_its_sha256_is_refused_by_the_agent_and_halts_the_upgrade
     fleet.wait_state("h1", "up", Duration::from_secs(20));
     fleet.wait_state("h2", "up", Duration::from_secs(20));
 
-    let pkg = write(&fleet, "a.deb", b"the package as uploaded");
+    let pkg = write(&fleet, "a.deb", b"!<arch>\nthe package as uploaded");
     let out = fleet.ok(&[
         "agent",
         "upload",
@@ -126,7 +126,7 @@ fn a_package_that_fails_its_sha256_is_refused_by_the_agent_and_halts_the_upgrade
     // Same size, other bytes: what a disk error or tampering on the controller looks like.
     std::fs::write(
         fleet.data_dir().join("blobs").join(&sha),
-        b"the package as TAMPERED",
+        b"!<arch>\nthe package as TAMPERED",
     )
     .unwrap();
 

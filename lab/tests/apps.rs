@@ -258,7 +258,7 @@ fn apps_deploy_serve_report_and_survive() {
             controller_log().lines().any(|l| {
                 l.contains("agent event")
                     && l.contains("host=host1")
-                    && l.contains("kind=crash")
+                    && l.contains("kind=\"crash\"")
                     && log_time(l).is_some_and(|t| t >= killed_at)
             })
         },
@@ -269,7 +269,7 @@ fn apps_deploy_serve_report_and_survive() {
         .find(|l| {
             l.contains("agent event")
                 && l.contains("host=host1")
-                && l.contains("kind=crash")
+                && l.contains("kind=\"crash\"")
                 && log_time(l).is_some_and(|t| t >= killed_at)
         })
         .unwrap();

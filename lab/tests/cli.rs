@@ -49,10 +49,15 @@ fn cli_up_env_exec_fault_down() {
     assert!(env.status.success());
     let env = String::from_utf8(env.stdout).unwrap();
     let want = format!(
-        "export FLEET_CONTROLLER=198.18.0.1:7443 FLEET_IDENTITY={}\n",
+        "export FLEET_CONTROLLER=198.18.0.1:7443 FLEET_IDENTITY={} FLEET_CA_PIN=sha256:",
         Paths::from_env().admin_identity().display()
     );
-    assert_eq!(env, want);
+    assert!(env.starts_with(&want), "{env}");
+    let pin = env[want.len()..].strip_suffix('\n').expect("one line");
+    assert!(
+        pin.len() == 64 && pin.chars().all(|c| c.is_ascii_hexdigit()),
+        "{env}"
+    );
     // eval "$(fleet-lab env)"; fleetctl hosts
     let fleetctl = fleet_lab::fleet::binaries().unwrap().fleetctl;
     let script = format!(

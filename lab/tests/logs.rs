@@ -313,8 +313,8 @@ fn log_files_rotate_under_load_losing_nothing() {
         || {
             controller_log().lines().any(|l| {
                 l.contains("agent event")
-                    && l.contains("kind=log-restart")
-                    && l.contains("subject=shop")
+                    && l.contains("kind=\"log-restart\"")
+                    && l.contains("subject=\"shop\"")
             })
         },
     );

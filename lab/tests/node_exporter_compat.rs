@@ -403,17 +403,17 @@ fn agent_page_replaces_node_exporter_on_one_host() {
     }
     let pct = avail / size * 100.0;
     let test = format!(
-        "rule_files:\n  - {rules}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{input}\
-    alert_rule_test:\n\
-      - eval_time: 10m\n        alertname: FleetDiskAlmostFull\n        exp_alerts:\n\
-          - exp_labels: {{severity: warning, instance: \"host1:9437\", host: host1, device: \"{fdev}\", fstype: ext4, mountpoint: /srv/fleet-full}}\n\
-            exp_annotations:\n              summary: \"host1: /srv/fleet-full has less than 10 % free\"\n\
-              description: \"{pct:.1} % of /srv/fleet-full ({fdev}) is available.\"\n\
-      - eval_time: 10m\n        alertname: FleetFilesystemReadOnly\n        exp_alerts:\n\
-          - exp_labels: {{severity: critical, instance: \"host1:9437\", host: host1, device: \"{rdev}\", fstype: ext4, mountpoint: /srv/fleet-ro}}\n\
-            exp_annotations:\n              summary: \"host1: /srv/fleet-ro is read-only\"\n\
-              description: \"/srv/fleet-ro ({rdev}) is mounted read-only; an ext4 remount after I/O errors looks like this. Check the kernel log; mounts that are read-only on purpose can be excluded with the agent setting filesystem_mount_points_exclude.\"\n\
-      - eval_time: 10m\n        alertname: FleetInodesAlmostExhausted\n        exp_alerts: []\n\
+        "rule_files:\n  - {rules}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{input}    \
+    alert_rule_test:\n      \
+      - eval_time: 10m\n        alertname: FleetDiskAlmostFull\n        exp_alerts:\n          \
+          - exp_labels: {{severity: warning, instance: \"host1:9437\", host: host1, device: \"{fdev}\", fstype: ext4, mountpoint: /srv/fleet-full}}\n            \
+            exp_annotations:\n              summary: \"host1: /srv/fleet-full has less than 10 % free\"\n              \
+              description: \"{pct:.1} % of /srv/fleet-full ({fdev}) is available.\"\n      \
+      - eval_time: 10m\n        alertname: FleetFilesystemReadOnly\n        exp_alerts:\n          \
+          - exp_labels: {{severity: critical, instance: \"host1:9437\", host: host1, device: \"{rdev}\", fstype: ext4, mountpoint: /srv/fleet-ro}}\n            \
+            exp_annotations:\n              summary: \"host1: /srv/fleet-ro is read-only\"\n              \
+              description: \"/srv/fleet-ro ({rdev}) is mounted read-only; an ext4 remount after I/O errors looks like this. Check the kernel log; mounts that are read-only on purpose can be excluded with the agent setting filesystem_mount_points_exclude.\"\n      \
+      - eval_time: 10m\n        alertname: FleetInodesAlmostExhausted\n        exp_alerts: []\n      \
       - eval_time: 10m\n        alertname: FleetFilesystemDeviceError\n        exp_alerts: []\n",
         rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/alerts.yml"),
         fdev = full_labels["device"],

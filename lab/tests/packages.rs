@@ -313,7 +313,7 @@ fn agent_from_the_repo_waits_for_join_then_upgrades_and_purges_under_a_running_a
 
     // Installed from the served, signed repository like on any Debian host.
     apt(&lab, 1, "update");
-    let out = apt(&lab, 1, "install fleet-agent");
+    let out = apt(&lab, 1, &format!("install fleet-agent={DEB_VERSION}"));
     assert!(
         out.contains("fleet-agent join"),
         "postinst names the next step: {out}"

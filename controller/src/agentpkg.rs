@@ -27,27 +27,16 @@ pub async fn upload(
         .await?
         .ok_or_else(|| Status::invalid_argument("empty upload"))?;
     let version = version(&first.version)?;
-    let limit = shared.settings.max_release_bytes;
-    if first.size > limit {
-        return Err(Status::invalid_argument(format!(
-            "package is {} bytes, over the controller's limit of {limit} (max_release_bytes)",
-            first.size
-        )));
-    }
-    let mut up = shared
-        .blobs
-        .begin(limit)
-        .map_err(|e| Status::internal(e.to_string()))?;
-    up.write(&first.data)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    while let Some(chunk) = chunks.message().await? {
-        up.write(&chunk.data)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    }
-    let (sha256, size) = shared
-        .blobs
-        .finish(up, first.size, crate::blobs::Format::Deb)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (sha256, size) = crate::blobs::receive(
+        &shared.blobs,
+        "package",
+        (first.size, &first.data),
+        &mut chunks,
+        |c: &UploadAgentPackageChunk| &c.data,
+        shared.settings.max_release_bytes,
+        crate::blobs::Format::Deb,
+    )
+    .await?;
     let rec = AgentPackageRecord {
         version: version.to_string(),
         sha256: sha256.clone(),

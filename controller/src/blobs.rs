@@ -86,6 +86,38 @@ pub struct Upload {
 
 pub const CHUNK: usize = 256 * 1024;
 
+/// Streams an operator's upload into the store: the first message's bytes, then every
+/// further message's, bounded by `limit` before anything is written, checked as `format`.
+/// `what` names the upload in errors ("release", "package"); `data` picks a chunk's bytes.
+pub async fn receive<T: prost::Message + Default>(
+    blobs: &Blobs,
+    what: &str,
+    (announced, first): (u64, &[u8]),
+    chunks: &mut tonic::Streaming<T>,
+    data: fn(&T) -> &[u8],
+    limit: u64,
+    format: Format,
+) -> Result<(String, u64), tonic::Status> {
+    use tonic::Status;
+    if announced > limit {
+        return Err(Status::invalid_argument(format!(
+            "{what} is {announced} bytes, over the controller's limit of {limit} (max_release_bytes)"
+        )));
+    }
+    let mut up = blobs
+        .begin(limit)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    up.write(first)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    while let Some(chunk) = chunks.message().await? {
+        up.write(data(&chunk))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    blobs
+        .finish(up, announced, format)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 impl Blobs {
     pub fn open(data_dir: &Path) -> std::io::Result<Blobs> {
         let dir = data_dir.join("blobs");

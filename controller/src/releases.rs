@@ -28,27 +28,16 @@ pub async fn upload(
         .parse()
         .map_err(|e: fleet_proto::spec::SpecError| Status::invalid_argument(e.to_string()))?;
     load_app(shared, app.as_str())?;
-    let limit = shared.settings.max_release_bytes;
-    if first.size > limit {
-        return Err(Status::invalid_argument(format!(
-            "release is {} bytes, over the controller's limit of {limit} (max_release_bytes)",
-            first.size
-        )));
-    }
-    let mut up = shared
-        .blobs
-        .begin(limit)
-        .map_err(|e| Status::internal(e.to_string()))?;
-    up.write(&first.data)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    while let Some(chunk) = chunks.message().await? {
-        up.write(&chunk.data)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    }
-    let (sha256, size) = shared
-        .blobs
-        .finish(up, first.size, crate::blobs::Format::Tarball)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (sha256, size) = crate::blobs::receive(
+        &shared.blobs,
+        "release",
+        (first.size, &first.data),
+        &mut chunks,
+        |c: &UploadReleaseChunk| &c.data,
+        shared.settings.max_release_bytes,
+        crate::blobs::Format::Tarball,
+    )
+    .await?;
     let rec = ReleaseRecord {
         app: app.to_string(),
         version: version.to_string(),

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash lab/setup.sh
 # ansible-core + ansible-lint for the collection in ansible/ (pinned, in a venv).
 sh lab/ansible-venv.sh
+# A newer uvicorn (and gunicorn) than Debian's, as wheels a lab release ships in its venv.
+sh lab/uvicorn-wheels.sh
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi

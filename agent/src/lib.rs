@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod asgi_worker;
 pub mod backoff;
 pub mod channel;
 pub mod cli;

@@ -19,8 +19,8 @@
 //!   worker mid-request. These apps get HUP instead: a graceful reload, where the master
 //!   reopens its files and starts new workers (which open the new files) while the old
 //!   ones finish their requests. Trade-off: every rotation replaces the workers (the app
-//!   is imported again; measured near zero, not zero, connection resets per reload in
-//!   docs/host.md), still far better than losing lines or killing requests.
+//!   is imported again; fleet's worker class keeps that from resetting connections,
+//!   asgi_worker.rs), still far better than losing lines or killing requests.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 
 use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, LogMode, Server};
 
-use crate::logrotate;
+use crate::{asgi_worker, logrotate};
 
 mod plan;
-pub use plan::{Applied, Plan, Prepared, PrestartEnv};
+pub use plan::{Applied, Dirs, Plan, Prepared, PrestartEnv};
 
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 pub const ENV_DIR: &str = "/etc/fleet/apps";
@@ -73,11 +73,13 @@ pub struct Runtime {
     pub gunicorn: PathBuf,
 }
 
-/// Paths as they appear inside the units; `app_dir` is `/var/lib/fleet/apps/<app>`.
+/// Paths as they appear inside the units; `app_dir` is `/var/lib/fleet/apps/<app>`,
+/// `worker_dir` holds fleet's ASGI worker class (`asgi_worker::DIR`).
 #[derive(Clone, Debug)]
 pub struct Layout<'a> {
     pub app_dir: &'a Path,
     pub env_dir: &'a Path,
+    pub worker_dir: &'a Path,
 }
 
 /// A value for a unit setting other than Exec*: `%` starts a specifier, so it is
@@ -184,8 +186,16 @@ pub fn render_service(
         // HUP and reopens its own log files on USR1 (the workers do not: logrotate.rs).
         // Debian 12's uvicorn 0.17.6 CLI exits on SIGHUP (no
         // graceful reload at all) and knows neither LISTEN_FDS nor sd_notify.
+        // The class is fleet's subclass of uvicorn's worker, which reads the requests of
+        // connections it already accepted before closing them on a graceful stop
+        // (uvicorn's own resets them: asgi_worker.rs, docs/host.md).
+        argv.push("--pythonpath".into());
+        argv.push(exec_arg(
+            "worker_dir",
+            &path_str("worker_dir", layout.worker_dir)?,
+        )?);
         argv.push("--worker-class".into());
-        argv.push("uvicorn.workers.UvicornWorker".into());
+        argv.push(asgi_worker::CLASS.into());
     }
     let mut log_settings = String::new();
     if spec.logs.mode == LogMode::Files {
@@ -380,6 +390,7 @@ pub(crate) mod tests {
             &Layout {
                 app_dir: &app_dir,
                 env_dir: &env_dir,
+                worker_dir: Path::new(asgi_worker::DIR),
             },
             &Runtime {
                 gunicorn: SYSTEM_GUNICORN.into(),
@@ -452,8 +463,8 @@ pub(crate) mod tests {
         sp.server = Server::Uvicorn;
         let s = service(&sp);
         assert!(s.contains(
-            "--workers 3 --graceful-timeout 30 --worker-class uvicorn.workers.UvicornWorker \
-             app:application\n"
+            "--workers 3 --graceful-timeout 30 --pythonpath /var/lib/fleet/python \
+             --worker-class fleet_uvicorn_worker.UvicornWorker app:application\n"
         ));
         assert!(s.contains("Type=notify"));
     }
@@ -508,6 +519,7 @@ pub(crate) mod tests {
             &Layout {
                 app_dir: &app_dir,
                 env_dir: &env_dir,
+                worker_dir: Path::new(asgi_worker::DIR),
             },
             &Runtime {
                 gunicorn: SYSTEM_GUNICORN.into(),

@@ -51,6 +51,9 @@ pub struct Report {
     latencies_us: Vec<u64>,
     /// Failure reasons and how often.
     pub failures: BTreeMap<String, u64>,
+    /// When each failed request started, from the start of the run, sorted: which
+    /// restart or reload a failure belongs to.
+    pub failed_at: Vec<Duration>,
     /// Per target: `release=...` values seen, in order of first appearance, with counts.
     pub releases: BTreeMap<SocketAddr, Vec<(String, u64)>>,
 }
@@ -124,7 +127,8 @@ pub fn run(spec: &LoadSpec, stop: Arc<AtomicBool>) -> Result<Report, ForbiddenTa
     }
     let report = Arc::new(Mutex::new(Report::default()));
     let issued = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + spec.max_duration;
+    let start = Instant::now();
+    let deadline = start + spec.max_duration;
     let mut workers = Vec::new();
     for &target in &spec.targets {
         for _ in 0..spec.clients_per_target.max(1) {
@@ -137,7 +141,7 @@ pub fn run(spec: &LoadSpec, stop: Arc<AtomicBool>) -> Result<Report, ForbiddenTa
             let (max, timeout) = (spec.max_requests, spec.request_timeout);
             workers.push(thread::spawn(move || {
                 let mut lat = Vec::new();
-                let mut local: Vec<Outcome> = Vec::new();
+                let mut local: Vec<(Outcome, Duration)> = Vec::new();
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     if issued.fetch_add(1, Ordering::Relaxed) >= max {
                         break;
@@ -145,11 +149,11 @@ pub fn run(spec: &LoadSpec, stop: Arc<AtomicBool>) -> Result<Report, ForbiddenTa
                     let t0 = Instant::now();
                     let out = request(target, &path, timeout);
                     lat.push(t0.elapsed().as_micros() as u64);
-                    local.push(out);
+                    local.push((out, t0 - start));
                 }
                 let mut r = report.lock().unwrap();
                 r.latencies_us.extend(lat);
-                for out in local {
+                for (out, at) in local {
                     r.sent += 1;
                     match out {
                         Outcome::Ok(body) => {
@@ -163,6 +167,7 @@ pub fn run(spec: &LoadSpec, stop: Arc<AtomicBool>) -> Result<Report, ForbiddenTa
                         Outcome::Failed(why) => {
                             r.failed += 1;
                             *r.failures.entry(why).or_default() += 1;
+                            r.failed_at.push(at);
                         }
                     }
                 }
@@ -177,6 +182,7 @@ pub fn run(spec: &LoadSpec, stop: Arc<AtomicBool>) -> Result<Report, ForbiddenTa
         .into_inner()
         .unwrap();
     r.latencies_us.sort_unstable();
+    r.failed_at.sort_unstable();
     Ok(r)
 }
 
@@ -231,6 +237,8 @@ mod tests {
         assert_eq!(r.sent, 8);
         assert_eq!(r.failed, 2);
         assert_eq!(r.failures["status 503"], 2);
+        assert_eq!(r.failed_at.len(), 2);
+        assert!(r.failed_at[0] <= r.failed_at[1]);
         assert_eq!(
             r.releases[&addr],
             vec![("a".to_owned(), 3), ("b".to_owned(), 3)]

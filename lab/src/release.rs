@@ -95,6 +95,42 @@ sys.stdout.buffer.write(buf.getvalue())
     Ok((file, out.stdout))
 }
 
+/// The venv part of a release that brings its own uvicorn: `requirements.txt` and
+/// `wheels/*.whl` as `lab/uvicorn-wheels.sh` downloaded them (lab/test-all.sh runs it), for
+/// [`sample_with`]. Returns the files and the uvicorn version pinned.
+pub fn uvicorn_venv_files() -> Result<(Vec<(String, Vec<u8>)>, String)> {
+    let script = fixtures_dir().join("../uvicorn-wheels.sh");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .arg("--path")
+        .output()
+        .with_context(|| format!("run {} --path", script.display()))?;
+    anyhow::ensure!(out.status.success(), "{} --path failed", script.display());
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    anyhow::ensure!(
+        dir.join(".complete").exists(),
+        "the uvicorn wheels are not downloaded at {}: run `sh lab/uvicorn-wheels.sh` (lab/test-all.sh does)",
+        dir.display()
+    );
+    let requirements = std::fs::read_to_string(dir.join("requirements.txt"))
+        .with_context(|| format!("read {}/requirements.txt", dir.display()))?;
+    let uvicorn = requirements
+        .lines()
+        .find_map(|l| l.strip_prefix("uvicorn=="))
+        .context("requirements.txt pins no uvicorn")?
+        .to_owned();
+    let mut files = vec![("requirements.txt".to_owned(), requirements.into_bytes())];
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".whl") {
+            files.push((format!("wheels/{name}"), std::fs::read(&path)?));
+        }
+    }
+    files.sort();
+    Ok((files, uvicorn))
+}
+
 /// Writes `bytes` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let p = dir.join(name);

@@ -58,8 +58,12 @@ impl Inner {
                 spec.listen, self.metrics_port
             ));
         }
-        let files = units::Prepared::render(&spec, &a.secrets, &self.unit_dir, &self.env_dir)
-            .map_err(|e| e.to_string())?;
+        let dirs = units::Dirs {
+            unit: self.unit_dir.clone(),
+            env: self.env_dir.clone(),
+            worker: self.worker_dir.clone(),
+        };
+        let files = units::Prepared::render(&spec, &a.secrets, &dirs).map_err(|e| e.to_string())?;
         let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir)
             .await
             .map_err(|e| e.to_string())?;

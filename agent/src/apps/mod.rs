@@ -77,6 +77,7 @@ struct Inner {
     state_dir: PathBuf,
     unit_dir: PathBuf,
     env_dir: PathBuf,
+    worker_dir: PathBuf,
     logrotate_dir: PathBuf,
     cores: u32,
     /// This agent's own /metrics port (0: off): no app may take it.
@@ -186,6 +187,7 @@ impl Apps {
                 state_dir: agent_state.join("apps"),
                 unit_dir: units::UNIT_DIR.into(),
                 env_dir: units::ENV_DIR.into(),
+                worker_dir: crate::asgi_worker::DIR.into(),
                 logrotate_dir: logrotate::CONF_DIR.into(),
                 cores: std::thread::available_parallelism()
                     .map(|n| n.get() as u32)

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::files::{ensure_dir, write_if_changed, FileError};
-use fleet_proto::spec::{AppName, AppSpec};
+use fleet_proto::spec::{AppName, AppSpec, Server};
+
+use crate::asgi_worker;
 
 use super::{
     env_path, render_env, render_service, render_socket, service_name, socket_name, Layout,
@@ -20,12 +22,23 @@ const ENV_DIR_MODE: u32 = 0o700;
 const ENV_MODE: u32 = 0o600;
 const UNIT_MODE: u32 = 0o644;
 
+/// Where an activation writes: units, env files, the ASGI worker class.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    pub unit: PathBuf,
+    pub env: PathBuf,
+    pub worker: PathBuf,
+}
+
 /// The env file and socket unit of an activation: everything that does not depend on the
 /// release, rendered before the release is even staged.
 pub struct Prepared {
     name: AppName,
     env_dir: PathBuf,
     unit_dir: PathBuf,
+    worker_dir: PathBuf,
+    /// The app runs fleet's ASGI worker class, so `apply` installs it.
+    asgi: bool,
     env: String,
     socket: String,
 }
@@ -54,13 +67,14 @@ impl Prepared {
     pub fn render(
         spec: &AppSpec,
         secrets: &HashMap<String, String>,
-        unit_dir: &Path,
-        env_dir: &Path,
+        dirs: &Dirs,
     ) -> Result<Prepared, RenderError> {
         Ok(Prepared {
             name: spec.name.clone(),
-            env_dir: env_dir.to_owned(),
-            unit_dir: unit_dir.to_owned(),
+            env_dir: dirs.env.clone(),
+            unit_dir: dirs.unit.clone(),
+            worker_dir: dirs.worker.clone(),
+            asgi: spec.server == Server::Uvicorn,
             env: render_env(spec, secrets)?,
             socket: render_socket(spec)?,
         })
@@ -77,6 +91,7 @@ impl Prepared {
         let layout = Layout {
             app_dir,
             env_dir: &self.env_dir,
+            worker_dir: &self.worker_dir,
         };
         let service = render_service(spec, &layout, runtime, cores)?;
         Ok(Plan {
@@ -101,6 +116,10 @@ impl Plan {
         let p = &self.prepared;
         ensure_dir(&p.env_dir, ENV_DIR_MODE)?;
         write_if_changed(&env_path(&p.env_dir, &p.name), p.env.as_bytes(), ENV_MODE)?;
+        // Before the unit that names it.
+        if p.asgi {
+            asgi_worker::install(&p.worker_dir)?;
+        }
         let socket_changed = write_if_changed(
             &p.unit_dir.join(self.socket_unit()),
             p.socket.as_bytes(),
@@ -175,11 +194,12 @@ mod tests {
     #[test]
     fn apply_writes_all_three_with_their_modes_and_reports_changes() {
         let tmp = tempfile::tempdir().unwrap();
-        let (units, env) = (tmp.path().join("units"), tmp.path().join("env"));
+        let dirs = dirs(tmp.path());
+        let (units, env) = (dirs.unit.clone(), dirs.env.clone());
         std::fs::create_dir(&units).unwrap();
         let sp = spec("");
         let plan = || {
-            Prepared::render(&sp, &HashMap::new(), &units, &env)
+            Prepared::render(&sp, &HashMap::new(), &dirs)
                 .unwrap()
                 .with_service(&sp, Path::new("/var/lib/fleet/apps/shop"), &runtime(), 2)
                 .unwrap()
@@ -201,12 +221,50 @@ mod tests {
         assert!(!plan().apply().unwrap().units_changed());
     }
 
+    fn dirs(root: &Path) -> Dirs {
+        Dirs {
+            unit: root.join("units"),
+            env: root.join("env"),
+            worker: root.join("python"),
+        }
+    }
+
+    #[test]
+    fn only_a_uvicorn_app_installs_the_worker_class_it_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = dirs(tmp.path());
+        std::fs::create_dir(&dirs.unit).unwrap();
+        let plan = |sp: &AppSpec| {
+            Prepared::render(sp, &HashMap::new(), &dirs)
+                .unwrap()
+                .with_service(sp, Path::new("/var/lib/fleet/apps/shop"), &runtime(), 2)
+                .unwrap()
+        };
+        plan(&spec("")).apply().unwrap();
+        assert!(!dirs.worker.exists(), "a WSGI app got the ASGI worker");
+        let mut sp = spec("");
+        sp.server = Server::Uvicorn;
+        plan(&sp).apply().unwrap();
+        let module = crate::asgi_worker::path(&dirs.worker);
+        assert_eq!(mode(&module), 0o644);
+        let service = std::fs::read_to_string(dirs.unit.join("fleet-app-shop.service")).unwrap();
+        assert!(
+            service.contains(&format!("--pythonpath {}", dirs.worker.display())),
+            "{service}"
+        );
+    }
+
     #[test]
     fn a_missing_secret_is_refused_before_any_file_is_written() {
         let tmp = tempfile::tempdir().unwrap();
         let sp = spec("secrets = [\"TOKEN\"]");
         let env = tmp.path().join("env");
-        let e = Prepared::render(&sp, &HashMap::new(), tmp.path(), &env)
+        let dirs = Dirs {
+            unit: tmp.path().to_owned(),
+            env: env.clone(),
+            worker: tmp.path().join("python"),
+        };
+        let e = Prepared::render(&sp, &HashMap::new(), &dirs)
             .err()
             .expect("refused");
         assert!(matches!(e, RenderError::MissingSecrets(_)), "{e}");

@@ -97,8 +97,8 @@ sys.stdout.buffer.write(buf.getvalue())
 
 /// The venv part of a release that brings its own uvicorn: `requirements.txt` and
 /// `wheels/*.whl` as `lab/uvicorn-wheels.sh` downloaded them (lab/test-all.sh runs it), for
-/// [`sample_with`]. Returns the files and the uvicorn version pinned.
-pub fn uvicorn_venv_files() -> Result<(Vec<(String, Vec<u8>)>, String)> {
+/// [`sample_with`].
+pub fn uvicorn_venv_files() -> Result<VenvFiles> {
     let script = fixtures_dir().join("../uvicorn-wheels.sh");
     let out = std::process::Command::new("sh")
         .arg(&script)
@@ -128,7 +128,14 @@ pub fn uvicorn_venv_files() -> Result<(Vec<(String, Vec<u8>)>, String)> {
         }
     }
     files.sort();
-    Ok((files, uvicorn))
+    Ok(VenvFiles { files, uvicorn })
+}
+
+/// Files of a release's venv part (path in the release, contents).
+pub struct VenvFiles {
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The uvicorn version they pin.
+    pub uvicorn: String,
 }
 
 /// Writes `bytes` to `dir/name` and returns the path.

@@ -534,7 +534,10 @@ fn graceful_restarts_under_load() {
     setup_apps(&lab, &work, "1.0");
     // A third app: the ASGI sample whose release brings a newer uvicorn (and gunicorn) in
     // its own venv, as an app may; fleet's worker class must hold with that one too.
-    let (venv_files, venv_uvicorn) = release::uvicorn_venv_files().unwrap();
+    let release::VenvFiles {
+        files: venv_files,
+        uvicorn: venv_uvicorn,
+    } = release::uvicorn_venv_files().unwrap();
     let spec = release::spec("apivenv", "uvicorn", API_VENV_PORT, "");
     ctl(
         &lab,

@@ -530,7 +530,13 @@ fn repo_copy(lab: &Lab, pk: &Packages, name: &str) -> (PathBuf, String) {
     std::fs::create_dir_all(&dir).unwrap();
     let deb = pk.deb("fleet-agent", DEB_VERSION);
     let deb_name = deb.file_name().unwrap().to_owned();
-    for f in ["Packages", "Packages.gz", "Release", "InRelease", "Release.gpg"] {
+    for f in [
+        "Packages",
+        "Packages.gz",
+        "Release",
+        "InRelease",
+        "Release.gpg",
+    ] {
         std::fs::copy(pk.repo().join(f), dir.join(f)).unwrap();
     }
     std::fs::copy(&deb, dir.join(&deb_name)).unwrap();
@@ -564,9 +570,12 @@ fn update_and_install(lab: &Lab, uri: &str) -> (String, String) {
 }
 
 fn agent_installed(lab: &Lab) -> bool {
-    lab.sh(1, "dpkg-query -W -f '${Status}' fleet-agent 2>/dev/null || true")
-        .unwrap()
-        .contains("install ok installed")
+    lab.sh(
+        1,
+        "dpkg-query -W -f '${Status}' fleet-agent 2>/dev/null || true",
+    )
+    .unwrap()
+    .contains("install ok installed")
 }
 
 /// The bad-input half of the apt path: an index whose signature does not match, and a

@@ -76,7 +76,8 @@ def _install():
         try:
             await _let_accepted_connections_speak(self)
         except AttributeError as e:
-            _log.warning("fleet worker: this uvicorn has no %s; plain uvicorn shutdown", e)
+            # A uvicorn whose Server no longer has the shape read above.
+            _log.warning("fleet worker: %s; falling back to uvicorn's own shutdown", e)
         return await original(self, *args, **kwargs)
 
     shutdown._fleet = True

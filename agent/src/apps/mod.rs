@@ -30,6 +30,7 @@ use crate::clock::now_ms;
 use crate::crash::Tracker;
 use crate::fetch::Fetcher;
 use crate::health::Health;
+use crate::host_paths;
 use crate::journal;
 use crate::logrotate;
 use crate::metrics::AppMetrics;
@@ -392,7 +393,7 @@ impl Inner {
     }
 
     async fn failure(&self, app: &AppName, what: String) -> String {
-        let unit = units::service_name(app);
+        let unit = host_paths::service_name(app);
         let tail = journal::recent(&unit, FAILURE_LINES).await;
         if tail.is_empty() {
             format!("{what} (see: fleetctl logs {app})")

@@ -9,6 +9,7 @@ use fleet_proto::v1::Restart;
 use tokio::process::Command as Process;
 
 use super::{lock, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE, PREFLIGHT_TIMEOUT};
+use crate::host_paths;
 use crate::releases::venv_bin;
 use crate::systemd::JobKind;
 use crate::units;
@@ -27,8 +28,8 @@ impl Inner {
             ms => Duration::from_millis(ms),
         };
         let bus = self.bus().await?;
-        let socket_unit = units::socket_name(&name);
-        let service_unit = units::service_name(&name);
+        let socket_unit = host_paths::socket_name(&name);
+        let service_unit = host_paths::service_name(&name);
         let job_timeout = spec.graceful_timeout + Duration::from_secs(120);
         if r.reload {
             // HUP with code that cannot import kills the master (workers exit 3, the

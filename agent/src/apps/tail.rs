@@ -7,9 +7,8 @@ use tokio::sync::oneshot;
 
 use super::{lock, Inner, Outcome};
 use crate::clock::now_ms;
+use crate::host_paths;
 use crate::journal;
-use crate::logrotate;
-use crate::units;
 
 impl Inner {
     pub(super) async fn tail(&self, id: &str, t: TailLogs, session: Option<u64>) -> Outcome {
@@ -17,12 +16,12 @@ impl Inner {
         let Some(session) = session else {
             return Err("no session to send lines to".into());
         };
-        let unit = units::service_name(&app.name);
+        let unit = host_paths::service_name(&app.name);
         let files = lock(&app.data).spec.logs.mode == LogMode::Files;
         let mut child = if files {
             let paths = [
-                logrotate::access_log(&app.name),
-                logrotate::error_log(&app.name),
+                host_paths::access_log(&app.name),
+                host_paths::error_log(&app.name),
             ];
             journal::spawn_files(&paths, t.lines, t.follow)
                 .map_err(|e| format!("cannot run tail: {e}"))?

@@ -17,13 +17,13 @@ use super::{is_up, lock, App, Inner, LOG_CHECK_INTERVAL, WATCH_RETRY_MAX};
 use crate::clock::now_ms;
 use crate::crash::Verdict;
 use crate::health;
+use crate::host_paths;
 use crate::logrotate;
 use crate::systemd::{Systemd, UnitProps};
-use crate::units;
 
 impl Inner {
     pub(super) async fn watch_unit(self: Arc<Self>, app: Arc<App>) {
-        let unit = units::service_name(&app.name);
+        let unit = host_paths::service_name(&app.name);
         let mut retry = Duration::from_secs(1);
         loop {
             let Err(e) = self.watch_once(&app, &unit).await;
@@ -134,7 +134,7 @@ impl Inner {
                     self.metrics
                         .observe_probe(app.name.as_str(), started.elapsed().as_secs_f64());
                     if let Ok(bus) = self.bus().await {
-                        let unit = units::service_name(&app.name);
+                        let unit = host_paths::service_name(&app.name);
                         let usage = match bus.usage(&unit).await {
                             (Some(mem), Some(cpu)) => Some((mem, cpu as f64 / 1e9)),
                             // No cgroup accounting (hybrid cgroup hosts, or turned off):
@@ -183,8 +183,8 @@ impl Inner {
     /// holder must be seen by two checks in a row, so the instant between logrotate
     /// removing a file and Gunicorn reopening on its signal never triggers a restart.
     pub(super) async fn log_watch(self: Arc<Self>, app: Arc<App>) {
-        let unit = units::service_name(&app.name);
-        let dir = logrotate::log_dir(&app.name);
+        let unit = host_paths::service_name(&app.name);
+        let dir = host_paths::log_dir(&app.name);
         let mut seen_before: BTreeSet<u32> = BTreeSet::new();
         loop {
             sleep(LOG_CHECK_INTERVAL).await;
@@ -264,7 +264,7 @@ impl Inner {
     {
         lock(&app.data).agent_job = true;
         let out = f.await;
-        let unit = units::service_name(&app.name);
+        let unit = host_paths::service_name(&app.name);
         let fresh = async {
             let path = bus.unit_path(&unit).await.ok()?;
             let props = bus.properties(&path).await.ok()?;

@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use fleet_proto::files::{ensure_dir, write_if_changed, FileError};
 use fleet_proto::spec::{AppName, AppSpec};
 
-use super::{
-    env_path, render_env, render_service, render_socket, service_name, socket_name, Layout,
-    RenderError, Runtime,
-};
+use crate::host_paths::{service_name, socket_name};
+
+use super::{env_path, render_env, render_service, render_socket, Layout, RenderError, Runtime};
 
 /// The env dir holds secrets: root only.
 const ENV_DIR_MODE: u32 = 0o700;

@@ -4,20 +4,19 @@
 use std::time::Duration;
 
 use fleet_proto::renewal::{renew_delay, retry_delay};
-use fleet_proto::v1::{agent_message, RenewRequest, RenewResponse};
+use fleet_proto::v1::{RenewRequest, RenewResponse};
+use rcgen::KeyPair;
 use tokio::time::Instant;
 
-use super::session::Session;
-use super::SessionEnd;
 use crate::clock::now_unix;
 use crate::renew::{check_issued, csr_pem};
-use crate::state::Credentials;
+use crate::state::{Credentials, StateDir};
 
 /// When to ask for a new certificate, and the request in flight if any.
 pub(super) struct Renewal {
     pub(super) next: Instant,
-    pub(super) retry: Duration,
-    pub(super) pending: Option<String>,
+    retry: Duration,
+    pending: Option<String>,
 }
 
 impl Renewal {
@@ -34,38 +33,48 @@ impl Renewal {
     }
 }
 
-impl Session<'_> {
-    pub(super) async fn request_renewal(&mut self) -> Result<(), SessionEnd> {
+/// What the session holds that a renewal reads or replaces.
+pub(super) struct Cert<'a> {
+    pub(super) key: &'a KeyPair,
+    pub(super) ca_der: &'a [u8],
+    pub(super) creds: &'a mut Credentials,
+    pub(super) state: &'a StateDir,
+}
+
+impl Renewal {
+    /// Called when due: the request to send, or None when none could be made (logged;
+    /// retried after `retry` like a refused one).
+    pub(super) fn request(&mut self, key: &KeyPair, creds: &Credentials) -> Option<RenewRequest> {
         let request_id = hex::encode(rand::random::<[u8; 16]>());
-        let name = self.creds.meta.name.clone();
-        self.renewal.next = Instant::now() + self.renewal.retry;
-        let csr = match csr_pem(&self.key, &name) {
+        self.next = Instant::now() + self.retry;
+        let csr = match csr_pem(key, &creds.meta.name) {
             Ok(csr) => csr,
             Err(e) => {
                 tracing::error!(error = %e, "cannot make a renewal request");
-                return Ok(());
+                return None;
             }
         };
         tracing::info!(
-            expires = %crate::clock::format_time(self.creds.cert.not_after),
+            expires = %crate::clock::format_time(creds.cert.not_after),
             "renewing certificate"
         );
-        self.renewal.pending = Some(request_id.clone());
-        self.send(agent_message::Body::Renew(RenewRequest {
+        self.pending = Some(request_id.clone());
+        Some(RenewRequest {
             request_id,
             csr_pem: csr,
-        }))
-        .await
+        })
     }
 
-    pub(super) fn renewed(&mut self, r: RenewResponse) {
-        if self.renewal.pending.as_deref() != Some(r.request_id.as_str()) {
+    /// The controller's answer: a certificate that passes the join checks is saved and
+    /// replaces the session's; anything else waits for the next attempt.
+    pub(super) fn answered(&mut self, r: RenewResponse, cert: Cert<'_>) {
+        if self.pending.as_deref() != Some(r.request_id.as_str()) {
             tracing::debug!(request_id = %r.request_id, "ignoring an unexpected renewal answer");
             return;
         }
-        self.renewal.pending = None;
-        let retry = humantime::format_duration(self.renewal.retry);
-        self.renewal.next = Instant::now() + self.renewal.retry;
+        self.pending = None;
+        let retry = humantime::format_duration(self.retry);
+        self.next = Instant::now() + self.retry;
         if !r.error.is_empty() {
             tracing::warn!(
                 "certificate renewal refused by controller: {}; retrying in {retry}",
@@ -77,10 +86,10 @@ impl Session<'_> {
         // trusted to replace it: CA rotation is a separate, deliberate operation).
         let info = match check_issued(
             &r.cert_pem,
-            &self.ca_der,
-            &self.key,
-            &self.creds.meta.name,
-            Some(&self.creds.meta.trust_domain),
+            cert.ca_der,
+            cert.key,
+            &cert.creds.meta.name,
+            Some(&cert.creds.meta.trust_domain),
         ) {
             Ok(info) => info,
             Err(e) => {
@@ -89,7 +98,7 @@ impl Session<'_> {
             }
         };
         // Small file, local disk: blocking here for a moment is fine.
-        if let Err(e) = self.state.write_cert(&r.cert_pem) {
+        if let Err(e) = cert.state.write_cert(&r.cert_pem) {
             tracing::error!("cannot save the renewed certificate: {e}; retrying in {retry}");
             return;
         }
@@ -97,9 +106,9 @@ impl Session<'_> {
             expires = %crate::clock::format_time(info.not_after),
             "certificate renewed"
         );
-        self.renewal = Renewal::for_cert(info.not_before, info.not_after);
-        self.creds.cert = info;
-        self.creds.cert_pem = r.cert_pem;
+        *self = Renewal::for_cert(info.not_before, info.not_after);
+        cert.creds.cert = info;
+        cert.creds.cert_pem = r.cert_pem;
     }
 }
 

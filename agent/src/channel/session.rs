@@ -7,13 +7,13 @@ use std::time::Duration;
 use fleet_proto::identity::Identity;
 use fleet_proto::v1::{
     agent_message, command, command_result, controller_message, AgentMessage, Command,
-    CommandResult, ControllerMessage, Heartbeat, Welcome,
+    CommandResult, ControllerMessage, Heartbeat, RenewResponse, Welcome,
 };
 use rcgen::KeyPair;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
-use super::renewal::Renewal;
+use super::renewal::{Cert, Renewal};
 use super::{message, SessionEnd, MAX_SKEW_SECS, WELCOME_TIMEOUT};
 use crate::apps::{self, Apps};
 use crate::clock::now_unix;
@@ -69,7 +69,7 @@ impl Session<'_> {
         }
     }
 
-    pub(super) fn heartbeat(&mut self) -> Result<(), SessionEnd> {
+    fn heartbeat(&mut self) -> Result<(), SessionEnd> {
         self.seq += 1;
         let msg = message(agent_message::Body::Heartbeat(Heartbeat { seq: self.seq }));
         match self.tx.try_send(msg) {
@@ -87,14 +87,14 @@ impl Session<'_> {
         }
     }
 
-    pub(super) async fn send(&self, body: agent_message::Body) -> Result<(), SessionEnd> {
+    async fn send(&self, body: agent_message::Body) -> Result<(), SessionEnd> {
         self.tx
             .send(message(body))
             .await
             .map_err(|_| SessionEnd::Closed)
     }
 
-    pub(super) async fn handle(
+    async fn handle(
         &mut self,
         msg: ControllerMessage,
         welcomed: &mut bool,
@@ -144,7 +144,24 @@ impl Session<'_> {
         }
     }
 
-    pub(super) fn welcome(&self, w: &Welcome) {
+    async fn request_renewal(&mut self) -> Result<(), SessionEnd> {
+        match self.renewal.request(&self.key, &self.creds) {
+            Some(req) => self.send(agent_message::Body::Renew(req)).await,
+            None => Ok(()),
+        }
+    }
+
+    fn renewed(&mut self, r: RenewResponse) {
+        let cert = Cert {
+            key: &self.key,
+            ca_der: &self.ca_der,
+            creds: &mut self.creds,
+            state: self.state,
+        };
+        self.renewal.answered(r, cert);
+    }
+
+    fn welcome(&self, w: &Welcome) {
         self.connected.set(true);
         tracing::info!(
             controller = %self.addr,

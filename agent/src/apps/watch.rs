@@ -19,7 +19,18 @@ use crate::crash::Verdict;
 use crate::health;
 use crate::host_paths;
 use crate::logrotate;
-use crate::systemd::{Systemd, UnitProps};
+use crate::systemd::{Systemd, SystemdError, UnitProps};
+
+/// Why watching a unit's D-Bus properties stopped; the watch starts over after a pause.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WatchError {
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error("subscribe to {unit}: {source}")]
+    Subscribe { unit: String, source: zbus::Error },
+    #[error("signal stream ended")]
+    Ended,
+}
 
 impl Inner {
     pub(super) async fn watch_unit(self: Arc<Self>, app: Arc<App>) {
@@ -33,26 +44,26 @@ impl Inner {
         }
     }
 
-    pub(super) async fn watch_once(&self, app: &App, unit: &str) -> Result<Infallible, String> {
+    pub(super) async fn watch_once(&self, app: &App, unit: &str) -> Result<Infallible, WatchError> {
         let bus = self.bus().await?;
-        let path = bus.unit_path(unit).await.map_err(|e| e.to_string())?;
-        let props = bus.properties(&path).await.map_err(|e| e.to_string())?;
+        let path = bus.unit_path(unit).await?;
+        let props = bus.properties(&path).await?;
         // Subscribed before the first read: no change can fall between the two.
-        let mut changes = props
-            .receive_properties_changed()
-            .await
-            .map_err(|e| format!("subscribe to {unit}: {e}"))?;
-        let p = Systemd::read_props(&props, unit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut changes =
+            props
+                .receive_properties_changed()
+                .await
+                .map_err(|source| WatchError::Subscribe {
+                    unit: unit.to_owned(),
+                    source,
+                })?;
+        let p = Systemd::read_props(&props, unit).await?;
         self.observe(app, p).await;
         while changes.next().await.is_some() {
-            let p = Systemd::read_props(&props, unit)
-                .await
-                .map_err(|e| e.to_string())?;
+            let p = Systemd::read_props(&props, unit).await?;
             self.observe(app, p).await;
         }
-        Err("signal stream ended".into())
+        Err(WatchError::Ended)
     }
 
     pub(super) async fn observe(&self, app: &App, p: UnitProps) {
@@ -231,7 +242,7 @@ impl Inner {
                 .await;
             let (result, detail) = match &outcome {
                 Ok(m) => ("ok", m.clone()),
-                Err(m) => ("failed", m.clone()),
+                Err(e) => ("failed", e.to_string()),
             };
             let fields = HashMap::from([
                 (

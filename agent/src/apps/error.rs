@@ -1,0 +1,75 @@
+//! Why an app command failed. The text is what the operator reads in fleetctl, so each
+//! variant names the app, version, file or program it was about; errors of the modules
+//! below (releases, units, logrotate, systemd) pass through with their own context.
+
+use fleet_proto::files::FileError;
+use fleet_proto::spec::{AppName, SpecError, Version};
+
+use super::restart::PreflightError;
+use super::user::UserError;
+use crate::logrotate::LogrotateError;
+use crate::releases::ReleaseError;
+use crate::systemd::SystemdError;
+use crate::units::RenderError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("invalid app name: {0}")]
+    AppName(SpecError),
+    #[error("invalid version: {0}")]
+    Version(SpecError),
+    #[error("invalid user: {0}")]
+    User(SpecError),
+    #[error("invalid spec: {0}")]
+    Spec(SpecError),
+    #[error(
+        "listen {listen}: port {port} is this host's fleet-agent metrics port (metrics_listen); \
+         pick another port"
+    )]
+    MetricsPort { listen: String, port: u16 },
+    #[error("app {0} is not deployed on this host")]
+    NotDeployed(AppName),
+    #[error("not an app command (channel.rs routes it)")]
+    NotAppCommand,
+    #[error("{0} has no pre_start hook in its spec")]
+    NoPreStart(AppName),
+    #[error("{app} {version} is not staged on this host: stage it before its pre-start hook")]
+    NotStagedForHook { app: AppName, version: Version },
+    /// The hook's own report (exit status and the end of its output).
+    #[error("{0}")]
+    Hook(String),
+    #[error("no session to send lines to")]
+    NoSession,
+    #[error("cannot run {program}: {source}")]
+    LogReader {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the log reader has no stdout")]
+    LogReaderStdout,
+    #[error("cannot record app {app}: {source}")]
+    RecordEncode {
+        app: AppName,
+        source: toml::ser::Error,
+    },
+    #[error("cannot record app {app}: {source}")]
+    RecordWrite { app: AppName, source: FileError },
+    /// A start, restart or reload that did not end healthy, with the unit's last journal
+    /// lines (or where to find them) appended.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    SystemUser(#[from] UserError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Logrotate(#[from] LogrotateError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+}

@@ -62,8 +62,9 @@ pub enum AppError {
     Preflight(#[from] PreflightError),
     #[error(transparent)]
     SystemUser(#[from] UserError),
+    /// Boxed: the largest error by far, and every command's result carries the enum.
     #[error(transparent)]
-    Release(#[from] ReleaseError),
+    Release(Box<ReleaseError>),
     #[error(transparent)]
     Render(#[from] RenderError),
     #[error(transparent)]
@@ -72,4 +73,10 @@ pub enum AppError {
     File(#[from] FileError),
     #[error(transparent)]
     Systemd(#[from] SystemdError),
+}
+
+impl From<ReleaseError> for AppError {
+    fn from(e: ReleaseError) -> Self {
+        AppError::Release(Box::new(e))
+    }
 }

@@ -189,8 +189,8 @@ fn answer(c: Command) -> CommandResult {
     let (status, message) = match c.kind {
         Some(command::Kind::Ping(_)) => (command_result::Status::Ok, String::new()),
         // Listed, not wildcarded, so each new kind is a compile error until it is handled
-        // here; these never reach here: `apps::handles` routes them to apps.rs and
-        // `firewall::handles` to firewall.rs.
+        // here; these never reach here: `apps::handles` routes them to `apps/` and
+        // `firewall::handles` to `firewall/`.
         Some(
             command::Kind::Stage(_)
             | command::Kind::Activate(_)

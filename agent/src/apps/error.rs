@@ -7,6 +7,7 @@ use fleet_proto::spec::{AppName, SpecError, Version};
 
 use super::restart::PreflightError;
 use super::user::UserError;
+use crate::hook::HookError;
 use crate::logrotate::LogrotateError;
 use crate::releases::ReleaseError;
 use crate::systemd::SystemdError;
@@ -35,9 +36,8 @@ pub enum AppError {
     NoPreStart(AppName),
     #[error("{app} {version} is not staged on this host: stage it before its pre-start hook")]
     NotStagedForHook { app: AppName, version: Version },
-    /// The hook's own report (exit status and the end of its output).
-    #[error("{0}")]
-    Hook(String),
+    #[error(transparent)]
+    Hook(#[from] HookError),
     #[error("no session to send lines to")]
     NoSession,
     #[error("cannot run {program}: {source}")]

@@ -31,6 +31,6 @@ impl Inner {
             Ok(_) => tracing::info!(app = %spec.name, %version, "pre-start hook succeeded"),
             Err(e) => tracing::warn!(app = %spec.name, %version, "pre-start hook failed: {e}"),
         }
-        out.map_err(AppError::Hook)
+        Ok(out?)
     }
 }

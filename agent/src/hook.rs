@@ -309,7 +309,10 @@ mod tests {
         let sh = resolve_program("sh", dir.path()).unwrap();
         assert!(sh.starts_with("/usr") || sh.starts_with("/bin"), "{sh:?}");
         let e = resolve_program("no-such-program-here", dir.path()).unwrap_err();
-        assert!(e.to_string().contains("\"no-such-program-here\" not found"), "{e}");
+        assert!(
+            e.to_string().contains("\"no-such-program-here\" not found"),
+            "{e}"
+        );
         assert!(resolve_program("bin/nothing", dir.path()).is_err());
     }
 

@@ -80,3 +80,38 @@ impl From<ReleaseError> for AppError {
         AppError::Release(Box::new(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn texts_name_what_they_are_about() {
+        let e = AppError::MetricsPort {
+            listen: "0.0.0.0:9437".into(),
+            port: 9437,
+        };
+        assert_eq!(
+            e.to_string(),
+            "listen 0.0.0.0:9437: port 9437 is this host's fleet-agent metrics port \
+             (metrics_listen); pick another port"
+        );
+        let e = AppError::from(PreflightError::Import {
+            entry: "shop.wsgi:app".into(),
+            status: std::process::ExitStatus::from_raw(256),
+            tail: "ImportError: no module named shop".into(),
+        });
+        assert_eq!(
+            e.to_string(),
+            "preflight: importing shop.wsgi:app failed (exit status: 1); not reloading, the \
+             running workers keep serving:\n  ImportError: no module named shop"
+        );
+        let app: AppName = "shop".parse().unwrap();
+        assert_eq!(
+            AppError::NotDeployed(app).to_string(),
+            "app shop is not deployed on this host"
+        );
+    }
+}

@@ -351,3 +351,39 @@ impl Firewall {
         self.set_state("reverted", msg).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nft_failed() -> NftError {
+        NftError::Failed {
+            command: "/usr/sbin/nft -c -f candidate.nft".into(),
+            stderr: "syntax error".into(),
+        }
+    }
+
+    #[test]
+    fn errors_keep_the_texts_the_operator_reads() {
+        assert_eq!(
+            ChangeError::BadApplyId.to_string(),
+            "failed: apply id must be hex"
+        );
+        assert_eq!(
+            ChangeError::Lockout {
+                lockouts: "no ssh; no controller".into()
+            }
+            .to_string(),
+            "refused: no ssh; no controller (nothing changed; use --force to apply anyway)"
+        );
+        assert_eq!(
+            ChangeError::Rendered(nft_failed()).to_string(),
+            "invalid: nft rejected the rendered table: /usr/sbin/nft -c -f candidate.nft: \
+             syntax error"
+        );
+        assert_eq!(
+            ChangeError::Load(NftError::Invalid(Box::new(nft_failed()))).to_string(),
+            "failed: invalid candidate: /usr/sbin/nft -c -f candidate.nft: syntax error"
+        );
+    }
+}

@@ -11,7 +11,6 @@ use fleet_proto::v1::{ApplyFirewall, ConfirmFirewall};
 use super::nft::{listing, load, run, unit_busy, NftError, NFT};
 use super::{lock, sha, write, Firewall};
 
-/// In the firewall state dir: "APPLY_ID\nTIMER\n" while a change waits for confirmation.
 /// Why a change was not applied or not confirmed; the text is what the operator reads.
 /// The `failed:` / `invalid:` / `refused:` prefixes tell fleetctl's user which kind it was.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +53,7 @@ pub(super) enum ChangeError {
     Save(FileError),
 }
 
+/// In the firewall state dir: "APPLY_ID\nTIMER\n" while a change waits for confirmation.
 const PENDING_FILE: &str = "pending";
 
 /// How long after the deadline the agent waits for the timer's `nft -f` to finish before

@@ -183,8 +183,11 @@ fn rotate_under_load(lab: &Lab, app: &str, rotations: u32) -> LoadResult {
         "the last answered requests logged",
         Duration::from_secs(10),
         || {
-            let current = sh(lab, &format!("cat /var/log/fleet/{app}/access.log"));
-            last.iter().all(|p| current.contains(&format!("GET {p} ")))
+            let logs = access_logs(lab, app);
+            last.iter().all(|p| {
+                let line = format!("\"GET {p} ");
+                logs.values().any(|text| text.contains(&line))
+            })
         },
     );
     eprintln!(

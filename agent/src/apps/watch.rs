@@ -161,8 +161,8 @@ impl Inner {
                     }
                     outcome
                 }
-                Some((false, state)) => Err(format!("unit is {state}")),
-                None => Err("unit state not known yet".into()),
+                Some((false, state)) => Err(health::ProbeError::UnitDown { state }),
+                None => Err(health::ProbeError::UnitUnknown),
             };
             {
                 let mut d = lock(&app.data);

@@ -202,7 +202,7 @@ async fn handle(
         Up::Fetch(req) => match fetches.clone().try_acquire_owned() {
             Ok(permit) => {
                 tracing::info!(host = %name, sha256 = ?clip(&req.sha256, MAX_QUOTED), offset = req.offset, "serving release");
-                tokio::spawn(crate::apps::serve_fetch(
+                tokio::spawn(crate::releases::serve_fetch(
                     shared.clone(),
                     req,
                     tx.clone(),
@@ -213,7 +213,7 @@ async fn handle(
                 if let Some(suppressed) = shared.agent_noise_log.admit(Instant::now()) {
                     tracing::warn!(host = %name, suppressed, "release fetch refused: max_fetches_per_session reached");
                 }
-                crate::apps::refuse_fetch(
+                crate::releases::refuse_fetch(
                     &req,
                     tx,
                     &format!(

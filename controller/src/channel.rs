@@ -19,11 +19,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Caller, MAX_QUOTED};
-use crate::pki::parse_csr;
+use crate::pki::{parse_csr, PkiError};
 use crate::ratelimit::clip;
 use crate::sessions::CloseSignal;
 use crate::shared::{internal, Shared};
-use crate::store::IssuedSerial;
+use crate::store::{IssuedSerial, StoreError};
 use crate::timefmt::{now_ms, now_secs};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,7 +184,7 @@ async fn handle(
             }
             let resp = resp.unwrap_or_else(|e| RenewResponse {
                 request_id: req.request_id.clone(),
-                error: e,
+                error: e.to_string(),
                 ..Default::default()
             });
             let _ = tx.send(down(Down::Renewed(resp))).await;
@@ -292,32 +292,39 @@ fn known_app(shared: &Shared, host: &str, app: &str) -> bool {
     matches!(shared.store.app(app), Ok(Some(_)))
 }
 
+/// Why a renewal was refused; the text goes back to the agent, which logs it.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("host was removed")]
+    Removed,
+}
+
 /// Issues a new certificate for the stream's own identity; the CSR only supplies the key.
 fn renew(
     shared: &Shared,
     identity: &Identity,
     name: &str,
     req: &RenewRequest,
-) -> Result<RenewResponse, String> {
-    let csr = parse_csr(&req.csr_pem).map_err(|e| e.to_string())?;
+) -> Result<RenewResponse, RenewError> {
+    let csr = parse_csr(&req.csr_pem)?;
     let issued = shared
         .ca
-        .issue_client(&csr, identity, shared.settings.agent_cert_lifetime)
-        .map_err(|e| e.to_string())?;
+        .issue_client(&csr, identity, shared.settings.agent_cert_lifetime)?;
     let now = now_secs();
-    let recorded = shared
-        .store
-        .update_host(name, |h| {
-            h.serials.retain(|s| s.not_after >= now);
-            h.serials.push(IssuedSerial {
-                serial: issued.serial.clone(),
-                not_after: issued.not_after,
-            });
-            h.cert_expires = issued.not_after;
-        })
-        .map_err(|e| e.to_string())?;
+    let recorded = shared.store.update_host(name, |h| {
+        h.serials.retain(|s| s.not_after >= now);
+        h.serials.push(IssuedSerial {
+            serial: issued.serial.clone(),
+            not_after: issued.not_after,
+        });
+        h.cert_expires = issued.not_after;
+    })?;
     if recorded.is_none() {
-        return Err("host was removed".into());
+        return Err(RenewError::Removed);
     }
     tracing::info!(host = %name, serial = %issued.serial, not_after = issued.not_after, "certificate renewed");
     Ok(RenewResponse {

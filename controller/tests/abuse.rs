@@ -673,3 +673,114 @@ fn http_listener_takes_a_bearer_token() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("fleet_controller_agents_connected"));
 }
+
+/// Reads HTTP/2 frames from `tls` until a PING with the ACK flag arrives (true), or the
+/// connection ends or `within` passes (false). The server's own keepalive PINGs are
+/// answered, as any HTTP/2 client does.
+async fn ping_acked<S>(tls: &mut S, within: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if tls.read_exact(&mut head).await.is_err() {
+                return false;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut body = vec![0u8; len];
+            if tls.read_exact(&mut body).await.is_err() {
+                return false;
+            }
+            if head[3] == 0x6 && head[4] & 0x1 == 0x1 {
+                return true;
+            }
+            if head[3] == 0x6 {
+                let mut ack = b"\0\0\x08\x06\x01\0\0\0\0".to_vec();
+                ack.extend_from_slice(&body);
+                if tls.write_all(&ack).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.unwrap_or(false)
+}
+
+/// Finding 4, a stalled request: an admin call whose request body never comes is answered
+/// DEADLINE_EXCEEDED after request_timeout, and the controller keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_are_cut_after_request_timeout() {
+    let (fleet, _cfg) = start_with("request_timeout = \"1s\"\n");
+
+    // A unary call sent as a stream that never yields its message: the headers arrive,
+    // the body never does.
+    let ch = connect(&fleet.addr(), admin_config(&fleet.admin_dir()), T)
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let start = Instant::now();
+    let r: Result<tonic::Response<fleet_proto::v1::ListHostsResponse>, _> = grpc
+        .client_streaming(
+            tonic::Request::new(tokio_stream::pending::<ListHostsRequest>()),
+            "/fleet.v1.Admin/ListHosts".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let err = r.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("request_timeout"), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "a stalled request held for {:?}",
+        start.elapsed()
+    );
+    fleet.ok(&["hosts"]);
+}
+
+/// Finding 4, silence after the preface: an HTTP/2 connection that keeps talking (its own
+/// PINGs, answers to the server's) outlives idle_timeout (30 s, its lower bound); once it
+/// goes silent it is closed, by the HTTP/2 keepalive (a PING unanswered 15 s + 10 s) or by
+/// idle_timeout, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_idle_timeout() {
+    let idle = Duration::from_secs(30);
+    let (fleet, _cfg) = start_with("idle_timeout = \"30s\"\n");
+    let tcp = tokio::net::TcpStream::connect(fleet.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(admin_config(&fleet.admin_dir()))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Each PING is answered: the connection is live past the idle timeout.
+    let ping = b"\0\0\x08\x06\0\0\0\0\0fleet-ok";
+    let talking = Instant::now();
+    while talking.elapsed() < idle + Duration::from_secs(3) {
+        tls.write_all(ping).await.unwrap();
+        assert!(
+            ping_acked(&mut tls, Duration::from_secs(5)).await,
+            "a talking connection was not answered after {:?}",
+            talking.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let silent = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(idle + Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a silent connection is still open 10 s past idle_timeout"),
+        }
+    }
+    assert!(
+        silent.elapsed() >= Duration::from_secs(10),
+        "closed after {:?} of silence, before any timeout was due",
+        silent.elapsed()
+    );
+    fleet.ok(&["hosts"]);
+}

@@ -123,7 +123,8 @@ impl Lab {
             bail!("number of hosts must be 1..={MAX_HOSTS}");
         }
         let paths = Paths::from_env();
-        let lock = state::lock(&paths, opts.lock_wait)?;
+        let lock = state::lock_with(&paths, opts.lock_wait, || reap_orphan(&paths))?;
+        let janitor = state::janitor(&paths)?;
         // Left-overs of a crashed `up` (we hold the lock: nobody owns them).
         if !teardown::leftovers(&paths).is_empty() || paths.lab_json().exists() {
             tracing::warn!("cleaning up after a previous lab that was not torn down");
@@ -143,6 +144,7 @@ impl Lab {
             detached: false,
         };
         state::save(&lab.paths, &lab.state)?;
+        drop(janitor);
         lab.boot(opts)?;
         Ok(lab)
     }
@@ -446,6 +448,23 @@ pub fn ensure_ssh_key(paths: &Paths) -> Result<String> {
         anyhow::ensure!(st.success(), "ssh-keygen failed");
     }
     Ok(std::fs::read_to_string(public)?)
+}
+
+/// Tears down a lab whose owner died (see `state::orphaned`) so that the lock it holds
+/// is freed, after checking again under the janitor lock that it is still the orphan.
+fn reap_orphan(paths: &Paths) -> Result<()> {
+    let _janitor = state::janitor(paths)?;
+    let Some(st) = state::load(paths) else {
+        return Ok(());
+    };
+    if !state::orphaned(&st) || state::try_lock(paths)?.is_some() {
+        return Ok(());
+    }
+    tracing::warn!(
+        owner = st.owner.map(|o| o.pid),
+        "the process that started the running lab is gone without tearing it down; tearing it down"
+    );
+    teardown::teardown_all(paths)
 }
 
 /// CLI `down`: ends the lab whoever started it; idempotent.

@@ -47,6 +47,46 @@ pub fn save(paths: &Paths, st: &LabState) -> Result<()> {
 /// test running in parallel) to finish. A lab left up by the CLI is not
 /// waited for: that is an error telling the user to run `fleet-lab down`.
 pub fn lock(paths: &Paths, wait: Duration) -> Result<File> {
+    lock_with(paths, wait, || Ok(()))
+}
+
+/// Whether `st` is a lab whose creator died without detaching it or tearing it down (a
+/// test killed with SIGKILL): its hosts still hold the lock they inherited, and nobody
+/// will ever release it.
+pub fn orphaned(st: &LabState) -> bool {
+    !st.detached && st.owner.as_ref().is_some_and(|o| !o.alive())
+}
+
+/// Serialises the cleaning of an orphaned lab against a new lab's start: `Lab::up` holds
+/// it from taking the lab lock until its own owner record is saved, and whoever tears an
+/// orphan down holds it and checks again first, so an orphan's stale lab.json can never
+/// make a waiter tear down the lab that just replaced it.
+pub fn janitor(paths: &Paths) -> Result<File> {
+    std::fs::create_dir_all(&paths.state)?;
+    let path = paths.state.join("janitor.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!(
+            "flock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(f)
+}
+
+/// `lock`, calling `on_orphan` whenever the lock is held by an orphaned lab.
+pub fn lock_with(
+    paths: &Paths,
+    wait: Duration,
+    mut on_orphan: impl FnMut() -> Result<()>,
+) -> Result<File> {
     std::fs::create_dir_all(&paths.state)?;
     let f = File::options()
         .create(true)
@@ -72,6 +112,9 @@ pub fn lock(paths: &Paths, wait: Duration) -> Result<File> {
                 bail!(
                     "a lab is already up (started with `fleet-lab up`); run `fleet-lab down` first"
                 );
+            }
+            if orphaned(&st) {
+                on_orphan()?;
             }
         }
         if Instant::now() > end {

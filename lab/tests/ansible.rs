@@ -1,7 +1,8 @@
 //! The fleet.fleet Ansible collection (ansible/): lint-clean under ansible-lint's
 //! production profile with the pinned toolchain, and `site.yml` against bare lab hosts:
 //! installs and enrolls them, changes nothing on a re-run, fails with the reason on a
-//! wrong CA pin or a spent token, and never shows the token (`-vvv`, hosts' journals).
+//! wrong CA pin or a spent token, upgrades when the pinned version changes, and never
+//! shows the token (`-vvv`, hosts' journals).
 
 mod common;
 
@@ -144,6 +145,37 @@ fn site_playbook_enrolls_bare_hosts_once_and_never_shows_the_token() {
         );
     }
     assert!(!second.contains(LEAK));
+
+    // A changed version upgrades: host1 to the newer package from the same repository,
+    // once (a re-run at that version changes nothing), the other hosts left as they are.
+    let b = lab.binaries().unwrap().clone();
+    fleet_lab::agentpkg::next_package(&b).unwrap();
+    let next = fleet_lab::agentpkg::NEXT_VERSION;
+    let newer = ansible::agent_vars(w, "newer.json", next, &t, None).unwrap();
+    let (ok, up) = run(w, &inv, &newer, "host1");
+    assert!(ok, "upgrade run failed:\n{up}");
+    assert!(ansible::recap(&up)["host1"].changed > 0, "{up}");
+    let installed = |n: u32| {
+        lab.sh(n, "dpkg-query -W -f '${Version}' fleet-agent")
+            .unwrap()
+    };
+    assert_eq!(installed(1), next);
+    assert_eq!(installed(2), packages::DEB_VERSION);
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            let hosts: Vec<serde_json::Value> =
+                serde_json::from_str(&lab.fleetctl(&["hosts", "--output", "json"]).unwrap())
+                    .unwrap();
+            hosts
+                .iter()
+                .any(|h| h["name"] == "host1" && h["state"] == "up" && h["package_version"] == next)
+        }),
+        "host1 did not come back up with fleet-agent {next}"
+    );
+    let (ok, again) = run(w, &inv, &newer, "host1");
+    assert!(ok, "{again}");
+    let r = ansible::recap(&again);
+    assert_eq!((r["host1"].changed, r["host1"].failed), (0, 0), "{again}");
 
     // host4 is bare. A wrong pin stops the join before the (valid) token is sent.
     let t2 = token(&lab, "1");

@@ -2,7 +2,8 @@
 //! them: lintian and the package contents on the outer machine; on bare lab hosts, the
 //! agent installed with apt from the repository the lab serves, enrolled, upgraded and
 //! purged under a running app; the controller package installed, initialised, started,
-//! crashed and restarted by systemd, and its sandbox scored.
+//! crashed and restarted by systemd, and its sandbox scored; and apt refusing a repository
+//! whose signature, or a package whose hash, does not match.
 
 mod common;
 
@@ -519,4 +520,124 @@ fn controller_package_inits_starts_and_is_restarted_after_a_crash() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(o.status.success() && said.is_empty(), "verify: {said}");
+}
+
+/// A copy of the lab's signed repository in the share directory (bound read-only at
+/// /opt/fleet in every host), for apt to read as a `file:` source: the same index,
+/// signatures and agent package, each of which a case below then damages.
+fn repo_copy(lab: &Lab, pk: &Packages, name: &str) -> (PathBuf, String) {
+    let dir = lab.paths.share().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let deb = pk.deb("fleet-agent", DEB_VERSION);
+    let deb_name = deb.file_name().unwrap().to_owned();
+    for f in [
+        "Packages",
+        "Packages.gz",
+        "Release",
+        "InRelease",
+        "Release.gpg",
+    ] {
+        std::fs::copy(pk.repo().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(&deb, dir.join(&deb_name)).unwrap();
+    (dir, format!("/opt/fleet/{name}"))
+}
+
+/// Points host 1's only apt source at `uri` (with the fleet keyring, as installed), runs
+/// `apt-get update` and then the agent's install; returns both outputs with their exit codes.
+fn update_and_install(lab: &Lab, uri: &str) -> (String, String) {
+    lab.sh(
+        1,
+        &format!(
+            "echo 'deb [signed-by={}] {uri} ./' > {}",
+            packages::KEYRING_IN_HOST,
+            packages::SOURCES_IN_HOST
+        ),
+    )
+    .unwrap();
+    let update = lab
+        .sh(1, "apt-get -q update 2>&1; echo \"exit=$?\"")
+        .unwrap();
+    let install = lab
+        .sh(
+            1,
+            &format!(
+                "DEBIAN_FRONTEND=noninteractive apt-get -q -y install fleet-agent={DEB_VERSION} 2>&1; echo \"exit=$?\""
+            ),
+        )
+        .unwrap();
+    (update, install)
+}
+
+fn agent_installed(lab: &Lab) -> bool {
+    lab.sh(
+        1,
+        "dpkg-query -W -f '${Status}' fleet-agent 2>/dev/null || true",
+    )
+    .unwrap()
+    .contains("install ok installed")
+}
+
+/// The bad-input half of the apt path: an index whose signature does not match, and a
+/// package whose bytes do not match the signed index, are refused by apt with its reason,
+/// and nothing is installed; the same repository untouched then installs (the control that
+/// shows the refusals come from the damage, not from the setup).
+#[test]
+fn apt_refuses_a_tampered_index_and_a_tampered_package() {
+    common::init();
+    let Some(lab) = fleet_lab::test_lab(&LabOptions::no_agents(1)) else {
+        return;
+    };
+    let pk = lab.packages().unwrap().clone();
+
+    // 1. The signed index altered after signing (both the inline-signed and the detached
+    //    form, so apt has no untouched copy to fall back to).
+    let (dir, uri) = repo_copy(&lab, &pk, "tampered-index");
+    for f in ["InRelease", "Release"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(text.contains("Label: fleet\n"), "{f}: {text}");
+        std::fs::write(dir.join(f), text.replace("Label: fleet\n", "Label: evil\n")).unwrap();
+    }
+    let (update, install) = update_and_install(&lab, &format!("file:{uri}"));
+    assert!(
+        !update.contains("exit=0"),
+        "apt-get update accepted a tampered index:\n{update}"
+    );
+    assert!(
+        update.contains("BADSIG") || update.contains("signatures were invalid"),
+        "apt-get update does not say the signature is bad:\n{update}"
+    );
+    assert!(
+        !install.contains("exit=0") && !agent_installed(&lab),
+        "the agent was installed from a tampered index:\n{install}"
+    );
+
+    // 2. The package's bytes changed (same size), the signed index left as it was.
+    let (dir, uri) = repo_copy(&lab, &pk, "tampered-package");
+    let deb = dir.join(pk.deb("fleet-agent", DEB_VERSION).file_name().unwrap());
+    let mut bytes = std::fs::read(&deb).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&deb, &bytes).unwrap();
+    let (update, install) = update_and_install(&lab, &format!("file:{uri}"));
+    assert!(update.contains("exit=0"), "{update}");
+    assert!(
+        !install.contains("exit=0"),
+        "apt-get install accepted a package whose hash does not match the index:\n{install}"
+    );
+    assert!(
+        install.contains("Hash Sum mismatch") || install.contains("Hashes of expected file"),
+        "apt-get install does not say the hash does not match:\n{install}"
+    );
+    assert!(
+        !agent_installed(&lab),
+        "a tampered package got installed:\n{install}"
+    );
+
+    // 3. Control: the same copy, untouched, installs.
+    let (_, uri) = repo_copy(&lab, &pk, "untouched");
+    let (update, install) = update_and_install(&lab, &format!("file:{uri}"));
+    assert!(update.contains("exit=0"), "{update}");
+    assert!(install.contains("exit=0"), "{install}");
+    assert!(agent_installed(&lab), "{install}");
 }

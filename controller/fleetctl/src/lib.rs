@@ -263,5 +263,18 @@ mod tests {
             panic!("a valid app name refused");
         };
         assert_eq!(d.app.as_str(), "shop-2");
+        assert_eq!(d.healthy_deadline, std::time::Duration::from_secs(60));
+        let e = Cli::try_parse_from([
+            "fleetctl",
+            "deploy",
+            "shop",
+            "--version",
+            "1",
+            "--healthy-deadline",
+            "soon",
+        ])
+        .err()
+        .expect("--healthy-deadline soon accepted");
+        assert!(e.to_string().contains("soon"), "{e}");
     }
 }

@@ -21,8 +21,8 @@ pub struct DeployArgs {
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// How long each host may take to become healthy.
-    #[arg(long, default_value = "60s")]
-    pub healthy_deadline: String,
+    #[arg(long, default_value = "60s", value_parser = |v: &str| parse_duration("--healthy-deadline", v))]
+    pub healthy_deadline: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -101,7 +101,7 @@ async fn follow(
 }
 
 pub async fn deploy(conn: &Conn, args: DeployArgs, format: Format) -> anyhow::Result<()> {
-    let deadline = parse_duration("--healthy-deadline", &args.healthy_deadline)?;
+    let deadline = args.healthy_deadline;
     let stream = conn
         .admin()
         .await?

@@ -23,7 +23,7 @@ use crate::pki::{parse_csr, PkiError};
 use crate::ratelimit::clip;
 use crate::sessions::CloseSignal;
 use crate::shared::{internal, Shared};
-use crate::store::{IssuedSerial, StoreError};
+use crate::store::{IssuedSerial, RevokedRecord, StoreError};
 use crate::timefmt::{now_ms, now_secs};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,9 +85,11 @@ impl AgentChannel for ChannelService {
         };
         let address = caller.addr.map(|a| a.ip().to_string()).unwrap_or_default();
         let facts = hello.facts.clone().unwrap_or_default();
+        let mut superseded = Vec::new();
         shared
             .store
             .update_host(&name, |h| {
+                superseded = take_superseded(&mut h.serials, caller.serial.as_deref());
                 h.address = address.clone();
                 h.last_seen_ms = now_ms();
                 h.version = facts.agent_version.clone();
@@ -100,6 +102,7 @@ impl AgentChannel for ChannelService {
                 h.package_version = facts.package_version.clone();
             })
             .map_err(internal)?;
+        revoke_superseded(&shared, &identity, &name, superseded).map_err(internal)?;
 
         let interval = interval_of(&hello);
         let (tx, rx) = mpsc::channel(64);
@@ -303,6 +306,41 @@ enum RenewError {
     Removed,
 }
 
+/// The serials issued to a host before `current`, the one its session authenticated with,
+/// taken out of `serials` (kept in issue order). A session on a renewed certificate proves
+/// the agent saved it, so the older ones have no use left but to a thief.
+fn take_superseded(serials: &mut Vec<IssuedSerial>, current: Option<&str>) -> Vec<IssuedSerial> {
+    match current.and_then(|c| serials.iter().position(|s| s.serial == c)) {
+        Some(at) => serials.drain(..at).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Revokes what `take_superseded` took: stored first, then in force. Nothing happens (and
+/// nothing is written) on the common session start, where there is nothing to revoke.
+fn revoke_superseded(
+    shared: &Shared,
+    identity: &Identity,
+    name: &str,
+    superseded: Vec<IssuedSerial>,
+) -> Result<(), StoreError> {
+    let now = now_secs();
+    for old in superseded {
+        if old.not_after < now {
+            continue;
+        }
+        shared.store.revoke(&RevokedRecord {
+            serial: old.serial.clone(),
+            identity: identity.uri(),
+            revoked_at: now,
+            not_after: old.not_after,
+        })?;
+        shared.revocations.insert(old.serial.clone());
+        tracing::info!(host = %name, serial = %old.serial, "previous certificate revoked: the host connected with its renewed one");
+    }
+    Ok(())
+}
+
 /// Issues a new certificate for the stream's own identity; the CSR only supplies the key.
 fn renew(
     shared: &Shared,
@@ -334,4 +372,35 @@ fn renew(
         not_after: issued.not_after,
         error: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(serials: &[&str]) -> Vec<IssuedSerial> {
+        serials
+            .iter()
+            .map(|s| IssuedSerial {
+                serial: (*s).into(),
+                not_after: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_session_supersedes_only_what_was_issued_before_its_certificate() {
+        let mut s = issued(&["a", "b", "c"]);
+        let gone: Vec<_> = take_superseded(&mut s, Some("b"))
+            .into_iter()
+            .map(|s| s.serial)
+            .collect();
+        assert_eq!(gone, ["a"]);
+        // The newer one stays: the agent may not have saved it yet.
+        assert_eq!(s.len(), 2);
+        assert!(take_superseded(&mut s, Some("b")).is_empty());
+        assert!(take_superseded(&mut s, Some("zz")).is_empty());
+        assert!(take_superseded(&mut s, None).is_empty());
+        assert_eq!(s.len(), 2);
+    }
 }

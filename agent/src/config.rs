@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backoff;
+pub use crate::metrics::tls::MetricsTls;
 use crate::metrics::{NodeSettings, DEFAULT_PORT};
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -56,16 +57,6 @@ impl Default for Settings {
             node_metrics: NodeSettings::default(),
         }
     }
-}
-
-/// Files for TLS on `/metrics`; all three are required, so a half-configured listener
-/// never silently serves plain HTTP or accepts any client.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
 }
 
 /// Where `/metrics` listens, or `off`. All interfaces by default, like node_exporter:

@@ -19,6 +19,31 @@ const MAX_STATUS_LINE: usize = 4096;
 /// answer from a worker that is about to die is not enough.
 const RISE: u32 = 2;
 
+/// Why a probe did not count as good; its text becomes the app's health detail, which
+/// the operator reads in `fleetctl status` and in a failed deploy's message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("GET {path}: no answer within {within}")]
+    Timeout { path: String, within: String },
+    #[error("connect {addr}: {detail}")]
+    Connect { addr: SocketAddr, detail: String },
+    #[error("GET {path}: {detail}")]
+    Io { path: String, detail: String },
+    #[error("GET {path}: status line longer than {MAX_STATUS_LINE} bytes")]
+    LongStatusLine { path: String },
+    #[error("GET {path}: connection closed without an answer")]
+    Closed { path: String },
+    #[error("GET {path}: not an HTTP answer: {start:?}")]
+    NotHttp { path: String, start: String },
+    #[error("GET {path}: HTTP {status}")]
+    Status { path: String, status: u16 },
+    /// Not probed: the unit is not running.
+    #[error("unit is {state}")]
+    UnitDown { state: String },
+    #[error("unit state not known yet")]
+    UnitUnknown,
+}
+
 /// Where to probe an app listening on `listen`: wildcard addresses are probed on loopback.
 pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
@@ -31,27 +56,31 @@ pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
 
 /// One GET of `path`; Ok(status) for 2xx, Err(why) otherwise. `path` is validated by the
 /// spec (printable ASCII, no spaces), so it cannot split the request line.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, ProbeError> {
     match tokio::time::timeout(timeout, exchange(addr, path)).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "GET {path}: no answer within {}",
-            humantime::format_duration(timeout)
-        )),
+        Err(_) => Err(ProbeError::Timeout {
+            path: path.to_owned(),
+            within: humantime::format_duration(timeout).to_string(),
+        }),
     }
 }
 
-async fn exchange(addr: SocketAddr, path: &str) -> Result<u16, String> {
+async fn exchange(addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
+    let io = |e: std::io::Error| ProbeError::Io {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|e| ProbeError::Connect {
+            addr,
+            detail: e.to_string(),
+        })?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fleet-agent\r\nConnection: close\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("GET {path}: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
@@ -60,29 +89,29 @@ async fn exchange(addr: SocketAddr, path: &str) -> Result<u16, String> {
             break;
         }
         if buf.len() >= MAX_STATUS_LINE {
-            return Err(format!(
-                "GET {path}: status line longer than {MAX_STATUS_LINE} bytes"
-            ));
+            return Err(ProbeError::LongStatusLine {
+                path: path.to_owned(),
+            });
         }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        let n = stream.read(&mut chunk).await.map_err(io)?;
         if n == 0 {
-            return Err(format!("GET {path}: connection closed without an answer"));
+            return Err(ProbeError::Closed {
+                path: path.to_owned(),
+            });
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let status = parse_status(&buf).ok_or_else(|| {
-        format!(
-            "GET {path}: not an HTTP answer: {:?}",
-            String::from_utf8_lossy(&buf[..buf.len().min(80)])
-        )
+    let status = parse_status(&buf).ok_or_else(|| ProbeError::NotHttp {
+        path: path.to_owned(),
+        start: String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned(),
     })?;
     if (200..300).contains(&status) {
         Ok(status)
     } else {
-        Err(format!("GET {path}: HTTP {status}"))
+        Err(ProbeError::Status {
+            path: path.to_owned(),
+            status,
+        })
     }
 }
 
@@ -132,7 +161,7 @@ impl Health {
     }
 
     /// Records one probe; returns whether `healthy` flipped.
-    pub fn record(&mut self, outcome: Result<u16, String>) -> bool {
+    pub fn record(&mut self, outcome: Result<u16, ProbeError>) -> bool {
         let before = self.healthy;
         match outcome {
             Ok(status) => {
@@ -152,7 +181,7 @@ impl Health {
                 self.detail = if self.healthy {
                     format!("{why} ({} of {} failures)", self.fail_run, self.failures)
                 } else {
-                    why
+                    why.to_string()
                 };
             }
         }
@@ -198,24 +227,31 @@ mod tests {
         assert!(!h.record(Ok(200)));
         assert!(h.record(Ok(200)));
         assert!(h.healthy);
-        assert!(!h.record(Err("timeout".into())));
-        assert!(!h.record(Err("timeout".into())));
+        assert!(!h.record(Err(ProbeError::UnitUnknown)));
+        assert!(!h.record(Err(ProbeError::UnitUnknown)));
         assert!(h.healthy, "two failures of three tolerated");
         assert!(h.detail.contains("2 of 3"));
-        assert!(h.record(Err("HTTP 500".into())));
+        assert!(h.record(Err(status(500))));
         assert!(!h.healthy);
-        assert_eq!(h.detail, "HTTP 500");
+        assert_eq!(h.detail, "GET /health: HTTP 500");
         // A flapping app (ok, bad, ok, bad) never becomes healthy again.
         for _ in 0..5 {
             h.record(Ok(200));
-            h.record(Err("x".into()));
+            h.record(Err(status(503)));
         }
         assert!(!h.healthy);
         h.reset(3, "restarting");
         assert_eq!(h.detail, "restarting");
         let mut one = Health::new(1);
         assert!(one.record(Ok(200)), "failures=1: one good probe suffices");
-        assert!(one.record(Err("x".into())));
+        assert!(one.record(Err(status(503))));
+    }
+
+    fn status(status: u16) -> ProbeError {
+        ProbeError::Status {
+            path: "/health".into(),
+            status,
+        }
     }
 
     async fn one_shot_server(answer: &'static [u8]) -> SocketAddr {
@@ -243,7 +279,7 @@ mod tests {
         let e = probe(addr, "/health", Duration::from_secs(2))
             .await
             .unwrap_err();
-        assert!(e.contains("HTTP 500"), "{e}");
+        assert_eq!(e.to_string(), "GET /health: HTTP 500");
     }
 
     #[tokio::test]
@@ -254,11 +290,14 @@ mod tests {
         let e = probe(addr, "/health", Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(e.contains("no answer within 300ms"), "{e}");
+        assert_eq!(e.to_string(), "GET /health: no answer within 300ms");
         drop(l);
         let e = probe(addr, "/health", Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(e.contains("connect"), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("connect {addr}: ")),
+            "{e}"
+        );
     }
 }

@@ -27,9 +27,47 @@ const STOP_SLACK: Duration = Duration::from_secs(30);
 /// Looked up in this order after the release's venv, for a program named without a path.
 const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 
+/// Why the hook did not succeed. Every variant that ran the program carries its command
+/// line and the tail of its output: that is what the operator needs to fix the hook.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("pre_start program {program:?} not found (looked at {looked_at})")]
+    NotFound { program: String, looked_at: String },
+    #[error("cannot run systemd-run for the pre-start hook: {0}")]
+    Spawn(std::io::Error),
+    #[error(
+        "pre-start `{argv}` did not finish within pre_start_timeout {timeout} and was \
+         stopped ({status}); output:\n{output}"
+    )]
+    TimedOut {
+        argv: String,
+        timeout: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("pre-start `{argv}` failed after {took} ({status}); output:\n{output}")]
+    Failed {
+        argv: String,
+        took: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("pre-start hook: waiting for systemd-run: {0}")]
+    Wait(std::io::Error),
+    /// systemd did not stop it at `RuntimeMaxSec=`; the agent stopped the unit.
+    #[error(
+        "pre-start `{argv}` did not finish within {timeout} and was stopped; output:\n{output}"
+    )]
+    Stuck {
+        argv: String,
+        timeout: String,
+        output: String,
+    },
+}
+
 /// Where the program comes from: a bare name is looked up in the release's venv, then the
 /// system; a relative path is inside the release.
-pub fn resolve_program(program: &str, release_dir: &Path) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str, release_dir: &Path) -> Result<PathBuf, HookError> {
     let candidates: Vec<PathBuf> = if program.starts_with('/') {
         vec![PathBuf::from(program)]
     } else if program.contains('/') {
@@ -45,15 +83,13 @@ pub fn resolve_program(program: &str, release_dir: &Path) -> Result<PathBuf, Str
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or_else(|| {
-            format!(
-                "pre_start program {program:?} not found (looked at {})",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+        .ok_or_else(|| HookError::NotFound {
+            program: program.to_owned(),
+            looked_at: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -147,7 +183,7 @@ async fn collect(r: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
 }
 
 /// Runs the hook; Ok and Err both carry a one-line summary and the output's tail.
-pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<String, String> {
+pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<String, HookError> {
     let argv_text = spec.pre_start.join(" ");
     let program = resolve_program(&spec.pre_start[0], release_dir)?;
     let unit = format!(
@@ -163,7 +199,7 @@ pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run systemd-run for the pre-start hook: {e}"))?;
+        .map_err(HookError::Spawn)?;
     let tail = Arc::new(Mutex::new(Tail::default()));
     let out = child.stdout.take().map(|o| collect(o, tail.clone()));
     let err = child.stderr.take().map(|e| collect(e, tail.clone()));
@@ -193,14 +229,19 @@ pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<
         Ok(Ok(s)) if s.success() => Ok(format!(
             "pre-start `{argv_text}` succeeded in {took}; output:\n{output}"
         )),
-        Ok(Ok(s)) if started.elapsed() >= spec.pre_start_timeout => Err(format!(
-            "pre-start `{argv_text}` did not finish within pre_start_timeout {} and was stopped ({s}); output:\n{output}",
-            humantime::format_duration(spec.pre_start_timeout)
-        )),
-        Ok(Ok(s)) => Err(format!(
-            "pre-start `{argv_text}` failed after {took} ({s}); output:\n{output}"
-        )),
-        Ok(Err(e)) => Err(format!("pre-start hook: waiting for systemd-run: {e}")),
+        Ok(Ok(status)) if started.elapsed() >= spec.pre_start_timeout => Err(HookError::TimedOut {
+            argv: argv_text,
+            timeout: humantime::format_duration(spec.pre_start_timeout).to_string(),
+            status,
+            output,
+        }),
+        Ok(Ok(status)) => Err(HookError::Failed {
+            argv: argv_text,
+            took: took.to_string(),
+            status,
+            output,
+        }),
+        Ok(Err(e)) => Err(HookError::Wait(e)),
         Err(_) => {
             // systemd did not stop it at RuntimeMaxSec=: stop the unit ourselves.
             let _ = Command::new("systemctl")
@@ -208,10 +249,11 @@ pub async fn run(spec: &AppSpec, release_dir: &Path, env_file: &Path) -> Result<
                 .stdin(Stdio::null())
                 .output()
                 .await;
-            Err(format!(
-                "pre-start `{argv_text}` did not finish within {} and was stopped; output:\n{output}",
-                humantime::format_duration(spec.pre_start_timeout)
-            ))
+            Err(HookError::Stuck {
+                argv: argv_text,
+                timeout: humantime::format_duration(spec.pre_start_timeout).to_string(),
+                output,
+            })
         }
     }
 }
@@ -267,7 +309,10 @@ mod tests {
         let sh = resolve_program("sh", dir.path()).unwrap();
         assert!(sh.starts_with("/usr") || sh.starts_with("/bin"), "{sh:?}");
         let e = resolve_program("no-such-program-here", dir.path()).unwrap_err();
-        assert!(e.contains("not found"), "{e}");
+        assert!(
+            e.to_string().contains("\"no-such-program-here\" not found"),
+            "{e}"
+        );
         assert!(resolve_program("bin/nothing", dir.path()).is_err());
     }
 

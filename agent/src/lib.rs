@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod firewall;
 pub mod health;
 pub mod hook;
+pub mod host_paths;
 pub mod journal;
 pub mod logging;
 pub mod logrotate;

@@ -29,12 +29,9 @@ use std::process::Stdio;
 use fleet_proto::spec::{AppName, AppSpec, LogMode, Server};
 use tokio::process::Command;
 
-use crate::units;
+use crate::host_paths::{self, access_log, error_log, LOG_NAMES};
 
-pub const LOG_DIR: &str = "/var/log/fleet";
 pub const CONF_DIR: &str = "/etc/logrotate.d";
-/// Files of the app's log directory that are logs (current and rotated).
-const LOG_NAMES: [&str; 2] = ["access.log", "error.log"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogrotateError {
@@ -55,23 +52,6 @@ pub enum LogrotateError {
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LogrotateError {
     let path = path.to_owned();
     move |source| LogrotateError::Io { what, path, source }
-}
-
-pub fn log_dir(app: &AppName) -> PathBuf {
-    Path::new(LOG_DIR).join(app.as_str())
-}
-
-pub fn access_log(app: &AppName) -> PathBuf {
-    log_dir(app).join(LOG_NAMES[0])
-}
-
-pub fn error_log(app: &AppName) -> PathBuf {
-    log_dir(app).join(LOG_NAMES[1])
-}
-
-/// The unit's `LogsDirectory=` value (relative to /var/log).
-pub fn logs_directory(app: &AppName) -> String {
-    format!("fleet/{app}")
 }
 
 pub fn conf_path(conf_dir: &Path, app: &AppName) -> PathBuf {
@@ -118,7 +98,7 @@ pub fn render(spec: &AppSpec) -> Option<String> {
          systemctl kill --signal={signal} --kill-whom=main {unit} >/dev/null 2>&1 || true\n    \
          endscript\n}}\n",
         signal = reopen_signal(spec.server),
-        unit = units::service_name(app)
+        unit = host_paths::service_name(app)
     );
     Some(s)
 }

@@ -18,6 +18,10 @@
 //! Operations on one app are serialized (staging, switching and pruning the same app at
 //! once would race on these directories); different apps proceed in parallel.
 
+mod error;
+mod fsops;
+mod links;
+mod marker;
 pub mod requirements;
 #[cfg(test)]
 mod tests;
@@ -25,18 +29,23 @@ mod unpack;
 mod venv;
 
 use std::collections::HashMap;
-use std::fs::{self, File, Permissions};
-use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use fleet_proto::spec::{AppName, Version};
-use sha2::{Digest, Sha256};
 
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::Fetcher;
+use error::Ctx;
+pub use error::ReleaseError;
+use fsops::{
+    blocking, clean_staging, exists, make_dir, random_id, remove_tree, sha256_file, sync_dir,
+    sync_fs,
+};
+use links::{read_version_link, replace_link};
+use marker::{normalize_sha, read_marker, write_marker};
 pub use unpack::Limits;
-use unpack::UnpackError;
 pub use venv::{venv_bin, RunAs};
 
 /// Unpacks `archive` into the empty directory `dest` exactly as staging a release does and
@@ -59,86 +68,6 @@ const LINK_TMP: &str = ".link-";
 /// Written last into a release directory: its sha256 and when it was staged.
 pub const MARKER: &str = ".fleet-release";
 pub const VENV_DIR: &str = ".venv";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReleaseError {
-    #[error("release {app} {version}: sha256 {sha256:?} is not 64 hex digits")]
-    BadSha256 {
-        app: AppName,
-        version: Version,
-        sha256: String,
-    },
-    #[error("release {app} {version}: archive of {size} bytes is over the {limit}-byte limit")]
-    TooLarge {
-        app: AppName,
-        version: Version,
-        size: u64,
-        limit: u64,
-    },
-    #[error(
-        "release {app} {version} is already staged with sha256 {existing}; refusing other \
-         bytes (sha256 {offered}) under the same version"
-    )]
-    VersionConflict {
-        app: AppName,
-        version: Version,
-        existing: String,
-        offered: String,
-    },
-    #[error("release {app} {version}: {source}")]
-    Fetch {
-        app: AppName,
-        version: Version,
-        source: FetchError,
-    },
-    #[error("release {app} {version}: download has sha256 {actual}, expected {expected}")]
-    Sha256Mismatch {
-        app: AppName,
-        version: Version,
-        expected: String,
-        actual: String,
-    },
-    #[error("release {app} {version}: refused archive entry {entry:?}: {reason}")]
-    UnsafeEntry {
-        app: AppName,
-        version: Version,
-        entry: String,
-        reason: String,
-    },
-    #[error("release {app} {version}: {reason}")]
-    BadArchive {
-        app: AppName,
-        version: Version,
-        reason: String,
-    },
-    #[error("release {app} {version} refused: {reason}")]
-    Requirements {
-        app: AppName,
-        version: Version,
-        reason: String,
-    },
-    #[error("release {app} {version}: building the venv failed: `{step}` {outcome}{tail}")]
-    Venv {
-        app: AppName,
-        version: Version,
-        step: String,
-        outcome: String,
-        /// The end of the command's output, on lines of its own (empty if none).
-        tail: String,
-    },
-    #[error("release {app} {version} is not staged on this host")]
-    NotStaged { app: AppName, version: Version },
-    #[error("{}: {reason}", path.display())]
-    Damaged { path: PathBuf, reason: String },
-    #[error("staging was interrupted: {0}")]
-    Interrupted(String),
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-}
 
 /// One staged release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -493,256 +422,5 @@ impl Releases {
             .or_default()
             .clone();
         m.lock_owned().await
-    }
-}
-
-struct Ctx<'a> {
-    app: &'a AppName,
-    version: &'a Version,
-}
-
-impl Ctx<'_> {
-    fn unpack_error(&self, e: UnpackError) -> ReleaseError {
-        let (app, version) = (self.app.clone(), self.version.clone());
-        match e {
-            UnpackError::Entry { entry, reason } => ReleaseError::UnsafeEntry {
-                app,
-                version,
-                entry,
-                reason,
-            },
-            UnpackError::Archive(reason) => ReleaseError::BadArchive {
-                app,
-                version,
-                reason,
-            },
-            UnpackError::Io { op, path, source } => ReleaseError::Io { op, path, source },
-        }
-    }
-}
-
-/// Lowercase 64-hex, or None. It becomes a file name, so nothing else passes.
-fn normalize_sha(s: &str) -> Option<String> {
-    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
-}
-
-struct Marker {
-    sha256: String,
-    staged_at_ms: i64,
-}
-
-fn read_marker(release: &Path) -> Result<Option<Marker>, ReleaseError> {
-    let path = release.join(MARKER);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(source) => {
-            return Err(ReleaseError::Io {
-                op: "read",
-                path,
-                source,
-            })
-        }
-    };
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::trim)
-    };
-    let sha256 = field("sha256").and_then(normalize_sha);
-    let staged_at_ms = field("staged_at_ms").and_then(|v| v.parse().ok());
-    match (sha256, staged_at_ms) {
-        (Some(sha256), Some(staged_at_ms)) => Ok(Some(Marker {
-            sha256,
-            staged_at_ms,
-        })),
-        _ => Err(ReleaseError::Damaged {
-            path,
-            reason: "unreadable release marker".into(),
-        }),
-    }
-}
-
-fn write_marker(release: &Path, sha256: &str) -> Result<(), ReleaseError> {
-    let now = crate::clock::now_ms();
-    let path = release.join(MARKER);
-    let text = format!("sha256={sha256}\nstaged_at_ms={now}\n");
-    fleet_proto::files::write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| ReleaseError::Io {
-        op: e.action,
-        path: e.path,
-        source: e.source,
-    })
-}
-
-/// Atomically makes `<app_dir>/<name>` a symlink to `releases/<version>`: a relative
-/// target, so the tree stays valid if the root is moved or bind-mounted elsewhere.
-fn replace_link(app_dir: &Path, name: &str, version: &Version) -> Result<(), ReleaseError> {
-    let tmp = app_dir.join(format!("{LINK_TMP}{}", random_id()));
-    let target = Path::new(RELEASES).join(version.as_str());
-    std::os::unix::fs::symlink(&target, &tmp).map_err(|source| ReleaseError::Io {
-        op: "create link",
-        path: tmp.clone(),
-        source,
-    })?;
-    let path = app_dir.join(name);
-    fs::rename(&tmp, &path).map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        ReleaseError::Io {
-            op: "replace",
-            path,
-            source,
-        }
-    })
-}
-
-fn read_version_link(path: &Path) -> Result<Option<Version>, ReleaseError> {
-    let target = match fs::read_link(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(ReleaseError::Io {
-                op: "read link",
-                path: path.to_owned(),
-                source,
-            })
-        }
-    };
-    let version = target
-        .strip_prefix(RELEASES)
-        .ok()
-        .and_then(|v| v.to_str())
-        .and_then(|v| v.parse().ok());
-    match version {
-        Some(v) => Ok(Some(v)),
-        None => Err(ReleaseError::Damaged {
-            path: path.to_owned(),
-            reason: format!("points at {}, not at releases/<version>", target.display()),
-        }),
-    }
-}
-
-/// Removes staging directories and link temporaries a crashed or cut stage left behind.
-/// Only called under the app lock, when none can be in use.
-fn clean_staging(app_dir: &Path) -> Result<(), ReleaseError> {
-    let entries = match fs::read_dir(app_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ReleaseError::Io {
-                op: "list",
-                path: app_dir.to_owned(),
-                source,
-            })
-        }
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(STAGING) {
-            remove_tree(&entry.path())?;
-        } else if name.starts_with(LINK_TMP) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-    Ok(())
-}
-
-fn make_dir(path: &Path, mode: u32) -> Result<(), ReleaseError> {
-    let io = |op| {
-        move |source| ReleaseError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    match fs::create_dir_all(path) {
-        Ok(()) => fs::set_permissions(path, Permissions::from_mode(mode)).map_err(io("chmod")),
-        Err(source) => Err(io("create")(source)),
-    }
-}
-
-fn exists(path: &Path) -> Result<bool, ReleaseError> {
-    path.try_exists().map_err(|source| ReleaseError::Io {
-        op: "inspect",
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn remove_tree(path: &Path) -> Result<(), ReleaseError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ReleaseError::Io {
-            op: "remove",
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-fn sha256_file(path: &Path) -> Result<String, ReleaseError> {
-    let io = |op| {
-        move |source| ReleaseError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let mut file = File::open(path).map_err(io("open"))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(io("read"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn sync_dir(path: &Path) -> Result<(), ReleaseError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| ReleaseError::Io {
-            op: "sync",
-            path: path.to_owned(),
-            source,
-        })
-}
-
-/// Flushes the whole filesystem holding `path`: one call instead of an fsync per file of
-/// a release, so a power cut never leaves a marked release with empty files.
-fn sync_fs(path: &Path) -> Result<(), ReleaseError> {
-    let io = |source| ReleaseError::Io {
-        op: "sync",
-        path: path.to_owned(),
-        source,
-    };
-    let dir = File::open(path).map_err(io)?;
-    nix::unistd::syncfs(&dir).map_err(|e| io(e.into()))
-}
-
-fn random_id() -> String {
-    hex::encode(rand::random::<[u8; 4]>())
-}
-
-/// Runs blocking filesystem work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ReleaseError> + Send + 'static,
-) -> Result<T, ReleaseError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        // Only a runtime shutting down cancels it; a panic is a bug worth seeing as one.
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(ReleaseError::Interrupted(e.to_string())),
     }
 }

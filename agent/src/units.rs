@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, LogMode, Server};
 
-use crate::{asgi_worker, logrotate};
+use crate::asgi_worker;
+use crate::host_paths::{access_log, error_log, logs_directory};
 
 mod plan;
 pub use plan::{Applied, Dirs, Plan, Prepared, PrestartEnv};
@@ -42,14 +43,6 @@ pub const START_LIMIT_BURST: u32 = 5;
 pub const RESTART_SEC_MS: u64 = 500;
 /// Added to the graceful timeout: systemd must not SIGKILL workers still draining.
 const STOP_MARGIN_SECS: u64 = 10;
-
-pub fn service_name(app: &AppName) -> String {
-    format!("fleet-app-{app}.service")
-}
-
-pub fn socket_name(app: &AppName) -> String {
-    format!("fleet-app-{app}.socket")
-}
 
 pub fn env_path(env_dir: &Path, app: &AppName) -> PathBuf {
     env_dir.join(format!("{app}.env"))
@@ -202,8 +195,8 @@ pub fn render_service(
         // Gunicorn itself writes the files (master and workers), so a signal can make
         // it reopen them after logrotate renamed them; see logrotate.rs.
         for (flag, path) in [
-            ("--access-logfile", logrotate::access_log(&spec.name)),
-            ("--error-logfile", logrotate::error_log(&spec.name)),
+            ("--access-logfile", access_log(&spec.name)),
+            ("--error-logfile", error_log(&spec.name)),
         ] {
             argv.push(flag.into());
             argv.push(exec_arg("logs", &path_str("logs", &path)?)?);
@@ -213,7 +206,7 @@ pub fn render_service(
         let _ = writeln!(
             log_settings,
             "LogsDirectory={}\nLogsDirectoryMode=0750",
-            setting("name", &logrotate::logs_directory(&spec.name))?
+            setting("name", &logs_directory(&spec.name))?
         );
     }
     if let Some(i) = spec.logs.rate_limit_interval {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::apps;
 use crate::auth::Caller;
 use crate::paging;
+use crate::releases;
 use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, RevokedRecord, TokenRecord};
 use crate::timefmt::now_secs;
@@ -261,7 +262,7 @@ impl Admin for AdminService {
         request: Request<tonic::Streaming<UploadReleaseChunk>>,
     ) -> Result<Response<UploadReleaseResponse>, Status> {
         let actor = Caller::from_request(&request)?.actor();
-        apps::upload(&self.0, &actor, request.into_inner())
+        releases::upload(&self.0, &actor, request.into_inner())
             .await
             .map(Response::new)
     }

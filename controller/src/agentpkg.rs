@@ -1,6 +1,6 @@
 //! fleet-agent packages held by the controller: uploaded by an operator like a release,
 //! stored as a content-addressed blob, served to agents over their stream by sha256
-//! (`apps::serve_fetch`, through `Store::blob_in_use`). Versions are immutable.
+//! (`releases::serve_fetch`, through `Store::blob_in_use`). Versions are immutable.
 
 use fleet_proto::package::PackageVersion;
 use fleet_proto::v1::{

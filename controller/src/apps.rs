@@ -20,8 +20,6 @@ use crate::shared::{internal, Shared};
 use crate::store::AppRecord;
 use crate::timefmt::now_secs;
 
-pub use crate::releases::{refuse_fetch, serve_fetch, upload};
-
 /// Latest state each host reported for each app, for the hosts with a live session (a
 /// session's states are dropped when it ends), ordered by (app, host) for paging.
 #[derive(Default)]

@@ -19,11 +19,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Caller, MAX_QUOTED};
-use crate::pki::parse_csr;
+use crate::pki::{parse_csr, PkiError};
 use crate::ratelimit::clip;
 use crate::sessions::CloseSignal;
 use crate::shared::{internal, Shared};
-use crate::store::IssuedSerial;
+use crate::store::{IssuedSerial, RevokedRecord, StoreError};
 use crate::timefmt::{now_ms, now_secs};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,9 +85,11 @@ impl AgentChannel for ChannelService {
         };
         let address = caller.addr.map(|a| a.ip().to_string()).unwrap_or_default();
         let facts = hello.facts.clone().unwrap_or_default();
+        let mut superseded = Vec::new();
         shared
             .store
             .update_host(&name, |h| {
+                superseded = take_superseded(&mut h.serials, caller.serial.as_deref());
                 h.address = address.clone();
                 h.last_seen_ms = now_ms();
                 h.version = facts.agent_version.clone();
@@ -100,6 +102,7 @@ impl AgentChannel for ChannelService {
                 h.package_version = facts.package_version.clone();
             })
             .map_err(internal)?;
+        revoke_superseded(&shared, &identity, &name, superseded).map_err(internal)?;
 
         let interval = interval_of(&hello);
         let (tx, rx) = mpsc::channel(64);
@@ -184,7 +187,7 @@ async fn handle(
             }
             let resp = resp.unwrap_or_else(|e| RenewResponse {
                 request_id: req.request_id.clone(),
-                error: e,
+                error: e.to_string(),
                 ..Default::default()
             });
             let _ = tx.send(down(Down::Renewed(resp))).await;
@@ -202,7 +205,7 @@ async fn handle(
         Up::Fetch(req) => match fetches.clone().try_acquire_owned() {
             Ok(permit) => {
                 tracing::info!(host = %name, sha256 = ?clip(&req.sha256, MAX_QUOTED), offset = req.offset, "serving release");
-                tokio::spawn(crate::apps::serve_fetch(
+                tokio::spawn(crate::releases::serve_fetch(
                     shared.clone(),
                     req,
                     tx.clone(),
@@ -213,7 +216,7 @@ async fn handle(
                 if let Some(suppressed) = shared.agent_noise_log.admit(Instant::now()) {
                     tracing::warn!(host = %name, suppressed, "release fetch refused: max_fetches_per_session reached");
                 }
-                crate::apps::refuse_fetch(
+                crate::releases::refuse_fetch(
                     &req,
                     tx,
                     &format!(
@@ -292,32 +295,74 @@ fn known_app(shared: &Shared, host: &str, app: &str) -> bool {
     matches!(shared.store.app(app), Ok(Some(_)))
 }
 
+/// Why a renewal was refused; the text goes back to the agent, which logs it.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("host was removed")]
+    Removed,
+}
+
+/// The serials issued to a host before `current`, the one its session authenticated with,
+/// taken out of `serials` (kept in issue order). A session on a renewed certificate proves
+/// the agent saved it, so the older ones have no use left but to a thief.
+fn take_superseded(serials: &mut Vec<IssuedSerial>, current: Option<&str>) -> Vec<IssuedSerial> {
+    match current.and_then(|c| serials.iter().position(|s| s.serial == c)) {
+        Some(at) => serials.drain(..at).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Revokes what `take_superseded` took: stored first, then in force. Nothing happens (and
+/// nothing is written) on the common session start, where there is nothing to revoke.
+fn revoke_superseded(
+    shared: &Shared,
+    identity: &Identity,
+    name: &str,
+    superseded: Vec<IssuedSerial>,
+) -> Result<(), StoreError> {
+    let now = now_secs();
+    for old in superseded {
+        if old.not_after < now {
+            continue;
+        }
+        shared.store.revoke(&RevokedRecord {
+            serial: old.serial.clone(),
+            identity: identity.uri(),
+            revoked_at: now,
+            not_after: old.not_after,
+        })?;
+        shared.revocations.insert(old.serial.clone());
+        tracing::info!(host = %name, serial = %old.serial, "previous certificate revoked: the host connected with its renewed one");
+    }
+    Ok(())
+}
+
 /// Issues a new certificate for the stream's own identity; the CSR only supplies the key.
 fn renew(
     shared: &Shared,
     identity: &Identity,
     name: &str,
     req: &RenewRequest,
-) -> Result<RenewResponse, String> {
-    let csr = parse_csr(&req.csr_pem).map_err(|e| e.to_string())?;
+) -> Result<RenewResponse, RenewError> {
+    let csr = parse_csr(&req.csr_pem)?;
     let issued = shared
         .ca
-        .issue_client(&csr, identity, shared.settings.agent_cert_lifetime)
-        .map_err(|e| e.to_string())?;
+        .issue_client(&csr, identity, shared.settings.agent_cert_lifetime)?;
     let now = now_secs();
-    let recorded = shared
-        .store
-        .update_host(name, |h| {
-            h.serials.retain(|s| s.not_after >= now);
-            h.serials.push(IssuedSerial {
-                serial: issued.serial.clone(),
-                not_after: issued.not_after,
-            });
-            h.cert_expires = issued.not_after;
-        })
-        .map_err(|e| e.to_string())?;
+    let recorded = shared.store.update_host(name, |h| {
+        h.serials.retain(|s| s.not_after >= now);
+        h.serials.push(IssuedSerial {
+            serial: issued.serial.clone(),
+            not_after: issued.not_after,
+        });
+        h.cert_expires = issued.not_after;
+    })?;
     if recorded.is_none() {
-        return Err("host was removed".into());
+        return Err(RenewError::Removed);
     }
     tracing::info!(host = %name, serial = %issued.serial, not_after = issued.not_after, "certificate renewed");
     Ok(RenewResponse {
@@ -327,4 +372,35 @@ fn renew(
         not_after: issued.not_after,
         error: String::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(serials: &[&str]) -> Vec<IssuedSerial> {
+        serials
+            .iter()
+            .map(|s| IssuedSerial {
+                serial: (*s).into(),
+                not_after: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_session_supersedes_only_what_was_issued_before_its_certificate() {
+        let mut s = issued(&["a", "b", "c"]);
+        let gone: Vec<_> = take_superseded(&mut s, Some("b"))
+            .into_iter()
+            .map(|s| s.serial)
+            .collect();
+        assert_eq!(gone, ["a"]);
+        // The newer one stays: the agent may not have saved it yet.
+        assert_eq!(s.len(), 2);
+        assert!(take_superseded(&mut s, Some("b")).is_empty());
+        assert!(take_superseded(&mut s, Some("zz")).is_empty());
+        assert!(take_superseded(&mut s, None).is_empty());
+        assert_eq!(s.len(), 2);
+    }
 }

@@ -23,6 +23,19 @@ pub enum CommandError {
     Timeout(Duration),
 }
 
+/// Why a command did not succeed on a host, as rollout records, the audit log and the
+/// operator read it.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandFailed {
+    /// The agent ran it and refused or failed; its message says why and what to do.
+    #[error("{0}")]
+    Agent(String),
+    #[error("the agent on this host is too old for this command: {0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Call(#[from] CommandError),
+}
+
 struct Pending {
     host: String,
     reply: oneshot::Sender<CommandResult>,

@@ -69,7 +69,7 @@ pub struct Settings {
     /// leaves them open (the HTTP listener then defaults to loopback).
     pub http_token_file: Option<std::path::PathBuf>,
     /// URLs (http://) that get a JSON event on rollout start, success, failure, revert.
-    pub webhooks: Vec<String>,
+    pub webhooks: Vec<crate::webhook::WebhookUrl>,
 }
 
 impl Default for Settings {
@@ -132,7 +132,7 @@ pub struct FileConfig {
     pub audit_retention: Option<String>,
     pub audit_max_entries: Option<u64>,
     pub http_token_file: Option<std::path::PathBuf>,
-    pub webhooks: Option<Vec<String>>,
+    pub webhooks: Option<Vec<crate::webhook::WebhookUrl>>,
 }
 
 /// fleet's one duration syntax (`fleet_proto::values::parse_duration`), as fleetctl reads it.
@@ -286,9 +286,6 @@ impl Settings {
         }
         if self.max_release_bytes < 1024 || self.max_release_bytes > 16 << 30 {
             bail!("max_release_bytes must be between 1 KiB and 16 GiB");
-        }
-        for url in &self.webhooks {
-            crate::webhook::parse_url(url).map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
         }
         if self.join_burst == 0 || self.join_per_minute == 0 || self.join_global_per_minute == 0 {
             bail!("join_burst, join_per_minute and join_global_per_minute must be at least 1");

@@ -17,7 +17,8 @@ use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::{AppState, StageRelease};
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{activate_stored, Gate};
+use crate::commands::CommandFailed;
+use crate::desired::{activate_stored, ActivateError, Gate};
 use crate::rollout::record::{outcome, Phase, Record, State};
 use crate::shared::Shared;
 
@@ -193,6 +194,28 @@ impl Desired {
     }
 }
 
+/// Why a host did not converge; the text lands in the audit log and the rollout's record.
+#[derive(Debug, thiserror::Error)]
+enum ConvergeError {
+    #[error(transparent)]
+    Activate(#[from] ActivateError),
+    #[error("staging {version} failed: {source}; nothing was restarted")]
+    Stage {
+        version: String,
+        source: CommandFailed,
+    },
+    #[error(transparent)]
+    Command(#[from] CommandFailed),
+    #[error("{why}; back on {prev}")]
+    WentBack { why: CommandFailed, prev: String },
+    #[error("{why}; going back to {prev} failed too: {back}")]
+    BackFailed {
+        why: CommandFailed,
+        prev: String,
+        back: Box<ConvergeError>,
+    },
+}
+
 /// Stage, then activate health-gated; a release that fails goes back to what ran.
 async fn converge(
     shared: &Arc<Shared>,
@@ -200,7 +223,7 @@ async fn converge(
     app: &str,
     d: &Desired,
     running: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, ConvergeError> {
     tracing::info!(%host, %app, version = %d.version, from = ?running, "converging");
     let (kind, spec) = activate_stored(shared, app, &d.version, d.gate())?;
     let Kind::Activate(a) = &kind else {
@@ -219,7 +242,10 @@ async fn converge(
             .call(&shared.sessions, host, stage, STAGE_TIMEOUT)
             .await,
     )
-    .map_err(|e| format!("staging {} failed: {e}; nothing was restarted", d.version))?;
+    .map_err(|source| ConvergeError::Stage {
+        version: d.version.clone(),
+        source,
+    })?;
     let limit = Duration::from_millis(d.healthy_deadline_ms) + ACTIVATE_SLACK;
     let r = outcome(
         shared
@@ -227,17 +253,26 @@ async fn converge(
             .call(&shared.sessions, host, kind, limit)
             .await,
     );
-    let Err(why) = r else { return r };
+    let why = match r {
+        Ok(msg) => return Ok(msg),
+        Err(why) => why,
+    };
     let Some(prev) = running else {
-        return Err(why);
+        return Err(why.into());
     };
     let back = match activate_stored(shared, app, prev, d.gate()) {
-        Ok((k, _)) => outcome(shared.commands.call(&shared.sessions, host, k, limit).await),
-        Err(e) => Err(e),
+        Ok((k, _)) => outcome(shared.commands.call(&shared.sessions, host, k, limit).await)
+            .map_err(ConvergeError::from),
+        Err(e) => Err(e.into()),
     };
+    let prev = prev.to_owned();
     Err(match back {
-        Ok(_) => format!("{why}; back on {prev}"),
-        Err(e) => format!("{why}; going back to {prev} failed too: {e}"),
+        Ok(_) => ConvergeError::WentBack { why, prev },
+        Err(back) => ConvergeError::BackFailed {
+            why,
+            prev,
+            back: Box::new(back),
+        },
     })
 }
 
@@ -247,7 +282,7 @@ fn finish(
     app: &str,
     d: &Desired,
     running: Option<&str>,
-    r: Result<String, String>,
+    r: Result<String, ConvergeError>,
 ) {
     let from = running.unwrap_or("nothing");
     let (ok, detail) = match &r {

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use fleet_proto::spec::AppSpec;
+use fleet_proto::spec::{AppSpec, SpecError};
 use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::Activate;
 use tonic::Status;
 
 use crate::shared::{internal, Shared};
-use crate::store::ReleaseRecord;
+use crate::store::{ReleaseRecord, StoreError};
 
 /// The release an Activate names.
 pub struct Release<'a> {
@@ -56,26 +56,42 @@ pub fn activate(
     })
 }
 
+/// Why a stored release cannot be activated any more.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("app {0} no longer exists")]
+    AppGone(String),
+    #[error("stored spec of {app} no longer validates: {source}")]
+    Spec { app: String, source: SpecError },
+    #[error("release {0} is no longer known to the controller")]
+    ReleaseGone(String),
+    /// `wanted_secrets`' refusal, which names the missing secrets and how to set them.
+    #[error("{}", .0.message())]
+    Secrets(Status),
+}
+
 /// Activate `version` of `app` with what the store holds now (spec, release, secrets).
 pub fn activate_stored(
     shared: &Shared,
     app: &str,
     version: &str,
     gate: Gate,
-) -> Result<(Kind, AppSpec), String> {
+) -> Result<(Kind, AppSpec), ActivateError> {
     let rec = shared
         .store
-        .app(app)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("app {app} no longer exists"))?;
-    let spec = AppSpec::parse(&rec.spec_toml)
-        .map_err(|e| format!("stored spec of {app} no longer validates: {e}"))?;
+        .app(app)?
+        .ok_or_else(|| ActivateError::AppGone(app.to_owned()))?;
+    let spec = AppSpec::parse(&rec.spec_toml).map_err(|source| ActivateError::Spec {
+        app: app.to_owned(),
+        source,
+    })?;
     let release = shared
         .store
-        .release(app, version)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("release {version} is no longer known to the controller"))?;
-    let secrets = wanted_secrets(shared, app, &spec).map_err(|e| e.message().to_owned())?;
+        .release(app, version)?
+        .ok_or_else(|| ActivateError::ReleaseGone(version.to_owned()))?;
+    let secrets = wanted_secrets(shared, app, &spec).map_err(ActivateError::Secrets)?;
     Ok((
         activate(&rec.spec_toml, &Release::of(&release), secrets, gate),
         spec,

@@ -104,27 +104,67 @@ pub fn plan(targets: &[Target], version: &PackageVersion, max_parallel: usize) -
     plan
 }
 
-pub fn deadline(ms: u64) -> Result<Duration, String> {
+/// An upgrade request's bounds, refused before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadUpgradeRequest {
+    #[error(
+        "deadline must be between {}s and {}s",
+        MIN_DEADLINE.as_secs(),
+        MAX_DEADLINE.as_secs()
+    )]
+    Deadline,
+    #[error("--max-parallel must be at most {MAX_PARALLEL}")]
+    MaxParallel,
+}
+
+impl From<BadUpgradeRequest> for Status {
+    fn from(e: BadUpgradeRequest) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+pub fn deadline(ms: u64) -> Result<Duration, BadUpgradeRequest> {
     if ms == 0 {
         return Ok(DEFAULT_DEADLINE);
     }
     let d = Duration::from_millis(ms);
     if !(MIN_DEADLINE..=MAX_DEADLINE).contains(&d) {
-        return Err(format!(
-            "deadline must be between {}s and {}s",
-            MIN_DEADLINE.as_secs(),
-            MAX_DEADLINE.as_secs()
-        ));
+        return Err(BadUpgradeRequest::Deadline);
     }
     Ok(d)
 }
 
-pub fn max_parallel(n: u32) -> Result<usize, String> {
+pub fn max_parallel(n: u32) -> Result<usize, BadUpgradeRequest> {
     match n {
         0 => Ok(1),
-        n if n > MAX_PARALLEL => Err(format!("--max-parallel must be at most {MAX_PARALLEL}")),
+        n if n > MAX_PARALLEL => Err(BadUpgradeRequest::MaxParallel),
         n => Ok(n as usize),
     }
+}
+
+/// Why one host's agent upgrade failed; the text is the host's event and audit detail.
+#[derive(Debug, thiserror::Error)]
+enum UpgradeError {
+    #[error("this agent cannot upgrade itself ({0}): upgrade it with apt")]
+    CannotUpgradeItself(String),
+    /// The agent refused; its message says why.
+    #[error("{0}")]
+    Agent(String),
+    #[error(transparent)]
+    Call(#[from] CommandError),
+    #[error(
+        "came back with fleet-agent {reported}, not {version}: see \
+         `journalctl -u fleet-agent-upgrade` on the host"
+    )]
+    StillOld {
+        reported: String,
+        version: PackageVersion,
+    },
+    #[error("not back with fleet-agent {version} within {}s", .deadline.as_secs())]
+    NotBack {
+        version: PackageVersion,
+        deadline: Duration,
+    },
 }
 
 /// The package to roll out, refused unless the controller holds it whole.
@@ -158,8 +198,8 @@ pub fn start(
     req: UpgradeAgentsRequest,
 ) -> Result<EventStream, Status> {
     let version: PackageVersion = crate::agentpkg::version(&req.version)?;
-    let max_parallel = max_parallel(req.max_parallel).map_err(Status::invalid_argument)?;
-    let deadline = deadline(req.deadline_ms).map_err(Status::invalid_argument)?;
+    let max_parallel = max_parallel(req.max_parallel)?;
+    let deadline = deadline(req.deadline_ms)?;
     let pkg = package(&shared, &version)?;
     let mut names = crate::desired::targets(&shared, &req.hosts)?;
     natural_sort(&mut names);
@@ -297,7 +337,8 @@ impl Run<'_> {
                         upgraded += 1;
                         self.event("upgraded", &host, i, msg).await;
                     }
-                    Err(msg) => {
+                    Err(e) => {
+                        let msg = e.to_string();
                         tracing::warn!(host = %host, version = %v, "agent upgrade failed: {msg}");
                         self.event("failed", &host, i, msg.clone()).await;
                         failed.push(format!("{host}: {msg}"));
@@ -338,7 +379,7 @@ async fn upgrade_host(
     version: &PackageVersion,
     pkg: &AgentPackageRecord,
     deadline: Duration,
-) -> Result<String, String> {
+) -> Result<String, UpgradeError> {
     let started = Instant::now();
     let before = shared.sessions.session_id(host);
     let cmd = command::Kind::UpgradeAgent(UpgradeAgent {
@@ -355,16 +396,13 @@ async fn upgrade_host(
             tracing::info!(host, %version, "agent installing the new package: {}", r.message);
         }
         Ok(r) if r.status == command_result::Status::Unsupported as i32 => {
-            return Err(format!(
-                "this agent cannot upgrade itself ({}): upgrade it with apt",
-                r.message
-            ))
+            return Err(UpgradeError::CannotUpgradeItself(r.message))
         }
-        Ok(r) => return Err(r.message),
+        Ok(r) => return Err(UpgradeError::Agent(r.message)),
         // The package's postinst restarts the agent, which may cut the stream before the
         // answer is out: the new Hello below tells whether it worked.
         Err(CommandError::Disconnected) => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     loop {
         let now = shared.sessions.session_id(host);
@@ -390,16 +428,17 @@ async fn upgrade_host(
             // Back, but still the old binary: dpkg failed (it ran detached from the agent,
             // so its error is in the host's journal, unit fleet-agent-upgrade).
             if started.elapsed() > deadline {
-                return Err(format!(
-                    "came back with fleet-agent {reported}, not {version}: see `journalctl -u fleet-agent-upgrade` on the host"
-                ));
+                return Err(UpgradeError::StillOld {
+                    reported,
+                    version: version.clone(),
+                });
             }
         }
         if started.elapsed() > deadline {
-            return Err(format!(
-                "not back with fleet-agent {version} within {}s",
-                deadline.as_secs()
-            ));
+            return Err(UpgradeError::NotBack {
+                version: version.clone(),
+                deadline,
+            });
         }
         tokio::time::sleep(POLL).await;
     }
@@ -461,7 +500,12 @@ mod tests {
         assert_eq!(max_parallel(7), Ok(7));
         assert!(max_parallel(MAX_PARALLEL + 1)
             .unwrap_err()
+            .to_string()
             .contains("at most"));
+        assert!(deadline(10)
+            .unwrap_err()
+            .to_string()
+            .contains("between 1s and"));
         assert_eq!(deadline(0), Ok(DEFAULT_DEADLINE));
         assert_eq!(deadline(5000), Ok(Duration::from_secs(5)));
         assert!(deadline(10).is_err());

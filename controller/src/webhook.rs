@@ -3,9 +3,12 @@
 //! receiver never holds up a rollout. Plain http only: a receiver behind TLS sits behind a
 //! local relay (the controller carries no HTTP client stack for one POST).
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use fleet_proto::v1::RolloutInfo;
+use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,27 +20,102 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `http://host[:port][/path]` -> (host:port, path).
-pub fn parse_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains(['@', ' ']) || path.contains([' ', '\r', '\n']) {
-        return Err(format!("{url:?} is not a valid http URL"));
+/// A receiver's `http://host[:port][/path]`, parsed once where it enters (the config file)
+/// into the address to connect to and the path to post to; every send uses those.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct WebhookUrl {
+    url: String,
+    /// `host:port`, port 80 when the URL names none.
+    addr: String,
+    path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidWebhookUrl {
+    #[error(
+        "webhook {0:?}: only http:// URLs are supported (put a local relay in front of an \
+         https receiver)"
+    )]
+    NotHttp(String),
+    #[error("webhook {0:?} is not a valid http URL: write it as http://host[:port][/path]")]
+    Malformed(String),
+}
+
+impl WebhookUrl {
+    /// The address to connect to, `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
-    let addr = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((addr, path.to_owned()))
+
+    /// The request path, at least `/`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl FromStr for WebhookUrl {
+    type Err = InvalidWebhookUrl;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| InvalidWebhookUrl::NotHttp(url.to_owned()))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty()
+            || authority.contains(['@', ' '])
+            || path.contains([' ', '\r', '\n'])
+        {
+            return Err(InvalidWebhookUrl::Malformed(url.to_owned()));
+        }
+        let addr = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(WebhookUrl {
+            url: url.to_owned(),
+            addr,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl TryFrom<String> for WebhookUrl {
+    type Error = InvalidWebhookUrl;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        url.parse()
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// Why one delivery attempt failed (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("send to {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("answered {0:?}")]
+    Status(String),
 }
 
 /// The JSON body: Slack's `text` plus the rollout for machines.
@@ -77,22 +155,27 @@ pub fn notify(shared: &Shared, event: &str, text: &str, info: &RolloutInfo) {
     }
 }
 
-async fn post(url: &str, body: &str) -> Result<(), String> {
-    let (addr, path) = parse_url(url)?;
-    let mut s = TcpStream::connect(&addr)
+async fn post(url: &WebhookUrl, body: &str) -> Result<(), PostError> {
+    let (addr, path) = (url.addr(), url.path());
+    let io = |source| PostError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut s = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|source| PostError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: fleet-controller\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).await.map_err(io)?;
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = s.read(&mut buf).await.map_err(io)?;
         if n == 0 {
             break;
         }
@@ -103,7 +186,9 @@ async fn post(url: &str, body: &str) -> Result<(), String> {
     if code.starts_with('2') {
         Ok(())
     } else {
-        Err(format!("answered {:?}", line.lines().next().unwrap_or("")))
+        Err(PostError::Status(
+            line.lines().next().unwrap_or("").to_owned(),
+        ))
     }
 }
 
@@ -111,25 +196,52 @@ async fn post(url: &str, body: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn parts(url: &str) -> (String, String) {
+        let u: WebhookUrl = url.parse().unwrap();
+        assert_eq!(u.to_string(), url);
+        (u.addr().to_owned(), u.path().to_owned())
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
-            parse_url("http://198.18.0.1:9000/hook").unwrap(),
+            parts("http://198.18.0.1:9000/hook"),
             ("198.18.0.1:9000".into(), "/hook".into())
         );
         assert_eq!(
-            parse_url("http://example.com").unwrap(),
+            parts("http://example.com"),
             ("example.com:80".into(), "/".into())
         );
-        assert!(parse_url("https://x/").is_err());
-        assert!(parse_url("http:///x").is_err());
-        assert!(parse_url("http://a/b c").is_err());
+        let err = "https://x/".parse::<WebhookUrl>().unwrap_err();
+        assert!(err.to_string().contains("only http://"), "{err}");
+        let err = "http:///x".parse::<WebhookUrl>().unwrap_err();
+        assert!(
+            err.to_string().contains("http://host[:port][/path]"),
+            "{err}"
+        );
+        assert!("http://a/b c".parse::<WebhookUrl>().is_err());
+    }
+
+    #[test]
+    fn config_files_parse_urls_once_and_name_the_bad_one() {
+        #[derive(Deserialize)]
+        struct File {
+            webhooks: Vec<WebhookUrl>,
+        }
+        let f: File = toml::from_str("webhooks = [\"http://h:81/x\"]").unwrap();
+        assert_eq!(f.webhooks[0].addr(), "h:81");
+        let err = toml::from_str::<File>("webhooks = [\"ftp://h/\"]")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("\"ftp://h/\""), "{err}");
     }
 
     #[tokio::test]
     async fn posts_json_and_accepts_2xx() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/h", l.local_addr().unwrap());
+        let url: WebhookUrl = format!("http://{}/h", l.local_addr().unwrap())
+            .parse()
+            .unwrap();
         let server = tokio::spawn(async move {
             let (mut c, _) = l.accept().await.unwrap();
             let mut got = Vec::new();

@@ -133,6 +133,60 @@ async fn no_tls_resumption_and_revoked_certificates_stay_out() {
     assert!(fleet.ok(&["hosts"]).contains("web-1"));
 }
 
+/// Finding 2, agent renewal: once a host has connected with its renewed certificate, the
+/// one it replaced is revoked (while it is still within its lifetime), so a copy of the old
+/// key and certificate is worth nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_agent_certificate_is_revoked_once_its_successor_connects() {
+    let fleet = Fleet::start(&["--agent-cert-lifetime", "60s"]);
+    let state = fleet.join("web-1", &fleet.token(&[]));
+    let old = agent_config(&state);
+    let first = read(&state.join("agent.crt"));
+    let der = fleet_proto::transport::certs_from_pem(&first, "agent cert").unwrap();
+    let old_expires = fleet_proto::peer::cert_info(&der[0]).unwrap().not_after;
+    let agent = fleet.run_agent("web-1", &state);
+    fleet.wait_state("web-1", "up", Duration::from_secs(15));
+    // Renewed in-band at 2/3 of the lifetime; the stream stays on the old certificate.
+    wait_for("the renewal", Duration::from_secs(60), || {
+        (read(&state.join("agent.crt")) != first).then_some(())
+    });
+    // The agent's next session uses the renewed certificate.
+    drop(agent);
+    let _agent = fleet.run_agent("web-1", &state);
+    wait_for("the new session", Duration::from_secs(15), || {
+        fleet
+            .controller_log()
+            .contains(
+                "previous certificate revoked: the host connected with its renewed one host=web-1",
+            )
+            .then_some(())
+    });
+    fleet.wait_state("web-1", "up", Duration::from_secs(15));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        now < old_expires,
+        "the old certificate expired before the check: this run proves nothing"
+    );
+    let refused = async {
+        let ch = connect(&fleet.addr(), old.clone(), T).await?;
+        let mut s = AgentChannelClient::new(ch)
+            .session(tokio_stream::iter(vec![hello()]))
+            .await?
+            .into_inner();
+        s.message().await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "the replaced certificate still opened a session"
+    );
+    assert_eq!(fleet.host_state("web-1").as_deref(), Some("up"));
+}
+
 /// Finding 2: renewing an admin identity revokes the old certificate, and any serial can
 /// be revoked by hand.
 #[test]

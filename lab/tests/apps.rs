@@ -316,7 +316,24 @@ fn apps_deploy_serve_report_and_survive() {
     );
     lab.wait_fleet_state(&["host2", "host3"], "up", Duration::from_secs(30))
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // "up" may still be the old session's: wait until each new agent re-adopted its apps
+    // and was welcomed, so the states compared below are the new agent's.
+    for n in 2..=3 {
+        wait(
+            &format!("host{n}'s new agent re-adopted its apps and connected"),
+            Duration::from_secs(30),
+            || {
+                lab.sh(
+                    n,
+                    "journalctl -q -o cat -u fleet-agent \
+                     _SYSTEMD_INVOCATION_ID=$(systemctl show -p InvocationID --value fleet-agent)",
+                )
+                .is_ok_and(|j| {
+                    j.contains("re-adopting app") && j.contains("connected to controller")
+                })
+            },
+        );
+    }
     let after = pids(&lab);
     assert_eq!(before, after, "an agent restart changed app main pids");
     for n in 2..=3 {

@@ -125,8 +125,14 @@ fn sigterm_during_up_tears_down() {
         .args(["up", "10", "--no-fleet"])
         .spawn()
         .unwrap();
-    // Mid-boot: hosts are being started or booting.
-    std::thread::sleep(Duration::from_millis(900));
+    // Mid-boot: the first host's nspawn runs (others are still being started).
+    let paths = Paths::from_env();
+    assert!(
+        common::eventually(Duration::from_secs(60), || leftovers(&paths)
+            .iter()
+            .any(|l| l.starts_with("nspawn process"))),
+        "up never started a host"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::SIGTERM,
@@ -134,6 +140,6 @@ fn sigterm_during_up_tears_down() {
     .unwrap();
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(130), "up must report the interruption");
-    let left = leftovers(&Paths::from_env());
+    let left = leftovers(&paths);
     assert!(left.is_empty(), "SIGTERM during up left: {left:?}");
 }

@@ -60,6 +60,11 @@ fn faults_take_effect_and_revert() {
         lab.exec(2, &["true"]).is_err(),
         "exec into a powered-off host must fail"
     );
+    // The lookup that must find nothing finds the untouched host.
+    assert!(
+        lab.leader(1).is_some(),
+        "host1 has no leader: the lookup is broken"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         lab.leader(2).is_none(),

@@ -262,7 +262,14 @@ fn firewall_cannot_lock_you_out() {
         || fw_state(&lab, "host1") == "reverted",
     );
     // host2 confirmed that policy, so it is the stored one; it reverted on host1, so host1
-    // does not get it again on reconnect.
+    // does not get it again on reconnect. The window starts once host1 is back.
+    wait_on(
+        &lab,
+        1,
+        "host1 reconnected after the revert",
+        Duration::from_secs(30),
+        || host_up(&lab, "host1"),
+    );
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(fleet_table(&lab, 1).as_deref(), Some(confirmed.as_str()));
 

@@ -147,7 +147,9 @@ fn rotate_under_load(lab: &Lab, app: &str, rotations: u32) -> LoadResult {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(2));
+    wait("the load answered", Duration::from_secs(30), || {
+        ok_paths.lock().unwrap().len() >= 100
+    });
     let conf = format!("/etc/logrotate.d/fleet-app-{app}");
     for _ in 0..rotations {
         let out = lab.exec_output(1, &["logrotate", "-f", &conf]).unwrap();
@@ -162,12 +164,32 @@ fn rotate_under_load(lab: &Lab, app: &str, rotations: u32) -> LoadResult {
     for c in clients {
         c.join().unwrap();
     }
-    // The access line is written after the response: let the last ones land.
-    std::thread::sleep(Duration::from_secs(1));
     let r = LoadResult {
         ok_paths: ok_paths.lock().unwrap().clone(),
         failed: failed.lock().unwrap().clone(),
     };
+    // The access line is written after the response: wait for each client's last one.
+    let last: Vec<String> = (0..4)
+        .filter_map(|c| {
+            let prefix = format!("/req/{c}-");
+            r.ok_paths
+                .iter()
+                .rev()
+                .find(|p| p.starts_with(&prefix))
+                .cloned()
+        })
+        .collect();
+    wait(
+        "the last answered requests logged",
+        Duration::from_secs(10),
+        || {
+            let logs = access_logs(lab, app);
+            last.iter().all(|p| {
+                let line = format!("\"GET {p} ");
+                logs.values().any(|text| text.contains(&line))
+            })
+        },
+    );
     eprintln!(
         "{app}: {} requests ok, {} failed",
         r.ok_paths.len(),

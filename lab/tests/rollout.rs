@@ -488,10 +488,12 @@ fn rollout_resumes_pauses_rolls_back_aborts_and_survives_a_cut() {
         ],
     );
     assert_eq!(code, 0);
-    wait("the canary healthy", Duration::from_secs(60), || {
-        rollout_status(&lab, "shop")["current_batch"].as_u64() >= Some(1)
+    // Killed while batch 1's host is switching (activating or holding min-healthy), not
+    // between batches.
+    wait("batch 1 in progress", Duration::from_secs(60), || {
+        let s = rollout_status(&lab, "shop");
+        s["current_batch"].as_u64() >= Some(1) && phases(&s).values().any(|p| p == "switching")
     });
-    std::thread::sleep(Duration::from_millis(1500));
     let c = lab.controller().unwrap();
     c.signal(nix::sys::signal::SIGKILL);
     assert!(c.wait_gone(Duration::from_secs(10)));
@@ -535,6 +537,8 @@ fn rollout_resumes_pauses_rolls_back_aborts_and_survives_a_cut() {
     let held = releases(&lab, "shop");
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(held, releases(&lab, "shop"), "hosts moved while paused");
+    // The window watched a live rollout that still holds, not one that ended.
+    assert_eq!(rollout_status(&lab, "shop")["state"], "paused");
     assert!(held.values().any(|v| v == "2.0"), "{held:?}");
     let (code, _, _) = run(&lab, &["rollout", "resume", "shop"]);
     assert_eq!(code, 0);

@@ -9,9 +9,9 @@ use fleet_proto::spec::{AppSpec, Version};
 use fleet_proto::v1::{Activate, StageRelease};
 use tokio::time::Instant;
 
-use super::gate::too_late;
+use super::gate::{too_late, Unhealthy};
 use super::user::ensure_user;
-use super::{is_up, lock, parse_app, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE};
+use super::{is_up, lock, parse_app, AppError, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE};
 use crate::logrotate;
 use crate::releases::venv_bin;
 use crate::systemd::JobKind;
@@ -20,10 +20,7 @@ use crate::units::{self, Runtime};
 impl Inner {
     pub(super) async fn stage(&self, s: StageRelease) -> Outcome {
         let name = parse_app(&s.app)?;
-        let version: Version = s
-            .version
-            .parse()
-            .map_err(|e| format!("invalid version: {e}"))?;
+        let version: Version = s.version.parse().map_err(AppError::Version)?;
         // The venv's builder: the user the controller names, else the one of the spec this
         // host runs (an older controller sends none).
         let user = match s.user.as_str() {
@@ -32,7 +29,7 @@ impl Inner {
         };
         let run_as = match user {
             Some(u) => {
-                fleet_proto::spec::check_user(&u).map_err(|e| format!("invalid user: {e}"))?;
+                fleet_proto::spec::check_user(&u).map_err(AppError::User)?;
                 Some(ensure_user(&u, &name).await?)
             }
             None => None,
@@ -40,33 +37,27 @@ impl Inner {
         let dir = self
             .releases
             .stage(&name, &version, &s.sha256, s.size, &self.fetcher, run_as)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(format!("{name} {version} staged in {}", dir.display()))
     }
 
     pub(super) async fn activate(self: &Arc<Self>, a: Activate) -> Outcome {
-        let spec = AppSpec::parse(&a.spec_toml).map_err(|e| format!("invalid spec: {e}"))?;
-        let version: Version = a
-            .version
-            .parse()
-            .map_err(|e| format!("invalid version: {e}"))?;
+        let spec = AppSpec::parse(&a.spec_toml).map_err(AppError::Spec)?;
+        let version: Version = a.version.parse().map_err(AppError::Version)?;
         // Everything that can be refused is refused before the host is touched.
         if self.metrics_port != 0 && spec.listen.port() == self.metrics_port {
-            return Err(format!(
-                "listen {}: port {} is this host's fleet-agent metrics port (metrics_listen); pick another port",
-                spec.listen, self.metrics_port
-            ));
+            return Err(AppError::MetricsPort {
+                listen: spec.listen.to_string(),
+                port: self.metrics_port,
+            });
         }
         let dirs = units::Dirs {
             unit: self.unit_dir.clone(),
             env: self.env_dir.clone(),
             worker: self.worker_dir.clone(),
         };
-        let files = units::Prepared::render(&spec, &a.secrets, &dirs).map_err(|e| e.to_string())?;
-        let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir)
-            .await
-            .map_err(|e| e.to_string())?;
+        let files = units::Prepared::render(&spec, &a.secrets, &dirs)?;
+        let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir).await?;
         let name = spec.name.clone();
         let deadline = match a.healthy_deadline_ms {
             0 => DEFAULT_HEALTHY_DEADLINE,
@@ -87,30 +78,21 @@ impl Inner {
                 &self.fetcher,
                 Some(run_as),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let runtime = runtime_for(&release_dir, &app_dir);
-        let files = files
-            .with_service(&spec, &app_dir, &runtime, self.cores)
-            .map_err(|e| e.to_string())?;
+        let files = files.with_service(&spec, &app_dir, &runtime, self.cores)?;
 
         let bus = self.bus().await?;
-        let written = files.apply().map_err(|e| e.to_string())?;
+        let written = files.apply()?;
         let socket_unit = files.socket_unit();
         let service_unit = files.service_unit();
         let socket_changed = written.socket_changed;
         if written.units_changed() {
-            bus.daemon_reload().await.map_err(|e| e.to_string())?;
-            bus.enable(&[&socket_unit, &service_unit])
-                .await
-                .map_err(|e| e.to_string())?;
+            bus.daemon_reload().await?;
+            bus.enable(&[&socket_unit, &service_unit]).await?;
         }
-        rotate.apply().map_err(|e| e.to_string())?;
-        let previous = self
-            .releases
-            .switch_current(&name, &version)
-            .await
-            .map_err(|e| e.to_string())?;
+        rotate.apply()?;
+        let previous = self.releases.switch_current(&name, &version).await?;
         {
             let mut d = lock(&app.data);
             d.spec = spec.clone();
@@ -144,7 +126,7 @@ impl Inner {
                 // turn by the deadline alone.
                 let hold = Duration::from_millis(a.min_healthy_ms);
                 match too_late(started_at.elapsed(), hold, deadline, &detail) {
-                    Some(why) => Err(why),
+                    Some(why) => Err(Unhealthy(why)),
                     None => self.stay_healthy(&app, hold).await.map(|()| detail),
                 }
             }

@@ -7,11 +7,20 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
-use super::{is_up, lock, App, AppData, Inner, Outcome};
+use super::{is_up, lock, App, AppData, Inner};
+
+/// Why the gate says no: the app's state in words, which the command wraps with the app,
+/// release and journal lines.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Unhealthy(pub(super) String);
+
+/// Healthy (with what the probe saw) or not.
+pub(super) type Verdict = Result<String, Unhealthy>;
 
 /// After a start: `Some` once the app is healthy (Ok) or cannot become healthy without
 /// help (Err: a crash loop or a failed unit); `None` while it may still get there.
-fn started(d: &AppData) -> Option<Outcome> {
+fn started(d: &AppData) -> Option<Verdict> {
     let p = d.props.clone().unwrap_or_default();
     if d.health.healthy {
         return Some(Ok(format!(
@@ -20,16 +29,16 @@ fn started(d: &AppData) -> Option<Outcome> {
         )));
     }
     if d.tracker.crash_loop {
-        return Some(Err(format!(
+        return Some(Err(Unhealthy(format!(
             "crash loop: unit {} ({}, result {}), {} restarts; last probe: {}",
             p.active_state, p.sub_state, p.result, p.n_restarts, d.health.detail
-        )));
+        ))));
     }
     if p.active_state == "failed" {
-        return Some(Err(format!(
+        return Some(Err(Unhealthy(format!(
             "unit failed (result {}); last probe: {}",
             p.result, d.health.detail
-        )));
+        ))));
     }
     None
 }
@@ -78,7 +87,7 @@ pub(super) fn too_late(
 
 impl Inner {
     /// Waits until the app is healthy, crash-loops, fails, or `deadline` passes.
-    pub(super) async fn wait_healthy(&self, app: &App, deadline: Duration) -> Outcome {
+    pub(super) async fn wait_healthy(&self, app: &App, deadline: Duration) -> Verdict {
         let mut rx = app.changed.subscribe();
         let until = Instant::now() + deadline;
         loop {
@@ -86,14 +95,14 @@ impl Inner {
                 return verdict;
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return Err("app state lost".into()) },
+                r = rx.changed() => if r.is_err() { return Err(Unhealthy("app state lost".into())) },
                 _ = sleep_until(until) => {
                     let d = lock(&app.data);
-                    return Err(format!(
+                    return Err(Unhealthy(format!(
                         "not healthy within {}: {}",
                         humantime::format_duration(deadline),
                         d.health.detail
-                    ));
+                    )));
                 }
             }
         }
@@ -102,7 +111,7 @@ impl Inner {
     /// Succeeds when the app stays healthy, with the same main process and restart count,
     /// for `hold`. A single later failed probe does not count (the probe's own failure
     /// threshold decides "unhealthy"), a crash or restart does at once.
-    pub(super) async fn stay_healthy(&self, app: &App, hold: Duration) -> Result<(), String> {
+    pub(super) async fn stay_healthy(&self, app: &App, hold: Duration) -> Result<(), Unhealthy> {
         let mut rx = app.changed.subscribe();
         let (pid, restarts) = {
             let d = lock(&app.data);
@@ -112,13 +121,13 @@ impl Inner {
         let until = Instant::now() + hold;
         loop {
             if let Some(why) = broke_hold(&lock(&app.data), pid, restarts) {
-                return Err(format!(
+                return Err(Unhealthy(format!(
                     "did not stay healthy for {}: {why}",
                     humantime::format_duration(hold)
-                ));
+                )));
             }
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return Err("app state lost".into()) },
+                r = rx.changed() => if r.is_err() { return Err(Unhealthy("app state lost".into())) },
                 _ = sleep_until(until) => return Ok(()),
             }
         }
@@ -171,11 +180,11 @@ mod tests {
         let ok = started(&data("active", 7, 2, true)).unwrap().unwrap();
         assert_eq!(ok, "healthy (200 OK), pid 7, 2 restarts");
         let failed = started(&data("failed", 0, 5, false)).unwrap().unwrap_err();
-        assert!(failed.starts_with("unit failed"), "{failed}");
+        assert!(failed.0.starts_with("unit failed"), "{failed}");
         let mut looping = data("activating", 0, 5, false);
         looping.tracker.crash_loop = true;
         let why = started(&looping).unwrap().unwrap_err();
-        assert!(why.starts_with("crash loop"), "{why}");
+        assert!(why.0.starts_with("crash loop"), "{why}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::clock::now_ms;
 use crate::crash::Tracker;
 use crate::fetch::Fetcher;
 use crate::health::Health;
+use crate::host_paths;
 use crate::journal;
 use crate::logrotate;
 use crate::metrics::AppMetrics;
@@ -37,8 +38,10 @@ use crate::outbox::{self, Outbox};
 use crate::releases::Releases;
 use crate::systemd::{Systemd, SystemdError, UnitProps};
 use crate::units;
+pub use error::AppError;
 
 mod activate;
+mod error;
 mod gate;
 mod prestart;
 mod restart;
@@ -168,7 +171,8 @@ pub fn handles(c: &Command) -> bool {
     )
 }
 
-type Outcome = Result<String, String>;
+/// A command's one result: what happened, or why it did not.
+type Outcome = Result<String, AppError>;
 
 impl Apps {
     /// `agent_state` is the agent's state dir; apps' own files live in the system paths.
@@ -279,13 +283,13 @@ impl Apps {
                     | command::Kind::ConfirmFirewall(_)
                     | command::Kind::UpgradeAgent(_),
                 )
-                | None => Err("not an app command (channel.rs routes it)".into()),
+                | None => Err(AppError::NotAppCommand),
             };
             let (status, message) = match outcome {
                 Ok(m) => (command_result::Status::Ok, m),
-                Err(m) => {
-                    tracing::warn!(command = %id, "app command failed: {m}");
-                    (command_result::Status::Failed, m)
+                Err(e) => {
+                    tracing::warn!(command = %id, "app command failed: {e}");
+                    (command_result::Status::Failed, e.to_string())
                 }
             };
             let result = CommandResult {
@@ -298,8 +302,8 @@ impl Apps {
     }
 }
 
-fn parse_app(name: &str) -> Result<AppName, String> {
-    name.parse().map_err(|e| format!("invalid app name: {e}"))
+fn parse_app(name: &str) -> Result<AppName, AppError> {
+    name.parse().map_err(AppError::AppName)
 }
 
 impl Inner {
@@ -307,10 +311,9 @@ impl Inner {
         lock(&self.apps).get(name).cloned()
     }
 
-    fn known(&self, name: &str) -> Result<Arc<App>, String> {
+    fn known(&self, name: &str) -> Result<Arc<App>, AppError> {
         let name = parse_app(name)?;
-        self.get(&name)
-            .ok_or_else(|| format!("app {name} is not deployed on this host"))
+        self.get(&name).ok_or(AppError::NotDeployed(name))
     }
 
     /// The user of the spec this host runs `name` with, if it runs it.
@@ -345,12 +348,12 @@ impl Inner {
             .clone()
     }
 
-    async fn bus(&self) -> Result<Systemd, String> {
+    async fn bus(&self) -> Result<Systemd, SystemdError> {
         let mut bus = self.bus.lock().await;
         if let Some(b) = bus.as_ref() {
             return Ok(b.clone());
         }
-        let b = Systemd::connect().await.map_err(|e| e.to_string())?;
+        let b = Systemd::connect().await?;
         self.metrics.share_bus(b.connection());
         *bus = Some(b.clone());
         Ok(b)
@@ -393,32 +396,32 @@ impl Inner {
         }
     }
 
-    async fn failure(&self, app: &AppName, what: String) -> String {
-        let unit = units::service_name(app);
+    async fn failure(&self, app: &AppName, what: String) -> AppError {
+        let unit = host_paths::service_name(app);
         let tail = journal::recent(&unit, FAILURE_LINES).await;
         if tail.is_empty() {
-            format!("{what} (see: fleetctl logs {app})")
+            AppError::Failed(format!("{what} (see: fleetctl logs {app})"))
         } else {
-            format!("{what}; last journal lines of {unit}:{tail}")
+            AppError::Failed(format!("{what}; last journal lines of {unit}:{tail}"))
         }
     }
 
-    fn persist(&self, name: &AppName, spec_toml: &str, version: &Version) -> Result<(), String> {
+    fn persist(&self, name: &AppName, spec_toml: &str, version: &Version) -> Result<(), AppError> {
         let text = toml::to_string(&Persisted {
             version: version.to_string(),
             spec_toml: spec_toml.to_owned(),
         })
-        .map_err(|e| format!("cannot record app {name}: {e}"))?;
+        .map_err(|source| AppError::RecordEncode {
+            app: name.clone(),
+            source,
+        })?;
         let path = self.state_dir.join(format!("{name}.toml"));
         ensure_dir(&self.state_dir, 0o700)
             .and_then(|()| write_if_changed(&path, text.as_bytes(), 0o600))
             .map(|_| ())
-            .map_err(|e| format!("cannot record app {name}: {e}"))
-    }
-}
-
-impl From<SystemdError> for String {
-    fn from(e: SystemdError) -> String {
-        e.to_string()
+            .map_err(|source| AppError::RecordWrite {
+                app: name.clone(),
+                source,
+            })
     }
 }

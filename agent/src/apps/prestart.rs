@@ -5,36 +5,32 @@ use fleet_proto::spec::{AppSpec, Version};
 use fleet_proto::v1::RunPreStart;
 
 use super::user::ensure_user;
-use super::{Inner, Outcome};
+use super::{AppError, Inner, Outcome};
 use crate::units::PrestartEnv;
 
 impl Inner {
     pub(super) async fn pre_start(&self, p: RunPreStart) -> Outcome {
-        let spec = AppSpec::parse(&p.spec_toml).map_err(|e| format!("invalid spec: {e}"))?;
-        let version: Version = p
-            .version
-            .parse()
-            .map_err(|e| format!("invalid version: {e}"))?;
+        let spec = AppSpec::parse(&p.spec_toml).map_err(AppError::Spec)?;
+        let version: Version = p.version.parse().map_err(AppError::Version)?;
         if spec.pre_start.is_empty() {
-            return Err(format!("{} has no pre_start hook in its spec", spec.name));
+            return Err(AppError::NoPreStart(spec.name));
         }
         let release_dir = self.releases.release_dir(&spec.name, &version);
         if !release_dir.join(crate::releases::MARKER).is_file() {
-            return Err(format!(
-                "{} {version} is not staged on this host: stage it before its pre-start hook",
-                spec.name
-            ));
+            return Err(AppError::NotStagedForHook {
+                app: spec.name,
+                version,
+            });
         }
-        let env =
-            PrestartEnv::render(&spec, &p.secrets, &self.env_dir).map_err(|e| e.to_string())?;
+        let env = PrestartEnv::render(&spec, &p.secrets, &self.env_dir)?;
         ensure_user(&spec.user, &spec.name).await?;
-        env.write().map_err(|e| e.to_string())?;
+        env.write()?;
         let out = crate::hook::run(&spec, &release_dir, env.path()).await;
         env.remove();
         match &out {
             Ok(_) => tracing::info!(app = %spec.name, %version, "pre-start hook succeeded"),
             Err(e) => tracing::warn!(app = %spec.name, %version, "pre-start hook failed: {e}"),
         }
-        out
+        Ok(out?)
     }
 }

@@ -9,9 +9,41 @@ use fleet_proto::v1::Restart;
 use tokio::process::Command as Process;
 
 use super::{lock, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE, PREFLIGHT_TIMEOUT};
+use crate::host_paths;
 use crate::releases::venv_bin;
 use crate::systemd::JobKind;
 use crate::units;
+
+/// Why a reload was refused before the running workers were touched.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("entry {entry:?} has no ':'")]
+    NoColon { entry: String },
+    #[error("cannot look up user {user}: {source}")]
+    LookUp { user: String, source: nix::Error },
+    #[error("user {user} does not exist")]
+    NoUser { user: String },
+    #[error("cannot read {}: {source}", path.display())]
+    ReadEnv {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run the preflight import: {0}")]
+    Spawn(std::io::Error),
+    #[error("preflight: importing {entry} took longer than {after}; not reloading")]
+    Timeout { entry: String, after: String },
+    #[error("preflight import: {0}")]
+    Wait(std::io::Error),
+    #[error(
+        "preflight: importing {entry} failed ({status}); not reloading, the running workers \
+         keep serving:\n  {tail}"
+    )]
+    Import {
+        entry: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+}
 
 impl Inner {
     pub(super) async fn restart(&self, r: Restart) -> Outcome {
@@ -27,8 +59,8 @@ impl Inner {
             ms => Duration::from_millis(ms),
         };
         let bus = self.bus().await?;
-        let socket_unit = units::socket_name(&name);
-        let service_unit = units::service_name(&name);
+        let socket_unit = host_paths::socket_name(&name);
+        let service_unit = host_paths::service_name(&name);
         let job_timeout = spec.graceful_timeout + Duration::from_secs(120);
         if r.reload {
             // HUP with code that cannot import kills the master (workers exit 3, the
@@ -73,21 +105,30 @@ impl Inner {
     }
 
     /// Imports the entry point of the current release once, as the app would.
-    pub(super) async fn preflight(&self, spec: &AppSpec) -> Result<(), String> {
+    pub(super) async fn preflight(&self, spec: &AppSpec) -> Result<(), PreflightError> {
         let current = self.releases.app_dir(&spec.name).join("current");
         let python = venv_bin(&current)
             .map(|b| b.join("python"))
             .unwrap_or_else(|| units::SYSTEM_PYTHON.into());
-        let (module, callable) = spec
-            .entry
-            .split_once(':')
-            .ok_or_else(|| format!("entry {:?} has no ':'", spec.entry))?;
+        let (module, callable) =
+            spec.entry
+                .split_once(':')
+                .ok_or_else(|| PreflightError::NoColon {
+                    entry: spec.entry.clone(),
+                })?;
         let user = nix::unistd::User::from_name(&spec.user)
-            .map_err(|e| format!("cannot look up user {}: {e}", spec.user))?
-            .ok_or_else(|| format!("user {} does not exist", spec.user))?;
+            .map_err(|source| PreflightError::LookUp {
+                user: spec.user.clone(),
+                source,
+            })?
+            .ok_or_else(|| PreflightError::NoUser {
+                user: spec.user.clone(),
+            })?;
         let env_file = units::env_path(&self.env_dir, &spec.name);
-        let env = std::fs::read_to_string(&env_file)
-            .map_err(|e| format!("cannot read {}: {e}", env_file.display()))?;
+        let env = std::fs::read_to_string(&env_file).map_err(|source| PreflightError::ReadEnv {
+            path: env_file.clone(),
+            source,
+        })?;
         let mut cmd = Process::new("setpriv");
         cmd.arg(format!("--reuid={}", user.uid))
             .arg(format!("--regid={}", user.gid))
@@ -108,30 +149,24 @@ impl Inner {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run the preflight import: {e}"))?;
+        let child = cmd.spawn().map_err(PreflightError::Spawn)?;
         let out = tokio::time::timeout(PREFLIGHT_TIMEOUT, child.wait_with_output())
             .await
-            .map_err(|_| {
-                format!(
-                    "preflight: importing {} took longer than {}; not reloading",
-                    spec.entry,
-                    humantime::format_duration(PREFLIGHT_TIMEOUT)
-                )
+            .map_err(|_| PreflightError::Timeout {
+                entry: spec.entry.clone(),
+                after: humantime::format_duration(PREFLIGHT_TIMEOUT).to_string(),
             })?
-            .map_err(|e| format!("preflight import: {e}"))?;
+            .map_err(PreflightError::Wait)?;
         if out.status.success() {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Err(format!(
-            "preflight: importing {} failed ({}); not reloading, the running workers keep serving:\n  {}",
-            spec.entry,
-            out.status,
-            tail.join("\n  ")
-        ))
+        Err(PreflightError::Import {
+            entry: spec.entry.clone(),
+            status: out.status,
+            tail: tail.join("\n  "),
+        })
     }
 }

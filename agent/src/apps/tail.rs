@@ -5,35 +5,37 @@ use fleet_proto::v1::{agent_message, LogLine, StopLogs, TailLogs};
 use tokio::io::BufReader;
 use tokio::sync::oneshot;
 
-use super::{lock, Inner, Outcome};
+use super::{lock, AppError, Inner, Outcome};
 use crate::clock::now_ms;
+use crate::host_paths;
 use crate::journal;
-use crate::logrotate;
-use crate::units;
 
 impl Inner {
     pub(super) async fn tail(&self, id: &str, t: TailLogs, session: Option<u64>) -> Outcome {
         let app = self.known(&t.app)?;
         let Some(session) = session else {
-            return Err("no session to send lines to".into());
+            return Err(AppError::NoSession);
         };
-        let unit = units::service_name(&app.name);
+        let unit = host_paths::service_name(&app.name);
         let files = lock(&app.data).spec.logs.mode == LogMode::Files;
         let mut child = if files {
             let paths = [
-                logrotate::access_log(&app.name),
-                logrotate::error_log(&app.name),
+                host_paths::access_log(&app.name),
+                host_paths::error_log(&app.name),
             ];
-            journal::spawn_files(&paths, t.lines, t.follow)
-                .map_err(|e| format!("cannot run tail: {e}"))?
+            journal::spawn_files(&paths, t.lines, t.follow).map_err(|source| {
+                AppError::LogReader {
+                    program: "tail",
+                    source,
+                }
+            })?
         } else {
-            journal::spawn(&unit, t.lines, t.follow)
-                .map_err(|e| format!("cannot run journalctl: {e}"))?
+            journal::spawn(&unit, t.lines, t.follow).map_err(|source| AppError::LogReader {
+                program: "journalctl",
+                source,
+            })?
         };
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| "the log reader has no stdout".to_string())?;
+        let stdout = child.stdout.take().ok_or(AppError::LogReaderStdout)?;
         let (stop_tx, mut stop_rx) = oneshot::channel();
         lock(&self.tails).insert(id.to_owned(), stop_tx);
         let mut reader = BufReader::new(stdout);

@@ -26,13 +26,36 @@ fn user_is_fleets(gecos: &str, app: &AppName) -> bool {
     gecos == user_comment(app) || gecos == USER_COMMENT
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("cannot look up user {user}: {source}")]
+    LookUp { user: String, source: nix::Error },
+    #[error(
+        "user {user} already exists and was not created by fleet for app {app}; \
+         set `user` in the spec to a name of the app's own (fleet creates it)"
+    )]
+    Foreign { user: String, app: AppName },
+    #[error("cannot run useradd: {0}")]
+    Spawn(std::io::Error),
+    #[error("useradd {user} failed ({status}): {stderr}")]
+    Useradd {
+        user: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("useradd {user} succeeded but the user does not exist")]
+    Vanished { user: String },
+}
+
 /// Creates the app's system user if missing and returns its ids; refuses an existing
 /// account fleet did not create for this app. There is no D-Bus API for users; useradd
 /// is what Debian's own maintainer scripts use.
-pub(super) async fn ensure_user(user: &str, app: &AppName) -> Result<RunAs, String> {
-    let look = || match nix::unistd::User::from_name(user) {
-        Ok(u) => Ok(u),
-        Err(e) => Err(format!("cannot look up user {user}: {e}")),
+pub(super) async fn ensure_user(user: &str, app: &AppName) -> Result<RunAs, UserError> {
+    let look = || {
+        nix::unistd::User::from_name(user).map_err(|source| UserError::LookUp {
+            user: user.to_owned(),
+            source,
+        })
     };
     let ids = |u: nix::unistd::User| RunAs {
         uid: u.uid.as_raw(),
@@ -40,10 +63,10 @@ pub(super) async fn ensure_user(user: &str, app: &AppName) -> Result<RunAs, Stri
     };
     if let Some(u) = look()? {
         if !user_is_fleets(&u.gecos.to_string_lossy(), app) {
-            return Err(format!(
-                "user {user} already exists and was not created by fleet for app {app}; \
-                 set `user` in the spec to a name of the app's own (fleet creates it)"
-            ));
+            return Err(UserError::Foreign {
+                user: user.to_owned(),
+                app: app.clone(),
+            });
         }
         return Ok(ids(u));
     }
@@ -64,18 +87,18 @@ pub(super) async fn ensure_user(user: &str, app: &AppName) -> Result<RunAs, Stri
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run useradd: {e}"))?;
+        .map_err(UserError::Spawn)?;
     if !out.status.success() {
-        return Err(format!(
-            "useradd {user} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(UserError::Useradd {
+            user: user.to_owned(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     tracing::info!(%user, %app, "created system user for app");
-    look()?
-        .map(ids)
-        .ok_or_else(|| format!("useradd {user} succeeded but the user does not exist"))
+    look()?.map(ids).ok_or_else(|| UserError::Vanished {
+        user: user.to_owned(),
+    })
 }
 
 #[cfg(test)]

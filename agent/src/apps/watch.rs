@@ -17,13 +17,24 @@ use super::{is_up, lock, App, Inner, LOG_CHECK_INTERVAL, WATCH_RETRY_MAX};
 use crate::clock::now_ms;
 use crate::crash::Verdict;
 use crate::health;
+use crate::host_paths;
 use crate::logrotate;
-use crate::systemd::{Systemd, UnitProps};
-use crate::units;
+use crate::systemd::{Systemd, SystemdError, UnitProps};
+
+/// Why watching a unit's D-Bus properties stopped; the watch starts over after a pause.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WatchError {
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error("subscribe to {unit}: {source}")]
+    Subscribe { unit: String, source: zbus::Error },
+    #[error("signal stream ended")]
+    Ended,
+}
 
 impl Inner {
     pub(super) async fn watch_unit(self: Arc<Self>, app: Arc<App>) {
-        let unit = units::service_name(&app.name);
+        let unit = host_paths::service_name(&app.name);
         let mut retry = Duration::from_secs(1);
         loop {
             let Err(e) = self.watch_once(&app, &unit).await;
@@ -33,26 +44,26 @@ impl Inner {
         }
     }
 
-    pub(super) async fn watch_once(&self, app: &App, unit: &str) -> Result<Infallible, String> {
+    pub(super) async fn watch_once(&self, app: &App, unit: &str) -> Result<Infallible, WatchError> {
         let bus = self.bus().await?;
-        let path = bus.unit_path(unit).await.map_err(|e| e.to_string())?;
-        let props = bus.properties(&path).await.map_err(|e| e.to_string())?;
+        let path = bus.unit_path(unit).await?;
+        let props = bus.properties(&path).await?;
         // Subscribed before the first read: no change can fall between the two.
-        let mut changes = props
-            .receive_properties_changed()
-            .await
-            .map_err(|e| format!("subscribe to {unit}: {e}"))?;
-        let p = Systemd::read_props(&props, unit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut changes =
+            props
+                .receive_properties_changed()
+                .await
+                .map_err(|source| WatchError::Subscribe {
+                    unit: unit.to_owned(),
+                    source,
+                })?;
+        let p = Systemd::read_props(&props, unit).await?;
         self.observe(app, p).await;
         while changes.next().await.is_some() {
-            let p = Systemd::read_props(&props, unit)
-                .await
-                .map_err(|e| e.to_string())?;
+            let p = Systemd::read_props(&props, unit).await?;
             self.observe(app, p).await;
         }
-        Err("signal stream ended".into())
+        Err(WatchError::Ended)
     }
 
     pub(super) async fn observe(&self, app: &App, p: UnitProps) {
@@ -134,7 +145,7 @@ impl Inner {
                     self.metrics
                         .observe_probe(app.name.as_str(), started.elapsed().as_secs_f64());
                     if let Ok(bus) = self.bus().await {
-                        let unit = units::service_name(&app.name);
+                        let unit = host_paths::service_name(&app.name);
                         let usage = match bus.usage(&unit).await {
                             (Some(mem), Some(cpu)) => Some((mem, cpu as f64 / 1e9)),
                             // No cgroup accounting (hybrid cgroup hosts, or turned off):
@@ -150,8 +161,8 @@ impl Inner {
                     }
                     outcome
                 }
-                Some((false, state)) => Err(format!("unit is {state}")),
-                None => Err("unit state not known yet".into()),
+                Some((false, state)) => Err(health::ProbeError::UnitDown { state }),
+                None => Err(health::ProbeError::UnitUnknown),
             };
             {
                 let mut d = lock(&app.data);
@@ -183,8 +194,8 @@ impl Inner {
     /// holder must be seen by two checks in a row, so the instant between logrotate
     /// removing a file and Gunicorn reopening on its signal never triggers a restart.
     pub(super) async fn log_watch(self: Arc<Self>, app: Arc<App>) {
-        let unit = units::service_name(&app.name);
-        let dir = logrotate::log_dir(&app.name);
+        let unit = host_paths::service_name(&app.name);
+        let dir = host_paths::log_dir(&app.name);
         let mut seen_before: BTreeSet<u32> = BTreeSet::new();
         loop {
             sleep(LOG_CHECK_INTERVAL).await;
@@ -231,7 +242,7 @@ impl Inner {
                 .await;
             let (result, detail) = match &outcome {
                 Ok(m) => ("ok", m.clone()),
-                Err(m) => ("failed", m.clone()),
+                Err(e) => ("failed", e.to_string()),
             };
             let fields = HashMap::from([
                 (
@@ -264,7 +275,7 @@ impl Inner {
     {
         lock(&app.data).agent_job = true;
         let out = f.await;
-        let unit = units::service_name(&app.name);
+        let unit = host_paths::service_name(&app.name);
         let fresh = async {
             let path = bus.unit_path(&unit).await.ok()?;
             let props = bus.properties(&path).await.ok()?;

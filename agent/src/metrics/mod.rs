@@ -54,7 +54,7 @@ pub const DEFAULT_PORT: u16 = 9437;
 #[derive(Clone, Debug, Default)]
 pub struct Flag(Arc<AtomicBool>);
 
-/// Whether the agent holds a welcomed session with the controller; set by `channel.rs`.
+/// Whether the agent holds a welcomed session with the controller; set by `channel/session.rs`.
 pub type Connected = Flag;
 
 impl Flag {
@@ -72,7 +72,7 @@ impl Flag {
 struct AgentCollector {
     state_dir: Option<PathBuf>,
     connected: Connected,
-    /// Set by `firewall.rs` while the live table differs from the confirmed policy.
+    /// Set by `firewall/mod.rs` while the live table differs from the confirmed policy.
     firewall_drift: Flag,
     /// f64 bits of the last scrape's collection time.
     scrape_seconds: AtomicU64,

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use super::source::{FieldFilter, Filter, Reader, Source, Sources};
 use super::{cpu, diskstats, filesystem, kernel, meminfo, netclass, netdev, netstat};
 use super::{pressure, raid, systemd_units, timex, vmstat};
+pub use systemd_units::SystemdUnitStates;
 
 /// `[node_metrics]` of the agent's config file, as written; regexes are compiled (and
 /// refused with the field's name) by [`NodeSettings::validate`].
@@ -47,18 +48,6 @@ pub struct NodeSettings {
     pub systemd_unit_states: SystemdUnitStates,
     pub systemd_unit_include: Option<String>,
     pub systemd_unit_exclude: String,
-}
-
-/// How many `node_systemd_unit_state` series the systemd collector exports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SystemdUnitStates {
-    /// All five states of fleet's own units, `failed` of every other unit: node-mixin's
-    /// failed-unit alert works at a fraction of the series.
-    #[default]
-    Bounded,
-    /// All five states of every unit, as node_exporter does (5 series per unit).
-    All,
 }
 
 pub const DEFAULT_TEXTFILE_DIRECTORY: &str = "/var/lib/prometheus/node-exporter";

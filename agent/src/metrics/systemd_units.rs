@@ -22,7 +22,6 @@ use prometheus_client::metrics::MetricType::{Counter, Gauge};
 use zbus::Connection;
 use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue};
 
-use super::node::SystemdUnitStates;
 use super::source::{fam, Collected, Filter, Outcome, Reader, Source};
 
 /// node_exporter 1.5's (and Debian's) `--collector.systemd.unit-exclude`.
@@ -86,6 +85,18 @@ pub struct Snapshot {
 
 pub fn is_fleet(name: &str) -> bool {
     name.starts_with("fleet-")
+}
+
+/// How many `node_systemd_unit_state` series the systemd collector exports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemdUnitStates {
+    /// All five states of fleet's own units, `failed` of every other unit: node-mixin's
+    /// failed-unit alert works at a fraction of the series.
+    #[default]
+    Bounded,
+    /// All five states of every unit, as node_exporter does (5 series per unit).
+    All,
 }
 
 /// Which units get which state series.

@@ -2,7 +2,7 @@
 //! across untrusted networks: only scrapers presenting a certificate that chains to the
 //! configured CA get an answer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +12,11 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::MetricsTls;
 use fleet_proto::transport::{certs_from_pem, key_from_pem};
 
 /// A scraper that connects and never finishes its handshake must not pin a task forever.
@@ -24,6 +24,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prometheus keeps one connection per target; this only bounds what misbehaving clients
 /// can make the agent hold.
 const MAX_CONNECTIONS: usize = 32;
+
+/// Files for TLS on `/metrics`; all three are required, so a half-configured listener
+/// never silently serves plain HTTP or accepts any client.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
 
 /// Reads and checks the three files once at startup, so a bad path or PEM stops the agent
 /// with a message naming the file instead of failing every scrape.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use super::*;

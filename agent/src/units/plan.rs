@@ -12,10 +12,9 @@ use fleet_proto::spec::{AppName, AppSpec, Server};
 
 use crate::asgi_worker;
 
-use super::{
-    env_path, render_env, render_service, render_socket, service_name, socket_name, Layout,
-    RenderError, Runtime,
-};
+use crate::host_paths::{service_name, socket_name};
+
+use super::{env_path, render_env, render_service, render_socket, Layout, RenderError, Runtime};
 
 /// The env dir holds secrets: root only.
 const ENV_DIR_MODE: u32 = 0o700;

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use fleet_proto::spec::AppSpec;
+use fleet_proto::spec::{AppName, AppSpec};
 use fleet_proto::v1::{
     ApplyAppRequest, GetAppRequest, ListAppsRequest, SetSecretRequest, UploadReleaseChunk,
 };
@@ -20,14 +20,14 @@ pub enum AppCmd {
     /// List apps.
     List,
     /// Show an app's spec, releases and which secrets are set.
-    Show { app: String },
+    Show { app: AppName },
 }
 
 #[derive(Subcommand)]
 pub enum ReleaseCmd {
     /// Upload a release tarball (its root is the app directory).
     Upload {
-        app: String,
+        app: AppName,
         file: PathBuf,
         #[arg(long)]
         version: String,
@@ -37,7 +37,7 @@ pub enum ReleaseCmd {
 #[derive(Subcommand)]
 pub enum SecretCmd {
     /// Set a secret; the value is read from stdin (never from the command line).
-    Set { app: String, key: String },
+    Set { app: AppName, key: String },
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -100,7 +100,7 @@ pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()>
             let info = conn
                 .admin()
                 .await?
-                .get_app(GetAppRequest { app })
+                .get_app(GetAppRequest { app: app.into() })
                 .await
                 .map_err(|s| conn.status(s))?
                 .into_inner();
@@ -156,7 +156,7 @@ pub async fn release(conn: &Conn, cmd: ReleaseCmd, format: Format) -> anyhow::Re
     let size = f.metadata()?.len();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let header = UploadReleaseChunk {
-        app: app.clone(),
+        app: app.to_string(),
         version: version.clone(),
         size,
         data: vec![],
@@ -194,7 +194,7 @@ pub async fn release(conn: &Conn, cmd: ReleaseCmd, format: Format) -> anyhow::Re
     reader.await??;
     match format {
         Format::Json => output::json(
-            &json!({"app": app, "version": version, "sha256": resp.sha256, "size": resp.size, "created": resp.created}),
+            &json!({"app": app.as_str(), "version": version, "sha256": resp.sha256, "size": resp.size, "created": resp.created}),
         ),
         Format::Table => println!(
             "{} {app} {version}: {} bytes, sha256 {}",
@@ -227,7 +227,7 @@ pub async fn secret(conn: &Conn, cmd: SecretCmd, format: Format) -> anyhow::Resu
         .admin()
         .await?
         .set_secret(SetSecretRequest {
-            app: app.clone(),
+            app: app.to_string(),
             key: key.clone(),
             value,
         })
@@ -235,7 +235,9 @@ pub async fn secret(conn: &Conn, cmd: SecretCmd, format: Format) -> anyhow::Resu
         .map_err(|s| conn.status(s))?
         .into_inner();
     match format {
-        Format::Json => output::json(&json!({"app": app, "key": key, "created": resp.created})),
+        Format::Json => {
+            output::json(&json!({"app": app.as_str(), "key": key, "created": resp.created}))
+        }
         Format::Table => println!(
             "secret {key} of {app} {}",
             if resp.created { "set" } else { "changed" }

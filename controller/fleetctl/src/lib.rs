@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use fleet_proto::spec::AppName;
 
 use output::Format;
 
@@ -113,7 +114,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RollbackArgs {
-    app: String,
+    app: AppName,
     #[command(flatten)]
     opts: rollout::Opts,
 }
@@ -213,5 +214,67 @@ mod tests {
         };
         assert_eq!(r.start.opts.max_parallel.to_string(), "25%");
         assert_eq!(r.start.opts.min_healthy, std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn app_names_are_checked_before_anything_is_sent() {
+        let commands: [&[&str]; 12] = [
+            &["deploy", "Bad/Name", "--version", "1"],
+            &["restart", "Bad/Name"],
+            &["reload", "Bad/Name"],
+            &["logs", "Bad/Name"],
+            &["rollout", "Bad/Name", "--version", "1"],
+            &["rollout", "status", "Bad/Name"],
+            &["rollout", "pause", "Bad/Name"],
+            &["rollout", "abort", "Bad/Name"],
+            &["rollback", "Bad/Name"],
+            &["app", "show", "Bad/Name"],
+            &[
+                "release",
+                "upload",
+                "Bad/Name",
+                "r.tar.gz",
+                "--version",
+                "1",
+            ],
+            &["secret", "set", "Bad/Name", "KEY"],
+        ];
+        for args in commands {
+            let argv = std::iter::once("fleetctl").chain(args.iter().copied());
+            let e = Cli::try_parse_from(argv)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("\"Bad/Name\" must match [a-z][a-z0-9-]"),
+                "{args:?}: {msg}"
+            );
+        }
+        let Ok(Cli {
+            command: Command::Deploy(d),
+            ..
+        }) = Cli::try_parse_from(["fleetctl", "deploy", "shop-2", "--version", "1"])
+        else {
+            panic!("a valid app name refused");
+        };
+        assert_eq!(d.app.as_str(), "shop-2");
+        assert_eq!(d.healthy_deadline, std::time::Duration::from_secs(60));
+        let e = Cli::try_parse_from([
+            "fleetctl",
+            "deploy",
+            "shop",
+            "--version",
+            "1",
+            "--healthy-deadline",
+            "soon",
+        ])
+        .err()
+        .expect("--healthy-deadline soon accepted");
+        assert!(e.to_string().contains("soon"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use fleet_proto::spec::AppName;
 use fleet_proto::v1::{
     ControlRolloutRequest, RolloutEvent, RolloutInfo, RolloutRequest, WatchRolloutRequest,
 };
@@ -41,7 +42,7 @@ pub struct RolloutCmd {
 
 #[derive(Args)]
 pub struct StartArgs {
-    pub app: Option<String>,
+    pub app: Option<AppName>,
     #[arg(long)]
     pub version: Option<String>,
     #[command(flatten)]
@@ -80,17 +81,17 @@ pub struct Opts {
 pub enum RolloutSub {
     /// The app's current or last rollout.
     Status {
-        app: String,
+        app: AppName,
         /// Follow it live until it ends.
         #[arg(long)]
         watch: bool,
     },
     /// Finish the running batch, then wait.
-    Pause { app: String },
+    Pause { app: AppName },
     /// Continue a paused rollout.
-    Resume { app: String },
+    Resume { app: AppName },
     /// Stop now and revert the switched hosts.
-    Abort { app: String },
+    Abort { app: AppName },
 }
 
 pub async fn run(conn: &Conn, cmd: RolloutCmd, format: Format) -> anyhow::Result<()> {
@@ -99,7 +100,10 @@ pub async fn run(conn: &Conn, cmd: RolloutCmd, format: Format) -> anyhow::Result
             let stream = conn
                 .admin()
                 .await?
-                .watch_rollout(WatchRolloutRequest { app, follow: watch })
+                .watch_rollout(WatchRolloutRequest {
+                    app: app.into(),
+                    follow: watch,
+                })
                 .await
                 .map_err(|s| conn.status(s))?
                 .into_inner();
@@ -124,13 +128,13 @@ pub async fn run(conn: &Conn, cmd: RolloutCmd, format: Format) -> anyhow::Result
 
 pub async fn start(
     conn: &Conn,
-    app: String,
+    app: AppName,
     version: Option<String>,
     o: Opts,
     format: Format,
 ) -> anyhow::Result<()> {
     let req = RolloutRequest {
-        app,
+        app: app.into(),
         rollback: version.is_none(),
         version: version.unwrap_or_default(),
         canary: o.canary,
@@ -165,12 +169,12 @@ pub async fn start(
     show(conn, stream, format, true).await
 }
 
-async fn control(conn: &Conn, app: String, action: &str, format: Format) -> anyhow::Result<()> {
+async fn control(conn: &Conn, app: AppName, action: &str, format: Format) -> anyhow::Result<()> {
     let info = conn
         .admin()
         .await?
         .control_rollout(ControlRolloutRequest {
-            app,
+            app: app.into(),
             action: action.into(),
         })
         .await

@@ -1,6 +1,7 @@
 //! `fleetctl deploy`, `restart`, `reload`, `status`, `logs`: apps on hosts.
 
 use clap::Args;
+use fleet_proto::spec::AppName;
 use fleet_proto::v1::{
     AppState, DeployRequest, HostProgress, LogsRequest, RestartAppRequest, StatusRequest,
 };
@@ -13,20 +14,20 @@ use crate::output::{self, Format};
 
 #[derive(Args)]
 pub struct DeployArgs {
-    pub app: String,
+    pub app: AppName,
     #[arg(long)]
     pub version: String,
     /// Comma-separated hosts [default: every host]
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// How long each host may take to become healthy.
-    #[arg(long, default_value = "60s")]
-    pub healthy_deadline: String,
+    #[arg(long, default_value = "60s", value_parser = |v: &str| parse_duration("--healthy-deadline", v))]
+    pub healthy_deadline: std::time::Duration,
 }
 
 #[derive(Args)]
 pub struct RestartArgs {
-    pub app: String,
+    pub app: AppName,
     /// Comma-separated hosts [default: every host running the app]
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
@@ -34,7 +35,7 @@ pub struct RestartArgs {
 
 #[derive(Args)]
 pub struct LogsArgs {
-    pub app: String,
+    pub app: AppName,
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
     /// Keep following new lines.
@@ -100,12 +101,12 @@ async fn follow(
 }
 
 pub async fn deploy(conn: &Conn, args: DeployArgs, format: Format) -> anyhow::Result<()> {
-    let deadline = parse_duration("--healthy-deadline", &args.healthy_deadline)?;
+    let deadline = args.healthy_deadline;
     let stream = conn
         .admin()
         .await?
         .deploy(DeployRequest {
-            app: args.app.clone(),
+            app: args.app.to_string(),
             version: args.version.clone(),
             hosts: args.hosts,
             healthy_deadline_ms: deadline.as_millis() as u64,
@@ -136,7 +137,7 @@ pub async fn restart(
         .admin()
         .await?
         .restart_app(RestartAppRequest {
-            app: args.app.clone(),
+            app: args.app.to_string(),
             hosts: args.hosts,
             reload,
         })
@@ -229,7 +230,7 @@ pub async fn logs(conn: &Conn, args: LogsArgs) -> anyhow::Result<()> {
         .admin()
         .await?
         .logs(LogsRequest {
-            app: args.app,
+            app: args.app.into(),
             hosts: args.hosts,
             lines: args.lines,
             follow: args.follow,

@@ -34,3 +34,19 @@ fn version_names_the_package_version() {
         format!("fleetctl {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn a_bad_app_name_is_refused_before_the_identity_is_even_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--identity")
+        .arg(dir.path().join("nope"))
+        .args(["deploy", "Bad/Name", "--version", "1"])
+        .env_remove("FLEET_IDENTITY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must match [a-z][a-z0-9-]"), "{err}");
+    assert!(!err.contains("no admin identity"), "{err}");
+}

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::live::{Control, Live};
 use super::record::{outcome, HostStep, Phase, Record, State, Step};
+use crate::commands::CommandFailed;
 use crate::desired::{self, Release};
 use crate::shared::Shared;
 use crate::timefmt::now_ms;
@@ -163,10 +164,7 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
                     if skip_down {
                         None
                     } else {
-                        Some(Err(format!(
-                            "host is down (waited {}); no host was restarted",
-                            humantime::format_duration(deadline)
-                        )))
+                        Some(Err(HostError::DownWhileStaging(deadline)))
                     },
                 );
             }
@@ -174,7 +172,7 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
                 .commands
                 .call(&shared.sessions, &host, kind, STAGE_TIMEOUT)
                 .await;
-            (host, Some(outcome(r)))
+            (host, Some(outcome(r).map_err(HostError::from)))
         });
     }
     let mut control = live.control.subscribe();
@@ -194,7 +192,8 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
                         h.phase = Phase::Staged;
                         h.message = msg;
                     }),
-                    Some(Err(msg)) => {
+                    Some(Err(e)) => {
+                        let msg = e.to_string();
                         let why = format!("staging failed on {host}: {msg}; no host was restarted");
                         live.step(shared, "failed", &host, 0, &why.clone(), |r| {
                             let h = r.host_mut(&host);
@@ -249,6 +248,7 @@ async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
     let secrets = match spec_secrets(shared, &rec) {
         Ok(s) => s,
         Err(e) => {
+            let e = e.to_string();
             live.step(shared, "failed", "", 0, &e.clone(), |r| r.halt(e));
             return false;
         }
@@ -307,8 +307,39 @@ async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
 
 enum HostMsg {
     Switching(String),
-    Done(String, Result<String, String>),
+    Done(String, Result<String, HostError>),
     Skipped(String),
+}
+
+/// Why one host's step failed; the text lands in the record, the audit log and fleetctl.
+#[derive(Debug, thiserror::Error)]
+enum HostError {
+    #[error(transparent)]
+    Command(#[from] CommandFailed),
+    #[error("host is down (waited {}); no host was restarted", humantime::format_duration(*.0))]
+    DownWhileStaging(Duration),
+    #[error(
+        "host is down (waited {} for it; --skip-down would skip it)",
+        humantime::format_duration(*.0)
+    )]
+    DownForBatch(Duration),
+    #[error("no previous release on this host: left on the new release")]
+    NoPrevious,
+    #[error("release {0} is no longer known to the controller")]
+    ReleaseGone(String),
+    /// Carries the version the host may still run.
+    #[error("host is down: it still runs {0} (or whatever it reached)")]
+    DownForRevert(String),
+}
+
+/// Why the rollout's secrets could not be read for an activation.
+#[derive(Debug, thiserror::Error)]
+enum SecretsError {
+    #[error("the rollout's app spec no longer validates: {0}")]
+    Spec(#[from] fleet_proto::spec::SpecError),
+    /// `wanted_secrets`' refusal, which names the missing secrets and how to set them.
+    #[error("{}", .0.message())]
+    Refused(tonic::Status),
 }
 
 async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
@@ -333,6 +364,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
     let secrets = match spec_secrets(shared, &rec) {
         Ok(s) => s,
         Err(e) => {
+            let e = e.to_string();
             live.step(shared, "failed", "", b, &e.clone(), |r| r.halt(e));
             return;
         }
@@ -384,13 +416,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                     .send(if skip_down {
                         HostMsg::Skipped(host)
                     } else {
-                        HostMsg::Done(
-                            host,
-                            Err(format!(
-                                "host is down (waited {} for it; --skip-down would skip it)",
-                                humantime::format_duration(deadline)
-                            )),
-                        )
+                        HostMsg::Done(host, Err(HostError::DownForBatch(deadline)))
                     })
                     .await;
                 return;
@@ -400,7 +426,9 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                 .commands
                 .call(&shared.sessions, &host, kind, deadline + ACTIVATE_SLACK)
                 .await;
-            let _ = tx.send(HostMsg::Done(host, outcome(r))).await;
+            let _ = tx
+                .send(HostMsg::Done(host, outcome(r).map_err(HostError::from)))
+                .await;
         });
     }
     drop(tx);
@@ -423,7 +451,8 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                     h.phase = Phase::Healthy;
                     h.message = msg;
                 }),
-                Some(HostMsg::Done(host, Err(msg))) => {
+                Some(HostMsg::Done(host, Err(e))) => {
+                    let msg = e.to_string();
                     let why = format!("{host} failed: {msg}");
                     live.step(shared, "failed", &host, b, &msg.clone(), |r| {
                         let h = r.host_mut(&host);
@@ -455,10 +484,9 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
 }
 
 /// Secrets are read at each activation, never stored in the rollout record.
-fn spec_secrets(shared: &Shared, rec: &Record) -> Result<BTreeMap<String, String>, String> {
-    let spec = AppSpec::parse(&rec.spec_toml)
-        .map_err(|e| format!("the rollout's app spec no longer validates: {e}"))?;
-    desired::wanted_secrets(shared, &rec.app, &spec).map_err(|e| e.message().to_owned())
+fn spec_secrets(shared: &Shared, rec: &Record) -> Result<BTreeMap<String, String>, SecretsError> {
+    let spec = AppSpec::parse(&rec.spec_toml)?;
+    desired::wanted_secrets(shared, &rec.app, &spec).map_err(SecretsError::Refused)
 }
 
 async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
@@ -492,30 +520,14 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
         );
         tasks.spawn(async move {
             let Some(prev) = step.previous else {
-                return (
-                    host,
-                    Err("no previous release on this host: left on the new release".to_string()),
-                );
+                return (host, Err(HostError::NoPrevious));
             };
             let release = match shared.store.release(&rec.app, &prev) {
                 Ok(Some(r)) => r,
-                _ => {
-                    return (
-                        host,
-                        Err(format!(
-                            "release {prev} is no longer known to the controller"
-                        )),
-                    )
-                }
+                _ => return (host, Err(HostError::ReleaseGone(prev))),
             };
             if !wait_up(&shared, &host, deadline).await {
-                return (
-                    host,
-                    Err(format!(
-                        "host is down: it still runs {} (or whatever it reached)",
-                        rec.version
-                    )),
-                );
+                return (host, Err(HostError::DownForRevert(rec.version.clone())));
             }
             let kind =
                 desired::activate(&rec.spec_toml, &Release::of(&release), secrets, rec.gate());
@@ -523,7 +535,7 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
                 .commands
                 .call(&shared.sessions, &host, kind, deadline + ACTIVATE_SLACK)
                 .await;
-            (host, outcome(r))
+            (host, outcome(r).map_err(HostError::from))
         });
     }
     while let Some(joined) = tasks.join_next().await {
@@ -535,11 +547,14 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
                 h.phase = Phase::Reverted;
                 h.message = msg;
             }),
-            Err(msg) => live.step(shared, "revert_failed", &host, b, &msg.clone(), |r| {
-                let h = r.host_mut(&host);
-                h.phase = Phase::RevertFailed;
-                h.message = msg;
-            }),
+            Err(e) => {
+                let msg = e.to_string();
+                live.step(shared, "revert_failed", &host, b, &msg.clone(), |r| {
+                    let h = r.host_mut(&host);
+                    h.phase = Phase::RevertFailed;
+                    h.message = msg;
+                })
+            }
         }
     }
     live.step(shared, "revert_done", "", 0, "", |r| {

@@ -5,6 +5,7 @@ use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::{RolloutBatch, RolloutHost, RolloutInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::commands::{CommandError, CommandFailed};
 use crate::desired::Gate;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,16 +231,15 @@ impl Record {
 
 /// A command's result as the message on success or the reason it failed.
 pub fn outcome(
-    r: Result<fleet_proto::v1::CommandResult, crate::commands::CommandError>,
-) -> Result<String, String> {
+    r: Result<fleet_proto::v1::CommandResult, CommandError>,
+) -> Result<String, CommandFailed> {
     match r {
         Ok(r) if r.status == CmdStatus::Ok as i32 => Ok(r.message),
-        Ok(r) if r.status == CmdStatus::Unsupported as i32 => Err(format!(
-            "the agent on this host is too old for this command: {}",
-            r.message
-        )),
-        Ok(r) => Err(r.message),
-        Err(e) => Err(e.to_string()),
+        Ok(r) if r.status == CmdStatus::Unsupported as i32 => {
+            Err(CommandFailed::Unsupported(r.message))
+        }
+        Ok(r) => Err(CommandFailed::Agent(r.message)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,0 +1,113 @@
+//! What decides who may connect: join tokens (spent atomically) and certificate
+//! revocations.
+
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::tables::{REVOKED, TOKENS};
+use super::{db_err, decode, encode, Store, StoreError};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub uses_total: u32,
+    pub uses_left: u32,
+    pub created_by: String,
+    /// Group given to hosts that join with this token; empty for none.
+    #[serde(default)]
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RevokedRecord {
+    pub serial: String,
+    pub identity: String,
+    pub revoked_at: i64,
+    /// After this the certificate is dead anyway and the record can be dropped.
+    pub not_after: i64,
+}
+
+impl Store {
+    /// Records one revocation (an admin certificate, or any serial by hand); returns
+    /// whether it is new.
+    pub fn revoke(&self, rec: &RevokedRecord) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let created = {
+            let mut table = tx.open_table(REVOKED).map_err(db_err)?;
+            let old = table
+                .insert(rec.serial.as_str(), encode(rec).as_slice())
+                .map_err(db_err)?;
+            old.is_none()
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(created)
+    }
+
+    pub fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
+        self.all_json(REVOKED)
+    }
+
+    pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_json(TOKENS, hash, token)
+    }
+
+    /// Spends one use of a token atomically. `decide` sees the current record (or `None`)
+    /// and says whether the use is allowed; the decrement commits only if it is.
+    pub fn spend_token<E>(
+        &self,
+        hash: &str,
+        decide: impl FnOnce(Option<&TokenRecord>) -> Result<(), E>,
+    ) -> Result<Result<TokenRecord, E>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
+            let current: Option<TokenRecord> = {
+                let got = table.get(hash).map_err(db_err)?;
+                got.map(|v| decode("tokens", hash, v.value())).transpose()?
+            };
+            match decide(current.as_ref()) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let mut token = current.expect("decide allowed a missing token");
+                    token.uses_left = token.uses_left.saturating_sub(1);
+                    table
+                        .insert(hash, encode(&token).as_slice())
+                        .map_err(db_err)?;
+                    Ok(token)
+                }
+            }
+        };
+        match &outcome {
+            Ok(_) => tx.commit().map_err(db_err)?,
+            Err(_) => tx.abort().map_err(db_err)?,
+        }
+        Ok(outcome)
+    }
+
+    /// Drops tokens expired before `before` and revocations of certificates that expired
+    /// before it: both are dead weight after that.
+    pub fn prune(&self, before: i64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
+            tokens
+                .retain(|_, v| {
+                    serde_json::from_slice::<TokenRecord>(v)
+                        .map(|t| t.expires_at >= before)
+                        .unwrap_or(true)
+                })
+                .map_err(db_err)?;
+            let mut revoked = tx.open_table(REVOKED).map_err(db_err)?;
+            revoked
+                .retain(|_, v| {
+                    serde_json::from_slice::<RevokedRecord>(v)
+                        .map(|r| r.not_after >= before)
+                        .unwrap_or(true)
+                })
+                .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+}

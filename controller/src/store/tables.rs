@@ -1,0 +1,48 @@
+//! The store's tables: each one defined here, and the one list `create` and `open`
+//! make sure exist.
+
+use redb::TableDefinition;
+
+use super::{db_err, StoreError};
+
+/// Tables of JSON records under string keys.
+pub(super) type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
+
+pub(super) const HOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hosts");
+pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+pub(super) const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+pub(super) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+pub(super) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// Key: `<app>/<version>`.
+pub(super) const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// Key: `<app>/<KEY>`; value: the secret. The store file is 0600 in a 0700 directory.
+pub(super) const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
+/// The fleet-wide firewall policy: key `policy` (TOML) and `applied_at_ms`.
+pub(super) const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
+/// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
+pub(super) const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
+/// Key: `<app>/<host>`; the release each host should run, from the last rollout or deploy
+/// that decided it (JSON, shape owned by `converge`).
+pub(super) const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
+/// fleet-agent packages by Debian version; their bytes are blobs like releases.
+pub(super) const AGENT_PACKAGES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("agent_packages");
+
+/// The one list of tables: `create` makes them, `open` adds any a store made by an older
+/// controller lacks (so every reader may assume they exist).
+pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(HOSTS).map_err(db_err)?;
+    tx.open_table(TOKENS).map_err(db_err)?;
+    tx.open_table(REVOKED).map_err(db_err)?;
+    tx.open_table(AUDIT).map_err(db_err)?;
+    tx.open_table(META).map_err(db_err)?;
+    tx.open_table(APPS).map_err(db_err)?;
+    tx.open_table(RELEASES).map_err(db_err)?;
+    tx.open_table(SECRETS).map_err(db_err)?;
+    tx.open_table(FIREWALL).map_err(db_err)?;
+    tx.open_table(ROLLOUTS).map_err(db_err)?;
+    tx.open_table(DESIRED).map_err(db_err)?;
+    tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
+    Ok(())
+}

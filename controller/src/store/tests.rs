@@ -1,0 +1,251 @@
+//! The store against a real redb file in a temporary directory.
+
+use super::*;
+
+fn host(name: &str) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        enrolled_at_ms: 1,
+        address: "127.0.0.1".into(),
+        last_seen_ms: 0,
+        version: String::new(),
+        package_version: String::new(),
+        hostname: String::new(),
+        os: String::new(),
+        kernel: String::new(),
+        cores: 0,
+        memory_bytes: 0,
+        serials: vec![IssuedSerial {
+            serial: "ab".into(),
+            not_after: 100,
+        }],
+        cert_expires: 100,
+        group: String::new(),
+        metrics_port: 0,
+    }
+}
+
+#[test]
+fn desired_releases_are_per_app_and_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    s.set_desired("shop", "host1", Some(&"2.0")).unwrap();
+    s.set_desired("shop", "host10", Some(&"2.1")).unwrap();
+    s.set_desired("api", "host1", Some(&"1.0")).unwrap();
+    assert_eq!(
+        s.desired::<String>("shop", "host1").unwrap().as_deref(),
+        Some("2.0")
+    );
+    let on: Vec<(String, String)> = s.desired_on("host1").unwrap();
+    assert_eq!(
+        on,
+        [("api".into(), "1.0".into()), ("shop".into(), "2.0".into())]
+    );
+    s.set_desired::<String>("shop", "host1", None).unwrap();
+    assert_eq!(s.desired::<String>("shop", "host1").unwrap(), None);
+    assert_eq!(s.desired_on::<String>("host10").unwrap().len(), 1);
+}
+
+#[test]
+fn audit_is_pruned_by_age_and_count_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    for t in 0..50 {
+        s.append_audit(t * 1000, "me", "x", "t", "").unwrap();
+    }
+    // Older than t=10s: 10 entries, taken 4 at a time.
+    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
+    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
+    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 2);
+    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 0);
+    // At most 30 kept: the oldest go.
+    while s.prune_audit(0, 30, 7).unwrap() > 0 {}
+    let left = s.audit_page(0, 0, 1000).unwrap();
+    assert_eq!(left.len(), 30);
+    assert_eq!(left[0].seq, 21);
+    // Sequence numbers keep growing after pruning.
+    assert_eq!(s.append_audit(99, "me", "x", "t", "").unwrap().seq, 51);
+    let page = s.audit_page(0, 40, 3).unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [41, 42, 43]);
+}
+
+#[test]
+fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let s = Store::create(&path).unwrap();
+        s.put_host(&host("web-1")).unwrap();
+        s.append_audit(5, "me", "host.add", "web-1", "").unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.hosts().unwrap(), vec![host("web-1")]);
+    assert_eq!(s.audit_since(0).unwrap()[0].seq, 1);
+    assert_eq!(s.append_audit(6, "me", "x", "y", "").unwrap().seq, 2);
+}
+
+#[test]
+fn garbage_file_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    std::fs::write(
+        &path,
+        b"this is not a database, it is a text file ".repeat(200),
+    )
+    .unwrap();
+    let err = Store::open(&path).err().expect("garbage accepted");
+    assert!(matches!(err, StoreError::Unreadable { .. }), "{err}");
+    assert!(err.to_string().contains("restore the file from a backup"));
+    // Untouched: the operator's evidence is still there.
+    assert!(std::fs::read(&path).unwrap().starts_with(b"this is not"));
+}
+
+#[test]
+fn missing_store_says_to_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(&dir.path().join("state.redb")).err().unwrap();
+    assert!(err.to_string().contains("fleet-controller init"));
+}
+
+#[test]
+fn remove_host_forgets_the_releases_it_was_owed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    s.put_host(&host("web-1")).unwrap();
+    s.put_host(&host("web-10")).unwrap();
+    s.set_desired("shop", "web-1", Some(&"2.0".to_owned()))
+        .unwrap();
+    s.set_desired("shop", "web-10", Some(&"2.0".to_owned()))
+        .unwrap();
+    s.remove_host("web-1", "spiffe://x/agent/web-1", 7).unwrap();
+    assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
+    assert_eq!(
+        s.desired::<String>("shop", "web-10").unwrap().as_deref(),
+        Some("2.0")
+    );
+}
+
+#[test]
+fn remove_host_revokes_its_serials_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    s.put_host(&host("web-1")).unwrap();
+    let revoked = s
+        .remove_host("web-1", "spiffe://x/agent/web-1", 7)
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert!(s.host("web-1").unwrap().is_none());
+    assert_eq!(s.revoked().unwrap()[0].serial, "ab");
+    assert!(s.remove_host("web-1", "x", 8).unwrap().is_none());
+}
+
+#[test]
+fn releases_are_per_app_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let rec = |app: &str, v: &str, sha: &str, at| ReleaseRecord {
+        app: app.into(),
+        version: v.into(),
+        sha256: sha.into(),
+        size: 1,
+        uploaded_at: at,
+    };
+    assert!(s
+        .put_release_if_absent(&rec("shop", "1", "aa", 2))
+        .unwrap()
+        .is_none());
+    assert!(s
+        .put_release_if_absent(&rec("shop", "0", "bb", 1))
+        .unwrap()
+        .is_none());
+    assert!(s
+        .put_release_if_absent(&rec("shopx", "1", "cc", 3))
+        .unwrap()
+        .is_none());
+    let existing = s
+        .put_release_if_absent(&rec("shop", "1", "dd", 4))
+        .unwrap()
+        .unwrap();
+    assert_eq!(existing.sha256, "aa");
+    let versions: Vec<String> = s
+        .releases("shop")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, ["0", "1"]);
+    assert!(s.blob_in_use("cc").unwrap());
+    assert!(!s.blob_in_use("dd").unwrap());
+}
+
+#[test]
+fn rollouts_are_replaced_by_id_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let store = Store::create(&path).unwrap();
+        store
+            .put_rollout("shop/1", &serde_json::json!({"step": 1}))
+            .unwrap();
+        store
+            .put_rollout("shop/1", &serde_json::json!({"step": 2}))
+            .unwrap();
+        store
+            .put_rollout("api/1", &serde_json::json!({"step": 7}))
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let all: Vec<serde_json::Value> = store.rollouts().unwrap();
+    assert_eq!(
+        all,
+        vec![
+            serde_json::json!({"step": 7}),
+            serde_json::json!({"step": 2})
+        ]
+    );
+}
+
+#[test]
+fn secrets_are_per_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    assert!(s.set_secret("shop", "DB", "one").unwrap());
+    assert!(!s.set_secret("shop", "DB", "two").unwrap());
+    s.set_secret("shopx", "DB", "other").unwrap();
+    let got = s.secrets("shop").unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got["DB"], "two");
+}
+
+#[test]
+fn spending_a_token_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let t = TokenRecord {
+        token_id: "id".into(),
+        created_at: 0,
+        expires_at: 10,
+        uses_total: 1,
+        uses_left: 1,
+        group: String::new(),
+        created_by: "me".into(),
+    };
+    s.put_token("h", &t).unwrap();
+    let refuse = |t: Option<&TokenRecord>| match t {
+        Some(t) if t.uses_left > 0 => Ok(()),
+        _ => Err("spent"),
+    };
+    assert_eq!(s.spend_token("h", refuse).unwrap().unwrap().uses_left, 0);
+    assert_eq!(s.spend_token("h", refuse).unwrap(), Err("spent"));
+    assert_eq!(s.spend_token("nope", refuse).unwrap(), Err("spent"));
+}
+
+#[test]
+fn host_records_from_before_metrics_port_still_load() {
+    let mut old = serde_json::to_value(host("h")).unwrap();
+    old.as_object_mut().unwrap().remove("metrics_port");
+    let bytes = serde_json::to_vec(&old).unwrap();
+    let record: HostRecord = decode("hosts", "h", &bytes).unwrap();
+    assert_eq!(record.metrics_port, 0);
+}

@@ -111,20 +111,21 @@ pub fn reopen_signal(server: Server) -> &'static str {
     }
 }
 
-/// Judges `logrotate -d` output: it exits 0 even for unknown options (it ignores the
-/// line), so any `error:` line refuses the candidate too.
-fn judge(success: bool, output: &str) -> Result<(), String> {
+/// Why `logrotate -d` refused a candidate, from its exit status and output, or `None` when
+/// it accepts it. It exits 0 even for unknown options (it ignores the line), so any
+/// `error:` line refuses the candidate too.
+fn refusal(success: bool, output: &str) -> Option<String> {
     let errors: Vec<&str> = output
         .lines()
         .filter(|l| l.starts_with("error:"))
         .map(str::trim)
         .collect();
     if success && errors.is_empty() {
-        Ok(())
+        None
     } else if errors.is_empty() {
-        Err("logrotate -d failed".into())
+        Some("logrotate -d failed".into())
     } else {
-        Err(errors.join("; "))
+        Some(errors.join("; "))
     }
 }
 
@@ -155,10 +156,13 @@ pub async fn validate(app: &AppName, text: &str) -> Result<(), LogrotateError> {
         String::from_utf8_lossy(&out.stdout)
     )
     .replace(&candidate.display().to_string(), "candidate");
-    judge(out.status.success(), &output).map_err(|detail| LogrotateError::Invalid {
-        app: app.clone(),
-        detail,
-    })
+    match refusal(out.status.success(), &output) {
+        None => Ok(()),
+        Some(detail) => Err(LogrotateError::Invalid {
+            app: app.clone(),
+            detail,
+        }),
+    }
 }
 
 /// The logrotate file an activation will install (or the removal it will do), checked
@@ -301,17 +305,18 @@ mod tests {
     #[test]
     fn logrotate_errors_refuse_even_with_exit_status_zero() {
         assert_eq!(
-            judge(true, "reading config file x\nHandling 1 logs\n"),
-            Ok(())
+            refusal(true, "reading config file x\nHandling 1 logs\n"),
+            None
         );
         assert_eq!(
-            judge(
+            refusal(
                 true,
                 "error: candidate:4 unknown option 'rotat' -- ignoring line\n"
-            ),
-            Err("error: candidate:4 unknown option 'rotat' -- ignoring line".into())
+            )
+            .as_deref(),
+            Some("error: candidate:4 unknown option 'rotat' -- ignoring line")
         );
-        assert!(judge(false, "").is_err());
+        assert!(refusal(false, "").is_some());
     }
 
     #[test]

@@ -52,10 +52,12 @@ pub use venv::{venv_bin, RunAs};
 /// returns the number of entries, or why it refused. For the fuzz targets (lab/fuzz), which
 /// check that no archive can make it write outside `dest`; the agent itself calls `stage`.
 #[doc(hidden)]
-pub fn unpack_for_fuzzing(archive: &Path, dest: &Path, limits: &Limits) -> Result<u64, String> {
-    unpack::unpack(archive, dest, limits)
-        .map(|s| s.entries)
-        .map_err(|e| format!("{e:?}"))
+pub fn unpack_for_fuzzing(
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<u64, impl std::fmt::Debug> {
+    unpack::unpack(archive, dest, limits).map(|s| s.entries)
 }
 
 pub const DEFAULT_ROOT: &str = "/var/lib/fleet/apps";

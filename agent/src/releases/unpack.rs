@@ -125,7 +125,7 @@ pub(super) fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Sta
             // `git archive` puts the commit id here; it describes no file.
             continue;
         }
-        let parts = clean_path(&raw, limits.max_path).map_err(refuse)?;
+        let parts = clean_path(&raw, limits.max_path).map_err(|e| refuse(e.to_string()))?;
         let mode = entry.header().mode().map_err(archive_err)?;
         if mode & 0o7000 != 0 {
             return Err(refuse(format!(
@@ -164,7 +164,7 @@ pub(super) fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Sta
                     .map_err(archive_err)?
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                check_link(&parts, &target, limits.max_path).map_err(refuse)?;
+                check_link(&parts, &target, limits.max_path).map_err(|e| refuse(e.to_string()))?;
                 let path = leaf(dest, &parts, &name)?;
                 std::os::unix::fs::symlink(&target, &path)
                     .map_err(|e| exists_or(e, &name, "symlink", &path))?;
@@ -200,31 +200,54 @@ pub(super) fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Sta
     Ok(stats)
 }
 
+/// Why an entry's path or a symlink's target is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum UnsafePath {
+    #[error("path is longer than {0} bytes")]
+    TooLong(usize),
+    #[error("absolute paths are not allowed")]
+    Absolute,
+    #[error("'..' is not allowed in paths")]
+    ParentDir,
+    #[error("a path component is longer than {MAX_COMPONENT} bytes")]
+    LongComponent,
+    #[error("{0} is reserved: fleet writes it itself")]
+    Reserved(&'static str),
+    #[error("the release root cannot be a symlink")]
+    RootLink,
+    #[error("symlink has an empty target")]
+    EmptyTarget,
+    #[error("symlink target is longer than {0} bytes")]
+    LongTarget(usize),
+    #[error("symlink to absolute path {0:?} is not allowed")]
+    AbsoluteTarget(PathBuf),
+    #[error("symlink target {0:?} has '..' after a name; only leading '..' are allowed")]
+    ClimbAfterName(PathBuf),
+    #[error("symlink target {0:?} points outside the release")]
+    Outside(PathBuf),
+}
+
 /// The entry's path as plain names, or why it is refused. A leading `./` (and any `.`) is
 /// dropped; the empty result is the release root itself.
-fn clean_path(raw: &Path, max_path: usize) -> Result<Vec<OsString>, String> {
+fn clean_path(raw: &Path, max_path: usize) -> Result<Vec<OsString>, UnsafePath> {
     if raw.as_os_str().len() > max_path {
-        return Err(format!("path is longer than {max_path} bytes"));
+        return Err(UnsafePath::TooLong(max_path));
     }
     let mut parts = Vec::new();
     for c in raw.components() {
         match c {
-            Component::Prefix(_) | Component::RootDir => {
-                return Err("absolute paths are not allowed".into())
-            }
-            Component::ParentDir => return Err("'..' is not allowed in paths".into()),
+            Component::Prefix(_) | Component::RootDir => return Err(UnsafePath::Absolute),
+            Component::ParentDir => return Err(UnsafePath::ParentDir),
             Component::CurDir => {}
             Component::Normal(n) if n.len() > MAX_COMPONENT => {
-                return Err(format!(
-                    "a path component is longer than {MAX_COMPONENT} bytes"
-                ))
+                return Err(UnsafePath::LongComponent)
             }
             Component::Normal(n) => parts.push(n.to_owned()),
         }
     }
     let top = parts.first().and_then(|t| t.to_str());
     if let Some(r) = RESERVED.iter().find(|r| top == Some(**r)) {
-        return Err(format!("{r} is reserved: fleet writes it itself"));
+        return Err(UnsafePath::Reserved(r));
     }
     Ok(parts)
 }
@@ -235,16 +258,15 @@ fn clean_path(raw: &Path, max_path: usize) -> Result<Vec<OsString>, String> {
 /// what makes links safe in combination: after a name the path may pass through another
 /// link (`x -> .`), where a later `..` would climb from wherever that link leads, not
 /// from where the text suggests (`y -> x/..` would leave the root).
-fn check_link(parts: &[OsString], target: &Path, max_path: usize) -> Result<(), String> {
-    let shown = target.display();
+fn check_link(parts: &[OsString], target: &Path, max_path: usize) -> Result<(), UnsafePath> {
     if parts.is_empty() {
-        return Err("the release root cannot be a symlink".into());
+        return Err(UnsafePath::RootLink);
     }
     if target.as_os_str().is_empty() {
-        return Err("symlink has an empty target".into());
+        return Err(UnsafePath::EmptyTarget);
     }
     if target.as_os_str().len() > max_path {
-        return Err(format!("symlink target is longer than {max_path} bytes"));
+        return Err(UnsafePath::LongTarget(max_path));
     }
     let depth = parts.len() - 1;
     let mut up = 0;
@@ -252,20 +274,16 @@ fn check_link(parts: &[OsString], target: &Path, max_path: usize) -> Result<(), 
     for c in target.components() {
         match c {
             Component::Prefix(_) | Component::RootDir => {
-                return Err(format!("symlink to absolute path {shown:?} is not allowed"))
+                return Err(UnsafePath::AbsoluteTarget(target.to_owned()))
             }
             Component::CurDir => {}
             Component::ParentDir if named => {
-                return Err(format!(
-                    "symlink target {shown:?} has '..' after a name; only leading '..' are allowed"
-                ))
+                return Err(UnsafePath::ClimbAfterName(target.to_owned()))
             }
             Component::ParentDir => {
                 up += 1;
                 if up > depth {
-                    return Err(format!(
-                        "symlink target {shown:?} points outside the release"
-                    ));
+                    return Err(UnsafePath::Outside(target.to_owned()));
                 }
             }
             Component::Normal(_) => named = true,

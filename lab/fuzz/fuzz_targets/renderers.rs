@@ -268,6 +268,7 @@ fn check_units(spec: &AppSpec, cores: u32) {
     let layout = Layout {
         app_dir: &app_dir,
         env_dir: Path::new("/etc/fleet/env"),
+        worker_dir: Path::new(fleet_agent::asgi_worker::DIR),
     };
     let runtime = Runtime {
         gunicorn: "/usr/bin/gunicorn".into(),

@@ -99,7 +99,17 @@ enum Cmd {
 fn main() {
     fleet_lab::init_logging();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // A signal handler is tearing the lab down (teardown::on_signal) and ends the process
+    // with 130 when done. Whatever `run` returned meanwhile (most often "interrupted", from
+    // a step that saw the flag) must not end the process first: that would cut the
+    // teardown short and report the wrong status.
+    if fleet_lab::lab::ABORTING.load(std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("fleet-lab: {e:#}");

@@ -5,6 +5,7 @@
 
 use std::error::Error as StdError;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use rustls::{
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -189,6 +190,17 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<Channel, ConnectError> {
+    connect_from(addr, None, config, timeout).await
+}
+
+/// [`connect`] from a chosen local `source` address (the kernel picks one when `None`), so
+/// that a load generator can give each simulated host its own address on loopback.
+pub async fn connect_from(
+    addr: &str,
+    source: Option<IpAddr>,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, ConnectError> {
     let name = server_name(addr)?;
     let dial = addr.to_owned();
     let connector = tower::service_fn(move |_: Uri| {
@@ -196,7 +208,7 @@ pub async fn connect(
         let name = name.clone();
         let dial = dial.clone();
         async move {
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(&dial))
+            let tcp = tokio::time::timeout(timeout, dial_tcp(&dial, source))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
             tcp.set_nodelay(true)?;
@@ -225,6 +237,33 @@ pub async fn connect(
         .connect_with_connector(connector)
         .await
         .map_err(ConnectError::Transport)
+}
+
+async fn dial_tcp(dial: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(dial).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(dial).await? {
+        if target.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(target).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{dial} has no address of the family of {source}"),
+        )
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]

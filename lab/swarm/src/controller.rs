@@ -1,0 +1,260 @@
+//! The real release controller and fleetctl, run from the directory this binary lives in
+//! (target/release): `fleet-controller init`, `run` on free loopback ports, kill -9 and a
+//! restart on the same data dir, and fleetctl with the admin identity init made.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use tokio::process::{Child, Command};
+
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub controller: PathBuf,
+    pub fleetctl: PathBuf,
+    pub swarm: PathBuf,
+}
+
+/// The binaries next to this executable.
+pub fn bins() -> Result<Bins> {
+    let me = std::env::current_exe().context("find this executable")?;
+    let dir = me.parent().context("this executable has no directory")?;
+    let b = Bins {
+        controller: dir.join("fleet-controller"),
+        fleetctl: dir.join("fleetctl"),
+        swarm: me.clone(),
+    };
+    for p in [&b.controller, &b.fleetctl] {
+        ensure!(
+            p.exists(),
+            "{} is missing: build the release binaries first with \
+             `cargo build --workspace --release --locked --bins`",
+            p.display()
+        );
+    }
+    Ok(b)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the controller binds it next).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+pub struct Controller {
+    bins: Bins,
+    pub data: PathBuf,
+    pub addr: String,
+    http: String,
+    pub pin: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Controller {
+    /// `fleet-controller init` into `data` (which must not exist yet).
+    pub async fn init(bins: &Bins, data: &Path, log: &Path) -> Result<Controller> {
+        let out = Command::new(&bins.controller)
+            .args(["init", "--san", "127.0.0.1", "--data-dir"])
+            .arg(data)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("run fleet-controller init")?;
+        ensure!(
+            out.status.success(),
+            "fleet-controller init failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let pin = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ca-pin:").map(|p| p.trim().to_owned()))
+            .context("fleet-controller init printed no `ca-pin:` line")?;
+        Ok(Controller {
+            bins: bins.clone(),
+            data: data.to_owned(),
+            addr: format!("127.0.0.1:{}", free_port()?),
+            http: format!("127.0.0.1:{}", free_port()?),
+            pin,
+            log: log.to_owned(),
+            child: None,
+        })
+    }
+
+    /// `fleet-controller run`, returning once it accepts TCP connections.
+    pub async fn start(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "the controller is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let mut child = Command::new(&self.bins.controller)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen", &self.addr, "--http-listen", &self.http])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn fleet-controller run")?;
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(&self.addr).await.is_ok() {
+                break;
+            }
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "fleet-controller run exited ({st}) before listening; log: {}",
+                    self.log.display()
+                );
+            }
+            if Instant::now() > end {
+                bail!(
+                    "fleet-controller did not listen on {} within 30 s; log: {}",
+                    self.addr,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// SIGKILL, then reap it.
+    pub async fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.start_kill().context("kill -9 the controller")?;
+            c.wait().await.context("reap the controller")?;
+        }
+        Ok(())
+    }
+
+    pub fn identity(&self) -> PathBuf {
+        self.data.join("admin")
+    }
+
+    /// Runs fleetctl with the admin identity; returns stdout, failing on a non-zero exit.
+    pub async fn fleetctl(&self, args: &[&str]) -> Result<String> {
+        self.fleetctl_stdin(args, None).await
+    }
+
+    pub async fn fleetctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = Command::new(&self.bins.fleetctl);
+        cmd.arg("--controller")
+            .arg(&self.addr)
+            .arg("--identity")
+            .arg(self.identity())
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn fleetctl {}", args.join(" ")))?;
+        if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
+            w.write_all(data).await.context("write fleetctl's stdin")?;
+        }
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            bail!(
+                "fleetctl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Controller {
+    /// On every exit path: kill the controller we started, by PID, and reap it before
+    /// the data dir (and a slow-disk mount under it) is removed.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if !matches!(c.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Counts the controller's fsync/fdatasync calls while attached (strace -f -p PID).
+pub struct SyncCounter {
+    child: Child,
+    out: PathBuf,
+}
+
+impl SyncCounter {
+    /// None when strace is not installed or cannot attach (say so in the report).
+    pub async fn attach(pid: u32, out: &Path) -> Option<SyncCounter> {
+        let child = Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(out)
+            .args(["-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        // strace writes nothing until it has attached; give it that moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some(SyncCounter {
+            child,
+            out: out.to_owned(),
+        })
+    }
+
+    /// Detaches (SIGINT) and returns the number of calls seen.
+    pub async fn finish(mut self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        Some(count_syncs(&text))
+    }
+}
+
+/// Lines of strace output that start an fsync or fdatasync call ("<... resumed>" halves of
+/// split lines are not counted twice).
+pub fn count_syncs(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.contains("fdatasync(") || l.contains("fsync("))
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strace_lines_counted_once() {
+        let t = "123 fdatasync(9 <unfinished ...>\n124 fsync(3) = 0\n123 <... fdatasync resumed>) = 0\n125 +++ exited with 0 +++\n";
+        assert_eq!(count_syncs(t), 2);
+    }
+}

@@ -1,0 +1,281 @@
+//! Every figure of a run, printed as one plain table or one JSON document.
+
+use serde::Serialize;
+
+use crate::stats::{Floor, Latency};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub agents: u64,
+    pub procs: u64,
+    pub apps: u32,
+    pub reconnect: String,
+    pub slow_disk: bool,
+    pub heartbeat_ms: u64,
+    pub cores: usize,
+    pub nofile_hard: u64,
+    pub enroll: Option<Enroll>,
+    pub steady: Option<Steady>,
+    pub firewall: Option<FanOut>,
+    pub deploy: Vec<Deploy>,
+    pub rollout: Option<Rollout>,
+    pub hosts: Option<Hosts>,
+    pub reconnect_wave: Option<Wave>,
+    pub generator: Option<Generator>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Enroll {
+    pub joins: u64,
+    pub one_source: bool,
+    /// From spawning the workers until every host holds a certificate.
+    pub join_ms: u64,
+    pub joins_per_s: f64,
+    /// Joins refused by a rate limit and retried a second later.
+    pub retries: u64,
+    /// From spawning the workers until every stream is Welcomed.
+    pub all_up_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Steady {
+    pub window_s: u64,
+    pub rss_idle_kib: u64,
+    pub rss_kib: u64,
+    /// (RSS with every stream − RSS before any agent) / streams.
+    pub kib_per_session: f64,
+    /// Of one core, over the window.
+    pub cpu_percent: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FanOut {
+    pub command: String,
+    /// Until fleetctl exited.
+    pub fleetctl_ms: u64,
+    pub received: Latency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Deploy {
+    pub app: String,
+    pub fleetctl_ms: u64,
+    pub stage: Latency,
+    pub activate: Latency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rollout {
+    pub hosts: usize,
+    pub max_parallel: String,
+    pub canary: usize,
+    pub min_healthy_ms: u64,
+    pub floor: Floor,
+    pub took_ms: u64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Hosts {
+    pub table_ms: u64,
+    pub table_bytes: usize,
+    pub json_ms: u64,
+    pub json_bytes: usize,
+    pub listed: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Wave {
+    /// kill -9 → every stream Welcomed again.
+    pub back_from_kill_ms: u64,
+    /// controller started again (listening) → every stream Welcomed again.
+    pub back_from_restart_ms: u64,
+    pub attempts_mean: f64,
+    pub attempts_max: u32,
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    /// fsync + fdatasync calls of the restarted controller until every stream was back;
+    /// None when strace could not attach.
+    pub syncs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Generator {
+    /// Orchestrator and workers, over the whole run.
+    pub cpu_s: f64,
+    pub cpu_percent_of_run: f64,
+    pub rss_kib: u64,
+    pub peak_rss_kib: u64,
+    pub run_s: f64,
+}
+
+fn lat(l: &Latency) -> String {
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({}/{} reached)",
+        l.p50_ms, l.p99_ms, l.max_ms, l.reached, l.expected
+    )
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+impl Report {
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let mut r: Vec<(String, String)> = vec![(
+            "run".into(),
+            format!(
+                "{} agents in {} worker(s), {} app(s), reconnect {}, heartbeat {} ms{}; {} cores, nofile hard {}",
+                self.agents,
+                self.procs,
+                self.apps,
+                self.reconnect,
+                self.heartbeat_ms,
+                if self.slow_disk { ", slow disk" } else { "" },
+                self.cores,
+                self.nofile_hard
+            ),
+        )];
+        if let Some(e) = &self.enroll {
+            r.push((
+                "enroll".into(),
+                format!(
+                    "{} joins in {:.2} s = {:.0} joins/s{} ({} retried); all streams up after {:.2} s",
+                    e.joins,
+                    e.join_ms as f64 / 1000.0,
+                    e.joins_per_s,
+                    if e.one_source { " from one source" } else { ", one source each" },
+                    e.retries,
+                    e.all_up_ms as f64 / 1000.0
+                ),
+            ));
+        }
+        if let Some(s) = &self.steady {
+            r.push((
+                "controller RSS".into(),
+                format!(
+                    "{} ({} idle) = {:.1} KiB/session",
+                    mib(s.rss_kib),
+                    mib(s.rss_idle_kib),
+                    s.kib_per_session
+                ),
+            ));
+            r.push((
+                "steady CPU".into(),
+                format!("{:.2} % of a core over {} s", s.cpu_percent, s.window_s),
+            ));
+        }
+        if let Some(f) = &self.firewall {
+            r.push((
+                "firewall apply".into(),
+                format!("{}; fleetctl {} ms", lat(&f.received), f.fleetctl_ms),
+            ));
+        }
+        for d in &self.deploy {
+            r.push((format!("deploy {} stage", d.app), lat(&d.stage)));
+            r.push((
+                format!("deploy {} activate", d.app),
+                format!("{}; fleetctl {} ms", lat(&d.activate), d.fleetctl_ms),
+            ));
+        }
+        if let Some(ro) = &self.rollout {
+            r.push((
+                "rollout".into(),
+                format!(
+                    "{} hosts at {} (canary {}), min-healthy {} ms: {:.2} s vs floor {:.2} s ({} batches) = {:.2}×",
+                    ro.hosts,
+                    ro.max_parallel,
+                    ro.canary,
+                    ro.min_healthy_ms,
+                    ro.took_ms as f64 / 1000.0,
+                    ro.floor.floor_ms as f64 / 1000.0,
+                    ro.floor.batches,
+                    ro.ratio
+                ),
+            ));
+        }
+        if let Some(h) = &self.hosts {
+            r.push((
+                "fleetctl hosts".into(),
+                format!(
+                    "table {} ms ({} bytes), json {} ms ({} bytes), {} hosts listed",
+                    h.table_ms, h.table_bytes, h.json_ms, h.json_bytes, h.listed
+                ),
+            ));
+        }
+        if let Some(w) = &self.reconnect_wave {
+            r.push((
+                "kill -9 → all back".into(),
+                format!(
+                    "{:.2} s from the kill, {:.2} s from the restart; attempts/agent mean {:.2}, max {}",
+                    w.back_from_kill_ms as f64 / 1000.0,
+                    w.back_from_restart_ms as f64 / 1000.0,
+                    w.attempts_mean,
+                    w.attempts_max
+                ),
+            ));
+            r.push((
+                "listen queue".into(),
+                format!(
+                    "TcpExtListenOverflows +{}, ListenDrops +{}",
+                    w.listen_overflows, w.listen_drops
+                ),
+            ));
+            r.push((
+                "store syncs in the wave".into(),
+                w.syncs.map_or("not counted (strace could not attach)".into(), |s| {
+                    format!("{s} fsync/fdatasync")
+                }),
+            ));
+        }
+        if let Some(g) = &self.generator {
+            r.push((
+                "generator cost".into(),
+                format!(
+                    "{:.1} CPU-s over {:.0} s ({:.1} % of a core), RSS {} (peak {})",
+                    g.cpu_s,
+                    g.run_s,
+                    g.cpu_percent_of_run,
+                    mib(g.rss_kib),
+                    mib(g.peak_rss_kib)
+                ),
+            ));
+        }
+        r
+    }
+
+    pub fn table(&self) -> String {
+        let rows = self.rows();
+        let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_a_row_per_figure_and_json_every_field() {
+        let r = Report {
+            agents: 10,
+            procs: 1,
+            steady: Some(Steady {
+                window_s: 5,
+                rss_idle_kib: 1024,
+                rss_kib: 2048,
+                kib_per_session: 102.4,
+                cpu_percent: 1.5,
+            }),
+            ..Default::default()
+        };
+        let t = r.table();
+        assert!(t.contains("controller RSS"), "{t}");
+        assert!(t.contains("102.4 KiB/session"), "{t}");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["steady"]["rss_kib"], 2048);
+        assert!(j["firewall"].is_null());
+    }
+}

@@ -1,0 +1,449 @@
+//! `fleet-swarm run`: a controller, the workers, then each scenario in turn.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+use crate::backoff::Reconnect;
+use crate::controller::{bins, Controller, SyncCounter};
+use crate::limits;
+use crate::report::{self, Report};
+use crate::sim::now_ms;
+use crate::stats;
+use crate::swarm::{Plan, Swarm};
+use crate::worker::host_name;
+
+/// Hosts one worker process simulates at most by default: two sockets each while joining,
+/// far under the 20,000 open files a process may have here.
+pub const PER_PROC: u64 = 9_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Enroll,
+    Steady,
+    Firewall,
+    Deploy,
+    Rollout,
+    Hosts,
+    Reconnect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub agents: u64,
+    /// Worker processes [default: ceil(agents / 9000)].
+    #[arg(long)]
+    pub procs: Option<u64>,
+    /// Apps deployed to every host (the deploy scenario).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub apps: u32,
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Put the controller's data dir on a device whose flushes take ~2 ms (dm-delay).
+    #[arg(long)]
+    pub slow_disk: bool,
+    /// Scenarios to run, comma-separated [default: all]; enroll always runs.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenarios: Vec<Scenario>,
+    #[arg(long, value_enum, default_value = "agent")]
+    pub reconnect: Reconnect,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub heartbeat: Duration,
+    /// Steady-state measuring window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub window: Duration,
+    /// Enroll every host from one source address (bulk token behind one NAT).
+    #[arg(long)]
+    pub one_source: bool,
+    /// Rollout: how long each host must stay healthy (the simulated agent waits it out).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub min_healthy: Duration,
+    #[arg(long, default_value_t = 0)]
+    pub canary: usize,
+    /// Bound on each wait (all up, all reached, all back).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub timeout: Duration,
+    /// Keep the run's directory (controller and worker logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl RunArgs {
+    fn wants(&self, s: Scenario) -> bool {
+        self.scenarios.is_empty() || self.scenarios.contains(&s)
+    }
+}
+
+/// Harmless: accepts everything; only the confirm-after is short so the apply ends soon.
+pub const POLICY: &str = r#"default = "accept"
+confirm_timeout = "60s"
+confirm_after = "1s"
+admin_sources = ["127.0.0.0/8"]
+
+[[allow]]
+name = "ssh"
+proto = "tcp"
+ports = [22]
+sources = ["127.0.0.0/8"]
+"#;
+
+fn app_spec(i: u32) -> String {
+    format!(
+        "name = \"app{i}\"\nserver = \"gunicorn\"\nentry = \"app:application\"\n\
+         listen = \"0.0.0.0:{}\"\nworkers = 2\n\
+         health = {{ path = \"/health\", timeout = \"2s\", interval = \"500ms\", failures = 2 }}\n",
+        8000 + i
+    )
+}
+
+/// A small release tarball (what is inside does not matter to simulated hosts).
+fn release(version: &str) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let files = [
+        ("app.py", "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n".to_owned()),
+        ("RELEASE", format!("{version}\n")),
+    ];
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, data.as_bytes())?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+pub async fn run(args: RunArgs) -> Result<Report> {
+    ensure!(args.agents > 0, "--agents must be at least 1");
+    ensure!(
+        args.agents <= crate::addr::capacity(),
+        "--agents is larger than the loopback addresses available"
+    );
+    limits::raise_nofile();
+    let procs = args
+        .procs
+        .unwrap_or_else(|| args.agents.div_ceil(PER_PROC))
+        .clamp(1, args.agents);
+    let bins = bins()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-swarm-")
+        .tempdir()
+        .context("create the run's temp dir")?;
+    let started = Instant::now();
+    let mut report = Report {
+        agents: args.agents,
+        procs,
+        apps: args.apps,
+        reconnect: format!("{:?}", args.reconnect).to_lowercase(),
+        slow_disk: args.slow_disk,
+        heartbeat_ms: args.heartbeat.as_millis() as u64,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        nofile_hard: limits::nofile_hard(),
+        ..Default::default()
+    };
+    let slow = if args.slow_disk {
+        Some(crate::slowdisk::SlowDisk::create(dir.path())?)
+    } else {
+        None
+    };
+    let data_parent = slow.as_ref().map_or(dir.path(), |s| s.mount_point());
+    let result = scenarios(&args, &bins, dir.path(), data_parent, procs, started, &mut report).await;
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("fleet-swarm: run directory kept at {}", kept.display());
+    }
+    drop(slow);
+    result.map(|()| report)
+}
+
+async fn scenarios(
+    args: &RunArgs,
+    bins: &crate::controller::Bins,
+    dir: &Path,
+    data_parent: &Path,
+    procs: u64,
+    started: Instant,
+    report: &mut Report,
+) -> Result<()> {
+    let n = args.agents as usize;
+    let mut c = Controller::init(bins, &data_parent.join("data"), &dir.join("controller.log")).await?;
+    c.start().await?;
+    let pid = c.pid().context("controller pid")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = limits::status_kib(pid, "VmRSS")?;
+
+    // Apps and releases exist before any host, as in a fleet being built up.
+    let rel_dir = dir.join("releases");
+    std::fs::create_dir_all(&rel_dir)?;
+    for i in 1..=args.apps {
+        let spec = rel_dir.join(format!("app{i}.toml"));
+        std::fs::write(&spec, app_spec(i))?;
+        c.fleetctl(&["app", "apply", &spec.display().to_string()]).await?;
+        for v in ["1.0.0", "1.0.1"] {
+            let tarball = rel_dir.join(format!("app{i}-{v}.tar.gz"));
+            std::fs::write(&tarball, release(v)?)?;
+            c.fleetctl(&[
+                "release",
+                "upload",
+                &format!("app{i}"),
+                "--version",
+                v,
+                &tarball.display().to_string(),
+            ])
+            .await?;
+        }
+    }
+    let token = c
+        .fleetctl(&["token", "create", "--uses", &args.agents.to_string(), "--ttl", "2h"])
+        .await?
+        .trim()
+        .to_owned();
+
+    // enroll
+    let t_spawn = Instant::now();
+    let mut swarm = Swarm::spawn(&Plan {
+        exe: &bins.swarm,
+        controller: &c.addr,
+        pin: &c.pin,
+        token: &token,
+        agents: args.agents,
+        procs,
+        heartbeat: args.heartbeat,
+        reconnect: args.reconnect,
+        one_source: args.one_source,
+        logs: dir,
+    })?;
+    let joined = swarm
+        .wait("every host enrolled", args.timeout, |v| {
+            v.workers.iter().all(|w| w.enrolled.is_some())
+        })
+        .await?;
+    let (joins, retries) = {
+        let v = swarm.view.lock().unwrap_or_else(|e| e.into_inner());
+        v.workers.iter().fold((0, 0), |(j, r), w| {
+            let (c, _, rr) = w.enrolled.unwrap_or_default();
+            (j + c, r + rr)
+        })
+    };
+    ensure!(joins == args.agents, "only {joins} of {} hosts enrolled", args.agents);
+    swarm
+        .wait("every stream up", args.timeout, |v| v.up() == n)
+        .await?;
+    report.enroll = Some(report::Enroll {
+        joins,
+        one_source: args.one_source,
+        join_ms: joined.as_millis() as u64,
+        joins_per_s: joins as f64 / joined.as_secs_f64().max(1e-3),
+        retries,
+        all_up_ms: t_spawn.elapsed().as_millis() as u64,
+    });
+
+    if args.wants(Scenario::Steady) {
+        let hz = limits::clock_ticks_per_sec();
+        let t0 = limits::cpu_ticks(pid)?;
+        tokio::time::sleep(args.window).await;
+        let t1 = limits::cpu_ticks(pid)?;
+        let rss = limits::status_kib(pid, "VmRSS")?;
+        report.steady = Some(report::Steady {
+            window_s: args.window.as_secs(),
+            rss_idle_kib: rss_idle,
+            rss_kib: rss,
+            kib_per_session: rss.saturating_sub(rss_idle) as f64 / n as f64,
+            cpu_percent: (t1 - t0) as f64 / hz as f64 / args.window.as_secs_f64() * 100.0,
+        });
+    }
+
+    if args.wants(Scenario::Firewall) {
+        let file = dir.join("policy.toml");
+        std::fs::write(&file, POLICY)?;
+        let t0 = now_ms();
+        let t = Instant::now();
+        c.fleetctl(&["firewall", "apply", &file.display().to_string()])
+            .await?;
+        let fleetctl_ms = t.elapsed().as_millis() as u64;
+        swarm
+            .wait("every host received the firewall apply", args.timeout, |v| {
+                v.reached("apply_firewall", t0) == n
+            })
+            .await
+            .ok();
+        report.firewall = Some(report::FanOut {
+            command: "fleetctl firewall apply".into(),
+            fleetctl_ms,
+            received: stats::latency(swarm.latencies("apply_firewall", t0), n),
+        });
+    }
+
+    if args.wants(Scenario::Deploy) {
+        for i in 1..=args.apps {
+            let app = format!("app{i}");
+            let t0 = now_ms();
+            let t = Instant::now();
+            c.fleetctl(&["deploy", &app, "--version", "1.0.0"]).await?;
+            let fleetctl_ms = t.elapsed().as_millis() as u64;
+            swarm
+                .wait("every host activated the deploy", args.timeout, |v| {
+                    v.reached("activate", t0) == n
+                })
+                .await
+                .ok();
+            report.deploy.push(report::Deploy {
+                app,
+                fleetctl_ms,
+                stage: stats::latency(swarm.latencies("stage", t0), n),
+                activate: stats::latency(swarm.latencies("activate", t0), n),
+            });
+        }
+    }
+
+    if args.wants(Scenario::Rollout) {
+        let hosts = n.min(1000);
+        let max_parallel: fleet_proto::values::MaxParallel = "10%".parse()?;
+        let min_healthy = format!("{}ms", args.min_healthy.as_millis());
+        let names: Vec<String> = (0..hosts as u64).map(host_name).collect();
+        let list = names.join(",");
+        let mut a = vec![
+            "rollout",
+            "app1",
+            "--version",
+            "1.0.1",
+            "--max-parallel",
+            "10%",
+            "--min-healthy",
+            &min_healthy,
+            "--healthy-deadline",
+            "2m",
+        ];
+        let canary = args.canary.to_string();
+        a.extend(["--canary", &canary]);
+        if hosts < n {
+            a.extend(["--hosts", &list]);
+        }
+        let t = Instant::now();
+        c.fleetctl(&a).await?;
+        let took = t.elapsed();
+        let floor = stats::rollout_floor(hosts, args.canary, max_parallel, args.min_healthy);
+        report.rollout = Some(report::Rollout {
+            hosts,
+            max_parallel: "10%".into(),
+            canary: args.canary,
+            min_healthy_ms: args.min_healthy.as_millis() as u64,
+            ratio: took.as_millis() as f64 / floor.floor_ms.max(1) as f64,
+            floor,
+            took_ms: took.as_millis() as u64,
+        });
+    }
+
+    if args.wants(Scenario::Hosts) {
+        let t = Instant::now();
+        let table = c.fleetctl(&["hosts"]).await?;
+        let table_ms = t.elapsed().as_millis() as u64;
+        let t = Instant::now();
+        let json = c.fleetctl(&["--output", "json", "hosts"]).await?;
+        let json_ms = t.elapsed().as_millis() as u64;
+        let listed = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        report.hosts = Some(report::Hosts {
+            table_ms,
+            table_bytes: table.len(),
+            json_ms,
+            json_bytes: json.len(),
+            listed,
+        });
+    }
+
+    if args.wants(Scenario::Reconnect) {
+        swarm.mark().await?;
+        let before = limits::tcp_ext()?;
+        let t_kill = Instant::now();
+        c.kill9().await?;
+        swarm
+            .wait("every stream noticed the kill", Duration::from_secs(60), |v| {
+                v.up() == 0
+            })
+            .await?;
+        c.start().await?;
+        let t_restart = Instant::now();
+        let pid = c.pid().context("controller pid")?;
+        let counter = SyncCounter::attach(pid, &dir.join("strace.txt")).await;
+        swarm
+            .wait("every stream back after the restart", args.timeout, |v| v.up() == n)
+            .await?;
+        let back_from_kill = t_kill.elapsed();
+        let back_from_restart = t_restart.elapsed();
+        let syncs = match counter {
+            Some(c) => c.finish().await,
+            None => None,
+        };
+        let after = limits::tcp_ext()?;
+        let delta = |k: &str| {
+            after
+                .get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.get(k).copied().unwrap_or(0))
+        };
+        let (sum, max) = {
+            let v = swarm.view.lock().unwrap_or_else(|e| e.into_inner());
+            v.workers
+                .iter()
+                .fold((0, 0), |(s, m), w| (s + w.wave_sum, m.max(w.wave_max)))
+        };
+        report.reconnect_wave = Some(report::Wave {
+            back_from_kill_ms: back_from_kill.as_millis() as u64,
+            back_from_restart_ms: back_from_restart.as_millis() as u64,
+            attempts_mean: sum as f64 / n as f64,
+            attempts_max: max,
+            listen_overflows: delta("ListenOverflows"),
+            listen_drops: delta("ListenDrops"),
+            syncs,
+        });
+    }
+
+    // What the generator itself cost: orchestrator + workers.
+    let hz = limits::clock_ticks_per_sec() as f64;
+    let mut pids = swarm.pids();
+    pids.push(std::process::id());
+    let (mut ticks, mut rss, mut peak) = (0u64, 0u64, 0u64);
+    for p in pids {
+        ticks += limits::cpu_ticks(p).unwrap_or(0);
+        rss += limits::status_kib(p, "VmRSS").unwrap_or(0);
+        peak += limits::status_kib(p, "VmHWM").unwrap_or(0);
+    }
+    let run_s = started.elapsed().as_secs_f64();
+    report.generator = Some(report::Generator {
+        cpu_s: ticks as f64 / hz,
+        cpu_percent_of_run: ticks as f64 / hz / run_s * 100.0,
+        rss_kib: rss,
+        peak_rss_kib: peak,
+        run_s,
+    });
+    drop(swarm);
+    drop(c);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_and_specs_are_valid() {
+        fleet_proto::firewall::Policy::parse(POLICY).unwrap();
+        for i in 1..=3 {
+            fleet_proto::spec::AppSpec::parse(&app_spec(i)).unwrap();
+        }
+        assert!(!release("1.0.0").unwrap().is_empty());
+    }
+}

@@ -94,6 +94,14 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         max_parallel: u32,
     },
+    /// N simulated agents against a real controller on loopback (issue 16): runs the
+    /// `fleet-swarm` binary next to this one with these arguments, e.g.
+    /// `fleet-lab swarm run --agents 5000`. No lab hosts are involved.
+    #[command(disable_help_flag = true)]
+    Swarm {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -150,6 +158,7 @@ fn env_line(paths: &Paths) -> Result<String> {
 fn run(cli: Cli) -> Result<i32> {
     let paths = Paths::from_env();
     match cli.cmd {
+        Cmd::Swarm { args } => swarm(&args),
         Cmd::Up {
             n,
             no_fleet,
@@ -277,4 +286,20 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Replaces this process with `fleet-swarm` from the same directory, so that fleet-lab
+/// itself needs no gRPC stack.
+fn swarm(args: &[String]) -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().context("find the fleet-lab executable")?;
+    let bin = me.with_file_name("fleet-swarm");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --workspace --release --locked --bins`",
+            bin.display()
+        );
+    }
+    let err = std::process::Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("exec {}", bin.display()))
 }

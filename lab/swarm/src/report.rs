@@ -60,7 +60,8 @@ pub struct FanOut {
 pub struct Deploy {
     pub app: String,
     pub fleetctl_ms: u64,
-    pub stage: Latency,
+    /// None when the controller sent no separate Stage (Activate stages a missing release).
+    pub stage: Option<Latency>,
     pub activate: Latency,
 }
 
@@ -172,7 +173,9 @@ impl Report {
             ));
         }
         for d in &self.deploy {
-            r.push((format!("deploy {} stage", d.app), lat(&d.stage)));
+            if let Some(stage) = &d.stage {
+                r.push((format!("deploy {} stage", d.app), lat(stage)));
+            }
             r.push((
                 format!("deploy {} activate", d.app),
                 format!("{}; fleetctl {} ms", lat(&d.activate), d.fleetctl_ms),

@@ -299,7 +299,9 @@ async fn scenarios(
             report.deploy.push(report::Deploy {
                 app,
                 fleetctl_ms,
-                stage: stats::latency(swarm.latencies("stage", t0), n),
+                stage: Some(swarm.latencies("stage", t0))
+                    .filter(|l| !l.is_empty())
+                    .map(|l| stats::latency(l, n)),
                 activate: stats::latency(swarm.latencies("activate", t0), n),
             });
         }

@@ -1,0 +1,56 @@
+//! The swarm simulator's CI-sized run (issue 16): 500 simulated agents in two worker
+//! processes against the real release controller on loopback. Asserts behaviour (every
+//! host enrolled, up, reached by a fleet-wide firewall apply and a deploy, back after a
+//! kill -9 of the controller), never timings: those are benchmarks (docs/benchmarks.md).
+//! Needs no lab hosts, only the release binaries.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const AGENTS: u64 = 500;
+
+#[test]
+fn swarm_of_500_is_reached_by_fan_outs_and_comes_back_after_a_controller_kill() {
+    if std::env::var("FLEET_LAB").as_deref() == Ok("skip") {
+        eprintln!("lab test skipped on purpose (FLEET_LAB=skip)");
+        return;
+    }
+    let bins = fleet_lab::fleet::binaries().unwrap_or_else(|e| {
+        panic!("swarm test cannot run: {e:#}. Set FLEET_LAB=skip to skip lab tests on purpose.")
+    });
+    let swarm = bins.controller.with_file_name("fleet-swarm");
+    assert!(
+        swarm.exists(),
+        "swarm test cannot run: {} is missing (cargo build --workspace --release --locked \
+         --bins). Set FLEET_LAB=skip to skip lab tests on purpose.",
+        swarm.display()
+    );
+    let out = Command::new(&swarm)
+        .args(["run", "--agents", &AGENTS.to_string(), "--procs", "2", "--apps", "1"])
+        .args(["--scenarios", "firewall,deploy,hosts,reconnect"])
+        .args(["--output", "json", "--timeout", "2m"])
+        .output()
+        .expect("run fleet-swarm");
+    assert!(
+        out.status.success(),
+        "fleet-swarm failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let n = AGENTS;
+    assert_eq!(r["agents"], n);
+    assert_eq!(r["procs"], 2);
+    assert_eq!(r["enroll"]["joins"], n, "{r:#}");
+    assert_eq!(r["firewall"]["received"]["reached"], n, "{r:#}");
+    assert_eq!(r["deploy"][0]["activate"]["reached"], n, "{r:#}");
+    assert_eq!(r["hosts"]["listed"], n, "{r:#}");
+    let wave = &r["reconnect_wave"];
+    // Every stream came back (the run fails otherwise), each after at least one attempt.
+    assert!(wave["attempts_mean"].as_f64().unwrap() >= 1.0, "{r:#}");
+    assert!(wave["attempts_max"].as_u64().unwrap() >= 1, "{r:#}");
+    // Scenarios not asked for are not reported.
+    assert!(r["rollout"].is_null() && r["steady"].is_null(), "{r:#}");
+    assert!(r["generator"]["cpu_s"].as_f64().unwrap() > 0.0, "{r:#}");
+}

@@ -158,7 +158,7 @@ fn env_line(paths: &Paths) -> Result<String> {
 fn run(cli: Cli) -> Result<i32> {
     let paths = Paths::from_env();
     match cli.cmd {
-        Cmd::Swarm { args } => swarm(&args),
+        Cmd::Swarm { args } => return swarm(&args),
         Cmd::Up {
             n,
             no_fleet,

@@ -27,7 +27,15 @@ fn swarm_of_500_is_reached_by_fan_outs_and_comes_back_after_a_controller_kill() 
         swarm.display()
     );
     let out = Command::new(&swarm)
-        .args(["run", "--agents", &AGENTS.to_string(), "--procs", "2", "--apps", "1"])
+        .args([
+            "run",
+            "--agents",
+            &AGENTS.to_string(),
+            "--procs",
+            "2",
+            "--apps",
+            "1",
+        ])
         .args(["--scenarios", "firewall,deploy,hosts,reconnect"])
         .args(["--output", "json", "--timeout", "2m"])
         .output()

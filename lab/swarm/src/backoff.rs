@@ -67,10 +67,7 @@ mod tests {
                 c
             })
             .collect();
-        assert_eq!(
-            ceilings,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
-        );
+        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
         b.reset();
         let d = b.next_with(0.5);
         assert_eq!(d, Duration::from_millis(375));

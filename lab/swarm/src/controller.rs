@@ -70,7 +70,11 @@ impl Controller {
         );
         let pin = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find_map(|l| l.trim().strip_prefix("ca-pin:").map(|p| p.trim().to_owned()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("ca-pin:")
+                    .map(|p| p.trim().to_owned())
+            })
             .context("fleet-controller init printed no `ca-pin:` line")?;
         Ok(Controller {
             bins: bins.clone(),

@@ -70,7 +70,11 @@ fn parse_netstat(text: &str, prefix: &str) -> HashMap<String, u64> {
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
     let mut out = HashMap::new();
     if let [names, values, ..] = lines.as_slice() {
-        for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+        for (n, v) in names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+        {
             if let Ok(v) = v.parse() {
                 out.insert(n.to_owned(), v);
             }

@@ -17,7 +17,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fleet-swarm", about = "Load generator for the fleet controller", version)]
+#[command(
+    name = "fleet-swarm",
+    about = "Load generator for the fleet controller",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -226,9 +226,10 @@ impl Report {
             ));
             r.push((
                 "store syncs in the wave".into(),
-                w.syncs.map_or("not counted (strace could not attach)".into(), |s| {
-                    format!("{s} fsync/fdatasync")
-                }),
+                w.syncs
+                    .map_or("not counted (strace could not attach)".into(), |s| {
+                        format!("{s} fsync/fdatasync")
+                    }),
             ));
         }
         if let Some(g) = &self.generator {
@@ -249,7 +250,11 @@ impl Report {
 
     pub fn table(&self) -> String {
         let rows = self.rows();
-        let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let w = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         rows.iter()
             .map(|(k, v)| format!("{k:<w$}  {v}\n"))
             .collect()

@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// Bound on each wait (all up, all reached, all back).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub timeout: Duration,
+    /// Answer Stage/Activate without downloading the release through the stream.
+    #[arg(long)]
+    pub no_fetch: bool,
     /// Keep the run's directory (controller and worker logs) and print its path.
     #[arg(long)]
     pub keep: bool,
@@ -104,13 +107,14 @@ fn app_spec(i: u32) -> String {
     )
 }
 
-/// A small release tarball (what is inside does not matter to simulated hosts).
-fn release(version: &str) -> Result<Vec<u8>> {
+/// A small release tarball (what is inside does not matter to simulated hosts; each app's
+/// differs, so each is downloaded).
+fn release(app: &str, version: &str) -> Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
     let files = [
         ("app.py", "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n".to_owned()),
-        ("RELEASE", format!("{version}\n")),
+        ("RELEASE", format!("{app} {version}\n")),
     ];
     for (path, data) in files {
         let mut h = tar::Header::new_gnu();
@@ -156,7 +160,16 @@ pub async fn run(args: RunArgs) -> Result<Report> {
         None
     };
     let data_parent = slow.as_ref().map_or(dir.path(), |s| s.mount_point());
-    let result = scenarios(&args, &bins, dir.path(), data_parent, procs, started, &mut report).await;
+    let result = scenarios(
+        &args,
+        &bins,
+        dir.path(),
+        data_parent,
+        procs,
+        started,
+        &mut report,
+    )
+    .await;
     if args.keep {
         let kept = dir.keep();
         eprintln!("fleet-swarm: run directory kept at {}", kept.display());
@@ -175,7 +188,8 @@ async fn scenarios(
     report: &mut Report,
 ) -> Result<()> {
     let n = args.agents as usize;
-    let mut c = Controller::init(bins, &data_parent.join("data"), &dir.join("controller.log")).await?;
+    let mut c =
+        Controller::init(bins, &data_parent.join("data"), &dir.join("controller.log")).await?;
     c.start().await?;
     let pid = c.pid().context("controller pid")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -187,10 +201,11 @@ async fn scenarios(
     for i in 1..=args.apps {
         let spec = rel_dir.join(format!("app{i}.toml"));
         std::fs::write(&spec, app_spec(i))?;
-        c.fleetctl(&["app", "apply", &spec.display().to_string()]).await?;
+        c.fleetctl(&["app", "apply", &spec.display().to_string()])
+            .await?;
         for v in ["1.0.0", "1.0.1"] {
             let tarball = rel_dir.join(format!("app{i}-{v}.tar.gz"));
-            std::fs::write(&tarball, release(v)?)?;
+            std::fs::write(&tarball, release(&format!("app{i}"), v)?)?;
             c.fleetctl(&[
                 "release",
                 "upload",
@@ -203,7 +218,14 @@ async fn scenarios(
         }
     }
     let token = c
-        .fleetctl(&["token", "create", "--uses", &args.agents.to_string(), "--ttl", "2h"])
+        .fleetctl(&[
+            "token",
+            "create",
+            "--uses",
+            &args.agents.to_string(),
+            "--ttl",
+            "2h",
+        ])
         .await?
         .trim()
         .to_owned();
@@ -220,6 +242,7 @@ async fn scenarios(
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
         one_source: args.one_source,
+        no_fetch: args.no_fetch,
         logs: dir,
     })?;
     let joined = swarm
@@ -234,7 +257,11 @@ async fn scenarios(
             (j + c, r + rr)
         })
     };
-    ensure!(joins == args.agents, "only {joins} of {} hosts enrolled", args.agents);
+    ensure!(
+        joins == args.agents,
+        "only {joins} of {} hosts enrolled",
+        args.agents
+    );
     swarm
         .wait("every stream up", args.timeout, |v| v.up() == n)
         .await?;
@@ -271,9 +298,11 @@ async fn scenarios(
             .await?;
         let fleetctl_ms = t.elapsed().as_millis() as u64;
         swarm
-            .wait("every host received the firewall apply", args.timeout, |v| {
-                v.reached("apply_firewall", t0) == n
-            })
+            .wait(
+                "every host received the firewall apply",
+                args.timeout,
+                |v| v.reached("apply_firewall", t0) == n,
+            )
             .await
             .ok();
         report.firewall = Some(report::FanOut {
@@ -371,16 +400,20 @@ async fn scenarios(
         let t_kill = Instant::now();
         c.kill9().await?;
         swarm
-            .wait("every stream noticed the kill", Duration::from_secs(60), |v| {
-                v.up() == 0
-            })
+            .wait(
+                "every stream noticed the kill",
+                Duration::from_secs(60),
+                |v| v.up() == 0,
+            )
             .await?;
         c.start().await?;
         let t_restart = Instant::now();
         let pid = c.pid().context("controller pid")?;
         let counter = SyncCounter::attach(pid, &dir.join("strace.txt")).await;
         swarm
-            .wait("every stream back after the restart", args.timeout, |v| v.up() == n)
+            .wait("every stream back after the restart", args.timeout, |v| {
+                v.up() == n
+            })
             .await?;
         let back_from_kill = t_kill.elapsed();
         let back_from_restart = t_restart.elapsed();
@@ -446,6 +479,9 @@ mod tests {
         for i in 1..=3 {
             fleet_proto::spec::AppSpec::parse(&app_spec(i)).unwrap();
         }
-        assert!(!release("1.0.0").unwrap().is_empty());
+        assert_ne!(
+            release("app1", "1.0.0").unwrap(),
+            release("app2", "1.0.0").unwrap()
+        );
     }
 }

@@ -39,7 +39,11 @@ impl View {
     /// Latency (ms after `t0_ms`) of the first `kind` receipt of each host since `t0_ms`.
     pub fn latencies(&self, kind: &str, t0_ms: u64) -> Vec<f64> {
         let mut first: std::collections::HashMap<u64, u64> = Default::default();
-        for r in self.receipts.iter().filter(|r| r.k == kind && r.ms >= t0_ms) {
+        for r in self
+            .receipts
+            .iter()
+            .filter(|r| r.k == kind && r.ms >= t0_ms)
+        {
             let e = first.entry(r.a).or_insert(r.ms);
             *e = (*e).min(r.ms);
         }
@@ -67,6 +71,7 @@ pub struct Plan<'a> {
     pub heartbeat: Duration,
     pub reconnect: Reconnect,
     pub one_source: bool,
+    pub no_fetch: bool,
     pub logs: &'a Path,
 }
 
@@ -89,8 +94,8 @@ impl Swarm {
         for w in 0..p.procs {
             let (first, count) = share(p.agents, p.procs, w);
             let log = p.logs.join(format!("worker-{w}.log"));
-            let log = std::fs::File::create(&log)
-                .with_context(|| format!("create {}", log.display()))?;
+            let log =
+                std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
             let mut cmd = Command::new(p.exe);
             cmd.arg("worker")
                 .args(["--controller", p.controller, "--ca-pin", p.pin])
@@ -113,6 +118,9 @@ impl Swarm {
                 .kill_on_drop(true);
             if p.one_source {
                 cmd.arg("--one-source");
+            }
+            if p.no_fetch {
+                cmd.arg("--no-fetch");
             }
             let mut child = cmd.spawn().context("spawn a fleet-swarm worker")?;
             stdins.push(child.stdin.take().context("worker stdin")?);

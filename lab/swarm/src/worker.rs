@@ -44,6 +44,9 @@ pub struct WorkerArgs {
     pub join_concurrency: usize,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub enroll_timeout: Duration,
+    /// Answer Stage/Activate without downloading the release.
+    #[arg(long)]
+    pub no_fetch: bool,
 }
 
 /// One line of a worker's stdout.
@@ -123,7 +126,8 @@ async fn simulate(args: WorkerArgs) -> Result<()> {
                     Ok(a) => return Ok(a),
                     // A rate limit is waited out, like an operator re-running the join.
                     Err(err)
-                        if is_rate_limited(&err) && Instant::now() + Duration::from_secs(1) < deadline =>
+                        if is_rate_limited(&err)
+                            && Instant::now() + Duration::from_secs(1) < deadline =>
                     {
                         retries.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -154,6 +158,7 @@ async fn simulate(args: WorkerArgs) -> Result<()> {
         controller: args.controller.clone(),
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
+        fetch: !args.no_fetch,
         up: AtomicUsize::new(0),
         receipts,
     });

@@ -17,9 +17,8 @@ use fleet_proto::transport::{connect_from, identity_client_config, pinned_client
 use fleet_proto::v1::agent_channel_client::AgentChannelClient;
 use fleet_proto::v1::enrollment_client::EnrollmentClient;
 use fleet_proto::v1::{
-    agent_message, command, command_result, controller_message, AgentMessage, AppState, Command,
-    CommandResult, ControllerMessage, FirewallState, Heartbeat, Hello, HostFacts, JoinRequest,
-    LogLine,
+    agent_message, command, controller_message, AgentMessage, AppState, Command, ControllerMessage,
+    FirewallState, Heartbeat, Hello, HostFacts, JoinRequest, ReleaseData,
 };
 use rcgen::{CertificateParams, DnType, KeyPair};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backoff::{Backoff, Reconnect};
 
+mod commands;
 
 /// The agent's own bounds (agent/src/channel).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +44,8 @@ pub struct Common {
     pub controller: String,
     pub heartbeat: Duration,
     pub reconnect: Reconnect,
+    /// Download releases through the stream (FetchRelease) before Stage/Activate succeed.
+    pub fetch: bool,
     /// Agents with a Welcomed stream right now.
     pub up: AtomicUsize,
     pub receipts: mpsc::UnboundedSender<Receipt>,
@@ -77,6 +79,8 @@ pub struct Agent {
     pub wave_attempts: AtomicU32,
     up: AtomicBool,
     host: Mutex<Host>,
+    /// Release downloads waiting for their ReleaseData, by request id.
+    fetches: Mutex<HashMap<String, mpsc::Sender<ReleaseData>>>,
 }
 
 #[derive(Default)]
@@ -87,6 +91,8 @@ struct Host {
     pending: Option<(String, String)>,
     package_version: String,
     tails: HashMap<String, oneshot::Sender<()>>,
+    /// sha256 of the releases present on this host.
+    staged: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -125,7 +131,7 @@ impl Agent {
         let channel = connect_from(
             &e.controller,
             Some(join_source),
-            pinned_client_config(e.pin.clone()),
+            pinned_client_config(e.pin),
             CONNECT_TIMEOUT,
         )
         .await
@@ -152,6 +158,7 @@ impl Agent {
             attempts: AtomicU32::new(0),
             wave_attempts: AtomicU32::new(0),
             up: AtomicBool::new(false),
+            fetches: Mutex::new(HashMap::new()),
             host: Mutex::new(Host {
                 firewall: FirewallState {
                     state: "none".into(),
@@ -267,8 +274,7 @@ impl Agent {
                 // Everything again: the controller may have missed changes meanwhile.
                 let (apps, fw) = {
                     let h = lock(&self.host);
-                    let apps: Vec<AppState> =
-                        h.apps.iter().map(|(n, a)| app_state(n, a)).collect();
+                    let apps: Vec<AppState> = h.apps.iter().map(|(n, a)| app_state(n, a)).collect();
                     let fw = (h.firewall.state != "none").then(|| h.firewall.clone());
                     (apps, fw)
                 };
@@ -286,12 +292,13 @@ impl Agent {
                     k: kind_name(&c).into(),
                     ms: now_ms(),
                 });
+                let fetch = common.fetch;
                 let upgrade = matches!(c.kind, Some(command::Kind::UpgradeAgent(_)));
                 let agent = self.clone();
                 let tx2 = tx.clone();
                 if upgrade {
                     // dpkg would restart the agent: answer, then come back as the new version.
-                    let result = agent.command(c, &tx2).await;
+                    let result = agent.command(c, &tx2, fetch).await;
                     let _ = tx.send(msg(agent_message::Body::Result(result))).await;
                     sleep(Duration::from_millis(200)).await;
                     return Some(End::Upgraded);
@@ -299,171 +306,21 @@ impl Agent {
                 // Commands may take a while (min_healthy): each answers from its own task,
                 // so heartbeats go on meanwhile.
                 tokio::spawn(async move {
-                    let result = agent.command(c, &tx2).await;
+                    let result = agent.command(c, &tx2, fetch).await;
                     let _ = tx2.send(msg(agent_message::Body::Result(result))).await;
                 });
                 None
             }
-            // Renewal is never asked for (runs are far shorter than 2/3 of the certificate's
-            // lifetime) and releases are not fetched: nothing else needs an answer.
+            Some(controller_message::Body::ReleaseData(d)) => {
+                let waiting = lock(&self.fetches).get(&d.request_id).cloned();
+                if let Some(w) = waiting {
+                    let _ = w.send(d).await;
+                }
+                None
+            }
+            // Renewal is never asked for: runs are far shorter than 2/3 of the
+            // certificate's lifetime.
             _ => None,
-        }
-    }
-
-    /// The one result of `c`, after the state reports the real agent sends on the way.
-    async fn command(&self, c: Command, tx: &mpsc::Sender<AgentMessage>) -> CommandResult {
-        let id = c.id.clone();
-        let outcome: Result<String, String> = match c.kind {
-            Some(command::Kind::Ping(_)) => Ok(String::new()),
-            Some(command::Kind::Stage(s)) => Ok(format!("{} {} staged", s.app, s.version)),
-            Some(command::Kind::Activate(a)) => match fleet_proto::spec::AppSpec::parse(&a.spec_toml)
-            {
-                Err(e) => Err(format!("invalid app spec: {e}")),
-                Ok(spec) => {
-                    let name = spec.name.to_string();
-                    let state = {
-                        let mut h = lock(&self.host);
-                        let app = h.apps.entry(name.clone()).or_insert(App {
-                            release: String::new(),
-                            restarts: 0,
-                            since: 0,
-                            pid: 0,
-                        });
-                        app.release = a.version.clone();
-                        app.since = (now_ms() / 1000) as i64;
-                        app.pid = 1000 + (rand::random::<u32>() % 60_000);
-                        app_state(&name, app)
-                    };
-                    let _ = tx.send(msg(agent_message::Body::AppState(state))).await;
-                    // The agent answers once the app stayed healthy for min_healthy.
-                    sleep(Duration::from_millis(a.min_healthy_ms)).await;
-                    Ok(format!("{name} {} active and healthy", a.version))
-                }
-            },
-            Some(command::Kind::Restart(r)) => {
-                let state = {
-                    let mut h = lock(&self.host);
-                    h.apps.get_mut(&r.app).map(|app| {
-                        app.since = (now_ms() / 1000) as i64;
-                        app.pid = 1000 + (rand::random::<u32>() % 60_000);
-                        app_state(&r.app, app)
-                    })
-                };
-                match state {
-                    Some(s) => {
-                        let _ = tx.send(msg(agent_message::Body::AppState(s))).await;
-                        Ok(if r.reload { "reloaded" } else { "restarted" }.into())
-                    }
-                    None => Err(format!("app {} is not deployed on this host", r.app)),
-                }
-            }
-            Some(command::Kind::TailLogs(t)) => self.tail(&id, t, tx).await,
-            Some(command::Kind::StopLogs(s)) => {
-                let stop = lock(&self.host).tails.remove(&s.tail_id);
-                Ok(match stop {
-                    Some(stop) => {
-                        let _ = stop.send(());
-                        "stopped".into()
-                    }
-                    None => "not tailing".into(),
-                })
-            }
-            Some(command::Kind::RunPreStart(p)) => Ok(format!("pre_start of {} ok", p.version)),
-            Some(command::Kind::ApplyFirewall(a)) => {
-                match fleet_proto::firewall::Policy::parse(&a.policy_toml) {
-                    Err(e) => Err(format!("invalid policy: {e}")),
-                    Ok(p) => {
-                        let secs = p.confirm_timeout.as_secs();
-                        let state = {
-                            let mut h = lock(&self.host);
-                            h.pending = Some((a.apply_id.clone(), sha(&a.policy_toml)));
-                            h.firewall.state = "pending".into();
-                            h.firewall.detail = format!("reverts in {secs}s unless confirmed");
-                            h.firewall.time_ms = now_ms() as i64;
-                            h.firewall.clone()
-                        };
-                        let _ = tx.send(msg(agent_message::Body::Firewall(state))).await;
-                        Ok(format!("applied; reverts in {secs}s unless confirmed"))
-                    }
-                }
-            }
-            Some(command::Kind::ConfirmFirewall(cf)) => {
-                let state = {
-                    let mut h = lock(&self.host);
-                    match h.pending.take() {
-                        Some((id, sha)) if id == cf.apply_id => {
-                            h.firewall.state = "confirmed".into();
-                            h.firewall.policy_sha256 = sha;
-                            h.firewall.detail = String::new();
-                            h.firewall.time_ms = now_ms() as i64;
-                            Some(h.firewall.clone())
-                        }
-                        other => {
-                            h.pending = other;
-                            None
-                        }
-                    }
-                };
-                match state {
-                    Some(s) => {
-                        let _ = tx.send(msg(agent_message::Body::Firewall(s))).await;
-                        Ok("confirmed".into())
-                    }
-                    None => Err(format!(
-                        "no firewall change {} is waiting for confirmation",
-                        cf.apply_id
-                    )),
-                }
-            }
-            Some(command::Kind::UpgradeAgent(u)) => {
-                lock(&self.host).package_version = u.version.clone();
-                Ok(format!("installing fleet-agent {}", u.version))
-            }
-            None => Err(format!(
-                "fleet-agent {} does not support this command",
-                env!("CARGO_PKG_VERSION")
-            )),
-        };
-        let (status, message) = match outcome {
-            Ok(m) => (command_result::Status::Ok, m),
-            Err(m) => (command_result::Status::Failed, m),
-        };
-        CommandResult {
-            id,
-            status: status as i32,
-            message,
-        }
-    }
-
-    async fn tail(
-        &self,
-        id: &str,
-        t: fleet_proto::v1::TailLogs,
-        tx: &mpsc::Sender<AgentMessage>,
-    ) -> Result<String, String> {
-        if !lock(&self.host).apps.contains_key(&t.app) {
-            return Err(format!("app {} is not deployed on this host", t.app));
-        }
-        let lines = t.lines.min(MAX_TAIL_LINES);
-        for n in 0..lines {
-            let line = LogLine {
-                tail_id: id.to_owned(),
-                host: String::new(),
-                line: format!("{} simulated log line {n}", self.name),
-                time_ms: now_ms() as i64,
-            };
-            if tx.send(msg(agent_message::Body::LogLine(line))).await.is_err() {
-                return Ok(format!("{n} lines (session ended)"));
-            }
-        }
-        if !t.follow {
-            return Ok(format!("{lines} lines (end of log)"));
-        }
-        let (stop_tx, stop_rx) = oneshot::channel();
-        lock(&self.host).tails.insert(id.to_owned(), stop_tx);
-        tokio::select! {
-            _ = stop_rx => Ok(format!("{lines} lines (stopped)")),
-            _ = tx.closed() => Ok(format!("{lines} lines (session ended)")),
         }
     }
 }

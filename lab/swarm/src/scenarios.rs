@@ -243,6 +243,7 @@ async fn scenarios(
         reconnect: args.reconnect,
         one_source: args.one_source,
         no_fetch: args.no_fetch,
+        enroll_timeout: args.timeout,
         logs: dir,
     })?;
     let joined = swarm

@@ -72,6 +72,7 @@ pub struct Plan<'a> {
     pub reconnect: Reconnect,
     pub one_source: bool,
     pub no_fetch: bool,
+    pub enroll_timeout: Duration,
     pub logs: &'a Path,
 }
 
@@ -110,6 +111,10 @@ impl Swarm {
                         Reconnect::Agent => "agent",
                         Reconnect::Immediate => "immediate",
                     },
+                ])
+                .args([
+                    "--enroll-timeout",
+                    &humantime::format_duration(p.enroll_timeout).to_string(),
                 ])
                 .env("FLEET_JOIN_TOKEN", p.token)
                 .stdin(Stdio::piped())

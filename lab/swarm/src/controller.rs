@@ -49,12 +49,25 @@ pub struct Controller {
     http: String,
     pub pin: String,
     log: PathBuf,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Controller {
     /// `fleet-controller init` into `data` (which must not exist yet).
-    pub async fn init(bins: &Bins, data: &Path, log: &Path) -> Result<Controller> {
+    pub async fn init(
+        bins: &Bins,
+        data: &Path,
+        log: &Path,
+        config: Option<&Path>,
+    ) -> Result<Controller> {
+        if let Some(c) = config {
+            ensure!(
+                c.is_file(),
+                "--controller-config {}: no such file",
+                c.display()
+            );
+        }
         let out = Command::new(&bins.controller)
             .args(["init", "--san", "127.0.0.1", "--data-dir"])
             .arg(data)
@@ -83,6 +96,7 @@ impl Controller {
             http: format!("127.0.0.1:{}", free_port()?),
             pin,
             log: log.to_owned(),
+            config: config.map(Path::to_path_buf),
             child: None,
         })
     }
@@ -95,8 +109,12 @@ impl Controller {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("open {}", self.log.display()))?;
-        let mut child = Command::new(&self.bins.controller)
-            .arg("run")
+        let mut cmd = Command::new(&self.bins.controller);
+        cmd.arg("run");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data)
             .args(["--listen", &self.addr, "--http-listen", &self.http])

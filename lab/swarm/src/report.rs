@@ -11,6 +11,8 @@ pub struct Report {
     pub apps: u32,
     pub reconnect: String,
     pub slow_disk: bool,
+    /// The `--controller-config` file's contents, when one was given.
+    pub controller_config: Option<String>,
     pub heartbeat_ms: u64,
     pub cores: usize,
     pub nofile_hard: u64,
@@ -137,6 +139,10 @@ impl Report {
                 self.nofile_hard
             ),
         )];
+        if let Some(c) = &self.controller_config {
+            let lines: Vec<&str> = c.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            r.push(("controller config".into(), lines.join("; ")));
+        }
         if let Some(e) = &self.enroll {
             r.push((
                 "enroll".into(),

@@ -68,7 +68,14 @@ pub struct RunArgs {
     pub min_healthy: Duration,
     #[arg(long, default_value_t = 0)]
     pub canary: usize,
-    /// Bound on each wait (all up, all reached, all back).
+    /// Bound on enrolling every host (the controller's join limits pace it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
+    pub enroll_timeout: Duration,
+    /// A `fleet-controller run --config` file, e.g. to lift the join limits so that the
+    /// other scenarios can be measured at sizes the default limits take minutes to enroll.
+    #[arg(long, value_name = "FILE")]
+    pub controller_config: Option<std::path::PathBuf>,
+    /// Bound on each other wait (all up, all reached, all back).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub timeout: Duration,
     /// Answer Stage/Activate without downloading the release through the stream.
@@ -149,6 +156,13 @@ pub async fn run(args: RunArgs) -> Result<Report> {
         apps: args.apps,
         reconnect: format!("{:?}", args.reconnect).to_lowercase(),
         slow_disk: args.slow_disk,
+        controller_config: match &args.controller_config {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("read --controller-config {}", p.display()))?,
+            ),
+            None => None,
+        },
         heartbeat_ms: args.heartbeat.as_millis() as u64,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         nofile_hard: limits::nofile_hard(),
@@ -188,8 +202,13 @@ async fn scenarios(
     report: &mut Report,
 ) -> Result<()> {
     let n = args.agents as usize;
-    let mut c =
-        Controller::init(bins, &data_parent.join("data"), &dir.join("controller.log")).await?;
+    let mut c = Controller::init(
+        bins,
+        &data_parent.join("data"),
+        &dir.join("controller.log"),
+        args.controller_config.as_deref(),
+    )
+    .await?;
     c.start().await?;
     let pid = c.pid().context("controller pid")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -243,11 +262,11 @@ async fn scenarios(
         reconnect: args.reconnect,
         one_source: args.one_source,
         no_fetch: args.no_fetch,
-        enroll_timeout: args.timeout,
+        enroll_timeout: args.enroll_timeout,
         logs: dir,
     })?;
     let joined = swarm
-        .wait("every host enrolled", args.timeout, |v| {
+        .wait("every host enrolled", args.enroll_timeout, |v| {
             v.workers.iter().all(|w| w.enrolled.is_some())
         })
         .await?;

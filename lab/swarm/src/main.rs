@@ -13,7 +13,7 @@ mod stats;
 mod swarm;
 mod worker;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -52,6 +52,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Worker(a) => rt.block_on(worker::run(a)),
         Cmd::Run(a) => {
             let output = a.output;
+            let json_file = a.json_file.clone();
             let report = rt.block_on(async {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate())?;
@@ -63,6 +64,10 @@ fn run(cli: Cli) -> Result<()> {
                     _ = term.recv() => Err(anyhow::anyhow!("terminated")),
                 }
             })?;
+            if let Some(f) = json_file {
+                std::fs::write(&f, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("write {}", f.display()))?;
+            }
             match output {
                 scenarios::Output::Table => print!("{}", report.table()),
                 scenarios::Output::Json => {

@@ -47,6 +47,9 @@ pub struct RunArgs {
     pub apps: u32,
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
+    /// Also write the JSON document to this file (with the table on stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json_file: Option<std::path::PathBuf>,
     /// Put the controller's data dir on a device whose flushes take ~2 ms (dm-delay).
     #[arg(long)]
     pub slow_disk: bool,

@@ -241,6 +241,20 @@ mod tests {
     }
 
     #[test]
+    fn only_resource_exhausted_joins_are_retried() {
+        let limited = anyhow::Error::new(crate::sim::JoinRefused(
+            tonic::Status::resource_exhausted("too many join attempts"),
+        ))
+        .context("swarm-00001");
+        assert!(is_rate_limited(&limited));
+        let refused = anyhow::Error::new(crate::sim::JoinRefused(
+            tonic::Status::permission_denied("token used up"),
+        ));
+        assert!(!is_rate_limited(&refused));
+        assert!(!is_rate_limited(&anyhow::anyhow!("connect failed")));
+    }
+
+    #[test]
     fn lines_round_trip() {
         let l = Line::Cmd(Receipt {
             a: 3,

@@ -51,6 +51,8 @@ pub struct Controller {
     log: PathBuf,
     config: Option<PathBuf>,
     child: Option<Child>,
+    /// When `child` is strace running the controller: the controller's own PID.
+    traced: Option<u32>,
 }
 
 impl Controller {
@@ -98,18 +100,53 @@ impl Controller {
             log: log.to_owned(),
             config: config.map(Path::to_path_buf),
             child: None,
+            traced: None,
         })
     }
 
     /// `fleet-controller run`, returning once it accepts TCP connections.
     pub async fn start(&mut self) -> Result<()> {
+        self.spawn(None).await
+    }
+
+    /// [`Self::start`] under `strace -f --seccomp-bpf -e trace=fsync,fdatasync -o out`: only
+    /// those calls stop the controller (seccomp), and strace writes each as it happens, so
+    /// [`count_syncs`] of `out` is the number so far. Ok(false), and a plain start, when
+    /// strace is not installed.
+    pub async fn start_counting_syncs(&mut self, out: &Path) -> Result<bool> {
+        let have_strace = std::process::Command::new("strace")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have_strace {
+            self.spawn(None).await?;
+            return Ok(false);
+        }
+        self.spawn(Some(out)).await?;
+        Ok(true)
+    }
+
+    async fn spawn(&mut self, trace: Option<&Path>) -> Result<()> {
         ensure!(self.child.is_none(), "the controller is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .with_context(|| format!("open {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bins.controller);
+        let mut cmd = match trace {
+            None => Command::new(&self.bins.controller),
+            Some(out) => {
+                let mut c = Command::new("strace");
+                c.args(["-f", "--seccomp-bpf", "-qq", "-e", "trace=fsync,fdatasync"])
+                    .args(["-e", "signal=none", "-o"])
+                    .arg(out)
+                    .arg("--")
+                    .arg(&self.bins.controller);
+                c
+            }
+        };
         cmd.arg("run");
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
@@ -144,16 +181,29 @@ impl Controller {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.traced = match trace {
+            None => None,
+            Some(_) => Some(
+                child
+                    .id()
+                    .and_then(first_child)
+                    .context("find the controller strace started")?,
+            ),
+        };
         self.child = Some(child);
         Ok(())
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.traced
+            .or_else(|| self.child.as_ref().and_then(|c| c.id()))
     }
 
-    /// SIGKILL, then reap it.
+    /// SIGKILL to the controller, then reap it (and strace, which ends with it).
     pub async fn kill9(&mut self) -> Result<()> {
+        if let Some(pid) = self.traced.take() {
+            kill9_pid(pid);
+        }
         if let Some(mut c) = self.child.take() {
             c.start_kill().context("kill -9 the controller")?;
             c.wait().await.context("reap the controller")?;
@@ -209,6 +259,9 @@ impl Drop for Controller {
     /// On every exit path: kill the controller we started, by PID, and reap it before
     /// the data dir (and a slow-disk mount under it) is removed.
     fn drop(&mut self) {
+        if let Some(pid) = self.traced.take() {
+            kill9_pid(pid);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.start_kill();
             let end = Instant::now() + Duration::from_secs(5);
@@ -222,44 +275,39 @@ impl Drop for Controller {
     }
 }
 
-/// Counts the controller's fsync/fdatasync calls while attached (strace -f -p PID).
-pub struct SyncCounter {
-    child: Child,
-    out: PathBuf,
+fn kill9_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
-impl SyncCounter {
-    /// None when strace is not installed or cannot attach (say so in the report).
-    pub async fn attach(pid: u32, out: &Path) -> Option<SyncCounter> {
-        let child = Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
-            .arg(out)
-            .args(["-p", &pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .ok()?;
-        // strace writes nothing until it has attached; give it that moment.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Some(SyncCounter {
-            child,
-            out: out.to_owned(),
+/// The (lowest-numbered) child process of `ppid`, from /proc/*/stat.
+fn first_child(ppid: u32) -> Option<u32> {
+    let mut kids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| parent_of(&st))
+                == Some(ppid)
         })
-    }
+        .collect();
+    kids.sort_unstable();
+    kids.first().copied()
+}
 
-    /// Detaches (SIGINT) and returns the number of calls seen.
-    pub async fn finish(mut self) -> Option<u64> {
-        let pid = self.child.id()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        let text = std::fs::read_to_string(&self.out).ok()?;
-        Some(count_syncs(&text))
-    }
+/// Field 4 (ppid) of a /proc/PID/stat line, counted after the `(comm)`.
+fn parent_of(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Lines of strace output that start an fsync or fdatasync call ("<... resumed>" halves of
@@ -273,6 +321,14 @@ pub fn count_syncs(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_from_stat() {
+        assert_eq!(parent_of("42 (a) b) S 7 42 42 0"), Some(7));
+        let me = std::process::id();
+        let st = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        assert_eq!(parent_of(&st), Some(std::os::unix::process::parent_id()));
+    }
 
     #[test]
     fn strace_lines_counted_once() {

@@ -97,8 +97,8 @@ pub struct Wave {
     pub attempts_max: u32,
     pub listen_overflows: u64,
     pub listen_drops: u64,
-    /// fsync + fdatasync calls of the restarted controller until every stream was back;
-    /// None when strace could not attach.
+    /// fsync + fdatasync calls of the restarted controller, from its start until every
+    /// stream was back; None without strace.
     pub syncs: Option<u64>,
 }
 
@@ -232,10 +232,9 @@ impl Report {
             ));
             r.push((
                 "store syncs in the wave".into(),
-                w.syncs
-                    .map_or("not counted (strace could not attach)".into(), |s| {
-                        format!("{s} fsync/fdatasync")
-                    }),
+                w.syncs.map_or("not counted (no strace)".into(), |s| {
+                    format!("{s} fsync/fdatasync")
+                }),
             ));
         }
         if let Some(g) = &self.generator {

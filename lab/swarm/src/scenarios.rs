@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::backoff::Reconnect;
-use crate::controller::{bins, Controller, SyncCounter};
+use crate::controller::{bins, Controller};
 use crate::limits;
 use crate::report::{self, Report};
 use crate::sim::now_ms;
@@ -429,10 +429,9 @@ async fn scenarios(
                 |v| v.up() == 0,
             )
             .await?;
-        c.start().await?;
+        let trace = dir.join("strace.txt");
+        let counting = c.start_counting_syncs(&trace).await?;
         let t_restart = Instant::now();
-        let pid = c.pid().context("controller pid")?;
-        let counter = SyncCounter::attach(pid, &dir.join("strace.txt")).await;
         swarm
             .wait("every stream back after the restart", args.timeout, |v| {
                 v.up() == n
@@ -440,10 +439,10 @@ async fn scenarios(
             .await?;
         let back_from_kill = t_kill.elapsed();
         let back_from_restart = t_restart.elapsed();
-        let syncs = match counter {
-            Some(c) => c.finish().await,
-            None => None,
-        };
+        let syncs = counting
+            .then(|| std::fs::read_to_string(&trace).ok())
+            .flatten()
+            .map(|t| crate::controller::count_syncs(&t));
         let after = limits::tcp_ext()?;
         let delta = |k: &str| {
             after

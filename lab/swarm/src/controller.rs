@@ -53,6 +53,8 @@ pub struct Controller {
     child: Option<Child>,
     /// When `child` is strace running the controller: the controller's own PID.
     traced: Option<u32>,
+    /// Bound on one fleetctl call (it is killed after it).
+    pub call_timeout: Duration,
 }
 
 impl Controller {
@@ -101,6 +103,7 @@ impl Controller {
             config: config.map(Path::to_path_buf),
             child: None,
             traced: None,
+            call_timeout: Duration::from_secs(300),
         })
     }
 
@@ -242,7 +245,15 @@ impl Controller {
         if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
             w.write_all(data).await.context("write fleetctl's stdin")?;
         }
-        let out = child.wait_with_output().await?;
+        let out = tokio::time::timeout(self.call_timeout, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "fleetctl {} did not finish within {:?}",
+                    args.first().copied().unwrap_or_default(),
+                    self.call_timeout
+                )
+            })??;
         if !out.status.success() {
             bail!(
                 "fleetctl {} failed ({}): {}",

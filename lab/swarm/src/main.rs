@@ -5,6 +5,7 @@ mod addr;
 mod backoff;
 mod controller;
 mod limits;
+mod measure;
 mod report;
 mod scenarios;
 mod sim;
@@ -74,6 +75,11 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&report)?)
                 }
             }
+            anyhow::ensure!(
+                report.errors.is_empty(),
+                "{} scenario(s) failed (see the report)",
+                report.errors.len()
+            );
             Ok(())
         }
     }

@@ -24,6 +24,14 @@ pub struct Report {
     pub hosts: Option<Hosts>,
     pub reconnect_wave: Option<Wave>,
     pub generator: Option<Generator>,
+    /// Scenarios that failed (their figures are missing).
+    pub errors: Vec<Failure>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub scenario: String,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +257,9 @@ impl Report {
                     mib(g.peak_rss_kib)
                 ),
             ));
+        }
+        for f in &self.errors {
+            r.push((format!("FAILED {}", f.scenario), f.error.clone()));
         }
         r
     }

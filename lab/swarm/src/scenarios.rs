@@ -8,11 +8,9 @@ use anyhow::{ensure, Context, Result};
 use crate::backoff::Reconnect;
 use crate::controller::{bins, Controller};
 use crate::limits;
+use crate::measure;
 use crate::report::{self, Report};
-use crate::sim::now_ms;
-use crate::stats;
 use crate::swarm::{Plan, Swarm};
-use crate::worker::host_name;
 
 /// Hosts one worker process simulates at most by default: two sockets each while joining,
 /// far under the 20,000 open files a process may have here.
@@ -212,6 +210,7 @@ async fn scenarios(
         args.controller_config.as_deref(),
     )
     .await?;
+    c.call_timeout = args.timeout;
     c.start().await?;
     let pid = c.pid().context("controller pid")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -297,175 +296,32 @@ async fn scenarios(
         all_up_ms: t_spawn.elapsed().as_millis() as u64,
     });
 
+    let cx = measure::Cx { args, dir, n, pid };
+    let errors = &mut report.errors;
     if args.wants(Scenario::Steady) {
-        let hz = limits::clock_ticks_per_sec();
-        let t0 = limits::cpu_ticks(pid)?;
-        tokio::time::sleep(args.window).await;
-        let t1 = limits::cpu_ticks(pid)?;
-        let rss = limits::status_kib(pid, "VmRSS")?;
-        report.steady = Some(report::Steady {
-            window_s: args.window.as_secs(),
-            rss_idle_kib: rss_idle,
-            rss_kib: rss,
-            kib_per_session: rss.saturating_sub(rss_idle) as f64 / n as f64,
-            cpu_percent: (t1 - t0) as f64 / hz as f64 / args.window.as_secs_f64() * 100.0,
-        });
+        report.steady = attempt(errors, "steady", measure::steady(&cx, rss_idle)).await;
     }
-
     if args.wants(Scenario::Firewall) {
-        let file = dir.join("policy.toml");
-        std::fs::write(&file, POLICY)?;
-        let t0 = now_ms();
-        let t = Instant::now();
-        c.fleetctl(&["firewall", "apply", &file.display().to_string()])
-            .await?;
-        let fleetctl_ms = t.elapsed().as_millis() as u64;
-        swarm
-            .wait(
-                "every host received the firewall apply",
-                args.timeout,
-                |v| v.reached("apply_firewall", t0) == n,
-            )
-            .await
-            .ok();
-        report.firewall = Some(report::FanOut {
-            command: "fleetctl firewall apply".into(),
-            fleetctl_ms,
-            received: stats::latency(swarm.latencies("apply_firewall", t0), n),
-        });
+        report.firewall = attempt(errors, "firewall", measure::firewall(&cx, &c, &swarm)).await;
     }
-
     if args.wants(Scenario::Deploy) {
-        for i in 1..=args.apps {
-            let app = format!("app{i}");
-            let t0 = now_ms();
-            let t = Instant::now();
-            c.fleetctl(&["deploy", &app, "--version", "1.0.0"]).await?;
-            let fleetctl_ms = t.elapsed().as_millis() as u64;
-            swarm
-                .wait("every host activated the deploy", args.timeout, |v| {
-                    v.reached("activate", t0) == n
-                })
-                .await
-                .ok();
-            report.deploy.push(report::Deploy {
-                app,
-                fleetctl_ms,
-                stage: Some(swarm.latencies("stage", t0))
-                    .filter(|l| !l.is_empty())
-                    .map(|l| stats::latency(l, n)),
-                activate: stats::latency(swarm.latencies("activate", t0), n),
-            });
-        }
+        report.deploy = attempt(errors, "deploy", measure::deploy(&cx, &c, &swarm))
+            .await
+            .unwrap_or_default();
     }
-
     if args.wants(Scenario::Rollout) {
-        let hosts = n.min(1000);
-        let max_parallel: fleet_proto::values::MaxParallel = "10%".parse()?;
-        let min_healthy = format!("{}ms", args.min_healthy.as_millis());
-        let names: Vec<String> = (0..hosts as u64).map(host_name).collect();
-        let list = names.join(",");
-        let mut a = vec![
-            "rollout",
-            "app1",
-            "--version",
-            "1.0.1",
-            "--max-parallel",
-            "10%",
-            "--min-healthy",
-            &min_healthy,
-            "--healthy-deadline",
-            "2m",
-        ];
-        let canary = args.canary.to_string();
-        a.extend(["--canary", &canary]);
-        if hosts < n {
-            a.extend(["--hosts", &list]);
-        }
-        let t = Instant::now();
-        c.fleetctl(&a).await?;
-        let took = t.elapsed();
-        let floor = stats::rollout_floor(hosts, args.canary, max_parallel, args.min_healthy);
-        report.rollout = Some(report::Rollout {
-            hosts,
-            max_parallel: "10%".into(),
-            canary: args.canary,
-            min_healthy_ms: args.min_healthy.as_millis() as u64,
-            ratio: took.as_millis() as f64 / floor.floor_ms.max(1) as f64,
-            floor,
-            took_ms: took.as_millis() as u64,
-        });
+        report.rollout = attempt(errors, "rollout", measure::rollout(&cx, &c)).await;
     }
-
     if args.wants(Scenario::Hosts) {
-        let t = Instant::now();
-        let table = c.fleetctl(&["hosts"]).await?;
-        let table_ms = t.elapsed().as_millis() as u64;
-        let t = Instant::now();
-        let json = c.fleetctl(&["--output", "json", "hosts"]).await?;
-        let json_ms = t.elapsed().as_millis() as u64;
-        let listed = serde_json::from_str::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| v.as_array().map(Vec::len))
-            .unwrap_or(0);
-        report.hosts = Some(report::Hosts {
-            table_ms,
-            table_bytes: table.len(),
-            json_ms,
-            json_bytes: json.len(),
-            listed,
-        });
+        report.hosts = attempt(errors, "hosts", measure::hosts(&c)).await;
     }
-
     if args.wants(Scenario::Reconnect) {
-        swarm.mark().await?;
-        let before = limits::tcp_ext()?;
-        let t_kill = Instant::now();
-        c.kill9().await?;
-        swarm
-            .wait(
-                "every stream noticed the kill",
-                Duration::from_secs(60),
-                |v| v.up() == 0,
-            )
-            .await?;
-        let trace = dir.join("strace.txt");
-        let counting = c.start_counting_syncs(&trace).await?;
-        let t_restart = Instant::now();
-        swarm
-            .wait("every stream back after the restart", args.timeout, |v| {
-                v.up() == n
-            })
-            .await?;
-        let back_from_kill = t_kill.elapsed();
-        let back_from_restart = t_restart.elapsed();
-        let syncs = counting
-            .then(|| std::fs::read_to_string(&trace).ok())
-            .flatten()
-            .map(|t| crate::controller::count_syncs(&t));
-        let after = limits::tcp_ext()?;
-        let delta = |k: &str| {
-            after
-                .get(k)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(before.get(k).copied().unwrap_or(0))
-        };
-        let (sum, max) = {
-            let v = swarm.view.lock().unwrap_or_else(|e| e.into_inner());
-            v.workers
-                .iter()
-                .fold((0, 0), |(s, m), w| (s + w.wave_sum, m.max(w.wave_max)))
-        };
-        report.reconnect_wave = Some(report::Wave {
-            back_from_kill_ms: back_from_kill.as_millis() as u64,
-            back_from_restart_ms: back_from_restart.as_millis() as u64,
-            attempts_mean: sum as f64 / n as f64,
-            attempts_max: max,
-            listen_overflows: delta("ListenOverflows"),
-            listen_drops: delta("ListenDrops"),
-            syncs,
-        });
+        report.reconnect_wave = attempt(
+            errors,
+            "reconnect",
+            measure::reconnect(&cx, &mut c, &mut swarm),
+        )
+        .await;
     }
 
     // What the generator itself cost: orchestrator + workers.
@@ -489,6 +345,24 @@ async fn scenarios(
     drop(swarm);
     drop(c);
     Ok(())
+}
+
+/// The scenario's figure, or None with its error recorded.
+async fn attempt<T>(
+    errors: &mut Vec<report::Failure>,
+    scenario: &str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Option<T> {
+    match f.await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(report::Failure {
+                scenario: scenario.to_owned(),
+                error: format!("{e:#}"),
+            });
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,204 @@
+//! The scenarios after enrollment, each measuring one figure; a failing one is recorded
+//! in the report and the next still runs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::controller::Controller;
+use crate::limits;
+use crate::report;
+use crate::scenarios::{RunArgs, POLICY};
+use crate::sim::now_ms;
+use crate::stats;
+use crate::swarm::Swarm;
+use crate::worker::host_name;
+
+/// What every scenario needs to know about the run.
+pub struct Cx<'a> {
+    pub args: &'a RunArgs,
+    pub dir: &'a Path,
+    pub n: usize,
+    /// The controller's PID when the hosts came up.
+    pub pid: u32,
+}
+
+pub async fn steady(cx: &Cx<'_>, rss_idle: u64) -> Result<report::Steady> {
+    let hz = limits::clock_ticks_per_sec();
+    let t0 = limits::cpu_ticks(cx.pid)?;
+    tokio::time::sleep(cx.args.window).await;
+    let t1 = limits::cpu_ticks(cx.pid)?;
+    let rss = limits::status_kib(cx.pid, "VmRSS")?;
+    Ok(report::Steady {
+        window_s: cx.args.window.as_secs(),
+        rss_idle_kib: rss_idle,
+        rss_kib: rss,
+        kib_per_session: rss.saturating_sub(rss_idle) as f64 / cx.n as f64,
+        cpu_percent: (t1 - t0) as f64 / hz as f64 / cx.args.window.as_secs_f64() * 100.0,
+    })
+}
+
+/// `fleetctl firewall apply` to every host.
+pub async fn firewall(cx: &Cx<'_>, c: &Controller, swarm: &Swarm) -> Result<report::FanOut> {
+    let file = cx.dir.join("policy.toml");
+    std::fs::write(&file, POLICY)?;
+    let t0 = now_ms();
+    let t = Instant::now();
+    c.fleetctl(&["firewall", "apply", &file.display().to_string()])
+        .await?;
+    let fleetctl_ms = t.elapsed().as_millis() as u64;
+    swarm
+        .wait(
+            "every host received the firewall apply",
+            cx.args.timeout,
+            |v| v.reached("apply_firewall", t0) == cx.n,
+        )
+        .await
+        .ok();
+    Ok(report::FanOut {
+        command: "fleetctl firewall apply".into(),
+        fleetctl_ms,
+        received: stats::latency(swarm.latencies("apply_firewall", t0), cx.n),
+    })
+}
+
+/// `fleetctl deploy` of each app to every host.
+pub async fn deploy(cx: &Cx<'_>, c: &Controller, swarm: &Swarm) -> Result<Vec<report::Deploy>> {
+    let mut out = Vec::new();
+    for i in 1..=cx.args.apps {
+        let app = format!("app{i}");
+        let t0 = now_ms();
+        let t = Instant::now();
+        c.fleetctl(&["deploy", &app, "--version", "1.0.0"]).await?;
+        let fleetctl_ms = t.elapsed().as_millis() as u64;
+        swarm
+            .wait("every host activated the deploy", cx.args.timeout, |v| {
+                v.reached("activate", t0) == cx.n
+            })
+            .await
+            .ok();
+        out.push(report::Deploy {
+            app,
+            fleetctl_ms,
+            stage: Some(swarm.latencies("stage", t0))
+                .filter(|l| !l.is_empty())
+                .map(|l| stats::latency(l, cx.n)),
+            activate: stats::latency(swarm.latencies("activate", t0), cx.n),
+        });
+    }
+    Ok(out)
+}
+
+/// A rollout of app1 1.0.1 over min(1000, N) hosts at 10%, against its floor.
+pub async fn rollout(cx: &Cx<'_>, c: &Controller) -> Result<report::Rollout> {
+    let hosts = cx.n.min(1000);
+    let max_parallel: fleet_proto::values::MaxParallel = "10%".parse()?;
+    let min_healthy = format!("{}ms", cx.args.min_healthy.as_millis());
+    let names: Vec<String> = (0..hosts as u64).map(host_name).collect();
+    let list = names.join(",");
+    let mut a = vec![
+        "rollout",
+        "app1",
+        "--version",
+        "1.0.1",
+        "--max-parallel",
+        "10%",
+        "--min-healthy",
+        &min_healthy,
+        "--healthy-deadline",
+        "2m",
+    ];
+    let canary = cx.args.canary.to_string();
+    a.extend(["--canary", &canary]);
+    if hosts < cx.n {
+        a.extend(["--hosts", &list]);
+    }
+    let t = Instant::now();
+    c.fleetctl(&a).await?;
+    let took = t.elapsed();
+    let floor = stats::rollout_floor(hosts, cx.args.canary, max_parallel, cx.args.min_healthy);
+    Ok(report::Rollout {
+        hosts,
+        max_parallel: "10%".into(),
+        canary: cx.args.canary,
+        min_healthy_ms: cx.args.min_healthy.as_millis() as u64,
+        ratio: took.as_millis() as f64 / floor.floor_ms.max(1) as f64,
+        floor,
+        took_ms: took.as_millis() as u64,
+    })
+}
+
+pub async fn hosts(c: &Controller) -> Result<report::Hosts> {
+    let t = Instant::now();
+    let table = c.fleetctl(&["hosts"]).await?;
+    let table_ms = t.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    let json = c.fleetctl(&["--output", "json", "hosts"]).await?;
+    let json_ms = t.elapsed().as_millis() as u64;
+    let listed = serde_json::from_str::<serde_json::Value>(&json)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0);
+    Ok(report::Hosts {
+        table_ms,
+        table_bytes: table.len(),
+        json_ms,
+        json_bytes: json.len(),
+        listed,
+    })
+}
+
+/// kill -9 of the controller, a restart on the same data dir, every stream back.
+pub async fn reconnect(cx: &Cx<'_>, c: &mut Controller, swarm: &mut Swarm) -> Result<report::Wave> {
+    swarm.mark().await?;
+    let before = limits::tcp_ext()?;
+    let t_kill = Instant::now();
+    c.kill9().await?;
+    swarm
+        .wait(
+            "every stream noticed the kill",
+            Duration::from_secs(60),
+            |v| v.up() == 0,
+        )
+        .await?;
+    let trace = cx.dir.join("strace.txt");
+    let counting = c.start_counting_syncs(&trace).await?;
+    let t_restart = Instant::now();
+    swarm
+        .wait(
+            "every stream back after the restart",
+            cx.args.timeout,
+            |v| v.up() == cx.n,
+        )
+        .await?;
+    let back_from_kill = t_kill.elapsed();
+    let back_from_restart = t_restart.elapsed();
+    let syncs = counting
+        .then(|| std::fs::read_to_string(&trace).ok())
+        .flatten()
+        .map(|t| crate::controller::count_syncs(&t));
+    let after = limits::tcp_ext()?;
+    let delta = |k: &str| {
+        after
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(k).copied().unwrap_or(0))
+    };
+    let (sum, max) = {
+        let v = swarm.view.lock().unwrap_or_else(|e| e.into_inner());
+        v.workers
+            .iter()
+            .fold((0, 0), |(s, m), w| (s + w.wave_sum, m.max(w.wave_max)))
+    };
+    Ok(report::Wave {
+        back_from_kill_ms: back_from_kill.as_millis() as u64,
+        back_from_restart_ms: back_from_restart.as_millis() as u64,
+        attempts_mean: sum as f64 / cx.n as f64,
+        attempts_max: max,
+        listen_overflows: delta("ListenOverflows"),
+        listen_drops: delta("ListenDrops"),
+        syncs,
+    })
+}

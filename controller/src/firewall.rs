@@ -48,11 +48,15 @@ pub struct FirewallStates {
 }
 
 impl FirewallStates {
-    pub fn update(&self, host: &str, state: FirewallState) {
-        self.states
+    /// Records a report; true if it differs from the host's previous one (worth a log
+    /// line: a reconnecting host repeats its state).
+    pub fn update(&self, host: &str, state: FirewallState) -> bool {
+        let old = self
+            .states
             .lock()
             .expect("firewall states lock")
-            .insert(host.to_owned(), (state, Instant::now()));
+            .insert(host.to_owned(), (state.clone(), Instant::now()));
+        old.is_none_or(|(o, _)| o != state)
     }
 
     fn get(&self, host: &str) -> Option<FirewallState> {

@@ -22,8 +22,8 @@ use crate::auth::{Caller, MAX_QUOTED};
 use crate::pki::{parse_csr, PkiError};
 use crate::ratelimit::clip;
 use crate::sessions::CloseSignal;
-use crate::shared::{internal, Shared};
 use crate::sessions::MISSED_HEARTBEATS;
+use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, IssuedSerial, RevokedRecord, StoreError};
 use crate::timefmt::{now_ms, now_secs};
 
@@ -122,7 +122,9 @@ impl AgentChannel for ChannelService {
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));
         crate::converge::session_started(&shared, &name, id);
-        tokio::spawn(drive(shared, identity, name, id, interval, inbound, tx, close));
+        tokio::spawn(drive(
+            shared, identity, name, id, interval, inbound, tx, close,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -371,7 +373,12 @@ fn take_superseded(serials: &mut Vec<IssuedSerial>, current: Option<&str>) -> Ve
 /// Whether `take_superseded` would take anything: the session's certificate is not the
 /// oldest one on record.
 fn supersedes(serials: &[IssuedSerial], current: Option<&str>) -> bool {
-    current.is_some_and(|c| serials.iter().position(|s| s.serial == c).is_some_and(|at| at > 0))
+    current.is_some_and(|c| {
+        serials
+            .iter()
+            .position(|s| s.serial == c)
+            .is_some_and(|at| at > 0)
+    })
 }
 
 /// Revokes what `take_superseded` took: stored first, then in force. Nothing happens (and

@@ -70,7 +70,9 @@ pub async fn keep_flushing(shared: Arc<Shared>) {
         let s = shared.clone();
         match tokio::task::spawn_blocking(move || s.last_seen.flush(&s.store)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record when hosts were last seen; retrying"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot record when hosts were last seen; retrying")
+            }
             Err(e) => tracing::warn!(error = %e, "last-seen flush task failed"),
         }
     }

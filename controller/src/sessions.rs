@@ -135,9 +135,8 @@ impl Sessions {
     /// The stream to a host that is up, for sending it commands.
     pub fn outbound(&self, host: &str) -> Option<Outbound> {
         let live = self.live.lock().expect("sessions lock");
-        live.get(host).and_then(|l| {
-            alive(l.last_heartbeat, l.interval, Instant::now()).then(|| l.tx.clone())
-        })
+        live.get(host)
+            .and_then(|l| alive(l.last_heartbeat, l.interval, Instant::now()).then(|| l.tx.clone()))
     }
 
     /// The id of the host's current session, if any: a change in it means the agent

@@ -70,6 +70,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Every enrolled host's name, in order, without decoding the records.
+    pub fn host_names(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            out.push(row.map_err(db_err)?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+
     /// How many hosts are enrolled, without reading them.
     pub fn host_count(&self) -> Result<usize, StoreError> {
         use redb::ReadableTableMetadata;

@@ -285,7 +285,11 @@ fn last_seen_times_are_written_in_one_commit_and_never_go_back() {
     s.put_host(&host("a")).unwrap();
     s.put_host(&host("b")).unwrap();
     let before = s.commits();
-    let seen = [("a".to_string(), 50), ("b".to_string(), 60), ("gone".to_string(), 9)];
+    let seen = [
+        ("a".to_string(), 50),
+        ("b".to_string(), 60),
+        ("gone".to_string(), 9),
+    ];
     assert_eq!(s.record_last_seen(&seen.into_iter().collect()).unwrap(), 2);
     assert_eq!(s.commits(), before + 1);
     let older = [("a".to_string(), 10)];

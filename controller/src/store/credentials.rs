@@ -41,7 +41,7 @@ impl Store {
                 .map_err(db_err)?;
             old.is_none()
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(created)
     }
 
@@ -80,7 +80,7 @@ impl Store {
             }
         };
         match &outcome {
-            Ok(_) => tx.commit().map_err(db_err)?,
+            Ok(_) => self.commit(tx)?,
             Err(_) => tx.abort().map_err(db_err)?,
         }
         Ok(outcome)
@@ -108,6 +108,6 @@ impl Store {
                 })
                 .map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        self.commit(tx)
     }
 }

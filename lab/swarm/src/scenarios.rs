@@ -15,6 +15,8 @@ use crate::swarm::{Plan, Swarm};
 /// Hosts one worker process simulates at most by default: two sockets each while joining,
 /// far under the 20,000 open files a process may have here.
 pub const PER_PROC: u64 = 9_000;
+/// The most uses `fleetctl token create --uses` allows.
+const MAX_TOKEN_USES: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -238,18 +240,28 @@ async fn scenarios(
             .await?;
         }
     }
-    let token = c
-        .fleetctl(&[
-            "token",
-            "create",
-            "--uses",
-            &args.agents.to_string(),
-            "--ttl",
-            "2h",
-        ])
-        .await?
-        .trim()
-        .to_owned();
+    // One bulk token per worker: a token enrolls at most MAX_TOKEN_USES hosts.
+    let mut tokens = Vec::new();
+    for w in 0..procs {
+        let (_, count) = crate::swarm::share(args.agents, procs, w);
+        ensure!(
+            count <= MAX_TOKEN_USES,
+            "{count} hosts in one worker: a join token enrolls at most {MAX_TOKEN_USES}; \
+             pass --procs {} or more",
+            args.agents.div_ceil(MAX_TOKEN_USES)
+        );
+        let token = c
+            .fleetctl(&[
+                "token",
+                "create",
+                "--uses",
+                &count.to_string(),
+                "--ttl",
+                "2h",
+            ])
+            .await?;
+        tokens.push(token.trim().to_owned());
+    }
 
     // enroll
     let t_spawn = Instant::now();
@@ -257,7 +269,7 @@ async fn scenarios(
         exe: &bins.swarm,
         controller: &c.addr,
         pin: &c.pin,
-        token: &token,
+        tokens: &tokens,
         agents: args.agents,
         procs,
         heartbeat: args.heartbeat,

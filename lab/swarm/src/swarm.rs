@@ -65,7 +65,8 @@ pub struct Plan<'a> {
     pub exe: &'a Path,
     pub controller: &'a str,
     pub pin: &'a str,
-    pub token: &'a str,
+    /// A join token per worker.
+    pub tokens: &'a [String],
     pub agents: u64,
     pub procs: u64,
     pub heartbeat: Duration,
@@ -116,7 +117,7 @@ impl Swarm {
                     "--enroll-timeout",
                     &humantime::format_duration(p.enroll_timeout).to_string(),
                 ])
-                .env("FLEET_JOIN_TOKEN", p.token)
+                .env("FLEET_JOIN_TOKEN", &p.tokens[w as usize])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(log)

@@ -147,6 +147,14 @@ pub async fn run(args: RunArgs) -> Result<Report> {
         .procs
         .unwrap_or_else(|| args.agents.div_ceil(PER_PROC))
         .clamp(1, args.agents);
+    // Worker 0 has the largest share.
+    let (_, most) = crate::swarm::share(args.agents, procs, 0);
+    ensure!(
+        most <= MAX_TOKEN_USES,
+        "{most} hosts in one worker: a join token enrolls at most {MAX_TOKEN_USES}; \
+         pass --procs {} or more",
+        args.agents.div_ceil(MAX_TOKEN_USES)
+    );
     let bins = bins()?;
     let dir = tempfile::Builder::new()
         .prefix("fleet-swarm-")
@@ -244,12 +252,6 @@ async fn scenarios(
     let mut tokens = Vec::new();
     for w in 0..procs {
         let (_, count) = crate::swarm::share(args.agents, procs, w);
-        ensure!(
-            count <= MAX_TOKEN_USES,
-            "{count} hosts in one worker: a join token enrolls at most {MAX_TOKEN_USES}; \
-             pass --procs {} or more",
-            args.agents.div_ceil(MAX_TOKEN_USES)
-        );
         let token = c
             .fleetctl(&[
                 "token",

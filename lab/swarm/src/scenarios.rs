@@ -361,6 +361,19 @@ async fn scenarios(
     Ok(())
 }
 
+/// Lines of a scenario's error kept in the report (a fan-out error lists every host).
+const ERROR_LINES: usize = 8;
+
+fn first_lines(text: &str, n: usize) -> String {
+    let total = text.lines().count();
+    let mut out: Vec<&str> = text.lines().take(n).collect();
+    let more = format!("… ({} more lines)", total.saturating_sub(n));
+    if total > n {
+        out.push(&more);
+    }
+    out.join("\n")
+}
+
 /// The scenario's figure, or None with its error recorded.
 async fn attempt<T>(
     errors: &mut Vec<report::Failure>,
@@ -372,7 +385,7 @@ async fn attempt<T>(
         Err(e) => {
             errors.push(report::Failure {
                 scenario: scenario.to_owned(),
-                error: format!("{e:#}"),
+                error: first_lines(&format!("{e:#}"), ERROR_LINES),
             });
             None
         }
@@ -382,6 +395,14 @@ async fn attempt<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_errors_are_cut_with_a_count() {
+        assert_eq!(first_lines("a\nb", 8), "a\nb");
+        let long: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        let cut = first_lines(&long.join("\n"), 3);
+        assert_eq!(cut, "0\n1\n2\n… (17 more lines)");
+    }
 
     #[test]
     fn the_policy_and_specs_are_valid() {

@@ -133,7 +133,8 @@ pub struct Agent {
 impl Agent {
     /// One session after another, forever.
     pub async fn supervise(&self) -> Infallible {
-        let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff);
+        let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff)
+            .with_spread(self.settings.reconnect_spread);
         loop {
             let mut welcomed = false;
             // A reverted firewall change ends the session too: the rules that were just
@@ -147,8 +148,10 @@ impl Agent {
                 _ = self.firewall.reverted() => SessionEnd::FirewallReverted,
             };
             self.connected.set(false);
-            if welcomed || matches!(end, SessionEnd::FirewallReverted) {
+            if matches!(end, SessionEnd::FirewallReverted) {
                 backoff.reset();
+            } else if welcomed {
+                backoff.session_lost();
             }
             // A session the controller had accepted and then ended is retried soon even if
             // it ended with a refusal: the next handshake says precisely what is wrong.

@@ -31,23 +31,33 @@ impl Enrollment for EnrollmentService {
         let caller = Caller::from_request(&request)?.clone();
         let ip = caller.addr.map(|a| a.ip());
         let now_i = Instant::now();
-        let limited = match ip {
-            Some(ip) => shared
+        let limited = match bulk_token(shared, &request.get_ref().token) {
+            // The secret is proof enough that this is the operator's bulk enrollment: its
+            // own budget replaces the limits that guard against guessing.
+            Some((hash, per_minute)) => shared
                 .join_limiter
                 .lock()
                 .expect("limiter lock")
-                .check(ip, now_i)
-                .map_err(|wait| (format!("from {ip}"), wait)),
-            None => Ok(()),
-        }
-        .and_then(|()| {
-            shared
-                .join_global
-                .lock()
-                .expect("limiter lock")
-                .check(now_i)
-                .map_err(|wait| ("from all sources (join_global_per_minute)".to_owned(), wait))
-        });
+                .check_bulk(&hash, per_minute, now_i)
+                .map_err(|wait| ("with this bulk token (its --bulk-rate)".to_owned(), wait)),
+            None => match ip {
+                Some(ip) => shared
+                    .join_limiter
+                    .lock()
+                    .expect("limiter lock")
+                    .check(ip, now_i)
+                    .map_err(|wait| (format!("from {ip}"), wait)),
+                None => Ok(()),
+            }
+            .and_then(|()| {
+                shared
+                    .join_global
+                    .lock()
+                    .expect("limiter lock")
+                    .check(now_i)
+                    .map_err(|wait| ("from all sources (join_global_per_minute)".to_owned(), wait))
+            }),
+        };
         if let Err((scope, wait)) = limited {
             if let Some(suppressed) = shared.join_refusals_log.admit(now_i) {
                 tracing::warn!(peer = ?ip, %scope, suppressed, "join rate limit hit");
@@ -163,4 +173,18 @@ impl Enrollment for EnrollmentService {
             not_after: issued.not_after,
         }))
     }
+}
+
+/// The hash and rate of `secret` if it is a bulk token that can still be used. A read
+/// only: the use itself is spent (and checked again) atomically later. Anything else (a
+/// malformed, unknown, spent, expired or ordinary token, a store error) is `None` and
+/// meets the per-source and fleet-wide limits, so guessing gains nothing from this.
+fn bulk_token(shared: &Shared, secret: &str) -> Option<(String, u32)> {
+    tokens::check_format(secret).ok()?;
+    let hash = tokens::hash(secret);
+    let token = shared.store.token(&hash).ok()??;
+    if token.bulk_per_minute == 0 || tokens::check_use(Some(&token), now_secs()).is_err() {
+        return None;
+    }
+    Some((hash, token.bulk_per_minute))
 }

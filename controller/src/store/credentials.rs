@@ -18,6 +18,10 @@ pub struct TokenRecord {
     /// Group given to hosts that join with this token; empty for none.
     #[serde(default)]
     pub group: String,
+    /// Joins a minute allowed with this token from any number of sources, in place of the
+    /// per-source and fleet-wide join limits; 0 for an ordinary token, which gets those.
+    #[serde(default)]
+    pub bulk_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -47,6 +51,11 @@ impl Store {
 
     pub fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
         self.all_json(REVOKED)
+    }
+
+    /// The token with `hash`, if any (a read, for the join limiter's bulk-token check).
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get_json(TOKENS, hash)
     }
 
     pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {

@@ -229,6 +229,7 @@ fn spending_a_token_is_all_or_nothing() {
         uses_total: 1,
         uses_left: 1,
         group: String::new(),
+        bulk_per_minute: 0,
         created_by: "me".into(),
     };
     s.put_token("h", &t).unwrap();

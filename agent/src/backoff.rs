@@ -163,7 +163,11 @@ mod tests {
     fn the_first_retry_after_a_lost_session_spreads_over_the_whole_window() {
         let mut b = Backoff::new(INITIAL, DEFAULT_MAX).with_spread(DEFAULT_SPREAD);
         b.session_lost();
-        assert_eq!(b.next_with(0.0), Duration::ZERO, "full jitter starts at zero");
+        assert_eq!(
+            b.next_with(0.0),
+            Duration::ZERO,
+            "full jitter starts at zero"
+        );
         b.session_lost();
         assert_eq!(b.next_with(1.0), DEFAULT_SPREAD);
         b.session_lost();

@@ -15,10 +15,14 @@ pub fn json(value: &serde_json::Value) {
     writeln_or_exit(&mut out, format_args!(""));
 }
 
-/// A line to stdout; a closed pipe (`fleetctl hosts | head`) ends fleetctl quietly, as
+/// A line to stdout; a closed pipe (`fleetctl hosts | head`) ends fleetctl quietly, where
 /// `println!` would panic.
 fn writeln_or_exit(out: &mut impl Write, line: std::fmt::Arguments<'_>) {
-    if out.write_fmt(line).and_then(|()| out.write_all(b"\n")).is_err() {
+    if out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .is_err()
+    {
         std::process::exit(0);
     }
 }

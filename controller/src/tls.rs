@@ -376,7 +376,7 @@ fn read_somaxconn() -> Option<u32> {
     std::fs::read_to_string(SOMAXCONN).ok()?.trim().parse().ok()
 }
 
-/// Accepts every TCP connection at once and refuses it right away (resetting it, before
+/// Accepts every TCP connection at once and refuses it right away (closing it, before
 /// any TLS work) when its source or the controller is over a limit, so neither silent
 /// sockets nor a reconnect herd queue up in the kernel backlog ahead of real clients;
 /// completes TLS within the handshake timeout and forwards established connections to
@@ -406,10 +406,8 @@ pub async fn accept_loop(
         let mut slot = match slots.take(peer.ip()) {
             Ok(slot) => slot,
             Err(reason) => {
-                // A reset, not a FIN: the client learns at once (ECONNRESET, which agents
-                // answer with their jittered backoff) and no TIME_WAIT socket stays here
-                // for each refusal of a herd. A zero linger never blocks the close.
-                let _ = tcp.set_zero_linger();
+                // Closed before any TLS work: the client's handshake ends at once and
+                // agents answer with their jittered backoff.
                 drop(tcp);
                 if let Some(suppressed) = refused_log.admit(Instant::now()) {
                     tracing::warn!(peer = %peer, reason, suppressed, "connection refused");

@@ -39,13 +39,19 @@ fn group_name(group: &str) -> Result<String, Status> {
 
 fn host_view(shared: &Shared, h: HostRecord) -> Host {
     let live = shared.sessions.up(&h.name);
+    let live_now = live.is_some();
     Host {
         state: if live.is_some() { "up" } else { "down" }.into(),
         address: live.unwrap_or(h.address),
-        last_seen: if shared.sessions.up(&h.name).is_some() {
+        last_seen: if live_now {
             now_secs()
         } else {
-            h.last_seen_ms / 1000
+            shared
+                .last_seen
+                .get(&h.name)
+                .unwrap_or(h.last_seen_ms)
+                .max(h.last_seen_ms)
+                / 1000
         },
         version: h.version.clone(),
         cert_expires: h.cert_expires,
@@ -229,6 +235,7 @@ impl Admin for AdminService {
             .ok_or_else(|| {
                 Status::not_found(format!("no host named {name}: see `fleetctl hosts`"))
             })?;
+        shared.last_seen.forget(name.as_str());
         // Durable first, then in effect: the handshake check and the live stream.
         for r in &revoked {
             shared.revocations.insert(r.serial.clone());

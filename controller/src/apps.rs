@@ -281,7 +281,13 @@ fn describe(err: CommandError) -> String {
     }
 }
 
-/// Runs `kind` on every host at once, streaming a line per host as it starts and ends.
+/// Commands in flight at once during a fan-out. Each waits on its agent (an activation
+/// takes seconds), so the bound is about memory and the agents' streams, not CPU.
+const FAN_OUT_IN_FLIGHT: usize = 4096;
+
+/// Runs `kind` on every host at once (up to `FAN_OUT_IN_FLIGHT` in flight), streaming a
+/// line per host as it starts and ends. The command goes out before the progress line:
+/// a slow reader of the progress stream must not hold back the hosts.
 async fn fan_out(
     shared: Arc<Shared>,
     app: String,
@@ -290,10 +296,16 @@ async fn fan_out(
     timeout: Duration,
     tx: Progress,
 ) -> (usize, usize) {
-    let mut tasks = Vec::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(FAN_OUT_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
     for host in hosts {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (shared, tx, kind, app) = (shared.clone(), tx.clone(), kind.clone(), app.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
+            let _permit = permit;
+            let call = shared.commands.start(&shared.sessions, &host, kind).await;
             let _ = tx
                 .send(Ok(HostProgress {
                     host: host.clone(),
@@ -301,16 +313,11 @@ async fn fan_out(
                     ..Default::default()
                 }))
                 .await;
-            let outcome = shared
-                .commands
-                .call(&shared.sessions, &host, kind, timeout)
-                .await;
-            let state = shared
-                .app_states
-                .all()
-                .into_iter()
-                .find(|(h, s)| *h == host && s.app == app)
-                .map(|(_, s)| s);
+            let outcome = match call {
+                Ok(pending) => pending.wait(&shared.commands, timeout).await,
+                Err(e) => Err(e),
+            };
+            let state = shared.app_states.get(&host, &app);
             let (ok, message) = match outcome {
                 Ok(r) if r.status == CmdStatus::Ok as i32 => (true, r.message),
                 Ok(r) if r.status == CmdStatus::Unsupported as i32 => (
@@ -332,18 +339,28 @@ async fn fan_out(
                 }))
                 .await;
             ok
-        }));
+        });
     }
     let mut ok = 0;
     let mut failed = 0;
-    for t in tasks {
-        if t.await.unwrap_or(false) {
+    while let Some(done) = tasks.join_next().await {
+        if done.unwrap_or(false) {
             ok += 1;
         } else {
             failed += 1;
         }
     }
     (ok, failed)
+}
+
+/// The hosts an audit entry names: all of them when few, else a count and the first ones
+/// (an entry per deploy must not grow with the fleet).
+pub(crate) fn hosts_summary(hosts: &[String]) -> String {
+    const NAMED: usize = 20;
+    if hosts.len() <= NAMED {
+        return format!("hosts {}", hosts.join(","));
+    }
+    format!("{} hosts ({},…)", hosts.len(), hosts[..NAMED].join(","))
 }
 
 pub fn deploy(
@@ -390,26 +407,23 @@ pub fn deploy(
             tx,
         )
         .await;
-        for host in &hosts {
-            let now = shared
-                .app_states
-                .all()
-                .into_iter()
-                .find(|(h, s)| h == host && s.app == app.as_str())
-                .map(|(_, s)| s.release);
-            crate::converge::after_deploy(
-                &shared,
-                app.as_str(),
-                host,
-                version.as_str(),
-                now.as_deref() == Some(version.as_str()),
-            );
-        }
+        let landed: Vec<(String, bool)> = hosts
+            .iter()
+            .map(|host| {
+                let now = shared.app_states.get(host, app.as_str()).map(|s| s.release);
+                (host.clone(), now.as_deref() == Some(version.as_str()))
+            })
+            .collect();
+        let s = shared.clone();
+        let (a, v) = (app.to_string(), version.to_string());
+        let _ =
+            tokio::task::spawn_blocking(move || crate::converge::after_deploy(&s, &a, &landed, &v))
+                .await;
         let _ = shared.audit(
             &actor,
             "app.deploy",
             &format!("{app}@{version}"),
-            &format!("hosts {}: {ok} ok, {failed} failed", hosts.join(",")),
+            &format!("{}: {ok} ok, {failed} failed", hosts_summary(&hosts)),
         );
     });
     Ok(ReceiverStream::new(rx))
@@ -458,7 +472,7 @@ pub fn restart(
             &actor,
             action,
             app.as_str(),
-            &format!("hosts {}: {ok} ok, {failed} failed", hosts.join(",")),
+            &format!("{}: {ok} ok, {failed} failed", hosts_summary(&hosts)),
         );
     });
     Ok(ReceiverStream::new(rx))

@@ -10,7 +10,7 @@ use fleet_proto::v1::agent_channel_server::AgentChannel;
 use fleet_proto::v1::agent_message::Body as Up;
 use fleet_proto::v1::controller_message::Body as Down;
 use fleet_proto::v1::{
-    AgentMessage, ControllerMessage, Hello, RenewRequest, RenewResponse, Welcome,
+    AgentMessage, ControllerMessage, Hello, HostFacts, RenewRequest, RenewResponse, Welcome,
 };
 use std::time::Instant;
 
@@ -22,8 +22,9 @@ use crate::auth::{Caller, MAX_QUOTED};
 use crate::pki::{parse_csr, PkiError};
 use crate::ratelimit::clip;
 use crate::sessions::CloseSignal;
+use crate::sessions::MISSED_HEARTBEATS;
 use crate::shared::{internal, Shared};
-use crate::store::{IssuedSerial, RevokedRecord, StoreError};
+use crate::store::{HostRecord, IssuedSerial, RevokedRecord, StoreError};
 use crate::timefmt::{now_ms, now_secs};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,11 +66,11 @@ impl AgentChannel for ChannelService {
             .name()
             .map(|n| n.to_string())
             .ok_or_else(|| Status::permission_denied("agent identity without a host name"))?;
-        if shared.store.host(&name).map_err(internal)?.is_none() {
+        let Some(known) = shared.store.host(&name).map_err(internal)? else {
             return Err(Status::permission_denied(format!(
                 "host {name} is not enrolled (it was removed): re-enroll it with a new token"
             )));
-        }
+        };
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -85,23 +86,26 @@ impl AgentChannel for ChannelService {
         };
         let address = caller.addr.map(|a| a.ip().to_string()).unwrap_or_default();
         let facts = hello.facts.clone().unwrap_or_default();
+        // A reconnect wave brings back every agent within seconds; most report what the
+        // store already holds, and those cost no write (see lastseen for the time).
         let mut superseded = Vec::new();
-        shared
-            .store
-            .update_host(&name, |h| {
-                superseded = take_superseded(&mut h.serials, caller.serial.as_deref());
-                h.address = address.clone();
-                h.last_seen_ms = now_ms();
-                h.version = facts.agent_version.clone();
-                h.hostname = facts.hostname.clone();
-                h.os = facts.os.clone();
-                h.kernel = facts.kernel.clone();
-                h.cores = facts.cores;
-                h.memory_bytes = facts.memory_bytes;
-                h.metrics_port = facts.metrics_port;
-                h.package_version = facts.package_version.clone();
+        let mut preview = known.clone();
+        let changed = record_hello(&mut preview, &address, &facts);
+        if changed || supersedes(&known.serials, caller.serial.as_deref()) {
+            let (s, host, serial) = (shared.clone(), name.clone(), caller.serial.clone());
+            let (address, facts) = (address.clone(), facts.clone());
+            superseded = tokio::task::spawn_blocking(move || {
+                s.store.update_host(&host, |h| {
+                    record_hello(h, &address, &facts);
+                    take_superseded(&mut h.serials, serial.as_deref())
+                })
             })
-            .map_err(internal)?;
+            .await
+            .map_err(|e| Status::internal(format!("session start failed: {e}")))?
+            .map_err(internal)?
+            .unwrap_or_default();
+        }
+        shared.last_seen.touch(&name, now_ms());
         revoke_superseded(&shared, &identity, &name, superseded).map_err(internal)?;
 
         let interval = interval_of(&hello);
@@ -118,16 +122,20 @@ impl AgentChannel for ChannelService {
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));
         crate::converge::session_started(&shared, &name, id);
-        tokio::spawn(drive(shared, identity, name, id, inbound, tx, close));
+        tokio::spawn(drive(
+            shared, identity, name, id, interval, inbound, tx, close,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     shared: Arc<Shared>,
     identity: Identity,
     name: String,
     id: u64,
+    interval: Duration,
     mut inbound: Streaming<AgentMessage>,
     tx: Outbound,
     mut close: CloseSignal,
@@ -135,15 +143,30 @@ async fn drive(
     // Per session, so one agent certificate cannot have the controller open blobs
     // without bound.
     let fetches = Arc::new(Semaphore::new(shared.settings.max_fetches_per_session));
+    // This session's own timer ends it: no sweep over every session.
+    let grace = crate::sessions::grace(interval);
+    let silence = tokio::time::sleep(grace);
+    tokio::pin!(silence);
     let reason = loop {
         tokio::select! {
             reason = &mut close => {
-                let reason = reason.unwrap_or_else(|_| "controller shutting down".into());
+                let reason = reason.unwrap_or_else(|_| SHUTTING_DOWN.into());
+                let _ = tx.send(Err(Status::unavailable(reason.clone()))).await;
+                break reason;
+            }
+            () = &mut silence => {
+                tracing::warn!(host = %name, "host missed {MISSED_HEARTBEATS} heartbeats: marking it down");
+                let reason = format!("no heartbeat for {MISSED_HEARTBEATS} intervals");
                 let _ = tx.send(Err(Status::unavailable(reason.clone()))).await;
                 break reason;
             }
             msg = inbound.message() => match msg {
-                Ok(Some(AgentMessage { body: Some(body) })) => handle(&shared, &identity, &name, id, body, &tx, &fetches).await,
+                Ok(Some(AgentMessage { body: Some(body) })) => {
+                    if matches!(body, Up::Heartbeat(_)) {
+                        silence.as_mut().reset(tokio::time::Instant::now() + grace);
+                    }
+                    handle(&shared, &identity, &name, id, body, &tx, &fetches).await
+                }
                 // A newer agent's message kind we do not know: ignore, never fail the stream.
                 Ok(Some(AgentMessage { body: None })) => {}
                 Ok(None) => break "agent closed the stream".into(),
@@ -163,10 +186,31 @@ async fn drive(
     {
         shared.app_states.forget_host(&name);
     }
-    let _ = shared
-        .store
-        .update_host(&name, |h| h.last_seen_ms = now_ms());
-    tracing::info!(host = %name, reason, "host down");
+    shared.last_seen.touch(&name, now_ms());
+    // A shutdown ends every session at once: one summary line, not one per host.
+    if reason == SHUTTING_DOWN {
+        tracing::debug!(host = %name, reason, "host down");
+    } else {
+        tracing::info!(host = %name, reason, "host down");
+    }
+}
+
+/// The reason every session ends with when the controller stops.
+pub const SHUTTING_DOWN: &str = "controller shutting down";
+
+/// Copies what a Hello reports into the host's record; true if anything changed.
+fn record_hello(h: &mut HostRecord, address: &str, facts: &HostFacts) -> bool {
+    let before = h.clone();
+    h.address = address.to_owned();
+    h.version = facts.agent_version.clone();
+    h.hostname = facts.hostname.clone();
+    h.os = facts.os.clone();
+    h.kernel = facts.kernel.clone();
+    h.cores = facts.cores;
+    h.memory_bytes = facts.memory_bytes;
+    h.metrics_port = facts.metrics_port;
+    h.package_version = facts.package_version.clone();
+    *h != before
 }
 
 async fn handle(
@@ -236,7 +280,9 @@ async fn handle(
             }
             let prev = shared.app_states.update(name, state.clone());
             crate::converge::on_app_state(shared, name, id, &state);
-            let changed = prev.as_ref().is_none_or(|p| {
+            // The first report of a session repeats what the host ran before the
+            // reconnect: logged only at debug, so a reconnect wave is not N lines per app.
+            let changed = prev.as_ref().map(|p| {
                 (
                     p.release.as_str(),
                     p.active_state.as_str(),
@@ -253,18 +299,25 @@ async fn handle(
                     state.crash_loop,
                 )
             });
-            if changed {
-                tracing::info!(
-                    host = %name,
-                    app = %state.app,
-                    release = ?clip(&state.release, MAX_QUOTED),
-                    active = ?clip(&state.active_state, MAX_QUOTED),
-                    healthy = state.healthy,
-                    restarts = state.restarts,
-                    main_pid = state.main_pid,
-                    crash_loop = state.crash_loop,
-                    "app state"
-                );
+            macro_rules! app_state {
+                ($level:ident) => {
+                    tracing::$level!(
+                        host = %name,
+                        app = %state.app,
+                        release = ?clip(&state.release, MAX_QUOTED),
+                        active = ?clip(&state.active_state, MAX_QUOTED),
+                        healthy = state.healthy,
+                        restarts = state.restarts,
+                        main_pid = state.main_pid,
+                        crash_loop = state.crash_loop,
+                        "app state"
+                    )
+                };
+            }
+            match changed {
+                Some(true) => app_state!(info),
+                None => app_state!(debug),
+                Some(false) => {}
             }
         }
         Up::LogLine(mut line) => {
@@ -272,8 +325,9 @@ async fn handle(
             shared.commands.deliver_line(name, line);
         }
         Up::Firewall(state) => {
-            tracing::info!(host = %name, state = ?clip(&state.state, MAX_QUOTED), detail = ?clip(&state.detail, MAX_EVENT_TEXT), "firewall state");
-            shared.firewall_states.update(name, state);
+            if shared.firewall_states.update(name, state.clone()) {
+                tracing::info!(host = %name, state = ?clip(&state.state, MAX_QUOTED), detail = ?clip(&state.detail, MAX_EVENT_TEXT), "firewall state");
+            }
         }
         Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),
     }
@@ -314,6 +368,17 @@ fn take_superseded(serials: &mut Vec<IssuedSerial>, current: Option<&str>) -> Ve
         Some(at) => serials.drain(..at).collect(),
         None => Vec::new(),
     }
+}
+
+/// Whether `take_superseded` would take anything: the session's certificate is not the
+/// oldest one on record.
+fn supersedes(serials: &[IssuedSerial], current: Option<&str>) -> bool {
+    current.is_some_and(|c| {
+        serials
+            .iter()
+            .position(|s| s.serial == c)
+            .is_some_and(|at| at > 0)
+    })
 }
 
 /// Revokes what `take_superseded` took: stored first, then in force. Nothing happens (and

@@ -2,7 +2,7 @@
 //! the host's stream, and is answered by exactly one CommandResult routed back here. Log
 //! tails are routed the same way by their command id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,9 +41,48 @@ struct Pending {
     reply: oneshot::Sender<CommandResult>,
 }
 
+/// Commands awaiting an answer, by id and by host: a session's end fails that host's
+/// commands without walking everyone's (thousands are in flight during a fan-out).
+#[derive(Default)]
+struct PendingTable {
+    by_id: HashMap<String, Pending>,
+    by_host: HashMap<String, HashSet<String>>,
+}
+
+impl PendingTable {
+    fn insert(&mut self, id: String, p: Pending) {
+        self.by_host
+            .entry(p.host.clone())
+            .or_default()
+            .insert(id.clone());
+        self.by_id.insert(id, p);
+    }
+
+    fn get(&self, id: &str) -> Option<&Pending> {
+        self.by_id.get(id)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Pending> {
+        let p = self.by_id.remove(id)?;
+        if let Some(ids) = self.by_host.get_mut(&p.host) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_host.remove(&p.host);
+            }
+        }
+        Some(p)
+    }
+
+    fn remove_host(&mut self, host: &str) {
+        for id in self.by_host.remove(host).unwrap_or_default() {
+            self.by_id.remove(&id);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Commands {
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<PendingTable>,
     tails: Mutex<HashMap<String, (String, mpsc::Sender<LogLine>)>>,
 }
 
@@ -71,6 +110,34 @@ async fn send_raw(
         .map_err(|_| CommandError::Disconnected)
 }
 
+/// A command sent and not yet answered.
+pub struct Sent {
+    id: String,
+    rx: oneshot::Receiver<CommandResult>,
+}
+
+impl Sent {
+    /// Waits up to `timeout` for the answer.
+    pub async fn wait(
+        self,
+        commands: &Commands,
+        timeout: Duration,
+    ) -> Result<CommandResult, CommandError> {
+        match tokio::time::timeout(timeout, self.rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(CommandError::Disconnected),
+            Err(_) => {
+                commands
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .remove(&self.id);
+                Err(CommandError::Timeout(timeout))
+            }
+        }
+    }
+}
+
 impl Commands {
     /// Sends `kind` to `host` and waits up to `timeout` for its result.
     pub async fn call(
@@ -80,16 +147,23 @@ impl Commands {
         kind: command::Kind,
         timeout: Duration,
     ) -> Result<CommandResult, CommandError> {
+        self.start(sessions, host, kind)
+            .await?
+            .wait(self, timeout)
+            .await
+    }
+
+    /// Sends `kind` to `host`; the answer is awaited separately, so a fan-out can report
+    /// progress between sending and waiting.
+    pub async fn start(
+        &self,
+        sessions: &Sessions,
+        host: &str,
+        kind: command::Kind,
+    ) -> Result<Sent, CommandError> {
         let id = new_id();
         let rx = self.send(sessions, host, &id, kind).await?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) => Err(CommandError::Disconnected),
-            Err(_) => {
-                self.pending.lock().expect("pending lock").remove(&id);
-                Err(CommandError::Timeout(timeout))
-            }
-        }
+        Ok(Sent { id, rx })
     }
 
     async fn send(
@@ -148,10 +222,7 @@ impl Commands {
 
     /// Fails every command in flight to `host` (its stream ended).
     pub fn host_gone(&self, host: &str) {
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .retain(|_, p| p.host != host);
+        self.pending.lock().expect("pending lock").remove_host(host);
         self.tails
             .lock()
             .expect("tails lock")
@@ -194,5 +265,39 @@ impl Commands {
             }
         };
         tx.try_send(line).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(host: &str) -> (Pending, oneshot::Receiver<CommandResult>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            Pending {
+                host: host.into(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_host_gone_fails_only_its_own_commands() {
+        let mut t = PendingTable::default();
+        let (a1, mut ra1) = pending("a");
+        let (a2, _ra2) = pending("a");
+        let (b1, _rb1) = pending("b");
+        t.insert("1".into(), a1);
+        t.insert("2".into(), a2);
+        t.insert("3".into(), b1);
+        t.remove_host("a");
+        assert!(t.get("1").is_none() && t.get("2").is_none());
+        assert!(t.get("3").is_some());
+        // Dropped, so a waiter sees the disconnect.
+        assert!(ra1.try_recv().is_err());
+        assert!(t.remove("3").is_some());
+        assert!(t.by_host.is_empty() && t.by_id.is_empty());
     }
 }

@@ -83,16 +83,21 @@ pub fn desired_after(rec: &Record) -> Vec<(String, Option<String>)> {
 
 /// A rollout ended: record what its hosts should run, then converge any that differ.
 pub fn after_rollout(shared: &Arc<Shared>, rec: &Record) {
-    for (host, version) in desired_after(rec) {
-        let d = version.map(|version| Desired {
-            version,
-            rollout: rec.id.clone(),
-            min_healthy_ms: rec.min_healthy_ms,
-            healthy_deadline_ms: rec.healthy_deadline_ms,
-        });
-        if let Err(e) = shared.store.set_desired(&rec.app, &host, d.as_ref()) {
-            tracing::error!(app = %rec.app, %host, error = %e, "cannot record the desired release");
-        }
+    let decided: Vec<(String, Option<Desired>)> = desired_after(rec)
+        .into_iter()
+        .map(|(host, version)| {
+            let d = version.map(|version| Desired {
+                version,
+                rollout: rec.id.clone(),
+                min_healthy_ms: rec.min_healthy_ms,
+                healthy_deadline_ms: rec.healthy_deadline_ms,
+            });
+            (host, d)
+        })
+        .collect();
+    let values = decided.iter().map(|(h, d)| (h.as_str(), d.as_ref()));
+    if let Err(e) = shared.store.set_desired_many(&rec.app, values) {
+        tracing::error!(app = %rec.app, error = %e, "cannot record the desired releases");
     }
     for h in &rec.hosts {
         if shared.sessions.up(&h.host).is_some() {
@@ -106,16 +111,20 @@ pub fn after_rollout(shared: &Arc<Shared>, rec: &Record) {
     }
 }
 
-/// A deploy landed (or not) on `host`: what it runs now is what it should run.
-pub fn after_deploy(shared: &Shared, app: &str, host: &str, version: &str, ok: bool) {
-    let d = ok.then(|| Desired {
+/// A deploy landed (or not) on each host: what it runs now is what it should run. One
+/// commit for all of them.
+pub fn after_deploy(shared: &Shared, app: &str, landed: &[(String, bool)], version: &str) {
+    let d = Desired {
         version: version.to_owned(),
         rollout: String::new(),
         min_healthy_ms: DEFAULT_MIN_HEALTHY_MS,
         healthy_deadline_ms: DEFAULT_DEADLINE_MS,
-    });
-    if let Err(e) = shared.store.set_desired(app, host, d.as_ref()) {
-        tracing::error!(%app, %host, error = %e, "cannot record the desired release");
+    };
+    let values = landed
+        .iter()
+        .map(|(host, ok)| (host.as_str(), ok.then_some(&d)));
+    if let Err(e) = shared.store.set_desired_many(app, values) {
+        tracing::error!(%app, hosts = landed.len(), error = %e, "cannot record the desired release");
     }
 }
 

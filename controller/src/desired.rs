@@ -99,20 +99,18 @@ pub fn activate_stored(
 }
 
 pub fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
-    let enrolled: Vec<String> = shared
-        .store
-        .hosts()
-        .map_err(internal)?
-        .into_iter()
-        .map(|h| h.name)
-        .collect();
+    let enrolled: Vec<String> = shared.store.host_names().map_err(internal)?;
     if requested.is_empty() {
         if enrolled.is_empty() {
             return Err(Status::failed_precondition("no hosts are enrolled: enroll one with `fleetctl token create` and `fleet-agent join`"));
         }
         return Ok(enrolled);
     }
-    let unknown: Vec<&String> = requested.iter().filter(|h| !enrolled.contains(h)).collect();
+    let known: std::collections::HashSet<&str> = enrolled.iter().map(String::as_str).collect();
+    let unknown: Vec<&String> = requested
+        .iter()
+        .filter(|h| !known.contains(h.as_str()))
+        .collect();
     if !unknown.is_empty() {
         return Err(Status::invalid_argument(format!(
             "unknown host(s): {}: see `fleetctl hosts`",

@@ -118,20 +118,30 @@ async fn hosts(shared: &Arc<Shared>) -> Result<Vec<HostRecord>, Response> {
     }
 }
 
+fn internal_error(e: String) -> Response {
+    tracing::error!(error = %e, "cannot count hosts for a metrics scrape");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot read hosts: {e}\n"),
+    )
+        .into_response()
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let format = Format::from_accept(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
-    let hosts = match hosts(&shared).await {
-        Ok(h) => h,
-        Err(resp) => return resp,
+    // Counts only: decoding every host record per scrape would cost O(hosts) reads.
+    let s = shared.clone();
+    let enrolled = match tokio::task::spawn_blocking(move || s.store.host_count()).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return internal_error(e.to_string()),
+        Err(e) => return internal_error(e.to_string()),
     };
-    let up = hosts
-        .iter()
-        .filter(|h| shared.sessions.up(&h.name).is_some())
-        .count();
+    let up = shared.sessions.count_up();
     let counts = HostCounts {
         connected: shared.sessions.count(),
         up,
-        down: hosts.len() - up,
+        down: enrolled.saturating_sub(up),
+        store_commits: shared.store.commits(),
     };
     let body = shared.metrics.render(counts, format);
     ([(CONTENT_TYPE, format.content_type())], body).into_response()

@@ -19,6 +19,7 @@ pub mod enroll;
 pub mod firewall;
 pub mod http;
 pub mod init;
+pub mod lastseen;
 pub mod logging;
 pub mod metrics;
 pub mod paging;

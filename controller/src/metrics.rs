@@ -55,6 +55,8 @@ pub struct HostCounts {
     pub up: usize,
     /// Enrolled hosts without a live session.
     pub down: usize,
+    /// Durable store commits since start (each at least one fsync).
+    pub store_commits: u64,
 }
 
 #[derive(Debug)]
@@ -102,6 +104,12 @@ impl Collector for Inner {
             let labels = [("state", state)];
             ConstGauge::new(n as i64).encode(by_state.encode_family(&labels)?)?;
         }
+        ConstCounter::new(hosts.store_commits).encode(enc.encode_descriptor(
+            "fleet_controller_store_commits",
+            "Durable commits to the controller's store since it started (each costs at least one fsync)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let mut rpc = enc.encode_descriptor(
             "fleet_controller_rpc_duration",
             "gRPC call latency by method, until the response starts",
@@ -279,11 +287,13 @@ mod tests {
                 connected: 2,
                 up: 2,
                 down: 1,
+                store_commits: 7,
             },
             Format::Text,
         );
         for line in [
             "fleet_controller_agents_connected 2",
+            "fleet_controller_store_commits_total 7",
             "fleet_controller_hosts{state=\"up\"} 2",
             "fleet_controller_hosts{state=\"down\"} 1",
             "fleet_controller_rpc_duration_seconds_count{method=\"/fleet.v1.Admin/ListHosts\"} 2",
@@ -337,6 +347,7 @@ mod tests {
             [
                 "fleet_controller_agents_connected",
                 "fleet_controller_hosts",
+                "fleet_controller_store_commits_total",
                 "fleet_controller_rpc_duration_seconds",
                 "fleet_rollouts_total",
                 "fleet_rollout_duration_seconds",

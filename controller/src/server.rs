@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use fleet_proto::identity::TrustDomain;
@@ -35,8 +35,6 @@ use crate::store::Store;
 use crate::timefmt::now_secs;
 use crate::tls::{self, Revocations};
 
-/// How often liveness is checked; small against any heartbeat interval.
-const REAP_EVERY: Duration = Duration::from_millis(200);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
@@ -74,6 +72,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         serving,
         revocations,
         sessions: Sessions::default(),
+        last_seen: Default::default(),
         settings,
         join_limiter,
         join_global,
@@ -155,7 +154,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         max_pending_handshakes_per_ip: settings.max_pending_handshakes_per_ip,
     });
     let accept = tokio::spawn(tls::accept_loop(grpc, tls_config, slots, conn_tx));
-    let reaper = tokio::spawn(reap(shared.clone()));
+    let last_seen = tokio::spawn(crate::lastseen::keep_flushing(shared.clone()));
     let renewer = tokio::spawn(servercert::keep_fresh(shared.clone()));
     // After the listeners are up: the resumed rollouts wait for their agents to reconnect.
     crate::rollout::resume_all(&shared);
@@ -188,9 +187,13 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("shutting down: closing agent sessions");
             crate::systemd::stopping();
             // Open bidi streams would hold graceful shutdown forever; end them first.
-            shared_for_shutdown
-                .sessions
-                .close_all("controller shutting down");
+            let s = &shared_for_shutdown;
+            let closed = s.sessions.close_all(crate::channel::SHUTTING_DOWN);
+            let now = crate::timefmt::now_ms();
+            for host in &closed {
+                s.last_seen.touch(host, now);
+            }
+            tracing::info!(sessions = closed.len(), "agent sessions closed");
         });
     // Bounded: a client that ignores GOAWAY must not keep the controller from exiting.
     let result = tokio::select! {
@@ -198,13 +201,17 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         _ = async { shutdown_signal().await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
     };
     accept.abort();
-    reaper.abort();
+    last_seen.abort();
     renewer.abort();
     pruner.abort();
     audit_pruner.abort();
     http_server.abort();
     if let Some(w) = watchdog {
         w.abort();
+    }
+    // One commit for every host the shutdown (or the last interval) saw.
+    if let Err(e) = shared.last_seen.flush(&shared.store) {
+        tracing::warn!(error = %e, "cannot record when hosts were last seen");
     }
     result
 }
@@ -230,16 +237,6 @@ fn connection_budget(configured: usize) -> usize {
         );
     }
     configured.min(budget)
-}
-
-async fn reap(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(REAP_EVERY);
-    loop {
-        tick.tick().await;
-        for host in shared.sessions.reap(Instant::now()) {
-            tracing::warn!(host = %host, "host missed 3 heartbeats: marking it down");
-        }
-    }
 }
 
 async fn prune(shared: Arc<Shared>) {

@@ -20,6 +20,7 @@ pub struct Shared {
     pub serving: Arc<crate::servercert::ServingCert>,
     pub revocations: Arc<Revocations>,
     pub sessions: Sessions,
+    pub last_seen: crate::lastseen::LastSeen,
     pub settings: Settings,
     pub join_limiter: Mutex<RateLimiter>,
     pub join_global: Mutex<crate::ratelimit::GlobalLimiter>,

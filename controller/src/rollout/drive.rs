@@ -25,7 +25,10 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
 const ACTIVATE_SLACK: Duration = Duration::from_secs(60);
 
 pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
+    let writer = tokio::spawn(super::live::persist(shared.clone(), live.clone()));
     loop {
+        // Each phase starts from a record the store holds.
+        live.durable().await;
         let rec = live.rec();
         match rec.next_step() {
             Step::Stage => stage(&shared, &live).await,
@@ -49,7 +52,7 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
                 } else {
                     format!("{n} hosts on {}", rec.version)
                 };
-                live.step(&shared, "succeeded", "", 0, &msg.clone(), |r| {
+                live.step("succeeded", "", 0, &msg.clone(), |r| {
                     r.state = State::Succeeded;
                     r.message = msg;
                 });
@@ -58,12 +61,10 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
                 let mut rx = live.control.subscribe();
                 let c = *rx.borrow_and_update();
                 match c {
-                    Control::Run => {
-                        live.step(&shared, "resumed", "", rec.current_batch, "resumed", |r| {
-                            r.state = State::Running
-                        })
-                    }
-                    Control::Abort => abort(&shared, &live),
+                    Control::Run => live.step("resumed", "", rec.current_batch, "resumed", |r| {
+                        r.state = State::Running
+                    }),
+                    Control::Abort => abort(&live),
                     Control::Pause => {
                         let _ = rx.changed().await;
                     }
@@ -100,15 +101,15 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
         &format!("fleet: {outcome}"),
         &rec.info(),
     );
-    live.step(&shared, "finished", "", 0, &outcome, |r| {
-        r.ended_ms = now_ms()
-    });
+    live.step("finished", "", 0, &outcome, |r| r.ended_ms = now_ms());
+    live.durable().await;
+    writer.abort();
     shared.rollouts.remove(&rec.app);
     crate::converge::after_rollout(&shared, &live.rec());
 }
 
-fn abort(shared: &Shared, live: &Live) {
-    live.step(shared, "aborting", "", 0, "aborted by an operator", |r| {
+fn abort(live: &Live) {
+    live.step("aborting", "", 0, "aborted by an operator", |r| {
         r.aborted = true;
         r.halt("aborted by an operator".into());
     });
@@ -131,7 +132,6 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
     let rec = live.rec();
     let deadline = Duration::from_millis(rec.healthy_deadline_ms);
     live.step(
-        shared,
         "staging",
         "",
         0,
@@ -182,12 +182,12 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
                 let Some(joined) = next else { break };
                 let Ok((host, result)) = joined else { continue };
                 match result {
-                    None => live.step(shared, "skipped", &host, 0, "down: skipped, converges when it comes back", |r| {
+                    None => live.step("skipped", &host, 0, "down: skipped, converges when it comes back", |r| {
                         let h = r.host_mut(&host);
                         h.phase = Phase::Skipped;
                         h.message = "down during staging".into();
                     }),
-                    Some(Ok(msg)) => live.step(shared, "staged", &host, 0, &msg.clone(), |r| {
+                    Some(Ok(msg)) => live.step("staged", &host, 0, &msg.clone(), |r| {
                         let h = r.host_mut(&host);
                         h.phase = Phase::Staged;
                         h.message = msg;
@@ -195,7 +195,7 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
                     Some(Err(e)) => {
                         let msg = e.to_string();
                         let why = format!("staging failed on {host}: {msg}; no host was restarted");
-                        live.step(shared, "failed", &host, 0, &why.clone(), |r| {
+                        live.step("failed", &host, 0, &why.clone(), |r| {
                             let h = r.host_mut(&host);
                             h.phase = Phase::Failed;
                             h.message = msg;
@@ -207,7 +207,7 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
             }
             _ = control.changed() => {
                 if *control.borrow_and_update() == Control::Abort {
-                    abort(shared, live);
+                    abort(live);
                     return;
                 }
             }
@@ -216,7 +216,7 @@ async fn stage(shared: &Arc<Shared>, live: &Arc<Live>) {
     if !pre_start(shared, live).await {
         return;
     }
-    live.step(shared, "staged", "", 0, "staged everywhere", |r| {
+    live.step("staged", "", 0, "staged everywhere", |r| {
         r.state = State::Running
     });
 }
@@ -229,7 +229,7 @@ async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
         Ok(s) => s,
         Err(e) => {
             let why = format!("the rollout's app spec no longer validates: {e}");
-            live.step(shared, "failed", "", 0, &why.clone(), |r| r.halt(why));
+            live.step("failed", "", 0, &why.clone(), |r| r.halt(why));
             return false;
         }
     };
@@ -249,13 +249,12 @@ async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
         Ok(s) => s,
         Err(e) => {
             let e = e.to_string();
-            live.step(shared, "failed", "", 0, &e.clone(), |r| r.halt(e));
+            live.step("failed", "", 0, &e.clone(), |r| r.halt(e));
             return false;
         }
     };
     let argv = spec.pre_start.join(" ");
     live.step(
-        shared,
         "pre_start",
         &host,
         0,
@@ -281,25 +280,25 @@ async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
             _ = control.changed() => {
                 // The hook is not interrupted (a half-run migration is worse); abort waits.
                 if *control.borrow_and_update() == Control::Abort {
-                    live.step(shared, "pre_start", &host, 0, "abort requested: waiting for the pre-start hook to end", |_| {});
+                    live.step("pre_start", &host, 0, "abort requested: waiting for the pre-start hook to end", |_| {});
                 }
             }
         }
     };
     match r {
         Ok(msg) => {
-            live.step(shared, "pre_start_done", &host, 0, &msg, |r| {
+            live.step("pre_start_done", &host, 0, &msg, |r| {
                 r.pre_start_done = true
             });
             if *live.control.borrow() == Control::Abort {
-                abort(shared, live);
+                abort(live);
                 return false;
             }
             true
         }
         Err(msg) => {
             let why = format!("pre-start hook failed on {host}; no host was restarted: {msg}");
-            live.step(shared, "failed", &host, 0, &why.clone(), |r| r.halt(why));
+            live.step("failed", &host, 0, &why.clone(), |r| r.halt(why));
             false
         }
     }
@@ -347,7 +346,6 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
     match *control.borrow_and_update() {
         Control::Pause => {
             live.step(
-                shared,
                 "paused",
                 "",
                 b,
@@ -356,7 +354,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
             );
             return;
         }
-        Control::Abort => return abort(shared, live),
+        Control::Abort => return abort(live),
         Control::Run => {}
     }
     let rec = live.rec();
@@ -365,7 +363,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         Ok(s) => s,
         Err(e) => {
             let e = e.to_string();
-            live.step(shared, "failed", "", b, &e.clone(), |r| r.halt(e));
+            live.step("failed", "", b, &e.clone(), |r| r.halt(e));
             return;
         }
     };
@@ -381,7 +379,6 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         format!("batch {}", b + 1)
     };
     live.step(
-        shared,
         "batch",
         "",
         b,
@@ -436,17 +433,17 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         tokio::select! {
             msg = rx.recv() => match msg {
                 None => break,
-                Some(HostMsg::Switching(host)) => live.step(shared, "switching", &host, b, &format!("switching to {}", rec.version), |r| {
+                Some(HostMsg::Switching(host)) => live.step("switching", &host, b, &format!("switching to {}", rec.version), |r| {
                     let h = r.host_mut(&host);
                     h.phase = Phase::Switching;
                     h.switched = true;
                 }),
-                Some(HostMsg::Skipped(host)) => live.step(shared, "skipped", &host, b, "down: skipped, converges when it comes back", |r| {
+                Some(HostMsg::Skipped(host)) => live.step("skipped", &host, b, "down: skipped, converges when it comes back", |r| {
                     let h = r.host_mut(&host);
                     h.phase = Phase::Skipped;
                     h.message = "down when its batch came".into();
                 }),
-                Some(HostMsg::Done(host, Ok(msg))) => live.step(shared, "healthy", &host, b, &msg.clone(), |r| {
+                Some(HostMsg::Done(host, Ok(msg))) => live.step("healthy", &host, b, &msg.clone(), |r| {
                     let h = r.host_mut(&host);
                     h.phase = Phase::Healthy;
                     h.message = msg;
@@ -454,33 +451,28 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                 Some(HostMsg::Done(host, Err(e))) => {
                     let msg = e.to_string();
                     let why = format!("{host} failed: {msg}");
-                    live.step(shared, "failed", &host, b, &msg.clone(), |r| {
+                    live.step("failed", &host, b, &msg.clone(), |r| {
                         let h = r.host_mut(&host);
                         h.phase = Phase::Failed;
                         h.message = msg;
                     });
                     // Halt means halt: the rest of the batch is reverted, not awaited.
                     tasks.abort_all();
-                    live.step(shared, "halted", &host, b, &why.clone(), |r| r.halt(why));
+                    live.step("halted", &host, b, &why.clone(), |r| r.halt(why));
                     return;
                 }
             },
             _ = control.changed() => {
                 if *control.borrow_and_update() == Control::Abort {
                     tasks.abort_all();
-                    return abort(shared, live);
+                    return abort(live);
                 }
             }
         }
     }
-    live.step(
-        shared,
-        "batch_done",
-        "",
-        b,
-        &format!("{label} healthy"),
-        |r| r.current_batch = b + 1,
-    );
+    live.step("batch_done", "", b, &format!("{label} healthy"), |r| {
+        r.current_batch = b + 1
+    });
 }
 
 /// Secrets are read at each activation, never stored in the rollout record.
@@ -494,7 +486,6 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
     let deadline = Duration::from_millis(rec.healthy_deadline_ms);
     let hosts = rec.to_revert();
     live.step(
-        shared,
         "reverting",
         "",
         0,
@@ -511,7 +502,6 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
         let rec = rec.clone();
         let secrets = secrets.clone();
         live.step(
-            &shared,
             "reverting",
             &host,
             step.batch,
@@ -542,14 +532,14 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
         let Ok((host, r)) = joined else { continue };
         let b = rec.host(&host).map(|h| h.batch).unwrap_or(0);
         match r {
-            Ok(msg) => live.step(shared, "reverted", &host, b, &msg.clone(), |r| {
+            Ok(msg) => live.step("reverted", &host, b, &msg.clone(), |r| {
                 let h = r.host_mut(&host);
                 h.phase = Phase::Reverted;
                 h.message = msg;
             }),
             Err(e) => {
                 let msg = e.to_string();
-                live.step(shared, "revert_failed", &host, b, &msg.clone(), |r| {
+                live.step("revert_failed", &host, b, &msg.clone(), |r| {
                     let h = r.host_mut(&host);
                     h.phase = Phase::RevertFailed;
                     h.message = msg;
@@ -557,7 +547,5 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
             }
         }
     }
-    live.step(shared, "revert_done", "", 0, "", |r| {
-        r.state = r.after_revert()
-    });
+    live.step("revert_done", "", 0, "", |r| r.state = r.after_revert());
 }

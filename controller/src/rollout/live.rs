@@ -2,10 +2,11 @@
 //! signal, and the event stream every watcher follows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fleet_proto::v1::{RolloutEvent, RolloutInfo};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -21,10 +22,23 @@ pub enum Control {
 }
 
 /// A rollout the engine is running in this process.
+///
+/// Steps change the record in memory and are written by one writer task (`persist`),
+/// which coalesces them: the hosts of a batch finish within milliseconds of each other,
+/// and writing the whole record (it holds every host) once per host step would cost
+/// O(hosts) bytes and one fsync per step, O(hosts²) per rollout. The engine waits for the
+/// record to be durable before each new phase (`durable`), so a crash loses at most the
+/// host steps of the phase in flight, which resume re-runs (activating a host again with
+/// the release it already reached changes nothing).
 pub struct Live {
     rec: Mutex<Record>,
     events: broadcast::Sender<RolloutEvent>,
     pub(crate) control: watch::Sender<Control>,
+    /// Steps taken, bumped under the record lock.
+    taken: AtomicU64,
+    /// The last step the store holds.
+    written: watch::Sender<u64>,
+    dirty: Notify,
 }
 
 #[derive(Default)]
@@ -54,6 +68,9 @@ impl Rollouts {
             rec: Mutex::new(rec.clone()),
             events: broadcast::channel(4096).0,
             control: watch::channel(Control::Run).0,
+            taken: AtomicU64::new(0),
+            written: watch::channel(0).0,
+            dirty: Notify::new(),
         });
         map.insert(rec.app.clone(), live.clone());
         Ok(live)
@@ -69,10 +86,10 @@ impl Live {
         self.rec.lock().expect("record lock").clone()
     }
 
-    /// Applies `f`, persists the record, and announces the event to every watcher.
+    /// Applies `f`, has the writer persist the record, and announces the event to every
+    /// watcher.
     pub(crate) fn step(
         &self,
-        shared: &Shared,
         kind: &str,
         host: &str,
         batch: usize,
@@ -81,9 +98,8 @@ impl Live {
     ) {
         let mut rec = self.rec.lock().expect("record lock");
         f(&mut rec);
-        if let Err(e) = shared.store.put_rollout(&rec.id, &*rec) {
-            tracing::error!(rollout = %rec.id, error = %e, "cannot persist rollout step");
-        }
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        self.dirty.notify_one();
         tracing::info!(rollout = %rec.id, app = %rec.app, kind, host, batch, state = rec.state.as_str(), message, "rollout");
         let _ = self.events.send(RolloutEvent {
             time_ms: now_ms(),
@@ -93,6 +109,44 @@ impl Live {
             message: message.into(),
             info: Some(rec.info()),
         });
+    }
+}
+
+impl Live {
+    /// Waits until every step taken so far is in the store.
+    pub(crate) async fn durable(&self) {
+        let want = self.taken.load(Ordering::SeqCst);
+        let mut written = self.written.subscribe();
+        let _ = written.wait_for(|w| *w >= want).await;
+    }
+}
+
+/// The record's one writer: whenever steps were taken, writes the latest record on a
+/// blocking thread (the commit fsyncs). Runs until aborted by the engine.
+pub(crate) async fn persist(shared: Arc<Shared>, live: Arc<Live>) {
+    loop {
+        live.dirty.notified().await;
+        let (rec, upto) = {
+            let rec = live.rec.lock().expect("record lock");
+            (rec.clone(), live.taken.load(Ordering::SeqCst))
+        };
+        let s = shared.clone();
+        let id = rec.id.clone();
+        match tokio::task::spawn_blocking(move || s.store.put_rollout(&rec.id, &rec)).await {
+            Ok(Ok(())) => {
+                live.written.send_replace(upto);
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => unreachable!("matched above"),
+                };
+                tracing::error!(rollout = %id, %error, "cannot persist rollout steps; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                live.dirty.notify_one();
+            }
+        }
     }
 }
 

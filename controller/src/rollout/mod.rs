@@ -200,7 +200,7 @@ pub fn start(
         if req.rollback { "rollback" } else { "rollout" },
         hosts.len()
     );
-    live.step(&shared, "started", "", 0, &text, |_| {});
+    live.step("started", "", 0, &text, |_| {});
     crate::webhook::notify(&shared, "started", &text, &record.info());
     tokio::spawn(drive::drive(shared, live));
     Ok(stream)

@@ -47,7 +47,7 @@ impl Store {
                 .map_err(db_err)?;
             record
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(record)
     }
 
@@ -109,7 +109,7 @@ impl Store {
             }
             doomed.len()
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(removed)
     }
 

@@ -45,7 +45,7 @@ impl Store {
                 .map_err(db_err)?;
             old.is_none()
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(created)
     }
 
@@ -89,7 +89,7 @@ impl Store {
             }
         };
         match &outcome {
-            Ok(_) => tx.commit().map_err(db_err)?,
+            Ok(_) => self.commit(tx)?,
             Err(_) => tx.abort().map_err(db_err)?,
         }
         Ok(outcome)
@@ -117,6 +117,6 @@ impl Store {
                 })
                 .map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        self.commit(tx)
     }
 }

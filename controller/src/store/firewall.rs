@@ -31,6 +31,6 @@ impl Store {
                 .insert("applied_at_ms", at_ms.to_string().as_str())
                 .map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        self.commit(tx)
     }
 }

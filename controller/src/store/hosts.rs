@@ -5,7 +5,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::RevokedRecord;
-use super::tables::{DESIRED, HOSTS, REVOKED};
+use super::tables::{host_range, DESIRED, HOSTS, REVOKED};
 use super::{db_err, decode, encode, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -70,6 +70,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Every enrolled host's name, in order, without decoding the records.
+    pub fn host_names(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            out.push(row.map_err(db_err)?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    /// How many hosts are enrolled, without reading them.
+    pub fn host_count(&self) -> Result<usize, StoreError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(HOSTS).map_err(db_err)?;
+        Ok(table.len().map_err(db_err)? as usize)
+    }
+
     pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
         self.get_json(HOSTS, name)
     }
@@ -102,8 +121,36 @@ impl Store {
                 }
             }
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(result)
+    }
+
+    /// Raises `last_seen_ms` of each named host that still exists, in one transaction;
+    /// returns how many records changed.
+    pub fn record_last_seen(
+        &self,
+        seen: &std::collections::HashMap<String, i64>,
+    ) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut changed = 0;
+        {
+            let mut table = tx.open_table(HOSTS).map_err(db_err)?;
+            for (name, at) in seen {
+                let current: Option<HostRecord> = {
+                    let got = table.get(name.as_str()).map_err(db_err)?;
+                    got.map(|v| decode("hosts", name, v.value())).transpose()?
+                };
+                if let Some(mut host) = current.filter(|h| h.last_seen_ms < *at) {
+                    host.last_seen_ms = *at;
+                    table
+                        .insert(name.as_str(), encode(&host).as_slice())
+                        .map_err(db_err)?;
+                    changed += 1;
+                }
+            }
+        }
+        self.commit(tx)?;
+        Ok(changed)
     }
 
     /// Removes a host and revokes every certificate it holds, in one transaction, so a
@@ -140,20 +187,15 @@ impl Store {
                     }
                     // A rejoining host starts fresh: no release is owed to a removed one.
                     let mut desired = tx.open_table(DESIRED).map_err(db_err)?;
-                    let stale: Vec<String> = desired
-                        .iter()
-                        .map_err(db_err)?
-                        .filter_map(|row| row.ok().map(|(k, _)| k.value().to_owned()))
-                        .filter(|k| k.split_once('/').is_some_and(|(_, h)| h == name))
-                        .collect();
-                    for key in stale {
-                        desired.remove(key.as_str()).map_err(db_err)?;
-                    }
+                    let (from, to) = host_range(name);
+                    desired
+                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                        .map_err(db_err)?;
                     Some(out)
                 }
             }
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(revoked)
     }
 }

@@ -6,8 +6,9 @@
 //! silently empty store would forget every host, token and revocation.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
 mod apps;
@@ -62,6 +63,9 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 
 pub struct Store {
     db: Database,
+    /// Durable commits since open: each is at least one fsync, the figure that bounds how
+    /// fast the controller can write on a slow disk (`fleet_controller_store_commits_total`).
+    commits: AtomicU64,
 }
 
 fn decode<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -79,6 +83,24 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl Store {
     pub const FILE: &'static str = "state.redb";
 
+    fn new(db: Database) -> Store {
+        Store {
+            db,
+            commits: AtomicU64::new(0),
+        }
+    }
+
+    fn commit(&self, tx: WriteTransaction) -> Result<(), StoreError> {
+        tx.commit().map_err(db_err)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Durable commits since the store was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(Self::FILE)
     }
@@ -89,14 +111,14 @@ impl Store {
             return Err(StoreError::Db(format!("{} already exists", path.display())));
         }
         let db = Database::create(path).map_err(db_err)?;
-        let store = Store { db };
+        let store = Store::new(db);
         let tx = store.db.begin_write().map_err(db_err)?;
         {
             open_every_table(&tx)?;
             let mut meta = tx.open_table(META).map_err(db_err)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)?;
+        store.commit(tx)?;
         Ok(store)
     }
 
@@ -113,7 +135,7 @@ impl Store {
         // test feeds it garbage). Release builds abort on panic, so a panic here could not
         // be caught and turned into this message anyway.
         let db = Database::open(path).map_err(|e| unreadable(e.to_string()))?;
-        let store = Store { db };
+        let store = Store::new(db);
         let schema = (|| -> Result<Option<String>, StoreError> {
             let tx = store.db.begin_read().map_err(db_err)?;
             let meta = tx.open_table(META).map_err(db_err)?;
@@ -139,7 +161,7 @@ impl Store {
     fn ensure_tables(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         open_every_table(&tx)?;
-        tx.commit().map_err(db_err)
+        self.commit(tx)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -157,7 +179,7 @@ impl Store {
             let mut table = tx.open_table(META).map_err(db_err)?;
             table.insert(key, value).map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        self.commit(tx)
     }
 
     /// One JSON record of a string-keyed table, or `None`.
@@ -198,6 +220,6 @@ impl Store {
                 .insert(key, encode(value).as_slice())
                 .map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        self.commit(tx)
     }
 }

@@ -83,7 +83,7 @@ impl Store {
             }
             existing
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(existing)
     }
 
@@ -116,7 +116,7 @@ impl Store {
             }
             existing
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(existing)
     }
 }

@@ -1,11 +1,11 @@
 //! Rollout records and the release each host should run (shapes owned by `rollout` and
 //! `converge`; stored here as JSON).
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::tables::{DESIRED, ROLLOUTS};
-use super::{db_err, decode, Store, StoreError};
+use super::tables::{host_range, DESIRED, ROLLOUTS};
+use super::{db_err, decode, encode, Store, StoreError};
 
 impl Store {
     /// Writes a rollout record under `id`, replacing the previous step's.
@@ -24,7 +24,7 @@ impl Store {
         app: &str,
         host: &str,
     ) -> Result<Option<T>, StoreError> {
-        self.get_json(DESIRED, &format!("{app}/{host}"))
+        self.get_json(DESIRED, &format!("{host}/{app}"))
     }
 
     /// Records (or with `None`, forgets) the release `host` should run for `app`.
@@ -34,34 +34,49 @@ impl Store {
         host: &str,
         value: Option<&T>,
     ) -> Result<(), StoreError> {
-        let key = format!("{app}/{host}");
-        match value {
-            Some(v) => self.put_json(DESIRED, &key, v),
-            None => {
-                let tx = self.db.begin_write().map_err(db_err)?;
-                {
-                    let mut table = tx.open_table(DESIRED).map_err(db_err)?;
-                    table.remove(key.as_str()).map_err(db_err)?;
-                }
-                tx.commit().map_err(db_err)
-            }
-        }
+        self.set_desired_many(app, [(host, value)])
     }
 
-    /// Every app with a desired release on `host`, as (app, record).
+    /// `set_desired` for many hosts of one app in one transaction: a rollout or deploy
+    /// over thousands of hosts is one commit, not one per host.
+    pub fn set_desired_many<'a, T: Serialize + 'a>(
+        &self,
+        app: &str,
+        values: impl IntoIterator<Item = (&'a str, Option<&'a T>)>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(DESIRED).map_err(db_err)?;
+            for (host, value) in values {
+                let key = format!("{host}/{app}");
+                match value {
+                    Some(v) => {
+                        table
+                            .insert(key.as_str(), encode(v).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        self.commit(tx)
+    }
+
+    /// Every app with a desired release on `host`, as (app, record), by app.
     pub fn desired_on<T: DeserializeOwned>(
         &self,
         host: &str,
     ) -> Result<Vec<(String, T)>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(DESIRED).map_err(db_err)?;
+        let (from, to) = host_range(host);
         let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
+        for row in table.range(from.as_str()..to.as_str()).map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            if let Some((app, h)) = k.value().split_once('/') {
-                if h == host {
-                    out.push((app.to_owned(), decode("desired", k.value(), v.value())?));
-                }
+            if let Some((_, app)) = k.value().split_once('/') {
+                out.push((app.to_owned(), decode("desired", k.value(), v.value())?));
             }
         }
         Ok(out)

@@ -17,7 +17,7 @@ impl Store {
             let old = table.insert(k.as_str(), value).map_err(db_err)?;
             old.is_none()
         };
-        tx.commit().map_err(db_err)?;
+        self.commit(tx)?;
         Ok(created)
     }
 

@@ -22,9 +22,19 @@ pub(super) const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("se
 pub(super) const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
 /// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
 pub(super) const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
-/// Key: `<app>/<host>`; the release each host should run, from the last rollout or deploy
-/// that decided it (JSON, shape owned by `converge`).
-pub(super) const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
+/// Key: `<host>/<app>`; the release each host should run, from the last rollout or deploy
+/// that decided it (JSON, shape owned by `converge`). Host first, so a session start or a
+/// host removal reads one key range instead of the whole table.
+pub(super) const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_by_host");
+/// The same records keyed `<app>/<host>`, as controllers before `desired_by_host` kept
+/// them; moved over once on open.
+pub(super) const DESIRED_V0: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
+
+/// Keys of `DESIRED` for one host: `<host>/` up to (not including) `<host>0`, since `0`
+/// follows `/` and names hold no `/`.
+pub(super) fn host_range(host: &str) -> (String, String) {
+    (format!("{host}/"), format!("{host}0"))
+}
 /// fleet-agent packages by Debian version; their bytes are blobs like releases.
 pub(super) const AGENT_PACKAGES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("agent_packages");
@@ -44,5 +54,29 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     tx.open_table(ROLLOUTS).map_err(db_err)?;
     tx.open_table(DESIRED).map_err(db_err)?;
     tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
+    migrate_desired(tx)
+}
+
+fn migrate_desired(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use redb::{ReadableTable, TableHandle};
+    let exists = tx
+        .list_tables()
+        .map_err(db_err)?
+        .any(|t| t.name() == DESIRED_V0.name());
+    if !exists {
+        return Ok(());
+    }
+    {
+        let old = tx.open_table(DESIRED_V0).map_err(db_err)?;
+        let mut new = tx.open_table(DESIRED).map_err(db_err)?;
+        for row in old.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if let Some((app, host)) = k.value().split_once('/') {
+                new.insert(format!("{host}/{app}").as_str(), v.value())
+                    .map_err(db_err)?;
+            }
+        }
+    }
+    tx.delete_table(DESIRED_V0).map_err(db_err)?;
     Ok(())
 }

@@ -250,3 +250,51 @@ fn host_records_from_before_metrics_port_still_load() {
     let record: HostRecord = decode("hosts", "h", &bytes).unwrap();
     assert_eq!(record.metrics_port, 0);
 }
+
+#[test]
+fn desired_records_of_an_older_store_move_to_the_host_keyed_table() {
+    use redb::TableHandle;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let s = Store::create(&path).unwrap();
+        let tx = s.db.begin_write().unwrap();
+        {
+            let mut old = tx.open_table(tables::DESIRED_V0).unwrap();
+            old.insert("shop/host1", encode(&"2.0").as_slice()).unwrap();
+            old.insert("api/host1", encode(&"1.0").as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(
+        s.desired::<String>("shop", "host1").unwrap().as_deref(),
+        Some("2.0")
+    );
+    assert_eq!(s.desired_on::<String>("host1").unwrap().len(), 2);
+    let tx = s.db.begin_read().unwrap();
+    assert!(!tx
+        .list_tables()
+        .unwrap()
+        .any(|t| t.name() == tables::DESIRED_V0.name()));
+}
+
+#[test]
+fn last_seen_times_are_written_in_one_commit_and_never_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    s.put_host(&host("a")).unwrap();
+    s.put_host(&host("b")).unwrap();
+    let before = s.commits();
+    let seen = [
+        ("a".to_string(), 50),
+        ("b".to_string(), 60),
+        ("gone".to_string(), 9),
+    ];
+    assert_eq!(s.record_last_seen(&seen.into_iter().collect()).unwrap(), 2);
+    assert_eq!(s.commits(), before + 1);
+    let older = [("a".to_string(), 10)];
+    assert_eq!(s.record_last_seen(&older.into_iter().collect()).unwrap(), 0);
+    assert_eq!(s.host("a").unwrap().unwrap().last_seen_ms, 50);
+    assert_eq!(s.host_count().unwrap(), 2);
+}

@@ -10,7 +10,7 @@
 //! the agent finds locking out SSH or the controller is refused, as without `--force`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fleet_proto::firewall::Policy;
@@ -19,7 +19,7 @@ use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::*;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -36,81 +36,37 @@ const MAX_POLICY_BYTES: usize = 256 * 1024;
 /// it with the stored policy (the agent sends it right after Welcome).
 const CATCH_UP_AFTER: Duration = Duration::from_secs(2);
 
-/// Latest firewall state each host reported, and which policy reverted where.
-#[derive(Default)]
-pub struct FirewallStates {
-    /// With when it arrived, to tell a report made after an apply from an older one.
-    states: Mutex<HashMap<String, (FirewallState, Instant)>>,
-    /// Host -> sha256 of the policy whose last attempt there ended reverted.
-    reverted: Mutex<HashMap<String, String>>,
-    /// One apply (fleet-wide or catch-up) at a time: the agent takes one change at a time.
-    applying: tokio::sync::Mutex<()>,
-}
+mod states;
 
-impl FirewallStates {
-    pub fn update(&self, host: &str, state: FirewallState) {
-        self.states
-            .lock()
-            .expect("firewall states lock")
-            .insert(host.to_owned(), (state, Instant::now()));
-    }
-
-    fn get(&self, host: &str) -> Option<FirewallState> {
-        self.states
-            .lock()
-            .expect("firewall states lock")
-            .get(host)
-            .map(|(s, _)| s.clone())
-    }
-
-    /// The host's report of a revert, if it sent one after `since`.
-    fn reverted_since(&self, host: &str, since: Instant) -> Option<String> {
-        let states = self.states.lock().expect("firewall states lock");
-        let (s, at) = states.get(host)?;
-        (*at >= since && s.state == "reverted").then(|| s.detail.clone())
-    }
-
-    fn outcome(&self, host: &str, policy_sha: &str, outcome: &str) {
-        let mut r = self.reverted.lock().expect("firewall reverted lock");
-        match outcome {
-            // Unconfirmed changes revert by themselves: not to be retried on reconnect.
-            "reverted" | "unconfirmed" => {
-                r.insert(host.to_owned(), policy_sha.to_owned());
-            }
-            "confirmed" => {
-                r.remove(host);
-            }
-            _ => {}
-        }
-    }
-
-    fn reverted_here(&self, host: &str, policy_sha: &str) -> bool {
-        self.reverted
-            .lock()
-            .expect("firewall reverted lock")
-            .get(host)
-            .is_some_and(|s| s == policy_sha)
-    }
-}
+pub use states::FirewallStates;
 
 fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// Every app's listen port, from its stored spec: parsed once per apply, not once per
+/// host and app.
+fn listen_ports(shared: &Shared) -> HashMap<String, u16> {
+    let apps = shared.store.apps().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read apps for the firewall's app ports");
+        Vec::new()
+    });
+    apps.into_iter()
+        .filter_map(|rec| {
+            let spec = AppSpec::parse(&rec.spec_toml).ok()?;
+            Some((rec.name, spec.listen.port()))
+        })
+        .collect()
+}
+
 /// The listen ports of the apps the host runs, as the host last reported them.
-fn app_ports(shared: &Shared, host: &str) -> Vec<AppPort> {
+fn app_ports(shared: &Shared, host: &str, ports: &HashMap<String, u16>) -> Vec<AppPort> {
     let mut out = Vec::new();
     for state in shared.app_states.apps_on(host) {
-        let spec = shared
-            .store
-            .app(&state.app)
-            .ok()
-            .flatten()
-            .and_then(|rec| AppSpec::parse(&rec.spec_toml).ok());
-        if let Some(spec) = spec {
+        if let Some(port) = ports.get(&state.app) {
             out.push(AppPort {
                 app: state.app.clone(),
-                port: u32::from(spec.listen.port()),
+                port: u32::from(*port),
             });
         }
     }
@@ -173,34 +129,48 @@ pub async fn apply(
         .map_err(|e| Status::invalid_argument(format!("{e}; no host was touched")))?;
     let old = shared.store.firewall_policy().map_err(internal)?;
     let old_policy = old.as_ref().and_then(|(t, _)| Policy::parse(t).ok());
-    let hosts: Vec<String> = shared
-        .store
-        .hosts()
-        .map_err(internal)?
-        .into_iter()
-        .map(|h| h.name)
-        .collect();
+    let hosts: Vec<String> = shared.store.host_names().map_err(internal)?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let _one_at_a_time = shared.firewall_states.applying.lock().await;
-        let mut tasks = Vec::new();
+        let _exclusive = shared.firewall_states.applying.write().await;
+        let listen = Arc::new(listen_ports(&shared));
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let (toml, old_policy) = (Arc::new(req.policy_toml.clone()), Arc::new(old_policy));
+        let mut tasks = tokio::task::JoinSet::new();
+        // One task per host, all at once: each spends most of its time waiting for
+        // `confirm_after`, which costs nothing; `slots` bounds the commands in flight.
         for host in hosts.clone() {
-            let ports = app_ports(&shared, &host);
-            let new_text = policy.render(&host, &ports_tuple(&ports));
-            let old_text = old_policy
-                .as_ref()
-                .map(|p| p.render(&host, &ports_tuple(&ports)))
-                .unwrap_or_default();
-            progress(&tx, &host, "diff", diff(&old_text, &new_text)).await;
-            let (shared, tx, toml) = (shared.clone(), tx.clone(), req.policy_toml.clone());
-            let (force, policy) = (req.force, policy.clone());
-            tasks.push(tokio::spawn(async move {
-                one_host(&shared, &tx, &host, toml, force, ports, &policy).await
-            }));
+            let (shared, tx, toml, slots) =
+                (shared.clone(), tx.clone(), toml.clone(), slots.clone());
+            let (force, policy, old_policy, listen) = (
+                req.force,
+                policy.clone(),
+                old_policy.clone(),
+                listen.clone(),
+            );
+            tasks.spawn(async move {
+                let ports = app_ports(&shared, &host, &listen);
+                let new_text = policy.render(&host, &ports_tuple(&ports));
+                let old_text = old_policy
+                    .as_ref()
+                    .as_ref()
+                    .map(|p| p.render(&host, &ports_tuple(&ports)))
+                    .unwrap_or_default();
+                let change = Change {
+                    policy_toml: (*toml).clone(),
+                    force,
+                    app_ports: ports,
+                    diff: diff(&old_text, &new_text),
+                };
+                one_host(&shared, &tx, &slots, &host, change, &policy).await
+            });
+        }
+        let mut outcomes = Vec::with_capacity(hosts.len());
+        while let Some(done) = tasks.join_next().await {
+            outcomes.push(done.unwrap_or("failed"));
         }
         let mut counts: HashMap<&'static str, usize> = HashMap::new();
-        for t in tasks {
-            let outcome = t.await.unwrap_or("failed");
+        for outcome in outcomes {
             *counts.entry(outcome).or_default() += 1;
         }
         let confirmed = counts.get("confirmed").copied().unwrap_or(0);
@@ -229,33 +199,37 @@ pub async fn apply(
     Ok(ReceiverStream::new(rx))
 }
 
+/// Commands in flight at once, per fleet-wide apply and for all catch-ups together.
+const IN_FLIGHT: usize = 4096;
+
+/// What one host is sent.
+struct Change {
+    policy_toml: String,
+    force: bool,
+    app_ports: Vec<AppPort>,
+    /// Shown to the operator once the change is on its way.
+    diff: String,
+}
+
 /// Applies on one host and confirms it; returns the outcome word.
 async fn one_host(
     shared: &Shared,
     tx: &Progress,
+    slots: &Semaphore,
     host: &str,
-    policy_toml: String,
-    force: bool,
-    app_ports: Vec<AppPort>,
+    change: Change,
     policy: &Policy,
 ) -> &'static str {
-    // A session that missed its heartbeats is down even before the reaper removes it.
+    // A session that missed its heartbeats is down even before its timer ends it.
     let session = match shared.sessions.session_id(host) {
         Some(s) if shared.sessions.up(host).is_some() => s,
-        _ => return deferred(tx, host).await,
+        _ => {
+            progress(tx, host, "diff", change.diff).await;
+            return deferred(tx, host).await;
+        }
     };
-    let policy_sha = sha(&policy_toml);
-    let outcome = apply_on(
-        shared,
-        tx,
-        host,
-        session,
-        policy_toml,
-        force,
-        app_ports,
-        policy,
-    )
-    .await;
+    let policy_sha = sha(&change.policy_toml);
+    let outcome = apply_on(shared, tx, slots, host, session, change, policy).await;
     shared.firewall_states.outcome(host, &policy_sha, outcome);
     outcome
 }
@@ -271,29 +245,49 @@ async fn deferred(tx: &Progress, host: &str) -> &'static str {
     "deferred"
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Sends one command under a slot and waits for its answer.
+async fn call_in_slot(
+    shared: &Shared,
+    slots: &Semaphore,
+    host: &str,
+    kind: Kind,
+    timeout: Duration,
+    then: impl std::future::Future<Output = ()>,
+) -> Result<CommandResult, CommandError> {
+    let _slot = slots.acquire().await.expect("slots are never closed");
+    let sent = shared.commands.start(&shared.sessions, host, kind).await;
+    then.await;
+    sent?.wait(&shared.commands, timeout).await
+}
+
 async fn apply_on(
     shared: &Shared,
     tx: &Progress,
+    slots: &Semaphore,
     host: &str,
     session: u64,
-    policy_toml: String,
-    force: bool,
-    app_ports: Vec<AppPort>,
+    change: Change,
     policy: &Policy,
 ) -> &'static str {
     let started = Instant::now();
     let apply_id = new_id();
     let kind = Kind::ApplyFirewall(ApplyFirewall {
         apply_id: apply_id.clone(),
-        policy_toml,
-        force,
-        app_ports,
+        policy_toml: change.policy_toml,
+        force: change.force,
+        app_ports: change.app_ports,
     });
-    let r = shared
-        .commands
-        .call(&shared.sessions, host, kind, APPLY_TIMEOUT)
-        .await;
+    // The diff line goes out after the command: a slow reader of the progress stream
+    // must not hold back the hosts.
+    let r = call_in_slot(
+        shared,
+        slots,
+        host,
+        kind,
+        APPLY_TIMEOUT,
+        progress(tx, host, "diff", change.diff),
+    )
+    .await;
     match r {
         Ok(r) if r.status == CmdStatus::Ok as i32 => {
             progress(tx, host, "applied", r.message).await;
@@ -334,15 +328,15 @@ async fn apply_on(
         let reason = "lost the host's stream under the new rules";
         return unconfirmed(shared, tx, host, started, reverts_by, reason).await;
     }
-    let r = shared
-        .commands
-        .call(
-            &shared.sessions,
-            host,
-            Kind::ConfirmFirewall(ConfirmFirewall { apply_id }),
-            CONFIRM_TIMEOUT,
-        )
-        .await;
+    let r = call_in_slot(
+        shared,
+        slots,
+        host,
+        Kind::ConfirmFirewall(ConfirmFirewall { apply_id }),
+        CONFIRM_TIMEOUT,
+        async {},
+    )
+    .await;
     match r {
         Ok(r) if r.status == CmdStatus::Ok as i32 => {
             progress(tx, host, "confirmed", r.message).await;
@@ -417,7 +411,7 @@ fn clock(t: SystemTime) -> String {
 /// reports running, apply it there (not forced) and log the outcome.
 pub async fn catch_up(shared: Arc<Shared>, host: String, session: u64) {
     tokio::time::sleep(CATCH_UP_AFTER).await;
-    let _one_at_a_time = shared.firewall_states.applying.lock().await;
+    let _shared_with_other_catch_ups = shared.firewall_states.applying.read().await;
     if shared.sessions.session_id(&host) != Some(session) {
         return;
     }
@@ -451,8 +445,14 @@ pub async fn catch_up(shared: Arc<Shared>, host: String, session: u64) {
         }
         last
     });
-    let ports = app_ports(&shared, &host);
-    let outcome = one_host(&shared, &tx, &host, toml, false, ports, &policy).await;
+    let change = Change {
+        app_ports: app_ports(&shared, &host, &listen_ports(&shared)),
+        policy_toml: toml,
+        force: false,
+        diff: String::new(),
+    };
+    let slots = shared.firewall_states.catch_up_slots.0.clone();
+    let outcome = one_host(&shared, &tx, &slots, &host, change, &policy).await;
     drop(tx);
     let last = drain.await.unwrap_or_default();
     tracing::info!(host = %host, outcome, detail = %last, "firewall catch-up");
@@ -478,7 +478,10 @@ pub fn show(shared: &Shared, host: &str) -> Result<ShowFirewallResponse, Status>
         }
         let policy = Policy::parse(&toml)
             .map_err(|e| Status::internal(format!("stored policy no longer validates: {e}")))?;
-        policy.render(host, &ports_tuple(&app_ports(shared, host)))
+        policy.render(
+            host,
+            &ports_tuple(&app_ports(shared, host, &listen_ports(shared))),
+        )
     };
     Ok(ShowFirewallResponse {
         policy_toml: toml,

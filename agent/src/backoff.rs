@@ -14,6 +14,8 @@ pub const INITIAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX: Duration = Duration::from_secs(30);
 /// Window of the first retry after a lost session.
 pub const DEFAULT_SPREAD: Duration = Duration::from_secs(5);
+/// The widest first-retry window a controller can ask for.
+pub const MAX_ADVERTISED_SPREAD: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -23,6 +25,8 @@ pub struct Backoff {
     spread: Duration,
     /// The next delay is the spread one: a session was just lost.
     spread_next: bool,
+    /// A wider window for that draw, as the controller asked when it shut down.
+    advertised: Duration,
 }
 
 impl Backoff {
@@ -33,6 +37,7 @@ impl Backoff {
             attempt: 0,
             spread: Duration::ZERO,
             spread_next: false,
+            advertised: Duration::ZERO,
         }
     }
 
@@ -54,7 +59,8 @@ impl Backoff {
     /// start.
     pub fn next_with(&mut self, unit: f64) -> Duration {
         if std::mem::take(&mut self.spread_next) {
-            return self.spread.mul_f64(unit_interval(unit));
+            let window = self.spread.max(std::mem::take(&mut self.advertised));
+            return window.mul_f64(unit_interval(unit));
         }
         let delay = jittered(self.ceiling(), unit);
         self.attempt = self.attempt.saturating_add(1);
@@ -83,6 +89,13 @@ impl Backoff {
         self.attempt = 0;
         self.spread_next = true;
     }
+
+    /// `session_lost`, with the window the controller advertised when it ended the
+    /// session (bounded, so a bad value cannot keep the agent away for long).
+    pub fn session_lost_within(&mut self, advertised: Duration) {
+        self.session_lost();
+        self.advertised = advertised.min(MAX_ADVERTISED_SPREAD);
+    }
 }
 
 fn unit_interval(unit: f64) -> f64 {
@@ -101,6 +114,22 @@ pub fn jittered(ceiling: Duration, unit: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_advertised_window_widens_only_the_next_first_retry() {
+        let mut b = Backoff::new(ms(500), Duration::from_secs(30)).with_spread(ms(5000));
+        b.session_lost_within(Duration::from_secs(40));
+        assert_eq!(b.next_with(0.5), Duration::from_secs(20));
+        // Used once: the next lost session is back to the agent's own window.
+        b.session_lost();
+        assert_eq!(b.next_with(1.0), ms(5000));
+        // Bounded, whatever the controller says.
+        b.session_lost_within(Duration::from_secs(100_000));
+        assert_eq!(b.next_with(1.0), MAX_ADVERTISED_SPREAD);
+        // Never narrower than the agent's own.
+        b.session_lost_within(ms(1));
+        assert_eq!(b.next_with(1.0), ms(5000));
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

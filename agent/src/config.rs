@@ -4,6 +4,7 @@
 //! ```toml
 //! heartbeat_interval = "10s"   # 100ms ..= 1h
 //! max_backoff = "30s"          # 1s ..= 1h, cap of the reconnect delay
+//! reconnect_spread = "5s"      # 0s ..= 5m, window of the first retry after a lost session
 //! metrics_listen = "0.0.0.0:9437"  # Prometheus /metrics; "off" (or "") disables it
 //!
 //! # Optional: serve /metrics over TLS and accept only scrapers whose client certificate
@@ -35,11 +36,15 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const HEARTBEAT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
 const MAX_BACKOFF_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+const SPREAD_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(300));
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub heartbeat_interval: Duration,
     pub max_backoff: Duration,
+    /// The first retry after a lost session is drawn from [0, this]: spreads the herd of a
+    /// controller restart.
+    pub reconnect_spread: Duration,
     pub metrics_listen: MetricsListen,
     /// `None`: plain HTTP, like node_exporter.
     pub metrics_tls: Option<MetricsTls>,
@@ -52,6 +57,7 @@ impl Default for Settings {
         Settings {
             heartbeat_interval: DEFAULT_HEARTBEAT,
             max_backoff: backoff::DEFAULT_MAX,
+            reconnect_spread: backoff::DEFAULT_SPREAD,
             metrics_listen: MetricsListen::default(),
             metrics_tls: None,
             node_metrics: NodeSettings::default(),
@@ -102,6 +108,7 @@ impl fmt::Display for MetricsListen {
 struct FileConfig {
     heartbeat_interval: Option<String>,
     max_backoff: Option<String>,
+    reconnect_spread: Option<String>,
     metrics_listen: Option<String>,
     metrics_tls: Option<MetricsTls>,
     node_metrics: Option<NodeSettings>,
@@ -176,6 +183,9 @@ pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
     }
     if let Some(v) = raw.max_backoff {
         settings.max_backoff = duration(&origin, "max_backoff", &v, MAX_BACKOFF_RANGE)?;
+    }
+    if let Some(v) = raw.reconnect_spread {
+        settings.reconnect_spread = duration(&origin, "reconnect_spread", &v, SPREAD_RANGE)?;
     }
     if let Some(v) = raw.metrics_listen {
         settings.metrics_listen = v.parse().map_err(|reason| ConfigError::Field {
@@ -271,6 +281,20 @@ mod tests {
         );
         let err = parse("max_backoff = \"2h\"").unwrap_err().to_string();
         assert!(err.contains("max_backoff"), "{err}");
+    }
+
+    #[test]
+    fn reconnect_spread_is_read_and_bounded() {
+        assert_eq!(Settings::default().reconnect_spread, Duration::from_secs(5));
+        let s = parse("reconnect_spread = \"0s\"").unwrap();
+        assert_eq!(s.reconnect_spread, Duration::ZERO);
+        let s = parse("reconnect_spread = \"20s\"").unwrap();
+        assert_eq!(s.reconnect_spread, Duration::from_secs(20));
+        let err = parse("reconnect_spread = \"1h\"").unwrap_err().to_string();
+        assert!(
+            err.contains("reconnect_spread") && err.contains("must be between"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -390,6 +414,7 @@ mod tests {
         let defaults = Settings::default();
         assert_eq!(s.heartbeat_interval, defaults.heartbeat_interval);
         assert_eq!(s.max_backoff, defaults.max_backoff);
+        assert_eq!(s.reconnect_spread, defaults.reconnect_spread);
         assert_eq!(s.metrics_listen, defaults.metrics_listen);
         // The TLS example is the one optional section; the plain file leaves it off.
         assert!(s.metrics_tls.is_some());

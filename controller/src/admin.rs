@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::apps;
 use crate::auth::Caller;
 use crate::paging;
+use crate::ratelimit::MAX_BULK_PER_MINUTE;
 use crate::releases;
 use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, RevokedRecord, TokenRecord};
@@ -94,6 +95,12 @@ impl Admin for AdminService {
                 "token uses must be at most {MAX_TOKEN_USES}"
             )));
         }
+        if req.bulk_per_minute > MAX_BULK_PER_MINUTE {
+            return Err(Status::invalid_argument(format!(
+                "bulk_per_minute must be at most {MAX_BULK_PER_MINUTE} (it is {})",
+                req.bulk_per_minute
+            )));
+        }
         let token = tokens::generate();
         let now = now_secs();
         let expires_at = now + ttl.as_secs() as i64;
@@ -109,6 +116,7 @@ impl Admin for AdminService {
                     uses_left: uses,
                     created_by: actor.clone(),
                     group: group.clone(),
+                    bulk_per_minute: req.bulk_per_minute,
                 },
             )
             .map_err(internal)?;
@@ -118,12 +126,16 @@ impl Admin for AdminService {
                 "token.create",
                 &format!("token:{}", token.id),
                 &format!(
-                    "uses={uses} ttl={}s{}",
+                    "uses={uses} ttl={}s{}{}",
                     ttl.as_secs(),
                     if group.is_empty() {
                         String::new()
                     } else {
                         format!(" group={group}")
+                    },
+                    match req.bulk_per_minute {
+                        0 => String::new(),
+                        n => format!(" bulk={n}/min"),
                     }
                 ),
             )
@@ -133,6 +145,7 @@ impl Admin for AdminService {
             expires_at,
             uses,
             token_id: token.id,
+            bulk_per_minute: req.bulk_per_minute,
         }))
     }
 

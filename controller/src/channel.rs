@@ -151,7 +151,14 @@ async fn drive(
         tokio::select! {
             reason = &mut close => {
                 let reason = reason.unwrap_or_else(|_| SHUTTING_DOWN.into());
-                let _ = tx.send(Err(Status::unavailable(reason.clone()))).await;
+                let mut status = Status::unavailable(reason.clone());
+                if reason == SHUTTING_DOWN {
+                    let ms = shared.sessions.return_spread().as_millis().to_string();
+                    if let Ok(v) = ms.parse() {
+                        status.metadata_mut().insert(fleet_proto::RETRY_AFTER_MS, v);
+                    }
+                }
+                let _ = tx.send(Err(status)).await;
                 break reason;
             }
             () = &mut silence => {

@@ -52,6 +52,8 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     pub max_pending_handshakes: usize,
     pub max_pending_handshakes_per_ip: usize,
+    /// Length of the gRPC listener's kernel accept queue (capped by net.core.somaxconn).
+    pub listen_backlog: u32,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
     /// Release downloads one agent session may have running at once.
@@ -92,6 +94,9 @@ impl Default for Settings {
             max_connections_per_ip: 64,
             max_pending_handshakes: 512,
             max_pending_handshakes_per_ip: 16,
+            // Room for a reconnect herd while the accept loop catches up; tokio's default
+            // (1024) overflowed at 10,000 agents.
+            listen_backlog: 8192,
             max_concurrent_streams: 64,
             max_fetches_per_session: 4,
             join_burst: 10,
@@ -123,6 +128,7 @@ pub struct FileConfig {
     pub max_connections_per_ip: Option<usize>,
     pub max_pending_handshakes: Option<usize>,
     pub max_pending_handshakes_per_ip: Option<usize>,
+    pub listen_backlog: Option<u32>,
     pub max_concurrent_streams: Option<u32>,
     pub max_fetches_per_session: Option<usize>,
     pub join_burst: Option<u32>,
@@ -247,6 +253,9 @@ impl Settings {
         if let Some(v) = file.max_concurrent_streams {
             self.max_concurrent_streams = v;
         }
+        if let Some(v) = file.listen_backlog {
+            self.listen_backlog = v;
+        }
         if let Some(v) = file.join_global_per_minute {
             self.join_global_per_minute = v;
         }
@@ -342,6 +351,7 @@ impl Settings {
                 4,
                 10_000,
             ),
+            ("listen_backlog", self.listen_backlog as usize, 128, 1 << 20),
             (
                 "max_fetches_per_session",
                 self.max_fetches_per_session,
@@ -410,6 +420,7 @@ mod tests {
             ("max_connections_per_ip = 0\n", "max_connections_per_ip"),
             ("idle_timeout = \"5s\"\n", "idle_timeout"),
             ("max_concurrent_streams = 1\n", "max_concurrent_streams"),
+            ("listen_backlog = 16\n", "listen_backlog"),
             ("audit_max_entries = 10\n", "audit_max_entries"),
             (
                 "http_token_file = \"/nonexistent/token\"\n",
@@ -498,7 +509,7 @@ mod tests {
         assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
         // Every field of the file format is shown.
         let n = uncommented.lines().count();
-        assert_eq!(n, 22, "{uncommented}");
+        assert_eq!(n, 23, "{uncommented}");
         let mut plain = Settings::default();
         plain.apply_file(&path).unwrap();
         assert_eq!(format!("{plain:?}"), format!("{:?}", Settings::default()));

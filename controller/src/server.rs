@@ -124,7 +124,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         shared.revocations.clone(),
     )?;
 
-    let grpc = TcpListener::bind(settings.listen).await.with_context(|| {
+    let grpc = tls::bind(settings.listen, settings.listen_backlog).with_context(|| {
         format!(
             "cannot listen on {} (gRPC): is another controller running?",
             settings.listen

@@ -33,6 +33,21 @@ pub type Outbound = mpsc::Sender<Result<ControllerMessage, tonic::Status>>;
 pub struct Sessions {
     live: Mutex<HashMap<String, Live>>,
     next_id: AtomicU64,
+    /// Set by `close_all`: the window, in ms, agents are asked to spread their return over.
+    return_spread_ms: AtomicU64,
+}
+
+/// Handshakes a controller takes per second in a reconnect wave, conservatively (two
+/// cores shared with the wave itself; docs/benchmarks.md, issue 16).
+const RECONNECTS_PER_SECOND: u64 = 1_000;
+const MIN_RETURN_SPREAD: Duration = Duration::from_secs(5);
+const MAX_RETURN_SPREAD: Duration = Duration::from_secs(120);
+
+/// How long `sessions` agents should take to come back so the controller's handshake
+/// rate keeps up with them.
+pub fn return_spread(sessions: usize) -> Duration {
+    Duration::from_millis(sessions as u64 * 1000 / RECONNECTS_PER_SECOND)
+        .clamp(MIN_RETURN_SPREAD, MAX_RETURN_SPREAD)
 }
 
 /// Handed to the session task: fires with a reason when the controller ends the session.
@@ -114,6 +129,10 @@ impl Sessions {
     /// Ends every session; returns the hosts whose sessions it ended.
     pub fn close_all(&self, reason: &str) -> Vec<String> {
         let all: Vec<(String, Live)> = self.live.lock().expect("sessions lock").drain().collect();
+        self.return_spread_ms.store(
+            return_spread(all.len()).as_millis() as u64,
+            Ordering::Relaxed,
+        );
         let mut hosts = Vec::with_capacity(all.len());
         for (host, mut l) in all {
             if let Some(close) = l.close.take() {
@@ -147,6 +166,11 @@ impl Sessions {
             .expect("sessions lock")
             .get(host)
             .map(|l| l.id)
+    }
+
+    /// The window `close_all` asked agents to spread their return over.
+    pub fn return_spread(&self) -> Duration {
+        Duration::from_millis(self.return_spread_ms.load(Ordering::Relaxed))
     }
 
     /// Sessions whose heartbeats are current; one pass, for a metrics scrape.
@@ -183,6 +207,14 @@ mod tests {
         let (id, _close) = s.register("h", "a".into(), Duration::from_secs(10), tx());
         s.heartbeat("h", id);
         assert_eq!(s.up("h").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_return_spread_grows_with_the_fleet_within_bounds() {
+        assert_eq!(return_spread(10), MIN_RETURN_SPREAD);
+        assert_eq!(return_spread(19_000), Duration::from_secs(19));
+        assert_eq!(return_spread(50_000), Duration::from_secs(50));
+        assert_eq!(return_spread(10_000_000), MAX_RETURN_SPREAD);
     }
 
     #[test]

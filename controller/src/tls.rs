@@ -25,7 +25,7 @@ use rustls::{
     SignatureScheme,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -341,10 +341,46 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// Accepts every TCP connection at once and refuses it right away (closing it) when its
-/// source or the controller is over a limit, so silent sockets cannot queue up in the
-/// kernel backlog ahead of real clients; completes TLS within the handshake timeout and
-/// forwards established connections to tonic. Ends when the receiver is dropped.
+/// Where Linux keeps the cap it silently applies to every `listen(2)` backlog.
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+/// Binds the gRPC listener with a listen queue of `backlog` connections (tokio's default is
+/// 1024). A reconnect herd arrives faster than handshakes finish: connections the accept
+/// loop has not taken yet wait in this queue, and when it is full the kernel drops SYNs
+/// (`TcpExtListenOverflows`), which costs a client a 1 s, 3 s, … SYN retransmission. The
+/// kernel clamps the queue to `net.core.somaxconn`; a warning says so when it does.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As tokio's own bind: a restarted controller must not wait out TIME_WAIT sockets.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(backlog)?;
+    if let Some(cap) = read_somaxconn() {
+        if cap < backlog {
+            tracing::warn!(
+                listen_backlog = backlog,
+                somaxconn = cap,
+                "the kernel caps the gRPC listen queue at net.core.somaxconn: raise it \
+                 (sysctl -w net.core.somaxconn={backlog}) for reconnect herds of many agents"
+            );
+        }
+    }
+    Ok(listener)
+}
+
+fn read_somaxconn() -> Option<u32> {
+    std::fs::read_to_string(SOMAXCONN).ok()?.trim().parse().ok()
+}
+
+/// Accepts every TCP connection at once and refuses it right away (closing it, before
+/// any TLS work) when its source or the controller is over a limit, so neither silent
+/// sockets nor a reconnect herd queue up in the kernel backlog ahead of real clients;
+/// completes TLS within the handshake timeout and forwards established connections to
+/// tonic. Ends when the receiver is dropped.
 pub async fn accept_loop(
     listener: TcpListener,
     config: Arc<ServerConfig>,
@@ -370,6 +406,8 @@ pub async fn accept_loop(
         let mut slot = match slots.take(peer.ip()) {
             Ok(slot) => slot,
             Err(reason) => {
+                // Closed before any TLS work: the client's handshake ends at once and
+                // agents answer with their jittered backoff.
                 drop(tcp);
                 if let Some(suppressed) = refused_log.admit(Instant::now()) {
                     tracing::warn!(peer = %peer, reason, suppressed, "connection refused");
@@ -404,5 +442,45 @@ pub async fn accept_loop(
 fn log_refused(throttle: &LogThrottle, peer: SocketAddr, reason: &str) {
     if let Some(suppressed) = throttle.admit(Instant::now()) {
         tracing::warn!(peer = %peer, reason, suppressed, "TLS handshake refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections the accept loop has not taken yet wait in the kernel queue: with the
+    /// listener's backlog above tokio's 1024, 1,400 of them all complete their TCP
+    /// handshake although nothing accepts. With a full queue the kernel would drop the
+    /// SYNs and these connects would hang in retransmission.
+    #[tokio::test]
+    async fn the_listen_queue_holds_more_than_tokios_default() {
+        const WAITING: usize = 1400;
+        let cap = read_somaxconn().expect("read /proc/sys/net/core/somaxconn");
+        assert!(
+            cap as usize > WAITING,
+            "net.core.somaxconn is {cap}: this test needs it above {WAITING} \
+             (sysctl -w net.core.somaxconn=4096)"
+        );
+        // Two descriptors per connection, both ends in this process.
+        let fds = crate::systemd::raise_nofile_limit();
+        assert!(
+            fds as usize > 2 * WAITING + 64,
+            "open-file limit {fds} too low for this test: raise it above {}",
+            2 * WAITING + 64
+        );
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 2048).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Kept open, so each one holds its place in the queue.
+        let mut held = Vec::with_capacity(WAITING);
+        for i in 0..WAITING {
+            let tcp = tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(addr))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} left out of the listen queue"))
+                .unwrap();
+            held.push(tcp);
+        }
+        assert_eq!(held.len(), WAITING);
+        drop(listener);
     }
 }

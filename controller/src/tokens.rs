@@ -85,6 +85,7 @@ mod tests {
             uses_left,
             created_by: "t".into(),
             group: String::new(),
+            bulk_per_minute: 0,
         }
     }
 

@@ -641,6 +641,91 @@ async fn lists_are_paged_and_refused_joins_bounded() {
     assert_eq!(limited.len(), 3);
 }
 
+/// A bulk token (`fleetctl token create --bulk`) enrolls far more hosts from one address
+/// than the per-address and fleet-wide limits allow, while guessing from that address,
+/// and the bulk token once spent, still meet the per-address limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_token_enrolls_many_hosts_from_one_address() {
+    const HOSTS: usize = 700;
+    // Defaults, but a fleet-wide budget below HOSTS, so the bulk path must bypass it too.
+    let (fleet, _cfg) = start_with("join_global_per_minute = 100\n");
+    for (args, says) in [
+        (&["--bulk-rate", "100"][..], "--bulk"),
+        (&["--bulk", "--bulk-rate", "0"][..], "--bulk-rate"),
+        (&["--bulk", "--bulk-rate", "600001"][..], "--bulk-rate"),
+    ] {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        let out = fleet.fleetctl(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let uses = HOSTS.to_string();
+    let bulk = fleet.token(&["--uses", &uses, "--bulk"]);
+    let mut enroll = EnrollmentClient::new(
+        connect(
+            &fleet.addr(),
+            pinned_client_config(fleet.pin.parse().unwrap()),
+            T,
+        )
+        .await
+        .unwrap(),
+    );
+    let csr = CertificateParams::default()
+        .serialize_request(&KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap();
+    let join = |token: String, name: String| JoinRequest {
+        token,
+        csr_pem: csr.clone(),
+        name,
+    };
+    for i in 0..HOSTS {
+        enroll
+            .join(join(bulk.clone(), format!("bulk-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("bulk join {i} refused: {e}"));
+    }
+    // Spent, it is an ordinary (refused) token again: limited per address like a guess.
+    let mut limited = 0;
+    for i in 0..30 {
+        let err = enroll
+            .join(join(bulk.clone(), format!("late-{i}")))
+            .await
+            .unwrap_err();
+        match err.code() {
+            tonic::Code::ResourceExhausted => limited += 1,
+            tonic::Code::PermissionDenied => assert!(err.message().contains("already used")),
+            other => panic!("{other:?}: {}", err.message()),
+        }
+    }
+    assert!(limited >= 19, "only {limited} of 30 limited");
+    let guess = enroll
+        .join(join(
+            format!("fleetjoin_{}", "b".repeat(40)),
+            "guess".into(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(guess.code(), tonic::Code::ResourceExhausted, "{guess}");
+    assert!(
+        guess.message().contains("from 127.0.0.1"),
+        "{}",
+        guess.message()
+    );
+    let hosts = fleet.hosts();
+    assert_eq!(hosts.len(), HOSTS);
+    let audit = fleet.ok(&["audit", "--limit", "2000"]);
+    assert!(
+        audit.contains("bulk=60000/min"),
+        "token.create audit lacks the rate"
+    );
+}
+
 /// Finding 8: agent text cannot forge log lines, and a megabyte-long name is not echoed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_text_is_escaped_and_errors_are_short() {

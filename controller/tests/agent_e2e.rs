@@ -70,6 +70,12 @@ fn enrolled_agent_is_up_goes_down_when_killed_and_survives_a_controller_restart(
     fleet.restart_controller();
     let took = fleet.wait_state("web-1", "up", Duration::from_secs(15));
     eprintln!("back up {took:?} after the controller restarted");
+    // A graceful stop tells its agents over how long to spread their return.
+    let log = agent.log();
+    assert!(
+        log.contains("controller is restarting: "),
+        "the agent did not see the controller's return window:\n{log}"
+    );
 }
 
 #[test]

@@ -15,6 +15,11 @@ pub mod spec;
 pub mod transport;
 pub mod values;
 
+/// Metadata key of the status a controller ends every session with when it shuts down:
+/// milliseconds over which its agents should spread their first reconnect (it scales
+/// with how many sessions it held, so a large fleet does not come back in one second).
+pub const RETRY_AFTER_MS: &str = "fleet-retry-spread-ms";
+
 /// Generated from `proto/fleet/v1/fleet.proto` (see `tests/codegen.rs`).
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic)]

@@ -75,6 +75,10 @@ pub enum SessionEnd {
     NoWelcome,
     #[error("an unconfirmed firewall change was reverted; starting a fresh session")]
     FirewallReverted,
+    /// The controller is shutting down and asked its agents to spread their return over
+    /// `spread`.
+    #[error("controller is restarting: {detail}")]
+    Restarting { detail: String, spread: Duration },
 }
 
 impl SessionEnd {
@@ -110,11 +114,29 @@ impl SessionEnd {
                         reason: s.message().to_owned(),
                     }
                 }
-                Some(s) => SessionEnd::Failed(status_text(s)),
+                Some(s) => match retry_spread(s) {
+                    Some(spread) => SessionEnd::Restarting {
+                        detail: status_text(s),
+                        spread,
+                    },
+                    None => SessionEnd::Failed(status_text(s)),
+                },
                 None => SessionEnd::Failed(error_chain(err)),
             },
         }
     }
+}
+
+/// The reconnect window a shutting-down controller advertised on its last status.
+fn retry_spread(s: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = s
+        .metadata()
+        .get(fleet_proto::RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 /// What outlives every session, built by `daemon::run`.
@@ -133,7 +155,8 @@ pub struct Agent {
 impl Agent {
     /// One session after another, forever.
     pub async fn supervise(&self) -> Infallible {
-        let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff);
+        let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff)
+            .with_spread(self.settings.reconnect_spread);
         loop {
             let mut welcomed = false;
             // A reverted firewall change ends the session too: the rules that were just
@@ -147,8 +170,12 @@ impl Agent {
                 _ = self.firewall.reverted() => SessionEnd::FirewallReverted,
             };
             self.connected.set(false);
-            if welcomed || matches!(end, SessionEnd::FirewallReverted) {
+            if matches!(end, SessionEnd::FirewallReverted) {
                 backoff.reset();
+            } else if let SessionEnd::Restarting { spread, .. } = &end {
+                backoff.session_lost_within(*spread);
+            } else if welcomed {
+                backoff.session_lost();
             }
             // A session the controller had accepted and then ended is retried soon even if
             // it ended with a refusal: the next handshake says precisely what is wrong.
@@ -308,6 +335,15 @@ mod tests {
         assert!(end.needs_operator());
         let end = SessionEnd::from_error("c:1", &tonic::Status::unavailable("restarting"));
         assert!(matches!(end, SessionEnd::Failed(_)));
+        let mut draining = tonic::Status::unavailable("controller shutting down");
+        draining
+            .metadata_mut()
+            .insert(fleet_proto::RETRY_AFTER_MS, "19000".parse().unwrap());
+        let end = SessionEnd::from_error("c:1", &draining);
+        assert!(
+            matches!(end, SessionEnd::Restarting { spread, .. } if spread == Duration::from_secs(19))
+        );
+        assert!(!end.needs_operator());
         assert!(!end.needs_operator());
         assert!(!SessionEnd::Closed.needs_operator());
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");

@@ -20,6 +20,14 @@ pub struct Conn {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest reply fleetctl decodes (tonic's default is 4 MiB). Lists of hosts, statuses,
+/// firewall states and audit entries come in pages of at most 2 MiB whatever the fleet's
+/// size; the one reply that names every host at once is a rollout's (`RolloutInfo`, in
+/// `rollout status` and each `--watch` event): a host row there is about 60 bytes (name,
+/// batch, phase, previous version) plus its message, so 100,000 hosts take about 6 MB,
+/// and 64 MiB leaves room for a 600-byte failure message on every one of them.
+const MAX_REPLY_BYTES: usize = 64 << 20;
+
 impl Conn {
     pub fn new(addr: &str, identity: &Path) -> Self {
         Conn {
@@ -62,7 +70,7 @@ impl Conn {
         let channel = connect(&self.addr, config, CONNECT_TIMEOUT)
             .await
             .map_err(|e| self.explain(&e))?;
-        Ok(AdminClient::new(channel))
+        Ok(AdminClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
     }
 
     fn warn_if_due(&self, cert_pem: &str) {

@@ -1,5 +1,6 @@
 //! Output: aligned tables for people, one JSON document for scripts.
 
+use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -9,10 +10,21 @@ pub enum Format {
 }
 
 pub fn json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("json values serialize")
-    );
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value).expect("json values serialize");
+    writeln_or_exit(&mut out, format_args!(""));
+}
+
+/// A line to stdout; a closed pipe (`fleetctl hosts | head`) ends fleetctl quietly, where
+/// `println!` would panic.
+fn writeln_or_exit(out: &mut impl Write, line: std::fmt::Arguments<'_>) {
+    if out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .is_err()
+    {
+        std::process::exit(0);
+    }
 }
 
 /// Prints rows under a header, columns padded to their widest cell.
@@ -23,20 +35,29 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
+    // One write per buffer, not per line: tens of thousands of hosts are one table.
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        out.clear();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 out.push_str(c);
             } else {
-                out.push_str(&format!("{:<w$}  ", c, w = widths[i]));
+                // Padded by characters, as the widths were counted.
+                out.push_str(c);
+                let pad = widths[i].saturating_sub(c.chars().count()) + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        println!("{}", out.trim_end());
+        writeln_or_exit(&mut stdout, format_args!("{}", out.trim_end()));
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+    if stdout.flush().is_err() {
+        std::process::exit(0);
     }
 }
 

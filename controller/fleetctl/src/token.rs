@@ -8,6 +8,11 @@ use serde_json::json;
 use crate::client::Conn;
 use crate::output::{self, Format};
 
+/// 1,000 joins a second: above what one controller signs, so the use count is the bound.
+const DEFAULT_BULK_RATE: u32 = 60_000;
+/// The controller's bound (proto: `CreateTokenRequest.bulk_per_minute`).
+const MAX_BULK_RATE: u32 = 600_000;
+
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create a join token; prints only the token (keep it secret, it enrolls a host).
@@ -21,18 +26,35 @@ pub enum TokenCmd {
         /// Place the hosts that join with it in this group.
         #[arg(long)]
         group: Option<String>,
+        /// A bulk token, for enrolling many hosts at once (e.g. behind one NAT): its joins
+        /// are limited by --bulk-rate instead of the controller's per-address and
+        /// fleet-wide join limits.
+        #[arg(long)]
+        bulk: bool,
+        /// Joins a minute a bulk token allows (a second's worth at once), 1 ..= 600000.
+        #[arg(long, requires = "bulk", default_value_t = DEFAULT_BULK_RATE)]
+        bulk_rate: u32,
     },
 }
 
 pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
-        TokenCmd::Create { ttl, uses, group } => {
+        TokenCmd::Create {
+            ttl,
+            uses,
+            group,
+            bulk,
+            bulk_rate,
+        } => {
             let ttl = parse_duration("--ttl", &ttl)?;
             if ttl.as_secs() == 0 {
                 anyhow::bail!("--ttl must be at least 1s");
             }
             if uses == 0 {
                 anyhow::bail!("--uses must be at least 1");
+            }
+            if !(1..=MAX_BULK_RATE).contains(&bulk_rate) {
+                anyhow::bail!("--bulk-rate must be between 1 and {MAX_BULK_RATE} joins a minute");
             }
             let resp = conn
                 .admin()
@@ -41,6 +63,7 @@ pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<(
                     ttl_seconds: ttl.as_secs(),
                     uses,
                     group: group.unwrap_or_default(),
+                    bulk_per_minute: if bulk { bulk_rate } else { 0 },
                 })
                 .await
                 .map_err(|s| conn.status(s))?
@@ -52,6 +75,7 @@ pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<(
                     "token_id": resp.token_id,
                     "expires_at": output::time(resp.expires_at),
                     "uses": resp.uses,
+                    "bulk_per_minute": resp.bulk_per_minute,
                 })),
             }
             Ok(())

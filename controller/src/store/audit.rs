@@ -29,23 +29,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(db_err)?;
         let record = {
             let mut table = tx.open_table(AUDIT).map_err(db_err)?;
-            let seq = table
-                .last()
-                .map_err(db_err)?
-                .map(|(k, _)| k.value() + 1)
-                .unwrap_or(1);
-            let record = AuditRecord {
-                seq,
-                time_ms,
-                actor: actor.to_owned(),
-                action: action.to_owned(),
-                target: target.to_owned(),
-                detail: detail.to_owned(),
-            };
-            table
-                .insert(seq, encode(&record).as_slice())
-                .map_err(db_err)?;
-            record
+            append_in(&mut table, time_ms, actor, action, target, detail)?
         };
         self.commit(tx)?;
         Ok(record)
@@ -126,4 +110,33 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Appends one entry inside a caller's transaction, so an action and its audit entry
+/// commit together.
+pub(super) fn append_in(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    time_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<AuditRecord, StoreError> {
+    let seq = table
+        .last()
+        .map_err(db_err)?
+        .map(|(k, _)| k.value() + 1)
+        .unwrap_or(1);
+    let record = AuditRecord {
+        seq,
+        time_ms,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail: detail.to_owned(),
+    };
+    table
+        .insert(seq, encode(&record).as_slice())
+        .map_err(db_err)?;
+    Ok(record)
 }

@@ -4,7 +4,9 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::tables::{REVOKED, TOKENS};
+use super::audit::append_in;
+use super::hosts::HostRecord;
+use super::tables::{AUDIT, HOSTS, REVOKED, TOKENS};
 use super::{db_err, decode, encode, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -18,6 +20,10 @@ pub struct TokenRecord {
     /// Group given to hosts that join with this token; empty for none.
     #[serde(default)]
     pub group: String,
+    /// Joins a minute allowed with this token from any number of sources, in place of the
+    /// per-source and fleet-wide join limits; 0 for an ordinary token, which gets those.
+    #[serde(default)]
+    pub bulk_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,6 +33,12 @@ pub struct RevokedRecord {
     pub revoked_at: i64,
     /// After this the certificate is dead anyway and the record can be dropped.
     pub not_after: i64,
+}
+
+/// The audit entry a join writes with its host (the actor is the token).
+pub struct JoinAudit<'a> {
+    pub time_ms: i64,
+    pub detail: &'a str,
 }
 
 impl Store {
@@ -49,8 +61,63 @@ impl Store {
         self.all_json(REVOKED)
     }
 
+    /// The token with `hash`, if any (a read, for the join limiter's bulk-token check).
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get_json(TOKENS, hash)
+    }
+
     pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
         self.put_json(TOKENS, hash, token)
+    }
+
+    /// A join in one transaction: spends one use of the token (if `decide`, seeing the
+    /// token and whether the host is enrolled, allows it), records the host and appends
+    /// `audit`. One commit per enrolled host, and never a spent use without its host.
+    pub fn join_host<E>(
+        &self,
+        hash: &str,
+        decide: impl FnOnce(Option<&TokenRecord>, bool) -> Result<(), E>,
+        host: &HostRecord,
+        audit: &JoinAudit<'_>,
+    ) -> Result<Result<TokenRecord, E>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
+            let mut hosts = tx.open_table(HOSTS).map_err(db_err)?;
+            let current: Option<TokenRecord> = {
+                let got = tokens.get(hash).map_err(db_err)?;
+                got.map(|v| decode("tokens", hash, v.value())).transpose()?
+            };
+            let enrolled = hosts.get(host.name.as_str()).map_err(db_err)?.is_some();
+            match decide(current.as_ref(), enrolled) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let mut token = current.expect("decide allowed a missing token");
+                    token.uses_left = token.uses_left.saturating_sub(1);
+                    tokens
+                        .insert(hash, encode(&token).as_slice())
+                        .map_err(db_err)?;
+                    hosts
+                        .insert(host.name.as_str(), encode(host).as_slice())
+                        .map_err(db_err)?;
+                    let mut log = tx.open_table(AUDIT).map_err(db_err)?;
+                    append_in(
+                        &mut log,
+                        audit.time_ms,
+                        &format!("token:{}", token.token_id),
+                        "host.join",
+                        &host.name,
+                        audit.detail,
+                    )?;
+                    Ok(token)
+                }
+            }
+        };
+        match &outcome {
+            Ok(_) => self.commit(tx)?,
+            Err(_) => tx.abort().map_err(db_err)?,
+        }
+        Ok(outcome)
     }
 
     /// Spends one use of a token atomically. `decide` sees the current record (or `None`)

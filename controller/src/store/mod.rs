@@ -25,7 +25,7 @@ mod tests;
 
 pub use apps::AppRecord;
 pub use audit::AuditRecord;
-pub use credentials::{RevokedRecord, TokenRecord};
+pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};
 pub use hosts::{HostRecord, IssuedSerial};
 pub use releases::{AgentPackageRecord, ReleaseRecord};
 

@@ -229,6 +229,7 @@ fn spending_a_token_is_all_or_nothing() {
         uses_total: 1,
         uses_left: 1,
         group: String::new(),
+        bulk_per_minute: 0,
         created_by: "me".into(),
     };
     s.put_token("h", &t).unwrap();
@@ -296,4 +297,57 @@ fn last_seen_times_are_written_in_one_commit_and_never_go_back() {
     assert_eq!(s.record_last_seen(&older.into_iter().collect()).unwrap(), 0);
     assert_eq!(s.host("a").unwrap().unwrap().last_seen_ms, 50);
     assert_eq!(s.host_count().unwrap(), 2);
+}
+
+#[test]
+fn a_join_spends_records_and_audits_in_one_commit_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let t = TokenRecord {
+        token_id: "tid".into(),
+        created_at: 0,
+        expires_at: 10,
+        uses_total: 1,
+        uses_left: 1,
+        group: String::new(),
+        bulk_per_minute: 0,
+        created_by: "me".into(),
+    };
+    s.put_token("h", &t).unwrap();
+    let decide = |t: Option<&TokenRecord>, enrolled: bool| match t {
+        _ if enrolled => Err("enrolled"),
+        Some(t) if t.uses_left > 0 => Ok(()),
+        _ => Err("spent"),
+    };
+    let audit = JoinAudit {
+        time_ms: 5,
+        detail: "from 127.0.0.1",
+    };
+    let before = s.commits();
+    let spent = s.join_host("h", decide, &host("web-1"), &audit).unwrap();
+    assert_eq!(spent.unwrap().uses_left, 0);
+    assert_eq!(s.commits(), before + 1);
+    assert!(s.host("web-1").unwrap().is_some());
+    let log = s.audit_since(0).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (
+            log[0].actor.as_str(),
+            log[0].action.as_str(),
+            log[0].target.as_str()
+        ),
+        ("token:tid", "host.join", "web-1")
+    );
+    // Refused: nothing is written, not even a commit.
+    assert_eq!(
+        s.join_host("h", decide, &host("web-2"), &audit).unwrap(),
+        Err("spent")
+    );
+    assert_eq!(
+        s.join_host("h", decide, &host("web-1"), &audit).unwrap(),
+        Err("enrolled")
+    );
+    assert_eq!(s.commits(), before + 1);
+    assert!(s.host("web-2").unwrap().is_none());
+    assert_eq!(s.audit_since(0).unwrap().len(), 1);
 }

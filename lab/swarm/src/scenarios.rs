@@ -63,9 +63,16 @@ pub struct RunArgs {
     /// Steady-state measuring window.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub window: Duration,
-    /// Enroll every host from one source address (bulk token behind one NAT).
+    /// Enroll every host from one source address (hosts behind one NAT); see --bulk-rate.
     #[arg(long)]
     pub one_source: bool,
+    /// Enroll with bulk tokens (`fleetctl token create --bulk --bulk-rate R`): limited to R
+    /// joins a minute instead of by the per-address and fleet-wide join limits.
+    #[arg(long, value_name = "R")]
+    pub bulk_rate: Option<u32>,
+    /// The agents' `reconnect_spread`: window of the first retry after a lost session.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub spread: Duration,
     /// Rollout: how long each host must stay healthy (the simulated agent waits it out).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub min_healthy: Duration,
@@ -252,16 +259,13 @@ async fn scenarios(
     let mut tokens = Vec::new();
     for w in 0..procs {
         let (_, count) = crate::swarm::share(args.agents, procs, w);
-        let token = c
-            .fleetctl(&[
-                "token",
-                "create",
-                "--uses",
-                &count.to_string(),
-                "--ttl",
-                "2h",
-            ])
-            .await?;
+        let uses = count.to_string();
+        let mut a = vec!["token", "create", "--uses", &uses, "--ttl", "2h"];
+        let rate = args.bulk_rate.map(|r| r.to_string());
+        if let Some(r) = &rate {
+            a.extend(["--bulk", "--bulk-rate", r]);
+        }
+        let token = c.fleetctl(&a).await?;
         tokens.push(token.trim().to_owned());
     }
 
@@ -279,6 +283,7 @@ async fn scenarios(
         one_source: args.one_source,
         no_fetch: args.no_fetch,
         enroll_timeout: args.enroll_timeout,
+        spread: args.spread,
         logs: dir,
     })?;
     let joined = swarm

@@ -74,6 +74,7 @@ pub struct Plan<'a> {
     pub one_source: bool,
     pub no_fetch: bool,
     pub enroll_timeout: Duration,
+    pub spread: Duration,
     pub logs: &'a Path,
 }
 
@@ -116,6 +117,10 @@ impl Swarm {
                 .args([
                     "--enroll-timeout",
                     &humantime::format_duration(p.enroll_timeout).to_string(),
+                ])
+                .args([
+                    "--spread",
+                    &humantime::format_duration(p.spread).to_string(),
                 ])
                 .env("FLEET_JOIN_TOKEN", &p.tokens[w as usize])
                 .stdin(Stdio::piped())

@@ -47,6 +47,9 @@ pub struct WorkerArgs {
     /// Answer Stage/Activate without downloading the release.
     #[arg(long)]
     pub no_fetch: bool,
+    /// Window of the first retry after a lost session (the agent's `reconnect_spread`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub spread: Duration,
 }
 
 /// One line of a worker's stdout.
@@ -159,6 +162,7 @@ async fn simulate(args: WorkerArgs) -> Result<()> {
         heartbeat: args.heartbeat,
         reconnect: args.reconnect,
         fetch: !args.no_fetch,
+        spread: args.spread,
         up: AtomicUsize::new(0),
         receipts,
     });

@@ -510,6 +510,11 @@ pub struct CreateTokenRequest {
     /// Group the hosts joining with this token are placed in; empty for none.
     #[prost(string, tag = "3")]
     pub group: ::prost::alloc::string::String,
+    /// A bulk token: joins presenting it are limited to this many a minute (a second's
+    /// worth at once), from any number of sources, instead of by the per-source and
+    /// fleet-wide join limits. 0: an ordinary token. At most 600000.
+    #[prost(uint32, tag = "4")]
+    pub bulk_per_minute: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -523,6 +528,9 @@ pub struct CreateTokenResponse {
     /// Short, non-secret id of the token (prefix of its hash), as written to the audit log.
     #[prost(string, tag = "4")]
     pub token_id: ::prost::alloc::string::String,
+    /// As requested; 0 for an ordinary token.
+    #[prost(uint32, tag = "5")]
+    pub bulk_per_minute: u32,
 }
 /// Lists are paged: a response holds at most `limit` entries (0: the controller's page
 /// size) and a non-empty `next_page_token` when more follow; pass it back as `page_token`.

@@ -46,6 +46,8 @@ pub struct Common {
     pub reconnect: Reconnect,
     /// Download releases through the stream (FetchRelease) before Stage/Activate succeed.
     pub fetch: bool,
+    /// The agent's `reconnect_spread`.
+    pub spread: Duration,
     /// Agents with a Welcomed stream right now.
     pub up: AtomicUsize,
     pub receipts: mpsc::UnboundedSender<Receipt>,
@@ -104,8 +106,10 @@ struct App {
 }
 
 /// Why a session ended, and whether the agent must come back at once.
+#[derive(Clone, Copy)]
 enum End {
-    Lost,
+    /// With the reconnect window a shutting-down controller advertised, if it did.
+    Lost(Option<Duration>),
     Upgraded,
 }
 
@@ -171,7 +175,7 @@ impl Agent {
 
     /// One session after another, forever (like `Agent::supervise`).
     pub async fn supervise(self: Arc<Self>, common: Arc<Common>) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(common.spread);
         loop {
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.wave_attempts.fetch_add(1, Ordering::Relaxed);
@@ -180,12 +184,14 @@ impl Agent {
             if self.up.swap(false, Ordering::SeqCst) {
                 common.up.fetch_sub(1, Ordering::SeqCst);
             }
-            if welcomed {
-                backoff.reset();
+            match end {
+                End::Lost(Some(advertised)) => backoff.session_lost_within(advertised),
+                _ if welcomed => backoff.session_lost(),
+                _ => {}
             }
             let delay = match (end, common.reconnect) {
                 (End::Upgraded, _) | (_, Reconnect::Immediate) => Duration::ZERO,
-                (End::Lost, Reconnect::Agent) => backoff.next_delay(),
+                (End::Lost(_), Reconnect::Agent) => backoff.next_delay(),
             };
             sleep(delay).await;
         }
@@ -218,19 +224,21 @@ impl Agent {
         )
         .await
         else {
-            return End::Lost;
+            return End::Lost(None);
         };
         let (tx, rx) = mpsc::channel(OUTBOX);
         let mut hello = self.hello();
         hello.heartbeat_interval_ms = common.heartbeat.as_millis().min(u32::MAX as u128) as u32;
         if tx.try_send(msg(agent_message::Body::Hello(hello))).is_err() {
-            return End::Lost;
+            return End::Lost(None);
         }
         let mut client = AgentChannelClient::new(channel);
-        let Ok(Ok(resp)) =
-            tokio::time::timeout(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx))).await
-        else {
-            return End::Lost;
+        let resp = match tokio::time::timeout(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx)))
+            .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(status)) => return End::Lost(retry_spread(&status)),
+            Err(_) => return End::Lost(None),
         };
         let mut inbound = resp.into_inner();
         let mut heartbeat =
@@ -251,9 +259,10 @@ impl Agent {
                             return end;
                         }
                     }
-                    Ok(None) | Err(_) => return End::Lost,
+                    Ok(None) => return End::Lost(None),
+                    Err(status) => return End::Lost(retry_spread(&status)),
                 },
-                _ = tokio::time::sleep_until(welcome_by), if !*welcomed => return End::Lost,
+                _ = tokio::time::sleep_until(welcome_by), if !*welcomed => return End::Lost(None),
             }
         }
     }
@@ -323,6 +332,18 @@ impl Agent {
             _ => None,
         }
     }
+}
+
+/// The reconnect window a shutting-down controller advertised on its last status.
+fn retry_spread(s: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = s
+        .metadata()
+        .get(fleet_proto::RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 #[derive(Debug, thiserror::Error)]

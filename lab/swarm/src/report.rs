@@ -41,7 +41,7 @@ pub struct Enroll {
     /// From spawning the workers until every host holds a certificate.
     pub join_ms: u64,
     pub joins_per_s: f64,
-    /// Joins refused by a rate limit and retried a second later.
+    /// Joins refused by a rate or connection limit and retried a second later.
     pub retries: u64,
     /// From spawning the workers until every stream is Welcomed.
     pub all_up_ms: u64,

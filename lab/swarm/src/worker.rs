@@ -59,7 +59,7 @@ pub enum Line {
     Enrolled {
         count: u64,
         ms: u64,
-        /// Joins refused and retried (rate limits).
+        /// Joins refused by a rate or connection limit, and retried.
         retries: u64,
     },
     Status {
@@ -127,9 +127,10 @@ async fn simulate(args: WorkerArgs) -> Result<()> {
             loop {
                 match Agent::enroll(i, host_name(i), source, join_source, &e).await {
                     Ok(a) => return Ok(a),
-                    // A rate limit is waited out, like an operator re-running the join.
+                    // A rate limit or a refused connection (the per-address connection
+                    // limits) is waited out, like an operator re-running the join.
                     Err(err)
-                        if is_rate_limited(&err)
+                        if is_retryable(&err)
                             && Instant::now() + Duration::from_secs(1) < deadline =>
                     {
                         retries.fetch_add(1, Ordering::Relaxed);
@@ -223,11 +224,15 @@ async fn simulate(args: WorkerArgs) -> Result<()> {
     }
 }
 
-fn is_rate_limited(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<crate::sim::JoinRefused>()
-            .is_some_and(|r| r.0.code() == tonic::Code::ResourceExhausted)
-    })
+/// A join refused for its rate, or one that never got an answer; not a refused token.
+fn is_retryable(err: &anyhow::Error) -> bool {
+    match err
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::sim::JoinRefused>())
+    {
+        Some(r) => r.0.code() == tonic::Code::ResourceExhausted,
+        None => true,
+    }
 }
 
 #[cfg(test)]
@@ -245,17 +250,19 @@ mod tests {
     }
 
     #[test]
-    fn only_resource_exhausted_joins_are_retried() {
+    fn rate_limits_and_lost_connections_are_retried_refusals_are_not() {
         let limited = anyhow::Error::new(crate::sim::JoinRefused(
             tonic::Status::resource_exhausted("too many join attempts"),
         ))
         .context("swarm-00001");
-        assert!(is_rate_limited(&limited));
+        assert!(is_retryable(&limited));
         let refused = anyhow::Error::new(crate::sim::JoinRefused(
             tonic::Status::permission_denied("token used up"),
         ));
-        assert!(!is_rate_limited(&refused));
-        assert!(!is_rate_limited(&anyhow::anyhow!("connect failed")));
+        assert!(!is_retryable(&refused));
+        assert!(is_retryable(&anyhow::anyhow!(
+            "connect failed: reset by peer"
+        )));
     }
 
     #[test]

@@ -73,6 +73,10 @@ impl Format {
 
 pub struct Blobs {
     dir: PathBuf,
+    /// Blobs being served, one open file each however many agents fetch them: a
+    /// fleet-wide deploy has every host fetch the same blob at once, and one descriptor
+    /// per fetch on top of one socket per agent would run out of descriptors.
+    serving: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<std::fs::File>>>,
 }
 
 /// An upload in progress.
@@ -122,7 +126,28 @@ impl Blobs {
     pub fn open(data_dir: &Path) -> std::io::Result<Blobs> {
         let dir = data_dir.join("blobs");
         std::fs::create_dir_all(&dir)?;
-        Ok(Blobs { dir })
+        Ok(Blobs {
+            dir,
+            serving: Default::default(),
+        })
+    }
+
+    /// The blob opened for reading at offsets (`FileExt::read_at`), shared by every
+    /// fetch of it that is running.
+    pub fn open_shared(&self, sha256: &str) -> std::io::Result<std::sync::Arc<std::fs::File>> {
+        let path = self.path(sha256).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a blob name")
+        })?;
+        let key = sha256.to_ascii_lowercase();
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = serving.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(file);
+        }
+        let file = std::sync::Arc::new(std::fs::File::open(path)?);
+        // Entries of blobs no fetch holds any more; as many as blobs, so this stays small.
+        serving.retain(|_, f| f.strong_count() > 0);
+        serving.insert(key, std::sync::Arc::downgrade(&file));
+        Ok(file)
     }
 
     pub fn path(&self, sha256: &str) -> Option<PathBuf> {
@@ -239,6 +264,23 @@ mod tests {
         up.write(b"!<arch>\ndebian-binary   ").unwrap();
         let err = blobs.finish(up, 0, Format::Tarball).unwrap_err();
         assert!(matches!(err, BlobError::NotTarball(_)), "{err}");
+    }
+
+    #[test]
+    fn every_fetch_of_a_blob_shares_one_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let mut up = blobs.begin(1 << 20).unwrap();
+        up.write(&tarball()).unwrap();
+        let (sha, _) = blobs.finish(up, 0, Format::Tarball).unwrap();
+        let a = blobs.open_shared(&sha).unwrap();
+        let b = blobs.open_shared(&sha.to_ascii_uppercase()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        // Nobody holds it: the next fetch opens it again.
+        let c = blobs.open_shared(&sha).unwrap();
+        assert_eq!(std::sync::Arc::strong_count(&c), 1);
+        assert!(blobs.open_shared("../../etc/passwd").is_err());
     }
 
     #[test]

@@ -102,7 +102,6 @@ pub async fn serve_fetch(
     tx: crate::sessions::Outbound,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let reply = |offset: u64, data: Vec<u8>, last: bool, error: String| ControllerMessage {
         body: Some(controller_message::Body::ReleaseData(ReleaseData {
             request_id: req.request_id.clone(),
@@ -113,44 +112,36 @@ pub async fn serve_fetch(
         })),
     };
     let known = shared.store.blob_in_use(&req.sha256).unwrap_or(false);
-    let path = shared.blobs.path(&req.sha256).filter(|_| known);
-    let mut file = match path {
-        Some(p) => match tokio::fs::File::open(&p).await {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx
-                    .send(Ok(reply(
-                        req.offset,
-                        vec![],
-                        true,
-                        format!("release blob unreadable: {e}"),
-                    )))
-                    .await;
-                return;
-            }
-        },
-        None => {
+    if !known || shared.blobs.path(&req.sha256).is_none() {
+        let _ = tx
+            .send(Ok(reply(
+                req.offset,
+                vec![],
+                true,
+                format!(
+                    "no release with sha256 {}",
+                    crate::ratelimit::clip(&req.sha256, crate::auth::MAX_QUOTED)
+                ),
+            )))
+            .await;
+        return;
+    }
+    let file = match shared.blobs.open_shared(&req.sha256) {
+        Ok(f) => f,
+        Err(e) => {
             let _ = tx
                 .send(Ok(reply(
                     req.offset,
                     vec![],
                     true,
-                    format!(
-                        "no release with sha256 {}",
-                        crate::ratelimit::clip(&req.sha256, crate::auth::MAX_QUOTED)
-                    ),
+                    format!("release blob unreadable: {e}"),
                 )))
                 .await;
             return;
         }
     };
-    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    if req.offset > size
-        || file
-            .seek(std::io::SeekFrom::Start(req.offset))
-            .await
-            .is_err()
-    {
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if req.offset > size {
         let _ = tx
             .send(Ok(reply(
                 req.offset,
@@ -163,9 +154,19 @@ pub async fn serve_fetch(
     }
     let mut offset = req.offset;
     loop {
-        let mut buf = vec![0u8; crate::blobs::CHUNK];
-        let n = match file.read(&mut buf).await {
-            Ok(n) => n,
+        let (f, at) = (file.clone(), offset);
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; crate::blobs::CHUNK];
+            f.read_at(&mut buf, at).map(|n| {
+                buf.truncate(n);
+                buf
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let buf = match read {
+            Ok(b) => b,
             Err(e) => {
                 let _ = tx
                     .send(Ok(reply(offset, vec![], true, format!("read failed: {e}"))))
@@ -173,7 +174,7 @@ pub async fn serve_fetch(
                 return;
             }
         };
-        if n == 0 && offset < size {
+        if buf.is_empty() && offset < size {
             let _ = tx
                 .send(Ok(reply(
                     offset,
@@ -184,7 +185,7 @@ pub async fn serve_fetch(
                 .await;
             return;
         }
-        buf.truncate(n);
+        let n = buf.len();
         let last = offset + n as u64 >= size;
         if tx
             .send(Ok(reply(offset, buf, last, String::new())))

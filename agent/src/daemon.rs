@@ -119,6 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         upgrader,
         metrics_port,
         connected: metrics.connected(),
+        spread_hint: Default::default(),
     };
     tokio::select! {
         never = agent.supervise() => match never {},

@@ -352,6 +352,7 @@ async fn join_then_run_speaks_the_protocol() {
     tx.send(to_agent(controller_message::Body::Welcome(Welcome {
         controller_version: "test".into(),
         server_time: now(),
+        reconnect_spread_ms: 0,
     })))
     .await
     .unwrap();

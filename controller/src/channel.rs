@@ -118,6 +118,14 @@ impl AgentChannel for ChannelService {
             .send(down(Down::Welcome(Welcome {
                 controller_version: env!("CARGO_PKG_VERSION").into(),
                 server_time: now_secs(),
+                // Every enrolled host comes back after a crash, not only those up now.
+                reconnect_spread_ms: crate::sessions::return_spread(
+                    shared
+                        .store
+                        .host_count()
+                        .unwrap_or_else(|_| shared.sessions.count()),
+                )
+                .as_millis() as u64,
             })))
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));

@@ -150,6 +150,8 @@ pub struct Agent {
     /// The bound /metrics port (0: off), told to the controller in Hello.
     pub metrics_port: u16,
     pub connected: Connected,
+    /// The reconnect window (ms) the controller's last Welcome named (0: none).
+    pub spread_hint: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -175,7 +177,10 @@ impl Agent {
             } else if let SessionEnd::Restarting { spread, .. } = &end {
                 backoff.session_lost_within(*spread);
             } else if welcomed {
-                backoff.session_lost();
+                // Lost without a word (controller killed, network cut): the window the
+                // controller named for a fleet of its size, if wider than our own.
+                let hint = self.spread_hint.load(std::sync::atomic::Ordering::Relaxed);
+                backoff.session_lost_within(Duration::from_millis(hint));
             }
             // A session the controller had accepted and then ended is retried soon even if
             // it ended with a refusal: the next handshake says precisely what is wrong.
@@ -294,6 +299,7 @@ impl Agent {
             upgrader: &self.upgrader,
             seq: 0,
             connected: self.connected.clone(),
+            spread_hint: &self.spread_hint,
         };
         session
             .run(

@@ -38,6 +38,8 @@ pub(super) struct Session<'a> {
     pub(super) renewal: Renewal,
     pub(super) seq: u64,
     pub(super) connected: Connected,
+    /// Where the Welcome's reconnect window is kept for the supervisor.
+    pub(super) spread_hint: &'a std::sync::atomic::AtomicU64,
 }
 
 impl Session<'_> {
@@ -163,6 +165,8 @@ impl Session<'_> {
 
     fn welcome(&self, w: &Welcome) {
         self.connected.set(true);
+        self.spread_hint
+            .store(w.reconnect_spread_ms, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             controller = %self.addr,
             controller_version = %w.controller_version,

@@ -136,6 +136,7 @@ pub async fn apply(
         let listen = Arc::new(listen_ports(&shared));
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         let (toml, old_policy) = (Arc::new(req.policy_toml.clone()), Arc::new(old_policy));
+        let policy = Arc::new(policy);
         let mut tasks = tokio::task::JoinSet::new();
         // One task per host, all at once: each spends most of its time waiting for
         // `confirm_after`, which costs nothing; `slots` bounds the commands in flight.
@@ -150,17 +151,25 @@ pub async fn apply(
             );
             tasks.spawn(async move {
                 let ports = app_ports(&shared, &host, &listen);
-                let new_text = policy.render(&host, &ports_tuple(&ports));
-                let old_text = old_policy
-                    .as_ref()
-                    .as_ref()
-                    .map(|p| p.render(&host, &ports_tuple(&ports)))
-                    .unwrap_or_default();
+                // Rendered only for the operator's diff, after the command is on its way:
+                // the first hosts must not wait for the rendering of the last.
+                let diff = {
+                    let (policy, host, ports) = (policy.clone(), host.clone(), ports_tuple(&ports));
+                    Box::new(move || {
+                        let new_text = policy.render(&host, &ports);
+                        let old_text = old_policy
+                            .as_ref()
+                            .as_ref()
+                            .map(|p| p.render(&host, &ports))
+                            .unwrap_or_default();
+                        diff(&old_text, &new_text)
+                    }) as Diff
+                };
                 let change = Change {
                     policy_toml: (*toml).clone(),
                     force,
                     app_ports: ports,
-                    diff: diff(&old_text, &new_text),
+                    diff,
                 };
                 one_host(&shared, &tx, &slots, &host, change, &policy).await
             });
@@ -203,12 +212,15 @@ pub async fn apply(
 const IN_FLIGHT: usize = 4096;
 
 /// What one host is sent.
+/// The per-host rule diff, made when it is shown.
+type Diff = Box<dyn FnOnce() -> String + Send>;
+
 struct Change {
     policy_toml: String,
     force: bool,
     app_ports: Vec<AppPort>,
     /// Shown to the operator once the change is on its way.
-    diff: String,
+    diff: Diff,
 }
 
 /// Applies on one host and confirms it; returns the outcome word.
@@ -224,7 +236,7 @@ async fn one_host(
     let session = match shared.sessions.session_id(host) {
         Some(s) if shared.sessions.up(host).is_some() => s,
         _ => {
-            progress(tx, host, "diff", change.diff).await;
+            progress(tx, host, "diff", (change.diff)()).await;
             return deferred(tx, host).await;
         }
     };
@@ -279,14 +291,9 @@ async fn apply_on(
     });
     // The diff line goes out after the command: a slow reader of the progress stream
     // must not hold back the hosts.
-    let r = call_in_slot(
-        shared,
-        slots,
-        host,
-        kind,
-        APPLY_TIMEOUT,
-        progress(tx, host, "diff", change.diff),
-    )
+    let r = call_in_slot(shared, slots, host, kind, APPLY_TIMEOUT, async {
+        progress(tx, host, "diff", (change.diff)()).await
+    })
     .await;
     match r {
         Ok(r) if r.status == CmdStatus::Ok as i32 => {
@@ -449,7 +456,7 @@ pub async fn catch_up(shared: Arc<Shared>, host: String, session: u64) {
         app_ports: app_ports(&shared, &host, &listen_ports(&shared)),
         policy_toml: toml,
         force: false,
-        diff: String::new(),
+        diff: Box::new(String::new),
     };
     let slots = shared.firewall_states.catch_up_slots.0.clone();
     let outcome = one_host(&shared, &tx, &slots, &host, change, &policy).await;

@@ -124,6 +124,11 @@ pub struct Welcome {
     /// Unix seconds, for clock-skew warnings.
     #[prost(int64, tag = "2")]
     pub server_time: i64,
+    /// Window over which to spread the first reconnect if this stream is lost without a
+    /// word (controller killed, network cut): it scales with the fleet, so every agent of a
+    /// large one does not come back in the same few seconds. 0: the agent's own.
+    #[prost(uint64, tag = "3")]
+    pub reconnect_spread_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

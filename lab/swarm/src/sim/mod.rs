@@ -79,6 +79,8 @@ pub struct Agent {
     /// Stream attempts since start, and since the last `mark` (one reconnect wave).
     pub attempts: AtomicU32,
     pub wave_attempts: AtomicU32,
+    /// The reconnect window (ms) the last Welcome named, as the agent keeps it.
+    spread_hint: std::sync::atomic::AtomicU64,
     up: AtomicBool,
     host: Mutex<Host>,
     /// Release downloads waiting for their ReleaseData, by request id.
@@ -161,6 +163,7 @@ impl Agent {
             tls,
             attempts: AtomicU32::new(0),
             wave_attempts: AtomicU32::new(0),
+            spread_hint: Default::default(),
             up: AtomicBool::new(false),
             fetches: Mutex::new(HashMap::new()),
             host: Mutex::new(Host {
@@ -186,7 +189,9 @@ impl Agent {
             }
             match end {
                 End::Lost(Some(advertised)) => backoff.session_lost_within(advertised),
-                _ if welcomed => backoff.session_lost(),
+                _ if welcomed => backoff.session_lost_within(Duration::from_millis(
+                    self.spread_hint.load(Ordering::Relaxed),
+                )),
                 _ => {}
             }
             let delay = match (end, common.reconnect) {
@@ -275,8 +280,10 @@ impl Agent {
         welcomed: &mut bool,
     ) -> Option<End> {
         match m.body {
-            Some(controller_message::Body::Welcome(_)) if !*welcomed => {
+            Some(controller_message::Body::Welcome(w)) if !*welcomed => {
                 *welcomed = true;
+                self.spread_hint
+                    .store(w.reconnect_spread_ms, Ordering::Relaxed);
                 if !self.up.swap(true, Ordering::SeqCst) {
                     common.up.fetch_add(1, Ordering::SeqCst);
                 }

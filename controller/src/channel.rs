@@ -32,11 +32,14 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub struct ChannelService(pub Arc<Shared>);
 
-type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
+use crate::sessions::Outbound;
 
-fn down(body: Down) -> Result<ControllerMessage, Status> {
-    Ok(ControllerMessage { body: Some(body) })
+fn down(body: Down) -> crate::sessions::Down {
+    Ok(Box::new(ControllerMessage { body: Some(body) }))
 }
+
+type SessionStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ControllerMessage, Status>> + Send>>;
 
 /// Heartbeat interval as announced by the agent, bounded so a bad value cannot make a host
 /// look up forever or flap.
@@ -50,7 +53,7 @@ fn interval_of(hello: &Hello) -> Duration {
 
 #[tonic::async_trait]
 impl AgentChannel for ChannelService {
-    type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+    type SessionStream = SessionStream;
 
     async fn session(
         &self,
@@ -133,7 +136,9 @@ impl AgentChannel for ChannelService {
         tokio::spawn(drive(
             shared, identity, name, id, interval, inbound, tx, close,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        use tokio_stream::StreamExt;
+        let stream = ReceiverStream::new(rx).map(|m| m.map(|b| *b));
+        Ok(Response::new(Box::pin(stream) as SessionStream))
     }
 }
 

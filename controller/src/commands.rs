@@ -105,7 +105,7 @@ async fn send_raw(
             kind: Some(kind),
         })),
     };
-    tx.send(Ok(msg))
+    tx.send(Ok(Box::new(msg)))
         .await
         .map_err(|_| CommandError::Disconnected)
 }

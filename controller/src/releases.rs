@@ -82,7 +82,7 @@ pub async fn upload(
 /// Answers a fetch with an error and no data.
 pub async fn refuse_fetch(req: &FetchRelease, tx: &crate::sessions::Outbound, error: &str) {
     let _ = tx
-        .send(Ok(ControllerMessage {
+        .send(Ok(Box::new(ControllerMessage {
             body: Some(controller_message::Body::ReleaseData(ReleaseData {
                 request_id: req.request_id.clone(),
                 offset: req.offset,
@@ -90,7 +90,7 @@ pub async fn refuse_fetch(req: &FetchRelease, tx: &crate::sessions::Outbound, er
                 last: true,
                 error: error.to_owned(),
             })),
-        }))
+        })))
         .await;
 }
 
@@ -102,14 +102,16 @@ pub async fn serve_fetch(
     tx: crate::sessions::Outbound,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let reply = |offset: u64, data: Vec<u8>, last: bool, error: String| ControllerMessage {
-        body: Some(controller_message::Body::ReleaseData(ReleaseData {
-            request_id: req.request_id.clone(),
-            offset,
-            data,
-            last,
-            error,
-        })),
+    let reply = |offset: u64, data: Vec<u8>, last: bool, error: String| {
+        Box::new(ControllerMessage {
+            body: Some(controller_message::Body::ReleaseData(ReleaseData {
+                request_id: req.request_id.clone(),
+                offset,
+                data,
+                last,
+                error,
+            })),
+        })
     };
     let known = shared.store.blob_in_use(&req.sha256).unwrap_or(false);
     if !known || shared.blobs.path(&req.sha256).is_none() {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod codec;
 pub mod exposition;
 pub mod files;
 pub mod firewall;

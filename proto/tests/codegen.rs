@@ -14,6 +14,7 @@ fn generated_code_matches_proto() {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::FleetCodec")
         .out_dir(out.path())
         .compile_protos(
             &[root.join("proto/fleet/v1/fleet.proto")],

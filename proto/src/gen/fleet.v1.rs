@@ -1227,7 +1227,7 @@ pub mod enrollment_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Enrollment/Join");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Enrollment", "Join"));
@@ -1359,7 +1359,7 @@ pub mod enrollment_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = JoinSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1521,7 +1521,7 @@ pub mod agent_channel_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.AgentChannel/Session",
             );
@@ -1666,7 +1666,7 @@ pub mod agent_channel_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SessionSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -1828,7 +1828,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/CreateToken",
             );
@@ -1852,7 +1852,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/ListHosts");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListHosts"));
@@ -1873,7 +1873,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/RemoveHost",
             );
@@ -1893,7 +1893,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/SetHostGroup",
             );
@@ -1917,7 +1917,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/ListAudit");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAudit"));
@@ -1939,7 +1939,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/ApplyApp");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ApplyApp"));
@@ -1960,7 +1960,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/ListApps");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListApps"));
@@ -1978,7 +1978,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/GetApp");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "GetApp"));
@@ -2002,7 +2002,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/UploadRelease",
             );
@@ -2026,7 +2026,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/SetSecret");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "SetSecret"));
@@ -2048,7 +2048,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Deploy");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Deploy"));
@@ -2069,7 +2069,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/RestartApp",
             );
@@ -2089,7 +2089,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Status");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Status"));
@@ -2110,7 +2110,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Logs");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Logs"));
@@ -2132,7 +2132,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/ApplyFirewall",
             );
@@ -2156,7 +2156,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/ShowFirewall",
             );
@@ -2180,7 +2180,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/FirewallStatus",
             );
@@ -2206,7 +2206,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/StartRollout",
             );
@@ -2232,7 +2232,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/WatchRollout",
             );
@@ -2253,7 +2253,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/ControlRollout",
             );
@@ -2279,7 +2279,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/RenewIdentity",
             );
@@ -2305,7 +2305,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/RevokeCertificate",
             );
@@ -2333,7 +2333,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/UploadAgentPackage",
             );
@@ -2357,7 +2357,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/ListAgentPackages",
             );
@@ -2382,7 +2382,7 @@ pub mod admin_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = crate::codec::FleetCodec::default();
             let path = http::uri::PathAndQuery::from_static(
                 "/fleet.v1.Admin/UpgradeAgents",
             );
@@ -2723,7 +2723,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CreateTokenSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -2766,7 +2766,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListHostsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -2809,7 +2809,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RemoveHostSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -2854,7 +2854,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetHostGroupSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -2897,7 +2897,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAuditSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -2940,7 +2940,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ApplyAppSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -2983,7 +2983,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAppsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3026,7 +3026,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetAppSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3073,7 +3073,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UploadReleaseSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3116,7 +3116,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetSecretSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3162,7 +3162,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeploySvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3208,7 +3208,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RestartAppSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3251,7 +3251,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatusSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3297,7 +3297,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LogsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3343,7 +3343,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ApplyFirewallSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3388,7 +3388,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ShowFirewallSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3433,7 +3433,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = FirewallStatusSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3479,7 +3479,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StartRolloutSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3525,7 +3525,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WatchRolloutSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3570,7 +3570,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ControlRolloutSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3615,7 +3615,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RenewIdentitySvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3660,7 +3660,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RevokeCertificateSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3708,7 +3708,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UploadAgentPackageSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3753,7 +3753,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAgentPackagesSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -3799,7 +3799,7 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UpgradeAgentsSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

@@ -132,6 +132,15 @@ impl Blobs {
         })
     }
 
+    /// The blob's shared file if a fetch of it is running now. It was found in use when
+    /// that fetch opened it, so later fetches of a fleet-wide deploy skip the store.
+    pub fn serving_now(&self, sha256: &str) -> Option<std::sync::Arc<std::fs::File>> {
+        let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        serving
+            .get(&sha256.to_ascii_lowercase())
+            .and_then(std::sync::Weak::upgrade)
+    }
+
     /// The blob opened for reading at offsets (`FileExt::read_at`), shared by every
     /// fetch of it that is running.
     pub fn open_shared(&self, sha256: &str) -> std::io::Result<std::sync::Arc<std::fs::File>> {
@@ -276,7 +285,9 @@ mod tests {
         let a = blobs.open_shared(&sha).unwrap();
         let b = blobs.open_shared(&sha.to_ascii_uppercase()).unwrap();
         assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert!(blobs.serving_now(&sha).is_some());
         drop((a, b));
+        assert!(blobs.serving_now(&sha).is_none());
         // Nobody holds it: the next fetch opens it again.
         let c = blobs.open_shared(&sha).unwrap();
         assert_eq!(std::sync::Arc::strong_count(&c), 1);

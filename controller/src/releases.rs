@@ -113,22 +113,28 @@ pub async fn serve_fetch(
             })),
         })
     };
-    let known = shared.store.blob_in_use(&req.sha256).unwrap_or(false);
-    if !known || shared.blobs.path(&req.sha256).is_none() {
-        let _ = tx
-            .send(Ok(reply(
-                req.offset,
-                vec![],
-                true,
-                format!(
-                    "no release with sha256 {}",
-                    crate::ratelimit::clip(&req.sha256, crate::auth::MAX_QUOTED)
-                ),
-            )))
-            .await;
-        return;
-    }
-    let file = match shared.blobs.open_shared(&req.sha256) {
+    let file = match shared.blobs.serving_now(&req.sha256) {
+        Some(f) => Ok(f),
+        None => {
+            let known = shared.store.blob_in_use(&req.sha256).unwrap_or(false);
+            if !known || shared.blobs.path(&req.sha256).is_none() {
+                let _ = tx
+                    .send(Ok(reply(
+                        req.offset,
+                        vec![],
+                        true,
+                        format!(
+                            "no release with sha256 {}",
+                            crate::ratelimit::clip(&req.sha256, crate::auth::MAX_QUOTED)
+                        ),
+                    )))
+                    .await;
+                return;
+            }
+            shared.blobs.open_shared(&req.sha256)
+        }
+    };
+    let file = match file {
         Ok(f) => f,
         Err(e) => {
             let _ = tx

@@ -183,6 +183,9 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, TlsSetupError> {
     ServerName::try_from(host.to_owned()).map_err(|_| bad())
 }
 
+/// Interval of the client's HTTP/2 keepalive pings.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Opens an HTTP/2 channel to `addr` over TLS with `config`. The TCP and TLS handshake are
 /// bounded by `timeout`.
 pub async fn connect(
@@ -231,7 +234,11 @@ pub async fn connect_from(
     });
     Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(timeout)
-        .http2_keep_alive_interval(Duration::from_secs(15))
+        // A client pings only when it has heard nothing for this long; agents hear
+        // nothing between commands, so at 50,000 agents this interval is thousands of
+        // ping round trips a second on the controller. 30 s (+10 s for the answer) still
+        // finds a vanished controller long before TCP would.
+        .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .connect_with_connector(connector)

@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::backoff;
 pub use crate::metrics::tls::MetricsTls;
 use crate::metrics::{NodeSettings, DEFAULT_PORT};
+use fleet_proto::reconnect as backoff;
 
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const HEARTBEAT_RANGE: (Duration, Duration) =

@@ -9,7 +9,6 @@
 
 pub mod apps;
 pub mod asgi_worker;
-pub mod backoff;
 pub mod channel;
 pub mod cli;
 pub mod clock;

@@ -11,6 +11,7 @@ pub mod firewall;
 pub mod identity;
 pub mod package;
 pub mod peer;
+pub mod reconnect;
 pub mod renewal;
 pub mod spec;
 pub mod transport;

@@ -29,7 +29,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::apps::Apps;
-use crate::backoff::{self, Backoff};
 use crate::config::Settings;
 use crate::fetch::Fetcher;
 use crate::firewall::Firewall;
@@ -37,6 +36,7 @@ use crate::logging::error_chain;
 use crate::metrics::Connected;
 use crate::state::{StateDir, StateError};
 use crate::{facts, notify};
+use fleet_proto::reconnect::{self as backoff, retry_spread, Backoff};
 use renewal::Renewal;
 use session::Session;
 
@@ -125,18 +125,6 @@ impl SessionEnd {
             },
         }
     }
-}
-
-/// The reconnect window a shutting-down controller advertised on its last status.
-fn retry_spread(s: &tonic::Status) -> Option<Duration> {
-    let ms: u64 = s
-        .metadata()
-        .get(fleet_proto::RETRY_AFTER_MS)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms))
 }
 
 /// What outlives every session, built by `daemon::run`.

@@ -2,10 +2,10 @@
 //! real fleetctl, measuring what issue 16 asks (lab/README.md describes every figure).
 
 mod addr;
-mod backoff;
 mod controller;
 mod limits;
 mod measure;
+mod reconnect;
 mod report;
 mod scenarios;
 mod sim;

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::backoff::Reconnect;
 use crate::controller::{bins, Controller};
 use crate::limits;
 use crate::measure;
+use crate::reconnect::Reconnect;
 use crate::report::{self, Report};
 use crate::swarm::{Plan, Swarm};
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::backoff::Reconnect;
+use crate::reconnect::Reconnect;
 use crate::sim::Receipt;
 use crate::worker::Line;
 

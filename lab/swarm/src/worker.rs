@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::addr;
-use crate::backoff::Reconnect;
+use crate::reconnect::Reconnect;
 use crate::sim::{Agent, Common, Enrollment, Receipt};
 
 #[derive(clap::Args, Debug, Clone)]

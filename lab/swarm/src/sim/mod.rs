@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::backoff::{Backoff, Reconnect};
+use crate::reconnect::Reconnect;
+use fleet_proto::reconnect::{self, retry_spread, Backoff};
 
 mod commands;
 
@@ -178,7 +179,8 @@ impl Agent {
 
     /// One session after another, forever (like `Agent::supervise`).
     pub async fn supervise(self: Arc<Self>, common: Arc<Common>) {
-        let mut backoff = Backoff::new(common.spread);
+        let mut backoff =
+            Backoff::new(reconnect::INITIAL, reconnect::DEFAULT_MAX).with_spread(common.spread);
         loop {
             self.attempts.fetch_add(1, Ordering::Relaxed);
             self.wave_attempts.fetch_add(1, Ordering::Relaxed);
@@ -339,18 +341,6 @@ impl Agent {
             _ => None,
         }
     }
-}
-
-/// The reconnect window a shutting-down controller advertised on its last status.
-fn retry_spread(s: &tonic::Status) -> Option<Duration> {
-    let ms: u64 = s
-        .metadata()
-        .get(fleet_proto::RETRY_AFTER_MS)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,8 @@
-//! Reconnect delays: exponential (×2 from 500 ms) up to a cap, with jitter so that agents
-//! cut off by the same controller restart do not all come back in the same instant.
+//! How an agent reconnects to its controller: exponential delays (×2 from 500 ms) up to a
+//! cap, with jitter so that agents cut off by the same controller restart do not all come
+//! back in the same instant. Here, beside the wire contract, because the controller's
+//! advertised window is part of it and the lab's swarm simulator must reconnect exactly as
+//! the agent does.
 //!
 //! The first retry after a lost session is drawn with full jitter from [0, spread]
 //! (default 5 s): every agent of a fleet loses its stream at the same moment when the
@@ -96,6 +99,19 @@ impl Backoff {
         self.session_lost();
         self.advertised = advertised.min(MAX_ADVERTISED_SPREAD);
     }
+}
+
+/// The reconnect window a shutting-down controller advertised on the status that ended a
+/// session ([`crate::RETRY_AFTER_MS`]).
+pub fn retry_spread(s: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = s
+        .metadata()
+        .get(crate::RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 fn unit_interval(unit: f64) -> f64 {

@@ -293,7 +293,7 @@ SystemCallErrorNumber=EPERM
 /// Every required secret must be present; secrets the spec does not name are ignored.
 pub fn render_env(
     spec: &AppSpec,
-    secrets: &std::collections::HashMap<String, String>,
+    secrets: &std::collections::BTreeMap<String, String>,
 ) -> Result<String, RenderError> {
     let missing: Vec<String> = spec
         .secrets
@@ -361,7 +361,7 @@ pub fn parse_env(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     /// A valid minimal spec for app `shop`, plus `extra` TOML; shared by the agent's tests.
     pub(crate) fn spec(extra: &str) -> AppSpec {
@@ -543,9 +543,9 @@ pub(crate) mod tests {
     #[test]
     fn env_file_escapes_values_and_requires_secrets() {
         let sp = spec("env = { B = \"a\\\"$x\", A = \"1\" }\nsecrets = [\"TOKEN\"]");
-        let err = render_env(&sp, &HashMap::new()).unwrap_err();
+        let err = render_env(&sp, &BTreeMap::new()).unwrap_err();
         assert_eq!(err, RenderError::MissingSecrets(vec!["TOKEN".into()]));
-        let secrets = HashMap::from([
+        let secrets = BTreeMap::from([
             ("TOKEN".to_string(), "s3cr`t".to_string()),
             ("OTHER".to_string(), "ignored".to_string()),
         ]);
@@ -561,7 +561,7 @@ pub(crate) mod tests {
                 ("TOKEN".to_string(), "s3cr`t".to_string()),
             ]
         );
-        let bad = HashMap::from([("TOKEN".to_string(), "a\nEvil=1".to_string())]);
+        let bad = BTreeMap::from([("TOKEN".to_string(), "a\nEvil=1".to_string())]);
         let err = render_env(&sp, &bad).unwrap_err();
         assert!(matches!(err, RenderError::BadSecret { ref key, .. } if key == "TOKEN"));
         assert!(!err.to_string().contains("Evil"), "never echo a secret");

@@ -2,7 +2,7 @@
 //! health probe loop, the deleted-log check, and systemd jobs the agent runs itself
 //! (which are not crashes).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,7 +98,7 @@ impl Inner {
                 }
                 _ => tracing::warn!(app = %app.name, kind = v.kind(), "{}", v.message()),
             }
-            let fields = HashMap::from([
+            let fields = BTreeMap::from([
                 ("active_state".to_string(), p.active_state.clone()),
                 ("sub_state".to_string(), p.sub_state.clone()),
                 ("result".to_string(), p.result.clone()),
@@ -244,7 +244,7 @@ impl Inner {
                 Ok(m) => ("ok", m.clone()),
                 Err(e) => ("failed", e.to_string()),
             };
-            let fields = HashMap::from([
+            let fields = BTreeMap::from([
                 (
                     "files".to_string(),
                     stuck

@@ -4,7 +4,7 @@
 //! `fleet_proto::files::write_if_changed`, so an unchanged unit keeps its mtime and the
 //! caller learns whether systemd needs a daemon-reload.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fleet_proto::files::{ensure_dir, write_if_changed, FileError};
@@ -65,7 +65,7 @@ impl Applied {
 impl Prepared {
     pub fn render(
         spec: &AppSpec,
-        secrets: &HashMap<String, String>,
+        secrets: &BTreeMap<String, String>,
         dirs: &Dirs,
     ) -> Result<Prepared, RenderError> {
         Ok(Prepared {
@@ -147,7 +147,7 @@ pub struct PrestartEnv {
 impl PrestartEnv {
     pub fn render(
         spec: &AppSpec,
-        secrets: &HashMap<String, String>,
+        secrets: &BTreeMap<String, String>,
         env_dir: &Path,
     ) -> Result<PrestartEnv, RenderError> {
         Ok(PrestartEnv {
@@ -198,7 +198,7 @@ mod tests {
         std::fs::create_dir(&units).unwrap();
         let sp = spec("");
         let plan = || {
-            Prepared::render(&sp, &HashMap::new(), &dirs)
+            Prepared::render(&sp, &BTreeMap::new(), &dirs)
                 .unwrap()
                 .with_service(&sp, Path::new("/var/lib/fleet/apps/shop"), &runtime(), 2)
                 .unwrap()
@@ -234,7 +234,7 @@ mod tests {
         let dirs = dirs(tmp.path());
         std::fs::create_dir(&dirs.unit).unwrap();
         let plan = |sp: &AppSpec| {
-            Prepared::render(sp, &HashMap::new(), &dirs)
+            Prepared::render(sp, &BTreeMap::new(), &dirs)
                 .unwrap()
                 .with_service(sp, Path::new("/var/lib/fleet/apps/shop"), &runtime(), 2)
                 .unwrap()
@@ -263,11 +263,11 @@ mod tests {
             env: env.clone(),
             worker: tmp.path().join("python"),
         };
-        let e = Prepared::render(&sp, &HashMap::new(), &dirs)
+        let e = Prepared::render(&sp, &BTreeMap::new(), &dirs)
             .err()
             .expect("refused");
         assert!(matches!(e, RenderError::MissingSecrets(_)), "{e}");
-        assert!(PrestartEnv::render(&sp, &HashMap::new(), &env).is_err());
+        assert!(PrestartEnv::render(&sp, &BTreeMap::new(), &env).is_err());
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
@@ -275,7 +275,7 @@ mod tests {
     fn prestart_env_is_its_own_file_and_goes_away() {
         let tmp = tempfile::tempdir().unwrap();
         let sp = spec("secrets = [\"TOKEN\"]");
-        let secrets = HashMap::from([("TOKEN".to_string(), "s3cret".to_string())]);
+        let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cret".to_string())]);
         let pre = PrestartEnv::render(&sp, &secrets, tmp.path()).unwrap();
         pre.write().unwrap();
         assert_eq!(pre.path(), tmp.path().join("shop.prestart.env"));

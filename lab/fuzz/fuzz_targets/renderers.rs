@@ -8,7 +8,7 @@
 //! ExecStart splits back into the expected argv ending in the spec's entry.
 #![no_main]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arbitrary::Arbitrary;
@@ -141,7 +141,7 @@ fn systemd_env_value(line: &str, key: &str) -> String {
     panic!("unterminated value in {line:?}");
 }
 
-fn check_env(spec: &AppSpec, secrets: &HashMap<String, String>) {
+fn check_env(spec: &AppSpec, secrets: &BTreeMap<String, String>) {
     let text = match units::render_env(spec, secrets) {
         Ok(t) => t,
         Err(RenderError::BadSecret { key, .. }) => {
@@ -312,7 +312,7 @@ fuzz_target!(|input: Input| {
     let Ok(spec) = AppSpec::parse(&text) else {
         return;
     };
-    let secrets: HashMap<String, String> = input
+    let secrets: BTreeMap<String, String> = input
         .secrets
         .iter()
         .filter(|(k, _)| spec.secrets.contains(k))

@@ -148,8 +148,8 @@ pub struct Event {
     pub subject: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub message: ::prost::alloc::string::String,
-    #[prost(map = "string, string", tag = "5")]
-    pub fields: ::std::collections::HashMap<
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub fields: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
@@ -290,8 +290,8 @@ pub struct Activate {
     #[prost(uint64, tag = "4")]
     pub size: u64,
     /// Secret values by name; written only to the app's 0600 EnvironmentFile.
-    #[prost(map = "string, string", tag = "5")]
-    pub secrets: ::std::collections::HashMap<
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub secrets: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
@@ -315,8 +315,8 @@ pub struct RunPreStart {
     pub spec_toml: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub version: ::prost::alloc::string::String,
-    #[prost(map = "string, string", tag = "3")]
-    pub secrets: ::std::collections::HashMap<
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub secrets: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,

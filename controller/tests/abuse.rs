@@ -574,20 +574,7 @@ async fn lists_are_paged_and_refused_joins_bounded() {
     }
     assert_eq!(names, ["web-1", "web-2", "web-3"]);
 
-    let mut enroll = EnrollmentClient::new(
-        connect(
-            &fleet.addr(),
-            pinned_client_config(fleet.pin.parse().unwrap()),
-            T,
-        )
-        .await
-        .unwrap(),
-    );
-    let csr = CertificateParams::default()
-        .serialize_request(&KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (mut enroll, csr) = join_client(&fleet).await;
     let mut limited = 0;
     for i in 0..100 {
         let err = enroll
@@ -665,20 +652,7 @@ async fn a_bulk_token_enrolls_many_hosts_from_one_address() {
     }
     let uses = HOSTS.to_string();
     let bulk = fleet.token(&["--uses", &uses, "--bulk"]);
-    let mut enroll = EnrollmentClient::new(
-        connect(
-            &fleet.addr(),
-            pinned_client_config(fleet.pin.parse().unwrap()),
-            T,
-        )
-        .await
-        .unwrap(),
-    );
-    let csr = CertificateParams::default()
-        .serialize_request(&KeyPair::generate().unwrap())
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (mut enroll, csr) = join_client(&fleet).await;
     let join = |token: String, name: String| JoinRequest {
         token,
         csr_pem: csr.clone(),
@@ -916,4 +890,23 @@ async fn silent_connections_are_closed_after_idle_timeout() {
         silent.elapsed()
     );
     fleet.ok(&["hosts"]);
+}
+
+/// A join client that trusts the fleet's CA by pin, and one CSR to send with it.
+async fn join_client(fleet: &Fleet) -> (EnrollmentClient<tonic::transport::Channel>, String) {
+    let enroll = EnrollmentClient::new(
+        connect(
+            &fleet.addr(),
+            pinned_client_config(fleet.pin.parse().unwrap()),
+            T,
+        )
+        .await
+        .unwrap(),
+    );
+    let csr = CertificateParams::default()
+        .serialize_request(&KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap();
+    (enroll, csr)
 }

@@ -25,6 +25,19 @@ fn host(name: &str) -> HostRecord {
     }
 }
 
+fn one_use_token(id: &str) -> TokenRecord {
+    TokenRecord {
+        token_id: id.into(),
+        created_at: 0,
+        expires_at: 10,
+        uses_total: 1,
+        uses_left: 1,
+        group: String::new(),
+        bulk_per_minute: 0,
+        created_by: "me".into(),
+    }
+}
+
 #[test]
 fn desired_releases_are_per_app_and_host() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,16 +235,7 @@ fn secrets_are_per_app() {
 fn spending_a_token_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let t = TokenRecord {
-        token_id: "id".into(),
-        created_at: 0,
-        expires_at: 10,
-        uses_total: 1,
-        uses_left: 1,
-        group: String::new(),
-        bulk_per_minute: 0,
-        created_by: "me".into(),
-    };
+    let t = one_use_token("id");
     s.put_token("h", &t).unwrap();
     let refuse = |t: Option<&TokenRecord>| match t {
         Some(t) if t.uses_left > 0 => Ok(()),
@@ -303,16 +307,7 @@ fn last_seen_times_are_written_in_one_commit_and_never_go_back() {
 fn a_join_spends_records_and_audits_in_one_commit_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let t = TokenRecord {
-        token_id: "tid".into(),
-        created_at: 0,
-        expires_at: 10,
-        uses_total: 1,
-        uses_left: 1,
-        group: String::new(),
-        bulk_per_minute: 0,
-        created_by: "me".into(),
-    };
+    let t = one_use_token("tid");
     s.put_token("h", &t).unwrap();
     let decide = |t: Option<&TokenRecord>, enrolled: bool| match t {
         _ if enrolled => Err("enrolled"),

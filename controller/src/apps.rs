@@ -281,11 +281,12 @@ fn describe(err: CommandError) -> String {
     }
 }
 
-/// Commands in flight at once during a fan-out. Each waits on its agent (an activation
-/// takes seconds), so the bound is about memory and the agents' streams, not CPU.
+/// Sends at once during a fan-out: a send waits while its host's stream is full, so this
+/// bounds how many stuck hosts can hold back the rest. Answers are awaited without a
+/// slot (a pending answer is a table entry and a sleeping task).
 const FAN_OUT_IN_FLIGHT: usize = 4096;
 
-/// Runs `kind` on every host at once (up to `FAN_OUT_IN_FLIGHT` in flight), streaming a
+/// Runs `kind` on every host at once (up to `FAN_OUT_IN_FLIGHT` sends at once), streaming a
 /// line per host as it starts and ends. The command goes out before the progress line:
 /// a slow reader of the progress stream must not hold back the hosts.
 async fn fan_out(
@@ -304,8 +305,10 @@ async fn fan_out(
         };
         let (shared, tx, kind, app) = (shared.clone(), tx.clone(), kind.clone(), app.clone());
         tasks.spawn(async move {
-            let _permit = permit;
             let call = shared.commands.start(&shared.sessions, &host, kind).await;
+            // Only the send holds a slot: held through the answer, a fan-out to more
+            // hosts than slots went in waves of round trips (and downloads).
+            drop(permit);
             let _ = tx
                 .send(Ok(HostProgress {
                     host: host.clone(),

@@ -268,7 +268,9 @@ async fn handle(
         Up::Result(r) => shared.commands.resolve(name, r),
         Up::Fetch(req) => match fetches.clone().try_acquire_owned() {
             Ok(permit) => {
-                tracing::info!(host = %name, sha256 = ?clip(&req.sha256, MAX_QUOTED), offset = req.offset, "serving release");
+                // Debug: a deploy makes every host fetch, and one line per host per deploy
+                // is 50,000 lines that say nothing the deploy's progress does not.
+                tracing::debug!(host = %name, sha256 = ?clip(&req.sha256, MAX_QUOTED), offset = req.offset, "serving release");
                 tokio::spawn(crate::releases::serve_fetch(
                     shared.clone(),
                     req,

@@ -139,7 +139,7 @@ pub async fn apply(
         let policy = Arc::new(policy);
         let mut tasks = tokio::task::JoinSet::new();
         // One task per host, all at once: each spends most of its time waiting for
-        // `confirm_after`, which costs nothing; `slots` bounds the commands in flight.
+        // `confirm_after`, which costs nothing; `slots` bounds the sends at once.
         for host in hosts.clone() {
             let (shared, tx, toml, slots) =
                 (shared.clone(), tx.clone(), toml.clone(), slots.clone());
@@ -208,7 +208,7 @@ pub async fn apply(
     Ok(ReceiverStream::new(rx))
 }
 
-/// Commands in flight at once, per fleet-wide apply and for all catch-ups together.
+/// Sends at once, per fleet-wide apply and for all catch-ups together.
 const IN_FLIGHT: usize = 4096;
 
 /// What one host is sent.
@@ -257,7 +257,10 @@ async fn deferred(tx: &Progress, host: &str) -> &'static str {
     "deferred"
 }
 
-/// Sends one command under a slot and waits for its answer.
+/// Sends one command under a slot, runs `then`, and waits for its answer. The slot covers
+/// only the send (which waits when the host's stream is full): holding it through the
+/// answer made a fan-out to more hosts than slots go in waves of round trips, and holding
+/// it through `then` let a slow reader of the progress stream hold back the sends.
 async fn call_in_slot(
     shared: &Shared,
     slots: &Semaphore,
@@ -266,8 +269,10 @@ async fn call_in_slot(
     timeout: Duration,
     then: impl std::future::Future<Output = ()>,
 ) -> Result<CommandResult, CommandError> {
-    let _slot = slots.acquire().await.expect("slots are never closed");
-    let sent = shared.commands.start(&shared.sessions, host, kind).await;
+    let sent = {
+        let _slot = slots.acquire().await.expect("slots are never closed");
+        shared.commands.start(&shared.sessions, host, kind).await
+    };
     then.await;
     sent?.wait(&shared.commands, timeout).await
 }

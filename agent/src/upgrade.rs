@@ -175,6 +175,7 @@ impl Upgrader {
                     id: c.id,
                     status: status as i32,
                     message,
+                    request_stats: None,
                 }))
                 .await;
         });

@@ -13,6 +13,7 @@ pub mod package;
 pub mod peer;
 pub mod reconnect;
 pub mod renewal;
+pub mod requests;
 pub mod spec;
 pub mod transport;
 pub mod values;

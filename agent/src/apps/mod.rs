@@ -281,7 +281,8 @@ impl Apps {
                     command::Kind::Ping(_)
                     | command::Kind::ApplyFirewall(_)
                     | command::Kind::ConfirmFirewall(_)
-                    | command::Kind::UpgradeAgent(_),
+                    | command::Kind::UpgradeAgent(_)
+                    | command::Kind::QueryRequests(_),
                 )
                 | None => Err(AppError::NotAppCommand),
             };
@@ -296,6 +297,7 @@ impl Apps {
                 id,
                 status: status as i32,
                 message,
+                request_stats: None,
             };
             inner.outbox.send(agent_message::Body::Result(result)).await;
         });

@@ -204,7 +204,8 @@ fn answer(c: Command) -> CommandResult {
             | command::Kind::RunPreStart(_)
             | command::Kind::ApplyFirewall(_)
             | command::Kind::ConfirmFirewall(_)
-            | command::Kind::UpgradeAgent(_),
+            | command::Kind::UpgradeAgent(_)
+            | command::Kind::QueryRequests(_),
         )
         | None => (
             command_result::Status::Unsupported,
@@ -218,6 +219,7 @@ fn answer(c: Command) -> CommandResult {
         id: c.id,
         status: status as i32,
         message,
+        request_stats: None,
     }
 }
 

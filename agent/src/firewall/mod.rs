@@ -262,6 +262,7 @@ impl Firewall {
                     id: c.id,
                     status: status as i32,
                     message,
+                    request_stats: None,
                 }))
                 .await;
         });

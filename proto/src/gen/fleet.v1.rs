@@ -160,7 +160,7 @@ pub struct Command {
     /// Correlation id; echoed in CommandResult.id.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
@@ -188,7 +188,54 @@ pub mod command {
         RunPreStart(super::RunPreStart),
         #[prost(message, tag = "11")]
         UpgradeAgent(super::UpgradeAgent),
+        #[prost(message, tag = "12")]
+        QueryRequests(super::QueryRequests),
     }
+}
+/// The app's request counts as the agent has read them from the app's access log: cumulative
+/// since `RequestStats.epoch` began, by release, without the agent's own health probes. The
+/// controller judges a window by the difference of two answers with the same epoch.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QueryRequests {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RequestStats {
+    /// Changes whenever the counters restart from zero (the agent restarted): a difference
+    /// of two answers with different epochs means nothing.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub releases: ::prost::alloc::vec::Vec<ReleaseRequests>,
+    /// Access-log lines of this app that did not parse (every release).
+    #[prost(uint64, tag = "3")]
+    pub unparsed: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReleaseRequests {
+    #[prost(string, tag = "1")]
+    pub release: ::prost::alloc::string::String,
+    /// Responses by status class.
+    #[prost(uint64, tag = "2")]
+    pub status_1xx: u64,
+    #[prost(uint64, tag = "3")]
+    pub status_2xx: u64,
+    #[prost(uint64, tag = "4")]
+    pub status_3xx: u64,
+    #[prost(uint64, tag = "5")]
+    pub status_4xx: u64,
+    #[prost(uint64, tag = "6")]
+    pub status_5xx: u64,
+    /// Cumulative counts of response times at most each bound of
+    /// fleet_proto::requests::DURATION_BUCKETS, then one for +Inf (every response).
+    #[prost(uint64, repeated, tag = "7")]
+    pub duration_buckets: ::prost::alloc::vec::Vec<u64>,
+    #[prost(double, tag = "8")]
+    pub duration_sum_seconds: f64,
 }
 /// Replace this agent with fleet-agent package `version`: fetch it like a release (FetchRelease
 /// by sha256), check size and sha256, and install it with dpkg outside the agent's own cgroup
@@ -423,7 +470,7 @@ pub struct LogLine {
     pub time_ms: i64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CommandResult {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -431,6 +478,9 @@ pub struct CommandResult {
     pub status: i32,
     #[prost(string, tag = "3")]
     pub message: ::prost::alloc::string::String,
+    /// The answer to QueryRequests.
+    #[prost(message, optional, tag = "4")]
+    pub request_stats: ::core::option::Option<RequestStats>,
 }
 /// Nested message and enum types in `CommandResult`.
 pub mod command_result {

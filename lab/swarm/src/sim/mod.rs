@@ -376,6 +376,7 @@ fn kind_name(c: &Command) -> &'static str {
         Some(command::Kind::ConfirmFirewall(_)) => "confirm_firewall",
         Some(command::Kind::RunPreStart(_)) => "run_pre_start",
         Some(command::Kind::UpgradeAgent(_)) => "upgrade_agent",
+        Some(command::Kind::QueryRequests(_)) => "query_requests",
         None => "unknown",
     }
 }

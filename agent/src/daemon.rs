@@ -98,7 +98,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Outlives every session, so a release download cut by a reconnect resumes on the next.
     let fetcher = Fetcher::new();
     // Also outlives sessions: apps are watched and probed whether or not we are connected.
-    let apps = Apps::new(state.path(), fetcher.clone(), metrics.apps(), metrics_port);
+    let apps = Apps::new(
+        state.path(),
+        fetcher.clone(),
+        metrics.apps(),
+        metrics.requests(),
+        metrics_port,
+    );
     apps.adopt();
     // Also outlives sessions: the revert timers and drift checks must not need the stream.
     let firewall = Firewall::new(

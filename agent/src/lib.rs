@@ -30,6 +30,7 @@ pub mod notify;
 pub mod outbox;
 pub mod releases;
 pub mod renew;
+pub mod requests;
 pub mod state;
 pub mod systemd;
 pub mod units;

@@ -21,10 +21,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use fleet_proto::spec::{check_env_value, env_file_line, AppName, AppSpec, LogMode, Server};
+use fleet_proto::spec::{
+    check_env_value, env_file_line, AppName, AppSpec, LogMode, Server, Version,
+};
 
 use crate::asgi_worker;
 use crate::host_paths::{access_log, error_log, logs_directory};
+use crate::requests;
 
 mod plan;
 pub use plan::{Applied, Dirs, Plan, Prepared, PrestartEnv};
@@ -64,6 +67,9 @@ pub enum RenderError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Runtime {
     pub gunicorn: PathBuf,
+    /// The release the master runs: written into every access line (requests/parse.rs),
+    /// so the unit changes with each release.
+    pub release: Version,
 }
 
 /// Paths as they appear inside the units; `app_dir` is `/var/lib/fleet/apps/<app>`,
@@ -190,25 +196,35 @@ pub fn render_service(
         argv.push("--worker-class".into());
         argv.push(asgi_worker::CLASS.into());
     }
-    let mut log_settings = String::new();
+    // Every app writes fleet's access line into its own file, whatever its log mode: the
+    // agent counts requests from it (requests/mod.rs says why a file, not the journal).
+    // Gunicorn itself writes the files (master and workers), so a signal can make it
+    // reopen them after logrotate renamed them; see logrotate.rs.
+    argv.push("--access-logfile".into());
+    argv.push(exec_arg(
+        "logs",
+        &path_str("logs", &access_log(&spec.name))?,
+    )?);
+    argv.push("--access-logformat".into());
+    argv.push(exec_arg(
+        "release",
+        &requests::parse::format(&runtime.release),
+    )?);
     if spec.logs.mode == LogMode::Files {
-        // Gunicorn itself writes the files (master and workers), so a signal can make
-        // it reopen them after logrotate renamed them; see logrotate.rs.
-        for (flag, path) in [
-            ("--access-logfile", access_log(&spec.name)),
-            ("--error-logfile", error_log(&spec.name)),
-        ] {
-            argv.push(flag.into());
-            argv.push(exec_arg("logs", &path_str("logs", &path)?)?);
-        }
-        // systemd creates it owned by User= and makes it writable under
-        // ProtectSystem=strict; 0750 and owned by the app, so logrotate needs no `su`.
-        let _ = writeln!(
-            log_settings,
-            "LogsDirectory={}\nLogsDirectoryMode=0750",
-            setting("name", &logs_directory(&spec.name))?
-        );
+        argv.push("--error-logfile".into());
+        argv.push(exec_arg(
+            "logs",
+            &path_str("logs", &error_log(&spec.name))?,
+        )?);
     }
+    // systemd creates it owned by User= and makes it writable under
+    // ProtectSystem=strict; 0750 and owned by the app, so logrotate needs no `su`.
+    let mut log_settings = String::new();
+    let _ = writeln!(
+        log_settings,
+        "LogsDirectory={}\nLogsDirectoryMode=0750",
+        setting("name", &logs_directory(&spec.name))?
+    );
     if let Some(i) = spec.logs.rate_limit_interval {
         let _ = writeln!(log_settings, "LogRateLimitIntervalSec={}ms", i.as_millis());
     }
@@ -387,6 +403,7 @@ pub(crate) mod tests {
             },
             &Runtime {
                 gunicorn: SYSTEM_GUNICORN.into(),
+                release: "r1".parse().unwrap(),
             },
             2,
         )
@@ -427,7 +444,9 @@ pub(crate) mod tests {
             "Requires=fleet-app-shop.socket",
             "EnvironmentFile=/etc/fleet/apps/shop.env",
             "ExecStart=/usr/bin/gunicorn --chdir /var/lib/fleet/apps/shop/current --workers 5 \
-             --graceful-timeout 20 app:application",
+             --graceful-timeout 20 --access-logfile /var/log/fleet/shop/access.log \
+             --access-logformat \"fleet1 r1 %%(s)s %%(D)s \\\"%%(r)s\\\" %%(h)s %%(b)s %%(t)s\" \
+             app:application",
             "ExecReload=/bin/kill -HUP $MAINPID",
             "KillMode=mixed",
             "TimeoutStopSec=30s",
@@ -455,11 +474,47 @@ pub(crate) mod tests {
         let mut sp = spec("workers = 3");
         sp.server = Server::Uvicorn;
         let s = service(&sp);
-        assert!(s.contains(
-            "--workers 3 --graceful-timeout 30 --pythonpath /var/lib/fleet/python \
-             --worker-class fleet_uvicorn_worker.UvicornWorker app:application\n"
-        ));
+        assert!(
+            s.contains(
+                "--workers 3 --graceful-timeout 30 --pythonpath /var/lib/fleet/python \
+                 --worker-class fleet_uvicorn_worker.UvicornWorker \
+                 --access-logfile /var/log/fleet/shop/access.log --access-logformat "
+            ),
+            "{s}"
+        );
+        assert!(lines(&s).contains(&"LogsDirectory=fleet/shop"), "{s}");
         assert!(s.contains("Type=notify"));
+    }
+
+    #[test]
+    fn the_access_line_names_the_release_the_master_was_started_with() {
+        let (app_dir, env_dir) = layout();
+        let render = |release: &str| {
+            render_service(
+                &spec(""),
+                &Layout {
+                    app_dir: &app_dir,
+                    env_dir: &env_dir,
+                    worker_dir: Path::new(asgi_worker::DIR),
+                },
+                &Runtime {
+                    gunicorn: SYSTEM_GUNICORN.into(),
+                    release: release.parse().unwrap(),
+                },
+                2,
+            )
+            .unwrap()
+        };
+        let (a, b) = (render("2026-01-02.1"), render("2026-01-03.1+b"));
+        assert!(
+            a.contains("--access-logformat \"fleet1 2026-01-02.1 %%(s)s "),
+            "{a}"
+        );
+        assert!(b.contains("\"fleet1 2026-01-03.1+b %%(s)s "), "{b}");
+        assert_ne!(
+            a, b,
+            "a new release is a new unit: the old master keeps its own"
+        );
     }
 
     #[test]
@@ -471,8 +526,12 @@ pub(crate) mod tests {
         assert!(
             s.contains(
                 "--graceful-timeout 30 --access-logfile /var/log/fleet/shop/access.log \
-                 --error-logfile /var/log/fleet/shop/error.log app:application\n"
+                 --access-logformat "
             ),
+            "{s}"
+        );
+        assert!(
+            s.contains(" --error-logfile /var/log/fleet/shop/error.log app:application\n"),
             "{s}"
         );
         for want in [
@@ -483,12 +542,21 @@ pub(crate) mod tests {
         ] {
             assert!(l.contains(&want), "missing {want:?} in\n{s}");
         }
-        // Journal mode: as before, nothing about files.
+        // Journal mode: the error log stays in the journal; the access log is fleet's
+        // request feed, in a file of its own (requests/mod.rs).
         let j = service(&spec(""));
-        assert!(!j.contains("logfile") && !j.contains("LogsDirectory") && !j.contains("LogRate"));
+        assert!(
+            !j.contains("error-logfile") && !j.contains("LogRate"),
+            "{j}"
+        );
+        assert!(
+            j.contains(" --access-logfile /var/log/fleet/shop/access.log "),
+            "{j}"
+        );
+        assert!(lines(&j).contains(&"LogsDirectory=fleet/shop"), "{j}");
         let j = service(&spec("[logs]\nrate_limit_burst = 0"));
         assert!(lines(&j).contains(&"LogRateLimitBurst=0"));
-        assert!(!j.contains("logfile"));
+        assert!(!j.contains("error-logfile"));
     }
 
     #[test]
@@ -516,6 +584,7 @@ pub(crate) mod tests {
             },
             &Runtime {
                 gunicorn: SYSTEM_GUNICORN.into(),
+                release: "r1".parse().unwrap(),
             },
             1,
         );

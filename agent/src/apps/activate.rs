@@ -79,7 +79,7 @@ impl Inner {
                 Some(run_as),
             )
             .await?;
-        let runtime = runtime_for(&release_dir, &app_dir);
+        let runtime = runtime_for(&release_dir, &app_dir, &version);
         let files = files.with_service(&spec, &app_dir, &runtime, self.cores)?;
 
         let bus = self.bus().await?;
@@ -92,6 +92,7 @@ impl Inner {
             bus.enable(&[&socket_unit, &service_unit]).await?;
         }
         rotate.apply()?;
+        self.count_requests(&spec);
         let previous = self.releases.switch_current(&name, &version).await?;
         {
             let mut d = lock(&app.data);
@@ -175,7 +176,7 @@ fn jobs(socket_changed: bool, had_release: bool, service_running: bool) -> (JobK
 
 /// The release's own gunicorn if its venv has one (run through `current`, so the unit
 /// does not change between releases), else Debian's.
-fn runtime_for(release_dir: &Path, app_dir: &Path) -> Runtime {
+fn runtime_for(release_dir: &Path, app_dir: &Path, version: &Version) -> Runtime {
     let has_own = venv_bin(release_dir).is_some_and(|b| b.join("gunicorn").exists());
     Runtime {
         gunicorn: if has_own {
@@ -183,6 +184,7 @@ fn runtime_for(release_dir: &Path, app_dir: &Path) -> Runtime {
         } else {
             units::SYSTEM_GUNICORN.into()
         },
+        release: version.clone(),
     }
 }
 

@@ -36,6 +36,7 @@ use crate::logrotate;
 use crate::metrics::AppMetrics;
 use crate::outbox::{self, Outbox};
 use crate::releases::Releases;
+use crate::requests::Requests;
 use crate::systemd::{Systemd, SystemdError, UnitProps};
 use crate::units;
 pub use error::AppError;
@@ -74,6 +75,7 @@ pub struct Apps {
 struct Inner {
     outbox: Outbox,
     metrics: AppMetrics,
+    requests: Requests,
     fetcher: Fetcher,
     releases: Releases,
     /// `<agent state dir>/apps`
@@ -167,6 +169,7 @@ pub fn handles(c: &Command) -> bool {
                 | command::Kind::TailLogs(_)
                 | command::Kind::StopLogs(_)
                 | command::Kind::RunPreStart(_)
+                | command::Kind::QueryRequests(_)
         )
     )
 }
@@ -180,12 +183,14 @@ impl Apps {
         agent_state: &Path,
         fetcher: Fetcher,
         metrics: AppMetrics,
+        requests: Requests,
         metrics_port: u16,
     ) -> Apps {
         Apps {
             inner: Arc::new(Inner {
                 outbox: Outbox::default(),
                 metrics,
+                requests,
                 fetcher,
                 releases: Releases::default(),
                 state_dir: agent_state.join("apps"),
@@ -238,6 +243,7 @@ impl Apps {
                         .map(|v| v.to_string())
                         .unwrap_or(version);
                     tracing::info!(app = %spec.name, %release, "re-adopting app (its units are left as they are)");
+                    self.inner.count_requests(&spec);
                     let app = self.inner.entry(spec, &release);
                     self.inner.ensure_tasks(&app);
                 }
@@ -269,6 +275,11 @@ impl Apps {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let id = c.id.clone();
+            if let Some(command::Kind::QueryRequests(q)) = &c.kind {
+                let result = inner.query_requests(id, &q.app);
+                inner.outbox.send(agent_message::Body::Result(result)).await;
+                return;
+            }
             let session = inner.outbox.session();
             let outcome = match c.kind {
                 Some(command::Kind::Stage(s)) => inner.stage(s).await,
@@ -282,6 +293,7 @@ impl Apps {
                     | command::Kind::ApplyFirewall(_)
                     | command::Kind::ConfirmFirewall(_)
                     | command::Kind::UpgradeAgent(_)
+                    // Answered above: its result carries the counts.
                     | command::Kind::QueryRequests(_),
                 )
                 | None => Err(AppError::NotAppCommand),
@@ -316,6 +328,36 @@ impl Inner {
     fn known(&self, name: &str) -> Result<Arc<App>, AppError> {
         let name = parse_app(name)?;
         self.get(&name).ok_or(AppError::NotDeployed(name))
+    }
+
+    /// Starts counting the app's requests from its access log (or takes the new spec's
+    /// health path and log mode); before its new master starts, so none are missed.
+    fn count_requests(&self, spec: &AppSpec) {
+        self.requests
+            .watch(spec, host_paths::access_log(&spec.name));
+    }
+
+    /// `QueryRequests`: the app's request counts since this agent started.
+    fn query_requests(&self, id: String, app: &str) -> CommandResult {
+        let found = self.known(app).and_then(|a| {
+            self.requests
+                .stats(&a.name)
+                .ok_or_else(|| AppError::NotDeployed(a.name.clone()))
+        });
+        match found {
+            Ok(stats) => CommandResult {
+                id,
+                status: command_result::Status::Ok as i32,
+                message: String::new(),
+                request_stats: Some(stats),
+            },
+            Err(e) => CommandResult {
+                id,
+                status: command_result::Status::Failed as i32,
+                message: e.to_string(),
+                request_stats: None,
+            },
+        }
     }
 
     /// The user of the spec this host runs `name` with, if it runs it.

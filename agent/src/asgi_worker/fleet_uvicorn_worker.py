@@ -21,10 +21,18 @@ at once as before (HTTP lets a server close an idle keep-alive connection).
 Only the public shape both uvicorn generations share is used (`Server.shutdown`,
 `Server.servers`, `server_state.connections`, a protocol's `cycle`); if any of it is
 missing the worker logs it and falls back to uvicorn's own shutdown.
+
+Access log: uvicorn's own access lines carry no response time, so the worker turns them
+off and writes fleet's line for every HTTP request itself, in the format the unit gives
+Gunicorn (`--access-logformat`, the same one sync workers use; agent/src/requests/) and
+through Gunicorn's access logger, so the lines land in the same file and are reopened on
+the same signals. The agent counts requests per release from that file.
 """
 
 import asyncio
+import inspect
 import logging
+import time
 
 try:
     # The maintained home of the worker class since uvicorn 0.30 (PyPI `uvicorn-worker`).
@@ -84,8 +92,111 @@ def _install():
     Server.shutdown = shutdown
 
 
+class _Atoms(dict):
+    """Gunicorn's access-log atoms; any the format names that ASGI has no value for is '-'
+    (as Gunicorn's own SafeAtoms does)."""
+
+    def __missing__(self, key):
+        return "-"
+
+
+def _target(scope):
+    """The request target as the client sent it, with nothing that could end the line or
+    split a field: bytes outside printable ASCII, space and '"' are %-escaped."""
+    raw = scope.get("raw_path")
+    if not raw:
+        raw = scope.get("path", "").encode("utf-8", "surrogateescape")
+    query = scope.get("query_string") or b""
+    if query:
+        raw = raw + b"?" + query
+    return "".join(
+        chr(b) if 0x21 <= b <= 0x7E and b != 0x22 else "%%%02X" % b for b in raw
+    )
+
+
+def _is_asgi3(app):
+    # uvicorn's own test for the interface (Config.load, interface = "auto").
+    if inspect.isclass(app):
+        return hasattr(app, "__await__")
+    if inspect.isfunction(app):
+        return asyncio.iscoroutinefunction(app)
+    return asyncio.iscoroutinefunction(getattr(app, "__call__", None))
+
+
+class _AccessLog:
+    """ASGI wrapper: times each HTTP request from the call to the app's return, takes the
+    status from `http.response.start` and writes one access line."""
+
+    def __init__(self, app, logger, fmt):
+        if not _is_asgi3(app):
+            from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+            app = ASGI2Middleware(app)
+        self.app = app
+        self.logger = logger
+        self.fmt = fmt
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        start = time.monotonic()
+        sent = {"status": None, "bytes": 0}
+
+        async def timed_send(message):
+            kind = message.get("type")
+            if kind == "http.response.start":
+                sent["status"] = message.get("status")
+            elif kind == "http.response.body":
+                sent["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        status = None
+        try:
+            await self.app(scope, receive, timed_send)
+        except Exception:
+            # uvicorn answers 500 when the app raises before it started a response.
+            status = 500
+            raise
+        except BaseException:
+            # Cancelled (the client went away): nginx's "client closed request".
+            status = 499
+            raise
+        finally:
+            # An app that returns without a response gets uvicorn's 500.
+            self._write(scope, sent["status"] or status or 500, time.monotonic() - start, sent["bytes"])
+
+    def _write(self, scope, status, seconds, size):
+        try:
+            client = scope.get("client")
+            atoms = _Atoms(
+                s=str(status),
+                D=str(int(seconds * 1_000_000)),
+                r="%s %s HTTP/%s"
+                % (scope.get("method", "-"), _target(scope), scope.get("http_version", "1.1")),
+                m=scope.get("method", "-"),
+                h=client[0] if client else "-",
+                b=str(size),
+                t=time.strftime("[%d/%b/%Y:%H:%M:%S %z]"),
+            )
+            self.logger.info(self.fmt % atoms)
+        except Exception as e:
+            # Never fail a request over its log line.
+            _log.warning("fleet worker: cannot write the access line: %s", e)
+
+
 class UvicornWorker(_Base):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # uvicorn's access lines off (no response time in them): _AccessLog writes fleet's.
+        access = logging.getLogger("uvicorn.access")
+        access.handlers = []
+        access.propagate = False
+        self.config.access_log = False
+
     def run(self):
-        # In the worker process only (after the fork), before uvicorn builds its Server.
+        # In the worker process only (after the fork), before uvicorn builds its Server
+        # (which takes `self.wsgi` as the app).
         _install()
+        if self.cfg.accesslog:
+            self.wsgi = _AccessLog(self.wsgi, self.log.access_log, self.cfg.access_log_format)
         return super().run()

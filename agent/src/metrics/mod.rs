@@ -43,6 +43,7 @@ pub use fleet_proto::exposition::Format;
 
 use fleet_proto::exposition as text;
 
+use crate::requests::Requests;
 use crate::state::StateDir;
 use encode::{family, single};
 pub use node::NodeSettings;
@@ -138,6 +139,7 @@ pub struct Metrics {
     registry: Registry,
     agent: Arc<AgentCollector>,
     apps: AppMetrics,
+    requests: Requests,
     /// One scrape at a time: the node snapshot and the scrape duration belong to it.
     scrape: Mutex<()>,
 }
@@ -175,10 +177,13 @@ impl Metrics {
         registry.register_collector(Box::new(node));
         registry.register_collector(Box::new(agent.clone()));
         apps.register(&mut registry);
+        let requests = Requests::default();
+        requests.register(&mut registry);
         let metrics = Metrics {
             registry,
             agent,
             apps,
+            requests,
             scrape: Mutex::new(()),
         };
         if let Some(t) = textfile {
@@ -210,6 +215,11 @@ impl Metrics {
     /// The handle the app manager reports through.
     pub fn apps(&self) -> AppMetrics {
         self.apps.clone()
+    }
+
+    /// The request counts the app manager feeds from access logs (`crate::requests`).
+    pub fn requests(&self) -> Requests {
+        self.requests.clone()
     }
 
     /// One scrape: the node collectors read the host (blocking I/O) while encoding.

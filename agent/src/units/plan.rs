@@ -187,6 +187,7 @@ mod tests {
     fn runtime() -> Runtime {
         Runtime {
             gunicorn: SYSTEM_GUNICORN.into(),
+            release: "r1".parse().unwrap(),
         }
     }
 

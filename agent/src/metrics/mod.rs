@@ -306,6 +306,9 @@ mod tests {
             ("fleet_app_cpu_seconds_total", "counter"),
             ("fleet_app_health_probe_duration_seconds", "histogram"),
             ("fleet_app_crash_loop", "gauge"),
+            ("fleet_app_http_requests_total", "counter"),
+            ("fleet_app_http_request_duration_seconds", "histogram"),
+            ("fleet_app_access_log_unparsed_total", "counter"),
         ] {
             assert_eq!(get(name), Some(kind), "{name}");
         }

@@ -236,8 +236,9 @@ fn requests_are_counted_per_release_from_the_access_log() {
                 app.name
             ),
         )
+        .trim()
         .parse()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{}: grep -c: {e}", app.name));
         assert!(probes > 0, "{}: no probe lines in its access log", app.name);
     }
     // The sync app in journal mode: its access log is a file, its error log the journal.

@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(lines(&mut t), ["<long>", "ok3"]);
         // Exactly at the bound is still a line.
         let edge = "y".repeat(MAX_LINE);
-        append(&p, &format!("{}", &edge[..10]));
+        append(&p, &edge[..10]);
         lines(&mut t);
         append(&p, &format!("{}\n", &edge[10..]));
         assert_eq!(lines(&mut t), [edge]);

@@ -13,7 +13,7 @@ use fleet_proto::v1::agent_channel_server::{AgentChannel, AgentChannelServer};
 use fleet_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use fleet_proto::v1::{
     agent_message, command, command_result, controller_message, AgentMessage, Command,
-    ControllerMessage, JoinRequest, JoinResponse, Ping, RenewResponse, Welcome,
+    ControllerMessage, JoinRequest, JoinResponse, Ping, QueryRequests, RenewResponse, Welcome,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose,
@@ -368,14 +368,26 @@ async fn join_then_run_speaks_the_protocol() {
     })))
     .await
     .unwrap();
+    // Answered by the app manager (from a task of its own, so maybe after the others):
+    // this agent runs no app, so it has no counts to give.
+    tx.send(to_agent(controller_message::Body::Command(Command {
+        id: "q1".into(),
+        kind: Some(command::Kind::QueryRequests(QueryRequests {
+            app: "shop".into(),
+        })),
+    })))
+    .await
+    .unwrap();
     // An empty oneof (a message kind from the future) is ignored.
     tx.send(Ok(ControllerMessage { body: None })).await.unwrap();
 
     let mut results = Vec::new();
     let mut renew = None;
     let mut heartbeats = Vec::new();
-    while results.len() < 2 || renew.is_none() || heartbeats.is_empty() {
+    let mut query = None;
+    while results.len() < 2 || query.is_none() || renew.is_none() || heartbeats.is_empty() {
         match recv(&mut rx).await {
+            agent_message::Body::Result(r) if r.id == "q1" => query = Some(r),
             agent_message::Body::Result(r) => results.push((r.id.clone(), r.status())),
             agent_message::Body::Renew(r) => renew = Some(r),
             agent_message::Body::Heartbeat(h) => heartbeats.push(h.seq),
@@ -389,6 +401,10 @@ async fn join_then_run_speaks_the_protocol() {
             ("future".to_string(), command_result::Status::Unsupported),
         ]
     );
+    let query = query.unwrap();
+    assert_eq!(query.status(), command_result::Status::Failed, "{query:?}");
+    assert_eq!(query.message, "app shop is not deployed on this host");
+    assert!(query.request_stats.is_none());
     assert_eq!(heartbeats[0], 1);
 
     // Renewal on the same stream: same key, new certificate written in place.

@@ -60,12 +60,18 @@ fn deploy(lab: &Lab, dir: &std::path::Path, app: &App, version: &str) {
     let spec_path = release::write(dir, &format!("{}.toml", app.name), spec.as_bytes()).unwrap();
     ctl(lab, &["app", "apply", spec_path.to_str().unwrap()]);
     let tar = release::sample(app.fixture, version, &[]).unwrap();
-    let tar_path =
-        release::write(dir, &format!("{}-{version}.tar.gz", app.name), &tar).unwrap();
+    let tar_path = release::write(dir, &format!("{}-{version}.tar.gz", app.name), &tar).unwrap();
     let tar_path = tar_path.to_str().unwrap();
     ctl(
         lab,
-        &["release", "upload", app.name, tar_path, "--version", version],
+        &[
+            "release",
+            "upload",
+            app.name,
+            tar_path,
+            "--version",
+            version,
+        ],
     );
     ctl(lab, &["deploy", app.name, "--version", version]);
 }
@@ -174,7 +180,12 @@ fn expect(lab: &Lab, app: &App, rel: &str, batches: u64, fast_seen: u64) -> Stri
         let c = counts(&page, app.name, rel);
         if c.as_ref().is_some_and(|c| c.classes == want) {
             let c = c.unwrap();
-            assert_eq!((c.count, c.inf), (3.0 * n, 3.0 * n), "{} {rel}: {c:?}", app.name);
+            assert_eq!(
+                (c.count, c.inf),
+                (3.0 * n, 3.0 * n),
+                "{} {rel}: {c:?}",
+                app.name
+            );
             assert!(
                 c.fast <= 2.0 * n && c.fast >= fast_seen as f64,
                 "{} {rel}: {} responses within {FAST_LE}s, want {fast_seen}..={}: {c:?}",
@@ -182,9 +193,18 @@ fn expect(lab: &Lab, app: &App, rel: &str, batches: u64, fast_seen: u64) -> Stri
                 c.fast,
                 2.0 * n
             );
-            assert!(c.sum >= n * 0.2, "{} {rel}: the slow ones alone take {}s: {c:?}", app.name, n * 0.2);
+            assert!(
+                c.sum >= n * 0.2,
+                "{} {rel}: the slow ones alone take {}s: {c:?}",
+                app.name,
+                n * 0.2
+            );
             assert_eq!(
-                value(&page, "fleet_app_access_log_unparsed_total", &[("app", app.name)]),
+                value(
+                    &page,
+                    "fleet_app_access_log_unparsed_total",
+                    &[("app", app.name)]
+                ),
                 Some(0.0),
                 "{}: every line is fleet's",
                 app.name
@@ -215,7 +235,10 @@ fn requests_are_counted_per_release_from_the_access_log() {
     }
     // Before any request: the families are there, no series for requests not made.
     let page = scrape(&lab);
-    assert!(page.contains("# TYPE fleet_app_http_requests_total counter"), "{page}");
+    assert!(
+        page.contains("# TYPE fleet_app_http_requests_total counter"),
+        "{page}"
+    );
     assert!(
         page.contains("# TYPE fleet_app_http_request_duration_seconds histogram"),
         "{page}"
@@ -268,6 +291,11 @@ fn requests_are_counted_per_release_from_the_access_log() {
         let page = expect(&lab, app, "2.0", 1, seen);
         let v1 = counts(&page, app.name, "1.0").unwrap();
         let n = (K * batches_v1) as f64;
-        assert_eq!(v1.classes, [0.0, 2.0 * n, 0.0, 0.0, n], "{} 1.0 after the deploy", app.name);
+        assert_eq!(
+            v1.classes,
+            [0.0, 2.0 * n, 0.0, 0.0, n],
+            "{} 1.0 after the deploy",
+            app.name
+        );
     }
 }

@@ -341,6 +341,20 @@ mod tests {
     }
 
     #[test]
+    fn a_big_file_found_at_agent_start_is_emptied_without_counting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("access.log");
+        append(&p, &"old line\n".repeat(100));
+        let mut t = Tail::new(p.clone(), true);
+        assert!(lines(&mut t).is_empty());
+        let mut seen = 0;
+        assert!(t.truncate_over(10, &mut |_| seen += 1).unwrap());
+        assert_eq!((seen, std::fs::metadata(&p).unwrap().len()), (0, 0));
+        append(&p, "new\n");
+        assert_eq!(lines(&mut t), ["new"]);
+    }
+
+    #[test]
     fn overlong_lines_are_reported_once_and_memory_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("access.log");

@@ -29,6 +29,7 @@ pub mod releases;
 pub mod rollout;
 pub mod sd;
 pub mod sealing;
+pub mod secrets;
 pub mod server;
 pub mod servercert;
 pub mod sessions;

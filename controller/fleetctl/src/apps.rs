@@ -1,13 +1,11 @@
-//! `fleetctl app apply|list|show`, `release upload`, `secret set`.
+//! `fleetctl app apply|list|show`, `release upload`.
 
 use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use fleet_proto::spec::{AppName, AppSpec};
-use fleet_proto::v1::{
-    ApplyAppRequest, GetAppRequest, ListAppsRequest, SetSecretRequest, UploadReleaseChunk,
-};
+use fleet_proto::v1::{ApplyAppRequest, GetAppRequest, ListAppsRequest, UploadReleaseChunk};
 use serde_json::json;
 
 use crate::client::Conn;
@@ -32,12 +30,6 @@ pub enum ReleaseCmd {
         #[arg(long)]
         version: String,
     },
-}
-
-#[derive(Subcommand)]
-pub enum SecretCmd {
-    /// Set a secret; the value is read from stdin (never from the command line).
-    Set { app: AppName, key: String },
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -205,42 +197,6 @@ pub async fn release(conn: &Conn, cmd: ReleaseCmd, format: Format) -> anyhow::Re
             },
             resp.size,
             resp.sha256
-        ),
-    }
-    Ok(())
-}
-
-pub async fn secret(conn: &Conn, cmd: SecretCmd, format: Format) -> anyhow::Result<()> {
-    let SecretCmd::Set { app, key } = cmd;
-    let mut value = String::new();
-    std::io::stdin()
-        .read_to_string(&mut value)
-        .map_err(|e| anyhow::anyhow!("cannot read the secret value from stdin: {e}"))?;
-    // `echo value | fleetctl secret set` adds one newline that is not part of the secret.
-    if value.ends_with('\n') {
-        value.pop();
-        if value.ends_with('\r') {
-            value.pop();
-        }
-    }
-    let resp = conn
-        .admin()
-        .await?
-        .set_secret(SetSecretRequest {
-            app: app.to_string(),
-            key: key.clone(),
-            value,
-        })
-        .await
-        .map_err(|s| conn.status(s))?
-        .into_inner();
-    match format {
-        Format::Json => {
-            output::json(&json!({"app": app.as_str(), "key": key, "created": resp.created}))
-        }
-        Format::Table => println!(
-            "secret {key} of {app} {}",
-            if resp.created { "set" } else { "changed" }
         ),
     }
     Ok(())

@@ -15,6 +15,7 @@ mod output;
 mod progress;
 mod rollout;
 mod run;
+mod secret;
 mod token;
 
 use std::path::PathBuf;
@@ -82,7 +83,7 @@ enum Command {
     Release(apps::ReleaseCmd),
     /// Per-app secrets (values from stdin, never printed).
     #[command(subcommand)]
-    Secret(apps::SecretCmd),
+    Secret(secret::SecretCmd),
     /// Install and start a release on hosts, all at once.
     Deploy(run::DeployArgs),
     /// Restart an app (graceful: connections queue in the socket meanwhile).
@@ -159,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { since, limit } => audit::run(&conn, since, limit, cli.output).await,
         Command::App(cmd) => apps::app(&conn, cmd, cli.output).await,
         Command::Release(cmd) => apps::release(&conn, cmd, cli.output).await,
-        Command::Secret(cmd) => apps::secret(&conn, cmd, cli.output).await,
+        Command::Secret(cmd) => secret::run(&conn, cmd, cli.output).await,
         Command::Deploy(args) => run::deploy(&conn, args, cli.output).await,
         Command::Restart(args) => run::restart(&conn, args, false, cli.output).await,
         Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,

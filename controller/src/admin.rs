@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apps;
 use crate::auth::Caller;
+use crate::catalog;
 use crate::paging;
 use crate::ratelimit::MAX_BULK_PER_MINUTE;
 use crate::releases;
@@ -310,6 +311,21 @@ impl Admin for AdminService {
     ) -> Result<Response<SetSecretResponse>, Status> {
         let actor = Caller::from_request(&request)?.actor();
         secrets::set(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<ListReleasesRequest>,
+    ) -> Result<Response<ListReleasesResponse>, Status> {
+        catalog::list(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn remove_release(
+        &self,
+        request: Request<RemoveReleaseRequest>,
+    ) -> Result<Response<RemoveReleaseResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        catalog::remove(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn list_secrets(

@@ -8,6 +8,7 @@ pub mod agentpkg;
 pub mod apps;
 pub mod auth;
 pub mod blobs;
+pub mod catalog;
 pub mod channel;
 pub mod cli;
 pub mod commands;

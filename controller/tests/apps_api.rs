@@ -224,6 +224,68 @@ fn secrets_are_listed_without_values_and_unset_with_care() {
 }
 
 #[test]
+fn releases_are_listed_removed_and_pruned_past_the_retention() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("c.toml");
+    std::fs::write(&path, "release_retention = 2\n").unwrap();
+    let fleet = Fleet::start(&["--config", path.to_str().unwrap()]);
+    let spec = write(&fleet, "shop.toml", SPEC.as_bytes());
+    fleet.ok(&["app", "apply", &spec]);
+    let blobs = || {
+        std::fs::read_dir(fleet.data_dir().join("blobs"))
+            .unwrap()
+            .count()
+    };
+    for v in ["1.0", "2.0"] {
+        let t = write(&fleet, &format!("{v}.tar.gz"), &tarball(v.as_bytes()));
+        fleet.ok(&["release", "upload", "shop", &t, "--version", v]);
+    }
+    let before = blobs();
+    let list: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["release", "list", "shop", "--output", "json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(
+        list[0]["uploaded_by"].as_str().unwrap().contains("admin"),
+        "{list}"
+    );
+    assert_eq!(list[0]["running_hosts"], 0);
+    assert_eq!(list[0]["sha256"].as_str().unwrap().len(), 64);
+
+    // A third upload prunes the oldest unused one (and its blob) down to 2.
+    let t = write(&fleet, "3.0.tar.gz", &tarball(b"3.0"));
+    fleet.ok(&["release", "upload", "shop", &t, "--version", "3.0"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["release", "list", "shop", "--output", "json"])).unwrap();
+    let versions: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["2.0", "3.0"]);
+    assert_eq!(blobs(), before, "the pruned release's blob is gone");
+    let audit = fleet.ok(&["audit"]);
+    assert!(
+        audit.contains("release.prune") && audit.contains("1.0"),
+        "{audit}"
+    );
+
+    let out = fleet.ok(&["release", "remove", "shop", "2.0"]);
+    assert!(
+        out.contains("removed") && out.contains("bytes freed"),
+        "{out}"
+    );
+    assert_eq!(blobs(), before - 1);
+    let err = fail(&fleet, &["release", "remove", "shop", "2.0"]);
+    assert!(err.contains("no release 2.0"), "{err}");
+    let err = fail(&fleet, &["release", "remove", "shop", "../x"]);
+    assert!(err.contains("version"), "{err}");
+    let table = fleet.ok(&["release", "list", "shop"]);
+    assert!(table.contains("3.0") && !table.contains("2.0 "), "{table}");
+    assert!(fleet.ok(&["audit"]).contains("release.remove"));
+}
+
+#[test]
 fn oversize_release_is_refused() {
     let cfg = tempfile::tempdir().unwrap();
     let path = cfg.path().join("c.toml");

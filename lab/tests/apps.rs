@@ -185,6 +185,18 @@ fn apps_deploy_serve_report_and_survive() {
         }
     }
 
+    // --- a release hosts run is listed with them and cannot be removed
+    let list: Vec<Value> =
+        serde_json::from_str(&ctl(&lab, &["release", "list", "shop", "--output", "json"])).unwrap();
+    let r = list.iter().find(|r| r["version"] == "1.0").unwrap();
+    assert_eq!(r["running_hosts"], 3, "{r}");
+    assert_eq!(r["desired_hosts"], 3, "{r}");
+    let err = ctl_err(&lab, &["release", "remove", "shop", "1.0"]);
+    assert!(
+        err.contains("in use") && err.contains("3 host(s) run it"),
+        "{err}"
+    );
+
     // --- the units are hardened and clean, the env file private and exact
     let verify = lab
         .exec_output(

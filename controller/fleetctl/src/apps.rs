@@ -1,11 +1,10 @@
-//! `fleetctl app apply|list|show`, `release upload`.
+//! `fleetctl app apply|list|show`.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use fleet_proto::spec::{AppName, AppSpec};
-use fleet_proto::v1::{ApplyAppRequest, GetAppRequest, ListAppsRequest, UploadReleaseChunk};
+use fleet_proto::v1::{ApplyAppRequest, GetAppRequest, ListAppsRequest};
 use serde_json::json;
 
 use crate::client::Conn;
@@ -20,19 +19,6 @@ pub enum AppCmd {
     /// Show an app's spec, releases and which secrets are set.
     Show { app: AppName },
 }
-
-#[derive(Subcommand)]
-pub enum ReleaseCmd {
-    /// Upload a release tarball (its root is the app directory).
-    Upload {
-        app: AppName,
-        file: PathBuf,
-        #[arg(long)]
-        version: String,
-    },
-}
-
-const CHUNK: usize = 256 * 1024;
 
 pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
@@ -137,67 +123,6 @@ pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()>
                 }
             }
         }
-    }
-    Ok(())
-}
-
-pub async fn release(conn: &Conn, cmd: ReleaseCmd, format: Format) -> anyhow::Result<()> {
-    let ReleaseCmd::Upload { app, file, version } = cmd;
-    let mut f = std::fs::File::open(&file)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
-    let size = f.metadata()?.len();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let header = UploadReleaseChunk {
-        app: app.to_string(),
-        version: version.clone(),
-        size,
-        data: vec![],
-    };
-    // Reads on a blocking thread so a large file streams without being held in memory.
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if tx.blocking_send(header).is_err() {
-            return Ok(());
-        }
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.truncate(n);
-            if tx
-                .blocking_send(UploadReleaseChunk {
-                    data: buf,
-                    ..Default::default()
-                })
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-    });
-    let resp = conn
-        .admin()
-        .await?
-        .upload_release(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| conn.status(s))?
-        .into_inner();
-    reader.await??;
-    match format {
-        Format::Json => output::json(
-            &json!({"app": app.as_str(), "version": version, "sha256": resp.sha256, "size": resp.size, "created": resp.created}),
-        ),
-        Format::Table => println!(
-            "{} {app} {version}: {} bytes, sha256 {}",
-            if resp.created {
-                "uploaded"
-            } else {
-                "already present:"
-            },
-            resp.size,
-            resp.sha256
-        ),
     }
     Ok(())
 }

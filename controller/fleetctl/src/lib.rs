@@ -13,6 +13,7 @@ mod hosts;
 mod identity;
 mod output;
 mod progress;
+mod release;
 mod rollout;
 mod run;
 mod secret;
@@ -80,7 +81,7 @@ enum Command {
     App(apps::AppCmd),
     /// Release tarballs.
     #[command(subcommand)]
-    Release(apps::ReleaseCmd),
+    Release(release::ReleaseCmd),
     /// Per-app secrets (values from stdin, never printed).
     #[command(subcommand)]
     Secret(secret::SecretCmd),
@@ -159,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => hosts::run(&conn, cmd, cli.output).await,
         Command::Audit { since, limit } => audit::run(&conn, since, limit, cli.output).await,
         Command::App(cmd) => apps::app(&conn, cmd, cli.output).await,
-        Command::Release(cmd) => apps::release(&conn, cmd, cli.output).await,
+        Command::Release(cmd) => release::run(&conn, cmd, cli.output).await,
         Command::Secret(cmd) => secret::run(&conn, cmd, cli.output).await,
         Command::Deploy(args) => run::deploy(&conn, args, cli.output).await,
         Command::Restart(args) => run::restart(&conn, args, false, cli.output).await,

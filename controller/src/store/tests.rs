@@ -164,6 +164,7 @@ fn releases_are_per_app_and_never_overwritten() {
         sha256: sha.into(),
         size: 1,
         uploaded_at: at,
+        uploaded_by: String::new(),
     };
     assert!(s
         .put_release_if_absent(&rec("shop", "1", "aa", 2))
@@ -191,6 +192,31 @@ fn releases_are_per_app_and_never_overwritten() {
     assert_eq!(versions, ["0", "1"]);
     assert!(s.blob_in_use("cc").unwrap());
     assert!(!s.blob_in_use("dd").unwrap());
+
+    let commits = s.commits();
+    assert_eq!(s.remove_release("shop", "9").unwrap(), None);
+    assert_eq!(s.commits(), commits, "removing nothing writes nothing");
+    assert_eq!(s.remove_release("shop", "1").unwrap().unwrap().sha256, "aa");
+    assert!(!s.blob_in_use("aa").unwrap());
+    assert!(s.release("shop", "1").unwrap().is_none());
+    assert!(s.release("shopx", "1").unwrap().is_some());
+}
+
+#[test]
+fn desired_versions_count_hosts_per_release_of_one_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let d =
+        |v: &str| serde_json::json!({"version": v, "min_healthy_ms": 0, "healthy_deadline_ms": 0});
+    s.set_desired("shop", "h1", Some(&d("1"))).unwrap();
+    s.set_desired("shop", "h2", Some(&d("2"))).unwrap();
+    s.set_desired("shop", "h3", Some(&d("2"))).unwrap();
+    s.set_desired("shopx", "h1", Some(&d("1"))).unwrap();
+    let got = s.desired_versions("shop").unwrap();
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        [("1".into(), 1), ("2".into(), 2)]
+    );
 }
 
 #[test]

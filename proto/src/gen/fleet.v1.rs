@@ -858,6 +858,61 @@ pub struct SetSecretResponse {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListReleasesRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseEntry {
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Unix seconds.
+    #[prost(int64, tag = "4")]
+    pub uploaded_at: i64,
+    /// Empty for a release uploaded before fleet recorded it.
+    #[prost(string, tag = "5")]
+    pub uploaded_by: ::prost::alloc::string::String,
+    /// Hosts whose agent reports running it now, and the first of them by name.
+    #[prost(uint32, tag = "6")]
+    pub running_hosts: u32,
+    #[prost(string, repeated, tag = "7")]
+    pub running_sample: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Hosts the controller would bring to it (their desired release).
+    #[prost(uint32, tag = "8")]
+    pub desired_hosts: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListReleasesResponse {
+    /// Oldest upload first.
+    #[prost(message, repeated, tag = "1")]
+    pub releases: ::prost::alloc::vec::Vec<ReleaseEntry>,
+    /// The controller keeps at most this many releases per app (`release_retention`).
+    #[prost(uint32, tag = "2")]
+    pub retention: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveReleaseRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveReleaseResponse {
+    /// Bytes of blob storage freed (0 when another release has the same bytes).
+    #[prost(uint64, tag = "1")]
+    pub freed_bytes: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListSecretsRequest {
     #[prost(string, tag = "1")]
     pub app: ::prost::alloc::string::String,
@@ -2208,6 +2263,54 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "UploadRelease"));
             self.inner.client_streaming(req, path, codec).await
         }
+        pub async fn list_releases(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListReleasesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListReleasesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ListReleases",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ListReleases"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn remove_release(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveReleaseResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RemoveRelease",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "RemoveRelease"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn set_secret(
             &mut self,
             request: impl tonic::IntoRequest<super::SetSecretRequest>,
@@ -2722,6 +2825,20 @@ pub mod admin_server {
             request: tonic::Request<tonic::Streaming<super::UploadReleaseChunk>>,
         ) -> std::result::Result<
             tonic::Response<super::UploadReleaseResponse>,
+            tonic::Status,
+        >;
+        async fn list_releases(
+            &self,
+            request: tonic::Request<super::ListReleasesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListReleasesResponse>,
+            tonic::Status,
+        >;
+        async fn remove_release(
+            &self,
+            request: tonic::Request<super::RemoveReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveReleaseResponse>,
             tonic::Status,
         >;
         async fn set_secret(
@@ -3443,6 +3560,96 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ListReleases" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListReleasesSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ListReleasesRequest>
+                    for ListReleasesSvc<T> {
+                        type Response = super::ListReleasesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListReleasesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_releases(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListReleasesSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RemoveRelease" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveReleaseSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::RemoveReleaseRequest>
+                    for RemoveReleaseSvc<T> {
+                        type Response = super::RemoveReleaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveReleaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::remove_release(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveReleaseSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -185,6 +185,25 @@ fn apps_deploy_serve_report_and_survive() {
         }
     }
 
+    // --- the overview: one line per app, nothing needing attention
+    let overview = ctl(&lab, &["status"]);
+    for app in ["shop", "api"] {
+        assert!(
+            overview
+                .lines()
+                .any(|l| l.starts_with(app) && l.contains("1.0 ×3")),
+            "{overview}"
+        );
+    }
+    assert!(
+        overview.contains("every host of every app is up"),
+        "{overview}"
+    );
+    let all: Vec<Value> =
+        serde_json::from_str(&ctl(&lab, &["status", "--output", "json"])).unwrap();
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(all.iter().all(|e| e.get("attention").is_none()), "{all:?}");
+
     // --- a release hosts run is listed with them and cannot be removed
     let list: Vec<Value> =
         serde_json::from_str(&ctl(&lab, &["release", "list", "shop", "--output", "json"])).unwrap();

@@ -12,6 +12,7 @@ mod firewall;
 mod hosts;
 mod identity;
 mod output;
+mod overview;
 mod progress;
 mod release;
 mod rollout;
@@ -91,8 +92,14 @@ enum Command {
     Restart(run::RestartArgs),
     /// Reload an app's code in place (HUP after a preflight import).
     Reload(run::RestartArgs),
-    /// Per host: release, state, health, restarts, main pid.
-    Status { app: Option<String> },
+    /// Per host: release, state, health, restarts, main pid. Without an app: every app
+    /// at a glance and the hosts that need attention, worst first.
+    Status {
+        app: Option<String>,
+        /// Without an app: list every host, not only those needing attention.
+        #[arg(long)]
+        all: bool,
+    },
     /// The app's journal lines from its hosts, prefixed by host.
     Logs(run::LogsArgs),
     /// Host firewall policy (the agent-owned `inet fleet` nftables table).
@@ -165,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => run::deploy(&conn, args, cli.output).await,
         Command::Restart(args) => run::restart(&conn, args, false, cli.output).await,
         Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
-        Command::Status { app } => run::status(&conn, app, cli.output).await,
+        Command::Status { app, all } => run::status(&conn, app, all, cli.output).await,
         Command::Logs(args) => run::logs(&conn, args).await,
         Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,

@@ -99,7 +99,7 @@ fn seal_old_secrets(store: &Store, sealer: &Sealer) -> anyhow::Result<()> {
             continue;
         }
         if let Some((app, key)) = slot.split_once('/') {
-            store.set_secret(app, key, &sealer.seal(&slot, &value))?;
+            store.set_secret(app, key, &sealer.seal(&slot, &value), None)?;
             sealed += 1;
         }
     }

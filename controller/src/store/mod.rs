@@ -28,6 +28,7 @@ pub use audit::AuditRecord;
 pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};
 pub use hosts::{HostRecord, IssuedSerial};
 pub use releases::{AgentPackageRecord, ReleaseRecord};
+pub use secrets::SecretMeta;
 
 use tables::{open_every_table, JsonTable, META};
 

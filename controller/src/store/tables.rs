@@ -18,6 +18,8 @@ pub(super) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps
 pub(super) const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// Key: `<app>/<KEY>`; value: the secret. The store file is 0600 in a 0700 directory.
 pub(super) const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
+/// Key: `<app>/<KEY>` as in `SECRETS`; value: JSON `SecretMeta` (when and by whom).
+pub(super) const SECRET_META: TableDefinition<&str, &[u8]> = TableDefinition::new("secret_meta");
 /// The fleet-wide firewall policy: key `policy` (TOML) and `applied_at_ms`.
 pub(super) const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
 /// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
@@ -50,6 +52,7 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     tx.open_table(APPS).map_err(db_err)?;
     tx.open_table(RELEASES).map_err(db_err)?;
     tx.open_table(SECRETS).map_err(db_err)?;
+    tx.open_table(SECRET_META).map_err(db_err)?;
     tx.open_table(FIREWALL).map_err(db_err)?;
     tx.open_table(ROLLOUTS).map_err(db_err)?;
     tx.open_table(DESIRED).map_err(db_err)?;

@@ -276,7 +276,8 @@ fn log_files_rotate_under_load_losing_nothing() {
     );
     let unit = sh(&lab, &format!("cat {UNIT}"));
     assert!(
-        unit.contains("--access-logfile /var/log/fleet/shop/access.log --error-logfile /var/log/fleet/shop/error.log"),
+        unit.contains("--access-logfile /var/log/fleet/shop/access.log --access-logformat ")
+            && unit.contains(" --error-logfile /var/log/fleet/shop/error.log "),
         "{unit}"
     );
     let limits = sh(
@@ -447,8 +448,9 @@ fn bad_settings_change_nothing_and_journal_mode_comes_back() {
     ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
     assert_eq!(fingerprint(&lab), before, "a refused spec changed the host");
 
-    // --- back to the journal: the logrotate file goes, Gunicorn logs to stderr again,
-    // fleetctl logs reads the journal
+    // --- back to the journal: the logrotate file goes, Gunicorn logs to stderr again
+    // (the access log stays a file: the agent counts requests from it), fleetctl logs
+    // reads the journal
     apply_and_deploy(&lab, work.path(), "shop", "wsgi", "", "2.0");
     assert_eq!(
         sh(
@@ -460,7 +462,9 @@ fn bad_settings_change_nothing_and_journal_mode_comes_back() {
     );
     let unit = sh(&lab, &format!("cat {UNIT}"));
     assert!(
-        !unit.contains("logfile") && !unit.contains("LogRateLimit"),
+        !unit.contains("--error-logfile")
+            && !unit.contains("LogRateLimit")
+            && unit.contains("--access-logfile /var/log/fleet/shop/access.log "),
         "{unit}"
     );
     let out = ctl(&lab, &["logs", "shop", "-n", "20"]);

@@ -174,8 +174,9 @@ fn jobs(socket_changed: bool, had_release: bool, service_running: bool) -> (JobK
     (socket, service)
 }
 
-/// The release's own gunicorn if its venv has one (run through `current`, so the unit
-/// does not change between releases), else Debian's.
+/// The release's own gunicorn if its venv has one (run through `current`, so its path
+/// does not change between releases), else Debian's; and the release, which the unit
+/// writes into every access line.
 fn runtime_for(release_dir: &Path, app_dir: &Path, version: &Version) -> Runtime {
     let has_own = venv_bin(release_dir).is_some_and(|b| b.join("gunicorn").exists());
     Runtime {

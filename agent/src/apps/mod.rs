@@ -1,7 +1,8 @@
 //! The app manager: every app on this host, for the whole life of `fleet-agent run` (not
 //! per session). It answers the app commands (Stage, Activate, Restart, TailLogs,
-//! StopLogs), watches each app's service unit over D-Bus (PropertiesChanged, no polling)
-//! and probes its health, and pushes `AppState` on every change and `Event`s for crashes.
+//! StopLogs, RunPreStart, and QueryRequests from the counts of `crate::requests`), watches
+//! each app's service unit over D-Bus (PropertiesChanged, no polling) and probes its
+//! health, and pushes `AppState` on every change and `Event`s for crashes.
 //!
 //! Apps are systemd's, not the agent's: the agent starts, restarts or reloads a unit only
 //! when a command says so. On agent start it re-adopts what it ran before (from

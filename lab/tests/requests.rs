@@ -2,13 +2,16 @@
 //! Gunicorn app (journal log mode) and a uvicorn app (files log mode, rotated mid-test by
 //! real logrotate) get real requests from the outer machine; the agent's /metrics counts
 //! exactly those, per release and status class, with the slow ones in the right buckets
-//! and none of the agent's own health probes; after a deploy the new requests count for
-//! the new release and the old release's counts stay as they were.
+//! and none of the agent's own health probes; a deploy under load counts every request
+//! for the release that answered it (the old master's last ones for the old release), and
+//! after it the new requests count for the new release while the old one's stay as they were.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_lab::load::{self, Outcome};
@@ -167,12 +170,13 @@ fn counts(page: &str, app: &str, rel: &str) -> Option<Counts> {
     })
 }
 
-/// Waits (the agent reads once a second) until `app`'s `release` shows `batches` batches,
-/// then checks the buckets: every slow request above `FAST_LE`, at least `fast_seen` fast
-/// ones within it.
-fn expect(lab: &Lab, app: &App, rel: &str, batches: u64, fast_seen: u64) -> String {
+/// Waits (the agent reads once a second) until `app`'s `release` shows `batches` batches
+/// plus `extra` other 2xx requests (`/`), then checks the buckets: every slow request
+/// above `FAST_LE`, at least `fast_seen` fast ones within it.
+fn expect(lab: &Lab, app: &App, rel: &str, batches: u64, extra: u64, fast_seen: u64) -> String {
     let n = (K * batches) as f64;
-    let want = [0.0, 2.0 * n, 0.0, 0.0, n];
+    let x = extra as f64;
+    let want = [0.0, 2.0 * n + x, 0.0, 0.0, n];
     let mut last = None;
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -182,16 +186,16 @@ fn expect(lab: &Lab, app: &App, rel: &str, batches: u64, fast_seen: u64) -> Stri
             let c = c.unwrap();
             assert_eq!(
                 (c.count, c.inf),
-                (3.0 * n, 3.0 * n),
+                (3.0 * n + x, 3.0 * n + x),
                 "{} {rel}: {c:?}",
                 app.name
             );
             assert!(
-                c.fast <= 2.0 * n && c.fast >= fast_seen as f64,
+                c.fast <= 2.0 * n + x && c.fast >= fast_seen as f64,
                 "{} {rel}: {} responses within {FAST_LE}s, want {fast_seen}..={}: {c:?}",
                 app.name,
                 c.fast,
-                2.0 * n
+                2.0 * n + x
             );
             assert!(
                 c.sum >= n * 0.2,
@@ -247,7 +251,7 @@ fn requests_are_counted_per_release_from_the_access_log() {
     let mut fast = BTreeMap::new();
     for app in [&SHOP, &API] {
         fast.insert(app.name, batch(app, "1.0"));
-        expect(&lab, app, "1.0", 1, fast[app.name]);
+        expect(&lab, app, "1.0", 1, 0, fast[app.name]);
     }
 
     // The probes run every 500 ms and are written like any request, yet not counted.
@@ -280,22 +284,73 @@ fn requests_are_counted_per_release_from_the_access_log() {
         "logrotate did not rotate"
     );
     let more = batch(&API, "1.0");
-    expect(&lab, &API, "1.0", 2, fast["api"] + more);
+    expect(&lab, &API, "1.0", 2, 0, fast["api"] + more);
 
-    // A second release: its requests count for it; the first release's stay as they were.
-    for app in [&SHOP, &API] {
-        deploy(&lab, dir.path(), app, "2.0");
-    }
+    // A second release, deployed under load: every request counts for the release that
+    // answered it (the body names it), the old master's last ones for the old release.
     for (app, batches_v1) in [(&SHOP, 1), (&API, 2)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = steady_load(app, stop.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        deploy(&lab, dir.path(), app, "2.0");
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (answered, failed) = load.join().unwrap();
+        let (old, new) = (
+            answered.get("1.0").copied().unwrap_or(0),
+            answered.get("2.0").copied().unwrap_or(0),
+        );
+        assert!(
+            old > 0 && new > 0,
+            "{}: the load spans the restart: {answered:?}",
+            app.name
+        );
+        // Lines are written when a response is; the agent reads once a second.
+        std::thread::sleep(Duration::from_secs(3));
+        let page = scrape(&lab);
+        let n = K * batches_v1;
+        let ok = |rel: &str| counts(&page, app.name, rel).map_or(0, |c| c.classes[1] as u64);
+        let (v1, v2) = (ok("1.0").saturating_sub(2 * n), ok("2.0"));
+        // A failed request may or may not have reached the app; none is counted twice.
+        assert!(
+            v1 >= old && v2 >= new && v1 + v2 <= old + new + failed,
+            "{}: counted {v1} + {v2} during the deploy, answered {answered:?} ({failed} failed)",
+            app.name
+        );
+        let v1_counts = counts(&page, app.name, "1.0").unwrap();
+        assert_eq!(v1_counts.classes[4], n as f64, "{} 1.0 5xx", app.name);
+
+        // Then a batch against 2.0 alone; 1.0 stays as it was.
         let seen = batch(app, "2.0");
-        let page = expect(&lab, app, "2.0", 1, seen);
-        let v1 = counts(&page, app.name, "1.0").unwrap();
-        let n = (K * batches_v1) as f64;
+        let page = expect(&lab, app, "2.0", 1, v2, seen);
         assert_eq!(
-            v1.classes,
-            [0.0, 2.0 * n, 0.0, 0.0, n],
+            counts(&page, app.name, "1.0").unwrap(),
+            v1_counts,
             "{} 1.0 after the deploy",
             app.name
         );
     }
+}
+
+/// `/` requests one after another until `stop`: how many each release answered (from the
+/// body), and how many failed.
+fn steady_load(
+    app: &App,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(BTreeMap<String, u64>, u64)> {
+    let addr: SocketAddr = format!("{}:{}", host_addr(1), app.port).parse().unwrap();
+    std::thread::spawn(move || {
+        let mut answered = BTreeMap::new();
+        let mut failed = 0;
+        while !stop.load(Ordering::Relaxed) {
+            match load::request(addr, "/", Duration::from_secs(10)) {
+                Outcome::Ok(body) => {
+                    let rel = load::release_of(&body).unwrap_or("?").to_owned();
+                    *answered.entry(rel).or_insert(0) += 1;
+                }
+                Outcome::Failed(_) => failed += 1,
+            }
+        }
+        (answered, failed)
+    })
 }

@@ -3,8 +3,9 @@
 //!
 //! - Rename: the writers keep appending to the renamed file until Gunicorn reopens (USR1
 //!   at once; HUP lets old ASGI workers finish first, up to the graceful timeout), so the
-//!   old file is kept open and read ("draining") until it has been quiet for a while,
-//!   while the new file at the path is read from its start.
+//!   old file is kept open and read ("draining") until it has been quiet for a while or
+//!   is deleted (compressed by a later rotation), while the new file at the path is read
+//!   from its start.
 //! - Truncation (the file got shorter than the offset): read again from the start. The
 //!   lines written between the last read and the truncation are lost; lines are never
 //!   counted twice.
@@ -68,6 +69,11 @@ impl Reader {
             overlong: false,
             idle: 0,
         })
+    }
+
+    /// Whether the file has no name left (or cannot be looked at).
+    fn deleted(&self) -> bool {
+        self.file.metadata().map_or(true, |m| m.nlink() == 0)
     }
 
     /// Reads what was appended since the last call; returns the number of bytes.
@@ -154,7 +160,11 @@ impl Tail {
         for r in &mut self.draining {
             read += r.read_new(&mut self.buf, sink)?;
         }
-        self.draining.retain(|r| r.idle < DRAIN_POLLS);
+        // A renamed file that logrotate has since removed (compressed) is let go at once,
+        // once read to its end: the agent must not keep deleted logs, and their disk space,
+        // alive (the app's own holders are restarted for that: logrotate.rs).
+        self.draining
+            .retain(|r| r.idle < DRAIN_POLLS && !r.deleted());
         if let Some(r) = &mut self.current {
             read += r.read_new(&mut self.buf, sink)?;
         }
@@ -301,6 +311,18 @@ mod tests {
         assert!(t.draining.is_empty());
         append(&p, "9\n");
         assert_eq!(lines(&mut t), ["9"]);
+
+        // A renamed file that is then removed (compressed) is read to its end and let go
+        // at once: no deleted file held open.
+        std::fs::rename(&p, &old).unwrap();
+        append(&old, "10\n");
+        std::fs::File::create(&p).unwrap();
+        assert_eq!(lines(&mut t), ["10"]);
+        assert_eq!(t.draining.len(), 1);
+        append(&old, "11\n");
+        std::fs::remove_file(&old).unwrap();
+        assert_eq!(lines(&mut t), ["11"]);
+        assert!(t.draining.is_empty());
     }
 
     #[test]

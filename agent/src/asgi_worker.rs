@@ -8,7 +8,8 @@
 //! request bytes are still in the kernel buffer, so the close sends RST and the client sees
 //! "connection reset" (measured: every reset of the lab's load test was one of these,
 //! in uvicorn 0.17.6 and 0.54 alike; docs/host.md). The class lets those connections send
-//! their request first. It sits on the python path of whichever python runs Gunicorn,
+//! their request first. It also writes fleet's access line for every request (uvicorn's own
+//! lines have no response time; agent/src/requests/parse.rs). It sits on the python path of whichever python runs Gunicorn,
 //! Debian's or a release's venv, so it works with the uvicorn the release brings.
 
 use std::path::{Path, PathBuf};

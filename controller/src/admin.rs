@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apps;
 use crate::auth::Caller;
+use crate::backup;
 use crate::catalog;
 use crate::paging;
 use crate::ratelimit::MAX_BULK_PER_MINUTE;
@@ -311,6 +312,18 @@ impl Admin for AdminService {
     ) -> Result<Response<SetSecretResponse>, Status> {
         let actor = Caller::from_request(&request)?.actor();
         secrets::set(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        backup::serve(self.0.clone(), actor, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_releases(

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agentpkg;
 pub mod apps;
 pub mod auth;
+pub mod backup;
 pub mod blobs;
 pub mod catalog;
 pub mod channel;

@@ -67,6 +67,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
     let blobs = Blobs::open(dir)
         .with_context(|| format!("cannot open release storage in {}", dir.display()))?;
     Ok(Arc::new(Shared {
+        data_dir: dir.to_owned(),
         store,
         ca,
         serving,

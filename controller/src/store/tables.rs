@@ -60,6 +60,69 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     migrate_desired(tx)
 }
 
+/// Copies every table `open_every_table` makes from `from` into `to` (a new store's
+/// transaction): one read transaction is one consistent moment. Keep the two lists in
+/// step; `store::tests` checks that a snapshot has every table the store has.
+pub(super) fn copy_every_table(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+) -> Result<(), StoreError> {
+    for def in [
+        HOSTS,
+        TOKENS,
+        REVOKED,
+        APPS,
+        RELEASES,
+        SECRET_META,
+        ROLLOUTS,
+        DESIRED,
+        AGENT_PACKAGES,
+    ] {
+        copy_json(from, to, def)?;
+    }
+    for def in [META, SECRETS, FIREWALL] {
+        copy_text(from, to, def)?;
+    }
+    use redb::ReadableTable;
+    let src = from.open_table(AUDIT).map_err(db_err)?;
+    let mut dst = to.open_table(AUDIT).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn copy_json(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: JsonTable,
+) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let src = from.open_table(def).map_err(db_err)?;
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn copy_text(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<&str, &str>,
+) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let src = from.open_table(def).map_err(db_err)?;
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn migrate_desired(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     use redb::{ReadableTable, TableHandle};
     let exists = tx

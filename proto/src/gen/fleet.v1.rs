@@ -857,6 +857,20 @@ pub struct SetSecretResponse {
     pub created: bool,
 }
 #[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupRequest {
+    /// Also the release and agent-package blobs (large; without them the archive lists
+    /// them, and hosts keep what they run).
+    #[prost(bool, tag = "1")]
+    pub with_blobs: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupChunk {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListReleasesRequest {
     #[prost(string, tag = "1")]
@@ -2175,6 +2189,29 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAudit"));
             self.inner.unary(req, path, codec).await
         }
+        /// A consistent copy of the controller's state, CA, serving identity, sealing key and
+        /// (optionally) release blobs, as one tar archive in chunks (`fleet-controller backup`).
+        pub async fn backup(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BackupRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::BackupChunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Backup");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Backup"));
+            self.inner.server_streaming(req, path, codec).await
+        }
         /// Apps, releases, secrets.
         pub async fn apply_app(
             &mut self,
@@ -2800,6 +2837,18 @@ pub mod admin_server {
             tonic::Response<super::ListAuditResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the Backup method.
+        type BackupStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::BackupChunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A consistent copy of the controller's state, CA, serving identity, sealing key and
+        /// (optionally) release blobs, as one tar archive in chunks (`fleet-controller backup`).
+        async fn backup(
+            &self,
+            request: tonic::Request<super::BackupRequest>,
+        ) -> std::result::Result<tonic::Response<Self::BackupStream>, tonic::Status>;
         /// Apps, releases, secrets.
         async fn apply_app(
             &self,
@@ -3384,6 +3433,52 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Backup" => {
+                    #[allow(non_camel_case_types)]
+                    struct BackupSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::BackupRequest>
+                    for BackupSvc<T> {
+                        type Response = super::BackupChunk;
+                        type ResponseStream = T::BackupStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BackupRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::backup(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BackupSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

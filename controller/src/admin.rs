@@ -12,6 +12,7 @@ use crate::apps;
 use crate::auth::Caller;
 use crate::backup;
 use crate::catalog;
+use crate::operators;
 use crate::paging;
 use crate::ratelimit::MAX_BULK_PER_MINUTE;
 use crate::releases;
@@ -482,6 +483,9 @@ impl Admin for AdminService {
                 .map_err(internal)?;
             shared.revocations.insert(serial.clone());
         }
+        if let Some(name) = identity.name() {
+            operators::renewed(shared, name.as_str(), &issued.serial, issued.not_after)?;
+        }
         shared
             .audit(
                 &caller.actor(),
@@ -562,6 +566,29 @@ impl Admin for AdminService {
             entries,
             next_page_token,
         }))
+    }
+
+    async fn add_admin(
+        &self,
+        request: Request<AddAdminRequest>,
+    ) -> Result<Response<AddAdminResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        operators::add(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    async fn list_admins(
+        &self,
+        request: Request<ListAdminsRequest>,
+    ) -> Result<Response<ListAdminsResponse>, Status> {
+        operators::list(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn revoke_admin(
+        &self,
+        request: Request<RevokeAdminRequest>,
+    ) -> Result<Response<RevokeAdminResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        operators::revoke(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn revoke_certificate(

@@ -24,6 +24,7 @@ pub mod init;
 pub mod lastseen;
 pub mod logging;
 pub mod metrics;
+pub mod operators;
 pub mod paging;
 pub mod pki;
 pub mod ratelimit;

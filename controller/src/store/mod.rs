@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
+mod admins;
 mod apps;
 mod audit;
 mod credentials;
@@ -23,6 +24,7 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use admins::AdminRecord;
 pub use apps::AppRecord;
 pub use audit::AuditRecord;
 pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};

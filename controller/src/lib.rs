@@ -19,6 +19,7 @@ pub mod datadir;
 pub mod desired;
 pub mod enroll;
 pub mod firewall;
+pub mod hosts;
 pub mod http;
 pub mod init;
 pub mod lastseen;

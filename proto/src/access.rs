@@ -100,6 +100,7 @@ const RULES: &[(&str, &str, Access)] = &[
     ("fleet.v1.Admin", "RestartApp", DEPLOY),
     ("fleet.v1.Admin", "StartRollout", DEPLOY),
     ("fleet.v1.Admin", "ControlRollout", DEPLOY),
+    ("fleet.v1.Admin", "SetHostCordon", DEPLOY),
     ("fleet.v1.Admin", "*", Access::Operator(OperatorRole::Admin)),
 ];
 

@@ -675,6 +675,11 @@ pub struct Host {
     /// Empty when the host is in no group.
     #[prost(string, tag = "8")]
     pub group: ::prost::alloc::string::String,
+    /// Kept out of deploys and rollouts (`fleetctl host cordon`), with the reason given.
+    #[prost(bool, tag = "9")]
+    pub cordoned: bool,
+    #[prost(string, tag = "10")]
+    pub cordon_reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -692,6 +697,17 @@ pub struct SetHostGroupRequest {
     /// Empty takes the host out of its group.
     #[prost(string, tag = "2")]
     pub group: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetHostCordonRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub cordoned: bool,
+    /// Shown in `fleetctl hosts` and the audit log (at most 200 characters).
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2232,6 +2248,28 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "SetHostGroup"));
             self.inner.unary(req, path, codec).await
         }
+        /// Keeps a host out of deploys and rollouts (while it is repaired), or lets it back in.
+        pub async fn set_host_cordon(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetHostCordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/SetHostCordon",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "SetHostCordon"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn list_audit(
             &mut self,
             request: impl tonic::IntoRequest<super::ListAuditRequest>,
@@ -2965,6 +3003,11 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::SetHostGroupRequest>,
         ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status>;
+        /// Keeps a host out of deploys and rollouts (while it is repaired), or lets it back in.
+        async fn set_host_cordon(
+            &self,
+            request: tonic::Request<super::SetHostCordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status>;
         async fn list_audit(
             &self,
             request: tonic::Request<super::ListAuditRequest>,
@@ -3538,6 +3581,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetHostGroupSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/SetHostCordon" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetHostCordonSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::SetHostCordonRequest>
+                    for SetHostCordonSvc<T> {
+                        type Response = super::Host;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetHostCordonRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_host_cordon(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetHostCordonSvc(inner);
                         let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

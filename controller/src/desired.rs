@@ -102,13 +102,16 @@ pub fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Sta
     targets_and_cordoned(shared, requested).map(|(hosts, _)| hosts)
 }
 
+/// Hosts left out because they are cordoned, with the reason given.
+pub type Cordoned = Vec<(String, String)>;
+
 /// The hosts a deploy or rollout acts on (every enrolled one, or those requested, which
 /// must all be enrolled), without the cordoned ones, which come back separately with
 /// their reasons so the caller can say so. Refuses when nothing is left.
 pub fn targets_and_cordoned(
     shared: &Shared,
     requested: &[String],
-) -> Result<(Vec<String>, Vec<(String, String)>), Status> {
+) -> Result<(Vec<String>, Cordoned), Status> {
     let enrolled: Vec<String> = shared.store.host_names().map_err(internal)?;
     let wanted = if requested.is_empty() {
         if enrolled.is_empty() {

@@ -520,7 +520,7 @@ mod tests {
         assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
         // Every field of the file format is shown.
         let n = uncommented.lines().count();
-        assert_eq!(n, 23, "{uncommented}");
+        assert_eq!(n, 24, "{uncommented}");
         let mut plain = Settings::default();
         plain.apply_file(&path).unwrap();
         assert_eq!(format!("{plain:?}"), format!("{:?}", Settings::default()));

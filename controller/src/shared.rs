@@ -15,10 +15,14 @@ use crate::timefmt::now_ms;
 use crate::tls::Revocations;
 
 pub struct Shared {
+    /// The data directory (`datadir`): what a backup copies besides the store.
+    pub data_dir: std::path::PathBuf,
     pub store: Store,
     pub ca: Ca,
     pub serving: Arc<crate::servercert::ServingCert>,
     pub revocations: Arc<Revocations>,
+    /// Operators' roles, read by the authorization layer on every call.
+    pub operators: Arc<crate::operators::Operators>,
     pub sessions: Sessions,
     pub last_seen: crate::lastseen::LastSeen,
     pub settings: Settings,

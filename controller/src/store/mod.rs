@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
+mod admins;
 mod apps;
 mod audit;
+mod cordon;
 mod credentials;
 mod firewall;
 mod hosts;
@@ -23,14 +25,16 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use admins::AdminRecord;
 pub use apps::AppRecord;
 pub use audit::AuditRecord;
+pub use cordon::CordonRecord;
 pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};
 pub use hosts::{HostRecord, IssuedSerial};
 pub use releases::{AgentPackageRecord, ReleaseRecord};
 pub use secrets::SecretMeta;
 
-use tables::{open_every_table, JsonTable, META};
+use tables::{copy_every_table, open_every_table, JsonTable, META};
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -104,6 +108,31 @@ impl Store {
 
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(Self::FILE)
+    }
+
+    /// Writes a consistent copy of the whole store to a new file at `dest` (one read
+    /// transaction: writers go on meanwhile and none of their later commits is in it).
+    pub fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+        if dest.exists() {
+            return Err(StoreError::Db(format!("{} already exists", dest.display())));
+        }
+        let from = self.db.begin_read().map_err(db_err)?;
+        let copy = Database::create(dest).map_err(db_err)?;
+        let tx = copy.begin_write().map_err(db_err)?;
+        copy_every_table(&from, &tx)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Names of the tables in the store file, for checks of the snapshot.
+    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let mut names: Vec<String> = tx
+            .list_tables()
+            .map_err(db_err)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Creates a new, empty store; fails if one exists.
@@ -222,5 +251,38 @@ impl Store {
                 .map_err(db_err)?;
         }
         self.commit(tx)
+    }
+
+    /// Every JSON record of a string-keyed table by key.
+    fn all_json_keyed<T: DeserializeOwned>(
+        &self,
+        def: JsonTable,
+    ) -> Result<std::collections::BTreeMap<String, T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(def).map_err(db_err)?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.insert(
+                k.value().to_owned(),
+                decode(def.name(), k.value(), v.value())?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Deletes one key in its own transaction (nothing is written when it is absent).
+    fn delete_key(&self, def: JsonTable, key: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let existed = {
+            let mut table = tx.open_table(def).map_err(db_err)?;
+            let old = table.remove(key).map_err(db_err)?;
+            old.is_some()
+        };
+        if existed {
+            self.commit(tx)
+        } else {
+            tx.abort().map_err(db_err)
+        }
     }
 }

@@ -37,6 +37,10 @@ pub(super) const DESIRED_V0: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(super) fn host_range(host: &str) -> (String, String) {
     (format!("{host}/"), format!("{host}0"))
 }
+/// Cordoned hosts by name (JSON `CordonRecord`): out of deploys and rollouts.
+pub(super) const CORDONED: TableDefinition<&str, &[u8]> = TableDefinition::new("cordoned");
+/// Operators by name: role and revocation (JSON `AdminRecord`).
+pub(super) const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
 /// fleet-agent packages by Debian version; their bytes are blobs like releases.
 pub(super) const AGENT_PACKAGES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("agent_packages");
@@ -57,7 +61,74 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     tx.open_table(ROLLOUTS).map_err(db_err)?;
     tx.open_table(DESIRED).map_err(db_err)?;
     tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
+    tx.open_table(ADMINS).map_err(db_err)?;
+    tx.open_table(CORDONED).map_err(db_err)?;
     migrate_desired(tx)
+}
+
+/// Copies every table `open_every_table` makes from `from` into `to` (a new store's
+/// transaction): one read transaction is one consistent moment. Keep the two lists in
+/// step; `store::tests` checks that a snapshot has every table the store has.
+pub(super) fn copy_every_table(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+) -> Result<(), StoreError> {
+    for def in [
+        HOSTS,
+        TOKENS,
+        REVOKED,
+        APPS,
+        RELEASES,
+        SECRET_META,
+        ROLLOUTS,
+        DESIRED,
+        AGENT_PACKAGES,
+        ADMINS,
+        CORDONED,
+    ] {
+        copy_json(from, to, def)?;
+    }
+    for def in [META, SECRETS, FIREWALL] {
+        copy_text(from, to, def)?;
+    }
+    use redb::ReadableTable;
+    let src = from.open_table(AUDIT).map_err(db_err)?;
+    let mut dst = to.open_table(AUDIT).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn copy_json(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: JsonTable,
+) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let src = from.open_table(def).map_err(db_err)?;
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn copy_text(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<&str, &str>,
+) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let src = from.open_table(def).map_err(db_err)?;
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn migrate_desired(tx: &redb::WriteTransaction) -> Result<(), StoreError> {

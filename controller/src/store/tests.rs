@@ -425,3 +425,31 @@ fn a_join_spends_records_and_audits_in_one_commit_or_not_at_all() {
     assert!(s.host("web-2").unwrap().is_none());
     assert_eq!(s.audit_since(0).unwrap().len(), 1);
 }
+
+#[test]
+fn a_snapshot_has_every_table_and_row_at_one_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    s.put_token("h", &one_use_token("id")).unwrap();
+    s.set_secret("shop", "DB", "sealed", None).unwrap();
+    s.append_audit(1, "a", "b", "c", "d").unwrap();
+    let snap = dir.path().join("snap.redb");
+    s.snapshot(&snap).unwrap();
+    // Later writes are not in it.
+    s.set_secret("shop", "LATER", "x", None).unwrap();
+    assert!(s.snapshot(&snap).is_err(), "never overwrites");
+    let names = s.table_names().unwrap();
+    drop(s);
+    let copy = Store::open(&snap).unwrap();
+    assert_eq!(
+        copy.table_names().unwrap(),
+        names,
+        "a table is missing from the snapshot"
+    );
+    assert!(copy.token("h").unwrap().is_some());
+    assert_eq!(
+        copy.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
+        ["DB"]
+    );
+    assert_eq!(copy.audit_since(0).unwrap().len(), 1);
+}

@@ -192,6 +192,18 @@ impl Admin for AdminService {
         secrets::set(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
+    type EventsStream = ReceiverStream<Result<FleetEvent, Status>>;
+
+    async fn events(
+        &self,
+        request: Request<EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        self.0
+            .events
+            .stream(request.into_inner())
+            .map(Response::new)
+    }
+
     type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
 
     async fn backup(

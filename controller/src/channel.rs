@@ -117,6 +117,9 @@ impl AgentChannel for ChannelService {
             .sessions
             .register(&name, address.clone(), interval, tx.clone());
         tracing::info!(host = %name, %address, version = ?clip(&facts.agent_version, MAX_QUOTED), ?interval, "host up");
+        shared
+            .events
+            .publish("host.up", &name, "", format!("from {address}"));
         let _ = tx
             .send(down(Down::Welcome(Welcome {
                 controller_version: env!("CARGO_PKG_VERSION").into(),
@@ -212,7 +215,64 @@ async fn drive(
         tracing::debug!(host = %name, reason, "host down");
     } else {
         tracing::info!(host = %name, reason, "host down");
+        shared.events.publish("host.down", &name, "", reason);
     }
+}
+
+/// An app report that differs from the last one, as the event an operator watches for:
+/// the worst change it holds (a crash before a health flip before a new release).
+fn app_event(
+    shared: &Shared,
+    host: &str,
+    prev: &fleet_proto::v1::AppState,
+    now: &fleet_proto::v1::AppState,
+) {
+    let app = now.app.as_str();
+    let (kind, message) = if now.crash_loop && !prev.crash_loop {
+        (
+            "app.crash",
+            format!("crash loop ({} restarts)", now.restarts),
+        )
+    } else if now.restarts > prev.restarts {
+        (
+            "app.crash",
+            format!(
+                "restarted by systemd ({} → {} restarts), {}",
+                prev.restarts,
+                now.restarts,
+                clip(&now.result, MAX_QUOTED)
+            ),
+        )
+    } else if now.healthy != prev.healthy {
+        if now.healthy {
+            ("app.health", "healthy".to_owned())
+        } else {
+            (
+                "app.health",
+                format!("unhealthy: {}", clip(&now.health_detail, MAX_EVENT_TEXT)),
+            )
+        }
+    } else if now.release != prev.release {
+        (
+            "app.release",
+            format!(
+                "{} → {}",
+                clip(&prev.release, MAX_QUOTED),
+                clip(&now.release, MAX_QUOTED)
+            ),
+        )
+    } else {
+        (
+            "app.state",
+            format!(
+                "{} ({}), pid {}",
+                clip(&now.active_state, MAX_QUOTED),
+                clip(&now.sub_state, MAX_QUOTED),
+                now.main_pid
+            ),
+        )
+    };
+    shared.events.publish(kind, host, app, message);
 }
 
 /// The reason every session ends with when the controller stops.
@@ -336,6 +396,9 @@ async fn handle(
                     )
                 };
             }
+            if let (Some(true), Some(prev)) = (changed, &prev) {
+                app_event(shared, name, prev, &state);
+            }
             match changed {
                 Some(true) => app_state!(info),
                 None => app_state!(debug),
@@ -349,6 +412,16 @@ async fn handle(
         Up::Firewall(state) => {
             if shared.firewall_states.update(name, state.clone()) {
                 tracing::info!(host = %name, state = ?clip(&state.state, MAX_QUOTED), detail = ?clip(&state.detail, MAX_EVENT_TEXT), "firewall state");
+                shared.events.publish(
+                    "firewall",
+                    name,
+                    "",
+                    format!(
+                        "{}: {}",
+                        clip(&state.state, MAX_QUOTED),
+                        clip(&state.detail, MAX_EVENT_TEXT)
+                    ),
+                );
             }
         }
         Up::Hello(_) => tracing::warn!(host = %name, "ignoring a second Hello on one session"),

@@ -18,6 +18,7 @@ pub mod converge;
 pub mod datadir;
 pub mod desired;
 pub mod enroll;
+pub mod events;
 pub mod firewall;
 pub mod hosts;
 pub mod http;

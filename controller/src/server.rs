@@ -91,6 +91,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         convergence: Default::default(),
         upgrades: Default::default(),
         metrics,
+        events: Default::default(),
     }))
 }
 

@@ -42,6 +42,7 @@ pub struct Shared {
     pub convergence: crate::converge::Convergence,
     pub upgrades: crate::upgrade::Upgrades,
     pub metrics: ControllerMetrics,
+    pub events: crate::events::Events,
 }
 
 impl Shared {
@@ -57,6 +58,12 @@ impl Shared {
         self.store
             .append_audit(now_ms(), actor, action, target, detail)?;
         tracing::info!(actor, action, target, detail, "audit");
+        self.events.publish(
+            "audit",
+            "",
+            "",
+            format!("{actor} {action} {target}: {detail}"),
+        );
         Ok(())
     }
 }

@@ -14,7 +14,6 @@ pub enum HostCmd {
     /// Remove a host: revoke its certificate at once and close its stream. Only a new
     /// join token brings it back.
     Remove { name: String },
-    /// Put a host in a group (the `group` label Prometheus gets from discovery).
     /// Keep a host out of deploys and rollouts (e.g. while it is repaired); it keeps
     /// running what it runs.
     Cordon {
@@ -25,6 +24,7 @@ pub enum HostCmd {
     },
     /// Let a cordoned host back into deploys and rollouts.
     Uncordon { name: String },
+    /// Put a host in a group (the `group` label Prometheus gets from discovery).
     SetGroup {
         name: String,
         /// Group name; omit with --none to take the host out of its group.

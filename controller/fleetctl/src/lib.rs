@@ -9,6 +9,7 @@ mod agent;
 mod apps;
 mod audit;
 mod client;
+mod events;
 mod firewall;
 mod hosts;
 mod identity;
@@ -69,6 +70,9 @@ enum Command {
     /// Act on one host.
     #[command(subcommand)]
     Host(hosts::HostCmd),
+    /// The fleet's events as they happen: hosts up/down, app health, crashes and
+    /// releases, firewall outcomes, rollout steps, audit entries.
+    Events(events::EventsArgs),
     /// Show who did what, when.
     Audit {
         /// Only entries younger than this (e.g. 1h, 7d).
@@ -182,6 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
         Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
         Command::Identity(cmd) => identity::run(&conn, cmd, cli.output).await,
+        Command::Events(args) => events::run(&conn, args, cli.output).await,
         Command::Admin(cmd) => admins::run(&conn, cmd, cli.output).await,
         Command::Agent(cmd) => agent::run(&conn, cmd, cli.output).await,
         Command::Completions { shell } => {

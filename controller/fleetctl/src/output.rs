@@ -72,3 +72,9 @@ pub fn time(unix_secs: i64) -> Option<String> {
 pub fn time_or_dash(unix_secs: i64) -> String {
     time(unix_secs).unwrap_or_else(|| "-".into())
 }
+
+/// RFC 3339 (UTC, milliseconds) of unix milliseconds.
+pub fn time_ms(unix_ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64))
+        .to_string()
+}

@@ -873,6 +873,43 @@ pub struct SetSecretResponse {
     pub created: bool,
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EventsRequest {
+    /// Keep the stream open and send new events as they happen.
+    #[prost(bool, tag = "1")]
+    pub follow: bool,
+    /// Only events of this app / this host (empty: all).
+    #[prost(string, tag = "2")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub host: ::prost::alloc::string::String,
+    /// How many recent events to send first (0: the controller's default, 50; at most the
+    /// 1,000 it keeps).
+    #[prost(uint32, tag = "4")]
+    pub last: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FleetEvent {
+    /// Increases by one per event in this controller process.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// Unix milliseconds.
+    #[prost(int64, tag = "2")]
+    pub time_ms: i64,
+    /// "host.up", "host.down", "app.health", "app.crash", "app.state", "app.release",
+    /// "firewall", "rollout", "audit", or "lost" (this reader fell behind; the message says
+    /// how many events it missed).
+    #[prost(string, tag = "3")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub message: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BackupRequest {
     /// Also the release and agent-package blobs (large; without them the archive lists
@@ -2291,6 +2328,29 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAudit"));
             self.inner.unary(req, path, codec).await
         }
+        /// What happens in the fleet as it happens: hosts up and down, app health, crashes and
+        /// releases, firewall outcomes, rollout steps and audit entries (the recent ones first).
+        pub async fn events(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::FleetEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Events");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Events"));
+            self.inner.server_streaming(req, path, codec).await
+        }
         /// A consistent copy of the controller's state, CA, serving identity, sealing key and
         /// (optionally) release blobs, as one tar archive in chunks (`fleet-controller backup`).
         pub async fn backup(
@@ -3015,6 +3075,18 @@ pub mod admin_server {
             tonic::Response<super::ListAuditResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the Events method.
+        type EventsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::FleetEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// What happens in the fleet as it happens: hosts up and down, app health, crashes and
+        /// releases, firewall outcomes, rollout steps and audit entries (the recent ones first).
+        async fn events(
+            &self,
+            request: tonic::Request<super::EventsRequest>,
+        ) -> std::result::Result<tonic::Response<Self::EventsStream>, tonic::Status>;
         /// Server streaming response type for the Backup method.
         type BackupStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<super::BackupChunk, tonic::Status>,
@@ -3680,6 +3752,52 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Events" => {
+                    #[allow(non_camel_case_types)]
+                    struct EventsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::EventsRequest>
+                    for EventsSvc<T> {
+                        type Response = super::FleetEvent;
+                        type ResponseStream = T::EventsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EventsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::events(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EventsSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -1,0 +1,277 @@
+//! Judging a batch (or the bake) by asking its hosts: QueryRequests to the judged hosts
+//! and to a bounded baseline sample, in parallel with a bound, at both ends of each window;
+//! `analysis` turns the two answers into a verdict. The next window starts from the last
+//! answers, so each window costs one query per host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::spec::Analysis;
+use fleet_proto::v1::command::Kind;
+use fleet_proto::v1::command_result::Status as CmdStatus;
+use fleet_proto::v1::{QueryRequests, RequestStats};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::analysis::{judge, window, CannotJudge, Counts, Judgement, Side, Verdict};
+use super::live::{Control, Live};
+use super::record::{SideRec, VerdictRec};
+use crate::shared::Shared;
+use crate::timefmt::now_ms;
+
+/// Queries in flight at once: each is one small message each way.
+const QUERY_PARALLEL: usize = 256;
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Hosts of one batch judged at most: a 10 % batch of a big fleet is thousands of hosts,
+/// and a ratio over 500 of them is as good as over all (each window queries them all).
+pub(super) const MAX_JUDGED: usize = 500;
+/// Hosts still on the previous release compared against, at most: enough traffic for a
+/// stable ratio and p99, and a bounded fan-out however large the fleet.
+pub(super) const MAX_BASELINE: usize = 50;
+/// A batch without a verdict (too little traffic, unanswered queries) fails after
+/// max(healthy-deadline, this many windows): never promoted blind.
+pub(super) const DEADLINE_WINDOWS: u32 = 5;
+
+/// Hosts and the release each is judged on.
+pub(super) type Group = Vec<(String, String)>;
+
+pub(super) enum Outcome {
+    Pass,
+    Fail(String),
+    /// An operator aborted.
+    Aborted,
+    /// A newer rollout ended the bake (`--force`).
+    Superseded,
+}
+
+async fn query(shared: &Shared, app: &str, host: &str) -> Result<RequestStats, CannotJudge> {
+    let kind = Kind::QueryRequests(QueryRequests { app: app.into() });
+    let r = shared
+        .commands
+        .call(&shared.sessions, host, kind, QUERY_TIMEOUT)
+        .await
+        .map_err(|e| CannotJudge::Query(e.to_string()))?;
+    if r.status == CmdStatus::Unsupported as i32 {
+        return Err(CannotJudge::Query(format!(
+            "its agent is too old to count requests ({})",
+            r.message
+        )));
+    }
+    if r.status != CmdStatus::Ok as i32 {
+        return Err(CannotJudge::Query(r.message));
+    }
+    r.request_stats
+        .ok_or_else(|| CannotJudge::Query("its answer carried no request counts".into()))
+}
+
+/// Every host's answer, in `group`'s order.
+async fn snapshot(
+    shared: &Arc<Shared>,
+    app: &str,
+    group: &Group,
+) -> Vec<Result<RequestStats, CannotJudge>> {
+    let slots = Arc::new(Semaphore::new(QUERY_PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (host, _)) in group.iter().enumerate() {
+        let (shared, slots, app, host) = (shared.clone(), slots.clone(), app.to_owned(), host.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (i, query(&shared, &app, &host).await)
+        });
+    }
+    let mut out: Vec<Result<RequestStats, CannotJudge>> = (0..group.len())
+        .map(|_| Err(CannotJudge::Query("no answer".into())))
+        .collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, r)) = joined {
+            out[i] = r;
+        }
+    }
+    out
+}
+
+/// The group's counts over the window, and the hosts that could not be measured.
+fn sum(
+    group: &Group,
+    before: &[Result<RequestStats, CannotJudge>],
+    after: &[Result<RequestStats, CannotJudge>],
+) -> (Side, Vec<String>) {
+    let mut counts = Counts::empty();
+    let (mut hosts, mut failed) = (0, Vec::new());
+    for (((host, release), b), a) in group.iter().zip(before).zip(after) {
+        let w = match (b, a) {
+            (Ok(b), Ok(a)) => window(b, a, release),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        };
+        match w {
+            Ok(c) => {
+                counts.add(&c);
+                hosts += 1;
+            }
+            Err(e) => failed.push(format!("{host}: {e}")),
+        }
+    }
+    (Side { hosts, counts }, failed)
+}
+
+/// What is judged: the batch's hosts (or the baked fleet's sample) and the baseline.
+pub(super) struct Judged {
+    pub who: String,
+    pub batch: usize,
+    pub judged: Group,
+    /// Empty: nothing left on the previous release.
+    pub baseline: Group,
+}
+
+/// Waits one window; `None` when an operator (or a newer rollout) stopped it.
+async fn wait_window(live: &Live, d: Duration, bake: bool) -> Option<Outcome> {
+    let mut control = live.control.subscribe();
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return None,
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+                match *control.borrow_and_update() {
+                    Control::Abort => return Some(Outcome::Aborted),
+                    Control::EndBake if bake => return Some(Outcome::Superseded),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+struct Windows<'a> {
+    shared: &'a Arc<Shared>,
+    live: &'a Live,
+    app: String,
+    t: Analysis,
+    j: Judged,
+    before: (Vec<Result<RequestStats, CannotJudge>>, Vec<Result<RequestStats, CannotJudge>>),
+    windows: u32,
+}
+
+impl<'a> Windows<'a> {
+    async fn start(shared: &'a Arc<Shared>, live: &'a Live, t: Analysis, j: Judged) -> Windows<'a> {
+        let app = live.rec().app;
+        let before = (
+            snapshot(shared, &app, &j.judged).await,
+            snapshot(shared, &app, &j.baseline).await,
+        );
+        Windows {
+            shared,
+            live,
+            app,
+            t,
+            j,
+            before,
+            windows: 0,
+        }
+    }
+
+    /// Judges the window that just ended and records the verdict; the next window starts
+    /// from these answers.
+    async fn judge(&mut self) -> Judgement {
+        let after = (
+            snapshot(self.shared, &self.app, &self.j.judged).await,
+            snapshot(self.shared, &self.app, &self.j.baseline).await,
+        );
+        self.windows += 1;
+        let (canary, failed) = sum(&self.j.judged, &self.before.0, &after.0);
+        let baseline = (!self.j.baseline.is_empty())
+            .then(|| sum(&self.j.baseline, &self.before.1, &after.1).0);
+        self.before = after;
+        let who = &self.j.who;
+        let judgement = if failed.is_empty() {
+            judge(&self.t, who, &canary, baseline.as_ref())
+        } else {
+            let more = failed.len().saturating_sub(3);
+            Judgement {
+                verdict: Verdict::Unknown,
+                message: format!(
+                    "cannot judge {who} this window: {}{}",
+                    failed.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
+                    if more > 0 { format!(" (and {more} more hosts)") } else { String::new() }
+                ),
+            }
+        };
+        let v = VerdictRec {
+            batch: self.j.batch,
+            verdict: judgement.verdict.as_str().into(),
+            message: judgement.message.clone(),
+            canary: SideRec::from(canary.to_wire()),
+            baseline: baseline.map(|b| SideRec::from(b.to_wire())),
+            windows: self.windows,
+            time_ms: now_ms(),
+        };
+        self.live
+            .step("analysis", "", self.j.batch, &judgement.message, |r| r.set_verdict(v));
+        judgement
+    }
+}
+
+/// Judges a batch window after window until it passes or fails; without a verdict by
+/// max(`healthy_deadline`, DEADLINE_WINDOWS windows) it fails.
+pub(super) async fn batch(
+    shared: &Arc<Shared>,
+    live: &Live,
+    t: Analysis,
+    j: Judged,
+    healthy_deadline: Duration,
+) -> Outcome {
+    let deadline = healthy_deadline.max(t.window * DEADLINE_WINDOWS);
+    let started = Instant::now();
+    let mut w = Windows::start(shared, live, t, j).await;
+    loop {
+        if let Some(stopped) = wait_window(live, t.window, false).await {
+            return stopped;
+        }
+        let judgement = w.judge().await;
+        match judgement.verdict {
+            Verdict::Pass => return Outcome::Pass,
+            Verdict::Fail => return Outcome::Fail(judgement.message),
+            Verdict::Wait | Verdict::Unknown => {}
+        }
+        if started.elapsed() + t.window > deadline {
+            return Outcome::Fail(format!(
+                "no verdict within the analysis deadline of {} ({} windows; never promoted blind): {}",
+                humantime::format_duration(deadline),
+                w.windows,
+                judgement.message.trim_end_matches(": waiting for more traffic")
+            ));
+        }
+    }
+}
+
+/// Judges the fleet every window until `until`; only a failed window ends it early.
+/// Windows without enough traffic or answers are recorded and do not fail the bake: the
+/// release already runs everywhere, and reverting the fleet takes evidence.
+pub(super) async fn bake(
+    shared: &Arc<Shared>,
+    live: &Live,
+    t: Analysis,
+    j: Judged,
+    until: Instant,
+) -> (Outcome, u32, u32) {
+    let mut w = Windows::start(shared, live, t, j).await;
+    let mut judged = 0;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (Outcome::Pass, judged, w.windows);
+        }
+        if let Some(stopped) = wait_window(live, t.window.min(left), true).await {
+            return (stopped, judged, w.windows);
+        }
+        let judgement = w.judge().await;
+        match judgement.verdict {
+            Verdict::Fail => return (Outcome::Fail(judgement.message), judged + 1, w.windows),
+            Verdict::Pass => judged += 1,
+            Verdict::Wait | Verdict::Unknown => {}
+        }
+    }
+}

@@ -129,6 +129,111 @@ pub async fn rollout(cx: &Cx<'_>, c: &Controller) -> Result<report::Rollout> {
     })
 }
 
+/// The analysis scenario's app: short windows and a short bake, so CI can afford it.
+pub const ANALYSIS_SPEC: &str = r#"name = "web"
+server = "gunicorn"
+entry = "app:application"
+listen = "0.0.0.0:8100"
+workers = 2
+health = { path = "/health", timeout = "2s", interval = "500ms", failures = 2 }
+
+[rollout.analysis]
+window = "2s"
+min_requests = 40
+max_error_ratio = 0.01
+max_error_increase = 2.0
+max_p99_increase = 1.5
+bake = "4s"
+"#;
+pub const BASE: &str = "1.0.0";
+pub const HEALTHY: &str = "1.1.0";
+/// Answers 5 % of requests with 500 (sim::Traffic).
+pub const SICK: &str = "1.2.0-sick";
+/// 200 ms slower than the others.
+pub const SLOW: &str = "1.3.0-slow";
+pub const ANALYSIS_VERSIONS: [&str; 4] = [BASE, HEALTHY, SICK, SLOW];
+/// Hosts the analysis scenario rolls out to at most.
+const ANALYSIS_HOSTS: usize = 10;
+
+/// Runs one rollout of web with JSON output and reads how it ended.
+async fn judged(c: &Controller, version: &str, extra: &[&str]) -> Result<report::Judged> {
+    let mut a = vec![
+        "--output",
+        "json",
+        "rollout",
+        "web",
+        "--version",
+        version,
+        "--min-healthy",
+        "500ms",
+        "--healthy-deadline",
+        "20s",
+    ];
+    a.extend_from_slice(extra);
+    let t = Instant::now();
+    let (exit, stdout, stderr) = c.fleetctl_exit(&a, None).await?;
+    let took_ms = t.elapsed().as_millis() as u64;
+    let last = stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["rollout"].is_object())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "fleetctl rollout web {version} printed no rollout (exit {exit}): {}",
+                stderr.trim()
+            )
+        })?;
+    let r = &last["rollout"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let mut phases = std::collections::BTreeMap::new();
+    for h in r["hosts"].as_array().into_iter().flatten() {
+        *phases.entry(text(&h["phase"])).or_insert(0) += 1;
+    }
+    Ok(report::Judged {
+        version: version.into(),
+        exit,
+        state: text(&r["state"]),
+        message: text(&r["message"]),
+        verdicts: r["verdicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| (text(&v["stage"]), text(&v["verdict"]), text(&v["message"])))
+            .collect(),
+        phases,
+        took_ms,
+    })
+}
+
+/// On up to 10 hosts running web 1.0.0 (deployed without analysis): a healthy release is
+/// promoted and baked, then a sick one and a slow one are each reverted by the canary's
+/// analysis. Verdicts are reported, not asserted: the CI test asserts them.
+pub async fn analysis(cx: &Cx<'_>, c: &Controller) -> Result<report::Analysis> {
+    let hosts = cx.n.min(ANALYSIS_HOSTS);
+    let list = (0..hosts as u64).map(host_name).collect::<Vec<_>>().join(",");
+    let on = ["--hosts", list.as_str()];
+    let base = judged(
+        c,
+        BASE,
+        &[&on[..], &["--no-analysis", "--canary", "0", "--max-parallel", "100%"]].concat(),
+    )
+    .await?;
+    anyhow::ensure!(
+        base.exit == 0,
+        "web {BASE} was not deployed: {} ({})",
+        base.state,
+        base.message
+    );
+    let batches = [&on[..], &["--canary", "1", "--max-parallel", "50%"]].concat();
+    Ok(report::Analysis {
+        hosts,
+        healthy: judged(c, HEALTHY, &batches).await?,
+        sick: judged(c, SICK, &batches).await?,
+        slow: judged(c, SLOW, &batches).await?,
+    })
+}
+
 pub async fn hosts(c: &Controller) -> Result<report::Hosts> {
     let t = Instant::now();
     let table = c.fleetctl(&["hosts"]).await?;

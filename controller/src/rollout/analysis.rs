@@ -13,6 +13,9 @@ const SLOTS: usize = DURATION_BUCKETS.len() + 1;
 /// A baseline with no 5xx at all would make any canary error an infinite increase; the
 /// relative check compares with at least this ratio (0.1 %).
 pub const BASELINE_RATIO_FLOOR: f64 = 0.001;
+/// Fewer 5xx than this in a window are never an "increase": 1 error against a baseline's
+/// 0.1 % is a tenfold ratio and no evidence (the absolute maximum still applies).
+pub const MIN_ERRORS_FOR_INCREASE: u64 = 5;
 /// Latencies this small are not compared as ratios: 1 ms against 2 ms is "2×" but no
 /// regression anyone notices, and it sits inside the first buckets.
 pub const P99_FLOOR_SECONDS: f64 = 0.010;
@@ -269,7 +272,7 @@ pub fn judge(t: &Analysis, who: &str, canary: &Side, baseline: Option<&Side>) ->
         };
     };
     let increase = ratio / b.error_ratio().max(BASELINE_RATIO_FLOOR);
-    if increase > t.max_error_increase {
+    if increase > t.max_error_increase && c.errors >= MIN_ERRORS_FOR_INCREASE {
         return fail(format!(
             "{who} 5xx {} vs baseline {} = {} > {}: reverting",
             ratio_of(c),
@@ -470,6 +473,11 @@ mod tests {
         // A clean baseline counts as 0.1 %: one error in 2000 is no "infinite" increase.
         let j = judge(&t(), "canary", &side(2000, 1, 0.02), Some(&side(3000, 0, 0.02)));
         assert_eq!(j.verdict, Verdict::Pass, "{}", j.message);
+        // Nor are a few errors in a small window: 4 in 400 is 10× the baseline's 0.1 %.
+        let j = judge(&t(), "canary", &side(400, 4, 0.02), Some(&side(3000, 3, 0.02)));
+        assert_eq!(j.verdict, Verdict::Pass, "{}", j.message);
+        let j = judge(&t(), "canary", &side(500, 5, 0.02), Some(&side(3000, 3, 0.02)));
+        assert_eq!(j.verdict, Verdict::Fail, "{}", j.message);
     }
 
     #[test]

@@ -123,22 +123,24 @@ pub(super) struct Judged {
     pub baseline: Group,
 }
 
-/// Waits one window; `None` when an operator (or a newer rollout) stopped it.
+/// Waits one window; `Some` when an operator (or a newer rollout) stopped it, also by a
+/// signal sent before the wait began.
 async fn wait_window(live: &Live, d: Duration, bake: bool) -> Option<Outcome> {
     let mut control = live.control.subscribe();
     let sleep = tokio::time::sleep(d);
     tokio::pin!(sleep);
     loop {
+        match *control.borrow_and_update() {
+            Control::Abort => return Some(Outcome::Aborted),
+            Control::EndBake if bake => return Some(Outcome::Superseded),
+            _ => {}
+        }
         tokio::select! {
             _ = &mut sleep => return None,
             changed = control.changed() => {
                 if changed.is_err() {
+                    (&mut sleep).await;
                     return None;
-                }
-                match *control.borrow_and_update() {
-                    Control::Abort => return Some(Outcome::Aborted),
-                    Control::EndBake if bake => return Some(Outcome::Superseded),
-                    _ => {}
                 }
             }
         }
@@ -247,7 +249,8 @@ pub(super) async fn batch(
     }
 }
 
-/// Judges the fleet every window until `until`; only a failed window ends it early.
+/// Judges the fleet window after window until one ends past `until` (whole windows only:
+/// a short last one would judge too little traffic); only a failed window ends it early.
 /// Windows without enough traffic or answers are recorded and do not fail the bake: the
 /// release already runs everywhere, and reverting the fleet takes evidence.
 pub(super) async fn bake(
@@ -264,7 +267,7 @@ pub(super) async fn bake(
         if left.is_zero() {
             return (Outcome::Pass, judged, w.windows);
         }
-        if let Some(stopped) = wait_window(live, t.window.min(left), true).await {
+        if let Some(stopped) = wait_window(live, t.window, true).await {
             return (stopped, judged, w.windows);
         }
         let judgement = w.judge().await;

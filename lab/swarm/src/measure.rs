@@ -140,7 +140,7 @@ health = { path = "/health", timeout = "2s", interval = "500ms", failures = 2 }
 [rollout.analysis]
 window = "2s"
 min_requests = 40
-max_error_ratio = 0.01
+max_error_ratio = 0.02
 max_error_increase = 2.0
 max_p99_increase = 1.5
 bake = "4s"

@@ -10,8 +10,7 @@ use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::{RunPreStart, StageRelease};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::analysis::spread;
-use super::judge::{self, Group, Judged, Outcome, MAX_BASELINE, MAX_JUDGED};
+use super::judge;
 use super::live::{Control, Live};
 use super::record::{outcome, HostStep, Phase, Record, State, Step};
 use crate::commands::CommandFailed;
@@ -56,7 +55,7 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
                     });
                 }
             },
-            Step::Bake => bake(&shared, &live).await,
+            Step::Bake => judge::bake_step(&shared, &live).await,
             Step::WaitResume => {
                 let mut rx = live.control.subscribe();
                 let c = *rx.borrow_and_update();
@@ -108,7 +107,7 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
     crate::converge::after_rollout(&shared, &live.rec());
 }
 
-fn finished_message(rec: &Record) -> String {
+pub(super) fn finished_message(rec: &Record) -> String {
     let n = rec
         .hosts
         .iter()
@@ -129,139 +128,7 @@ fn finished_message(rec: &Record) -> String {
     }
 }
 
-/// Judges batch `b`'s traffic after its health gate passed. Returns whether the rollout
-/// goes on (false: it halted, to revert as a failed health gate does, or was aborted).
-async fn analyse(shared: &Arc<Shared>, live: &Arc<Live>, b: usize, label: &str) -> bool {
-    let rec = live.rec();
-    let Some(t) = rec.analysis.map(|t| t.analysis()) else {
-        return true;
-    };
-    let judged: Group = rec
-        .hosts
-        .iter()
-        .filter(|h| h.batch == b && h.phase == Phase::Healthy)
-        .map(|h| (h.host.clone(), rec.version.clone()))
-        .collect();
-    if judged.is_empty() {
-        // Every host of the batch was skipped while down: nothing serves the release yet.
-        return true;
-    }
-    // The baseline: hosts of later batches, still on the release they ran before.
-    let baseline: Group = rec
-        .hosts
-        .iter()
-        .filter(|h| h.batch > b && !h.switched && matches!(h.phase, Phase::Staged | Phase::Pending))
-        .filter_map(|h| {
-            h.previous
-                .as_ref()
-                .filter(|p| **p != rec.version)
-                .map(|p| (h.host.clone(), p.clone()))
-        })
-        .collect();
-    let (judged, baseline) = (spread(&judged, MAX_JUDGED), spread(&baseline, MAX_BASELINE));
-    let against = if baseline.is_empty() {
-        "no host left on the previous release: absolute thresholds only".to_owned()
-    } else {
-        format!("against {} hosts on the previous release", baseline.len())
-    };
-    live.step(
-        "analysis",
-        "",
-        b,
-        &format!(
-            "judging {label} ({} hosts) every {} {against}",
-            judged.len(),
-            humantime::format_duration(t.window)
-        ),
-        |_| {},
-    );
-    let j = Judged {
-        who: label.to_owned(),
-        batch: b,
-        judged,
-        baseline,
-    };
-    match judge::batch(shared, live, t, j, Duration::from_millis(rec.healthy_deadline_ms)).await {
-        Outcome::Pass => true,
-        Outcome::Fail(why) => {
-            live.step("halted", "", b, &why.clone(), |r| r.halt(why));
-            false
-        }
-        Outcome::Aborted | Outcome::Superseded => {
-            abort(live);
-            false
-        }
-    }
-}
-
-/// After the last batch: judges a sample of the fleet every window until the bake ends
-/// (also after a controller restart: the end is in the record). A failed window reverts
-/// every switched host, through the same revert as a failed batch.
-async fn bake(shared: &Arc<Shared>, live: &Arc<Live>) {
-    let rec = live.rec();
-    let n = rec.batches.len();
-    let Some(t) = rec.analysis.map(|t| t.analysis()) else {
-        let msg = finished_message(&rec);
-        live.step("succeeded", "", n, &msg.clone(), |r| {
-            r.state = State::Succeeded;
-            r.message = msg;
-        });
-        return;
-    };
-    let left = Duration::from_millis((rec.bake_until_ms - now_ms()).max(0) as u64);
-    let on_new: Group = rec
-        .hosts
-        .iter()
-        .filter(|h| matches!(h.phase, Phase::Healthy | Phase::Converged))
-        .map(|h| (h.host.clone(), rec.version.clone()))
-        .collect();
-    let j = Judged {
-        who: "fleet".into(),
-        batch: n,
-        judged: spread(&on_new, MAX_BASELINE),
-        baseline: Vec::new(),
-    };
-    let until = tokio::time::Instant::now() + left;
-    let (outcome, judged, windows) = judge::bake(shared, live, t, j, until).await;
-    let bake = humantime::format_duration(t.bake);
-    match outcome {
-        Outcome::Pass => {
-            let msg = if judged == 0 {
-                format!(
-                    "{}; baked {bake}: no window of {windows} had {} requests to judge",
-                    finished_message(&rec),
-                    t.min_requests
-                )
-            } else {
-                format!(
-                    "{}; baked {bake}: {judged} of {windows} windows judged, all within the thresholds",
-                    finished_message(&rec)
-                )
-            };
-            live.step("succeeded", "", n, &msg.clone(), |r| {
-                r.state = State::Succeeded;
-                r.message = msg;
-            });
-        }
-        Outcome::Fail(why) => {
-            let why = format!("bake: {why}");
-            live.step("halted", "", n, &why.clone(), |r| r.halt(why));
-        }
-        Outcome::Aborted => abort(live),
-        Outcome::Superseded => {
-            let msg = format!(
-                "{}; bake ended early after {windows} windows: superseded by a newer rollout (--force)",
-                finished_message(&rec)
-            );
-            live.step("superseded", "", n, &msg.clone(), |r| {
-                r.state = State::Succeeded;
-                r.message = msg;
-            });
-        }
-    }
-}
-
-fn abort(live: &Live) {
+pub(super) fn abort(live: &Live) {
     live.step("aborting", "", 0, "aborted by an operator", |r| {
         r.aborted = true;
         r.halt("aborted by an operator".into());
@@ -623,7 +490,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
             }
         }
     }
-    if !analyse(shared, live, b, &label).await {
+    if !judge::after_batch(shared, live, b, &label).await {
         return;
     }
     live.step("batch_done", "", b, &format!("{label} healthy"), |r| {

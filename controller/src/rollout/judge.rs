@@ -1,4 +1,5 @@
-//! Judging a batch (or the bake) by asking its hosts: QueryRequests to the judged hosts
+//! The engine's judging steps (`after_batch` once a batch's health gate passed,
+//! `bake_step` after the last batch) and how they ask the hosts: QueryRequests to the judged hosts
 //! and to a bounded baseline sample, in parallel with a bound, at both ends of each window;
 //! `analysis` turns the two answers into a verdict. The next window starts from the last
 //! answers, so each window costs one query per host.
@@ -13,9 +14,10 @@ use fleet_proto::v1::{QueryRequests, RequestStats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::analysis::{judge, window, CannotJudge, Counts, Judgement, Side, Verdict};
+use super::analysis::{judge, spread, window, CannotJudge, Counts, Judgement, Side, Verdict};
+use super::drive::{abort, finished_message};
 use super::live::{Control, Live};
-use super::record::{SideRec, VerdictRec};
+use super::record::{Phase, SideRec, State, VerdictRec};
 use crate::shared::Shared;
 use crate::timefmt::now_ms;
 
@@ -24,18 +26,18 @@ const QUERY_PARALLEL: usize = 256;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hosts of one batch judged at most: a 10 % batch of a big fleet is thousands of hosts,
 /// and a ratio over 500 of them is as good as over all (each window queries them all).
-pub(super) const MAX_JUDGED: usize = 500;
+const MAX_JUDGED: usize = 500;
 /// Hosts still on the previous release compared against, at most: enough traffic for a
 /// stable ratio and p99, and a bounded fan-out however large the fleet.
-pub(super) const MAX_BASELINE: usize = 50;
+const MAX_BASELINE: usize = 50;
 /// A batch without a verdict (too little traffic, unanswered queries) fails after
 /// max(healthy-deadline, this many windows): never promoted blind.
-pub(super) const DEADLINE_WINDOWS: u32 = 5;
+const DEADLINE_WINDOWS: u32 = 5;
 
 /// Hosts and the release each is judged on.
-pub(super) type Group = Vec<(String, String)>;
+type Group = Vec<(String, String)>;
 
-pub(super) enum Outcome {
+enum Outcome {
     Pass,
     Fail(String),
     /// An operator aborted.
@@ -115,7 +117,7 @@ fn sum(
 }
 
 /// What is judged: the batch's hosts (or the baked fleet's sample) and the baseline.
-pub(super) struct Judged {
+struct Judged {
     pub who: String,
     pub batch: usize,
     pub judged: Group,
@@ -218,7 +220,7 @@ impl<'a> Windows<'a> {
 
 /// Judges a batch window after window until it passes or fails; without a verdict by
 /// max(`healthy_deadline`, DEADLINE_WINDOWS windows) it fails.
-pub(super) async fn batch(
+async fn batch(
     shared: &Arc<Shared>,
     live: &Live,
     t: Analysis,
@@ -253,7 +255,7 @@ pub(super) async fn batch(
 /// a short last one would judge too little traffic); only a failed window ends it early.
 /// Windows without enough traffic or answers are recorded and do not fail the bake: the
 /// release already runs everywhere, and reverting the fleet takes evidence.
-pub(super) async fn bake(
+async fn bake(
     shared: &Arc<Shared>,
     live: &Live,
     t: Analysis,
@@ -275,6 +277,138 @@ pub(super) async fn bake(
             Verdict::Fail => return (Outcome::Fail(judgement.message), judged + 1, w.windows),
             Verdict::Pass => judged += 1,
             Verdict::Wait | Verdict::Unknown => {}
+        }
+    }
+}
+
+/// Judges batch `b`'s traffic after its health gate passed. Returns whether the rollout
+/// goes on (false: it halted, to revert as a failed health gate does, or was aborted).
+pub(super) async fn after_batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize, label: &str) -> bool {
+    let rec = live.rec();
+    let Some(t) = rec.analysis.map(|t| t.analysis()) else {
+        return true;
+    };
+    let judged: Group = rec
+        .hosts
+        .iter()
+        .filter(|h| h.batch == b && h.phase == Phase::Healthy)
+        .map(|h| (h.host.clone(), rec.version.clone()))
+        .collect();
+    if judged.is_empty() {
+        // Every host of the batch was skipped while down: nothing serves the release yet.
+        return true;
+    }
+    // The baseline: hosts of later batches, still on the release they ran before.
+    let baseline: Group = rec
+        .hosts
+        .iter()
+        .filter(|h| h.batch > b && !h.switched && matches!(h.phase, Phase::Staged | Phase::Pending))
+        .filter_map(|h| {
+            h.previous
+                .as_ref()
+                .filter(|p| **p != rec.version)
+                .map(|p| (h.host.clone(), p.clone()))
+        })
+        .collect();
+    let (judged, baseline) = (spread(&judged, MAX_JUDGED), spread(&baseline, MAX_BASELINE));
+    let against = if baseline.is_empty() {
+        "no host left on the previous release: absolute thresholds only".to_owned()
+    } else {
+        format!("against {} hosts on the previous release", baseline.len())
+    };
+    live.step(
+        "analysis",
+        "",
+        b,
+        &format!(
+            "judging {label} ({} hosts) every {} {against}",
+            judged.len(),
+            humantime::format_duration(t.window)
+        ),
+        |_| {},
+    );
+    let j = Judged {
+        who: label.to_owned(),
+        batch: b,
+        judged,
+        baseline,
+    };
+    match batch(shared, live, t, j, Duration::from_millis(rec.healthy_deadline_ms)).await {
+        Outcome::Pass => true,
+        Outcome::Fail(why) => {
+            live.step("halted", "", b, &why.clone(), |r| r.halt(why));
+            false
+        }
+        Outcome::Aborted | Outcome::Superseded => {
+            abort(live);
+            false
+        }
+    }
+}
+
+/// After the last batch: judges a sample of the fleet every window until the bake ends
+/// (also after a controller restart: the end is in the record). A failed window reverts
+/// every switched host, through the same revert as a failed batch.
+pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
+    let rec = live.rec();
+    let n = rec.batches.len();
+    let Some(t) = rec.analysis.map(|t| t.analysis()) else {
+        let msg = finished_message(&rec);
+        live.step("succeeded", "", n, &msg.clone(), |r| {
+            r.state = State::Succeeded;
+            r.message = msg;
+        });
+        return;
+    };
+    let left = Duration::from_millis((rec.bake_until_ms - now_ms()).max(0) as u64);
+    let on_new: Group = rec
+        .hosts
+        .iter()
+        .filter(|h| matches!(h.phase, Phase::Healthy | Phase::Converged))
+        .map(|h| (h.host.clone(), rec.version.clone()))
+        .collect();
+    let j = Judged {
+        who: "fleet".into(),
+        batch: n,
+        judged: spread(&on_new, MAX_BASELINE),
+        baseline: Vec::new(),
+    };
+    let until = tokio::time::Instant::now() + left;
+    let (outcome, judged, windows) = bake(shared, live, t, j, until).await;
+    let bake = humantime::format_duration(t.bake);
+    match outcome {
+        Outcome::Pass => {
+            let msg = if judged == 0 {
+                format!(
+                    "{}; baked {bake}: no window of {windows} had {} requests to judge",
+                    finished_message(&rec),
+                    t.min_requests
+                )
+            } else {
+                format!(
+                    "{}; baked {bake}: {judged} of {windows} windows judged, all within the thresholds",
+                    finished_message(&rec)
+                )
+            };
+            live.step("succeeded", "", n, &msg.clone(), |r| {
+                r.state = State::Succeeded;
+                r.message = msg;
+            });
+        }
+        Outcome::Fail(why) => {
+            let why = format!("bake: {why}");
+            live.step("halted", "", n, &why.clone(), |r| r.halt(why));
+        }
+        Outcome::Aborted => abort(live),
+        Outcome::Superseded => {
+            let msg = format!(
+                "{}; bake ended early after {windows} windows: superseded by a newer rollout (--force)",
+                finished_message(&rec)
+            );
+            live.step("superseded", "", n, &msg.clone(), |r| {
+                r.state = State::Succeeded;
+                r.message = msg;
+            });
         }
     }
 }

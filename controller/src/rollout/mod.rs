@@ -13,7 +13,8 @@
 //!
 //! Here: the entry points (start, watch, control, resume). `record` is the state machine's
 //! data (a leaf), `plan` the batches, `live` the in-process registry and event streams,
-//! `drive` the engine that runs a record to its end.
+//! `drive` the engine that runs a record to its end, `judge` its traffic analysis steps
+//! (the arithmetic in `analysis`).
 
 mod analysis;
 mod drive;

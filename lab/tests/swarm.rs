@@ -67,7 +67,8 @@ fn swarm_of_500_is_reached_by_fan_outs_and_comes_back_after_a_controller_kill() 
 /// release (a sick release answers 5 % with 500, a slow one takes 200 ms longer), and the
 /// real controller judges rollouts of them on 10 hosts: the healthy release is promoted
 /// and baked, the sick and the slow one reverted by the canary's analysis with the
-/// numbers in the reason, exit 2, and the hosts after the canary never touched.
+/// numbers in the reason, exit 2, and the hosts after the canary never touched; a bake
+/// cut by a kill -9 of the controller resumes and finishes.
 #[test]
 fn swarm_rollouts_are_judged_by_their_traffic() {
     if std::env::var("FLEET_LAB").as_deref() == Ok("skip") {
@@ -137,4 +138,12 @@ fn swarm_rollouts_are_judged_by_their_traffic() {
         assert_eq!(j["phases"]["staged"], 9, "{name}: the rest untouched: {r:#}");
         assert_eq!(j["verdicts"][0][1], "fail", "{name}: {r:#}");
     }
+
+    // Killed -9 and restarted mid-bake: the resumed rollout finishes its bake.
+    let resumed = &a["resumed"];
+    assert_eq!(resumed["state"], "succeeded", "{r:#}");
+    assert!(
+        resumed["message"].as_str().unwrap().contains("baked 6s"),
+        "{r:#}"
+    );
 }

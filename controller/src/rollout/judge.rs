@@ -123,6 +123,7 @@ struct Judged {
     pub judged: Group,
     /// Empty: nothing left on the previous release.
     pub baseline: Group,
+    pub bake: bool,
 }
 
 /// Waits one window; `Some` when an operator (or a newer rollout) stopped it, also by a
@@ -190,8 +191,15 @@ impl<'a> Windows<'a> {
             .then(|| sum(&self.j.baseline, &self.before.1, &after.1).0);
         self.before = after;
         let who = &self.j.who;
-        let judgement = if failed.is_empty() {
-            judge(&self.t, who, &canary, baseline.as_ref())
+        // A bake judges the sample hosts that answered: the release already runs
+        // everywhere, and one host down must not blind it. A batch is judged whole.
+        let judgement = if failed.is_empty() || (self.j.bake && canary.hosts > 0) {
+            let mut j = judge(&self.t, who, &canary, baseline.as_ref());
+            if self.j.bake && j.verdict == Verdict::Pass {
+                // Nothing is promoted in a bake: the release stays where it is.
+                j.message = j.message.replace(": promoting", ": holds");
+            }
+            j
         } else {
             let more = failed.len().saturating_sub(3);
             Judgement {
@@ -332,6 +340,7 @@ pub(super) async fn after_batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize
         batch: b,
         judged,
         baseline,
+        bake: false,
     };
     match batch(shared, live, t, j, Duration::from_millis(rec.healthy_deadline_ms)).await {
         Outcome::Pass => true,
@@ -372,6 +381,7 @@ pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
         batch: n,
         judged: spread(&on_new, MAX_BASELINE),
         baseline: Vec::new(),
+        bake: true,
     };
     let until = tokio::time::Instant::now() + left;
     let (outcome, judged, windows) = bake(shared, live, t, j, until).await;
@@ -380,7 +390,7 @@ pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
         Outcome::Pass => {
             let msg = if judged == 0 {
                 format!(
-                    "{}; baked {bake}: no window of {windows} had {} requests to judge",
+                    "{}; baked {bake}: none of {windows} windows could be judged (under {} requests, or no answers)",
                     finished_message(&rec),
                     t.min_requests
                 )

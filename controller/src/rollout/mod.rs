@@ -93,7 +93,7 @@ pub async fn start(
         .map_err(|e| Status::internal(format!("stored spec of {app} no longer validates: {e}")))?;
     let analysis = Analysis::with_override(spec.analysis, &req.analysis.unwrap_or_default())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    end_bake(&shared, &app, req.force).await?;
+    end_previous(&shared, &app, req.force).await?;
     if let Some(host) = shared.convergence.busy(&app) {
         return Err(Status::failed_precondition(format!(
             "{host} is converging to the desired release of {app} (it came back after a rollout); retry when it is done"
@@ -227,40 +227,46 @@ pub async fn start(
     Ok(stream)
 }
 
-/// How long a `--force` start waits for the bake it ends to be recorded.
-const END_BAKE_WAIT: Duration = Duration::from_secs(30);
+/// How long a start waits for the app's previous rollout to be recorded as ended.
+const END_WAIT: Duration = Duration::from_secs(30);
 
-/// A rollout of `app` that is baking blocks a new one: a regression found by the bake
-/// reverts every host, which would race the new rollout's switches, and the new rollout's
-/// "previous release" would be a release still on trial. `force` ends the bake (recorded
-/// as superseded, the release counts as rolled out) and waits for that to be stored.
-/// A rollout still switching hosts is refused by `Rollouts::insert` as before.
-async fn end_bake(shared: &Shared, app: &str, force: bool) -> Result<(), Status> {
+/// Clears the way for a new rollout of `app`. A rollout that has ended but is still being
+/// stored (its watchers saw "finished" a moment ago) is waited for. One that is baking
+/// blocks a new one: a regression found by the bake reverts every host, which would race
+/// the new rollout's switches, and the new rollout's "previous release" would be a release
+/// still on trial. `force` ends the bake (recorded as superseded, the release counts as
+/// rolled out) and waits for that to be stored. A rollout still switching hosts is refused
+/// by `Rollouts::insert` as before.
+async fn end_previous(shared: &Shared, app: &str, force: bool) -> Result<(), Status> {
     let Some(live) = shared.rollouts.get(app) else {
         return Ok(());
     };
     let rec = live.rec();
-    if rec.state != State::Baking {
-        return Ok(());
+    match rec.state {
+        s if s.terminal() => {}
+        State::Baking if force => {
+            live.control.send_replace(Control::EndBake);
+        }
+        State::Baking => {
+            let left = Duration::from_secs(((rec.bake_until_ms - now_ms()).max(0) / 1000) as u64);
+            return Err(Status::failed_precondition(format!(
+                "{app} {} is baking for {} more (rollout {}): a regression found meanwhile reverts every host, so no new rollout starts during a bake. \
+                 Wait for it (`fleetctl rollout status {app} --watch`), revert it now (`fleetctl rollout abort {app}`), \
+                 or pass --force to end the bake early and start this rollout",
+                rec.version,
+                humantime::format_duration(left),
+                rec.id
+            )));
+        }
+        // Refused with its state by `Rollouts::insert`.
+        _ => return Ok(()),
     }
-    if !force {
-        let left = Duration::from_secs(((rec.bake_until_ms - now_ms()).max(0) / 1000) as u64);
-        return Err(Status::failed_precondition(format!(
-            "{app} {} is baking for {} more (rollout {}): a regression found meanwhile reverts every host, so no new rollout starts during a bake. \
-             Wait for it (`fleetctl rollout status {app} --watch`), revert it now (`fleetctl rollout abort {app}`), \
-             or pass --force to end the bake early and start this rollout",
-            rec.version,
-            humantime::format_duration(left),
-            rec.id
-        )));
-    }
-    live.control.send_replace(Control::EndBake);
-    let until = tokio::time::Instant::now() + END_BAKE_WAIT;
+    let until = tokio::time::Instant::now() + END_WAIT;
     while shared.rollouts.active(app) {
         if tokio::time::Instant::now() >= until {
             return Err(Status::unavailable(format!(
-                "the bake of {app} did not end within {}s; retry",
-                END_BAKE_WAIT.as_secs()
+                "the previous rollout of {app} did not end within {}s; retry",
+                END_WAIT.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

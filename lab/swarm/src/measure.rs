@@ -151,7 +151,9 @@ pub const HEALTHY: &str = "1.1.0";
 pub const SICK: &str = "1.2.0-sick";
 /// 200 ms slower than the others.
 pub const SLOW: &str = "1.3.0-slow";
-pub const ANALYSIS_VERSIONS: [&str; 4] = [BASE, HEALTHY, SICK, SLOW];
+/// Healthy; rolled out while the controller is killed mid-bake.
+pub const RESUMED: &str = "1.4.0";
+pub const ANALYSIS_VERSIONS: [&str; 5] = [BASE, HEALTHY, SICK, SLOW, RESUMED];
 /// Hosts the analysis scenario rolls out to at most.
 const ANALYSIS_HOSTS: usize = 10;
 
@@ -206,10 +208,75 @@ async fn judged(c: &Controller, version: &str, extra: &[&str]) -> Result<report:
     })
 }
 
+/// `rollout status web` as JSON.
+async fn web_status(c: &Controller) -> Result<serde_json::Value> {
+    let out = c
+        .fleetctl(&["--output", "json", "rollout", "status", "web"])
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    Ok(v["rollout"].clone())
+}
+
+/// A healthy rollout started detached; once it bakes, kill -9 and restart the controller:
+/// the resumed rollout must finish its bake (its end is in the record).
+async fn resumed_bake(cx: &Cx<'_>, c: &mut Controller, on: &[&str]) -> Result<report::Judged> {
+    let mut a = vec![
+        "rollout",
+        "web",
+        "--version",
+        RESUMED,
+        "--min-healthy",
+        "500ms",
+        "--healthy-deadline",
+        "20s",
+        "--canary",
+        "1",
+        "--max-parallel",
+        "50%",
+        "--bake",
+        "6s",
+        "--detach",
+    ];
+    a.extend_from_slice(on);
+    let t = Instant::now();
+    c.fleetctl(&a).await?;
+    let until = Instant::now() + cx.args.timeout;
+    while web_status(c).await?["state"] != "baking" {
+        anyhow::ensure!(Instant::now() < until, "web {RESUMED} never baked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.kill9().await?;
+    c.start().await?;
+    let r = loop {
+        let r = web_status(c).await?;
+        if r["ended_ms"].as_i64().unwrap_or(0) != 0 {
+            break r;
+        }
+        anyhow::ensure!(Instant::now() < until, "web {RESUMED} never ended after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    Ok(report::Judged {
+        version: RESUMED.into(),
+        exit: if r["state"] == "succeeded" { 0 } else { 2 },
+        state: text(&r["state"]),
+        message: text(&r["message"]),
+        verdicts: r["verdicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| (text(&v["stage"]), text(&v["verdict"]), text(&v["message"])))
+            .collect(),
+        phases: Default::default(),
+        took_ms: t.elapsed().as_millis() as u64,
+    })
+}
+
 /// On up to 10 hosts running web 1.0.0 (deployed without analysis): a healthy release is
 /// promoted and baked, then a sick one and a slow one are each reverted by the canary's
-/// analysis. Verdicts are reported, not asserted: the CI test asserts them.
-pub async fn analysis(cx: &Cx<'_>, c: &Controller) -> Result<report::Analysis> {
+/// analysis, then a healthy one's bake survives a kill -9 of the controller. Verdicts are
+/// reported, not asserted: the CI test asserts them.
+pub async fn analysis(cx: &Cx<'_>, c: &mut Controller) -> Result<report::Analysis> {
     let hosts = cx.n.min(ANALYSIS_HOSTS);
     let list = (0..hosts as u64).map(host_name).collect::<Vec<_>>().join(",");
     let on = ["--hosts", list.as_str()];
@@ -226,11 +293,16 @@ pub async fn analysis(cx: &Cx<'_>, c: &Controller) -> Result<report::Analysis> {
         base.message
     );
     let batches = [&on[..], &["--canary", "1", "--max-parallel", "50%"]].concat();
+    let healthy = judged(c, HEALTHY, &batches).await?;
+    let sick = judged(c, SICK, &batches).await?;
+    let slow = judged(c, SLOW, &batches).await?;
+    let resumed = resumed_bake(cx, c, &on).await?;
     Ok(report::Analysis {
         hosts,
-        healthy: judged(c, HEALTHY, &batches).await?,
-        sick: judged(c, SICK, &batches).await?,
-        slow: judged(c, SLOW, &batches).await?,
+        healthy,
+        sick,
+        slow,
+        resumed,
     })
 }
 

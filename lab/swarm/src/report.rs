@@ -94,6 +94,8 @@ pub struct Analysis {
     pub healthy: Judged,
     pub sick: Judged,
     pub slow: Judged,
+    /// Killed (-9) and restarted mid-bake.
+    pub resumed: Judged,
 }
 
 /// How one judged rollout ended.
@@ -236,7 +238,12 @@ impl Report {
             ));
         }
         if let Some(a) = &self.analysis {
-            for (name, j) in [("healthy", &a.healthy), ("sick", &a.sick), ("slow", &a.slow)] {
+            for (name, j) in [
+                ("healthy", &a.healthy),
+                ("sick", &a.sick),
+                ("slow", &a.slow),
+                ("resumed bake", &a.resumed),
+            ] {
                 r.push((
                     format!("analysis {name}"),
                     format!(

@@ -367,7 +367,7 @@ async fn scenarios(
         report.hosts = attempt(errors, "hosts", measure::hosts(&c)).await;
     }
     if args.wants(Scenario::Analysis) {
-        report.analysis = attempt(errors, "analysis", measure::analysis(&cx, &c)).await;
+        report.analysis = attempt(errors, "analysis", measure::analysis(&cx, &mut c)).await;
     }
     if args.wants(Scenario::Reconnect) {
         report.reconnect_wave = attempt(

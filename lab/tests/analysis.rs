@@ -83,7 +83,13 @@ fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
-    eprintln!("$ fleetctl {} -> exit {}\n{}{}", args.join(" "), r.0, r.1, r.2);
+    eprintln!(
+        "$ fleetctl {} -> exit {}\n{}{}",
+        args.join(" "),
+        r.0,
+        r.1,
+        r.2
+    );
     r
 }
 
@@ -166,7 +172,14 @@ fn canaries_are_judged_by_their_traffic() {
         let p = release::write(work.path(), &format!("shop-{v}.tar.gz"), &tar).unwrap();
         ctl(
             &lab,
-            &["release", "upload", "shop", p.to_str().unwrap(), "--version", v],
+            &[
+                "release",
+                "upload",
+                "shop",
+                p.to_str().unwrap(),
+                "--version",
+                v,
+            ],
         );
     }
     ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
@@ -194,14 +207,23 @@ fn canaries_are_judged_by_their_traffic() {
     let verdicts = r["verdicts"].as_array().unwrap();
     assert_eq!(verdicts.len(), 4, "canary, two batches, the bake: {r:#}");
     assert!(verdicts.iter().all(|v| v["verdict"] == "pass"), "{r:#}");
-    assert!(verdicts[0]["message"].as_str().unwrap().contains("vs baseline"), "{r:#}");
+    assert!(
+        verdicts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vs baseline"),
+        "{r:#}"
+    );
 
     // 5 % of 500s: the canary goes back, nothing else was touched.
     for (v, says) in [("3.0", "canary 5xx "), ("4.0", "canary p99 ")] {
         let (code, r) = rollout(&lab, v);
         assert_eq!(code, 2, "{v}: {r:#}");
         let msg = r["message"].as_str().unwrap();
-        assert!(msg.starts_with(says) && msg.contains("vs baseline"), "{v}: {msg}");
+        assert!(
+            msg.starts_with(says) && msg.contains("vs baseline"),
+            "{v}: {msg}"
+        );
         let p = phases(&r);
         assert_eq!(p[0], ("host1".into(), "reverted".into()), "{v}: {r:#}");
         assert!(p[1..].iter().all(|(_, ph)| ph == "staged"), "{v}: {r:#}");
@@ -223,7 +245,8 @@ fn canaries_are_judged_by_their_traffic() {
     assert_eq!(code, 2, "{r:#}");
     let msg = r["message"].as_str().unwrap();
     assert!(
-        msg.contains("no verdict within the analysis deadline") && msg.contains("served 0 requests"),
+        msg.contains("no verdict within the analysis deadline")
+            && msg.contains("served 0 requests"),
         "{msg}"
     );
 }

@@ -129,13 +129,21 @@ fn swarm_rollouts_are_judged_by_their_traffic() {
         assert_eq!(j["state"], "reverted", "{name}: {r:#}");
         let msg = j["message"].as_str().unwrap();
         assert!(
-            msg.starts_with(&format!("canary {}", if name == "sick" { "5xx" } else { "p99" }))
-                && msg.contains(says)
+            msg.starts_with(&format!(
+                "canary {}",
+                if name == "sick" { "5xx" } else { "p99" }
+            )) && msg.contains(says)
                 && msg.contains("vs baseline"),
             "{name}: the reason names the numbers: {msg}"
         );
-        assert_eq!(j["phases"]["reverted"], 1, "{name}: only the canary went back: {r:#}");
-        assert_eq!(j["phases"]["staged"], 9, "{name}: the rest untouched: {r:#}");
+        assert_eq!(
+            j["phases"]["reverted"], 1,
+            "{name}: only the canary went back: {r:#}"
+        );
+        assert_eq!(
+            j["phases"]["staged"], 9,
+            "{name}: the rest untouched: {r:#}"
+        );
         assert_eq!(j["verdicts"][0][1], "fail", "{name}: {r:#}");
     }
 

@@ -471,12 +471,27 @@ mod tests {
             "canary 5xx 0.8 % (16/2000) vs baseline 0.1 % (3/3000) = 8× > 2×: reverting"
         );
         // A clean baseline counts as 0.1 %: one error in 2000 is no "infinite" increase.
-        let j = judge(&t(), "canary", &side(2000, 1, 0.02), Some(&side(3000, 0, 0.02)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(2000, 1, 0.02),
+            Some(&side(3000, 0, 0.02)),
+        );
         assert_eq!(j.verdict, Verdict::Pass, "{}", j.message);
         // Nor are a few errors in a small window: 4 in 400 is 10× the baseline's 0.1 %.
-        let j = judge(&t(), "canary", &side(400, 4, 0.02), Some(&side(3000, 3, 0.02)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(400, 4, 0.02),
+            Some(&side(3000, 3, 0.02)),
+        );
         assert_eq!(j.verdict, Verdict::Pass, "{}", j.message);
-        let j = judge(&t(), "canary", &side(500, 5, 0.02), Some(&side(3000, 3, 0.02)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(500, 5, 0.02),
+            Some(&side(3000, 3, 0.02)),
+        );
         assert_eq!(j.verdict, Verdict::Fail, "{}", j.message);
     }
 
@@ -495,13 +510,23 @@ mod tests {
             "batch 2 p99 598 ms vs baseline 249 ms = 2.4× > 1.5×: reverting"
         );
         // Tiny latencies are not compared as ratios.
-        let j = judge(&t(), "canary", &side(2000, 0, 0.004), Some(&side(3000, 0, 0.001)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(2000, 0, 0.004),
+            Some(&side(3000, 0, 0.001)),
+        );
         assert_eq!(j.verdict, Verdict::Pass, "{}", j.message);
     }
 
     #[test]
     fn a_healthy_canary_passes_and_says_against_what() {
-        let j = judge(&t(), "canary", &side(2000, 2, 0.02), Some(&side(3000, 3, 0.02)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(2000, 2, 0.02),
+            Some(&side(3000, 3, 0.02)),
+        );
         assert_eq!(j.verdict, Verdict::Pass);
         assert_eq!(
             j.message,
@@ -512,7 +537,12 @@ mod tests {
 
     #[test]
     fn too_little_traffic_waits_and_never_passes() {
-        let j = judge(&t(), "canary", &side(150, 0, 0.02), Some(&side(3000, 3, 0.02)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(150, 0, 0.02),
+            Some(&side(3000, 3, 0.02)),
+        );
         assert_eq!(j.verdict, Verdict::Wait);
         assert_eq!(
             j.message,
@@ -528,11 +558,23 @@ mod tests {
         assert!(j.message.contains("no baseline left"), "{}", j.message);
         let j = judge(&t(), "fleet", &side(2000, 40, 0.02), None);
         assert_eq!(j.verdict, Verdict::Fail);
-        assert_eq!(j.message, "fleet 5xx 2.0 % (40/2000) > max 1.0 %: reverting");
+        assert_eq!(
+            j.message,
+            "fleet 5xx 2.0 % (40/2000) > max 1.0 %: reverting"
+        );
         // A baseline with too little traffic is no baseline.
-        let j = judge(&t(), "canary", &side(2000, 10, 0.5), Some(&side(20, 0, 0.02)));
+        let j = judge(
+            &t(),
+            "canary",
+            &side(2000, 10, 0.5),
+            Some(&side(20, 0, 0.02)),
+        );
         assert_eq!(j.verdict, Verdict::Pass);
-        assert!(j.message.contains("baseline served only 20"), "{}", j.message);
+        assert!(
+            j.message.contains("baseline served only 20"),
+            "{}",
+            j.message
+        );
     }
 
     #[test]

@@ -60,9 +60,11 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
                 let mut rx = live.control.subscribe();
                 let c = *rx.borrow_and_update();
                 match c {
-                    Control::Run | Control::EndBake => live.step("resumed", "", rec.current_batch, "resumed", |r| {
-                        r.state = State::Running
-                    }),
+                    Control::Run | Control::EndBake => {
+                        live.step("resumed", "", rec.current_batch, "resumed", |r| {
+                            r.state = State::Running
+                        })
+                    }
                     Control::Abort => abort(&live),
                     Control::Pause => {
                         let _ = rx.changed().await;

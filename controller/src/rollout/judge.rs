@@ -75,7 +75,8 @@ async fn snapshot(
     let slots = Arc::new(Semaphore::new(QUERY_PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (host, _)) in group.iter().enumerate() {
-        let (shared, slots, app, host) = (shared.clone(), slots.clone(), app.to_owned(), host.clone());
+        let (shared, slots, app, host) =
+            (shared.clone(), slots.clone(), app.to_owned(), host.clone());
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             (i, query(&shared, &app, &host).await)
@@ -156,7 +157,10 @@ struct Windows<'a> {
     app: String,
     t: Analysis,
     j: Judged,
-    before: (Vec<Result<RequestStats, CannotJudge>>, Vec<Result<RequestStats, CannotJudge>>),
+    before: (
+        Vec<Result<RequestStats, CannotJudge>>,
+        Vec<Result<RequestStats, CannotJudge>>,
+    ),
     windows: u32,
 }
 
@@ -206,8 +210,17 @@ impl<'a> Windows<'a> {
                 verdict: Verdict::Unknown,
                 message: format!(
                     "cannot judge {who} this window: {}{}",
-                    failed.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
-                    if more > 0 { format!(" (and {more} more hosts)") } else { String::new() }
+                    failed
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if more > 0 {
+                        format!(" (and {more} more hosts)")
+                    } else {
+                        String::new()
+                    }
                 ),
             }
         };
@@ -221,7 +234,9 @@ impl<'a> Windows<'a> {
             time_ms: now_ms(),
         };
         self.live
-            .step("analysis", "", self.j.batch, &judgement.message, |r| r.set_verdict(v));
+            .step("analysis", "", self.j.batch, &judgement.message, |r| {
+                r.set_verdict(v)
+            });
         judgement
     }
 }
@@ -291,7 +306,12 @@ async fn bake(
 
 /// Judges batch `b`'s traffic after its health gate passed. Returns whether the rollout
 /// goes on (false: it halted, to revert as a failed health gate does, or was aborted).
-pub(super) async fn after_batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize, label: &str) -> bool {
+pub(super) async fn after_batch(
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    b: usize,
+    label: &str,
+) -> bool {
     let rec = live.rec();
     let Some(t) = rec.analysis.map(|t| t.analysis()) else {
         return true;
@@ -342,7 +362,15 @@ pub(super) async fn after_batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize
         baseline,
         bake: false,
     };
-    match batch(shared, live, t, j, Duration::from_millis(rec.healthy_deadline_ms)).await {
+    match batch(
+        shared,
+        live,
+        t,
+        j,
+        Duration::from_millis(rec.healthy_deadline_ms),
+    )
+    .await
+    {
         Outcome::Pass => true,
         Outcome::Fail(why) => {
             live.step("halted", "", b, &why.clone(), |r| r.halt(why));

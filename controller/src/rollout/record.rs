@@ -1,8 +1,8 @@
 //! The rollout record, the state machine every step rewrites in the store: a leaf the
 //! engine, convergence and metrics all read (it uses only `desired::Gate`).
 
-use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::spec::Analysis;
+use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::{AnalysisSide, AnalysisVerdict, RolloutBatch, RolloutHost, RolloutInfo};
 use serde::{Deserialize, Serialize};
 
@@ -518,7 +518,11 @@ mod verdict_tests {
         r.set_verdict(verdict(1, "wait"));
         r.set_verdict(verdict(0, "pass"));
         r.set_verdict(verdict(1, "pass"));
-        let got: Vec<_> = r.verdicts.iter().map(|v| (v.batch, v.verdict.as_str())).collect();
+        let got: Vec<_> = r
+            .verdicts
+            .iter()
+            .map(|v| (v.batch, v.verdict.as_str()))
+            .collect();
         assert_eq!(got, [(0, "pass"), (1, "pass")]);
         assert_eq!(r.info().verdicts[1].message, "batch 1 pass");
     }
@@ -541,6 +545,9 @@ mod verdict_tests {
             old.as_object_mut().unwrap().remove(k);
         }
         let old: Record = serde_json::from_value(old).unwrap();
-        assert_eq!((old.analysis, old.verdicts.len(), old.bake_until_ms), (None, 0, 0));
+        assert_eq!(
+            (old.analysis, old.verdicts.len(), old.bake_until_ms),
+            (None, 0, 0)
+        );
     }
 }

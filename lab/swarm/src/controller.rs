@@ -226,7 +226,11 @@ impl Controller {
     pub async fn fleetctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
         let (code, stdout, stderr) = self.fleetctl_exit(args, stdin).await?;
         if code != 0 {
-            bail!("fleetctl {} failed (exit {code}): {}", args.join(" "), stderr.trim());
+            bail!(
+                "fleetctl {} failed (exit {code}): {}",
+                args.join(" "),
+                stderr.trim()
+            );
         }
         Ok(stdout)
     }

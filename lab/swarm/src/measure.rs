@@ -252,7 +252,10 @@ async fn resumed_bake(cx: &Cx<'_>, c: &mut Controller, on: &[&str]) -> Result<re
         if r["ended_ms"].as_i64().unwrap_or(0) != 0 {
             break r;
         }
-        anyhow::ensure!(Instant::now() < until, "web {RESUMED} never ended after the restart");
+        anyhow::ensure!(
+            Instant::now() < until,
+            "web {RESUMED} never ended after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
@@ -278,12 +281,19 @@ async fn resumed_bake(cx: &Cx<'_>, c: &mut Controller, on: &[&str]) -> Result<re
 /// reported, not asserted: the CI test asserts them.
 pub async fn analysis(cx: &Cx<'_>, c: &mut Controller) -> Result<report::Analysis> {
     let hosts = cx.n.min(ANALYSIS_HOSTS);
-    let list = (0..hosts as u64).map(host_name).collect::<Vec<_>>().join(",");
+    let list = (0..hosts as u64)
+        .map(host_name)
+        .collect::<Vec<_>>()
+        .join(",");
     let on = ["--hosts", list.as_str()];
     let base = judged(
         c,
         BASE,
-        &[&on[..], &["--no-analysis", "--canary", "0", "--max-parallel", "100%"]].concat(),
+        &[
+            &on[..],
+            &["--no-analysis", "--canary", "0", "--max-parallel", "100%"],
+        ]
+        .concat(),
     )
     .await?;
     anyhow::ensure!(

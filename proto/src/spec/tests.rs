@@ -280,7 +280,10 @@ fn versions_are_safe_directory_names() {
 #[test]
 fn analysis_is_absent_by_default_and_defaults_inside_its_section() {
     assert_eq!(AppSpec::parse(MIN).unwrap().analysis, None);
-    let a = with("[rollout.analysis]\nbake = \"10m\"").unwrap().analysis.unwrap();
+    let a = with("[rollout.analysis]\nbake = \"10m\"")
+        .unwrap()
+        .analysis
+        .unwrap();
     assert_eq!(a.window, Duration::from_secs(60));
     assert_eq!(a.min_requests, 200);
     assert_eq!(a.max_error_ratio, 0.01);
@@ -308,10 +311,22 @@ fn analysis_thresholds_out_of_range_are_refused_with_the_field() {
     let bad = e("max_error_ratio = 1.5");
     assert_eq!(bad.field, "rollout.analysis.max_error_ratio");
     assert!(bad.to_string().contains("must be between 0 and 1"), "{bad}");
-    assert_eq!(e("max_error_ratio = -0.1").field, "rollout.analysis.max_error_ratio");
-    assert_eq!(e("max_error_ratio = nan").field, "rollout.analysis.max_error_ratio");
-    assert_eq!(e("max_error_increase = 1.0").field, "rollout.analysis.max_error_increase");
-    assert_eq!(e("max_error_increase = inf").field, "rollout.analysis.max_error_increase");
+    assert_eq!(
+        e("max_error_ratio = -0.1").field,
+        "rollout.analysis.max_error_ratio"
+    );
+    assert_eq!(
+        e("max_error_ratio = nan").field,
+        "rollout.analysis.max_error_ratio"
+    );
+    assert_eq!(
+        e("max_error_increase = 1.0").field,
+        "rollout.analysis.max_error_increase"
+    );
+    assert_eq!(
+        e("max_error_increase = inf").field,
+        "rollout.analysis.max_error_increase"
+    );
     let p99 = e("max_p99_increase = 1.2");
     assert_eq!(p99.field, "rollout.analysis.max_p99_increase");
     assert!(p99.reason.contains("bucket"), "{p99}");
@@ -385,6 +400,9 @@ fn flags_are_checked_like_the_spec() {
     assert!(check_flag("max_p99_increase", 1.1).is_err());
     assert!(check_min_requests(0).is_err());
     assert!(check_window("window", Duration::ZERO).is_err());
-    assert_eq!(check_window("bake", Duration::ZERO).unwrap(), Duration::ZERO);
+    assert_eq!(
+        check_window("bake", Duration::ZERO).unwrap(),
+        Duration::ZERO
+    );
     assert!((finest_bucket_step() - 4.0 / 3.0).abs() < 1e-9);
 }

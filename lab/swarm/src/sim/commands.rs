@@ -10,9 +10,7 @@ use fleet_proto::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
 
-use super::{
-    app_state, lock, msg, now_ms, sha, Agent, App, Traffic, CALL_TIMEOUT, MAX_TAIL_LINES,
-};
+use super::{app_state, lock, msg, now_ms, sha, Agent, App, Traffic, CALL_TIMEOUT, MAX_TAIL_LINES};
 
 impl Agent {
     /// The one result of `c`, after the state reports the real agent sends on the way.
@@ -112,7 +110,9 @@ impl Agent {
                 Ok(format!("installing fleet-agent {}", u.version))
             }
             // The only answer with a payload besides the message.
-            Some(command::Kind::QueryRequests(q)) => return self.query_requests(id, &q.app, traffic),
+            Some(command::Kind::QueryRequests(q)) => {
+                return self.query_requests(id, &q.app, traffic)
+            }
             None => Err(format!(
                 "fleet-agent {} does not support this command",
                 env!("CARGO_PKG_VERSION")

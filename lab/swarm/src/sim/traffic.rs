@@ -109,7 +109,10 @@ mod tests {
         let st = t.stats(7, &s, 12_000);
         assert_eq!(st.epoch, 7);
         let one = &st.releases[0];
-        assert_eq!((one.release.as_str(), one.total(), one.status_5xx), ("1", 1000, 1));
+        assert_eq!(
+            (one.release.as_str(), one.total(), one.status_5xx),
+            ("1", 1000, 1)
+        );
         let two = &st.releases[1];
         assert_eq!((two.total(), two.status_5xx), (200, 10));
         assert_eq!(*two.duration_buckets.last().unwrap(), 200);

@@ -66,12 +66,11 @@ async fn query(shared: &Shared, app: &str, host: &str) -> Result<RequestStats, C
         .ok_or_else(|| CannotJudge::Query("its answer carried no request counts".into()))
 }
 
+/// Each host's answer, in its group's order.
+type Answers = Vec<Result<RequestStats, CannotJudge>>;
+
 /// Every host's answer, in `group`'s order.
-async fn snapshot(
-    shared: &Arc<Shared>,
-    app: &str,
-    group: &Group,
-) -> Vec<Result<RequestStats, CannotJudge>> {
+async fn snapshot(shared: &Arc<Shared>, app: &str, group: &Group) -> Answers {
     let slots = Arc::new(Semaphore::new(QUERY_PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (host, _)) in group.iter().enumerate() {
@@ -82,7 +81,7 @@ async fn snapshot(
             (i, query(&shared, &app, &host).await)
         });
     }
-    let mut out: Vec<Result<RequestStats, CannotJudge>> = (0..group.len())
+    let mut out: Answers = (0..group.len())
         .map(|_| Err(CannotJudge::Query("no answer".into())))
         .collect();
     while let Some(joined) = tasks.join_next().await {
@@ -157,10 +156,8 @@ struct Windows<'a> {
     app: String,
     t: Analysis,
     j: Judged,
-    before: (
-        Vec<Result<RequestStats, CannotJudge>>,
-        Vec<Result<RequestStats, CannotJudge>>,
-    ),
+    /// The last answers of the judged hosts and of the baseline.
+    before: (Answers, Answers),
     windows: u32,
 }
 

@@ -68,7 +68,8 @@ fn swarm_of_500_is_reached_by_fan_outs_and_comes_back_after_a_controller_kill() 
 /// real controller judges rollouts of them on 10 hosts: the healthy release is promoted
 /// and baked, the sick and the slow one reverted by the canary's analysis with the
 /// numbers in the reason, exit 2, and the hosts after the canary never touched; a bake
-/// cut by a kill -9 of the controller resumes and finishes.
+/// cut by a kill -9 of the controller resumes and finishes; a second rollout during a bake
+/// is refused, and supersedes it with --force.
 #[test]
 fn swarm_rollouts_are_judged_by_their_traffic() {
     if std::env::var("FLEET_LAB").as_deref() == Ok("skip") {
@@ -154,4 +155,15 @@ fn swarm_rollouts_are_judged_by_their_traffic() {
         resumed["message"].as_str().unwrap().contains("baked 6s"),
         "{r:#}"
     );
+
+    // A second rollout during a bake is refused, and with --force ends the bake first.
+    let s = &a["superseded"];
+    assert_eq!(s["refused_exit"], 1, "{r:#}");
+    assert!(
+        s["refused"].as_str().unwrap().contains("is baking")
+            && s["refused"].as_str().unwrap().contains("--force"),
+        "{r:#}"
+    );
+    assert_eq!(s["forced_exit"], 0, "{r:#}");
+    assert_eq!(s["audited"], true, "{r:#}");
 }

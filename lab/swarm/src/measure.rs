@@ -275,6 +275,51 @@ async fn resumed_bake(cx: &Cx<'_>, c: &mut Controller, on: &[&str]) -> Result<re
     })
 }
 
+/// A rollout baking for a minute: a second one is refused, then `--force` ends the bake
+/// (audited as superseded) and the second one runs.
+async fn superseded(c: &Controller, on: &[&str]) -> Result<report::Superseded> {
+    let common = [
+        "--min-healthy",
+        "500ms",
+        "--healthy-deadline",
+        "20s",
+        "--canary",
+        "0",
+        "--max-parallel",
+        "100%",
+    ];
+    let mut a = vec![
+        "rollout",
+        "web",
+        "--version",
+        HEALTHY,
+        "--bake",
+        "1m",
+        "--detach",
+    ];
+    a.extend_from_slice(&common);
+    a.extend_from_slice(on);
+    c.fleetctl(&a).await?;
+    let until = Instant::now() + Duration::from_secs(60);
+    while web_status(c).await?["state"] != "baking" {
+        anyhow::ensure!(Instant::now() < until, "web {HEALTHY} never baked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut second = vec!["rollout", "web", "--version", RESUMED, "--no-analysis"];
+    second.extend_from_slice(&common);
+    second.extend_from_slice(on);
+    let (refused_exit, _, refused) = c.fleetctl_exit(&second, None).await?;
+    second.push("--force");
+    let (forced_exit, _, _) = c.fleetctl_exit(&second, None).await?;
+    let audit = c.fleetctl(&["--output", "json", "audit"]).await?;
+    Ok(report::Superseded {
+        refused_exit,
+        refused: refused.trim().to_owned(),
+        forced_exit,
+        audited: audit.contains("superseded by a newer rollout"),
+    })
+}
+
 /// On up to 10 hosts running web 1.0.0 (deployed without analysis): a healthy release is
 /// promoted and baked, then a sick one and a slow one are each reverted by the canary's
 /// analysis, then a healthy one's bake survives a kill -9 of the controller. Verdicts are
@@ -307,12 +352,14 @@ pub async fn analysis(cx: &Cx<'_>, c: &mut Controller) -> Result<report::Analysi
     let sick = judged(c, SICK, &batches).await?;
     let slow = judged(c, SLOW, &batches).await?;
     let resumed = resumed_bake(cx, c, &on).await?;
+    let superseded = superseded(c, &on).await?;
     Ok(report::Analysis {
         hosts,
         healthy,
         sick,
         slow,
         resumed,
+        superseded,
     })
 }
 

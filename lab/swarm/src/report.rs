@@ -96,6 +96,17 @@ pub struct Analysis {
     pub slow: Judged,
     /// Killed (-9) and restarted mid-bake.
     pub resumed: Judged,
+    pub superseded: Superseded,
+}
+
+/// A second rollout during a bake: refused, then forced.
+#[derive(Debug, Serialize)]
+pub struct Superseded {
+    pub refused_exit: i32,
+    pub refused: String,
+    pub forced_exit: i32,
+    /// The ended bake's audit entry says it was superseded.
+    pub audited: bool,
 }
 
 /// How one judged rollout ended.

@@ -404,13 +404,19 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         "batch",
         "",
         b,
-        &format!(
-            "{label}: {}",
-            todo.iter()
-                .map(|h| h.host.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        &if todo.is_empty() {
+            // Resumed after a restart with every host already healthy: only its analysis
+            // (if any) is left.
+            format!("{label}: every host already healthy")
+        } else {
+            format!(
+                "{label}: {}",
+                todo.iter()
+                    .map(|h| h.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
         |_| {},
     );
     let (tx, mut rx) = mpsc::channel(64);

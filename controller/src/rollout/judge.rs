@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::analysis::{judge, spread, window, CannotJudge, Counts, Judgement, Side, Verdict};
 use super::drive::{abort, finished_message};
 use super::live::{Control, Live};
-use super::record::{Phase, SideRec, State, VerdictRec};
+use super::record::{HostStep, Phase, SideRec, State, VerdictRec};
 use crate::shared::Shared;
 use crate::timefmt::now_ms;
 
@@ -313,29 +313,37 @@ pub(super) async fn after_batch(
     let Some(t) = rec.analysis.map(|t| t.analysis()) else {
         return true;
     };
-    let judged: Group = rec
+    // References first, names cloned only for the sample: a batch scans the record once,
+    // as the engine already does, and copies at most MAX_JUDGED + MAX_BASELINE names.
+    let judged: Vec<&HostStep> = rec
         .hosts
         .iter()
         .filter(|h| h.batch == b && h.phase == Phase::Healthy)
-        .map(|h| (h.host.clone(), rec.version.clone()))
         .collect();
     if judged.is_empty() {
         // Every host of the batch was skipped while down: nothing serves the release yet.
         return true;
     }
     // The baseline: hosts of later batches, still on the release they ran before.
-    let baseline: Group = rec
+    let baseline: Vec<(&str, &str)> = rec
         .hosts
         .iter()
         .filter(|h| h.batch > b && !h.switched && matches!(h.phase, Phase::Staged | Phase::Pending))
         .filter_map(|h| {
             h.previous
-                .as_ref()
-                .filter(|p| **p != rec.version)
-                .map(|p| (h.host.clone(), p.clone()))
+                .as_deref()
+                .filter(|p| *p != rec.version)
+                .map(|p| (h.host.as_str(), p))
         })
         .collect();
-    let (judged, baseline) = (spread(&judged, MAX_JUDGED), spread(&baseline, MAX_BASELINE));
+    let judged: Group = spread(&judged, MAX_JUDGED)
+        .into_iter()
+        .map(|h| (h.host.clone(), rec.version.clone()))
+        .collect();
+    let baseline: Group = spread(&baseline, MAX_BASELINE)
+        .into_iter()
+        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+        .collect();
     let against = if baseline.is_empty() {
         "no host left on the previous release: absolute thresholds only".to_owned()
     } else {
@@ -395,16 +403,19 @@ pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
         return;
     };
     let left = Duration::from_millis((rec.bake_until_ms - now_ms()).max(0) as u64);
-    let on_new: Group = rec
+    let on_new: Vec<&HostStep> = rec
         .hosts
         .iter()
         .filter(|h| matches!(h.phase, Phase::Healthy | Phase::Converged))
+        .collect();
+    let sample: Group = spread(&on_new, MAX_BASELINE)
+        .into_iter()
         .map(|h| (h.host.clone(), rec.version.clone()))
         .collect();
     let j = Judged {
         who: "fleet".into(),
         batch: n,
-        judged: spread(&on_new, MAX_BASELINE),
+        judged: sample,
         baseline: Vec::new(),
         bake: true,
     };

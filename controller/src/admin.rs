@@ -10,9 +10,12 @@ use tonic::{Request, Response, Status};
 
 use crate::apps;
 use crate::auth::Caller;
+use crate::backup;
+use crate::catalog;
 use crate::paging;
 use crate::ratelimit::MAX_BULK_PER_MINUTE;
 use crate::releases;
+use crate::secrets;
 use crate::shared::{internal, Shared};
 use crate::store::{HostRecord, RevokedRecord, TokenRecord};
 use crate::timefmt::now_secs;
@@ -117,6 +120,7 @@ impl Admin for AdminService {
                     created_by: actor.clone(),
                     group: group.clone(),
                     bulk_per_minute: req.bulk_per_minute,
+                    revoked_at: 0,
                 },
             )
             .map_err(internal)?;
@@ -147,6 +151,21 @@ impl Admin for AdminService {
             token_id: token.id,
             bulk_per_minute: req.bulk_per_minute,
         }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        tokens::list(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        tokens::revoke(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn list_hosts(
@@ -292,7 +311,49 @@ impl Admin for AdminService {
         request: Request<SetSecretRequest>,
     ) -> Result<Response<SetSecretResponse>, Status> {
         let actor = Caller::from_request(&request)?.actor();
-        apps::set_secret(&self.0, &actor, request.into_inner()).map(Response::new)
+        secrets::set(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    type BackupStream = ReceiverStream<Result<BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        backup::serve(self.0.clone(), actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<ListReleasesRequest>,
+    ) -> Result<Response<ListReleasesResponse>, Status> {
+        catalog::list(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn remove_release(
+        &self,
+        request: Request<RemoveReleaseRequest>,
+    ) -> Result<Response<RemoveReleaseResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        catalog::remove(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        secrets::list(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn unset_secret(
+        &self,
+        request: Request<UnsetSecretRequest>,
+    ) -> Result<Response<UnsetSecretResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        secrets::unset(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     type DeployStream = ReceiverStream<Result<HostProgress, Status>>;

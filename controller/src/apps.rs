@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_proto::spec::{check_env_key, check_env_value, AppName, AppSpec, Version};
+use fleet_proto::spec::{AppName, AppSpec, Version};
 use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::*;
@@ -235,41 +235,6 @@ pub fn get(shared: &Shared, name: &str) -> Result<AppInfo, Status> {
             .cloned()
             .collect(),
     })
-}
-
-pub fn set_secret(
-    shared: &Shared,
-    actor: &str,
-    req: SetSecretRequest,
-) -> Result<SetSecretResponse, Status> {
-    let app = app_name(&req.app)?;
-    load_app(shared, app.as_str())?;
-    check_env_key("key", &req.key).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    // The error names the key, never the value.
-    check_env_value(&req.key, &req.value).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let created = shared
-        .store
-        .set_secret(
-            app.as_str(),
-            &req.key,
-            &shared
-                .sealer
-                .seal(&format!("{app}/{}", req.key), &req.value),
-        )
-        .map_err(internal)?;
-    shared
-        .audit(
-            actor,
-            "secret.set",
-            app.as_str(),
-            &format!(
-                "{} {}",
-                req.key,
-                if created { "created" } else { "changed" }
-            ),
-        )
-        .map_err(internal)?;
-    Ok(SetSecretResponse { created })
 }
 
 type Progress = mpsc::Sender<Result<HostProgress, Status>>;

@@ -65,4 +65,26 @@ pub enum Command {
         #[arg(long)]
         admin_cert_lifetime: Option<String>,
     },
+    /// Copy the running controller's state, CA, identities and sealing key into one
+    /// archive (0600: it holds the CA key). Online and consistent.
+    Backup {
+        #[arg(long, env = "FLEET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The running controller; its admin identity is read from DATA_DIR/admin.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        controller: String,
+        /// The archive to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also the release and agent-package blobs (large).
+        #[arg(long)]
+        with_blobs: bool,
+    },
+    /// Make a new data directory from a backup archive (offline; refuses a directory
+    /// that is not empty). Then `fleet-controller run` on it: agents reconnect as they are.
+    Restore {
+        file: PathBuf,
+        #[arg(long, env = "FLEET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
 }

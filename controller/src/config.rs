@@ -63,6 +63,9 @@ pub struct Settings {
     /// Joins per minute from all sources together.
     pub join_global_per_minute: u32,
     pub max_release_bytes: u64,
+    /// Releases kept per app; older ones no host runs or is meant to run are pruned after
+    /// an upload. 0 keeps every release.
+    pub release_retention: u32,
     /// Audit entries older than this are pruned (in batches, off the request path).
     pub audit_retention: Duration,
     /// At most this many audit entries are kept; the oldest go first.
@@ -103,6 +106,7 @@ impl Default for Settings {
             join_per_minute: 10,
             join_global_per_minute: 600,
             max_release_bytes: 512 * 1024 * 1024,
+            release_retention: 20,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             audit_max_entries: 1_000_000,
             http_token_file: None,
@@ -135,6 +139,7 @@ pub struct FileConfig {
     pub join_per_minute: Option<u32>,
     pub join_global_per_minute: Option<u32>,
     pub max_release_bytes: Option<u64>,
+    pub release_retention: Option<u32>,
     pub audit_retention: Option<String>,
     pub audit_max_entries: Option<u64>,
     pub http_token_file: Option<std::path::PathBuf>,
@@ -274,6 +279,9 @@ impl Settings {
         if let Some(v) = file.max_release_bytes {
             self.max_release_bytes = v;
         }
+        if let Some(v) = file.release_retention {
+            self.release_retention = v;
+        }
         if let Some(v) = file.webhooks {
             self.webhooks = v;
         }
@@ -295,6 +303,9 @@ impl Settings {
         }
         if self.max_release_bytes < 1024 || self.max_release_bytes > 16 << 30 {
             bail!("max_release_bytes must be between 1 KiB and 16 GiB");
+        }
+        if self.release_retention > 10_000 {
+            bail!("release_retention must be at most 10000 (0 keeps every release)");
         }
         if self.join_burst == 0 || self.join_per_minute == 0 || self.join_global_per_minute == 0 {
             bail!("join_burst, join_per_minute and join_global_per_minute must be at least 1");
@@ -509,7 +520,7 @@ mod tests {
         assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
         // Every field of the file format is shown.
         let n = uncommented.lines().count();
-        assert_eq!(n, 23, "{uncommented}");
+        assert_eq!(n, 24, "{uncommented}");
         let mut plain = Settings::default();
         plain.apply_file(&path).unwrap();
         assert_eq!(format!("{plain:?}"), format!("{:?}", Settings::default()));

@@ -44,6 +44,7 @@ pub async fn upload(
         sha256: sha256.clone(),
         size,
         uploaded_at: now_secs(),
+        uploaded_by: actor.to_owned(),
     };
     match shared.store.put_release_if_absent(&rec).map_err(internal)? {
         None => {
@@ -55,6 +56,7 @@ pub async fn upload(
                     &format!("sha256 {sha256}, {size} bytes"),
                 )
                 .map_err(internal)?;
+            crate::catalog::prune(shared, app.as_str());
             Ok(UploadReleaseResponse {
                 sha256,
                 size,

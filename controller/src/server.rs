@@ -67,6 +67,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
     let blobs = Blobs::open(dir)
         .with_context(|| format!("cannot open release storage in {}", dir.display()))?;
     Ok(Arc::new(Shared {
+        data_dir: dir.to_owned(),
         store,
         ca,
         serving,
@@ -99,7 +100,7 @@ fn seal_old_secrets(store: &Store, sealer: &Sealer) -> anyhow::Result<()> {
             continue;
         }
         if let Some((app, key)) = slot.split_once('/') {
-            store.set_secret(app, key, &sealer.seal(&slot, &value))?;
+            store.set_secret(app, key, &sealer.seal(&slot, &value), None)?;
             sealed += 1;
         }
     }

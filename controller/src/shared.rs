@@ -15,6 +15,8 @@ use crate::timefmt::now_ms;
 use crate::tls::Revocations;
 
 pub struct Shared {
+    /// The data directory (`datadir`): what a backup copies besides the store.
+    pub data_dir: std::path::PathBuf,
     pub store: Store,
     pub ca: Ca,
     pub serving: Arc<crate::servercert::ServingCert>,

@@ -158,6 +158,134 @@ fn apps_releases_and_secrets() {
 }
 
 #[test]
+fn secrets_are_listed_without_values_and_unset_with_care() {
+    let fleet = Fleet::start(&[]);
+    let spec = write(&fleet, "shop.toml", SPEC.as_bytes());
+    fleet.ok(&["app", "apply", &spec]);
+    assert!(secret_set(&fleet, "shop", "DATABASE_URL", "hunter2-db")
+        .status
+        .success());
+    assert!(secret_set(&fleet, "shop", "EXTRA", "hunter2-extra")
+        .status
+        .success());
+
+    let list = fleet.ok(&["secret", "list", "shop", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["DATABASE_URL", "EXTRA"]);
+    assert_eq!(v[0]["in_spec"], true);
+    assert_eq!(v[1]["in_spec"], false);
+    assert!(v[0]["set_by"].as_str().unwrap().contains("admin"), "{list}");
+    assert!(v[0]["set_at"].as_str().unwrap().ends_with('Z'), "{list}");
+    let table = fleet.ok(&["secret", "list", "shop"]);
+    assert!(
+        table.contains("DATABASE_URL") && table.contains("yes"),
+        "{table}"
+    );
+
+    // A secret the spec needs stays unless forced: every deploy would fail without it.
+    let err = fail(&fleet, &["secret", "unset", "shop", "DATABASE_URL"]);
+    assert!(
+        err.contains("spec needs DATABASE_URL") && err.contains("--force"),
+        "{err}"
+    );
+    let err = fail(&fleet, &["secret", "unset", "shop", "bad name"]);
+    assert!(err.contains("name"), "{err}");
+    let err = fail(&fleet, &["secret", "list", "nope"]);
+    assert!(err.contains("no app named nope"), "{err}");
+
+    let out = fleet.ok(&["secret", "unset", "shop", "EXTRA"]);
+    assert!(out.contains("unset"), "{out}");
+    let out = fleet.ok(&["secret", "unset", "shop", "EXTRA", "--output", "json"]);
+    assert!(out.contains("\"existed\": false"), "{out}");
+    fleet.ok(&["secret", "unset", "shop", "DATABASE_URL", "--force"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["secret", "list", "shop", "--output", "json"])).unwrap();
+    assert_eq!(v, serde_json::json!([]));
+    // The deploy now names the missing secret again.
+    let show: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["app", "show", "shop", "--output", "json"])).unwrap();
+    assert_eq!(show["secrets_missing"], serde_json::json!(["DATABASE_URL"]));
+
+    let audit = fleet.ok(&["audit"]);
+    assert!(
+        audit.contains("secret.unset") && audit.contains("DATABASE_URL (forced)"),
+        "{audit}"
+    );
+    assert_eq!(audit.matches("secret.unset").count(), 2, "{audit}");
+    for text in [list, table, audit, fleet.controller_log()] {
+        assert!(!text.contains("hunter2"), "secret leaked:\n{text}");
+    }
+}
+
+#[test]
+fn releases_are_listed_removed_and_pruned_past_the_retention() {
+    let cfg = tempfile::tempdir().unwrap();
+    let path = cfg.path().join("c.toml");
+    std::fs::write(&path, "release_retention = 2\n").unwrap();
+    let fleet = Fleet::start(&["--config", path.to_str().unwrap()]);
+    let spec = write(&fleet, "shop.toml", SPEC.as_bytes());
+    fleet.ok(&["app", "apply", &spec]);
+    let blobs = || {
+        std::fs::read_dir(fleet.data_dir().join("blobs"))
+            .unwrap()
+            .count()
+    };
+    for v in ["1.0", "2.0"] {
+        let t = write(&fleet, &format!("{v}.tar.gz"), &tarball(v.as_bytes()));
+        fleet.ok(&["release", "upload", "shop", &t, "--version", v]);
+    }
+    let before = blobs();
+    let list: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["release", "list", "shop", "--output", "json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(
+        list[0]["uploaded_by"].as_str().unwrap().contains("admin"),
+        "{list}"
+    );
+    assert_eq!(list[0]["running_hosts"], 0);
+    assert_eq!(list[0]["sha256"].as_str().unwrap().len(), 64);
+
+    // A third upload prunes the oldest unused one (and its blob) down to 2.
+    let t = write(&fleet, "3.0.tar.gz", &tarball(b"3.0"));
+    fleet.ok(&["release", "upload", "shop", &t, "--version", "3.0"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&fleet.ok(&["release", "list", "shop", "--output", "json"])).unwrap();
+    let versions: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["2.0", "3.0"]);
+    assert_eq!(blobs(), before, "the pruned release's blob is gone");
+    let audit = fleet.ok(&["audit"]);
+    assert!(
+        audit.contains("release.prune") && audit.contains("1.0"),
+        "{audit}"
+    );
+
+    let out = fleet.ok(&["release", "remove", "shop", "2.0"]);
+    assert!(
+        out.contains("removed") && out.contains("bytes freed"),
+        "{out}"
+    );
+    assert_eq!(blobs(), before - 1);
+    let err = fail(&fleet, &["release", "remove", "shop", "2.0"]);
+    assert!(err.contains("no release 2.0"), "{err}");
+    let err = fail(&fleet, &["release", "remove", "shop", "../x"]);
+    assert!(err.contains("version"), "{err}");
+    let table = fleet.ok(&["release", "list", "shop"]);
+    assert!(table.contains("3.0") && !table.contains("2.0 "), "{table}");
+    assert!(fleet.ok(&["audit"]).contains("release.remove"));
+}
+
+#[test]
 fn oversize_release_is_refused() {
     let cfg = tempfile::tempdir().unwrap();
     let path = cfg.path().join("c.toml");

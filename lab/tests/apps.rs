@@ -185,6 +185,37 @@ fn apps_deploy_serve_report_and_survive() {
         }
     }
 
+    // --- the overview: one line per app, nothing needing attention
+    let overview = ctl(&lab, &["status"]);
+    for app in ["shop", "api"] {
+        assert!(
+            overview
+                .lines()
+                .any(|l| l.starts_with(app) && l.contains("1.0 ×3")),
+            "{overview}"
+        );
+    }
+    assert!(
+        overview.contains("every host of every app is up"),
+        "{overview}"
+    );
+    let all: Vec<Value> =
+        serde_json::from_str(&ctl(&lab, &["status", "--output", "json"])).unwrap();
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(all.iter().all(|e| e.get("attention").is_none()), "{all:?}");
+
+    // --- a release hosts run is listed with them and cannot be removed
+    let list: Vec<Value> =
+        serde_json::from_str(&ctl(&lab, &["release", "list", "shop", "--output", "json"])).unwrap();
+    let r = list.iter().find(|r| r["version"] == "1.0").unwrap();
+    assert_eq!(r["running_hosts"], 3, "{r}");
+    assert_eq!(r["desired_hosts"], 3, "{r}");
+    let err = ctl_err(&lab, &["release", "remove", "shop", "1.0"]);
+    assert!(
+        err.contains("in use") && err.contains("3 host(s) run it"),
+        "{err}"
+    );
+
     // --- the units are hardened and clean, the env file private and exact
     let verify = lab
         .exec_output(

@@ -1,13 +1,10 @@
-//! `fleetctl app apply|list|show`, `release upload`, `secret set`.
+//! `fleetctl app apply|list|show`.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use fleet_proto::spec::{AppName, AppSpec};
-use fleet_proto::v1::{
-    ApplyAppRequest, GetAppRequest, ListAppsRequest, SetSecretRequest, UploadReleaseChunk,
-};
+use fleet_proto::v1::{ApplyAppRequest, GetAppRequest, ListAppsRequest};
 use serde_json::json;
 
 use crate::client::Conn;
@@ -22,25 +19,6 @@ pub enum AppCmd {
     /// Show an app's spec, releases and which secrets are set.
     Show { app: AppName },
 }
-
-#[derive(Subcommand)]
-pub enum ReleaseCmd {
-    /// Upload a release tarball (its root is the app directory).
-    Upload {
-        app: AppName,
-        file: PathBuf,
-        #[arg(long)]
-        version: String,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum SecretCmd {
-    /// Set a secret; the value is read from stdin (never from the command line).
-    Set { app: AppName, key: String },
-}
-
-const CHUNK: usize = 256 * 1024;
 
 pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
@@ -145,103 +123,6 @@ pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()>
                 }
             }
         }
-    }
-    Ok(())
-}
-
-pub async fn release(conn: &Conn, cmd: ReleaseCmd, format: Format) -> anyhow::Result<()> {
-    let ReleaseCmd::Upload { app, file, version } = cmd;
-    let mut f = std::fs::File::open(&file)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
-    let size = f.metadata()?.len();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let header = UploadReleaseChunk {
-        app: app.to_string(),
-        version: version.clone(),
-        size,
-        data: vec![],
-    };
-    // Reads on a blocking thread so a large file streams without being held in memory.
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if tx.blocking_send(header).is_err() {
-            return Ok(());
-        }
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.truncate(n);
-            if tx
-                .blocking_send(UploadReleaseChunk {
-                    data: buf,
-                    ..Default::default()
-                })
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-    });
-    let resp = conn
-        .admin()
-        .await?
-        .upload_release(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| conn.status(s))?
-        .into_inner();
-    reader.await??;
-    match format {
-        Format::Json => output::json(
-            &json!({"app": app.as_str(), "version": version, "sha256": resp.sha256, "size": resp.size, "created": resp.created}),
-        ),
-        Format::Table => println!(
-            "{} {app} {version}: {} bytes, sha256 {}",
-            if resp.created {
-                "uploaded"
-            } else {
-                "already present:"
-            },
-            resp.size,
-            resp.sha256
-        ),
-    }
-    Ok(())
-}
-
-pub async fn secret(conn: &Conn, cmd: SecretCmd, format: Format) -> anyhow::Result<()> {
-    let SecretCmd::Set { app, key } = cmd;
-    let mut value = String::new();
-    std::io::stdin()
-        .read_to_string(&mut value)
-        .map_err(|e| anyhow::anyhow!("cannot read the secret value from stdin: {e}"))?;
-    // `echo value | fleetctl secret set` adds one newline that is not part of the secret.
-    if value.ends_with('\n') {
-        value.pop();
-        if value.ends_with('\r') {
-            value.pop();
-        }
-    }
-    let resp = conn
-        .admin()
-        .await?
-        .set_secret(SetSecretRequest {
-            app: app.to_string(),
-            key: key.clone(),
-            value,
-        })
-        .await
-        .map_err(|s| conn.status(s))?
-        .into_inner();
-    match format {
-        Format::Json => {
-            output::json(&json!({"app": app.as_str(), "key": key, "created": resp.created}))
-        }
-        Format::Table => println!(
-            "secret {key} of {app} {}",
-            if resp.created { "set" } else { "changed" }
-        ),
     }
     Ok(())
 }

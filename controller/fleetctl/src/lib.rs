@@ -13,9 +13,12 @@ mod firewall;
 mod hosts;
 mod identity;
 mod output;
+mod overview;
 mod progress;
+mod release;
 mod rollout;
 mod run;
+mod secret;
 mod token;
 
 use std::path::PathBuf;
@@ -80,18 +83,24 @@ enum Command {
     App(apps::AppCmd),
     /// Release tarballs.
     #[command(subcommand)]
-    Release(apps::ReleaseCmd),
+    Release(release::ReleaseCmd),
     /// Per-app secrets (values from stdin, never printed).
     #[command(subcommand)]
-    Secret(apps::SecretCmd),
+    Secret(secret::SecretCmd),
     /// Install and start a release on hosts, all at once.
     Deploy(run::DeployArgs),
     /// Restart an app (graceful: connections queue in the socket meanwhile).
     Restart(run::RestartArgs),
     /// Reload an app's code in place (HUP after a preflight import).
     Reload(run::RestartArgs),
-    /// Per host: release, state, health, restarts, main pid.
-    Status { app: Option<String> },
+    /// Per host: release, state, health, restarts, main pid. Without an app: every app
+    /// at a glance and the hosts that need attention, worst first.
+    Status {
+        app: Option<String>,
+        /// Without an app: list every host, not only those needing attention.
+        #[arg(long)]
+        all: bool,
+    },
     /// The app's journal lines from its hosts, prefixed by host.
     Logs(run::LogsArgs),
     /// Host firewall policy (the agent-owned `inet fleet` nftables table).
@@ -159,12 +168,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => hosts::run(&conn, cmd, cli.output).await,
         Command::Audit { since, limit } => audit::run(&conn, since, limit, cli.output).await,
         Command::App(cmd) => apps::app(&conn, cmd, cli.output).await,
-        Command::Release(cmd) => apps::release(&conn, cmd, cli.output).await,
-        Command::Secret(cmd) => apps::secret(&conn, cmd, cli.output).await,
+        Command::Release(cmd) => release::run(&conn, cmd, cli.output).await,
+        Command::Secret(cmd) => secret::run(&conn, cmd, cli.output).await,
         Command::Deploy(args) => run::deploy(&conn, args, cli.output).await,
         Command::Restart(args) => run::restart(&conn, args, false, cli.output).await,
         Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
-        Command::Status { app } => run::status(&conn, app, cli.output).await,
+        Command::Status { app, all } => run::status(&conn, app, all, cli.output).await,
         Command::Logs(args) => run::logs(&conn, args).await,
         Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,

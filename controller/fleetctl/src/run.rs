@@ -3,7 +3,8 @@
 use clap::Args;
 use fleet_proto::spec::AppName;
 use fleet_proto::v1::{
-    AppState, DeployRequest, HostProgress, LogsRequest, RestartAppRequest, StatusRequest,
+    AppState, DeployRequest, HostAppStatus, HostProgress, LogsRequest, RestartAppRequest,
+    StatusRequest,
 };
 use fleet_proto::values::parse_duration;
 use serde_json::json;
@@ -11,6 +12,7 @@ use tonic::Streaming;
 
 use crate::client::Conn;
 use crate::output::{self, Format};
+use crate::overview::{self, Attention};
 
 #[derive(Args)]
 pub struct DeployArgs {
@@ -157,7 +159,13 @@ pub async fn restart(
     Ok(())
 }
 
-pub async fn status(conn: &Conn, app: Option<String>, format: Format) -> anyhow::Result<()> {
+pub async fn status(
+    conn: &Conn,
+    app: Option<String>,
+    all: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let overview = app.is_none();
     let app = app.unwrap_or_default();
     let mut admin = conn.admin().await?;
     let mut entries = Vec::new();
@@ -178,49 +186,136 @@ pub async fn status(conn: &Conn, app: Option<String>, format: Format) -> anyhow:
         }
         page_token = page.next_page_token;
     }
+    if overview {
+        return print_overview(entries, all, format);
+    }
     match format {
         Format::Json => output::json(&json!(entries
             .iter()
-            .map(|e| {
-                let s = e.state.clone().unwrap_or_default();
-                let mut v = state_json(&s);
-                v["host"] = json!(e.host);
-                v["host_state"] = json!(e.host_state);
-                v["app"] = json!(s.app);
-                v
-            })
+            .map(|e| entry_json(e, None))
             .collect::<Vec<_>>())),
         Format::Table => output::table(
-            &[
-                "APP", "HOST", "RELEASE", "STATE", "HEALTHY", "RESTARTS", "PID", "SINCE",
-            ],
-            &entries
+            &ENTRY_HEADER,
+            &entries.iter().map(entry_row).collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
+}
+
+fn entry_json(e: &HostAppStatus, attention: Option<&Attention>) -> serde_json::Value {
+    let s = e.state.clone().unwrap_or_default();
+    let mut v = state_json(&s);
+    v["host"] = json!(e.host);
+    v["host_state"] = json!(e.host_state);
+    v["app"] = json!(s.app);
+    if let Some(a) = attention {
+        v["attention"] = json!(a.why);
+    }
+    v
+}
+
+fn entry_row(e: &HostAppStatus) -> Vec<String> {
+    let s = e.state.clone().unwrap_or_default();
+    let healthy = if s.crash_loop {
+        "crash-loop".to_owned()
+    } else {
+        s.healthy.to_string()
+    };
+    let state = if e.host_state == "up" {
+        s.active_state.clone()
+    } else {
+        format!("{} (host down)", s.active_state)
+    };
+    vec![
+        s.app.clone(),
+        e.host.clone(),
+        s.release.clone(),
+        state,
+        healthy,
+        s.restarts.to_string(),
+        s.main_pid.to_string(),
+        output::time_or_dash(s.since),
+    ]
+}
+
+const ENTRY_HEADER: [&str; 8] = [
+    "APP", "HOST", "RELEASE", "STATE", "HEALTHY", "RESTARTS", "PID", "SINCE",
+];
+
+/// Every app × host, the ones needing attention first. The table shows one line per app
+/// and only the hosts needing attention (`--all`: every host), so it stays readable for
+/// a large fleet; JSON has every entry, worst first, with an `attention` reason.
+fn print_overview(entries: Vec<HostAppStatus>, all: bool, format: Format) -> anyhow::Result<()> {
+    let summaries = overview::summaries(&entries);
+    let sorted = overview::by_urgency(entries);
+    match format {
+        Format::Json => output::json(&json!(sorted
+            .iter()
+            .map(|(e, a)| entry_json(e, a.as_ref()))
+            .collect::<Vec<_>>())),
+        Format::Table => {
+            if summaries.is_empty() {
+                println!("no app reports from any host yet: deploy one with `fleetctl deploy APP --version V`");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = summaries
                 .iter()
-                .map(|e| {
-                    let s = e.state.clone().unwrap_or_default();
-                    let healthy = if s.crash_loop {
-                        "crash-loop".to_owned()
-                    } else {
-                        s.healthy.to_string()
-                    };
-                    let state = if e.host_state == "up" {
-                        s.active_state.clone()
-                    } else {
-                        format!("{} (host down)", s.active_state)
-                    };
+                .map(|s| {
+                    let releases: Vec<String> = s
+                        .releases
+                        .iter()
+                        .take(3)
+                        .map(|(r, n)| format!("{r} ×{n}"))
+                        .collect();
+                    let more = s.releases.len().saturating_sub(3);
                     vec![
                         s.app.clone(),
-                        e.host.clone(),
-                        s.release.clone(),
-                        state,
-                        healthy,
+                        releases.join(", ")
+                            + &if more > 0 {
+                                format!(", +{more}")
+                            } else {
+                                String::new()
+                            },
+                        s.hosts.to_string(),
+                        s.healthy.to_string(),
+                        s.down.to_string(),
+                        s.needs_attention.to_string(),
                         s.restarts.to_string(),
-                        s.main_pid.to_string(),
-                        output::time_or_dash(s.since),
                     ]
                 })
-                .collect::<Vec<_>>(),
-        ),
+                .collect();
+            output::table(
+                &[
+                    "APP",
+                    "RELEASES",
+                    "HOSTS",
+                    "HEALTHY",
+                    "DOWN",
+                    "ATTENTION",
+                    "RESTARTS",
+                ],
+                &rows,
+            );
+            let shown: Vec<Vec<String>> = sorted
+                .iter()
+                .filter(|(_, a)| all || a.is_some())
+                .map(|(e, a)| {
+                    let mut row = entry_row(e);
+                    row.push(a.as_ref().map_or("-".into(), |a| a.why.clone()));
+                    row
+                })
+                .collect();
+            println!();
+            if shown.is_empty() {
+                println!(
+                    "every host of every app is up, active, healthy and on its app's usual release"
+                );
+            } else {
+                let mut header = ENTRY_HEADER.to_vec();
+                header.push("ATTENTION");
+                output::table(&header, &shown);
+            }
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
-//! `fleetctl token create`.
+//! `fleetctl token create|list|revoke`.
 
 use clap::Subcommand;
-use fleet_proto::v1::CreateTokenRequest;
+use fleet_proto::v1::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest, TokenInfo};
 use fleet_proto::values::parse_duration;
 use serde_json::json;
 
@@ -35,6 +35,34 @@ pub enum TokenCmd {
         #[arg(long, requires = "bulk", default_value_t = DEFAULT_BULK_RATE)]
         bulk_rate: u32,
     },
+    /// The usable join tokens: id, group, uses left, expiry. Never the token itself
+    /// (the controller keeps only its hash).
+    List {
+        /// Also tokens that are expired, used up or revoked (until they are pruned).
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a token at once: no host can join with it any more (hosts that already
+    /// joined stay enrolled).
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+    },
+}
+
+fn token_json(t: &TokenInfo) -> serde_json::Value {
+    json!({
+        "token_id": t.token_id,
+        "state": t.state,
+        "group": (!t.group.is_empty()).then_some(&t.group),
+        "uses_total": t.uses_total,
+        "uses_left": t.uses_left,
+        "created_at": output::time(t.created_at),
+        "expires_at": output::time(t.expires_at),
+        "created_by": t.created_by,
+        "bulk_per_minute": t.bulk_per_minute,
+        "revoked_at": output::time(t.revoked_at),
+    })
 }
 
 pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<()> {
@@ -77,6 +105,80 @@ pub async fn run(conn: &Conn, cmd: TokenCmd, format: Format) -> anyhow::Result<(
                     "uses": resp.uses,
                     "bulk_per_minute": resp.bulk_per_minute,
                 })),
+            }
+            Ok(())
+        }
+        TokenCmd::List { all } => {
+            let resp = conn
+                .admin()
+                .await?
+                .list_tokens(ListTokensRequest { all })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            match format {
+                Format::Json => output::json(&json!(resp
+                    .tokens
+                    .iter()
+                    .map(token_json)
+                    .collect::<Vec<_>>())),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = resp
+                        .tokens
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.token_id.clone(),
+                                t.state.clone(),
+                                if t.group.is_empty() {
+                                    "-".into()
+                                } else {
+                                    t.group.clone()
+                                },
+                                format!("{}/{}", t.uses_left, t.uses_total),
+                                output::time_or_dash(t.expires_at),
+                                t.created_by.clone(),
+                                match t.bulk_per_minute {
+                                    0 => "-".into(),
+                                    n => format!("{n}/min"),
+                                },
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &[
+                            "ID",
+                            "STATE",
+                            "GROUP",
+                            "USES LEFT",
+                            "EXPIRES",
+                            "CREATED BY",
+                            "BULK",
+                        ],
+                        &rows,
+                    );
+                }
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { id } => {
+            let resp = conn
+                .admin()
+                .await?
+                .revoke_token(RevokeTokenRequest {
+                    token_id: id.clone(),
+                })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            let t = resp.token.unwrap_or_default();
+            match format {
+                Format::Json => output::json(&token_json(&t)),
+                Format::Table => println!(
+                    "token {} revoked at {}: no host can join with it",
+                    t.token_id,
+                    output::time_or_dash(t.revoked_at)
+                ),
             }
             Ok(())
         }

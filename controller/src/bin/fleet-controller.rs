@@ -82,5 +82,48 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(fleet_controller::server::run(&data_dir, settings))
         }
+        Command::Backup {
+            data_dir,
+            controller,
+            out,
+            with_blobs,
+        } => {
+            if out.exists() {
+                anyhow::bail!("{} exists: name a new file", out.display());
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let size = rt.block_on(fleet_controller::backup::fetch(
+                &data_dir,
+                &controller,
+                &out,
+                with_blobs,
+            ))?;
+            eprintln!(
+                "backup written to {} ({size} bytes, mode 0600). It holds the CA key and the key to the sealed secrets: keep it as safe as the controller itself",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Restore { file, data_dir } => {
+            let r = fleet_controller::backup::restore(&file, &data_dir)?;
+            let missing = r.manifest.blobs.len() - r.blobs_restored;
+            eprintln!(
+                "restored {} (backup of {}, controller {}) into {}; {} release blobs restored{}. Start it with `fleet-controller run --data-dir {}`: agents reconnect with the certificates they hold",
+                file.display(),
+                fleet_controller::timefmt::rfc3339(r.manifest.created_at_ms / 1000),
+                r.manifest.controller_version,
+                data_dir.display(),
+                r.blobs_restored,
+                if missing > 0 {
+                    format!(", {missing} not in the archive (re-upload those releases to deploy them again)")
+                } else {
+                    String::new()
+                },
+                data_dir.display()
+            );
+            Ok(())
+        }
     }
 }

@@ -24,6 +24,9 @@ pub struct TokenRecord {
     /// per-source and fleet-wide join limits; 0 for an ordinary token, which gets those.
     #[serde(default)]
     pub bulk_per_minute: u32,
+    /// Unix seconds `fleetctl token revoke` ended it; 0 while it may be used.
+    #[serde(default)]
+    pub revoked_at: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -68,6 +71,54 @@ impl Store {
 
     pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
         self.put_json(TOKENS, hash, token)
+    }
+
+    /// Every token not pruned yet (a few per enrollment batch: small).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all_json(TOKENS)
+    }
+
+    /// Revokes the token whose id (the first digits of its hash, which keys the table) is
+    /// `token_id`, at `now`: the token as it is now and whether this call revoked it, or
+    /// None if no token has that id. A token revoked before keeps its first revocation
+    /// time, and nothing is written.
+    pub fn revoke_token(
+        &self,
+        token_id: &str,
+        now: i64,
+    ) -> Result<Option<(TokenRecord, bool)>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let found = {
+            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
+            let hit = {
+                let mut rows = table.range(token_id..).map_err(db_err)?;
+                match rows.next() {
+                    Some(row) => {
+                        let (k, v) = row.map_err(db_err)?;
+                        let key = k.value().to_owned();
+                        let t: TokenRecord = decode("tokens", &key, v.value())?;
+                        (key.starts_with(token_id) && t.token_id == token_id).then_some((key, t))
+                    }
+                    None => None,
+                }
+            };
+            match hit {
+                Some((key, mut t)) if t.revoked_at == 0 => {
+                    t.revoked_at = now;
+                    table
+                        .insert(key.as_str(), encode(&t).as_slice())
+                        .map_err(db_err)?;
+                    Some((t, true))
+                }
+                Some((_, t)) => Some((t, false)),
+                None => None,
+            }
+        };
+        match &found {
+            Some((_, true)) => self.commit(tx)?,
+            _ => tx.abort().map_err(db_err)?,
+        }
+        Ok(found)
     }
 
     /// A join in one transaction: spends one use of the token (if `decide`, seeing the

@@ -28,8 +28,9 @@ pub use audit::AuditRecord;
 pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};
 pub use hosts::{HostRecord, IssuedSerial};
 pub use releases::{AgentPackageRecord, ReleaseRecord};
+pub use secrets::SecretMeta;
 
-use tables::{open_every_table, JsonTable, META};
+use tables::{copy_every_table, open_every_table, JsonTable, META};
 
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA_VERSION: &str = "1";
@@ -103,6 +104,31 @@ impl Store {
 
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(Self::FILE)
+    }
+
+    /// Writes a consistent copy of the whole store to a new file at `dest` (one read
+    /// transaction: writers go on meanwhile and none of their later commits is in it).
+    pub fn snapshot(&self, dest: &Path) -> Result<(), StoreError> {
+        if dest.exists() {
+            return Err(StoreError::Db(format!("{} already exists", dest.display())));
+        }
+        let from = self.db.begin_read().map_err(db_err)?;
+        let copy = Database::create(dest).map_err(db_err)?;
+        let tx = copy.begin_write().map_err(db_err)?;
+        copy_every_table(&from, &tx)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Names of the tables in the store file, for checks of the snapshot.
+    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let mut names: Vec<String> = tx
+            .list_tables()
+            .map_err(db_err)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Creates a new, empty store; fails if one exists.

@@ -13,6 +13,9 @@ pub struct ReleaseRecord {
     pub sha256: String,
     pub size: u64,
     pub uploaded_at: i64,
+    /// Empty for releases uploaded before it was recorded.
+    #[serde(default)]
+    pub uploaded_by: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -43,6 +46,28 @@ impl Store {
         }
         out.sort_by_key(|r| r.uploaded_at);
         Ok(out)
+    }
+
+    /// Deletes a release's record; returns it, or None if there was none (then nothing is
+    /// written). The caller removes the blob once `blob_in_use` says nothing needs it.
+    pub fn remove_release(
+        &self,
+        app: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRecord>, StoreError> {
+        let key = format!("{app}/{version}");
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut table = tx.open_table(RELEASES).map_err(db_err)?;
+            let old = table.remove(key.as_str()).map_err(db_err)?;
+            old.map(|v| decode("releases", &key, v.value()))
+                .transpose()?
+        };
+        match removed {
+            Some(_) => self.commit(tx)?,
+            None => tx.abort().map_err(db_err)?,
+        }
+        Ok(removed)
     }
 
     /// Whether any release (of any app) or agent package still refers to this blob.

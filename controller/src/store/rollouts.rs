@@ -1,7 +1,7 @@
 //! Rollout records and the release each host should run (shapes owned by `rollout` and
 //! `converge`; stored here as JSON).
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::tables::{host_range, DESIRED, ROLLOUTS};
@@ -77,6 +77,30 @@ impl Store {
             let (k, v) = row.map_err(db_err)?;
             if let Some((_, app)) = k.value().split_once('/') {
                 out.push((app.to_owned(), decode("desired", k.value(), v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many hosts should run each release of `app`, by version. A scan of the whole
+    /// table: for the rare `release list|remove` and pruning after an upload, never per
+    /// event.
+    pub fn desired_versions(
+        &self,
+        app: &str,
+    ) -> Result<std::collections::BTreeMap<String, u32>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Version {
+            version: String,
+        }
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(DESIRED).map_err(db_err)?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if k.value().split_once('/').map(|(_, a)| a) == Some(app) {
+                let d: Version = decode("desired", k.value(), v.value())?;
+                *out.entry(d.version).or_insert(0) += 1;
             }
         }
         Ok(out)

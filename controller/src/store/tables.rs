@@ -18,6 +18,8 @@ pub(super) const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps
 pub(super) const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// Key: `<app>/<KEY>`; value: the secret. The store file is 0600 in a 0700 directory.
 pub(super) const SECRETS: TableDefinition<&str, &str> = TableDefinition::new("secrets");
+/// Key: `<app>/<KEY>` as in `SECRETS`; value: JSON `SecretMeta` (when and by whom).
+pub(super) const SECRET_META: TableDefinition<&str, &[u8]> = TableDefinition::new("secret_meta");
 /// The fleet-wide firewall policy: key `policy` (TOML) and `applied_at_ms`.
 pub(super) const FIREWALL: TableDefinition<&str, &str> = TableDefinition::new("firewall");
 /// Rollouts by id (`<app>/<start ms, 16 digits>`), JSON, rewritten after every step.
@@ -50,11 +52,75 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     tx.open_table(APPS).map_err(db_err)?;
     tx.open_table(RELEASES).map_err(db_err)?;
     tx.open_table(SECRETS).map_err(db_err)?;
+    tx.open_table(SECRET_META).map_err(db_err)?;
     tx.open_table(FIREWALL).map_err(db_err)?;
     tx.open_table(ROLLOUTS).map_err(db_err)?;
     tx.open_table(DESIRED).map_err(db_err)?;
     tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
     migrate_desired(tx)
+}
+
+/// Copies every table `open_every_table` makes from `from` into `to` (a new store's
+/// transaction): one read transaction is one consistent moment. Keep the two lists in
+/// step; `store::tests` checks that a snapshot has every table the store has.
+pub(super) fn copy_every_table(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+) -> Result<(), StoreError> {
+    for def in [
+        HOSTS,
+        TOKENS,
+        REVOKED,
+        APPS,
+        RELEASES,
+        SECRET_META,
+        ROLLOUTS,
+        DESIRED,
+        AGENT_PACKAGES,
+    ] {
+        copy_json(from, to, def)?;
+    }
+    for def in [META, SECRETS, FIREWALL] {
+        copy_text(from, to, def)?;
+    }
+    use redb::ReadableTable;
+    let src = from.open_table(AUDIT).map_err(db_err)?;
+    let mut dst = to.open_table(AUDIT).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn copy_json(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: JsonTable,
+) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let src = from.open_table(def).map_err(db_err)?;
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn copy_text(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<&str, &str>,
+) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    let src = from.open_table(def).map_err(db_err)?;
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        dst.insert(k.value(), v.value()).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 fn migrate_desired(tx: &redb::WriteTransaction) -> Result<(), StoreError> {

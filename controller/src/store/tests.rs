@@ -35,6 +35,7 @@ fn one_use_token(id: &str) -> TokenRecord {
         group: String::new(),
         bulk_per_minute: 0,
         created_by: "me".into(),
+        revoked_at: 0,
     }
 }
 
@@ -163,6 +164,7 @@ fn releases_are_per_app_and_never_overwritten() {
         sha256: sha.into(),
         size: 1,
         uploaded_at: at,
+        uploaded_by: String::new(),
     };
     assert!(s
         .put_release_if_absent(&rec("shop", "1", "aa", 2))
@@ -190,6 +192,31 @@ fn releases_are_per_app_and_never_overwritten() {
     assert_eq!(versions, ["0", "1"]);
     assert!(s.blob_in_use("cc").unwrap());
     assert!(!s.blob_in_use("dd").unwrap());
+
+    let commits = s.commits();
+    assert_eq!(s.remove_release("shop", "9").unwrap(), None);
+    assert_eq!(s.commits(), commits, "removing nothing writes nothing");
+    assert_eq!(s.remove_release("shop", "1").unwrap().unwrap().sha256, "aa");
+    assert!(!s.blob_in_use("aa").unwrap());
+    assert!(s.release("shop", "1").unwrap().is_none());
+    assert!(s.release("shopx", "1").unwrap().is_some());
+}
+
+#[test]
+fn desired_versions_count_hosts_per_release_of_one_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let d =
+        |v: &str| serde_json::json!({"version": v, "min_healthy_ms": 0, "healthy_deadline_ms": 0});
+    s.set_desired("shop", "h1", Some(&d("1"))).unwrap();
+    s.set_desired("shop", "h2", Some(&d("2"))).unwrap();
+    s.set_desired("shop", "h3", Some(&d("2"))).unwrap();
+    s.set_desired("shopx", "h1", Some(&d("1"))).unwrap();
+    let got = s.desired_versions("shop").unwrap();
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        [("1".into(), 1), ("2".into(), 2)]
+    );
 }
 
 #[test]
@@ -223,12 +250,64 @@ fn rollouts_are_replaced_by_id_and_survive_reopen() {
 fn secrets_are_per_app() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    assert!(s.set_secret("shop", "DB", "one").unwrap());
-    assert!(!s.set_secret("shop", "DB", "two").unwrap());
-    s.set_secret("shopx", "DB", "other").unwrap();
+    let meta = SecretMeta {
+        set_at_ms: 7,
+        set_by: "admin:alice".into(),
+    };
+    assert!(s.set_secret("shop", "DB", "one", None).unwrap());
+    assert!(!s.set_secret("shop", "DB", "two", Some(&meta)).unwrap());
+    s.set_secret("shopx", "DB", "other", None).unwrap();
     let got = s.secrets("shop").unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got["DB"], "two");
+    let names = s.secret_names("shop").unwrap();
+    assert_eq!(names.len(), 1);
+    assert_eq!(names["DB"], Some(meta));
+    assert_eq!(s.secret_names("shopx").unwrap()["DB"], None);
+}
+
+#[test]
+fn unsetting_a_secret_removes_it_and_its_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let meta = SecretMeta {
+        set_at_ms: 1,
+        set_by: "a".into(),
+    };
+    s.set_secret("shop", "DB", "x", Some(&meta)).unwrap();
+    s.set_secret("shop", "KEY", "y", Some(&meta)).unwrap();
+    let commits = s.commits();
+    assert!(!s.unset_secret("shop", "NOPE").unwrap());
+    assert_eq!(s.commits(), commits, "a missing secret writes nothing");
+    assert!(s.unset_secret("shop", "DB").unwrap());
+    assert_eq!(
+        s.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
+        ["KEY"]
+    );
+    assert_eq!(s.secret_names("shop").unwrap().len(), 1);
+    // Set again later: a fresh record, no stale one.
+    s.set_secret("shop", "DB", "z", None).unwrap();
+    assert_eq!(s.secret_names("shop").unwrap()["DB"], None);
+}
+
+#[test]
+fn revoking_a_token_by_id_marks_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let mut t = one_use_token("abc123abc123");
+    s.put_token("abc123abc123ffff", &t).unwrap();
+    t.token_id = "abc999abc999".into();
+    s.put_token("abc999abc999eeee", &t).unwrap();
+    assert_eq!(s.revoke_token("000000000000", 5).unwrap(), None);
+    let (got, newly) = s.revoke_token("abc123abc123", 5).unwrap().unwrap();
+    assert!(newly);
+    assert_eq!(got.revoked_at, 5);
+    let (again, newly) = s.revoke_token("abc123abc123", 9).unwrap().unwrap();
+    assert!(!newly);
+    assert_eq!(again.revoked_at, 5, "the first revocation time stays");
+    let all = s.tokens().unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all.iter().filter(|t| t.revoked_at > 0).count(), 1);
 }
 
 #[test]
@@ -345,4 +424,32 @@ fn a_join_spends_records_and_audits_in_one_commit_or_not_at_all() {
     assert_eq!(s.commits(), before + 1);
     assert!(s.host("web-2").unwrap().is_none());
     assert_eq!(s.audit_since(0).unwrap().len(), 1);
+}
+
+#[test]
+fn a_snapshot_has_every_table_and_row_at_one_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    s.put_token("h", &one_use_token("id")).unwrap();
+    s.set_secret("shop", "DB", "sealed", None).unwrap();
+    s.append_audit(1, "a", "b", "c", "d").unwrap();
+    let snap = dir.path().join("snap.redb");
+    s.snapshot(&snap).unwrap();
+    // Later writes are not in it.
+    s.set_secret("shop", "LATER", "x", None).unwrap();
+    assert!(s.snapshot(&snap).is_err(), "never overwrites");
+    let names = s.table_names().unwrap();
+    drop(s);
+    let copy = Store::open(&snap).unwrap();
+    assert_eq!(
+        copy.table_names().unwrap(),
+        names,
+        "a table is missing from the snapshot"
+    );
+    assert!(copy.token("h").unwrap().is_some());
+    assert_eq!(
+        copy.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
+        ["DB"]
+    );
+    assert_eq!(copy.audit_since(0).unwrap().len(), 1);
 }

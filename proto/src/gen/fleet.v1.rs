@@ -587,6 +587,61 @@ pub struct CreateTokenResponse {
     #[prost(uint32, tag = "5")]
     pub bulk_per_minute: u32,
 }
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListTokensRequest {
+    /// Also list tokens that can no longer be used (expired, used up, revoked) and are not
+    /// pruned yet.
+    #[prost(bool, tag = "1")]
+    pub all: bool,
+}
+/// A join token as the controller keeps it: never the token itself, which it does not store.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TokenInfo {
+    #[prost(string, tag = "1")]
+    pub token_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub group: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub uses_total: u32,
+    #[prost(uint32, tag = "4")]
+    pub uses_left: u32,
+    /// Unix seconds.
+    #[prost(int64, tag = "5")]
+    pub created_at: i64,
+    #[prost(int64, tag = "6")]
+    pub expires_at: i64,
+    #[prost(string, tag = "7")]
+    pub created_by: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "8")]
+    pub bulk_per_minute: u32,
+    /// Unix seconds; 0 unless revoked.
+    #[prost(int64, tag = "9")]
+    pub revoked_at: i64,
+    /// "usable", "expired", "used up" or "revoked".
+    #[prost(string, tag = "10")]
+    pub state: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListTokensResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub tokens: ::prost::alloc::vec::Vec<TokenInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeTokenRequest {
+    /// TokenInfo.token_id (or the token_id `token create --output json` printed).
+    #[prost(string, tag = "1")]
+    pub token_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeTokenResponse {
+    #[prost(message, optional, tag = "1")]
+    pub token: ::core::option::Option<TokenInfo>,
+}
 /// Lists are paged: a response holds at most `limit` entries (0: the controller's page
 /// size) and a non-empty `next_page_token` when more follow; pass it back as `page_token`.
 #[allow(clippy::all)]
@@ -800,6 +855,120 @@ pub struct SetSecretRequest {
 pub struct SetSecretResponse {
     #[prost(bool, tag = "1")]
     pub created: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupRequest {
+    /// Also the release and agent-package blobs (large; without them the archive lists
+    /// them, and hosts keep what they run).
+    #[prost(bool, tag = "1")]
+    pub with_blobs: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackupChunk {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListReleasesRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseEntry {
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub sha256: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Unix seconds.
+    #[prost(int64, tag = "4")]
+    pub uploaded_at: i64,
+    /// Empty for a release uploaded before fleet recorded it.
+    #[prost(string, tag = "5")]
+    pub uploaded_by: ::prost::alloc::string::String,
+    /// Hosts whose agent reports running it now, and the first of them by name.
+    #[prost(uint32, tag = "6")]
+    pub running_hosts: u32,
+    #[prost(string, repeated, tag = "7")]
+    pub running_sample: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Hosts the controller would bring to it (their desired release).
+    #[prost(uint32, tag = "8")]
+    pub desired_hosts: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListReleasesResponse {
+    /// Oldest upload first.
+    #[prost(message, repeated, tag = "1")]
+    pub releases: ::prost::alloc::vec::Vec<ReleaseEntry>,
+    /// The controller keeps at most this many releases per app (`release_retention`).
+    #[prost(uint32, tag = "2")]
+    pub retention: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveReleaseRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveReleaseResponse {
+    /// Bytes of blob storage freed (0 when another release has the same bytes).
+    #[prost(uint64, tag = "1")]
+    pub freed_bytes: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListSecretsRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+/// A secret's name and when it was set; never its value.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SecretInfo {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Unix milliseconds; 0 when set before fleet recorded it.
+    #[prost(int64, tag = "2")]
+    pub set_at_ms: i64,
+    #[prost(string, tag = "3")]
+    pub set_by: ::prost::alloc::string::String,
+    /// Named in the app's spec (`secrets = \[...\]`): deploys need it.
+    #[prost(bool, tag = "4")]
+    pub in_spec: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListSecretsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub secrets: ::prost::alloc::vec::Vec<SecretInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnsetSecretRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Unset even though the app's spec needs it (its next deploy then fails until it is set).
+    #[prost(bool, tag = "3")]
+    pub force: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnsetSecretResponse {
+    /// False when there was no such secret (nothing changed).
+    #[prost(bool, tag = "1")]
+    pub existed: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1983,6 +2152,53 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "CreateToken"));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn list_tokens(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListTokensRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTokensResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ListTokens",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListTokens"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn revoke_token(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeTokenResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RevokeToken",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "RevokeToken"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn list_hosts(
             &mut self,
             request: impl tonic::IntoRequest<super::ListHostsRequest>,
@@ -2068,6 +2284,29 @@ pub mod admin_client {
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAudit"));
             self.inner.unary(req, path, codec).await
+        }
+        /// A consistent copy of the controller's state, CA, serving identity, sealing key and
+        /// (optionally) release blobs, as one tar archive in chunks (`fleet-controller backup`).
+        pub async fn backup(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BackupRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::BackupChunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Backup");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Backup"));
+            self.inner.server_streaming(req, path, codec).await
         }
         /// Apps, releases, secrets.
         pub async fn apply_app(
@@ -2157,6 +2396,54 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "UploadRelease"));
             self.inner.client_streaming(req, path, codec).await
         }
+        pub async fn list_releases(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListReleasesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListReleasesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ListReleases",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ListReleases"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn remove_release(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveReleaseResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RemoveRelease",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "RemoveRelease"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn set_secret(
             &mut self,
             request: impl tonic::IntoRequest<super::SetSecretRequest>,
@@ -2176,6 +2463,54 @@ pub mod admin_client {
             let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/SetSecret");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "SetSecret"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_secrets(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListSecretsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSecretsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ListSecrets",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "ListSecrets"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn unset_secret(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UnsetSecretRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UnsetSecretResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/UnsetSecret",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "UnsetSecret"));
             self.inner.unary(req, path, codec).await
         }
         /// Running apps on hosts.
@@ -2559,6 +2894,20 @@ pub mod admin_server {
             tonic::Response<super::CreateTokenResponse>,
             tonic::Status,
         >;
+        async fn list_tokens(
+            &self,
+            request: tonic::Request<super::ListTokensRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListTokensResponse>,
+            tonic::Status,
+        >;
+        async fn revoke_token(
+            &self,
+            request: tonic::Request<super::RevokeTokenRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeTokenResponse>,
+            tonic::Status,
+        >;
         async fn list_hosts(
             &self,
             request: tonic::Request<super::ListHostsRequest>,
@@ -2584,6 +2933,18 @@ pub mod admin_server {
             tonic::Response<super::ListAuditResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the Backup method.
+        type BackupStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::BackupChunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A consistent copy of the controller's state, CA, serving identity, sealing key and
+        /// (optionally) release blobs, as one tar archive in chunks (`fleet-controller backup`).
+        async fn backup(
+            &self,
+            request: tonic::Request<super::BackupRequest>,
+        ) -> std::result::Result<tonic::Response<Self::BackupStream>, tonic::Status>;
         /// Apps, releases, secrets.
         async fn apply_app(
             &self,
@@ -2611,11 +2972,39 @@ pub mod admin_server {
             tonic::Response<super::UploadReleaseResponse>,
             tonic::Status,
         >;
+        async fn list_releases(
+            &self,
+            request: tonic::Request<super::ListReleasesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListReleasesResponse>,
+            tonic::Status,
+        >;
+        async fn remove_release(
+            &self,
+            request: tonic::Request<super::RemoveReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveReleaseResponse>,
+            tonic::Status,
+        >;
         async fn set_secret(
             &self,
             request: tonic::Request<super::SetSecretRequest>,
         ) -> std::result::Result<
             tonic::Response<super::SetSecretResponse>,
+            tonic::Status,
+        >;
+        async fn list_secrets(
+            &self,
+            request: tonic::Request<super::ListSecretsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSecretsResponse>,
+            tonic::Status,
+        >;
+        async fn unset_secret(
+            &self,
+            request: tonic::Request<super::UnsetSecretRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UnsetSecretResponse>,
             tonic::Status,
         >;
         /// Server streaming response type for the Deploy method.
@@ -2884,6 +3273,92 @@ pub mod admin_server {
                     };
                     Box::pin(fut)
                 }
+                "/fleet.v1.Admin/ListTokens" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListTokensSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListTokensRequest>
+                    for ListTokensSvc<T> {
+                        type Response = super::ListTokensResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListTokensRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_tokens(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListTokensSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RevokeToken" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeTokenSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RevokeTokenRequest>
+                    for RevokeTokenSvc<T> {
+                        type Response = super::RevokeTokenResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeTokenRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::revoke_token(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeTokenSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 "/fleet.v1.Admin/ListHosts" => {
                     #[allow(non_camel_case_types)]
                     struct ListHostsSvc<T: Admin>(pub Arc<T>);
@@ -3054,6 +3529,52 @@ pub mod admin_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Backup" => {
+                    #[allow(non_camel_case_types)]
+                    struct BackupSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::BackupRequest>
+                    for BackupSvc<T> {
+                        type Response = super::BackupChunk;
+                        type ResponseStream = T::BackupStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BackupRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::backup(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = BackupSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
@@ -3234,6 +3755,96 @@ pub mod admin_server {
                     };
                     Box::pin(fut)
                 }
+                "/fleet.v1.Admin/ListReleases" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListReleasesSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ListReleasesRequest>
+                    for ListReleasesSvc<T> {
+                        type Response = super::ListReleasesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListReleasesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_releases(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListReleasesSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RemoveRelease" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveReleaseSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::RemoveReleaseRequest>
+                    for RemoveReleaseSvc<T> {
+                        type Response = super::RemoveReleaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveReleaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::remove_release(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveReleaseSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 "/fleet.v1.Admin/SetSecret" => {
                     #[allow(non_camel_case_types)]
                     struct SetSecretSvc<T: Admin>(pub Arc<T>);
@@ -3262,6 +3873,92 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetSecretSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ListSecrets" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSecretsSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListSecretsRequest>
+                    for ListSecretsSvc<T> {
+                        type Response = super::ListSecretsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListSecretsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_secrets(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSecretsSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/UnsetSecret" => {
+                    #[allow(non_camel_case_types)]
+                    struct UnsetSecretSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::UnsetSecretRequest>
+                    for UnsetSecretSvc<T> {
+                        type Response = super::UnsetSecretResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UnsetSecretRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::unset_secret(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UnsetSecretSvc(inner);
                         let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

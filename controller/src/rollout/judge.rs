@@ -118,6 +118,7 @@ fn sum(
 
 /// What is judged: the batch's hosts (or the baked fleet's sample) and the baseline.
 struct Judged {
+    pub app: String,
     pub who: String,
     pub batch: usize,
     pub judged: Group,
@@ -163,10 +164,11 @@ struct Windows<'a> {
 
 impl<'a> Windows<'a> {
     async fn start(shared: &'a Arc<Shared>, live: &'a Live, t: Analysis, j: Judged) -> Windows<'a> {
-        let app = live.rec().app;
-        let before = (
-            snapshot(shared, &app, &j.judged).await,
-            snapshot(shared, &app, &j.baseline).await,
+        let app = j.app.clone();
+        // Both sides at once: their windows must cover the same time.
+        let before = tokio::join!(
+            snapshot(shared, &app, &j.judged),
+            snapshot(shared, &app, &j.baseline)
         );
         Windows {
             shared,
@@ -182,9 +184,9 @@ impl<'a> Windows<'a> {
     /// Judges the window that just ended and records the verdict; the next window starts
     /// from these answers.
     async fn judge(&mut self) -> Judgement {
-        let after = (
-            snapshot(self.shared, &self.app, &self.j.judged).await,
-            snapshot(self.shared, &self.app, &self.j.baseline).await,
+        let after = tokio::join!(
+            snapshot(self.shared, &self.app, &self.j.judged),
+            snapshot(self.shared, &self.app, &self.j.baseline)
         );
         self.windows += 1;
         let (canary, failed) = sum(&self.j.judged, &self.before.0, &after.0);
@@ -361,6 +363,7 @@ pub(super) async fn after_batch(
         |_| {},
     );
     let j = Judged {
+        app: rec.app.clone(),
         who: label.to_owned(),
         batch: b,
         judged,
@@ -413,6 +416,7 @@ pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
         .map(|h| (h.host.clone(), rec.version.clone()))
         .collect();
     let j = Judged {
+        app: rec.app.clone(),
         who: "fleet".into(),
         batch: n,
         judged: sample,

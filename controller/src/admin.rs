@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::identity::{Identity, Name};
 use fleet_proto::v1::admin_server::Admin;
 use fleet_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -12,12 +11,14 @@ use crate::apps;
 use crate::auth::Caller;
 use crate::backup;
 use crate::catalog;
+use crate::hosts;
+use crate::operators;
 use crate::paging;
 use crate::ratelimit::MAX_BULK_PER_MINUTE;
 use crate::releases;
 use crate::secrets;
 use crate::shared::{internal, Shared};
-use crate::store::{HostRecord, RevokedRecord, TokenRecord};
+use crate::store::{RevokedRecord, TokenRecord};
 use crate::timefmt::now_secs;
 use crate::tokens;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,51 +28,6 @@ pub struct AdminService(pub Arc<Shared>);
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_TOKEN_USES: u32 = 10_000;
-
-/// Empty means "no group"; anything else follows the host-name rules, because it lands in
-/// Prometheus labels and firewall policies.
-fn group_name(group: &str) -> Result<String, Status> {
-    if group.is_empty() {
-        return Ok(String::new());
-    }
-    group
-        .parse::<Name>()
-        .map(|n| n.to_string())
-        .map_err(|e| Status::invalid_argument(format!("group name: {e}")))
-}
-
-fn host_view(shared: &Shared, h: HostRecord) -> Host {
-    let live = shared.sessions.up(&h.name);
-    let live_now = live.is_some();
-    Host {
-        state: if live.is_some() { "up" } else { "down" }.into(),
-        address: live.unwrap_or(h.address),
-        last_seen: if live_now {
-            now_secs()
-        } else {
-            shared
-                .last_seen
-                .get(&h.name)
-                .unwrap_or(h.last_seen_ms)
-                .max(h.last_seen_ms)
-                / 1000
-        },
-        version: h.version.clone(),
-        cert_expires: h.cert_expires,
-        group: h.group.clone(),
-        facts: Some(HostFacts {
-            hostname: h.hostname,
-            os: h.os,
-            kernel: h.kernel,
-            cores: h.cores,
-            memory_bytes: h.memory_bytes,
-            agent_version: h.version,
-            metrics_port: h.metrics_port,
-            package_version: h.package_version,
-        }),
-        name: h.name,
-    }
-}
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -91,7 +47,7 @@ impl Admin for AdminService {
                 "token ttl must be at most 30 days",
             ));
         }
-        let group = group_name(&req.group)?;
+        let group = hosts::group_name(&req.group)?;
         let uses = if req.uses == 0 { 1 } else { req.uses };
         if uses > MAX_TOKEN_USES {
             return Err(Status::invalid_argument(format!(
@@ -172,109 +128,31 @@ impl Admin for AdminService {
         &self,
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        let shared = &self.0;
-        let req = request.into_inner();
-        let limit = paging::limit(req.limit);
-        // Host names sort the same in the store as here: the token is the last name sent.
-        let rows = shared
-            .store
-            .hosts_page(&req.page_token, limit + 1)
-            .map_err(internal)?;
-        let (hosts, more) = paging::fill(rows.into_iter().map(|h| host_view(shared, h)), limit);
-        let next_page_token = match (more, hosts.last()) {
-            (true, Some(last)) => last.name.clone(),
-            _ => String::new(),
-        };
-        Ok(Response::new(ListHostsResponse {
-            hosts,
-            next_page_token,
-        }))
+        hosts::list(&self.0, request.into_inner()).map(Response::new)
     }
 
     async fn set_host_group(
         &self,
         request: Request<SetHostGroupRequest>,
     ) -> Result<Response<Host>, Status> {
-        let shared = &self.0;
         let actor = Caller::from_request(&request)?.actor();
-        let req = request.into_inner();
-        let name: Name = req
-            .name
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
-        let group = group_name(&req.group)?;
-        let previous = shared
-            .store
-            .update_host(name.as_str(), |h| {
-                std::mem::replace(&mut h.group, group.clone())
-            })
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!("no host named {name}: see `fleetctl hosts`"))
-            })?;
-        let show = |g: &str| {
-            if g.is_empty() {
-                "(none)".to_owned()
-            } else {
-                g.to_owned()
-            }
-        };
-        shared
-            .audit(
-                &actor,
-                "host.group",
-                name.as_str(),
-                &format!("{} -> {}", show(&previous), show(&group)),
-            )
-            .map_err(internal)?;
-        let host = shared
-            .store
-            .host(name.as_str())
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("host {name} was removed meanwhile")))?;
-        Ok(Response::new(host_view(shared, host)))
+        hosts::set_group(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    async fn set_host_cordon(
+        &self,
+        request: Request<SetHostCordonRequest>,
+    ) -> Result<Response<Host>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        hosts::set_cordon(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn remove_host(
         &self,
         request: Request<RemoveHostRequest>,
     ) -> Result<Response<RemoveHostResponse>, Status> {
-        let shared = &self.0;
         let actor = Caller::from_request(&request)?.actor();
-        let name: Name = request
-            .into_inner()
-            .name
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("host name: {e}")))?;
-        let identity = Identity::agent(shared.ca.trust_domain().clone(), name.clone());
-        let revoked = shared
-            .store
-            .remove_host(name.as_str(), &identity.uri(), now_secs())
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!("no host named {name}: see `fleetctl hosts`"))
-            })?;
-        shared.last_seen.forget(name.as_str());
-        // Durable first, then in effect: the handshake check and the live stream.
-        for r in &revoked {
-            shared.revocations.insert(r.serial.clone());
-        }
-        let was_connected = shared.sessions.close(
-            name.as_str(),
-            &format!("host {name} was removed by {actor}: its certificate is revoked"),
-        );
-        shared
-            .audit(
-                &actor,
-                "host.remove",
-                name.as_str(),
-                &format!("{} certificate(s) revoked", revoked.len()),
-            )
-            .map_err(internal)?;
-        Ok(Response::new(RemoveHostResponse {
-            revoked_certificates: revoked.len() as u32,
-            was_connected,
-        }))
+        hosts::remove(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn apply_app(
@@ -484,6 +362,9 @@ impl Admin for AdminService {
                 .map_err(internal)?;
             shared.revocations.insert(serial.clone());
         }
+        if let Some(name) = identity.name() {
+            operators::renewed(shared, name.as_str(), &issued.serial, issued.not_after)?;
+        }
         shared
             .audit(
                 &caller.actor(),
@@ -564,6 +445,29 @@ impl Admin for AdminService {
             entries,
             next_page_token,
         }))
+    }
+
+    async fn add_admin(
+        &self,
+        request: Request<AddAdminRequest>,
+    ) -> Result<Response<AddAdminResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        operators::add(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
+    async fn list_admins(
+        &self,
+        request: Request<ListAdminsRequest>,
+    ) -> Result<Response<ListAdminsResponse>, Status> {
+        operators::list(&self.0, request.into_inner()).map(Response::new)
+    }
+
+    async fn revoke_admin(
+        &self,
+        request: Request<RevokeAdminRequest>,
+    ) -> Result<Response<RevokeAdminResponse>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        operators::revoke(&self.0, &actor, request.into_inner()).map(Response::new)
     }
 
     async fn revoke_certificate(

@@ -350,7 +350,7 @@ pub fn deploy(
             Status::not_found(format!("{app} has no release {version}: upload it with `fleetctl release upload {app} FILE.tar.gz --version {version}`"))
         })?;
     let wanted = wanted_secrets(&shared, app.as_str(), &spec)?;
-    let hosts = targets(&shared, &req.hosts)?;
+    let (hosts, cordoned) = desired::targets_and_cordoned(&shared, &req.hosts)?;
     let deadline = match req.healthy_deadline_ms {
         0 => DEFAULT_HEALTHY_DEADLINE,
         ms => Duration::from_millis(ms),
@@ -366,6 +366,21 @@ pub fn deploy(
     );
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        // Counted as neither: a cordoned host is left as it is, and said so.
+        for (host, reason) in cordoned {
+            let message = match reason.as_str() {
+                "" => "cordoned: left as it is".to_owned(),
+                r => format!("cordoned ({r}): left as it is"),
+            };
+            let _ = tx
+                .send(Ok(HostProgress {
+                    host,
+                    phase: "skipped".into(),
+                    message,
+                    state: None,
+                }))
+                .await;
+        }
         let (ok, failed) = fan_out(
             shared.clone(),
             app.to_string(),

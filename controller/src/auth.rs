@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fleet_proto::access::{access_for, method, Access};
-use fleet_proto::identity::{Identity, TrustDomain};
+use fleet_proto::identity::{Identity, Role, TrustDomain};
 use fleet_proto::peer::verify_peer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use crate::operators::Operators;
 use crate::ratelimit::{clip, LogThrottle};
 use crate::tls::Revocations;
 
@@ -59,6 +60,7 @@ pub fn authorize(
     conn: Option<&TlsConnectInfo<TcpConnectInfo>>,
     trust_domain: &TrustDomain,
     revoked: &Revocations,
+    operators: &Operators,
 ) -> Result<Caller, Status> {
     let addr = conn.and_then(|c| c.get_ref().remote_addr());
     let access = access_for(path).ok_or_else(|| {
@@ -72,6 +74,11 @@ pub fn authorize(
         (None, Access::Role(role)) => {
             return Err(Status::unauthenticated(format!(
                 "client certificate required: {path} needs a fleet {role} identity"
+            )))
+        }
+        (None, Access::Operator(min)) => {
+            return Err(Status::unauthenticated(format!(
+                "client certificate required: {path} needs an operator identity with the {min} role"
             )))
         }
         (Some(der), _) => Some(
@@ -95,6 +102,26 @@ pub fn authorize(
             )));
         }
     }
+    if let (Access::Operator(min), Some(info)) = (access, &info) {
+        let name = match (info.identity.role(), info.identity.name()) {
+            (Role::Admin, Some(name)) => name.as_str(),
+            _ => {
+                return Err(Status::permission_denied(format!(
+                    "{} may not call {path}: it requires the admin role (an operator identity with the {min} operator role)",
+                    info.identity
+                )))
+            }
+        };
+        let role = operators
+            .role(name)
+            .map_err(|why| Status::permission_denied(format!("{path} refused: {why}")))?;
+        if role < min {
+            return Err(Status::permission_denied(format!(
+                "{} is a {role}: {path} needs the {min} role (an admin can change that with `fleetctl admin`)",
+                info.identity
+            )));
+        }
+    }
     Ok(Caller {
         identity: info.as_ref().map(|i| i.identity.clone()),
         not_after: info.as_ref().map(|i| i.not_after),
@@ -108,6 +135,7 @@ pub fn authorize(
 pub struct AuthLayer {
     pub trust_domain: TrustDomain,
     pub revoked: Arc<Revocations>,
+    pub operators: Arc<Operators>,
     /// Deadline of unary calls (streams run as long as their handlers decide).
     pub request_timeout: Duration,
     /// Refused calls are logged through this: anyone can make them.
@@ -118,11 +146,13 @@ impl AuthLayer {
     pub fn new(
         trust_domain: TrustDomain,
         revoked: Arc<Revocations>,
+        operators: Arc<Operators>,
         request_timeout: Duration,
     ) -> Self {
         AuthLayer {
             trust_domain,
             revoked,
+            operators,
             request_timeout,
             refused_log: Arc::new(LogThrottle::new(10, Duration::from_secs(1))),
         }
@@ -194,6 +224,7 @@ where
             conn,
             &self.cfg.trust_domain,
             &self.cfg.revoked,
+            &self.cfg.operators,
         ) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);

@@ -99,29 +99,63 @@ pub fn activate_stored(
 }
 
 pub fn targets(shared: &Shared, requested: &[String]) -> Result<Vec<String>, Status> {
+    targets_and_cordoned(shared, requested).map(|(hosts, _)| hosts)
+}
+
+/// Hosts left out because they are cordoned, with the reason given.
+pub type Cordoned = Vec<(String, String)>;
+
+/// The hosts a deploy or rollout acts on (every enrolled one, or those requested, which
+/// must all be enrolled), without the cordoned ones, which come back separately with
+/// their reasons so the caller can say so. Refuses when nothing is left.
+pub fn targets_and_cordoned(
+    shared: &Shared,
+    requested: &[String],
+) -> Result<(Vec<String>, Cordoned), Status> {
     let enrolled: Vec<String> = shared.store.host_names().map_err(internal)?;
-    if requested.is_empty() {
+    let wanted = if requested.is_empty() {
         if enrolled.is_empty() {
             return Err(Status::failed_precondition("no hosts are enrolled: enroll one with `fleetctl token create` and `fleet-agent join`"));
         }
-        return Ok(enrolled);
-    }
-    let known: std::collections::HashSet<&str> = enrolled.iter().map(String::as_str).collect();
-    let unknown: Vec<&String> = requested
-        .iter()
-        .filter(|h| !known.contains(h.as_str()))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "unknown host(s): {}: see `fleetctl hosts`",
-            unknown
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+        enrolled
+    } else {
+        let known: std::collections::HashSet<&str> = enrolled.iter().map(String::as_str).collect();
+        let unknown: Vec<&String> = requested
+            .iter()
+            .filter(|h| !known.contains(h.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "unknown host(s): {}: see `fleetctl hosts`",
+                unknown
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        requested.to_vec()
+    };
+    let cordons = shared.store.cordoned().map_err(internal)?;
+    let (cordoned, hosts): (Vec<String>, Vec<String>) =
+        wanted.into_iter().partition(|h| cordons.contains_key(h));
+    if hosts.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "every target host is cordoned ({}): `fleetctl host uncordon NAME` to let one back in",
+            cordoned.join(", ")
         )));
     }
-    Ok(requested.to_vec())
+    let cordoned = cordoned
+        .into_iter()
+        .map(|h| {
+            let reason = cordons
+                .get(&h)
+                .map(|c| c.reason.clone())
+                .unwrap_or_default();
+            (h, reason)
+        })
+        .collect();
+    Ok((hosts, cordoned))
 }
 
 /// The secret values the app's spec names; refuses when any is not set, before any host

@@ -62,6 +62,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         settings.join_global_per_minute,
         settings.join_global_per_minute,
     ));
+    let operators = Arc::new(crate::operators::Operators::load(&store)?);
     let sealer = Sealer::load_or_create(dir)?;
     seal_old_secrets(&store, &sealer)?;
     let blobs = Blobs::open(dir)
@@ -72,6 +73,7 @@ pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
         ca,
         serving,
         revocations,
+        operators,
         sessions: Sessions::default(),
         last_seen: Default::default(),
         settings,
@@ -178,6 +180,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         .layer(AuthLayer::new(
             shared.ca.trust_domain().clone(),
             shared.revocations.clone(),
+            shared.operators.clone(),
             settings.request_timeout,
         ))
         .add_service(EnrollmentServer::new(EnrollmentService(shared.clone())))

@@ -21,6 +21,8 @@ pub struct Shared {
     pub ca: Ca,
     pub serving: Arc<crate::servercert::ServingCert>,
     pub revocations: Arc<Revocations>,
+    /// Operators' roles, read by the authorization layer on every call.
+    pub operators: Arc<crate::operators::Operators>,
     pub sessions: Sessions,
     pub last_seen: crate::lastseen::LastSeen,
     pub settings: Settings,

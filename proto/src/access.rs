@@ -11,9 +11,63 @@ pub enum Access {
     Anonymous,
     /// A client certificate with this role.
     Role(Role),
+    /// An operator's (admin) certificate whose name the controller holds with at least
+    /// this operator role.
+    Operator(OperatorRole),
 }
 
-/// `(service, method or "*", access)`; the first match wins.
+/// What an operator may do; each role may do everything the ones before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OperatorRole {
+    /// Reads: hosts, apps, status, logs, rollouts, audit.
+    Viewer,
+    /// Also apps, releases, secrets, deploys and rollouts.
+    Deployer,
+    /// Everything: tokens, hosts, firewall, agent upgrades, operators, backups.
+    Admin,
+}
+
+impl OperatorRole {
+    pub const ALL: [OperatorRole; 3] = [
+        OperatorRole::Viewer,
+        OperatorRole::Deployer,
+        OperatorRole::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Viewer => "viewer",
+            OperatorRole::Deployer => "deployer",
+            OperatorRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for OperatorRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown role {0:?}: one of viewer, deployer, admin")]
+pub struct UnknownRole(String);
+
+impl std::str::FromStr for OperatorRole {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OperatorRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.chars().take(32).collect()))
+    }
+}
+
+const VIEW: Access = Access::Operator(OperatorRole::Viewer);
+const DEPLOY: Access = Access::Operator(OperatorRole::Deployer);
+
+/// `(service, method or "*", access)`; the first match wins. An Admin method not named
+/// here needs the admin operator role.
 const RULES: &[(&str, &str, Access)] = &[
     ("fleet.v1.Enrollment", "Join", Access::Anonymous),
     (
@@ -21,7 +75,33 @@ const RULES: &[(&str, &str, Access)] = &[
         "Session",
         Access::Role(Role::Agent),
     ),
-    ("fleet.v1.Admin", "*", Access::Role(Role::Admin)),
+    ("fleet.v1.Admin", "ListHosts", VIEW),
+    ("fleet.v1.Admin", "ListAudit", VIEW),
+    ("fleet.v1.Admin", "ListTokens", VIEW),
+    ("fleet.v1.Admin", "ListApps", VIEW),
+    ("fleet.v1.Admin", "GetApp", VIEW),
+    ("fleet.v1.Admin", "ListReleases", VIEW),
+    ("fleet.v1.Admin", "ListSecrets", VIEW),
+    ("fleet.v1.Admin", "Status", VIEW),
+    ("fleet.v1.Admin", "Logs", VIEW),
+    ("fleet.v1.Admin", "ShowFirewall", VIEW),
+    ("fleet.v1.Admin", "FirewallStatus", VIEW),
+    ("fleet.v1.Admin", "WatchRollout", VIEW),
+    ("fleet.v1.Admin", "ListAgentPackages", VIEW),
+    ("fleet.v1.Admin", "ListAdmins", VIEW),
+    // Every operator renews their own certificate.
+    ("fleet.v1.Admin", "RenewIdentity", VIEW),
+    ("fleet.v1.Admin", "ApplyApp", DEPLOY),
+    ("fleet.v1.Admin", "UploadRelease", DEPLOY),
+    ("fleet.v1.Admin", "RemoveRelease", DEPLOY),
+    ("fleet.v1.Admin", "SetSecret", DEPLOY),
+    ("fleet.v1.Admin", "UnsetSecret", DEPLOY),
+    ("fleet.v1.Admin", "Deploy", DEPLOY),
+    ("fleet.v1.Admin", "RestartApp", DEPLOY),
+    ("fleet.v1.Admin", "StartRollout", DEPLOY),
+    ("fleet.v1.Admin", "ControlRollout", DEPLOY),
+    ("fleet.v1.Admin", "SetHostCordon", DEPLOY),
+    ("fleet.v1.Admin", "*", Access::Operator(OperatorRole::Admin)),
 ];
 
 /// The access rule for a gRPC request path (`/package.Service/Method`), or `None` when the
@@ -110,7 +190,15 @@ mod tests {
         );
         assert_eq!(
             access_for("/fleet.v1.Admin/ListHosts"),
-            Some(Access::Role(Role::Admin))
+            Some(Access::Operator(OperatorRole::Viewer))
+        );
+        assert_eq!(
+            access_for("/fleet.v1.Admin/Deploy"),
+            Some(Access::Operator(OperatorRole::Deployer))
+        );
+        assert_eq!(
+            access_for("/fleet.v1.Admin/CreateToken"),
+            Some(Access::Operator(OperatorRole::Admin))
         );
         assert_eq!(access_for("/fleet.v1.Enrollment/Other"), None);
         assert_eq!(access_for("/grpc.reflection.v1.ServerReflection/X"), None);
@@ -131,6 +219,27 @@ mod tests {
         let deploy = m("/fleet.v1.Admin/Deploy");
         assert!(!deploy.client_streaming && deploy.server_streaming);
         assert!(methods().len() >= 20, "{:?}", methods());
+    }
+
+    #[test]
+    fn roles_are_ordered_and_parse() {
+        assert!(OperatorRole::Viewer < OperatorRole::Deployer);
+        assert!(OperatorRole::Deployer < OperatorRole::Admin);
+        for r in OperatorRole::ALL {
+            assert_eq!(r.as_str().parse::<OperatorRole>().unwrap(), r);
+        }
+        assert!("root".parse::<OperatorRole>().is_err());
+    }
+
+    /// Each named Admin rule names a real RPC: a typo would leave that RPC admin-only.
+    #[test]
+    fn every_named_rule_is_an_rpc() {
+        for (service, m, _) in RULES {
+            if *m != "*" {
+                let path = format!("/{service}/{m}");
+                assert!(method(&path).is_some(), "{path} is not in fleet.proto");
+            }
+        }
     }
 
     /// Every rpc declared in fleet.proto has a rule, so adding an RPC without deciding who

@@ -1,7 +1,9 @@
 //! `fleetctl hosts`, `fleetctl host set-group` and `fleetctl host remove`.
 
 use clap::Subcommand;
-use fleet_proto::v1::{ListHostsRequest, RemoveHostRequest, SetHostGroupRequest};
+use fleet_proto::v1::{
+    ListHostsRequest, RemoveHostRequest, SetHostCordonRequest, SetHostGroupRequest,
+};
 use serde_json::json;
 
 use crate::client::Conn;
@@ -13,6 +15,16 @@ pub enum HostCmd {
     /// join token brings it back.
     Remove { name: String },
     /// Put a host in a group (the `group` label Prometheus gets from discovery).
+    /// Keep a host out of deploys and rollouts (e.g. while it is repaired); it keeps
+    /// running what it runs.
+    Cordon {
+        name: String,
+        /// Why, shown in `fleetctl hosts` and the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let a cordoned host back into deploys and rollouts.
+    Uncordon { name: String },
     SetGroup {
         name: String,
         /// Group name; omit with --none to take the host out of its group.
@@ -59,6 +71,8 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                 "package_version": h.facts.as_ref().map(|f| f.package_version.clone()).unwrap_or_default(),
                 "group": h.group,
                 "cert_expires": output::time(h.cert_expires),
+                "cordoned": h.cordoned,
+                "cordon_reason": (!h.cordon_reason.is_empty()).then_some(&h.cordon_reason),
             }))
             .collect::<Vec<_>>())),
         Format::Table => output::table(
@@ -78,7 +92,11 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                     vec![
                         h.name.clone(),
                         h.address.clone(),
-                        h.state.clone(),
+                        if h.cordoned {
+                            format!("{} (cordoned)", h.state)
+                        } else {
+                            h.state.clone()
+                        },
                         if h.group.is_empty() {
                             "-".to_owned()
                         } else {
@@ -127,6 +145,8 @@ pub async fn run(conn: &Conn, cmd: HostCmd, format: Format) -> anyhow::Result<()
             }
             Ok(())
         }
+        HostCmd::Cordon { name, reason } => cordon(conn, name, true, reason, format).await,
+        HostCmd::Uncordon { name } => cordon(conn, name, false, String::new(), format).await,
         HostCmd::Remove { name } => {
             let resp = conn
                 .admin()
@@ -154,4 +174,35 @@ pub async fn run(conn: &Conn, cmd: HostCmd, format: Format) -> anyhow::Result<()
             Ok(())
         }
     }
+}
+
+async fn cordon(
+    conn: &Conn,
+    name: String,
+    cordoned: bool,
+    reason: String,
+    format: Format,
+) -> anyhow::Result<()> {
+    let host = conn
+        .admin()
+        .await?
+        .set_host_cordon(SetHostCordonRequest {
+            name,
+            cordoned,
+            reason,
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    match format {
+        Format::Json => output::json(
+            &json!({"name": host.name, "cordoned": host.cordoned, "reason": host.cordon_reason}),
+        ),
+        Format::Table if host.cordoned => println!(
+            "host {} cordoned: deploys and rollouts leave it as it is until `fleetctl host uncordon {}`",
+            host.name, host.name
+        ),
+        Format::Table => println!("host {} is back in deploys and rollouts", host.name),
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! same definition.
 #![forbid(unsafe_code)]
 
+mod admins;
 mod agent;
 mod analysis;
 mod apps;
@@ -117,6 +118,9 @@ enum Command {
     /// This admin identity: show it, or renew its certificate before it expires.
     #[command(subcommand)]
     Identity(identity::IdentityCmd),
+    /// Operators: add one with a role (viewer, deployer, admin), list, revoke.
+    #[command(subcommand)]
+    Admin(admins::AdminCmd),
     /// Print a shell completion script, e.g. `fleetctl completions bash >
     /// /etc/bash_completion.d/fleetctl` (the .deb installs them already).
     Completions { shell: clap_complete::Shell },
@@ -179,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
         Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
         Command::Identity(cmd) => identity::run(&conn, cmd, cli.output).await,
+        Command::Admin(cmd) => admins::run(&conn, cmd, cli.output).await,
         Command::Agent(cmd) => agent::run(&conn, cmd, cli.output).await,
         Command::Completions { shell } => {
             completions(shell, &mut std::io::stdout());

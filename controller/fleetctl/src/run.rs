@@ -90,7 +90,7 @@ async fn follow(
                 println!("{:<16} {:<10} {} {}", p.host, p.phase, p.message, detail);
             }
             Format::Json => {
-                if p.phase == "done" || p.phase == "failed" {
+                if p.phase == "done" || p.phase == "failed" || p.phase == "skipped" {
                     results.push(json!({"host": p.host, "result": p.phase, "message": p.message, "app": p.state.as_ref().map(state_json)}));
                 }
             }

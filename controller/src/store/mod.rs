@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, TableHandle, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
+mod admins;
 mod apps;
 mod audit;
+mod cordon;
 mod credentials;
 mod firewall;
 mod hosts;
@@ -23,8 +25,10 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use admins::AdminRecord;
 pub use apps::AppRecord;
 pub use audit::AuditRecord;
+pub use cordon::CordonRecord;
 pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};
 pub use hosts::{HostRecord, IssuedSerial};
 pub use releases::{AgentPackageRecord, ReleaseRecord};
@@ -247,5 +251,38 @@ impl Store {
                 .map_err(db_err)?;
         }
         self.commit(tx)
+    }
+
+    /// Every JSON record of a string-keyed table by key.
+    fn all_json_keyed<T: DeserializeOwned>(
+        &self,
+        def: JsonTable,
+    ) -> Result<std::collections::BTreeMap<String, T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(def).map_err(db_err)?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.insert(
+                k.value().to_owned(),
+                decode(def.name(), k.value(), v.value())?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Deletes one key in its own transaction (nothing is written when it is absent).
+    fn delete_key(&self, def: JsonTable, key: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let existed = {
+            let mut table = tx.open_table(def).map_err(db_err)?;
+            let old = table.remove(key).map_err(db_err)?;
+            old.is_some()
+        };
+        if existed {
+            self.commit(tx)
+        } else {
+            tx.abort().map_err(db_err)
+        }
     }
 }

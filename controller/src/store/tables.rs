@@ -37,6 +37,10 @@ pub(super) const DESIRED_V0: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(super) fn host_range(host: &str) -> (String, String) {
     (format!("{host}/"), format!("{host}0"))
 }
+/// Cordoned hosts by name (JSON `CordonRecord`): out of deploys and rollouts.
+pub(super) const CORDONED: TableDefinition<&str, &[u8]> = TableDefinition::new("cordoned");
+/// Operators by name: role and revocation (JSON `AdminRecord`).
+pub(super) const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
 /// fleet-agent packages by Debian version; their bytes are blobs like releases.
 pub(super) const AGENT_PACKAGES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("agent_packages");
@@ -57,6 +61,8 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     tx.open_table(ROLLOUTS).map_err(db_err)?;
     tx.open_table(DESIRED).map_err(db_err)?;
     tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
+    tx.open_table(ADMINS).map_err(db_err)?;
+    tx.open_table(CORDONED).map_err(db_err)?;
     migrate_desired(tx)
 }
 
@@ -77,6 +83,8 @@ pub(super) fn copy_every_table(
         ROLLOUTS,
         DESIRED,
         AGENT_PACKAGES,
+        ADMINS,
+        CORDONED,
     ] {
         copy_json(from, to, def)?;
     }

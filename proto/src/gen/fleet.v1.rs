@@ -675,6 +675,11 @@ pub struct Host {
     /// Empty when the host is in no group.
     #[prost(string, tag = "8")]
     pub group: ::prost::alloc::string::String,
+    /// Kept out of deploys and rollouts (`fleetctl host cordon`), with the reason given.
+    #[prost(bool, tag = "9")]
+    pub cordoned: bool,
+    #[prost(string, tag = "10")]
+    pub cordon_reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -692,6 +697,17 @@ pub struct SetHostGroupRequest {
     /// Empty takes the host out of its group.
     #[prost(string, tag = "2")]
     pub group: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetHostCordonRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub cordoned: bool,
+    /// Shown in `fleetctl hosts` and the audit log (at most 200 characters).
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1346,6 +1362,70 @@ pub struct RenewIdentityResponse {
     /// Unix seconds.
     #[prost(int64, tag = "2")]
     pub not_after: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AddAdminRequest {
+    /// \[a-z\]\[a-z0-9-\]{0,62}
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "viewer", "deployer" or "admin".
+    #[prost(string, tag = "2")]
+    pub role: ::prost::alloc::string::String,
+    /// PEM PKCS#10 request signed by the new operator's own key (made where they are); only
+    /// its public key is used.
+    #[prost(string, tag = "3")]
+    pub csr_pem: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AddAdminResponse {
+    #[prost(string, tag = "1")]
+    pub cert_pem: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub ca_pem: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub not_after: i64,
+    #[prost(string, tag = "4")]
+    pub serial: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListAdminsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AdminInfo {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub role: ::prost::alloc::string::String,
+    /// Unix seconds; 0 for the first admin, made by `fleet-controller init`.
+    #[prost(int64, tag = "3")]
+    pub created_at: i64,
+    #[prost(string, tag = "4")]
+    pub created_by: ::prost::alloc::string::String,
+    /// Unix seconds; 0 unless revoked.
+    #[prost(int64, tag = "5")]
+    pub revoked_at: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListAdminsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub admins: ::prost::alloc::vec::Vec<AdminInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeAdminRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeAdminResponse {
+    /// Certificate serials of this operator that are now refused.
+    #[prost(string, repeated, tag = "1")]
+    pub revoked_serials: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2264,6 +2344,28 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "SetHostGroup"));
             self.inner.unary(req, path, codec).await
         }
+        /// Keeps a host out of deploys and rollouts (while it is repaired), or lets it back in.
+        pub async fn set_host_cordon(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetHostCordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/SetHostCordon",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "SetHostCordon"));
+            self.inner.unary(req, path, codec).await
+        }
         pub async fn list_audit(
             &mut self,
             request: impl tonic::IntoRequest<super::ListAuditRequest>,
@@ -2795,6 +2897,77 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("fleet.v1.Admin", "RevokeCertificate"));
             self.inner.unary(req, path, codec).await
         }
+        /// Operators: each an admin identity (spiffe://TD/admin/NAME) the controller holds with a
+        /// role (viewer, deployer, admin) that decides which of these RPCs it may call.
+        pub async fn add_admin(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AddAdminRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AddAdminResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/AddAdmin");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "AddAdmin"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_admins(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListAdminsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAdminsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/ListAdmins",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAdmins"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every certificate of the operator stops working at its next call.
+        pub async fn revoke_admin(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeAdminRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeAdminResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/RevokeAdmin",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "RevokeAdmin"));
+            self.inner.unary(req, path, codec).await
+        }
         /// fleet-agent packages (.deb) held by the controller, and fleet-wide agent upgrades.
         /// First message carries the header (version, size); the rest carry data.
         pub async fn upload_agent_package(
@@ -2925,6 +3098,11 @@ pub mod admin_server {
         async fn set_host_group(
             &self,
             request: tonic::Request<super::SetHostGroupRequest>,
+        ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status>;
+        /// Keeps a host out of deploys and rollouts (while it is repaired), or lets it back in.
+        async fn set_host_cordon(
+            &self,
+            request: tonic::Request<super::SetHostCordonRequest>,
         ) -> std::result::Result<tonic::Response<super::Host>, tonic::Status>;
         async fn list_audit(
             &self,
@@ -3120,6 +3298,30 @@ pub mod admin_server {
             request: tonic::Request<super::RevokeCertificateRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RevokeCertificateResponse>,
+            tonic::Status,
+        >;
+        /// Operators: each an admin identity (spiffe://TD/admin/NAME) the controller holds with a
+        /// role (viewer, deployer, admin) that decides which of these RPCs it may call.
+        async fn add_admin(
+            &self,
+            request: tonic::Request<super::AddAdminRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AddAdminResponse>,
+            tonic::Status,
+        >;
+        async fn list_admins(
+            &self,
+            request: tonic::Request<super::ListAdminsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListAdminsResponse>,
+            tonic::Status,
+        >;
+        /// Every certificate of the operator stops working at its next call.
+        async fn revoke_admin(
+            &self,
+            request: tonic::Request<super::RevokeAdminRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeAdminResponse>,
             tonic::Status,
         >;
         /// fleet-agent packages (.deb) held by the controller, and fleet-wide agent upgrades.
@@ -3475,6 +3677,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetHostGroupSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/SetHostCordon" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetHostCordonSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::SetHostCordonRequest>
+                    for SetHostCordonSvc<T> {
+                        type Response = super::Host;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetHostCordonRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_host_cordon(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetHostCordonSvc(inner);
                         let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -4503,6 +4750,135 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RevokeCertificateSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/AddAdmin" => {
+                    #[allow(non_camel_case_types)]
+                    struct AddAdminSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::AddAdminRequest>
+                    for AddAdminSvc<T> {
+                        type Response = super::AddAdminResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AddAdminRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::add_admin(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AddAdminSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/ListAdmins" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListAdminsSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ListAdminsRequest>
+                    for ListAdminsSvc<T> {
+                        type Response = super::ListAdminsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListAdminsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_admins(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListAdminsSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RevokeAdmin" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeAdminSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RevokeAdminRequest>
+                    for RevokeAdminSvc<T> {
+                        type Response = super::RevokeAdminResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeAdminRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::revoke_admin(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeAdminSvc(inner);
                         let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

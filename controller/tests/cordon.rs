@@ -106,7 +106,11 @@ fn a_cordoned_host_is_left_out_of_deploys_and_said_so() {
     // A removed host leaves no cordon behind.
     fleet.ok(&["host", "remove", "h1"]);
     let again = fleet.agent_join("h1", &fleet.token(&[]), &dir.join("agent-h1"), &["--force"]);
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert_eq!(
         fleet.hosts().iter().find(|h| h["name"] == "h1").unwrap()["cordoned"],
         false

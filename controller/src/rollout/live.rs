@@ -19,6 +19,8 @@ pub enum Control {
     Run,
     Pause,
     Abort,
+    /// A newer rollout of the app (`--force`) ends this one's bake.
+    EndBake,
 }
 
 /// A rollout the engine is running in this process.

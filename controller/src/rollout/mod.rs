@@ -180,7 +180,9 @@ pub async fn start(
         .store
         .put_rollout(&record.id, &record)
         .map_err(internal)?;
-    let live = shared.rollouts.insert(record.clone())?;
+    let live = shared
+        .rollouts
+        .insert(record.clone(), shared.events.clone())?;
     shared
         .audit(
             &actor,
@@ -334,7 +336,7 @@ pub fn resume_all(shared: &Arc<Shared>) {
     };
     for rec in all.into_iter().filter(|r| !r.state.terminal()) {
         let id = rec.id.clone();
-        let Ok(live) = shared.rollouts.insert(rec.clone()) else {
+        let Ok(live) = shared.rollouts.insert(rec.clone(), shared.events.clone()) else {
             continue;
         };
         let _ = shared.audit(

@@ -317,7 +317,9 @@ impl Admin for AdminService {
         request: Request<RolloutRequest>,
     ) -> Result<Response<Self::StartRolloutStream>, Status> {
         let actor = Caller::from_request(&request)?.actor();
-        crate::rollout::start(self.0.clone(), actor, request.into_inner()).map(Response::new)
+        crate::rollout::start(self.0.clone(), actor, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchRolloutStream = ReceiverStream<Result<RolloutEvent, Status>>;

@@ -389,6 +389,9 @@ mod tests {
             started_ms: 0,
             ended_ms: 0,
             message: String::new(),
+            analysis: None,
+            verdicts: Vec::new(),
+            bake_until_ms: 0,
         }
     }
 

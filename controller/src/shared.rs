@@ -42,7 +42,7 @@ pub struct Shared {
     pub convergence: crate::converge::Convergence,
     pub upgrades: crate::upgrade::Upgrades,
     pub metrics: ControllerMetrics,
-    pub events: crate::events::Events,
+    pub events: Arc<crate::events::Events>,
 }
 
 impl Shared {

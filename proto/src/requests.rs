@@ -8,7 +8,7 @@ use crate::v1::ReleaseRequests;
 /// Upper bounds, in seconds, of the response-time histogram (`le` of
 /// `fleet_app_http_request_duration_seconds`), then +Inf. Steps of 1.5–2× from 1 ms to
 /// 10 s: a p99 interpolated inside one bucket is off by at most that step, which
-/// `max_p99_increase` must exceed to be meaningful (validation keeps it above 1).
+/// `max_p99_increase` must exceed to be meaningful (`spec::finest_bucket_step`).
 pub const DURATION_BUCKETS: [f64; 20] = [
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6,
     1.0, 1.5, 2.5, 5.0, 10.0,

@@ -6,6 +6,7 @@
 
 mod admins;
 mod agent;
+mod analysis;
 mod apps;
 mod audit;
 mod client;
@@ -233,6 +234,66 @@ mod tests {
         };
         assert_eq!(r.start.opts.max_parallel.to_string(), "25%");
         assert_eq!(r.start.opts.min_healthy, std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn analysis_flags_are_checked_and_carried_in_the_request() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fleetctl", "rollout", "shop", "--version", "1.1"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        for (bad, says) in [
+            (&["--max-error-ratio", "1.5"][..], "between 0 and 1"),
+            (&["--max-error-ratio", "lots"], "expected a number"),
+            (&["--max-error-increase", "1"], "above 1"),
+            (&["--max-p99-increase", "1.2"], "bucket"),
+            (&["--min-requests", "0"], "--min-requests"),
+            (&["--analysis-window", "0s"], "--analysis-window"),
+            (&["--bake", "soon"], "--bake"),
+            (&["--bake", "3d"], "24h"),
+            (&["--no-analysis", "--bake", "5m"], "cannot be used"),
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        }
+        let Ok(Cli {
+            command: Command::Rollout(r),
+            ..
+        }) = parse(&[
+            "--analysis-window",
+            "30s",
+            "--min-requests",
+            "50",
+            "--max-error-ratio",
+            "0.02",
+            "--max-p99-increase",
+            "2",
+            "--bake",
+            "5m",
+            "--force",
+        ])
+        else {
+            panic!("valid analysis flags refused");
+        };
+        let o = r.start.opts.analysis.to_wire();
+        assert_eq!(o.window_ms, Some(30_000));
+        assert_eq!(o.min_requests, Some(50));
+        assert_eq!(o.max_error_ratio, Some(0.02));
+        assert_eq!(o.max_error_increase, None, "unset: the spec's");
+        assert_eq!(o.max_p99_increase, Some(2.0));
+        assert_eq!(o.bake_ms, Some(300_000));
+        assert!(!o.disabled && r.start.opts.force);
+        let Ok(Cli {
+            command: Command::Rollback(b),
+            ..
+        }) = Cli::try_parse_from(["fleetctl", "rollback", "shop", "--no-analysis"])
+        else {
+            panic!("--no-analysis refused on rollback");
+        };
+        assert!(b.opts.analysis.to_wire().disabled);
     }
 
     #[test]

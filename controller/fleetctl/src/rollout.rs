@@ -15,6 +15,7 @@ use fleet_proto::values::{parse_duration, MaxParallel};
 use serde_json::json;
 use tonic::Streaming;
 
+use crate::analysis::AnalysisOpts;
 use crate::client::Conn;
 use crate::output::Format;
 use crate::progress::Bars;
@@ -75,6 +76,12 @@ pub struct Opts {
     /// Start it and return at once (`rollout status APP --watch` re-attaches).
     #[arg(long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub analysis: AnalysisOpts,
+    /// If the app's previous rollout is still baking, end its bake (recorded as
+    /// superseded) instead of refusing to start.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +151,8 @@ pub async fn start(
         no_auto_revert: o.no_auto_revert,
         skip_down: o.skip_down,
         hosts: o.hosts.clone(),
+        analysis: Some(o.analysis.to_wire()),
+        force: o.force,
     };
     let mut stream = conn
         .admin()
@@ -194,6 +203,7 @@ async fn control(conn: &Conn, app: AppName, action: &str, format: Format) -> any
 }
 
 pub fn info_json(i: &RolloutInfo) -> serde_json::Value {
+    let (analysis, verdicts) = crate::analysis::json(i);
     json!({
         "id": i.id,
         "app": i.app,
@@ -213,10 +223,14 @@ pub fn info_json(i: &RolloutInfo) -> serde_json::Value {
         "min_healthy_ms": i.min_healthy_ms,
         "healthy_deadline_ms": i.healthy_deadline_ms,
         "actor": i.actor,
+        "analysis": analysis,
+        "verdicts": verdicts,
+        "bake_until_ms": i.bake_until_ms,
     })
 }
 
 fn exit_of(state: &str) -> u8 {
+    // A release reverted by its analysis (in a batch or in the bake) is "reverted" too.
     match state {
         "succeeded" => 0,
         "reverted" => 2,
@@ -275,6 +289,7 @@ fn table_lines(ev: &RolloutEvent, t0: i64, text_bars: bool) -> Vec<String> {
                     h.message
                 ));
             }
+            out.extend(crate::analysis::lines(info));
         }
         "healthy" | "failed" | "reverted" | "revert_failed" | "skipped" => {
             let total = info.hosts.iter().filter(|h| h.batch == ev.batch).count();

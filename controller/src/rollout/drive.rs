@@ -10,6 +10,7 @@ use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::{RunPreStart, StageRelease};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::judge;
 use super::live::{Control, Live};
 use super::record::{outcome, HostStep, Phase, Record, State, Step};
 use crate::commands::CommandFailed;
@@ -33,37 +34,37 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
         match rec.next_step() {
             Step::Stage => stage(&shared, &live).await,
             Step::Batch(b) => batch(&shared, &live, b).await,
-            Step::Finish => {
-                let n = rec
-                    .hosts
-                    .iter()
-                    .filter(|h| h.phase == Phase::Healthy)
-                    .count();
-                let skipped = rec
-                    .hosts
-                    .iter()
-                    .filter(|h| h.phase == Phase::Skipped)
-                    .count();
-                let msg = if skipped > 0 {
-                    format!(
-                        "{n} hosts on {}; {skipped} skipped while down (they converge when back)",
+            Step::Finish => match rec.analysis.filter(|t| t.bake_ms > 0) {
+                Some(t) => {
+                    let until = now_ms() + t.bake_ms as i64;
+                    let bake = humantime::format_duration(Duration::from_millis(t.bake_ms));
+                    let msg = format!(
+                        "every batch passed: judging the fleet on {} for {bake} (a regression reverts every host)",
                         rec.version
-                    )
-                } else {
-                    format!("{n} hosts on {}", rec.version)
-                };
-                live.step("succeeded", "", 0, &msg.clone(), |r| {
-                    r.state = State::Succeeded;
-                    r.message = msg;
-                });
-            }
+                    );
+                    live.step("baking", "", rec.batches.len(), &msg, |r| {
+                        r.state = State::Baking;
+                        r.bake_until_ms = until;
+                    });
+                }
+                None => {
+                    let msg = finished_message(&rec);
+                    live.step("succeeded", "", 0, &msg.clone(), |r| {
+                        r.state = State::Succeeded;
+                        r.message = msg;
+                    });
+                }
+            },
+            Step::Bake => judge::bake_step(&shared, &live).await,
             Step::WaitResume => {
                 let mut rx = live.control.subscribe();
                 let c = *rx.borrow_and_update();
                 match c {
-                    Control::Run => live.step("resumed", "", rec.current_batch, "resumed", |r| {
-                        r.state = State::Running
-                    }),
+                    Control::Run | Control::EndBake => {
+                        live.step("resumed", "", rec.current_batch, "resumed", |r| {
+                            r.state = State::Running
+                        })
+                    }
                     Control::Abort => abort(&live),
                     Control::Pause => {
                         let _ = rx.changed().await;
@@ -108,7 +109,28 @@ pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
     crate::converge::after_rollout(&shared, &live.rec());
 }
 
-fn abort(live: &Live) {
+pub(super) fn finished_message(rec: &Record) -> String {
+    let n = rec
+        .hosts
+        .iter()
+        .filter(|h| h.phase == Phase::Healthy)
+        .count();
+    let skipped = rec
+        .hosts
+        .iter()
+        .filter(|h| h.phase == Phase::Skipped)
+        .count();
+    if skipped > 0 {
+        format!(
+            "{n} hosts on {}; {skipped} skipped while down (they converge when back)",
+            rec.version
+        )
+    } else {
+        format!("{n} hosts on {}", rec.version)
+    }
+}
+
+pub(super) fn abort(live: &Live) {
     live.step("aborting", "", 0, "aborted by an operator", |r| {
         r.aborted = true;
         r.halt("aborted by an operator".into());
@@ -355,7 +377,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
             return;
         }
         Control::Abort => return abort(live),
-        Control::Run => {}
+        Control::Run | Control::EndBake => {}
     }
     let rec = live.rec();
     let deadline = Duration::from_millis(rec.healthy_deadline_ms);
@@ -382,13 +404,19 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         "batch",
         "",
         b,
-        &format!(
-            "{label}: {}",
-            todo.iter()
-                .map(|h| h.host.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        &if todo.is_empty() {
+            // Resumed after a restart with every host already healthy: only its analysis
+            // (if any) is left.
+            format!("{label}: every host already healthy")
+        } else {
+            format!(
+                "{label}: {}",
+                todo.iter()
+                    .map(|h| h.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
         |_| {},
     );
     let (tx, mut rx) = mpsc::channel(64);
@@ -469,6 +497,9 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                 }
             }
         }
+    }
+    if !judge::after_batch(shared, live, b, &label).await {
+        return;
     }
     live.step("batch_done", "", b, &format!("{label} healthy"), |r| {
         r.current_batch = b + 1

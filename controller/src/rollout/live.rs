@@ -19,6 +19,8 @@ pub enum Control {
     Run,
     Pause,
     Abort,
+    /// A newer rollout of the app (`--force`) ends this one's bake.
+    EndBake,
 }
 
 /// A rollout the engine is running in this process.
@@ -39,6 +41,8 @@ pub struct Live {
     /// The last step the store holds.
     written: watch::Sender<u64>,
     dirty: Notify,
+    /// The fleet-wide event stream (`fleetctl events`), which gets every step too.
+    fleet_events: Arc<crate::events::Events>,
 }
 
 #[derive(Default)]
@@ -55,7 +59,11 @@ impl Rollouts {
     }
 
     /// Registers a rollout; refuses a second one for the same app.
-    pub(crate) fn insert(&self, rec: Record) -> Result<Arc<Live>, Status> {
+    pub(crate) fn insert(
+        &self,
+        rec: Record,
+        fleet_events: Arc<crate::events::Events>,
+    ) -> Result<Arc<Live>, Status> {
         let mut map = self.0.lock().expect("rollouts lock");
         if let Some(other) = map.get(&rec.app) {
             let r = other.rec.lock().expect("record lock");
@@ -71,6 +79,7 @@ impl Rollouts {
             taken: AtomicU64::new(0),
             written: watch::channel(0).0,
             dirty: Notify::new(),
+            fleet_events,
         });
         map.insert(rec.app.clone(), live.clone());
         Ok(live)
@@ -101,6 +110,12 @@ impl Live {
         self.taken.fetch_add(1, Ordering::SeqCst);
         self.dirty.notify_one();
         tracing::info!(rollout = %rec.id, app = %rec.app, kind, host, batch, state = rec.state.as_str(), message, "rollout");
+        self.fleet_events.publish(
+            "rollout",
+            host,
+            &rec.app,
+            format!("{} {kind} (batch {batch}): {message}", rec.version),
+        );
         let _ = self.events.send(RolloutEvent {
             time_ms: now_ms(),
             kind: kind.into(),

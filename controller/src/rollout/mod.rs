@@ -13,9 +13,12 @@
 //!
 //! Here: the entry points (start, watch, control, resume). `record` is the state machine's
 //! data (a leaf), `plan` the batches, `live` the in-process registry and event streams,
-//! `drive` the engine that runs a record to its end.
+//! `drive` the engine that runs a record to its end, `judge` its traffic analysis steps
+//! (the arithmetic in `analysis`).
 
+mod analysis;
 mod drive;
+mod judge;
 mod live;
 pub mod plan;
 pub mod record;
@@ -24,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::spec::{AppSpec, Version};
+use fleet_proto::spec::{Analysis, AppSpec, Version};
 use fleet_proto::v1::{ControlRolloutRequest, RolloutInfo, RolloutRequest, WatchRolloutRequest};
 use fleet_proto::values::MaxParallel;
 use tonic::Status;
@@ -72,7 +75,7 @@ fn rollback_version(shared: &Shared, app: &str, hosts: &[String]) -> Result<Stri
     }
 }
 
-pub fn start(
+pub async fn start(
     shared: Arc<Shared>,
     actor: String,
     req: RolloutRequest,
@@ -88,6 +91,9 @@ pub fn start(
     })?;
     let spec = AppSpec::parse(&rec.spec_toml)
         .map_err(|e| Status::internal(format!("stored spec of {app} no longer validates: {e}")))?;
+    let analysis = Analysis::with_override(spec.analysis, &req.analysis.unwrap_or_default())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    end_previous(&shared, &app, req.force).await?;
     if let Some(host) = shared.convergence.busy(&app) {
         return Err(Status::failed_precondition(format!(
             "{host} is converging to the desired release of {app} (it came back after a rollout); retry when it is done"
@@ -161,6 +167,9 @@ pub fn start(
         started_ms,
         ended_ms: 0,
         message: String::new(),
+        analysis: analysis.map(Into::into),
+        verdicts: Vec::new(),
+        bake_until_ms: 0,
     };
     if record.min_healthy_ms >= record.healthy_deadline_ms {
         return Err(Status::invalid_argument(
@@ -171,7 +180,9 @@ pub fn start(
         .store
         .put_rollout(&record.id, &record)
         .map_err(internal)?;
-    let live = shared.rollouts.insert(record.clone())?;
+    let live = shared
+        .rollouts
+        .insert(record.clone(), shared.events.clone())?;
     shared
         .audit(
             &actor,
@@ -182,7 +193,7 @@ pub fn start(
             },
             &format!("{app}@{version}"),
             &format!(
-                "rollout {}: {} hosts in {} batches (canary {}, max-parallel {max_parallel}), min-healthy {}ms, deadline {}ms, auto-revert {}, skip-down {}",
+                "rollout {}: {} hosts in {} batches (canary {}, max-parallel {max_parallel}), min-healthy {}ms, deadline {}ms, auto-revert {}, skip-down {}, analysis {}",
                 record.id,
                 hosts.len(),
                 record.batches.len(),
@@ -190,7 +201,19 @@ pub fn start(
                 record.min_healthy_ms,
                 record.healthy_deadline_ms,
                 record.auto_revert,
-                record.skip_down
+                record.skip_down,
+                match &analysis {
+                    None => "off".to_owned(),
+                    Some(a) => format!(
+                        "window {} min-requests {} max-error-ratio {} max-error-increase {} max-p99-increase {} bake {}",
+                        humantime::format_duration(a.window),
+                        a.min_requests,
+                        a.max_error_ratio,
+                        a.max_error_increase,
+                        a.max_p99_increase,
+                        humantime::format_duration(a.bake)
+                    ),
+                }
             ),
         )
         .map_err(internal)?;
@@ -204,6 +227,53 @@ pub fn start(
     crate::webhook::notify(&shared, "started", &text, &record.info());
     tokio::spawn(drive::drive(shared, live));
     Ok(stream)
+}
+
+/// How long a start waits for the app's previous rollout to be recorded as ended.
+const END_WAIT: Duration = Duration::from_secs(30);
+
+/// Clears the way for a new rollout of `app`. A rollout that has ended but is still being
+/// stored (its watchers saw "finished" a moment ago) is waited for. One that is baking
+/// blocks a new one: a regression found by the bake reverts every host, which would race
+/// the new rollout's switches, and the new rollout's "previous release" would be a release
+/// still on trial. `force` ends the bake (recorded as superseded, the release counts as
+/// rolled out) and waits for that to be stored. A rollout still switching hosts is refused
+/// by `Rollouts::insert` as before.
+async fn end_previous(shared: &Shared, app: &str, force: bool) -> Result<(), Status> {
+    let Some(live) = shared.rollouts.get(app) else {
+        return Ok(());
+    };
+    let rec = live.rec();
+    match rec.state {
+        s if s.terminal() => {}
+        State::Baking if force => {
+            live.control.send_replace(Control::EndBake);
+        }
+        State::Baking => {
+            let left = Duration::from_secs(((rec.bake_until_ms - now_ms()).max(0) / 1000) as u64);
+            return Err(Status::failed_precondition(format!(
+                "{app} {} is baking for {} more (rollout {}): a regression found meanwhile reverts every host, so no new rollout starts during a bake. \
+                 Wait for it (`fleetctl rollout status {app} --watch`), revert it now (`fleetctl rollout abort {app}`), \
+                 or pass --force to end the bake early and start this rollout",
+                rec.version,
+                humantime::format_duration(left),
+                rec.id
+            )));
+        }
+        // Refused with its state by `Rollouts::insert`.
+        _ => return Ok(()),
+    }
+    let until = tokio::time::Instant::now() + END_WAIT;
+    while shared.rollouts.active(app) {
+        if tokio::time::Instant::now() >= until {
+            return Err(Status::unavailable(format!(
+                "the previous rollout of {app} did not end within {}s; retry",
+                END_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 pub fn watch(shared: &Shared, req: WatchRolloutRequest) -> Result<EventStream, Status> {
@@ -266,7 +336,7 @@ pub fn resume_all(shared: &Arc<Shared>) {
     };
     for rec in all.into_iter().filter(|r| !r.state.terminal()) {
         let id = rec.id.clone();
-        let Ok(live) = shared.rollouts.insert(rec.clone()) else {
+        let Ok(live) = shared.rollouts.insert(rec.clone(), shared.events.clone()) else {
             continue;
         };
         let _ = shared.audit(

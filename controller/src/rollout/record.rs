@@ -1,8 +1,9 @@
 //! The rollout record, the state machine every step rewrites in the store: a leaf the
 //! engine, convergence and metrics all read (it uses only `desired::Gate`).
 
+use fleet_proto::spec::Analysis;
 use fleet_proto::v1::command_result::Status as CmdStatus;
-use fleet_proto::v1::{RolloutBatch, RolloutHost, RolloutInfo};
+use fleet_proto::v1::{AnalysisSide, AnalysisVerdict, RolloutBatch, RolloutHost, RolloutInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::commands::{CommandError, CommandFailed};
@@ -14,6 +15,8 @@ pub enum State {
     Staging,
     Running,
     Paused,
+    /// Every batch passed; the fleet is judged for the analysis' bake.
+    Baking,
     Reverting,
     Succeeded,
     Reverted,
@@ -27,6 +30,7 @@ impl State {
             State::Staging => "staging",
             State::Running => "running",
             State::Paused => "paused",
+            State::Baking => "baking",
             State::Reverting => "reverting",
             State::Succeeded => "succeeded",
             State::Reverted => "reverted",
@@ -115,6 +119,96 @@ pub struct Record {
     pub started_ms: i64,
     pub ended_ms: i64,
     pub message: String,
+    /// The thresholds every batch and the bake are judged with; `None`: health gate only.
+    #[serde(default)]
+    pub analysis: Option<Thresholds>,
+    /// The latest verdict per judged batch (and the bake's last), in batch order.
+    #[serde(default)]
+    pub verdicts: Vec<VerdictRec>,
+    /// While baking: when the bake ends (Unix ms); set once, so a restart keeps the end.
+    #[serde(default)]
+    pub bake_until_ms: i64,
+}
+
+/// `fleet_proto::spec::Analysis` as the record stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub window_ms: u64,
+    pub min_requests: u64,
+    pub max_error_ratio: f64,
+    pub max_error_increase: f64,
+    pub max_p99_increase: f64,
+    pub bake_ms: u64,
+}
+
+impl From<Analysis> for Thresholds {
+    fn from(a: Analysis) -> Thresholds {
+        let w = a.to_wire();
+        Thresholds {
+            window_ms: w.window_ms,
+            min_requests: w.min_requests,
+            max_error_ratio: w.max_error_ratio,
+            max_error_increase: w.max_error_increase,
+            max_p99_increase: w.max_p99_increase,
+            bake_ms: w.bake_ms,
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn analysis(&self) -> Analysis {
+        Analysis {
+            window: std::time::Duration::from_millis(self.window_ms),
+            min_requests: self.min_requests,
+            max_error_ratio: self.max_error_ratio,
+            max_error_increase: self.max_error_increase,
+            max_p99_increase: self.max_p99_increase,
+            bake: std::time::Duration::from_millis(self.bake_ms),
+        }
+    }
+}
+
+/// One side of a judged window, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SideRec {
+    pub hosts: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub p99_seconds: f64,
+}
+
+/// The latest verdict on a batch (`batch == batches.len()`: the bake).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRec {
+    pub batch: usize,
+    pub verdict: String,
+    pub message: String,
+    pub canary: SideRec,
+    pub baseline: Option<SideRec>,
+    pub windows: u32,
+    pub time_ms: i64,
+}
+
+impl From<AnalysisSide> for SideRec {
+    fn from(s: AnalysisSide) -> SideRec {
+        SideRec {
+            hosts: s.hosts,
+            requests: s.requests,
+            errors: s.errors,
+            p99_seconds: s.p99_seconds,
+        }
+    }
+}
+
+impl SideRec {
+    fn wire(&self) -> AnalysisSide {
+        AnalysisSide {
+            hosts: self.hosts,
+            requests: self.requests,
+            errors: self.errors,
+            p99_seconds: self.p99_seconds,
+        }
+    }
 }
 
 /// What the engine does next with a record (also what a restarted controller does).
@@ -124,6 +218,7 @@ pub enum Step {
     Batch(usize),
     Finish,
     WaitResume,
+    Bake,
     Revert,
     Done,
 }
@@ -156,8 +251,21 @@ impl Record {
             }
             State::Running => Step::Finish,
             State::Paused => Step::WaitResume,
+            State::Baking => Step::Bake,
             State::Reverting => Step::Revert,
             _ => Step::Done,
+        }
+    }
+
+    /// Records `v` as its batch's latest verdict (one per batch: the record stays
+    /// O(batches), however many windows a batch took).
+    pub fn set_verdict(&mut self, v: VerdictRec) {
+        match self.verdicts.iter_mut().find(|o| o.batch == v.batch) {
+            Some(o) => *o = v,
+            None => {
+                self.verdicts.push(v);
+                self.verdicts.sort_by_key(|v| v.batch);
+            }
         }
     }
 
@@ -225,6 +333,21 @@ impl Record {
             healthy_deadline_ms: self.healthy_deadline_ms,
             canary: self.canary as u32,
             actor: self.actor.clone(),
+            analysis: self.analysis.map(|t| t.analysis().to_wire()),
+            verdicts: self
+                .verdicts
+                .iter()
+                .map(|v| AnalysisVerdict {
+                    batch: v.batch as u32,
+                    verdict: v.verdict.clone(),
+                    message: v.message.clone(),
+                    canary: Some(v.canary.wire()),
+                    baseline: v.baseline.as_ref().map(SideRec::wire),
+                    windows: v.windows,
+                    time_ms: v.time_ms,
+                })
+                .collect(),
+            bake_until_ms: self.bake_until_ms,
         }
     }
 }
@@ -290,6 +413,9 @@ pub(crate) mod tests {
             started_ms: 1,
             ended_ms: 0,
             message: String::new(),
+            analysis: None,
+            verdicts: Vec::new(),
+            bake_until_ms: 0,
         }
     }
 
@@ -305,6 +431,9 @@ pub(crate) mod tests {
         assert_eq!(r.next_step(), Step::Finish);
         r.state = State::Paused;
         assert_eq!(r.next_step(), Step::WaitResume);
+        r.state = State::Baking;
+        assert_eq!(r.next_step(), Step::Bake);
+        assert!(!r.state.terminal(), "a bake resumes after a restart");
         r.state = State::Succeeded;
         assert_eq!(r.next_step(), Step::Done);
     }
@@ -358,5 +487,67 @@ pub(crate) mod tests {
         assert_eq!(back, r);
         assert_eq!(r.info().hosts.len(), 4);
         assert_eq!(r.info().state, "staging");
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::tests::record;
+    use super::*;
+
+    fn verdict(batch: usize, v: &str) -> VerdictRec {
+        VerdictRec {
+            batch,
+            verdict: v.into(),
+            message: format!("batch {batch} {v}"),
+            canary: SideRec {
+                hosts: 1,
+                requests: 300,
+                errors: 1,
+                p99_seconds: 0.02,
+            },
+            baseline: None,
+            windows: 1,
+            time_ms: 5,
+        }
+    }
+
+    #[test]
+    fn one_verdict_per_batch_in_batch_order() {
+        let mut r = record(5);
+        r.set_verdict(verdict(1, "wait"));
+        r.set_verdict(verdict(0, "pass"));
+        r.set_verdict(verdict(1, "pass"));
+        let got: Vec<_> = r
+            .verdicts
+            .iter()
+            .map(|v| (v.batch, v.verdict.as_str()))
+            .collect();
+        assert_eq!(got, [(0, "pass"), (1, "pass")]);
+        assert_eq!(r.info().verdicts[1].message, "batch 1 pass");
+    }
+
+    #[test]
+    fn analysis_fields_survive_the_store_and_old_records_read() {
+        let mut r = record(3);
+        r.analysis = Some(Analysis::default().into());
+        r.set_verdict(verdict(0, "fail"));
+        r.state = State::Baking;
+        r.bake_until_ms = 42;
+        let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.analysis.unwrap().analysis(), Analysis::default());
+        assert_eq!(r.info().state, "baking");
+        assert_eq!(r.info().analysis.unwrap().min_requests, 200);
+        // A record written before analysis existed still reads.
+        let mut old = serde_json::to_value(record(2)).unwrap();
+        for k in ["analysis", "verdicts", "bake_until_ms"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        let old: Record = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (old.analysis, old.verdicts.len(), old.bake_until_ms),
+            (None, 0, 0)
+        );
     }
 }

@@ -224,6 +224,23 @@ impl Controller {
     }
 
     pub async fn fleetctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
+        let (code, stdout, stderr) = self.fleetctl_exit(args, stdin).await?;
+        if code != 0 {
+            bail!(
+                "fleetctl {} failed (exit {code}): {}",
+                args.join(" "),
+                stderr.trim()
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// Runs fleetctl; returns its exit code, stdout and stderr, whatever the code.
+    pub async fn fleetctl_exit(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<(i32, String, String)> {
         use tokio::io::AsyncWriteExt;
         let mut cmd = Command::new(&self.bins.fleetctl);
         cmd.arg("--controller")
@@ -254,15 +271,11 @@ impl Controller {
                     self.call_timeout
                 )
             })??;
-        if !out.status.success() {
-            bail!(
-                "fleetctl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 }
 

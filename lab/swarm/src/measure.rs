@@ -129,6 +129,240 @@ pub async fn rollout(cx: &Cx<'_>, c: &Controller) -> Result<report::Rollout> {
     })
 }
 
+/// The analysis scenario's app: short windows and a short bake, so CI can afford it.
+pub const ANALYSIS_SPEC: &str = r#"name = "web"
+server = "gunicorn"
+entry = "app:application"
+listen = "0.0.0.0:8100"
+workers = 2
+health = { path = "/health", timeout = "2s", interval = "500ms", failures = 2 }
+
+[rollout.analysis]
+window = "2s"
+min_requests = 40
+max_error_ratio = 0.02
+max_error_increase = 2.0
+max_p99_increase = 1.5
+bake = "4s"
+"#;
+pub const BASE: &str = "1.0.0";
+pub const HEALTHY: &str = "1.1.0";
+/// Answers 5 % of requests with 500 (sim::Traffic).
+pub const SICK: &str = "1.2.0-sick";
+/// 200 ms slower than the others.
+pub const SLOW: &str = "1.3.0-slow";
+/// Healthy; rolled out while the controller is killed mid-bake.
+pub const RESUMED: &str = "1.4.0";
+pub const ANALYSIS_VERSIONS: [&str; 5] = [BASE, HEALTHY, SICK, SLOW, RESUMED];
+/// Hosts the analysis scenario rolls out to at most.
+const ANALYSIS_HOSTS: usize = 10;
+
+/// Runs one rollout of web with JSON output and reads how it ended.
+async fn judged(c: &Controller, version: &str, extra: &[&str]) -> Result<report::Judged> {
+    let mut a = vec![
+        "--output",
+        "json",
+        "rollout",
+        "web",
+        "--version",
+        version,
+        "--min-healthy",
+        "500ms",
+        "--healthy-deadline",
+        "20s",
+    ];
+    a.extend_from_slice(extra);
+    let t = Instant::now();
+    let (exit, stdout, stderr) = c.fleetctl_exit(&a, None).await?;
+    let took_ms = t.elapsed().as_millis() as u64;
+    let last = stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["rollout"].is_object())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "fleetctl rollout web {version} printed no rollout (exit {exit}): {}",
+                stderr.trim()
+            )
+        })?;
+    let r = &last["rollout"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let mut phases = std::collections::BTreeMap::new();
+    for h in r["hosts"].as_array().into_iter().flatten() {
+        *phases.entry(text(&h["phase"])).or_insert(0) += 1;
+    }
+    Ok(report::Judged {
+        version: version.into(),
+        exit,
+        state: text(&r["state"]),
+        message: text(&r["message"]),
+        verdicts: r["verdicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| (text(&v["stage"]), text(&v["verdict"]), text(&v["message"])))
+            .collect(),
+        phases,
+        took_ms,
+    })
+}
+
+/// `rollout status web` as JSON.
+async fn web_status(c: &Controller) -> Result<serde_json::Value> {
+    let out = c
+        .fleetctl(&["--output", "json", "rollout", "status", "web"])
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    Ok(v["rollout"].clone())
+}
+
+/// A healthy rollout started detached; once it bakes, kill -9 and restart the controller:
+/// the resumed rollout must finish its bake (its end is in the record).
+async fn resumed_bake(cx: &Cx<'_>, c: &mut Controller, on: &[&str]) -> Result<report::Judged> {
+    let mut a = vec![
+        "rollout",
+        "web",
+        "--version",
+        RESUMED,
+        "--min-healthy",
+        "500ms",
+        "--healthy-deadline",
+        "20s",
+        "--canary",
+        "1",
+        "--max-parallel",
+        "50%",
+        "--bake",
+        "6s",
+        "--detach",
+    ];
+    a.extend_from_slice(on);
+    let t = Instant::now();
+    c.fleetctl(&a).await?;
+    let until = Instant::now() + cx.args.timeout;
+    while web_status(c).await?["state"] != "baking" {
+        anyhow::ensure!(Instant::now() < until, "web {RESUMED} never baked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.kill9().await?;
+    c.start().await?;
+    let r = loop {
+        let r = web_status(c).await?;
+        if r["ended_ms"].as_i64().unwrap_or(0) != 0 {
+            break r;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "web {RESUMED} never ended after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    Ok(report::Judged {
+        version: RESUMED.into(),
+        exit: if r["state"] == "succeeded" { 0 } else { 2 },
+        state: text(&r["state"]),
+        message: text(&r["message"]),
+        verdicts: r["verdicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| (text(&v["stage"]), text(&v["verdict"]), text(&v["message"])))
+            .collect(),
+        phases: Default::default(),
+        took_ms: t.elapsed().as_millis() as u64,
+    })
+}
+
+/// A rollout baking for a minute: a second one is refused, then `--force` ends the bake
+/// (audited as superseded) and the second one runs.
+async fn superseded(c: &Controller, on: &[&str]) -> Result<report::Superseded> {
+    let common = [
+        "--min-healthy",
+        "500ms",
+        "--healthy-deadline",
+        "20s",
+        "--canary",
+        "0",
+        "--max-parallel",
+        "100%",
+    ];
+    let mut a = vec![
+        "rollout",
+        "web",
+        "--version",
+        HEALTHY,
+        "--bake",
+        "1m",
+        "--detach",
+    ];
+    a.extend_from_slice(&common);
+    a.extend_from_slice(on);
+    c.fleetctl(&a).await?;
+    let until = Instant::now() + Duration::from_secs(60);
+    while web_status(c).await?["state"] != "baking" {
+        anyhow::ensure!(Instant::now() < until, "web {HEALTHY} never baked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut second = vec!["rollout", "web", "--version", RESUMED, "--no-analysis"];
+    second.extend_from_slice(&common);
+    second.extend_from_slice(on);
+    let (refused_exit, _, refused) = c.fleetctl_exit(&second, None).await?;
+    second.push("--force");
+    let (forced_exit, _, _) = c.fleetctl_exit(&second, None).await?;
+    let audit = c.fleetctl(&["--output", "json", "audit"]).await?;
+    Ok(report::Superseded {
+        refused_exit,
+        refused: refused.trim().to_owned(),
+        forced_exit,
+        audited: audit.contains("superseded by a newer rollout"),
+    })
+}
+
+/// On up to 10 hosts running web 1.0.0 (deployed without analysis): a healthy release is
+/// promoted and baked, then a sick one and a slow one are each reverted by the canary's
+/// analysis, then a healthy one's bake survives a kill -9 of the controller. Verdicts are
+/// reported, not asserted: the CI test asserts them.
+pub async fn analysis(cx: &Cx<'_>, c: &mut Controller) -> Result<report::Analysis> {
+    let hosts = cx.n.min(ANALYSIS_HOSTS);
+    let list = (0..hosts as u64)
+        .map(host_name)
+        .collect::<Vec<_>>()
+        .join(",");
+    let on = ["--hosts", list.as_str()];
+    let base = judged(
+        c,
+        BASE,
+        &[
+            &on[..],
+            &["--no-analysis", "--canary", "0", "--max-parallel", "100%"],
+        ]
+        .concat(),
+    )
+    .await?;
+    anyhow::ensure!(
+        base.exit == 0,
+        "web {BASE} was not deployed: {} ({})",
+        base.state,
+        base.message
+    );
+    let batches = [&on[..], &["--canary", "1", "--max-parallel", "50%"]].concat();
+    let healthy = judged(c, HEALTHY, &batches).await?;
+    let sick = judged(c, SICK, &batches).await?;
+    let slow = judged(c, SLOW, &batches).await?;
+    let resumed = resumed_bake(cx, c, &on).await?;
+    let superseded = superseded(c, &on).await?;
+    Ok(report::Analysis {
+        hosts,
+        healthy,
+        sick,
+        slow,
+        resumed,
+        superseded,
+    })
+}
+
 pub async fn hosts(c: &Controller) -> Result<report::Hosts> {
     let t = Instant::now();
     let table = c.fleetctl(&["hosts"]).await?;

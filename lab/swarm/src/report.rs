@@ -23,6 +23,7 @@ pub struct Report {
     pub rollout: Option<Rollout>,
     pub hosts: Option<Hosts>,
     pub reconnect_wave: Option<Wave>,
+    pub analysis: Option<Analysis>,
     pub generator: Option<Generator>,
     /// Scenarios that failed (their figures are missing).
     pub errors: Vec<Failure>,
@@ -84,6 +85,42 @@ pub struct Rollout {
     pub floor: Floor,
     pub took_ms: u64,
     pub ratio: f64,
+}
+
+/// Rollouts judged by simulated traffic (the analysis scenario).
+#[derive(Debug, Serialize)]
+pub struct Analysis {
+    pub hosts: usize,
+    pub healthy: Judged,
+    pub sick: Judged,
+    pub slow: Judged,
+    /// Killed (-9) and restarted mid-bake.
+    pub resumed: Judged,
+    pub superseded: Superseded,
+}
+
+/// A second rollout during a bake: refused, then forced.
+#[derive(Debug, Serialize)]
+pub struct Superseded {
+    pub refused_exit: i32,
+    pub refused: String,
+    pub forced_exit: i32,
+    /// The ended bake's audit entry says it was superseded.
+    pub audited: bool,
+}
+
+/// How one judged rollout ended.
+#[derive(Debug, Serialize)]
+pub struct Judged {
+    pub version: String,
+    pub exit: i32,
+    pub state: String,
+    pub message: String,
+    /// (stage, verdict, message) per judged batch, then the bake's.
+    pub verdicts: Vec<(String, String, String)>,
+    /// Host phases at the end: how many hosts were in each.
+    pub phases: std::collections::BTreeMap<String, usize>,
+    pub took_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +247,27 @@ impl Report {
                     ro.ratio
                 ),
             ));
+        }
+        if let Some(a) = &self.analysis {
+            for (name, j) in [
+                ("healthy", &a.healthy),
+                ("sick", &a.sick),
+                ("slow", &a.slow),
+                ("resumed bake", &a.resumed),
+            ] {
+                r.push((
+                    format!("analysis {name}"),
+                    format!(
+                        "{} on {} hosts: {} (exit {}) in {:.1} s: {}",
+                        j.version,
+                        a.hosts,
+                        j.state,
+                        j.exit,
+                        j.took_ms as f64 / 1000.0,
+                        j.message
+                    ),
+                ));
+            }
         }
         if let Some(h) = &self.hosts {
             r.push((

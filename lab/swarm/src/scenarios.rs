@@ -27,6 +27,9 @@ pub enum Scenario {
     Rollout,
     Hosts,
     Reconnect,
+    /// Rollouts judged by their (simulated) traffic: a healthy release is promoted and
+    /// baked, a sick one reverted by the analysis.
+    Analysis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -94,6 +97,8 @@ pub struct RunArgs {
     /// Keep the run's directory (controller and worker logs) and print its path.
     #[arg(long)]
     pub keep: bool,
+    #[command(flatten)]
+    pub traffic: crate::worker::TrafficArgs,
 }
 
 impl RunArgs {
@@ -255,6 +260,32 @@ async fn scenarios(
             .await?;
         }
     }
+    // The analysis scenario's app and releases; its sick and slow releases misbehave in
+    // the simulated traffic unless other releases were named.
+    let mut traffic = args.traffic.clone();
+    if args.wants(Scenario::Analysis) {
+        let spec = rel_dir.join("web.toml");
+        std::fs::write(&spec, measure::ANALYSIS_SPEC)?;
+        c.fleetctl(&["app", "apply", &spec.display().to_string()])
+            .await?;
+        for v in measure::ANALYSIS_VERSIONS {
+            let tarball = rel_dir.join(format!("web-{v}.tar.gz"));
+            std::fs::write(&tarball, release("web", v)?)?;
+            c.fleetctl(&[
+                "release",
+                "upload",
+                "web",
+                "--version",
+                v,
+                &tarball.display().to_string(),
+            ])
+            .await?;
+        }
+        if traffic.sick_release.is_empty() && traffic.slow_release.is_empty() {
+            traffic.sick_release.push(measure::SICK.into());
+            traffic.slow_release.push(measure::SLOW.into());
+        }
+    }
     // One bulk token per worker: a token enrolls at most MAX_TOKEN_USES hosts.
     let mut tokens = Vec::new();
     for w in 0..procs {
@@ -284,6 +315,7 @@ async fn scenarios(
         no_fetch: args.no_fetch,
         enroll_timeout: args.enroll_timeout,
         spread: args.spread,
+        traffic: &traffic,
         logs: dir,
     })?;
     let joined = swarm
@@ -333,6 +365,9 @@ async fn scenarios(
     }
     if args.wants(Scenario::Hosts) {
         report.hosts = attempt(errors, "hosts", measure::hosts(&c)).await;
+    }
+    if args.wants(Scenario::Analysis) {
+        report.analysis = attempt(errors, "analysis", measure::analysis(&cx, &mut c)).await;
     }
     if args.wants(Scenario::Reconnect) {
         report.reconnect_wave = attempt(
@@ -415,6 +450,8 @@ mod tests {
         for i in 1..=3 {
             fleet_proto::spec::AppSpec::parse(&app_spec(i)).unwrap();
         }
+        let web = fleet_proto::spec::AppSpec::parse(measure::ANALYSIS_SPEC).unwrap();
+        assert!(web.analysis.unwrap().bake > Duration::ZERO);
         assert_ne!(
             release("app1", "1.0.0").unwrap(),
             release("app2", "1.0.0").unwrap()

@@ -75,6 +75,7 @@ pub struct Plan<'a> {
     pub no_fetch: bool,
     pub enroll_timeout: Duration,
     pub spread: Duration,
+    pub traffic: &'a crate::worker::TrafficArgs,
     pub logs: &'a Path,
 }
 
@@ -122,6 +123,7 @@ impl Swarm {
                     "--spread",
                     &humantime::format_duration(p.spread).to_string(),
                 ])
+                .args(p.traffic.to_args())
                 .env("FLEET_JOIN_TOKEN", &p.tokens[w as usize])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

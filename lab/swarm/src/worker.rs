@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::addr;
 use crate::reconnect::Reconnect;
-use crate::sim::{Agent, Common, Enrollment, Receipt};
+use crate::sim::{Agent, Common, Enrollment, Receipt, Traffic};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -50,6 +50,36 @@ pub struct WorkerArgs {
     /// Window of the first retry after a lost session (the agent's `reconnect_spread`).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub spread: Duration,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+/// What the simulated apps serve, as QueryRequests counts it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrafficArgs {
+    /// Requests per second each simulated app serves (0: none).
+    #[arg(long, default_value_t = 50)]
+    pub traffic_rps: u32,
+    /// Releases that answer 5 % of requests with 500, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub sick_release: Vec<String>,
+    /// Releases 200 ms slower than the others, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub slow_release: Vec<String>,
+}
+
+impl TrafficArgs {
+    /// The same flags for a worker's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec!["--traffic-rps".to_owned(), self.traffic_rps.to_string()];
+        if !self.sick_release.is_empty() {
+            a.extend(["--sick-release".to_owned(), self.sick_release.join(",")]);
+        }
+        if !self.slow_release.is_empty() {
+            a.extend(["--slow-release".to_owned(), self.slow_release.join(",")]);
+        }
+        a
+    }
 }
 
 /// One line of a worker's stdout.
@@ -166,6 +196,11 @@ async fn simulate(args: WorkerArgs) -> Result<()> {
         spread: args.spread,
         up: AtomicUsize::new(0),
         receipts,
+        traffic: Arc::new(Traffic {
+            rps: args.traffic.traffic_rps,
+            sick: args.traffic.sick_release.clone(),
+            slow: args.traffic.slow_release.clone(),
+        }),
     });
     for a in &agents {
         tokio::spawn(a.clone().supervise(common.clone()));

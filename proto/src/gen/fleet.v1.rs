@@ -1154,7 +1154,7 @@ pub struct FirewallStatusResponse {
     pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RolloutRequest {
     #[prost(string, tag = "1")]
     pub app: ::prost::alloc::string::String,
@@ -1183,6 +1183,93 @@ pub struct RolloutRequest {
     /// Roll back to the previous release present on every target host.
     #[prost(bool, tag = "10")]
     pub rollback: bool,
+    /// Changes to the spec's \[rollout.analysis\] for this rollout only.
+    #[prost(message, optional, tag = "11")]
+    pub analysis: ::core::option::Option<AnalysisOverride>,
+    /// Ends a bake of the same app's previous rollout (recorded as superseded) instead of
+    /// refusing to start. Never interrupts a rollout that is still switching hosts.
+    #[prost(bool, tag = "12")]
+    pub force: bool,
+}
+/// Per-rollout changes to the spec's \[rollout.analysis\]; an unset field keeps the spec's
+/// value (or the default, when the spec has no analysis section but a field is set here).
+/// Checked by fleet_proto::spec::AnalysisOverride, as fleetctl checks its flags.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct AnalysisOverride {
+    /// --no-analysis: judge nothing and bake nothing, whatever the spec says.
+    #[prost(bool, tag = "1")]
+    pub disabled: bool,
+    #[prost(uint64, optional, tag = "2")]
+    pub window_ms: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "3")]
+    pub min_requests: ::core::option::Option<u64>,
+    #[prost(double, optional, tag = "4")]
+    pub max_error_ratio: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "5")]
+    pub max_error_increase: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "6")]
+    pub max_p99_increase: ::core::option::Option<f64>,
+    #[prost(uint64, optional, tag = "7")]
+    pub bake_ms: ::core::option::Option<u64>,
+}
+/// The thresholds a rollout judges its batches and its bake with.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct AnalysisSettings {
+    #[prost(uint64, tag = "1")]
+    pub window_ms: u64,
+    #[prost(uint64, tag = "2")]
+    pub min_requests: u64,
+    #[prost(double, tag = "3")]
+    pub max_error_ratio: f64,
+    #[prost(double, tag = "4")]
+    pub max_error_increase: f64,
+    #[prost(double, tag = "5")]
+    pub max_p99_increase: f64,
+    #[prost(uint64, tag = "6")]
+    pub bake_ms: u64,
+}
+/// One side of a judged window: the batch's hosts (or the baked fleet's sample), or the
+/// sample of hosts still on their previous release.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct AnalysisSide {
+    /// Hosts whose counts went in.
+    #[prost(uint32, tag = "1")]
+    pub hosts: u32,
+    #[prost(uint64, tag = "2")]
+    pub requests: u64,
+    /// 5xx responses.
+    #[prost(uint64, tag = "3")]
+    pub errors: u64,
+    /// Interpolated inside the duration buckets; 0 without requests.
+    #[prost(double, tag = "4")]
+    pub p99_seconds: f64,
+}
+/// The latest verdict on one batch (or on the bake).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AnalysisVerdict {
+    /// Index into RolloutInfo.batches; batches.len() for the bake.
+    #[prost(uint32, tag = "1")]
+    pub batch: u32,
+    /// "pass", "fail", "wait" (too little traffic), "unknown" (cannot judge this window).
+    #[prost(string, tag = "2")]
+    pub verdict: ::prost::alloc::string::String,
+    /// One line with the numbers, the thresholds and the decision.
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub canary: ::core::option::Option<AnalysisSide>,
+    /// Absent: no baseline (last batch, one-host fleet): absolute thresholds only.
+    #[prost(message, optional, tag = "5")]
+    pub baseline: ::core::option::Option<AnalysisSide>,
+    /// Windows looked at so far for this batch.
+    #[prost(uint32, tag = "6")]
+    pub windows: u32,
+    #[prost(int64, tag = "7")]
+    pub time_ms: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1234,8 +1321,8 @@ pub struct RolloutInfo {
     pub app: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub version: ::prost::alloc::string::String,
-    /// "staging", "running", "paused", "reverting", "succeeded", "reverted", "failed",
-    /// "aborted"
+    /// "staging", "running", "paused", "baking", "reverting", "succeeded", "reverted",
+    /// "failed", "aborted"
     #[prost(string, tag = "4")]
     pub state: ::prost::alloc::string::String,
     /// The canary batch first (when canary > 0).
@@ -1265,6 +1352,15 @@ pub struct RolloutInfo {
     pub canary: u32,
     #[prost(string, tag = "16")]
     pub actor: ::prost::alloc::string::String,
+    /// Absent: the rollout judges nothing beyond the health gate.
+    #[prost(message, optional, tag = "17")]
+    pub analysis: ::core::option::Option<AnalysisSettings>,
+    /// The latest verdict per judged batch, in batch order, then the bake's.
+    #[prost(message, repeated, tag = "18")]
+    pub verdicts: ::prost::alloc::vec::Vec<AnalysisVerdict>,
+    /// While "baking": when the bake ends (Unix ms).
+    #[prost(int64, tag = "19")]
+    pub bake_until_ms: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1273,7 +1369,7 @@ pub struct RolloutEvent {
     pub time_ms: i64,
     /// "snapshot", "started", "staging", "staged", "batch", "switching", "healthy", "failed",
     /// "skipped", "halted", "reverting", "reverted", "revert_failed", "paused", "resumed",
-    /// "aborting", "converged", "finished"
+    /// "aborting", "converged", "analysis", "baking", "superseded", "finished"
     #[prost(string, tag = "2")]
     pub kind: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod analysis;
 mod env;
 mod host;
 mod logs;
@@ -16,11 +17,13 @@ mod names;
 #[cfg(test)]
 mod tests;
 
+pub use analysis::{check_flag, check_min_requests, check_window, finest_bucket_step, Analysis};
 pub use env::{check_env_key, check_env_value, env_file_line};
 pub use host::{check_listen, check_user, RESERVED_PORTS, RESERVED_USERS};
 pub use logs::{LogMode, Logs, RotatePeriod, Rotation};
 pub use names::{AppName, Version};
 
+use analysis::{check_rollout, RawRollout};
 use logs::{check_logs, RawLogs};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,7 +72,7 @@ pub struct Health {
 }
 
 /// A validated app spec.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AppSpec {
     pub name: AppName,
     pub server: Server,
@@ -90,6 +93,8 @@ pub struct AppSpec {
     /// (migrations). An argv: no shell reads it.
     pub pre_start: Vec<String>,
     pub pre_start_timeout: Duration,
+    /// `[rollout.analysis]`: judge each batch's traffic; `None`: the health gate only.
+    pub analysis: Option<Analysis>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +128,7 @@ struct RawSpec {
     #[serde(default)]
     pre_start: Vec<String>,
     pre_start_timeout: Option<String>,
+    rollout: Option<RawRollout>,
 }
 
 /// Size bounds: a spec is configuration, not data.
@@ -343,6 +349,7 @@ impl AppSpec {
             logs: check_logs(raw.logs)?,
             pre_start: raw.pre_start,
             pre_start_timeout,
+            analysis: check_rollout(raw.rollout)?,
         })
     }
 

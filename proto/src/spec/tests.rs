@@ -276,3 +276,133 @@ fn versions_are_safe_directory_names() {
         assert!(bad.parse::<Version>().is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn analysis_is_absent_by_default_and_defaults_inside_its_section() {
+    assert_eq!(AppSpec::parse(MIN).unwrap().analysis, None);
+    let a = with("[rollout.analysis]\nbake = \"10m\"")
+        .unwrap()
+        .analysis
+        .unwrap();
+    assert_eq!(a.window, Duration::from_secs(60));
+    assert_eq!(a.min_requests, 200);
+    assert_eq!(a.max_error_ratio, 0.01);
+    assert_eq!(a.max_error_increase, 2.0);
+    assert_eq!(a.max_p99_increase, 1.5);
+    assert_eq!(a.bake, Duration::from_secs(600));
+    let a = with(
+        "[rollout.analysis]\nwindow = \"30s\"\nmin_requests = 50\nmax_error_ratio = 0.05\n\
+         max_error_increase = 3.0\nmax_p99_increase = 2.0",
+    )
+    .unwrap()
+    .analysis
+    .unwrap();
+    assert_eq!(
+        (a.window, a.min_requests, a.max_error_ratio, a.bake),
+        (Duration::from_secs(30), 50, 0.05, Duration::ZERO)
+    );
+    // A rollout table without analysis is no analysis.
+    assert_eq!(with("[rollout]").unwrap().analysis, None);
+}
+
+#[test]
+fn analysis_thresholds_out_of_range_are_refused_with_the_field() {
+    let e = |extra: &str| with(&format!("[rollout.analysis]\n{extra}")).unwrap_err();
+    let bad = e("max_error_ratio = 1.5");
+    assert_eq!(bad.field, "rollout.analysis.max_error_ratio");
+    assert!(bad.to_string().contains("must be between 0 and 1"), "{bad}");
+    assert_eq!(
+        e("max_error_ratio = -0.1").field,
+        "rollout.analysis.max_error_ratio"
+    );
+    assert_eq!(
+        e("max_error_ratio = nan").field,
+        "rollout.analysis.max_error_ratio"
+    );
+    assert_eq!(
+        e("max_error_increase = 1.0").field,
+        "rollout.analysis.max_error_increase"
+    );
+    assert_eq!(
+        e("max_error_increase = inf").field,
+        "rollout.analysis.max_error_increase"
+    );
+    let p99 = e("max_p99_increase = 1.2");
+    assert_eq!(p99.field, "rollout.analysis.max_p99_increase");
+    assert!(p99.reason.contains("bucket"), "{p99}");
+    assert!(p99.reason.contains("1.34"), "names the bound: {p99}");
+    assert_eq!(e("min_requests = 0").field, "rollout.analysis.min_requests");
+    assert_eq!(e("window = \"0s\"").field, "rollout.analysis.window");
+    assert_eq!(e("window = \"2h\"").field, "rollout.analysis.window");
+    assert_eq!(e("window = \"soon\"").field, "rollout.analysis.window");
+    assert_eq!(e("bake = \"2d\"").field, "rollout.analysis.bake");
+    assert!(e("colour = 1").reason.contains("colour"));
+    assert!(with("[rollout]\nspeed = 1").is_err());
+}
+
+#[test]
+fn promql_gates_are_refused_until_supported() {
+    let e = with(
+        "[rollout.analysis]\n[[rollout.analysis.query]]\nprometheus = \"http://p:9090\"\n\
+         query = 'sum(rate(x[2m]))'\nmax = 0.5",
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "rollout.analysis.query");
+    assert!(e.reason.contains("not supported yet"), "{e}");
+}
+
+#[test]
+fn overrides_change_only_what_they_set() {
+    use crate::v1::AnalysisOverride;
+    let spec = with("[rollout.analysis]\nbake = \"10m\"").unwrap().analysis;
+    let none = AnalysisOverride::default();
+    assert_eq!(Analysis::with_override(spec, &none).unwrap(), spec);
+    assert_eq!(Analysis::with_override(None, &none).unwrap(), None);
+    let off = AnalysisOverride {
+        disabled: true,
+        ..Default::default()
+    };
+    assert_eq!(Analysis::with_override(spec, &off).unwrap(), None);
+    let o = AnalysisOverride {
+        window_ms: Some(30_000),
+        min_requests: Some(10),
+        bake_ms: Some(0),
+        ..Default::default()
+    };
+    let a = Analysis::with_override(spec, &o).unwrap().unwrap();
+    assert_eq!(a.window, Duration::from_secs(30));
+    assert_eq!(a.min_requests, 10);
+    assert_eq!(a.bake, Duration::ZERO);
+    assert_eq!(a.max_error_ratio, 0.01, "kept from the spec");
+    // A field set with no analysis in the spec starts from the defaults.
+    let a = Analysis::with_override(None, &o).unwrap().unwrap();
+    assert_eq!(a.max_p99_increase, 1.5);
+    let bad = AnalysisOverride {
+        max_error_ratio: Some(2.0),
+        ..Default::default()
+    };
+    let e = Analysis::with_override(spec, &bad).unwrap_err();
+    assert_eq!(e.field, "--max-error-ratio");
+    let bad = AnalysisOverride {
+        window_ms: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        Analysis::with_override(spec, &bad).unwrap_err().field,
+        "--analysis-window"
+    );
+}
+
+#[test]
+fn flags_are_checked_like_the_spec() {
+    assert_eq!(check_flag("max_error_ratio", 0.02).unwrap(), 0.02);
+    assert!(check_flag("max_error_ratio", 1.2).is_err());
+    assert!(check_flag("max_p99_increase", 1.1).is_err());
+    assert!(check_min_requests(0).is_err());
+    assert!(check_window("window", Duration::ZERO).is_err());
+    assert_eq!(
+        check_window("bake", Duration::ZERO).unwrap(),
+        Duration::ZERO
+    );
+    assert!((finest_bucket_step() - 4.0 / 3.0).abs() < 1e-9);
+}

@@ -10,7 +10,7 @@ use fleet_proto::v1::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
 
-use super::{app_state, lock, msg, now_ms, sha, Agent, App, CALL_TIMEOUT, MAX_TAIL_LINES};
+use super::{app_state, lock, msg, now_ms, sha, Agent, App, Traffic, CALL_TIMEOUT, MAX_TAIL_LINES};
 
 impl Agent {
     /// The one result of `c`, after the state reports the real agent sends on the way.
@@ -19,8 +19,10 @@ impl Agent {
         c: Command,
         tx: &mpsc::Sender<AgentMessage>,
         fetch: bool,
+        traffic: &Traffic,
     ) -> CommandResult {
         let id = c.id.clone();
+
         let outcome: Result<String, String> = match c.kind {
             Some(command::Kind::Ping(_)) => Ok(String::new()),
             Some(command::Kind::Stage(s)) => match self.stage(&s.sha256, s.size, tx, fetch).await {
@@ -107,8 +109,11 @@ impl Agent {
                 lock(&self.host).package_version = u.version.clone();
                 Ok(format!("installing fleet-agent {}", u.version))
             }
-            // Counted by the real agent from the access log; the swarm has no traffic yet.
-            Some(command::Kind::QueryRequests(_)) | None => Err(format!(
+            // The only answer with a payload besides the message.
+            Some(command::Kind::QueryRequests(q)) => {
+                return self.query_requests(id, &q.app, traffic)
+            }
+            None => Err(format!(
                 "fleet-agent {} does not support this command",
                 env!("CARGO_PKG_VERSION")
             )),
@@ -122,6 +127,29 @@ impl Agent {
             status: status as i32,
             message,
             request_stats: None,
+        }
+    }
+
+    /// Counts as fleet-agent's access-log reader would have them (see `traffic`).
+    fn query_requests(&self, id: String, app: &str, traffic: &Traffic) -> CommandResult {
+        let h = lock(&self.host);
+        let (status, message, stats) = match h.apps.get(app) {
+            Some(a) => (
+                command_result::Status::Ok,
+                String::new(),
+                Some(traffic.stats(self.epoch, &a.served, now_ms())),
+            ),
+            None => (
+                command_result::Status::Failed,
+                format!("app {app} is not deployed on this host"),
+                None,
+            ),
+        };
+        CommandResult {
+            id,
+            status: status as i32,
+            message,
+            request_stats: stats,
         }
     }
 
@@ -244,11 +272,13 @@ impl Agent {
             let mut h = lock(&self.host);
             let app = h.apps.entry(name.clone()).or_insert(App {
                 release: String::new(),
+                served: Default::default(),
                 restarts: 0,
                 since: 0,
                 pid: 0,
             });
             app.release = a.version.clone();
+            app.served.switch(&a.version, now_ms());
             app.since = (now_ms() / 1000) as i64;
             app.pid = 1000 + (rand::random::<u32>() % 60_000);
             app_state(&name, app)

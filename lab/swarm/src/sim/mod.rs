@@ -29,6 +29,9 @@ use crate::reconnect::Reconnect;
 use fleet_proto::reconnect::{self, retry_spread, Backoff};
 
 mod commands;
+mod traffic;
+
+pub use traffic::Traffic;
 
 /// The agent's own bounds (agent/src/channel).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +55,8 @@ pub struct Common {
     /// Agents with a Welcomed stream right now.
     pub up: AtomicUsize,
     pub receipts: mpsc::UnboundedSender<Receipt>,
+    /// What the simulated apps serve (QueryRequests).
+    pub traffic: Arc<Traffic>,
 }
 
 /// A command as it reached an agent, for fan-out latencies.
@@ -86,6 +91,8 @@ pub struct Agent {
     host: Mutex<Host>,
     /// Release downloads waiting for their ReleaseData, by request id.
     fetches: Mutex<HashMap<String, mpsc::Sender<ReleaseData>>>,
+    /// The request counters' epoch: when this agent "process" started.
+    epoch: u64,
 }
 
 #[derive(Default)]
@@ -103,6 +110,8 @@ struct Host {
 #[derive(Clone)]
 struct App {
     release: String,
+    /// How long each release served, for the request counts.
+    served: traffic::Served,
     restarts: u32,
     since: i64,
     pid: u32,
@@ -167,6 +176,7 @@ impl Agent {
             spread_hint: Default::default(),
             up: AtomicBool::new(false),
             fetches: Mutex::new(HashMap::new()),
+            epoch: now_ms(),
             host: Mutex::new(Host {
                 firewall: FirewallState {
                     state: "none".into(),
@@ -311,12 +321,13 @@ impl Agent {
                     ms: now_ms(),
                 });
                 let fetch = common.fetch;
+                let traffic = common.traffic.clone();
                 let upgrade = matches!(c.kind, Some(command::Kind::UpgradeAgent(_)));
                 let agent = self.clone();
                 let tx2 = tx.clone();
                 if upgrade {
                     // dpkg would restart the agent: answer, then come back as the new version.
-                    let result = agent.command(c, &tx2, fetch).await;
+                    let result = agent.command(c, &tx2, fetch, &traffic).await;
                     let _ = tx.send(msg(agent_message::Body::Result(result))).await;
                     sleep(Duration::from_millis(200)).await;
                     return Some(End::Upgraded);
@@ -324,7 +335,7 @@ impl Agent {
                 // Commands may take a while (min_healthy): each answers from its own task,
                 // so heartbeats go on meanwhile.
                 tokio::spawn(async move {
-                    let result = agent.command(c, &tx2, fetch).await;
+                    let result = agent.command(c, &tx2, fetch, &traffic).await;
                     let _ = tx2.send(msg(agent_message::Body::Result(result))).await;
                 });
                 None

@@ -1,0 +1,252 @@
+//! Canaries judged by real traffic (issue 17) on five real hosts, under load from the
+//! outer machine: a healthy release is promoted, one answering 5 % of requests with 500
+//! and one 200 ms slower are reverted by the canary's analysis (the other hosts never
+//! touched, exit 2, the numbers in the reason), one that turns bad after the last batch is
+//! reverted fleet-wide by the bake, and without traffic a rollout fails at its deadline.
+//! Needs the agent's access-log request counts (QueryRequests).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_lab::load::{self, LoadSpec};
+use fleet_lab::{host_addr, release, Lab, LabOptions, Paths};
+use serde_json::Value;
+
+const PORT: u16 = 8000;
+const HOSTS: u32 = 5;
+
+const ANALYSIS: &str = r#"
+[rollout.analysis]
+window = "5s"
+min_requests = 20
+max_error_ratio = 0.01
+max_error_increase = 2.0
+max_p99_increase = 1.5
+bake = "60s"
+"#;
+
+/// Every 20th request to / of each worker answers 500: 5 %. /health stays fine.
+const ERRS_5_PERCENT: &str = r#"
+import itertools, os
+RELEASE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELEASE")).read().strip()
+_n = itertools.count(1)
+def application(environ, start_response):
+    if environ.get("PATH_INFO") != "/health" and next(_n) % 20 == 0:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"boom\n"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"release={RELEASE}\n".encode()]
+"#;
+
+/// 200 ms more on every request to /.
+const SLOW_200MS: &str = r#"
+import os, time
+RELEASE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELEASE")).read().strip()
+def application(environ, start_response):
+    if environ.get("PATH_INFO") != "/health":
+        time.sleep(0.2)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"release={RELEASE}\n".encode()]
+"#;
+
+/// Fine for its first 60 s after the worker started, then half of / answers 500: the
+/// rollout's batches pass (each is judged within a minute of its start) and the bake
+/// catches it.
+const BAD_AFTER_60S: &str = r#"
+import itertools, os, time
+RELEASE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELEASE")).read().strip()
+_start = time.monotonic()
+_n = itertools.count(1)
+def application(environ, start_response):
+    late = time.monotonic() - _start > 60
+    if environ.get("PATH_INFO") != "/health" and late and next(_n) % 2 == 0:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"late boom\n"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"release={RELEASE}\n".encode()]
+"#;
+
+fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(lab.binaries().unwrap().fleetctl.clone())
+        .args(["--controller", "198.18.0.1:7443", "--identity"])
+        .arg(Paths::from_env().admin_identity())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!(
+        "$ fleetctl {} -> exit {}\n{}{}",
+        args.join(" "),
+        r.0,
+        r.1,
+        r.2
+    );
+    r
+}
+
+fn ctl(lab: &Lab, args: &[&str]) -> String {
+    lab.fleetctl(args)
+        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
+}
+
+/// The last rollout of a `--output json` run.
+fn last_rollout(stdout: &str) -> Value {
+    stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["rollout"].is_object())
+        .map(|v| v["rollout"].clone())
+        .expect("a rollout in fleetctl's output")
+}
+
+fn phases(r: &Value) -> Vec<(String, String)> {
+    r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_owned(),
+                h["phase"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn rollout(lab: &Lab, version: &str) -> (i32, Value) {
+    let (code, out, _) = run(
+        lab,
+        &[
+            "--output",
+            "json",
+            "rollout",
+            "shop",
+            "--version",
+            version,
+            "--canary",
+            "1",
+            "--max-parallel",
+            "2",
+            "--min-healthy",
+            "3s",
+            "--healthy-deadline",
+            "30s",
+            "--force",
+        ],
+    );
+    (code, last_rollout(&out))
+}
+
+#[test]
+fn canaries_are_judged_by_their_traffic() {
+    common::init();
+    let mut opts = LabOptions::fleet(HOSTS);
+    opts.agent.heartbeat = Some("1s".into());
+    let Some(lab) = fleet_lab::test_lab(&opts) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let spec = release::spec("shop", "gunicorn", PORT, ANALYSIS);
+    let path = release::write(work.path(), "shop.toml", spec.as_bytes()).unwrap();
+    ctl(&lab, &["app", "apply", path.to_str().unwrap()]);
+    for (v, app) in [
+        ("1.0", None),
+        ("2.0", None),
+        ("3.0", Some(ERRS_5_PERCENT)),
+        ("4.0", Some(SLOW_200MS)),
+        ("5.0", Some(BAD_AFTER_60S)),
+        ("6.0", None),
+    ] {
+        let overrides: Vec<(&str, &str)> = app.map(|a| ("app.py", a)).into_iter().collect();
+        let tar = release::sample("wsgi", v, &overrides).unwrap();
+        let p = release::write(work.path(), &format!("shop-{v}.tar.gz"), &tar).unwrap();
+        ctl(
+            &lab,
+            &[
+                "release",
+                "upload",
+                "shop",
+                p.to_str().unwrap(),
+                "--version",
+                v,
+            ],
+        );
+    }
+    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = LoadSpec {
+        targets: (1..=HOSTS)
+            .map(|n| format!("{}:{PORT}", host_addr(n)).parse().unwrap())
+            .collect(),
+        path: "/".into(),
+        clients_per_target: 2,
+        max_duration: Duration::from_secs(900),
+        max_requests: u64::MAX,
+        request_timeout: Duration::from_secs(10),
+    };
+    let loader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || load::run(&load, stop).unwrap())
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Healthy: promoted, every batch judged and passed, then baked.
+    let (code, r) = rollout(&lab, "2.0");
+    assert_eq!(code, 0, "{r:#}");
+    let verdicts = r["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 4, "canary, two batches, the bake: {r:#}");
+    assert!(verdicts.iter().all(|v| v["verdict"] == "pass"), "{r:#}");
+    assert!(
+        verdicts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vs baseline"),
+        "{r:#}"
+    );
+
+    // 5 % of 500s: the canary goes back, nothing else was touched.
+    for (v, says) in [("3.0", "canary 5xx "), ("4.0", "canary p99 ")] {
+        let (code, r) = rollout(&lab, v);
+        assert_eq!(code, 2, "{v}: {r:#}");
+        let msg = r["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(says) && msg.contains("vs baseline"),
+            "{v}: {msg}"
+        );
+        let p = phases(&r);
+        assert_eq!(p[0], ("host1".into(), "reverted".into()), "{v}: {r:#}");
+        assert!(p[1..].iter().all(|(_, ph)| ph == "staged"), "{v}: {r:#}");
+    }
+
+    // Turns bad after the last batch: the bake reverts every host.
+    let (code, r) = rollout(&lab, "5.0");
+    assert_eq!(code, 2, "{r:#}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.starts_with("bake: fleet 5xx "), "{msg}");
+    assert!(phases(&r).iter().all(|(_, ph)| ph == "reverted"), "{r:#}");
+
+    stop.store(true, Ordering::SeqCst);
+    let report = loader.join().unwrap();
+    eprintln!("load: {}", report.summary());
+
+    // No traffic: never promoted blind; fails at the analysis deadline.
+    let (code, r) = rollout(&lab, "6.0");
+    assert_eq!(code, 2, "{r:#}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no verdict within the analysis deadline")
+            && msg.contains("served 0 requests"),
+        "{msg}"
+    );
+}

@@ -485,14 +485,21 @@ fn controller_package_inits_starts_and_is_restarted_after_a_crash() {
 
     // The packaged backup job: disabled until the operator enables its timer; run once
     // by hand it leaves one private archive that restores into a new data dir.
+    let enabled = lab
+        .sh(
+            1,
+            "systemctl is-enabled fleet-controller-backup.timer 2>&1 || true",
+        )
+        .unwrap();
     assert_eq!(
+        enabled.trim(),
+        "disabled",
+        "installed units: {}",
         lab.sh(
             1,
-            "systemctl is-enabled fleet-controller-backup.timer || true"
+            "ls /usr/lib/systemd/system/ /etc/systemd/system/ | grep fleet"
         )
-        .unwrap()
-        .trim(),
-        "disabled"
+        .unwrap_or_default()
     );
     lab.sh(1, "systemctl start fleet-controller-backup.service")
         .unwrap_or_else(|e| {

@@ -92,7 +92,7 @@ fn alert_rules_pass_promtool_and_query_real_metrics() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 20, "{alerts:?}");
+    assert_eq!(alerts.len(), 22, "{alerts:?}");
     for alert in &alerts {
         assert!(
             tests.contains(&format!("alertname: {alert}\n")),
@@ -128,6 +128,8 @@ fn dashboard_is_json_and_queries_real_metrics() {
         "fleet_app_release_info",
         "fleet_app_restarts_total",
         "fleet_rollouts_total",
+        "fleet_app_http_requests_total",
+        "fleet_app_http_request_duration_seconds_bucket",
         "node_cpu_seconds_total",
     ] {
         assert!(used.contains(needed), "the dashboard has no {needed} panel");

@@ -510,12 +510,12 @@ fn controller_package_inits_starts_and_is_restarted_after_a_crash() {
             )
         });
     let archives = lab
-        .sh(1, "stat -c '%U %a %n' /var/backups/fleet-controller/*.tar")
+        .sh(1, "stat -c '%U %a %n' /var/lib/fleet-controller-backups/*.tar")
         .unwrap();
     assert_eq!(archives.lines().count(), 1, "{archives}");
     assert!(archives.starts_with("fleet-controller 600 "), "{archives}");
     let restored = lab
-        .sh(1, "fleet-controller restore /var/backups/fleet-controller/*.tar --data-dir /root/restored 2>&1 && ls /root/restored")
+        .sh(1, "fleet-controller restore /var/lib/fleet-controller-backups/*.tar --data-dir /root/restored 2>&1 && ls /root/restored")
         .unwrap();
     assert!(
         restored.contains("state.redb") && restored.contains("ca.key"),

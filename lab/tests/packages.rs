@@ -510,7 +510,10 @@ fn controller_package_inits_starts_and_is_restarted_after_a_crash() {
             )
         });
     let archives = lab
-        .sh(1, "stat -c '%U %a %n' /var/lib/fleet-controller-backups/*.tar")
+        .sh(
+            1,
+            "stat -c '%U %a %n' /var/lib/fleet-controller-backups/*.tar",
+        )
         .unwrap();
     assert_eq!(archives.lines().count(), 1, "{archives}");
     assert!(archives.starts_with("fleet-controller 600 "), "{archives}");

@@ -272,6 +272,8 @@ fn check_units(spec: &AppSpec, cores: u32) {
     };
     let runtime = Runtime {
         gunicorn: "/usr/bin/gunicorn".into(),
+        // The release is a validated version; it lands in the access-log format.
+        release: "1.0.0-rc.1".parse().expect("a valid version"),
     };
     let text = match units::render_service(spec, &layout, &runtime, cores) {
         Ok(t) => t,

@@ -6,7 +6,7 @@ mod support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use support::{bin, Fleet};
+use support::{bin, tarball, Fleet};
 
 const SPEC: &str = r#"
 name = "shop"
@@ -21,18 +21,6 @@ fn write(fleet: &Fleet, name: &str, bytes: &[u8]) -> String {
     let p = fleet.dir.path().join(name);
     std::fs::write(&p, bytes).unwrap();
     p.to_str().unwrap().to_owned()
-}
-
-/// A real release: a gzip-compressed tarball with one file holding `content`.
-fn tarball(content: &[u8]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "app.py", content).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
 }
 
 fn fail(fleet: &Fleet, args: &[&str]) -> String {

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{bin, Fleet};
+use support::{bin, tarball, Fleet};
 
 const SPEC: &str = r#"
 name = "shop"
@@ -26,17 +26,6 @@ fn controller(args: &[&str]) -> std::process::Output {
         .env_remove("FLEET_DATA_DIR")
         .output()
         .unwrap()
-}
-
-fn tarball(content: &[u8]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "app.py", content).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
 }
 
 #[test]

@@ -3,20 +3,9 @@
 
 mod support;
 
-use support::Fleet;
+use support::{tarball, Fleet};
 
 const SPEC: &str = "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\nlisten = \"0.0.0.0:8000\"\nhealth = { path = \"/health\", timeout = \"2s\" }\n";
-
-fn tarball() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut h = tar::Header::new_gnu();
-    h.set_size(1);
-    h.set_mode(0o644);
-    h.set_cksum();
-    tar.append_data(&mut h, "app.py", &b"x"[..]).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
-}
 
 #[test]
 fn a_cordoned_host_is_left_out_of_deploys_and_said_so() {
@@ -26,7 +15,7 @@ fn a_cordoned_host_is_left_out_of_deploys_and_said_so() {
     fleet.join("h2", &fleet.token(&[]));
     std::fs::write(dir.join("shop.toml"), SPEC).unwrap();
     fleet.ok(&["app", "apply", dir.join("shop.toml").to_str().unwrap()]);
-    std::fs::write(dir.join("r.tar.gz"), tarball()).unwrap();
+    std::fs::write(dir.join("r.tar.gz"), tarball(b"x")).unwrap();
     fleet.ok(&[
         "release",
         "upload",

@@ -392,3 +392,15 @@ pub fn metric_problems(promtool_output: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A real release: a gzip-compressed tarball holding `app.py` with `content`.
+pub fn tarball(content: &[u8]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "app.py", content).unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}

@@ -176,6 +176,7 @@ impl Upgrader {
                     status: status as i32,
                     message,
                     request_stats: None,
+                    exit_code: 0,
                 }))
                 .await;
         });

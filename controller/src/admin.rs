@@ -284,6 +284,36 @@ impl Admin for AdminService {
             .map(Response::new)
     }
 
+    type SetAppRunningStream = ReceiverStream<Result<HostProgress, Status>>;
+
+    async fn set_app_running(
+        &self,
+        request: Request<SetAppRunningRequest>,
+    ) -> Result<Response<Self::SetAppRunningStream>, Status> {
+        let _actor = Caller::from_request(&request)?.actor();
+        Err(Status::unimplemented("app stop/start is not built yet"))
+    }
+
+    type RemoveAppStream = ReceiverStream<Result<HostProgress, Status>>;
+
+    async fn remove_app(
+        &self,
+        request: Request<RemoveAppRequest>,
+    ) -> Result<Response<Self::RemoveAppStream>, Status> {
+        let _actor = Caller::from_request(&request)?.actor();
+        Err(Status::unimplemented("app remove is not built yet"))
+    }
+
+    type ExecStream = ReceiverStream<Result<ExecEvent, Status>>;
+
+    async fn exec(
+        &self,
+        request: Request<ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let _actor = Caller::from_request(&request)?.actor();
+        Err(Status::unimplemented("exec is not built yet"))
+    }
+
     type ApplyFirewallStream = ReceiverStream<Result<HostProgress, Status>>;
 
     async fn apply_firewall(

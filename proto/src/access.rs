@@ -102,6 +102,9 @@ const RULES: &[(&str, &str, Access)] = &[
     ("fleet.v1.Admin", "StartRollout", DEPLOY),
     ("fleet.v1.Admin", "ControlRollout", DEPLOY),
     ("fleet.v1.Admin", "SetHostCordon", DEPLOY),
+    ("fleet.v1.Admin", "SetAppRunning", DEPLOY),
+    ("fleet.v1.Admin", "RemoveApp", DEPLOY),
+    ("fleet.v1.Admin", "Exec", DEPLOY),
     ("fleet.v1.Admin", "*", Access::Operator(OperatorRole::Admin)),
 ];
 

@@ -145,6 +145,7 @@ impl AppData {
             crash_loop: self.tracker.crash_loop,
             time_ms: now_ms(),
             health_detail: self.health.detail.clone(),
+            stopped: false,
         }
     }
 }
@@ -294,6 +295,11 @@ impl Apps {
                     | command::Kind::ApplyFirewall(_)
                     | command::Kind::ConfirmFirewall(_)
                     | command::Kind::UpgradeAgent(_)
+                    | command::Kind::Exec(_)
+                    | command::Kind::CancelExec(_)
+                    | command::Kind::StopApp(_)
+                    | command::Kind::StartApp(_)
+                    | command::Kind::RemoveApp(_)
                     // Answered above: its result carries the counts.
                     | command::Kind::QueryRequests(_),
                 )
@@ -311,6 +317,7 @@ impl Apps {
                 status: status as i32,
                 message,
                 request_stats: None,
+                exit_code: 0,
             };
             inner.outbox.send(agent_message::Body::Result(result)).await;
         });
@@ -351,12 +358,14 @@ impl Inner {
                 status: command_result::Status::Ok as i32,
                 message: String::new(),
                 request_stats: Some(stats),
+                exit_code: 0,
             },
             Err(e) => CommandResult {
                 id,
                 status: command_result::Status::Failed as i32,
                 message: e.to_string(),
                 request_stats: None,
+                exit_code: 0,
             },
         }
     }

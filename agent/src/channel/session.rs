@@ -205,7 +205,12 @@ fn answer(c: Command) -> CommandResult {
             | command::Kind::ApplyFirewall(_)
             | command::Kind::ConfirmFirewall(_)
             | command::Kind::UpgradeAgent(_)
-            | command::Kind::QueryRequests(_),
+            | command::Kind::QueryRequests(_)
+            | command::Kind::Exec(_)
+            | command::Kind::CancelExec(_)
+            | command::Kind::StopApp(_)
+            | command::Kind::StartApp(_)
+            | command::Kind::RemoveApp(_),
         )
         | None => (
             command_result::Status::Unsupported,
@@ -220,6 +225,7 @@ fn answer(c: Command) -> CommandResult {
         status: status as i32,
         message,
         request_stats: None,
+        exit_code: 0,
     }
 }
 

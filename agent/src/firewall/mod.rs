@@ -263,6 +263,7 @@ impl Firewall {
                     status: status as i32,
                     message,
                     request_stats: None,
+                    exit_code: 0,
                 }))
                 .await;
         });

@@ -28,7 +28,7 @@ pub struct JoinResponse {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
-    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "agent_message::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: ::core::option::Option<agent_message::Body>,
 }
 /// Nested message and enum types in `AgentMessage`.
@@ -54,6 +54,8 @@ pub mod agent_message {
         LogLine(super::LogLine),
         #[prost(message, tag = "9")]
         Firewall(super::FirewallState),
+        #[prost(message, tag = "10")]
+        ExecOutput(super::ExecOutput),
     }
 }
 #[allow(clippy::all)]
@@ -160,7 +162,10 @@ pub struct Command {
     /// Correlation id; echoed in CommandResult.id.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(
+        oneof = "command::Kind",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+    )]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
@@ -190,6 +195,120 @@ pub mod command {
         UpgradeAgent(super::UpgradeAgent),
         #[prost(message, tag = "12")]
         QueryRequests(super::QueryRequests),
+        #[prost(message, tag = "13")]
+        Exec(super::Exec),
+        #[prost(message, tag = "14")]
+        CancelExec(super::CancelExec),
+        #[prost(message, tag = "15")]
+        StopApp(super::StopApp),
+        #[prost(message, tag = "16")]
+        StartApp(super::StartApp),
+        #[prost(message, tag = "17")]
+        RemoveApp(super::RemoveApp),
+    }
+}
+/// Stop the app's units and keep them stopped (disabled, remembered by the agent) until
+/// StartApp: across agent restarts and host reboots.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StopApp {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+/// Undo StopApp: enable and start the app's units, then wait until it is healthy or
+/// `healthy_deadline_ms` passes.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StartApp {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub healthy_deadline_ms: u64,
+}
+/// Stop and remove everything the agent installed for the app: units, env files, log
+/// rotation, releases, its user's state in the agent. An app the agent does not know
+/// succeeds (removal is idempotent).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveApp {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+}
+/// Run `argv` once (no shell) as a transient systemd unit with the app's user, env file
+/// (secrets included), sandbox and current release as working directory, its venv first on
+/// PATH; stopped after `timeout_ms`. Output arrives as ExecOutput messages with this
+/// command's id, then the CommandResult (OK: the program ran; `exit_code` says how it
+/// ended).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Exec {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "3")]
+    pub timeout_ms: u64,
+}
+/// Stop the Exec with this command id (its CommandResult still follows).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelExec {
+    #[prost(string, tag = "1")]
+    pub exec_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExecOutput {
+    /// The Exec command's id.
+    #[prost(string, tag = "1")]
+    pub exec_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "exec_output::Stream", tag = "2")]
+    pub stream: i32,
+    /// Bounded chunk of output, as written (not necessarily whole lines or UTF-8).
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+}
+/// Nested message and enum types in `ExecOutput`.
+pub mod exec_output {
+    #[allow(clippy::all)]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Hash,
+        PartialOrd,
+        Ord,
+        ::prost::Enumeration
+    )]
+    #[repr(i32)]
+    pub enum Stream {
+        Unspecified = 0,
+        Stdout = 1,
+        Stderr = 2,
+    }
+    impl Stream {
+        /// String value of the enum field names used in the ProtoBuf definition.
+        ///
+        /// The values are not transformed in any way and thus are considered stable
+        /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+        pub fn as_str_name(&self) -> &'static str {
+            match self {
+                Self::Unspecified => "STREAM_UNSPECIFIED",
+                Self::Stdout => "STDOUT",
+                Self::Stderr => "STDERR",
+            }
+        }
+        /// Creates an enum from field names used in the ProtoBuf definition.
+        pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+            match value {
+                "STREAM_UNSPECIFIED" => Some(Self::Unspecified),
+                "STDOUT" => Some(Self::Stdout),
+                "STDERR" => Some(Self::Stderr),
+                _ => None,
+            }
+        }
     }
 }
 /// The app's request counts as the agent has read them from the app's access log: cumulative
@@ -455,6 +574,9 @@ pub struct AppState {
     pub time_ms: i64,
     #[prost(string, tag = "12")]
     pub health_detail: ::prost::alloc::string::String,
+    /// Stopped on purpose (StopApp), not crashed: the agent keeps it down.
+    #[prost(bool, tag = "13")]
+    pub stopped: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -481,6 +603,9 @@ pub struct CommandResult {
     /// The answer to QueryRequests.
     #[prost(message, optional, tag = "4")]
     pub request_stats: ::core::option::Option<RequestStats>,
+    /// Exec: the program's exit status (128+signal when killed by one).
+    #[prost(int32, tag = "5")]
+    pub exit_code: i32,
 }
 /// Nested message and enum types in `CommandResult`.
 pub mod command_result {
@@ -1087,6 +1212,66 @@ pub struct StatusResponse {
     pub entries: ::prost::alloc::vec::Vec<HostAppStatus>,
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetAppRunningRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    /// Empty: every host the app is deployed on.
+    #[prost(string, repeated, tag = "2")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "3")]
+    pub running: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveAppRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    /// Must be true: removal cannot be undone.
+    #[prost(bool, tag = "2")]
+    pub yes: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExecRequest {
+    #[prost(string, tag = "1")]
+    pub app: ::prost::alloc::string::String,
+    /// Exactly one host, or empty with `all` for every host the app is deployed on.
+    #[prost(string, repeated, tag = "2")]
+    pub hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "3")]
+    pub all: bool,
+    #[prost(string, repeated, tag = "4")]
+    pub argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// 0: the default (10 min).
+    #[prost(uint64, tag = "5")]
+    pub timeout_ms: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExecEvent {
+    #[prost(string, tag = "1")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(oneof = "exec_event::Body", tags = "2, 3, 4")]
+    pub body: ::core::option::Option<exec_event::Body>,
+}
+/// Nested message and enum types in `ExecEvent`.
+pub mod exec_event {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Body {
+        #[prost(message, tag = "2")]
+        Output(super::ExecOutput),
+        /// The program ended with this status on `host`.
+        #[prost(int32, tag = "3")]
+        ExitCode(i32),
+        /// It could not run, or its outcome is unknown, on `host` (host down, app not there,
+        /// timed out); the message says why.
+        #[prost(string, tag = "4")]
+        Error(::prost::alloc::string::String),
+    }
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2759,6 +2944,79 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Logs"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Desired running state of an app per host: stopped hosts stay stopped across agent and
+        /// host restarts, and rollouts skip them.
+        pub async fn set_app_running(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetAppRunningRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HostProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/SetAppRunning",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "SetAppRunning"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Removes the app everywhere: units, env, log rotation and releases on every host (a
+        /// host that is down gets it when it reconnects), then its spec, secrets, releases and
+        /// desired state on the controller.
+        pub async fn remove_app(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveAppRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::HostProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/RemoveApp");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "RemoveApp"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// A one-off command on hosts as the app's user in its current release; output streamed
+        /// back. Ending the call stops the command on every host.
+        pub async fn exec(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExecRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ExecEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Admin/Exec");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "Exec"));
+            self.inner.server_streaming(req, path, codec).await
+        }
         /// Host firewall (the agent-owned `inet fleet` nftables table).
         pub async fn apply_firewall(
             &mut self,
@@ -3292,6 +3550,46 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::LogsRequest>,
         ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
+        /// Server streaming response type for the SetAppRunning method.
+        type SetAppRunningStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HostProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Desired running state of an app per host: stopped hosts stay stopped across agent and
+        /// host restarts, and rollouts skip them.
+        async fn set_app_running(
+            &self,
+            request: tonic::Request<super::SetAppRunningRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::SetAppRunningStream>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the RemoveApp method.
+        type RemoveAppStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::HostProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Removes the app everywhere: units, env, log rotation and releases on every host (a
+        /// host that is down gets it when it reconnects), then its spec, secrets, releases and
+        /// desired state on the controller.
+        async fn remove_app(
+            &self,
+            request: tonic::Request<super::RemoveAppRequest>,
+        ) -> std::result::Result<tonic::Response<Self::RemoveAppStream>, tonic::Status>;
+        /// Server streaming response type for the Exec method.
+        type ExecStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ExecEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A one-off command on hosts as the app's user in its current release; output streamed
+        /// back. Ending the call stops the command on every host.
+        async fn exec(
+            &self,
+            request: tonic::Request<super::ExecRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ExecStream>, tonic::Status>;
         /// Server streaming response type for the ApplyFirewall method.
         type ApplyFirewallStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<super::HostProgress, tonic::Status>,
@@ -4505,6 +4803,144 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LogsSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/SetAppRunning" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetAppRunningSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::SetAppRunningRequest>
+                    for SetAppRunningSvc<T> {
+                        type Response = super::HostProgress;
+                        type ResponseStream = T::SetAppRunningStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetAppRunningRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_app_running(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetAppRunningSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/RemoveApp" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveAppSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::RemoveAppRequest>
+                    for RemoveAppSvc<T> {
+                        type Response = super::HostProgress;
+                        type ResponseStream = T::RemoveAppStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveAppRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::remove_app(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveAppSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/Exec" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExecSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::ServerStreamingService<super::ExecRequest>
+                    for ExecSvc<T> {
+                        type Response = super::ExecEvent;
+                        type ResponseStream = T::ExecStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExecRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::exec(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExecSvc(inner);
                         let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

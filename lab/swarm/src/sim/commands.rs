@@ -113,7 +113,15 @@ impl Agent {
             Some(command::Kind::QueryRequests(q)) => {
                 return self.query_requests(id, &q.app, traffic)
             }
-            None => Err(format!(
+            // Not simulated: the swarm measures the controller's fan-out, not these.
+            Some(
+                command::Kind::Exec(_)
+                | command::Kind::CancelExec(_)
+                | command::Kind::StopApp(_)
+                | command::Kind::StartApp(_)
+                | command::Kind::RemoveApp(_),
+            )
+            | None => Err(format!(
                 "fleet-agent {} does not support this command",
                 env!("CARGO_PKG_VERSION")
             )),
@@ -127,6 +135,7 @@ impl Agent {
             status: status as i32,
             message,
             request_stats: None,
+            exit_code: 0,
         }
     }
 
@@ -150,6 +159,7 @@ impl Agent {
             status: status as i32,
             message,
             request_stats: stats,
+            exit_code: 0,
         }
     }
 

@@ -372,6 +372,7 @@ fn app_state(name: &str, a: &App) -> AppState {
         crash_loop: false,
         time_ms: now_ms() as i64,
         health_detail: String::new(),
+        stopped: false,
     }
 }
 
@@ -388,6 +389,11 @@ fn kind_name(c: &Command) -> &'static str {
         Some(command::Kind::RunPreStart(_)) => "run_pre_start",
         Some(command::Kind::UpgradeAgent(_)) => "upgrade_agent",
         Some(command::Kind::QueryRequests(_)) => "query_requests",
+        Some(command::Kind::Exec(_)) => "exec",
+        Some(command::Kind::CancelExec(_)) => "cancel_exec",
+        Some(command::Kind::StopApp(_)) => "stop_app",
+        Some(command::Kind::StartApp(_)) => "start_app",
+        Some(command::Kind::RemoveApp(_)) => "remove_app",
         None => "unknown",
     }
 }

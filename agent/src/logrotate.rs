@@ -204,6 +204,17 @@ impl Plan {
     }
 }
 
+/// Deletes the app's logrotate file (the app is removed); its rotated logs stay, as
+/// `Plan::apply` leaves them.
+pub fn remove(conf_dir: &Path, app: &AppName) -> Result<(), LogrotateError> {
+    let path = conf_path(conf_dir, app);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("cannot remove", &path)(e)),
+    }
+}
+
 /// Whether `target` (an fd link's text) is a deleted log file in `dir`: the kernel appends
 /// " (deleted)" to links of unlinked files.
 fn is_deleted_log(target: &str, dir: &Path) -> bool {

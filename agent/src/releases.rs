@@ -414,6 +414,13 @@ impl Releases {
         Ok(removed)
     }
 
+    /// Deletes every release of the app and its directory (the app is removed).
+    pub async fn remove_all(&self, app: &AppName) -> Result<(), ReleaseError> {
+        let _lock = self.lock(app).await;
+        let dir = self.app_dir(app);
+        blocking(move || remove_tree(&dir)).await
+    }
+
     async fn lock(&self, app: &AppName) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self
             .inner

@@ -1,7 +1,7 @@
 //! systemd over D-Bus (the system bus), never by running systemctl: typed errors, no
 //! output parsing, and job results straight from `JobRemoved`.
 //!
-//! Only what fleet uses: daemon-reload, enable, start/stop/restart/reload waiting for the
+//! Only what fleet uses: daemon-reload, enable, disable, start/stop/restart/reload waiting for the
 //! job's result, reset-failed, and the unit properties that make an app's state.
 //! Signatures as measured against systemd 252 (docs/host.md).
 
@@ -41,6 +41,11 @@ trait Manager {
         runtime: bool,
         force: bool,
     ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
     #[zbus(signal)]
     fn job_removed(
         &self,
@@ -149,6 +154,31 @@ impl Systemd {
             .await
             .map(|_| ())
             .map_err(Self::call_err("enable", &units.join(" ")))
+    }
+
+    /// Removes the units' .wants links, so they do not start at boot (a stopped or
+    /// removed app). Units with no file are fine.
+    pub async fn disable(&self, units: &[&str]) -> Result<(), SystemdError> {
+        match self.manager.disable_unit_files(units, false).await {
+            Ok(_) => Ok(()),
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Self::call_err("disable", &units.join(" "))(e)),
+        }
+    }
+
+    /// Stops the unit and waits for it; a unit systemd does not know is stopped already.
+    pub async fn stop_if_loaded(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        match self.job(JobKind::Stop, unit, timeout).await {
+            Err(SystemdError::Call {
+                source: zbus::Error::MethodError(name, _, _),
+                ..
+            }) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => Ok(()),
+            other => other,
+        }
     }
 
     /// Clears `failed` and the start-limit counter; a unit that is not loaded is fine.

@@ -30,7 +30,7 @@ use crate::host_paths::{access_log, error_log, logs_directory};
 use crate::requests;
 
 mod plan;
-pub use plan::{Applied, Dirs, Plan, Prepared, PrestartEnv};
+pub use plan::{remove_files, Applied, Dirs, Plan, Prepared, PrestartEnv};
 
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 pub const ENV_DIR: &str = "/etc/fleet/apps";

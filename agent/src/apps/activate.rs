@@ -65,6 +65,9 @@ impl Inner {
         };
         let app = self.entry(spec.clone(), version.as_str());
         let _op = app.ops.lock().await;
+        if lock(&app.data).stopped {
+            return Err(AppError::Stopped(name));
+        }
 
         let run_as = ensure_user(&spec.user, &name).await?;
         let app_dir = self.releases.app_dir(&name);

@@ -30,6 +30,10 @@ pub enum AppError {
     MetricsPort { listen: String, port: u16 },
     #[error("app {0} is not deployed on this host")]
     NotDeployed(AppName),
+    #[error("{0} is stopped on this host by an operator: `fleetctl app start {0}` first")]
+    Stopped(AppName),
+    #[error("cannot read the record of app {app}: {reason}")]
+    RecordRead { app: AppName, reason: String },
     #[error("not an app command (channel.rs routes it)")]
     NotAppCommand,
     #[error("{0} has no pre_start hook in its spec")]

@@ -169,6 +169,7 @@ mod tests {
             health,
             health_epoch: 0,
             agent_job: false,
+            stopped: false,
             last_sent: None,
         }
     }

@@ -45,6 +45,7 @@ pub use error::AppError;
 mod activate;
 mod error;
 mod gate;
+mod lifecycle;
 mod prestart;
 mod restart;
 mod tail;
@@ -65,6 +66,9 @@ const LOG_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 struct Persisted {
     version: String,
     spec_toml: String,
+    /// Stopped by an operator (StopApp): adoption leaves it down and says so.
+    #[serde(default)]
+    stopped: bool,
 }
 
 /// Cheap to clone.
@@ -102,6 +106,8 @@ struct App {
     changed: tokio::sync::watch::Sender<u64>,
     probe_now: Notify,
     tasks_started: AtomicBool,
+    /// Set when the app is removed: its watch, probe and log tasks end.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 struct AppData {
@@ -114,6 +120,8 @@ struct AppData {
     health_epoch: u64,
     /// The agent is running a job on the unit: its transitions are not crashes.
     agent_job: bool,
+    /// Stopped by an operator: down on purpose, not a crash.
+    stopped: bool,
     last_sent: Option<AppState>,
 }
 
@@ -145,7 +153,7 @@ impl AppData {
             crash_loop: self.tracker.crash_loop,
             time_ms: now_ms(),
             health_detail: self.health.detail.clone(),
-            stopped: false,
+            stopped: self.stopped,
         }
     }
 }
@@ -172,6 +180,9 @@ pub fn handles(c: &Command) -> bool {
                 | command::Kind::StopLogs(_)
                 | command::Kind::RunPreStart(_)
                 | command::Kind::QueryRequests(_)
+                | command::Kind::StopApp(_)
+                | command::Kind::StartApp(_)
+                | command::Kind::RemoveApp(_)
         )
     )
 }
@@ -231,11 +242,11 @@ impl Apps {
                 .and_then(|t| toml::from_str::<Persisted>(&t).map_err(|e| e.to_string()))
                 .and_then(|p| {
                     AppSpec::parse(&p.spec_toml)
-                        .map(|s| (s, p.version))
+                        .map(|s| (s, p.version, p.stopped))
                         .map_err(|e| e.to_string())
                 });
             match loaded {
-                Ok((spec, version)) => {
+                Ok((spec, version, stopped)) => {
                     let release = self
                         .inner
                         .releases
@@ -244,9 +255,10 @@ impl Apps {
                         .flatten()
                         .map(|v| v.to_string())
                         .unwrap_or(version);
-                    tracing::info!(app = %spec.name, %release, "re-adopting app (its units are left as they are)");
+                    tracing::info!(app = %spec.name, %release, stopped, "re-adopting app (its units are left as they are)");
                     self.inner.count_requests(&spec);
                     let app = self.inner.entry(spec, &release);
+                    lock(&app.data).stopped = stopped;
                     self.inner.ensure_tasks(&app);
                 }
                 Err(e) => tracing::error!(file = %path.display(), "cannot re-adopt app: {e}"),
@@ -290,6 +302,9 @@ impl Apps {
                 Some(command::Kind::TailLogs(t)) => inner.tail(&id, t, session).await,
                 Some(command::Kind::StopLogs(s)) => Ok(inner.stop_tail(s)),
                 Some(command::Kind::RunPreStart(p)) => inner.pre_start(p).await,
+                Some(command::Kind::StopApp(s)) => inner.stop_app(s).await,
+                Some(command::Kind::StartApp(s)) => inner.start_app(s).await,
+                Some(command::Kind::RemoveApp(r)) => inner.remove_app(r).await,
                 Some(
                     command::Kind::Ping(_)
                     | command::Kind::ApplyFirewall(_)
@@ -297,9 +312,6 @@ impl Apps {
                     | command::Kind::UpgradeAgent(_)
                     | command::Kind::Exec(_)
                     | command::Kind::CancelExec(_)
-                    | command::Kind::StopApp(_)
-                    | command::Kind::StartApp(_)
-                    | command::Kind::RemoveApp(_)
                     // Answered above: its result carries the counts.
                     | command::Kind::QueryRequests(_),
                 )
@@ -322,6 +334,17 @@ impl Apps {
             inner.outbox.send(agent_message::Body::Result(result)).await;
         });
     }
+}
+
+/// Runs one of the app's tasks until it ends or the app is removed.
+fn until_removed(app: &App, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut removed = app.removed.subscribe();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            _ = removed.wait_for(|r| *r) => {}
+        }
+    });
 }
 
 fn parse_app(name: &str) -> Result<AppName, AppError> {
@@ -392,11 +415,13 @@ impl Inner {
                         health: Health::new(failures),
                         health_epoch: 0,
                         agent_job: false,
+                        stopped: false,
                         last_sent: None,
                     }),
                     changed: tokio::sync::watch::Sender::new(0),
                     probe_now: Notify::new(),
                     tasks_started: AtomicBool::new(false),
+                    removed: tokio::sync::watch::Sender::new(false),
                 })
             })
             .clone()
@@ -417,9 +442,9 @@ impl Inner {
         if app.tasks_started.swap(true, Ordering::SeqCst) {
             return;
         }
-        tokio::spawn(self.clone().watch_unit(app.clone()));
-        tokio::spawn(self.clone().probe_loop(app.clone()));
-        tokio::spawn(self.clone().log_watch(app.clone()));
+        until_removed(app, self.clone().watch_unit(app.clone()));
+        until_removed(app, self.clone().probe_loop(app.clone()));
+        until_removed(app, self.clone().log_watch(app.clone()));
     }
 
     /// Pushes the app's state when it differs from what was last sent (or always).
@@ -461,15 +486,36 @@ impl Inner {
     }
 
     fn persist(&self, name: &AppName, spec_toml: &str, version: &Version) -> Result<(), AppError> {
-        let text = toml::to_string(&Persisted {
-            version: version.to_string(),
-            spec_toml: spec_toml.to_owned(),
-        })
-        .map_err(|source| AppError::RecordEncode {
+        self.write_record(
+            name,
+            &Persisted {
+                version: version.to_string(),
+                spec_toml: spec_toml.to_owned(),
+                stopped: false,
+            },
+        )
+    }
+
+    fn record_path(&self, name: &AppName) -> PathBuf {
+        self.state_dir.join(format!("{name}.toml"))
+    }
+
+    fn read_record(&self, name: &AppName) -> Result<Persisted, AppError> {
+        std::fs::read_to_string(self.record_path(name))
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str::<Persisted>(&t).map_err(|e| e.to_string()))
+            .map_err(|reason| AppError::RecordRead {
+                app: name.clone(),
+                reason,
+            })
+    }
+
+    fn write_record(&self, name: &AppName, rec: &Persisted) -> Result<(), AppError> {
+        let text = toml::to_string(rec).map_err(|source| AppError::RecordEncode {
             app: name.clone(),
             source,
         })?;
-        let path = self.state_dir.join(format!("{name}.toml"));
+        let path = self.record_path(name);
         ensure_dir(&self.state_dir, 0o700)
             .and_then(|()| write_if_changed(&path, text.as_bytes(), 0o600))
             .map(|_| ())

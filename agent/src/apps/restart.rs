@@ -49,6 +49,9 @@ impl Inner {
     pub(super) async fn restart(&self, r: Restart) -> Outcome {
         let app = self.known(&r.app)?;
         let _op = app.ops.lock().await;
+        if lock(&app.data).stopped {
+            return Err(super::AppError::Stopped(app.name.clone()));
+        }
         let (spec, release) = {
             let d = lock(&app.data);
             (d.spec.clone(), d.release.clone())

@@ -107,6 +107,11 @@ impl Requests {
         self.start_reader();
     }
 
+    /// Stops counting `app` (it is removed from this host).
+    pub fn forget(&self, app: &AppName) {
+        lock(&self.inner.apps).remove(app);
+    }
+
     /// The answer to `QueryRequests`, or `None` for an app this agent does not count.
     pub fn stats(&self, app: &AppName) -> Option<RequestStats> {
         let w = lock(&self.inner.apps).get(app).cloned()?;

@@ -29,6 +29,30 @@ pub struct Dirs {
     pub worker: PathBuf,
 }
 
+/// Deletes the app's unit files and env file (absent ones are fine); the caller stops
+/// and disables the units first and reloads systemd after. The ASGI worker class is
+/// shared by every uvicorn app and stays.
+pub fn remove_files(dirs: &Dirs, name: &AppName) -> Result<(), FileError> {
+    for path in [
+        dirs.unit.join(socket_name(name)),
+        dirs.unit.join(service_name(name)),
+        env_path(&dirs.env, name),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(FileError {
+                    action: "remove",
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The env file and socket unit of an activation: everything that does not depend on the
 /// release, rendered before the release is even staged.
 pub struct Prepared {

@@ -12,6 +12,7 @@ use crate::auth::Caller;
 use crate::backup;
 use crate::catalog;
 use crate::hosts;
+use crate::lifecycle;
 use crate::operators;
 use crate::paging;
 use crate::ratelimit::MAX_BULK_PER_MINUTE;
@@ -290,8 +291,8 @@ impl Admin for AdminService {
         &self,
         request: Request<SetAppRunningRequest>,
     ) -> Result<Response<Self::SetAppRunningStream>, Status> {
-        let _actor = Caller::from_request(&request)?.actor();
-        Err(Status::unimplemented("app stop/start is not built yet"))
+        let actor = Caller::from_request(&request)?.actor();
+        lifecycle::set_running(self.0.clone(), actor, request.into_inner()).map(Response::new)
     }
 
     type RemoveAppStream = ReceiverStream<Result<HostProgress, Status>>;
@@ -300,8 +301,8 @@ impl Admin for AdminService {
         &self,
         request: Request<RemoveAppRequest>,
     ) -> Result<Response<Self::RemoveAppStream>, Status> {
-        let _actor = Caller::from_request(&request)?.actor();
-        Err(Status::unimplemented("app remove is not built yet"))
+        let actor = Caller::from_request(&request)?.actor();
+        lifecycle::remove(self.0.clone(), actor, request.into_inner()).map(Response::new)
     }
 
     type ExecStream = ReceiverStream<Result<ExecEvent, Status>>;

@@ -58,6 +58,15 @@ impl AppStates {
         }
     }
 
+    /// Drops what `host` reported about `app` (it removed the app).
+    pub fn forget(&self, host: &str, app: &str) {
+        let mut g = self.0.lock().expect("app states lock");
+        g.by_app.remove(&(app.to_owned(), host.to_owned()));
+        if let Some(apps) = g.by_host.get_mut(host) {
+            apps.remove(app);
+        }
+    }
+
     pub fn get(&self, host: &str, app: &str) -> Option<AppState> {
         let g = self.0.lock().expect("app states lock");
         g.by_app.get(&(app.to_owned(), host.to_owned())).cloned()
@@ -157,6 +166,17 @@ pub fn apply(shared: &Shared, actor: &str, spec_toml: &str) -> Result<ApplyAppRe
         .map_err(|e| Status::invalid_argument(format!("app spec: {e}")))?;
     let name = spec.name.to_string();
     let old = shared.store.app(&name).map_err(internal)?;
+    if old.is_none() {
+        // A host that was down when the old app of this name was removed would remove
+        // the new one when it connects.
+        let owed = shared.store.pending_removals(&name).map_err(internal)?;
+        if !owed.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "an earlier {name} was removed and these hosts have not confirmed its removal yet: {}; bring them back up (or `fleetctl host remove` them) first",
+                owed.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
     let changed = old.as_ref().is_none_or(|o| o.spec_toml != spec_toml);
     if changed {
         shared
@@ -237,9 +257,9 @@ pub fn get(shared: &Shared, name: &str) -> Result<AppInfo, Status> {
     })
 }
 
-type Progress = mpsc::Sender<Result<HostProgress, Status>>;
+pub(crate) type Progress = mpsc::Sender<Result<HostProgress, Status>>;
 
-fn describe(err: CommandError) -> String {
+pub(crate) fn describe(err: CommandError) -> String {
     match err {
         CommandError::HostDown => "host is down: nothing was changed on it".into(),
         e => e.to_string(),
@@ -254,14 +274,14 @@ const FAN_OUT_IN_FLIGHT: usize = 4096;
 /// Runs `kind` on every host at once (up to `FAN_OUT_IN_FLIGHT` sends at once), streaming a
 /// line per host as it starts and ends. The command goes out before the progress line:
 /// a slow reader of the progress stream must not hold back the hosts.
-async fn fan_out(
+pub(crate) async fn fan_out(
     shared: Arc<Shared>,
     app: String,
     hosts: Vec<String>,
     kind: Kind,
     timeout: Duration,
     tx: Progress,
-) -> (usize, usize) {
+) -> FanOut {
     let slots = Arc::new(tokio::sync::Semaphore::new(FAN_OUT_IN_FLIGHT));
     let mut tasks = tokio::task::JoinSet::new();
     for host in hosts {
@@ -300,25 +320,36 @@ async fn fan_out(
             };
             let _ = tx
                 .send(Ok(HostProgress {
-                    host,
+                    host: host.clone(),
                     phase: if ok { "done" } else { "failed" }.into(),
                     message,
                     state,
                 }))
                 .await;
-            ok
+            (host, ok)
         });
     }
-    let mut ok = 0;
-    let mut failed = 0;
+    let mut out = FanOut::default();
     while let Some(done) = tasks.join_next().await {
-        if done.unwrap_or(false) {
-            ok += 1;
-        } else {
-            failed += 1;
+        match done {
+            Ok((host, true)) => out.ok.push(host),
+            _ => out.failed += 1,
         }
     }
-    (ok, failed)
+    out
+}
+
+/// How a fan-out went: the hosts it succeeded on, and how many it did not.
+#[derive(Default)]
+pub(crate) struct FanOut {
+    pub ok: Vec<String>,
+    pub failed: usize,
+}
+
+impl std::fmt::Display for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ok, {} failed", self.ok.len(), self.failed)
+    }
 }
 
 /// The hosts an audit entry names: all of them when few, else a count and the first ones
@@ -351,6 +382,7 @@ pub fn deploy(
         })?;
     let wanted = wanted_secrets(&shared, app.as_str(), &spec)?;
     let (hosts, cordoned) = desired::targets_and_cordoned(&shared, &req.hosts)?;
+    let (hosts, stopped) = desired::without_stopped(&shared, app.as_str(), hosts)?;
     let deadline = match req.healthy_deadline_ms {
         0 => DEFAULT_HEALTHY_DEADLINE,
         ms => Duration::from_millis(ms),
@@ -381,7 +413,19 @@ pub fn deploy(
                 }))
                 .await;
         }
-        let (ok, failed) = fan_out(
+        for host in stopped {
+            let _ = tx
+                .send(Ok(HostProgress {
+                    host,
+                    phase: "skipped".into(),
+                    message: format!(
+                        "{app} is stopped here: left as it is (`fleetctl app start {app}`)"
+                    ),
+                    state: None,
+                }))
+                .await;
+        }
+        let counts = fan_out(
             shared.clone(),
             app.to_string(),
             hosts.clone(),
@@ -406,7 +450,7 @@ pub fn deploy(
             &actor,
             "app.deploy",
             &format!("{app}@{version}"),
-            &format!("{}: {ok} ok, {failed} failed", hosts_summary(&hosts)),
+            &format!("{}: {counts}", hosts_summary(&hosts)),
         );
     });
     Ok(ReceiverStream::new(rx))
@@ -442,7 +486,7 @@ pub fn restart(
         "app.restart"
     };
     tokio::spawn(async move {
-        let (ok, failed) = fan_out(
+        let counts = fan_out(
             shared.clone(),
             app.to_string(),
             hosts.clone(),
@@ -455,7 +499,7 @@ pub fn restart(
             &actor,
             action,
             app.as_str(),
-            &format!("{}: {ok} ok, {failed} failed", hosts_summary(&hosts)),
+            &format!("{}: {counts}", hosts_summary(&hosts)),
         );
     });
     Ok(ReceiverStream::new(rx))

@@ -136,6 +136,7 @@ impl AgentChannel for ChannelService {
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));
         crate::converge::session_started(&shared, &name, id);
+        crate::lifecycle::deliver_removals(&shared, &name);
         tokio::spawn(drive(
             shared, identity, name, id, interval, inbound, tx, close,
         ));
@@ -361,7 +362,9 @@ async fn handle(
                 return;
             }
             let prev = shared.app_states.update(name, state.clone());
-            crate::converge::on_app_state(shared, name, id, &state);
+            if crate::converge::on_app_state(shared, name, id, &state) {
+                crate::lifecycle::reconcile(shared, name, &state);
+            }
             // The first report of a session repeats what the host ran before the
             // reconnect: logged only at debug, so a reconnect wave is not N lines per app.
             let changed = prev.as_ref().map(|p| {

@@ -136,14 +136,16 @@ fn running(shared: &Shared, host: &str, app: &str) -> Option<String> {
         .map(|s| s.release)
 }
 
-/// Every app state report: the first of each app on a session is checked.
-pub fn on_app_state(shared: &Arc<Shared>, host: &str, session: u64, state: &AppState) {
+/// Every app state report: the first of each app on a session is checked. Returns
+/// whether it was the first.
+pub fn on_app_state(shared: &Arc<Shared>, host: &str, session: u64, state: &AppState) -> bool {
     let key = (host.to_owned(), state.app.clone());
     if lock(&shared.convergence.checked).insert(key, session) == Some(session) {
-        return;
+        return false;
     }
     let release = (!state.release.is_empty()).then(|| state.release.clone());
     check(shared, host, &state.app, release);
+    true
 }
 
 /// A session started: apps the host should run but never reported get it too.
@@ -182,6 +184,15 @@ fn check(shared: &Arc<Shared>, host: &str, app: &str, running: Option<String>) {
     };
     if running.as_deref() == Some(desired.version.as_str()) || shared.rollouts.active(app) {
         return;
+    }
+    // Stopped on purpose: it comes back only with `fleetctl app start`.
+    match shared.store.is_stopped(app, host) {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(e) => {
+            tracing::error!(%app, %host, error = %e, "cannot read whether the app is stopped");
+            return;
+        }
     }
     if !lock(&shared.convergence.running).insert((host.to_owned(), app.to_owned())) {
         return;

@@ -158,6 +158,28 @@ pub fn targets_and_cordoned(
     Ok((hosts, cordoned))
 }
 
+/// Splits `hosts` into those `app` may be deployed to and those an operator stopped it
+/// on (left as they are until `fleetctl app start`). Refuses when none are left.
+pub fn without_stopped(
+    shared: &Shared,
+    app: &str,
+    hosts: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), Status> {
+    let stopped = shared.store.stopped_hosts(app).map_err(internal)?;
+    if stopped.is_empty() {
+        return Ok((hosts, Vec::new()));
+    }
+    let (stopped, hosts): (Vec<String>, Vec<String>) =
+        hosts.into_iter().partition(|h| stopped.contains(h));
+    if hosts.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "{app} is stopped on every target host ({}): `fleetctl app start {app}` first",
+            stopped.join(", ")
+        )));
+    }
+    Ok((hosts, stopped))
+}
+
 /// The secret values the app's spec names; refuses when any is not set, before any host
 /// is touched.
 pub fn wanted_secrets(

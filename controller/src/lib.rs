@@ -24,6 +24,7 @@ pub mod hosts;
 pub mod http;
 pub mod init;
 pub mod lastseen;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod operators;

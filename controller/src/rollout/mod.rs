@@ -99,7 +99,9 @@ pub async fn start(
             "{host} is converging to the desired release of {app} (it came back after a rollout); retry when it is done"
         )));
     }
-    let mut hosts = crate::desired::targets(&shared, &req.hosts)?;
+    let hosts = crate::desired::targets(&shared, &req.hosts)?;
+    // A stopped app stays down: the rollout leaves its hosts out, as it does cordoned ones.
+    let (mut hosts, _stopped) = crate::desired::without_stopped(&shared, &app, hosts)?;
     natural_sort(&mut hosts);
     let version = if req.rollback {
         rollback_version(&shared, &app, &hosts)?

@@ -5,7 +5,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::RevokedRecord;
-use super::tables::{host_range, CORDONED, DESIRED, HOSTS, REVOKED};
+use super::tables::{host_range, CORDONED, DESIRED, HOSTS, REMOVALS, REVOKED, STOPPED};
 use super::{db_err, decode, encode, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -191,6 +191,11 @@ impl Store {
                     desired
                         .retain_in(from.as_str()..to.as_str(), |_, _| false)
                         .map_err(db_err)?;
+                    for def in [STOPPED, REMOVALS] {
+                        let mut t = tx.open_table(def).map_err(db_err)?;
+                        t.retain_in(from.as_str()..to.as_str(), |_, _| false)
+                            .map_err(db_err)?;
+                    }
                     let mut cordoned = tx.open_table(CORDONED).map_err(db_err)?;
                     cordoned.remove(name).map_err(db_err)?;
                     Some(out)

@@ -18,6 +18,7 @@ mod cordon;
 mod credentials;
 mod firewall;
 mod hosts;
+mod lifecycle;
 mod releases;
 mod rollouts;
 mod secrets;
@@ -31,6 +32,7 @@ pub use audit::AuditRecord;
 pub use cordon::CordonRecord;
 pub use credentials::{JoinAudit, RevokedRecord, TokenRecord};
 pub use hosts::{HostRecord, IssuedSerial};
+pub use lifecycle::{LifecycleRecord, RemovedApp};
 pub use releases::{AgentPackageRecord, ReleaseRecord};
 pub use secrets::SecretMeta;
 

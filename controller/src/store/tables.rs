@@ -39,6 +39,12 @@ pub(super) fn host_range(host: &str) -> (String, String) {
 }
 /// Cordoned hosts by name (JSON `CordonRecord`): out of deploys and rollouts.
 pub(super) const CORDONED: TableDefinition<&str, &[u8]> = TableDefinition::new("cordoned");
+/// Key: `<host>/<app>`: apps an operator stopped on a host (JSON `StopRecord`); they
+/// stay down and deploys and rollouts leave them out until started again.
+pub(super) const STOPPED: TableDefinition<&str, &[u8]> = TableDefinition::new("stopped");
+/// Key: `<host>/<app>`: removals of an app its host has not confirmed yet (JSON
+/// `RemovalRecord`), sent again each time the host connects until it does.
+pub(super) const REMOVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("removals");
 /// Operators by name: role and revocation (JSON `AdminRecord`).
 pub(super) const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
 /// fleet-agent packages by Debian version; their bytes are blobs like releases.
@@ -63,6 +69,8 @@ pub(super) fn open_every_table(tx: &redb::WriteTransaction) -> Result<(), StoreE
     tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
     tx.open_table(ADMINS).map_err(db_err)?;
     tx.open_table(CORDONED).map_err(db_err)?;
+    tx.open_table(STOPPED).map_err(db_err)?;
+    tx.open_table(REMOVALS).map_err(db_err)?;
     migrate_desired(tx)
 }
 
@@ -85,6 +93,8 @@ pub(super) fn copy_every_table(
         AGENT_PACKAGES,
         ADMINS,
         CORDONED,
+        STOPPED,
+        REMOVALS,
     ] {
         copy_json(from, to, def)?;
     }

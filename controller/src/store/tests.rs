@@ -453,3 +453,75 @@ fn a_snapshot_has_every_table_and_row_at_one_moment() {
     );
     assert_eq!(copy.audit_since(0).unwrap().len(), 1);
 }
+
+#[test]
+fn removing_an_app_deletes_only_its_rows_and_records_who_owes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+    let rel = |app: &str| ReleaseRecord {
+        app: app.into(),
+        version: "1".into(),
+        sha256: format!("sha-{app}"),
+        size: 1,
+        uploaded_at: 1,
+        uploaded_by: String::new(),
+    };
+    for app in ["shop", "shopx"] {
+        s.put_app(&AppRecord {
+            name: app.into(),
+            spec_toml: String::new(),
+            updated_at: 1,
+        })
+        .unwrap();
+        s.put_release_if_absent(&rel(app)).unwrap();
+        s.set_secret(app, "DB", "v", None).unwrap();
+        s.set_desired(app, "web-1", Some(&"1".to_owned())).unwrap();
+    }
+    let by = LifecycleRecord {
+        by: "admin:alice".into(),
+        at: 7,
+    };
+    s.set_stopped("shop", &["web-2".into()], Some(&by)).unwrap();
+    s.set_stopped("shopx", &["web-2".into()], Some(&by))
+        .unwrap();
+    assert!(s.is_stopped("shop", "web-2").unwrap());
+    assert!(!s.is_stopped("shop", "web-1").unwrap());
+
+    let live = std::collections::BTreeSet::from(["web-3".to_owned()]);
+    let removed = s.remove_app("shop", &live, &by).unwrap().unwrap();
+    assert_eq!(removed.releases.len(), 1);
+    assert_eq!(
+        removed.hosts.into_iter().collect::<Vec<_>>(),
+        ["web-1", "web-2", "web-3"],
+        "live, desired and stopped hosts owe the removal"
+    );
+    assert!(s.app("shop").unwrap().is_none());
+    assert!(s.releases("shop").unwrap().is_empty());
+    assert!(s.secrets("shop").unwrap().is_empty());
+    assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
+    assert!(!s.is_stopped("shop", "web-2").unwrap());
+    // Another app whose name starts the same is untouched.
+    assert!(s.app("shopx").unwrap().is_some());
+    assert_eq!(s.releases("shopx").unwrap().len(), 1);
+    assert_eq!(s.secrets("shopx").unwrap().len(), 1);
+    assert!(s.is_stopped("shopx", "web-2").unwrap());
+    assert!(s.desired::<String>("shopx", "web-1").unwrap().is_some());
+
+    assert_eq!(s.removals_on("web-2").unwrap(), ["shop"]);
+    assert_eq!(s.pending_removals("shop").unwrap().len(), 3);
+    s.removal_done("web-2", "shop").unwrap();
+    assert!(s.removals_on("web-2").unwrap().is_empty());
+    s.put_host(&host("web-1")).unwrap();
+    s.remove_host("web-1", "spiffe://x/agent/web-1", 8).unwrap();
+    assert_eq!(
+        s.pending_removals("shop")
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["web-3"],
+        "a removed host owes nothing"
+    );
+    let commits = s.commits();
+    assert!(s.remove_app("shop", &live, &by).unwrap().is_none());
+    assert_eq!(s.commits(), commits, "removing no app writes nothing");
+}

@@ -1,10 +1,12 @@
-//! `fleetctl app apply|list|show`.
+//! `fleetctl app apply|list|show|stop|start|remove`.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use fleet_proto::spec::{AppName, AppSpec};
-use fleet_proto::v1::{ApplyAppRequest, GetAppRequest, ListAppsRequest};
+use fleet_proto::v1::{
+    ApplyAppRequest, GetAppRequest, ListAppsRequest, RemoveAppRequest, SetAppRunningRequest,
+};
 use serde_json::json;
 
 use crate::client::Conn;
@@ -18,10 +20,65 @@ pub enum AppCmd {
     List,
     /// Show an app's spec, releases and which secrets are set.
     Show { app: AppName },
+    /// Stop the app and keep it down (across agent restarts and reboots; deploys and
+    /// rollouts leave it out) until `app start`. A host that is down stops it when it
+    /// connects.
+    Stop {
+        app: AppName,
+        /// Comma-separated hosts [default: every host the app is on]
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+    /// Start a stopped app again and wait until it is healthy.
+    Start {
+        app: AppName,
+        /// Comma-separated hosts [default: every host the app is on]
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
+    /// Remove the app: its units, env, log rotation and releases from every host (a host
+    /// that is down when it connects), then its spec, releases and secrets from the
+    /// controller. Logs and the app's system user stay on the hosts. Cannot be undone.
+    Remove {
+        app: AppName,
+        /// Confirm: removal cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()> {
     match cmd {
+        AppCmd::Stop { app, hosts } => return set_running(conn, app, hosts, false, format).await,
+        AppCmd::Start { app, hosts } => return set_running(conn, app, hosts, true, format).await,
+        AppCmd::Remove { app, yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "removing {app} deletes it from every host and its spec, releases and \
+                     secrets from the controller, and cannot be undone: add --yes"
+                );
+            }
+            let stream = conn
+                .admin()
+                .await?
+                .remove_app(RemoveAppRequest {
+                    app: app.to_string(),
+                    yes,
+                })
+                .await
+                .map_err(|s| conn.status(s))?
+                .into_inner();
+            let failed = crate::run::follow(conn, stream, format).await?;
+            if !failed.is_empty() {
+                anyhow::bail!(
+                    "{app} is removed from the controller, but removing it failed on {} host(s) \
+                     (it is sent again each time they connect):\n  {}",
+                    failed.len(),
+                    failed.join("\n  ")
+                );
+            }
+            return Ok(());
+        }
         AppCmd::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -123,6 +180,36 @@ pub async fn app(conn: &Conn, cmd: AppCmd, format: Format) -> anyhow::Result<()>
                 }
             }
         }
+    }
+    Ok(())
+}
+
+async fn set_running(
+    conn: &Conn,
+    app: AppName,
+    hosts: Vec<String>,
+    running: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let stream = conn
+        .admin()
+        .await?
+        .set_app_running(SetAppRunningRequest {
+            app: app.to_string(),
+            hosts,
+            running,
+        })
+        .await
+        .map_err(|s| conn.status(s))?
+        .into_inner();
+    let failed = crate::run::follow(conn, stream, format).await?;
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {app} failed on {} host(s):\n  {}",
+            if running { "start" } else { "stop" },
+            failed.len(),
+            failed.join("\n  ")
+        );
     }
     Ok(())
 }

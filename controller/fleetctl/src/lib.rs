@@ -83,7 +83,7 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Apps: apply a spec, list, show.
+    /// Apps: apply a spec, list, show, stop, start, remove.
     #[command(subcommand)]
     App(apps::AppCmd),
     /// Release tarballs.

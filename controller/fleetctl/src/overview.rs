@@ -44,6 +44,13 @@ pub fn attention(e: &HostAppStatus, usual: &BTreeMap<String, String>) -> Option<
     if s.crash_loop {
         return hit(1, format!("crash loop ({} restarts)", s.restarts));
     }
+    // Down on purpose: listed, but after everything that is down by accident.
+    if s.stopped {
+        return hit(
+            5,
+            format!("stopped by an operator (`fleetctl app start {}`)", s.app),
+        );
+    }
     if s.active_state != "active" {
         let detail = if s.result.is_empty() || s.result == "success" {
             String::new()
@@ -168,6 +175,11 @@ mod tests {
                 s.active_state = "failed".into();
                 s.result = "exit-code".into()
             }),
+            entry("g", true, "2", |s| {
+                s.active_state = "inactive".into();
+                s.healthy = false;
+                s.stopped = true
+            }),
         ];
         let sorted = by_urgency(entries.clone());
         let order: Vec<(&str, Option<&str>)> = sorted
@@ -182,16 +194,20 @@ mod tests {
                 ("f", Some("unit failed, result exit-code")),
                 ("c", Some("health probe failing")),
                 ("b", Some("runs 1 while most hosts run 2")),
+                (
+                    "g",
+                    Some("stopped by an operator (`fleetctl app start shop`)")
+                ),
                 ("a", None),
             ]
         );
         let sum = summaries(&entries);
         assert_eq!(sum.len(), 1);
-        assert_eq!(sum[0].hosts, 6);
+        assert_eq!(sum[0].hosts, 7);
         assert_eq!(sum[0].healthy, 2);
         assert_eq!(sum[0].down, 1);
-        assert_eq!(sum[0].needs_attention, 5);
+        assert_eq!(sum[0].needs_attention, 6);
         assert_eq!(sum[0].restarts, 7);
-        assert_eq!(sum[0].releases, [("2".into(), 5), ("1".into(), 1)]);
+        assert_eq!(sum[0].releases, [("2".into(), 6), ("1".into(), 1)]);
     }
 }

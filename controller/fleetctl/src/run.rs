@@ -59,11 +59,12 @@ pub fn state_json(s: &AppState) -> serde_json::Value {
         "since": output::time(s.since),
         "crash_loop": s.crash_loop,
         "health_detail": s.health_detail,
+        "stopped": s.stopped,
     })
 }
 
 /// Prints per-host progress as it arrives; returns each failed host with its reason.
-async fn follow(
+pub(crate) async fn follow(
     conn: &Conn,
     mut stream: Streaming<HostProgress>,
     format: Format,
@@ -90,7 +91,7 @@ async fn follow(
                 println!("{:<16} {:<10} {} {}", p.host, p.phase, p.message, detail);
             }
             Format::Json => {
-                if p.phase == "done" || p.phase == "failed" || p.phase == "skipped" {
+                if matches!(p.phase.as_str(), "done" | "failed" | "skipped" | "pending") {
                     results.push(json!({"host": p.host, "result": p.phase, "message": p.message, "app": p.state.as_ref().map(state_json)}));
                 }
             }
@@ -221,7 +222,9 @@ fn entry_row(e: &HostAppStatus) -> Vec<String> {
     } else {
         s.healthy.to_string()
     };
-    let state = if e.host_state == "up" {
+    let state = if s.stopped {
+        format!("{} (stopped)", s.active_state)
+    } else if e.host_state == "up" {
         s.active_state.clone()
     } else {
         format!("{} (host down)", s.active_state)

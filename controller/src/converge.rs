@@ -7,7 +7,8 @@
 //! reverted to, never the failed one) and when a deploy lands. It is checked on the first
 //! state report of each app on every new agent session, and for every host of a rollout
 //! when it ends (a skipped host may be back by then). Nothing converges while a rollout of
-//! the app runs: the rollout owns its hosts.
+//! the app runs: the rollout owns its hosts. A cordoned host, or one the app is stopped
+//! on, is left as it is; once uncordoned (or started) it catches up on its next session.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -185,12 +186,17 @@ fn check(shared: &Arc<Shared>, host: &str, app: &str, running: Option<String>) {
     if running.as_deref() == Some(desired.version.as_str()) || shared.rollouts.active(app) {
         return;
     }
-    // Stopped on purpose: it comes back only with `fleetctl app start`.
-    match shared.store.is_stopped(app, host) {
+    // Stopped on purpose: it comes back only with `fleetctl app start`. Cordoned: out
+    // of deploys and rollouts, so out of their catching up too, until uncordoned.
+    let left_alone = shared
+        .store
+        .is_stopped(app, host)
+        .and_then(|stopped| Ok(stopped || shared.store.is_cordoned(host)?));
+    match left_alone {
         Ok(false) => {}
         Ok(true) => return,
         Err(e) => {
-            tracing::error!(%app, %host, error = %e, "cannot read whether the app is stopped");
+            tracing::error!(%app, %host, error = %e, "cannot read whether the host is cordoned or the app stopped");
             return;
         }
     }

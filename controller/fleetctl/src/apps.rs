@@ -26,14 +26,14 @@ pub enum AppCmd {
     Stop {
         app: AppName,
         /// Comma-separated hosts [default: every host the app is on]
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, alias = "host", value_delimiter = ',')]
         hosts: Vec<String>,
     },
     /// Start a stopped app again and wait until it is healthy.
     Start {
         app: AppName,
         /// Comma-separated hosts [default: every host the app is on]
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, alias = "host", value_delimiter = ',')]
         hosts: Vec<String>,
     },
     /// Remove the app: its units, env, log rotation and releases from every host (a host

@@ -395,6 +395,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
         .filter(|h| h.batch == b && !matches!(h.phase, Phase::Healthy | Phase::Skipped))
         .cloned()
         .collect();
+    let todo = super::exclude::leave_out_cordoned_and_stopped(shared, live, &rec.app, b, todo);
     let label = if b == 0 && rec.canary > 0 {
         "canary".to_string()
     } else {

@@ -18,6 +18,7 @@
 
 mod analysis;
 mod drive;
+mod exclude;
 mod judge;
 mod live;
 pub mod plan;

@@ -24,6 +24,11 @@ impl Store {
         }
     }
 
+    /// Whether `host` is cordoned: one key read, for per-session checks.
+    pub fn is_cordoned(&self, host: &str) -> Result<bool, StoreError> {
+        Ok(self.get_json::<CordonRecord>(CORDONED, host)?.is_some())
+    }
+
     pub fn cordoned(&self) -> Result<BTreeMap<String, CordonRecord>, StoreError> {
         self.all_json_keyed(CORDONED)
     }

@@ -217,7 +217,9 @@ fn exec_runs_as_the_app_and_passes_output_exit_codes_timeouts_and_ctrl_c() {
     assert_eq!(v[0]["host"], "host1");
     assert_eq!(v[0]["exit_code"], 0);
     assert_eq!(v[0]["stdout"], "hi\n");
-    assert!(exec_units(&lab, 1).trim().is_empty(), "units left behind");
+    wait("no exec unit left behind", Duration::from_secs(5), || {
+        exec_units(&lab, 1).trim().is_empty()
+    });
 
     // --- timeout: stopped, said so, unit gone
     let started = Instant::now();

@@ -83,8 +83,10 @@ impl PendingTable {
 
 /// Chunks of one exec's output buffered between the agent's stream and the caller; past
 /// this the caller reads too slowly and chunks are dropped (and counted), because waiting
-/// would hold back everything else on the host's stream.
-const EXEC_BUFFER: usize = 256;
+/// would hold back everything else on the host's stream. The agent sends at most 8 MiB
+/// per run in chunks of up to 16 KiB, gathered for a moment each: this holds a whole
+/// run's output of full chunks.
+const EXEC_BUFFER: usize = 1024;
 
 /// Where an exec's output and result go.
 struct ExecRoute {

@@ -32,6 +32,8 @@ pub const CHUNK: usize = 16 * 1024;
 /// Output sent per run, both streams together; the rest is read and dropped, so the
 /// program never blocks on a full pipe.
 pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
+/// How long output is gathered into one chunk after its first bytes.
+const COALESCE: Duration = Duration::from_millis(20);
 /// Runs at once on this host; more are refused rather than queued.
 const MAX_RUNNING: usize = 16;
 /// When the controller sends no timeout.
@@ -332,10 +334,24 @@ impl Inner {
         let Some(mut r) = r else { return };
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let n = match r.read(&mut buf).await {
+            let mut n = match r.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            // A program writing line by line (Python here runs unbuffered) would cost a
+            // message per line: what follows within a moment goes into the same chunk.
+            let mut eof = false;
+            let until = tokio::time::Instant::now() + COALESCE;
+            while n < CHUNK {
+                match tokio::time::timeout_at(until, r.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(Ok(more)) => n += more,
+                    Err(_) => break,
+                }
+            }
             let keep = budget.take(n);
             if keep == 0 || lost.load(Ordering::Relaxed) {
                 continue;
@@ -348,6 +364,9 @@ impl Inner {
             if !self.outbox.send_to(Some(session), msg).await {
                 // Nothing after a gap: the reader would take it for the whole output.
                 lost.store(true, Ordering::Relaxed);
+            }
+            if eof {
+                return;
             }
         }
     }

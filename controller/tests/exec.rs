@@ -34,6 +34,31 @@ fn exec_refuses_bad_input_and_reports_hosts_that_cannot_run_it() {
     let _agent = fleet.run_agent("web-1", &state);
     fleet.wait_state("web-1", "up", Duration::from_secs(20));
 
+    // A viewer may not run commands.
+    let alice = fleet.dir.path().join("alice");
+    fleet.ok(&[
+        "admin",
+        "add",
+        "alice",
+        "--role",
+        "viewer",
+        "--out",
+        alice.to_str().unwrap(),
+    ]);
+    let out = std::process::Command::new(support::bin("fleetctl"))
+        .args(["--controller", &fleet.addr()])
+        .arg("--identity")
+        .arg(&alice)
+        .args(["exec", "shop", "--host", "web-1", "--", "id"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("is a viewer: /fleet.v1.Admin/Exec needs the deployer role"),
+        "{e}"
+    );
+
     // Refused by the controller, nothing sent to any host.
     let (_, e) = fail(&fleet, &["exec", "nope", "--host", "web-1", "--", "id"]);
     assert!(e.contains("no app named nope"), "{e}");

@@ -31,7 +31,7 @@ const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 /// line and the tail of its output: that is what the operator needs to fix the hook.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error("pre_start program {program:?} not found (looked at {looked_at})")]
+    #[error("program {program:?} not found (looked at {looked_at})")]
     NotFound { program: String, looked_at: String },
     #[error("cannot run systemd-run for the pre-start hook: {0}")]
     Spawn(std::io::Error),
@@ -93,7 +93,59 @@ pub fn resolve_program(program: &str, release_dir: &Path) -> Result<PathBuf, Hoo
         })
 }
 
+/// One transient run of a program as an app: what differs between the pre-start hook and
+/// `exec`; the user, env file, sandbox and PATH are always the app's.
+pub struct Transient<'a> {
+    pub spec: &'a AppSpec,
+    pub unit: &'a str,
+    pub description: String,
+    pub release_dir: &'a Path,
+    pub env_file: &'a Path,
+    pub timeout: Duration,
+    /// `--collect`: unload the unit even when it failed. Off when the caller reads how
+    /// the main process ended from the failed unit (and resets it itself).
+    pub collect: bool,
+}
+
 /// The `systemd-run` arguments for one run (pure: what lands on the command line).
+pub fn transient_args(t: &Transient<'_>, program: &Path, args: &[String]) -> Vec<String> {
+    let mut path = String::new();
+    if let Some(venv) = crate::releases::venv_bin(t.release_dir) {
+        path.push_str(&venv.to_string_lossy());
+        path.push(':');
+    }
+    path.push_str(&SYSTEM_PATH.join(":"));
+    let mut out = vec![
+        format!("--unit={}", t.unit),
+        format!("--description={}", t.description),
+        "--wait".into(),
+        "--pipe".into(),
+        "--quiet".into(),
+    ];
+    if t.collect {
+        out.push("--collect".into());
+    }
+    out.extend([
+        "--service-type=exec".into(),
+        format!("--working-directory={}", t.release_dir.display()),
+        format!("--property=User={}", t.spec.user),
+        format!("--property=EnvironmentFile={}", t.env_file.display()),
+        format!("--property=RuntimeMaxSec={}ms", t.timeout.as_millis()),
+        format!("--setenv=PATH={path}"),
+        "--setenv=PYTHONUNBUFFERED=1".into(),
+        "--setenv=PYTHONDONTWRITEBYTECODE=1".into(),
+    ]);
+    // The app's own sandbox, setting by setting.
+    for line in units::HARDENING.lines().filter(|l| !l.trim().is_empty()) {
+        out.push(format!("--property={line}"));
+    }
+    out.push("--".into());
+    out.push(program.to_string_lossy().into_owned());
+    out.extend(args.iter().cloned());
+    out
+}
+
+/// The pre-start hook's `systemd-run` arguments.
 pub fn systemd_run_args(
     spec: &AppSpec,
     unit: &str,
@@ -101,39 +153,17 @@ pub fn systemd_run_args(
     env_file: &Path,
     program: &Path,
 ) -> Vec<String> {
-    let mut path = String::new();
-    if let Some(venv) = crate::releases::venv_bin(release_dir) {
-        path.push_str(&venv.to_string_lossy());
-        path.push(':');
-    }
-    path.push_str(&SYSTEM_PATH.join(":"));
-    let mut args = vec![
-        format!("--unit={unit}"),
-        format!("--description=fleet: pre-start hook of {}", spec.name),
-        "--wait".into(),
-        "--pipe".into(),
-        "--quiet".into(),
-        "--collect".into(),
-        "--service-type=exec".into(),
-        format!("--working-directory={}", release_dir.display()),
-        format!("--property=User={}", spec.user),
-        format!("--property=EnvironmentFile={}", env_file.display()),
-        format!(
-            "--property=RuntimeMaxSec={}ms",
-            spec.pre_start_timeout.as_millis()
-        ),
-        format!("--setenv=PATH={path}"),
-        "--setenv=PYTHONUNBUFFERED=1".into(),
-        "--setenv=PYTHONDONTWRITEBYTECODE=1".into(),
-    ];
-    // The app's own sandbox, setting by setting.
-    for line in units::HARDENING.lines().filter(|l| !l.trim().is_empty()) {
-        args.push(format!("--property={line}"));
-    }
-    args.push("--".into());
-    args.push(program.to_string_lossy().into_owned());
-    args.extend(spec.pre_start.iter().skip(1).cloned());
-    args
+    let t = Transient {
+        spec,
+        unit,
+        description: format!("fleet: pre-start hook of {}", spec.name),
+        release_dir,
+        env_file,
+        timeout: spec.pre_start_timeout,
+        collect: true,
+    };
+    let rest: Vec<String> = spec.pre_start.iter().skip(1).cloned().collect();
+    transient_args(&t, program, &rest)
 }
 
 /// The last lines of the hook's output, each cut to a bounded length.

@@ -28,6 +28,7 @@ trait Manager {
     /// daemon-reload
     fn reload(&self) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
@@ -78,6 +79,17 @@ pub enum SystemdError {
         unit: String,
         timeout: Duration,
     },
+}
+
+/// How a service's main process ended, as systemd recorded it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MainExit {
+    /// `Result=`: success, exit-code, signal, timeout, …
+    pub result: String,
+    /// `ExecMainCode`: the waitid() si_code (1 exited, 2 killed, 3 dumped core).
+    pub code: i32,
+    /// `ExecMainStatus`: the exit status or the signal number.
+    pub status: i32,
 }
 
 /// The properties that make an app's state. Values as systemd names them.
@@ -265,6 +277,30 @@ impl Systemd {
             .load_unit(unit)
             .await
             .map_err(Self::call_err("load", unit))
+    }
+
+    /// How a loaded unit's main process ended; `None` when systemd no longer has the unit
+    /// (a unit that ended cleanly is unloaded at once). Never loads it.
+    pub async fn main_exit(&self, unit: &str) -> Result<Option<MainExit>, SystemdError> {
+        let path = match self.manager.get_unit(unit).await {
+            Ok(p) => p,
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(Self::call_err("get", unit)(e)),
+        };
+        let props = self.properties(&path).await?;
+        let s = props
+            .get_all(InterfaceName::from_static_str_unchecked(SERVICE_IFACE))
+            .await
+            .map_err(|e| Self::call_err("read", unit)(e.into()))?;
+        Ok(Some(MainExit {
+            result: string(&s, "Result"),
+            code: number::<i32>(&s, "ExecMainCode"),
+            status: number::<i32>(&s, "ExecMainStatus"),
+        }))
     }
 
     /// Properties of a unit object, uncached: always what systemd says now.

@@ -311,8 +311,8 @@ impl Admin for AdminService {
         &self,
         request: Request<ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        let _actor = Caller::from_request(&request)?.actor();
-        Err(Status::unimplemented("exec is not built yet"))
+        let actor = Caller::from_request(&request)?.actor();
+        crate::exec::exec(self.0.clone(), actor, request.into_inner()).map(Response::new)
     }
 
     type ApplyFirewallStream = ReceiverStream<Result<HostProgress, Status>>;

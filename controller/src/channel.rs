@@ -412,8 +412,7 @@ async fn handle(
             line.host = name.to_owned();
             shared.commands.deliver_line(name, line);
         }
-        // Not routed yet: no Exec is ever sent.
-        Up::ExecOutput(_) => {}
+        Up::ExecOutput(out) => shared.commands.deliver_exec_output(name, out),
         Up::Firewall(state) => {
             if shared.firewall_states.update(name, state.clone()) {
                 tracing::info!(host = %name, state = ?clip(&state.state, MAX_QUOTED), detail = ?clip(&state.detail, MAX_EVENT_TEXT), "firewall state");

@@ -1,13 +1,14 @@
 //! Commands to agents and their answers: each command gets a correlation id, is sent down
 //! the host's stream, and is answered by exactly one CommandResult routed back here. Log
-//! tails are routed the same way by their command id.
+//! tails and exec output are routed the same way by their command id.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_proto::v1::controller_message::Body as Down;
-use fleet_proto::v1::{command, Command, CommandResult, ControllerMessage, LogLine};
+use fleet_proto::v1::{command, Command, CommandResult, ControllerMessage, ExecOutput, LogLine};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,10 +81,37 @@ impl PendingTable {
     }
 }
 
+/// Chunks of one exec's output buffered between the agent's stream and the caller; past
+/// this the caller reads too slowly and chunks are dropped (and counted), because waiting
+/// would hold back everything else on the host's stream. The agent sends at most 8 MiB
+/// per run in chunks of up to 16 KiB, gathered for a moment each: this holds a whole
+/// run's output of full chunks.
+const EXEC_BUFFER: usize = 1024;
+
+/// Where an exec's output and result go.
+struct ExecRoute {
+    host: String,
+    output: mpsc::Sender<ExecOutput>,
+    done: oneshot::Sender<CommandResult>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// A running exec, as its caller sees it: output until the agent's result arrives (the
+/// output channel then ends), then the result; a dropped result means the host went
+/// away first.
+pub struct ExecCall {
+    pub id: String,
+    pub output: mpsc::Receiver<ExecOutput>,
+    pub done: oneshot::Receiver<CommandResult>,
+    /// Output bytes dropped because the caller read too slowly.
+    pub dropped: Arc<AtomicU64>,
+}
+
 #[derive(Default)]
 pub struct Commands {
     pending: Mutex<PendingTable>,
     tails: Mutex<HashMap<String, (String, mpsc::Sender<LogLine>)>>,
+    execs: Mutex<HashMap<String, ExecRoute>>,
 }
 
 pub fn new_id() -> String {
@@ -205,6 +233,20 @@ impl Commands {
                 return;
             }
         }
+        // Like a tail's, an exec's result comes after all its output on the same stream.
+        let exec = self.execs.lock().expect("execs lock").remove(&result.id);
+        if let Some(route) = exec {
+            if route.host == host {
+                let _ = route.done.send(result);
+            } else {
+                // Another host's id: not this one's to end.
+                self.execs
+                    .lock()
+                    .expect("execs lock")
+                    .insert(result.id.clone(), route);
+            }
+            return;
+        }
         // A tail's result means the agent has sent all it will (lines come first on the
         // same stream); a failed one says why there are no lines.
         let tail = self.tails.lock().expect("tails lock").remove(&result.id);
@@ -227,6 +269,63 @@ impl Commands {
             .lock()
             .expect("tails lock")
             .retain(|_, (h, _)| h != host);
+        // Execs are operators' calls, a handful at a time: a scan is cheap.
+        self.execs
+            .lock()
+            .expect("execs lock")
+            .retain(|_, r| r.host != host);
+    }
+
+    /// Sends an Exec to `host`; its output and result arrive on the returned call.
+    pub async fn exec(
+        &self,
+        sessions: &Sessions,
+        host: &str,
+        kind: command::Kind,
+    ) -> Result<ExecCall, CommandError> {
+        let id = new_id();
+        let (out_tx, output) = mpsc::channel(EXEC_BUFFER);
+        let (done_tx, done) = oneshot::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.execs.lock().expect("execs lock").insert(
+            id.clone(),
+            ExecRoute {
+                host: host.to_owned(),
+                output: out_tx,
+                done: done_tx,
+                dropped: dropped.clone(),
+            },
+        );
+        match send_raw(sessions, host, &id, kind).await {
+            Ok(()) => Ok(ExecCall {
+                id,
+                output,
+                done,
+                dropped,
+            }),
+            Err(e) => {
+                self.end_exec(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets an exec: later output and its result are dropped.
+    pub fn end_exec(&self, id: &str) {
+        self.execs.lock().expect("execs lock").remove(id);
+    }
+
+    /// Routes a chunk of exec output to its call; dropped (and counted) when the call
+    /// reads too slowly, ignored when the id is unknown or another host's.
+    pub fn deliver_exec_output(&self, host: &str, out: ExecOutput) {
+        let execs = self.execs.lock().expect("execs lock");
+        let Some(route) = execs.get(&out.exec_id).filter(|r| r.host == host) else {
+            return;
+        };
+        let len = out.data.len() as u64;
+        if route.output.try_send(out).is_err() {
+            route.dropped.fetch_add(len, Ordering::Relaxed);
+        }
     }
 
     /// Starts a log tail on `host`; lines arrive on the returned receiver.

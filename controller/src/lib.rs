@@ -19,6 +19,7 @@ pub mod datadir;
 pub mod desired;
 pub mod enroll;
 pub mod events;
+pub mod exec;
 pub mod firewall;
 pub mod hosts;
 pub mod http;

@@ -42,6 +42,22 @@ pub enum AppError {
     NotStagedForHook { app: AppName, version: Version },
     #[error(transparent)]
     Hook(#[from] HookError),
+    #[error("invalid exec id {0:?}: the controller sends lowercase hex")]
+    ExecId(String),
+    #[error("exec: {0}")]
+    ExecArgv(String),
+    #[error("exec: the app's user {0} is root on this host; fleet never runs anything as root")]
+    ExecAsRoot(String),
+    #[error("exec: the app's user {0} does not exist on this host (deploy the app first)")]
+    ExecNoUser(String),
+    #[error("exec: {0} commands already run on this host; try again when one has ended")]
+    ExecBusy(usize),
+    #[error("timed out after {0}; the command's unit was stopped")]
+    ExecTimedOut(String),
+    #[error("cancelled; the command's unit was stopped")]
+    ExecCancelled,
+    #[error("the controller's session ended; the command's unit was stopped")]
+    ExecSessionGone,
     #[error("no session to send lines to")]
     NoSession,
     #[error("cannot run {program}: {source}")]

@@ -11,7 +11,7 @@
 //!
 //! Here: the app table, dispatch and adoption. One file per command or concern below:
 //! `activate` (Stage, Activate), `restart`, `prestart`, `watch` (unit watch, probes,
-//! deleted logs), `gate` (health gate), `tail` (logs).
+//! deleted logs), `gate` (health gate), `tail` (logs), `exec` (Exec, CancelExec).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,7 @@ pub use error::AppError;
 
 mod activate;
 mod error;
+mod exec;
 mod gate;
 mod lifecycle;
 mod prestart;
@@ -95,6 +96,8 @@ struct Inner {
     bus: tokio::sync::Mutex<Option<Systemd>>,
     apps: Mutex<HashMap<AppName, Arc<App>>>,
     tails: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Running execs by command id, to stop one on CancelExec.
+    execs: Mutex<HashMap<String, oneshot::Sender<()>>>,
 }
 
 struct App {
@@ -183,6 +186,8 @@ pub fn handles(c: &Command) -> bool {
                 | command::Kind::StopApp(_)
                 | command::Kind::StartApp(_)
                 | command::Kind::RemoveApp(_)
+                | command::Kind::Exec(_)
+                | command::Kind::CancelExec(_)
         )
     )
 }
@@ -218,6 +223,7 @@ impl Apps {
                 bus: tokio::sync::Mutex::new(None),
                 apps: Mutex::default(),
                 tails: Mutex::default(),
+                execs: Mutex::default(),
             }),
         }
     }
@@ -295,6 +301,12 @@ impl Apps {
                 return;
             }
             let session = inner.outbox.session();
+            if let Some(command::Kind::Exec(e)) = c.kind {
+                // Its result carries the exit code.
+                let result = inner.exec(id, e, session).await;
+                inner.outbox.send(agent_message::Body::Result(result)).await;
+                return;
+            }
             let outcome = match c.kind {
                 Some(command::Kind::Stage(s)) => inner.stage(s).await,
                 Some(command::Kind::Activate(a)) => inner.activate(a).await,
@@ -305,15 +317,15 @@ impl Apps {
                 Some(command::Kind::StopApp(s)) => inner.stop_app(s).await,
                 Some(command::Kind::StartApp(s)) => inner.start_app(s).await,
                 Some(command::Kind::RemoveApp(r)) => inner.remove_app(r).await,
+                Some(command::Kind::CancelExec(x)) => Ok(inner.cancel_exec(x)),
                 Some(
                     command::Kind::Ping(_)
                     | command::Kind::ApplyFirewall(_)
                     | command::Kind::ConfirmFirewall(_)
                     | command::Kind::UpgradeAgent(_)
-                    | command::Kind::Exec(_)
-                    | command::Kind::CancelExec(_)
-                    // Answered above: its result carries the counts.
-                    | command::Kind::QueryRequests(_),
+                    // Answered above: their results carry counts or an exit code.
+                    | command::Kind::QueryRequests(_)
+                    | command::Kind::Exec(_),
                 )
                 | None => Err(AppError::NotAppCommand),
             };

@@ -11,6 +11,7 @@ mod apps;
 mod audit;
 mod client;
 mod events;
+mod exec;
 mod firewall;
 mod hosts;
 mod identity;
@@ -108,6 +109,12 @@ enum Command {
     },
     /// The app's journal lines from its hosts, prefixed by host.
     Logs(run::LogsArgs),
+    /// Run a command once as the app: its user, env and secrets, sandbox, current
+    /// release and venv, in a transient systemd unit on the host(s). No shell unless
+    /// you write `sh -c`. With --host the output passes through as is and the exit code
+    /// is the program's; with --all lines are prefixed `host | ` and the exit code is 1
+    /// if any host failed or exited non-zero. Ctrl-C stops the command on the hosts.
+    Exec(exec::ExecArgs),
     /// Host firewall policy (the agent-owned `inet fleet` nftables table).
     #[command(subcommand)]
     Firewall(firewall::FirewallCmd),
@@ -183,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload(args) => run::restart(&conn, args, true, cli.output).await,
         Command::Status { app, all } => run::status(&conn, app, all, cli.output).await,
         Command::Logs(args) => run::logs(&conn, args).await,
+        Command::Exec(args) => exec::run(&conn, args, cli.output).await,
         Command::Firewall(cmd) => firewall::run(&conn, cmd, cli.output).await,
         Command::Rollout(cmd) => rollout::run(&conn, cmd, cli.output).await,
         Command::Rollback(a) => rollout::start(&conn, a.app, None, a.opts, cli.output).await,
@@ -298,7 +306,8 @@ mod tests {
 
     #[test]
     fn app_names_are_checked_before_anything_is_sent() {
-        let commands: [&[&str]; 12] = [
+        let commands: [&[&str]; 13] = [
+            &["exec", "Bad/Name", "--all", "--", "id"],
             &["deploy", "Bad/Name", "--version", "1"],
             &["restart", "Bad/Name"],
             &["reload", "Bad/Name"],

@@ -151,9 +151,17 @@ impl StateDir {
         }
         let meta = self.load_meta()?;
         let cert_path = self.file(CERT_FILE);
+        let key_path = self.file(KEY_FILE);
+        // A renewal cut off mid-swap is finished (or undone) before the pair is read.
+        let recovered = fleet_proto::key_swap::recover(&key_path, &cert_path, |cert, key| {
+            KeyPair::from_pem(key).is_ok_and(|k| cert_matches_key(cert, &k))
+        })
+        .map_err(file_err)?;
+        if recovered {
+            tracing::warn!(dir = %self.dir.display(), "finished a key rotation a crash had interrupted");
+        }
         let cert_pem = read(&cert_path)?;
         let cert = parse_cert(&cert_path, &cert_pem)?;
-        let key_path = self.file(KEY_FILE);
         let key_pem = read(&key_path)?;
         warn_if_exposed(&key_path);
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, e))?;
@@ -191,9 +199,17 @@ impl StateDir {
         write_atomic(&self.dir, META_FILE, meta.as_bytes(), PUBLIC_MODE)
     }
 
-    /// Replaces the certificate after a renewal (same key).
-    pub fn write_cert(&self, cert_pem: &str) -> Result<(), StateError> {
-        write_atomic(&self.dir, CERT_FILE, cert_pem.as_bytes(), PUBLIC_MODE)
+    /// Replaces key and certificate after a renewal with a new key, crash-safe
+    /// (`fleet_proto::key_swap`): a crash at any point leaves a pair `load` accepts.
+    pub fn write_rotated(&self, key_pem: &str, cert_pem: &str) -> Result<(), StateError> {
+        fleet_proto::key_swap::swap(
+            &self.file(KEY_FILE),
+            &self.file(CERT_FILE),
+            key_pem,
+            cert_pem,
+            PUBLIC_MODE,
+        )
+        .map_err(file_err)
     }
 
     /// Creates the dir 0700, or tightens an existing one: it holds our private key.
@@ -215,11 +231,15 @@ impl StateDir {
 
 /// Writes `dir/name` whole with `mode` (see [`fleet_proto::files::write_atomic`]).
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    fleet_proto::files::write_atomic(&dir.join(name), bytes, mode).map_err(|e| StateError::Io {
+    fleet_proto::files::write_atomic(&dir.join(name), bytes, mode).map_err(file_err)
+}
+
+fn file_err(e: fleet_proto::files::FileError) -> StateError {
+    StateError::Io {
         action: e.action,
         path: e.path,
         source: e.source,
-    })
+    }
 }
 
 fn read(path: &Path) -> Result<String, StateError> {
@@ -313,6 +333,46 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_cut_off_after_the_certificate_is_finished_on_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        let (old, ca) = enroll(&dir);
+        let new = KeyPair::generate().unwrap();
+        let cert = ca.issue("spiffe://fleet.local/agent/web-1", &new);
+        // The first two steps of the swap, then a crash: new key beside, new certificate.
+        write_atomic(
+            dir.path(),
+            "agent.key.next",
+            new.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        write_atomic(dir.path(), CERT_FILE, cert.as_bytes(), PUBLIC_MODE).unwrap();
+        let creds = dir.load().unwrap();
+        assert_eq!(creds.key_pem, new.serialize_pem());
+        assert!(!dir.path().join("agent.key.next").exists());
+        assert_eq!(mode(&dir.path().join(KEY_FILE)), 0o600);
+
+        // Cut off after the first step: the old pair stays, the stray key goes.
+        let newer = KeyPair::generate().unwrap();
+        write_atomic(
+            dir.path(),
+            "agent.key.next",
+            newer.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .unwrap();
+        assert_eq!(dir.load().unwrap().key_pem, new.serialize_pem());
+        assert!(!dir.path().join("agent.key.next").exists());
+
+        // A whole swap.
+        let cert = ca.issue("spiffe://fleet.local/agent/web-1", &newer);
+        dir.write_rotated(&newer.serialize_pem(), &cert).unwrap();
+        assert_eq!(dir.load().unwrap().key_pem, newer.serialize_pem());
+        assert_ne!(old.serialize_pem(), newer.serialize_pem());
+    }
+
+    #[test]
     fn existing_loose_dir_is_tightened() {
         let tmp = tempfile::tempdir().unwrap();
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -365,21 +425,5 @@ mod tests {
             err.contains(CERT_FILE) && err.contains("join --force"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn write_cert_replaces_only_the_certificate() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(tmp.path());
-        let (key, ca) = enroll(&dir);
-        let key_before = fs::read(tmp.path().join(KEY_FILE)).unwrap();
-        let renewed = ca.issue("spiffe://fleet.local/agent/web-1", &key);
-        dir.write_cert(&renewed).unwrap();
-        assert_eq!(
-            fs::read_to_string(tmp.path().join(CERT_FILE)).unwrap(),
-            renewed
-        );
-        assert_eq!(fs::read(tmp.path().join(KEY_FILE)).unwrap(), key_before);
-        dir.load().unwrap();
     }
 }

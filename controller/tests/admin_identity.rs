@@ -24,7 +24,7 @@ fn stderr_of(fleet: &Fleet, args: &[&str]) -> String {
 }
 
 #[test]
-fn fleetctl_is_reminded_then_renews_its_certificate_for_the_same_key() {
+fn fleetctl_is_reminded_then_renews_its_certificate_with_a_new_key() {
     let mut fleet = Fleet::init(
         &["--admin-cert-lifetime", "6s"],
         &["--admin-cert-lifetime", "1h"],
@@ -53,10 +53,14 @@ fn fleetctl_is_reminded_then_renews_its_certificate_for_the_same_key() {
         "the controller's admin_cert_lifetime (1h) was not used: {}",
         second.not_after
     );
-    assert_eq!(
+    assert_ne!(
         std::fs::read(fleet.admin_dir().join("admin.key")).unwrap(),
         key,
-        "the key must stay"
+        "a renewal rotates the key"
+    );
+    assert!(
+        !fleet.admin_dir().join("admin.key.next").exists(),
+        "the key swap left its temporary key behind"
     );
 
     // Past the first certificate's end the renewed one works, without a reminder.

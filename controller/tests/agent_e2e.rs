@@ -83,6 +83,7 @@ fn certificate_renews_without_dropping_the_stream() {
     let fleet = Fleet::start(&["--agent-cert-lifetime", "6s"]);
     let state = fleet.join("renew-me", &fleet.token(&[]));
     let first = serial(&state);
+    let first_key = std::fs::read(state.join("agent.key")).unwrap();
     let _agent = fleet.run_agent("renew-me", &state);
     fleet.wait_state("renew-me", "up", Duration::from_secs(15));
 
@@ -94,6 +95,9 @@ fn certificate_renews_without_dropping_the_stream() {
     wait_for("second renewal", Duration::from_secs(10), || {
         (serial(&state) != second).then_some(())
     });
+    // Each renewal rotated the key, and the pair on disk is whole.
+    assert_ne!(std::fs::read(state.join("agent.key")).unwrap(), first_key);
+    assert!(!state.join("agent.key.next").exists());
 
     assert_eq!(fleet.host_state("renew-me").as_deref(), Some("up"));
     let log = fleet.controller_log();

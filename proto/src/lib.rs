@@ -9,6 +9,7 @@ pub mod exposition;
 pub mod files;
 pub mod firewall;
 pub mod identity;
+pub mod key_swap;
 pub mod package;
 pub mod peer;
 pub mod reconnect;

@@ -1,5 +1,7 @@
 //! Certificate renewal over the session stream: when to ask (2/3 of the lifetime), the
-//! request, and the checks on the answer before the new certificate is saved.
+//! request, and the checks on the answer before the new certificate is saved. Every
+//! renewal rotates the key: a new one is made for the request, and the pair replaces
+//! the old one only once the controller's certificate for it passed the join checks.
 
 use std::time::Duration;
 
@@ -16,7 +18,8 @@ use crate::state::{Credentials, StateDir};
 pub(super) struct Renewal {
     pub(super) next: Instant,
     retry: Duration,
-    pending: Option<String>,
+    /// The request in flight and the new key it asked a certificate for.
+    pending: Option<(String, KeyPair)>,
 }
 
 impl Renewal {
@@ -35,7 +38,7 @@ impl Renewal {
 
 /// What the session holds that a renewal reads or replaces.
 pub(super) struct Cert<'a> {
-    pub(super) key: &'a KeyPair,
+    pub(super) key: &'a mut KeyPair,
     pub(super) ca_der: &'a [u8],
     pub(super) creds: &'a mut Credentials,
     pub(super) state: &'a StateDir,
@@ -44,10 +47,17 @@ pub(super) struct Cert<'a> {
 impl Renewal {
     /// Called when due: the request to send, or None when none could be made (logged;
     /// retried after `retry` like a refused one).
-    pub(super) fn request(&mut self, key: &KeyPair, creds: &Credentials) -> Option<RenewRequest> {
+    pub(super) fn request(&mut self, creds: &Credentials) -> Option<RenewRequest> {
         let request_id = hex::encode(rand::random::<[u8; 16]>());
         self.next = Instant::now() + self.retry;
-        let csr = match csr_pem(key, &creds.meta.name) {
+        let key = match KeyPair::generate() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a new key for the renewal");
+                return None;
+            }
+        };
+        let csr = match csr_pem(&key, &creds.meta.name) {
             Ok(csr) => csr,
             Err(e) => {
                 tracing::error!(error = %e, "cannot make a renewal request");
@@ -58,7 +68,7 @@ impl Renewal {
             expires = %crate::clock::format_time(creds.cert.not_after),
             "renewing certificate"
         );
-        self.pending = Some(request_id.clone());
+        self.pending = Some((request_id.clone(), key));
         Some(RenewRequest {
             request_id,
             csr_pem: csr,
@@ -68,11 +78,14 @@ impl Renewal {
     /// The controller's answer: a certificate that passes the join checks is saved and
     /// replaces the session's; anything else waits for the next attempt.
     pub(super) fn answered(&mut self, r: RenewResponse, cert: Cert<'_>) {
-        if self.pending.as_deref() != Some(r.request_id.as_str()) {
-            tracing::debug!(request_id = %r.request_id, "ignoring an unexpected renewal answer");
-            return;
-        }
-        self.pending = None;
+        let key = match self.pending.take() {
+            Some((id, key)) if id == r.request_id => key,
+            other => {
+                self.pending = other;
+                tracing::debug!(request_id = %r.request_id, "ignoring an unexpected renewal answer");
+                return;
+            }
+        };
         let retry = humantime::format_duration(self.retry);
         self.next = Instant::now() + self.retry;
         if !r.error.is_empty() {
@@ -87,7 +100,7 @@ impl Renewal {
         let info = match check_issued(
             &r.cert_pem,
             cert.ca_der,
-            cert.key,
+            &key,
             &cert.creds.meta.name,
             Some(&cert.creds.meta.trust_domain),
         ) {
@@ -97,18 +110,23 @@ impl Renewal {
                 return;
             }
         };
-        // Small file, local disk: blocking here for a moment is fine.
-        if let Err(e) = cert.state.write_cert(&r.cert_pem) {
-            tracing::error!("cannot save the renewed certificate: {e}; retrying in {retry}");
+        // Small files, local disk: blocking here for a moment is fine.
+        let key_pem = key.serialize_pem();
+        if let Err(e) = cert.state.write_rotated(&key_pem, &r.cert_pem) {
+            tracing::error!(
+                "cannot save the renewed certificate and its new key: {e}; retrying in {retry}"
+            );
             return;
         }
         tracing::info!(
             expires = %crate::clock::format_time(info.not_after),
-            "certificate renewed"
+            "certificate renewed with a new key"
         );
         *self = Renewal::for_cert(info.not_before, info.not_after);
         cert.creds.cert = info;
         cert.creds.cert_pem = r.cert_pem;
+        cert.creds.key_pem = key_pem;
+        *cert.key = key;
     }
 }
 

@@ -147,7 +147,7 @@ impl Session<'_> {
     }
 
     async fn request_renewal(&mut self) -> Result<(), SessionEnd> {
-        match self.renewal.request(&self.key, &self.creds) {
+        match self.renewal.request(&self.creds) {
             Some(req) => self.send(agent_message::Body::Renew(req)).await,
             None => Ok(()),
         }
@@ -155,7 +155,7 @@ impl Session<'_> {
 
     fn renewed(&mut self, r: RenewResponse) {
         let cert = Cert {
-            key: &self.key,
+            key: &mut self.key,
             ca_der: &self.ca_der,
             creds: &mut self.creds,
             state: self.state,

@@ -61,6 +61,14 @@ impl Conn {
 
     /// [`Conn::admin`] without the renewal reminder (for the renewal itself).
     pub async fn connect(&self) -> anyhow::Result<AdminClient<Channel>> {
+        // A renewal cut off mid-swap is finished (or undone) before the pair is read.
+        if let Err(e) = fleet_proto::key_swap::recover(
+            &self.identity.join("admin.key"),
+            &self.identity.join("admin.crt"),
+            crate::identity::pairs,
+        ) {
+            eprintln!("warning: cannot finish an interrupted key rotation: {e}");
+        }
         let config = identity_client_config(
             &self.read("ca.crt")?,
             &self.read("admin.crt")?,

@@ -21,8 +21,8 @@ use crate::output::{self, Format};
 pub enum IdentityCmd {
     /// Who this identity is and until when its certificate is valid.
     Show,
-    /// Get a new certificate for this identity's key from the controller; admin.crt is
-    /// replaced, admin.key stays, and the old certificate is revoked.
+    /// Get a new certificate for a new key from the controller; admin.key and admin.crt
+    /// are replaced as a pair (crash-safe), and the old certificate is revoked.
     Renew,
     /// Revoke a certificate by its serial (an admin's that leaked or whose holder left);
     /// hosts are revoked with `fleetctl host remove`.
@@ -79,9 +79,8 @@ async fn revoke(conn: &Conn, serial: &str, format: Format) -> anyhow::Result<()>
 }
 
 async fn renew(conn: &Conn, dir: &Path, current: &CertInfo) -> anyhow::Result<CertInfo> {
-    let key_pem = conn.read("admin.key")?;
-    let key = KeyPair::from_pem(&key_pem)
-        .with_context(|| format!("{} is not a usable key", dir.join("admin.key").display()))?;
+    // Every renewal rotates the key: made here, it never leaves this machine.
+    let key = KeyPair::generate().context("cannot make a new key")?;
     let csr_pem = CertificateParams::default()
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
@@ -93,25 +92,43 @@ async fn renew(conn: &Conn, dir: &Path, current: &CertInfo) -> anyhow::Result<Ce
         .await
         .map_err(|s| conn.status(s))?
         .into_inner();
-    // Checked before anything is written: ours, for our key.
+    // Checked before anything is written: ours, for our new key.
     let issued =
         read_cert(&resp.cert_pem).context("the controller sent an unusable certificate")?;
     if issued.identity != current.identity {
         bail!(
-            "the controller issued a certificate for {}, not {}: admin.crt left as it was",
+            "the controller issued a certificate for {}, not {}: the identity was left as it was",
             issued.identity.uri(),
             current.identity.uri()
         );
     }
-    let chain = certs_from_pem(&resp.cert_pem, "the renewed certificate")?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    CertifiedKey::from_der(chain, key_der, &provider())
-        .context("the renewed certificate is not for admin.key: admin.crt left as it was")?;
-    fleet_proto::files::write_atomic(&dir.join("admin.crt"), resp.cert_pem.as_bytes(), 0o644)
-        .context(
-            "the renewed certificate could not be saved (the old one is still valid); run `fleetctl identity renew` again where the identity directory is writable",
-        )?;
+    let key_pem = key.serialize_pem();
+    if !pairs(&resp.cert_pem, &key_pem) {
+        bail!("the renewed certificate is not for the new key: the identity was left as it was");
+    }
+    fleet_proto::key_swap::swap(
+        &dir.join("admin.key"),
+        &dir.join("admin.crt"),
+        &key_pem,
+        &resp.cert_pem,
+        0o644,
+    )
+    .context(
+        "the renewed certificate and its new key could not be saved (the old pair is still valid); run `fleetctl identity renew` again where the identity directory is writable",
+    )?;
     Ok(issued)
+}
+
+/// Whether the certificate in `cert_pem` is for the key in `key_pem`.
+pub(crate) fn pairs(cert_pem: &str, key_pem: &str) -> bool {
+    let (Ok(chain), Ok(key)) = (
+        certs_from_pem(cert_pem, "the admin certificate"),
+        KeyPair::from_pem(key_pem),
+    ) else {
+        return false;
+    };
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    CertifiedKey::from_der(chain, key_der, &provider()).is_ok()
 }
 
 fn read_cert(pem: &str) -> anyhow::Result<CertInfo> {

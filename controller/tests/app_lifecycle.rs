@@ -116,18 +116,31 @@ fn stop_start_and_remove_keep_the_intent_for_hosts_that_are_down() {
         "{h2}"
     );
 
+    // A rollout leaves h2 out and says so (h1 is down: skipped too, with --skip-down).
+    let out = fleet.fleetctl(&["rollout", "shop", "--version", "1.0", "--skip-down"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("h2")
+            && l.contains("skipped")
+            && l.contains("shop is stopped here: left out of the rollout")),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Removal needs --yes, on both ends.
     let e = err(&fleet, &["app", "remove", "shop"]);
     assert!(e.contains("cannot be undone: add --yes"), "{e}");
     let (ok, results, stderr) = json(&fleet, &["app", "remove", "shop", "--yes"]);
     assert!(ok, "{stderr}");
-    // h2 had the app stopped on it, so it owes the removal.
-    let r = result_of(&results, "h2");
-    assert_eq!(r["result"], "pending", "{r}");
-    assert!(
-        r["message"].as_str().unwrap().contains("removes the app"),
-        "{r}"
-    );
+    // h2 had the app stopped on it, h1 a desired release from the rollout: both owe it.
+    for h in ["h1", "h2"] {
+        let r = result_of(&results, h);
+        assert_eq!(r["result"], "pending", "{r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("removes the app"),
+            "{r}"
+        );
+    }
 
     // Gone from the controller: spec, releases, secrets.
     assert!(err(&fleet, &["app", "show", "shop"]).contains("no app named shop"));
@@ -135,10 +148,15 @@ fn stop_start_and_remove_keep_the_intent_for_hosts_that_are_down() {
     assert!(ok);
     assert_eq!(apps, serde_json::json!([]));
     assert!(!fleet.ok(&["audit"]).contains("s3cret"));
-    // A new app of the same name would be removed by h2 when it connects: refused.
+    // A new app of the same name would be removed by h1 and h2 when they connect: refused.
     let e = err(&fleet, &["app", "apply", spec.to_str().unwrap()]);
-    assert!(e.contains("have not confirmed its removal yet: h2"), "{e}");
-    // Once h2 is gone from the fleet, nothing is owed and the name is free again.
+    assert!(
+        e.contains("have not confirmed its removal yet: h1, h2"),
+        "{e}"
+    );
+    // Once they are gone from the fleet, nothing is owed and the name is free again.
+    fleet.ok(&["host", "remove", "h1"]);
+    assert!(err(&fleet, &["app", "apply", spec.to_str().unwrap()]).contains("yet: h2"));
     fleet.ok(&["host", "remove", "h2"]);
     fleet.ok(&["app", "apply", spec.to_str().unwrap()]);
     let (ok, releases, _) = json(&fleet, &["app", "show", "shop"]);

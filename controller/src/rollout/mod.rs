@@ -102,7 +102,7 @@ pub async fn start(
     }
     let hosts = crate::desired::targets(&shared, &req.hosts)?;
     // A stopped app stays down: the rollout leaves its hosts out, as it does cordoned ones.
-    let (mut hosts, _stopped) = crate::desired::without_stopped(&shared, &app, hosts)?;
+    let (mut hosts, stopped) = crate::desired::without_stopped(&shared, &app, hosts)?;
     natural_sort(&mut hosts);
     let version = if req.rollback {
         rollback_version(&shared, &app, &hosts)?
@@ -227,6 +227,16 @@ pub async fn start(
         hosts.len()
     );
     live.step("started", "", 0, &text, |_| {});
+    // Said, not hidden: a host left out is one the operator may have forgotten about.
+    for host in &stopped {
+        live.step(
+            "skipped",
+            host,
+            0,
+            &format!("{app} is stopped here: left out of the rollout (`fleetctl app start {app}`)"),
+            |_| {},
+        );
+    }
     crate::webhook::notify(&shared, "started", &text, &record.info());
     tokio::spawn(drive::drive(shared, live));
     Ok(stream)

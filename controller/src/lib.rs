@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod agentpkg;
+pub mod app_states;
 pub mod apps;
 pub mod auth;
 pub mod backup;

@@ -161,7 +161,9 @@ impl Admin for AdminService {
         request: Request<ApplyAppRequest>,
     ) -> Result<Response<ApplyAppResponse>, Status> {
         let actor = Caller::from_request(&request)?.actor();
-        apps::apply(&self.0, &actor, &request.into_inner().spec_toml).map(Response::new)
+        apps::apply(&self.0, &actor, &request.into_inner().spec_toml)
+            .await
+            .map(Response::new)
     }
 
     async fn list_apps(

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::spec::{AppName, AppSpec, Version};
+use fleet_proto::spec::{AppName, AppSpec, PromGate, Version};
 use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::*;
@@ -15,6 +15,7 @@ use tonic::Status;
 
 use crate::commands::CommandError;
 use crate::desired::{self, targets, wanted_secrets};
+use crate::prometheus;
 use crate::shared::{internal, Shared};
 use crate::store::AppRecord;
 use crate::timefmt::now_secs;
@@ -41,11 +42,21 @@ pub(crate) fn load_app(shared: &Shared, name: &str) -> Result<(AppRecord, AppSpe
     Ok((rec, spec))
 }
 
-pub fn apply(shared: &Shared, actor: &str, spec_toml: &str) -> Result<ApplyAppResponse, Status> {
+pub async fn apply(
+    shared: &Shared,
+    actor: &str,
+    spec_toml: &str,
+) -> Result<ApplyAppResponse, Status> {
     let spec = AppSpec::parse(spec_toml)
         .map_err(|e| Status::invalid_argument(format!("app spec: {e}")))?;
     let name = spec.name.to_string();
     let old = shared.store.app(&name).map_err(internal)?;
+    let old_gates = old
+        .as_ref()
+        .and_then(|o| AppSpec::parse(&o.spec_toml).ok())
+        .map(|o| o.gates)
+        .unwrap_or_default();
+    check_new_gates(&spec, &old_gates).await?;
     if old.is_none() {
         // A host that was down when the old app of this name was removed would remove
         // the new one when it connects.
@@ -85,6 +96,48 @@ pub fn apply(shared: &Shared, actor: &str, spec_toml: &str) -> Result<ApplyAppRe
         created: old.is_none(),
         changed,
     })
+}
+
+/// Asks each gate's Prometheus whether it takes the query, before the spec is stored: a
+/// query it cannot parse would otherwise only show at the next rollout, as a canary that
+/// can never be judged. Gates unchanged from the stored spec are not asked again, so an
+/// unrelated change does not depend on Prometheus being up.
+async fn check_new_gates(spec: &AppSpec, old: &[PromGate]) -> Result<(), Status> {
+    let window = spec.analysis.map(|a| a.window).unwrap_or_default();
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, g) in spec.gates.iter().enumerate() {
+        if old.contains(g) {
+            continue;
+        }
+        // Any well-formed version does: the query is only parsed and run, not judged.
+        let q = g.render(spec.name.as_str(), "apply-check", window);
+        let g = g.clone();
+        asks.spawn(async move {
+            (
+                i,
+                g.name.clone(),
+                prometheus::query(&g.prometheus, &q).await,
+            )
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        if let Ok((i, name, Err(e))) = joined {
+            failed.push((i, name, e));
+        }
+    }
+    failed.sort_by_key(|(i, _, _)| *i);
+    let Some((i, name, e)) = failed.into_iter().next() else {
+        return Ok(());
+    };
+    let field = format!("app spec: rollout.analysis.query[{}] ({name})", i + 1);
+    if e.is_bad_query() {
+        Err(Status::invalid_argument(format!("{field}: {e}")))
+    } else {
+        Err(Status::failed_precondition(format!(
+            "{field}: {e}; a query is checked against its Prometheus when the spec is applied: start it or fix the URL, then apply again"
+        )))
+    }
 }
 
 pub fn list(shared: &Shared) -> Result<ListAppsResponse, Status> {

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod operators;
 pub mod paging;
 pub mod pki;
+pub mod prometheus;
 pub mod ratelimit;
 pub mod releases;
 pub mod rollout;

@@ -3,7 +3,9 @@
 //! and one 200 ms slower are reverted by the canary's analysis (the other hosts never
 //! touched, exit 2, the numbers in the reason), one that turns bad after the last batch is
 //! reverted fleet-wide by the bake, and without traffic a rollout fails at its deadline.
-//! Needs the agent's access-log request counts (QueryRequests).
+//! Needs the agent's access-log request counts (QueryRequests). A second lab judges by a
+//! PromQL gate on a real Prometheus scraping the agents, with the built-in thresholds
+//! opened wide so only the gate can revert.
 
 mod common;
 
@@ -68,6 +70,22 @@ def application(environ, start_response):
         return [b"late boom\n"]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"release={RELEASE}\n".encode()]
+"#;
+
+/// Built-in thresholds too wide to fail anything: only the PromQL gate judges.
+const GATED: &str = r#"
+[rollout.analysis]
+window = "5s"
+min_requests = 20
+max_error_ratio = 1.0
+max_error_increase = 1000
+max_p99_increase = 1000
+
+[[rollout.analysis.query]]
+name = "error-ratio"
+prometheus = "http://127.0.0.1:19090"
+query = 'sum(rate(fleet_app_http_requests_total{app="{{app}}",release="{{release}}",code="5xx"}[{{window}}])) / sum(rate(fleet_app_http_requests_total{app="{{app}}",release="{{release}}"}[{{window}}]))'
+max = 0.01
 "#;
 
 fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
@@ -249,4 +267,92 @@ fn canaries_are_judged_by_their_traffic() {
             && msg.contains("served 0 requests"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_promql_gate_on_the_labs_prometheus_reverts_a_bad_canary() {
+    common::init();
+    const N: u32 = 3;
+    let mut opts = LabOptions::fleet(N);
+    opts.agent.heartbeat = Some("1s".into());
+    let Some(lab) = fleet_lab::test_lab(&opts) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    for (v, app) in [("1.0", None), ("2.0", None), ("3.0", Some(ERRS_5_PERCENT))] {
+        let overrides: Vec<(&str, &str)> = app.map(|a| ("app.py", a)).into_iter().collect();
+        let tar = release::sample("wsgi", v, &overrides).unwrap();
+        release::write(work.path(), &format!("shop-{v}.tar.gz"), &tar).unwrap();
+    }
+    // The spec's gate is checked against Prometheus at apply: it runs first.
+    let _prom = common::prometheus::start_prometheus();
+    let up = |q: &str| common::prometheus::query(q).len();
+    assert!(
+        common::eventually(Duration::from_secs(60), || up(
+            r#"up{job="fleet-agents"} == 1"#
+        ) == N as usize),
+        "Prometheus never scraped all {N} agents"
+    );
+    let spec = release::spec("shop", "gunicorn", PORT, GATED);
+    let path = release::write(work.path(), "shop.toml", spec.as_bytes()).unwrap();
+    ctl(&lab, &["app", "apply", path.to_str().unwrap()]);
+    for v in ["1.0", "2.0", "3.0"] {
+        let p = work.path().join(format!("shop-{v}.tar.gz"));
+        ctl(
+            &lab,
+            &[
+                "release",
+                "upload",
+                "shop",
+                p.to_str().unwrap(),
+                "--version",
+                v,
+            ],
+        );
+    }
+    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = LoadSpec {
+        targets: (1..=N)
+            .map(|n| format!("{}:{PORT}", host_addr(n)).parse().unwrap())
+            .collect(),
+        path: "/".into(),
+        clients_per_target: 2,
+        max_duration: Duration::from_secs(600),
+        max_requests: u64::MAX,
+        request_timeout: Duration::from_secs(10),
+    };
+    let loader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || load::run(&load, stop).unwrap())
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Healthy: the gate reads 0 for the new release and promotes it.
+    let (code, r) = rollout(&lab, "2.0");
+    assert_eq!(code, 0, "{r:#}");
+    let verdicts = r["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2, "canary and one batch: {r:#}");
+    for v in verdicts {
+        assert_eq!(v["verdict"], "pass", "{r:#}");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("; query error-ratio = 0 ≤ 0.01"), "{m}");
+    }
+
+    // 5 % of 500s passes the wide built-in thresholds; the gate reverts the canary alone.
+    let (code, r) = rollout(&lab, "3.0");
+    assert_eq!(code, 2, "{r:#}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("canary query error-ratio = 0.0")
+            && msg.ends_with(", not ≤ 0.01: reverting"),
+        "{msg}"
+    );
+    let p = phases(&r);
+    assert_eq!(p[0], ("host1".into(), "reverted".into()), "{r:#}");
+    assert!(p[1..].iter().all(|(_, ph)| ph == "staged"), "{r:#}");
+
+    stop.store(true, Ordering::SeqCst);
+    eprintln!("load: {}", loader.join().unwrap().summary());
 }

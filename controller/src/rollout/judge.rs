@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_proto::spec::Analysis;
+use fleet_proto::spec::{Analysis, AppSpec, PromGate};
 use fleet_proto::v1::command::Kind;
 use fleet_proto::v1::command_result::Status as CmdStatus;
 use fleet_proto::v1::{QueryRequests, RequestStats};
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::analysis::{judge, spread, window, CannotJudge, Counts, Judgement, Side, Verdict};
 use super::drive::{abort, finished_message};
+use super::gates;
 use super::live::{Control, Live};
 use super::record::{HostStep, Phase, SideRec, State, VerdictRec};
 use crate::shared::Shared;
@@ -125,6 +126,22 @@ struct Judged {
     /// Empty: nothing left on the previous release.
     pub baseline: Group,
     pub bake: bool,
+    /// The release the PromQL gates are asked about, and the gates.
+    pub release: String,
+    pub gates: Vec<PromGate>,
+}
+
+/// The PromQL gates of the spec the rollout started with (a spec changed since does not
+/// change how this rollout is judged).
+fn gates_of(spec_toml: &str) -> Vec<PromGate> {
+    match AppSpec::parse(spec_toml) {
+        Ok(s) => s.gates,
+        Err(e) => {
+            // It validated when the rollout started; the built-in thresholds still judge.
+            tracing::error!(error = %e, "a rollout's stored spec no longer validates: judging without its PromQL gates");
+            Vec::new()
+        }
+    }
 }
 
 /// Waits one window; `Some` when an operator (or a newer rollout) stopped it, also by a
@@ -184,10 +201,12 @@ impl<'a> Windows<'a> {
     /// Judges the window that just ended and records the verdict; the next window starts
     /// from these answers.
     async fn judge(&mut self) -> Judgement {
-        let after = tokio::join!(
+        let (judged, baseline, gated) = tokio::join!(
             snapshot(self.shared, &self.app, &self.j.judged),
-            snapshot(self.shared, &self.app, &self.j.baseline)
+            snapshot(self.shared, &self.app, &self.j.baseline),
+            gates::ask(&self.j.gates, &self.app, &self.j.release, self.t.window)
         );
+        let after = (judged, baseline);
         self.windows += 1;
         let (canary, failed) = sum(&self.j.judged, &self.before.0, &after.0);
         let baseline = (!self.j.baseline.is_empty())
@@ -196,13 +215,8 @@ impl<'a> Windows<'a> {
         let who = &self.j.who;
         // A bake judges the sample hosts that answered: the release already runs
         // everywhere, and one host down must not blind it. A batch is judged whole.
-        let judgement = if failed.is_empty() || (self.j.bake && canary.hosts > 0) {
-            let mut j = judge(&self.t, who, &canary, baseline.as_ref());
-            if self.j.bake && j.verdict == Verdict::Pass {
-                // Nothing is promoted in a bake: the release stays where it is.
-                j.message = j.message.replace(": promoting", ": holds");
-            }
-            j
+        let builtin = if failed.is_empty() || (self.j.bake && canary.hosts > 0) {
+            judge(&self.t, who, &canary, baseline.as_ref())
         } else {
             let more = failed.len().saturating_sub(3);
             Judgement {
@@ -223,6 +237,13 @@ impl<'a> Windows<'a> {
                 ),
             }
         };
+        // A failed PromQL gate is evidence on its own, even from a window whose traffic
+        // could not be measured.
+        let mut judgement = gates::combine(who, builtin, &gated);
+        if self.j.bake && judgement.verdict == Verdict::Pass {
+            // Nothing is promoted in a bake: the release stays where it is.
+            judgement.message = judgement.message.replace(": promoting", ": holds");
+        }
         let v = VerdictRec {
             batch: self.j.batch,
             verdict: judgement.verdict.as_str().into(),
@@ -346,6 +367,7 @@ pub(super) async fn after_batch(
         .into_iter()
         .map(|(h, p)| (h.to_owned(), p.to_owned()))
         .collect();
+    let gates = gates_of(&rec.spec_toml);
     let against = if baseline.is_empty() {
         "no host left on the previous release: absolute thresholds only".to_owned()
     } else {
@@ -356,9 +378,14 @@ pub(super) async fn after_batch(
         "",
         b,
         &format!(
-            "judging {label} ({} hosts) every {} {against}",
+            "judging {label} ({} hosts) every {} {against}{}",
             judged.len(),
-            humantime::format_duration(t.window)
+            humantime::format_duration(t.window),
+            match gates.len() {
+                0 => String::new(),
+                1 => ", and 1 PromQL query".to_owned(),
+                n => format!(", and {n} PromQL queries"),
+            }
         ),
         |_| {},
     );
@@ -369,6 +396,8 @@ pub(super) async fn after_batch(
         judged,
         baseline,
         bake: false,
+        release: rec.version.clone(),
+        gates,
     };
     match batch(
         shared,
@@ -422,6 +451,8 @@ pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
         judged: sample,
         baseline: Vec::new(),
         bake: true,
+        release: rec.version.clone(),
+        gates: gates_of(&rec.spec_toml),
     };
     let until = tokio::time::Instant::now() + left;
     let (outcome, judged, windows) = bake(shared, live, t, j, until).await;

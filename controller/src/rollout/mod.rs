@@ -19,6 +19,7 @@
 mod analysis;
 mod drive;
 mod exclude;
+mod gates;
 mod judge;
 mod live;
 pub mod plan;

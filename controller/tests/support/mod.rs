@@ -404,3 +404,60 @@ pub fn tarball(content: &[u8]) -> Vec<u8> {
     tar.append_data(&mut h, "app.py", content).unwrap();
     tar.into_inner().unwrap().finish().unwrap()
 }
+
+/// A real Prometheus on loopback scraping itself every second, started by the test and
+/// ended by its PID. `None` only when FLEET_LAB=skip says this machine cannot have it.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start() -> Option<Prometheus> {
+        let bin = Path::new("/usr/bin/prometheus");
+        if !bin.exists() {
+            if std::env::var("FLEET_LAB").as_deref() == Ok("skip") {
+                eprintln!("prometheus not found and FLEET_LAB=skip: skipping");
+                return None;
+            }
+            panic!("/usr/bin/prometheus not found: install prometheus (apt-get install prometheus, or run lab/setup.sh), or set FLEET_LAB=skip");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    \
+                 static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let proc = Proc::spawn(cmd, dir.path().join("prometheus.log"));
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("prometheus to be ready", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&addr)
+                .ok()
+                .and_then(|_| (http_get(&addr, "/-/ready", None).0 == 200).then_some(()))
+        });
+        Some(Prometheus {
+            proc,
+            port,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

@@ -4,6 +4,8 @@
 //! returns a guard whose Drop tears the lab down, even on panic.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

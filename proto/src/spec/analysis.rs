@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::gates::{check_gates, PromGate, RawGate};
 use super::{duration, err, SpecError};
 use crate::requests::DURATION_BUCKETS;
 use crate::v1;
@@ -72,23 +73,21 @@ struct RawAnalysis {
     max_error_increase: Option<f64>,
     max_p99_increase: Option<f64>,
     bake: Option<String>,
-    /// PromQL gates: planned, refused until they are built (never accepted and ignored).
-    query: Option<serde::de::IgnoredAny>,
+    /// PromQL gates on the operator's Prometheus.
+    #[serde(default)]
+    query: Vec<RawGate>,
 }
 
 const F: &str = "rollout.analysis";
 
-pub(super) fn check_rollout(raw: Option<RawRollout>) -> Result<Option<Analysis>, SpecError> {
+/// The thresholds and the PromQL gates of `[rollout.analysis]`.
+pub(super) fn check_rollout(
+    raw: Option<RawRollout>,
+) -> Result<(Option<Analysis>, Vec<PromGate>), SpecError> {
     let Some(raw) = raw.and_then(|r| r.analysis) else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
-    if raw.query.is_some() {
-        return Err(err(
-            format!("{F}.query"),
-            "PromQL gates are not supported yet: remove the [[rollout.analysis.query]] tables \
-             (the built-in 5xx and p99 thresholds apply)",
-        ));
-    }
+    let gates = check_gates(raw.query, &format!("{F}.query"))?;
     let d = Analysis::default();
     let a = Analysis {
         window: duration(
@@ -110,7 +109,7 @@ pub(super) fn check_rollout(raw: Option<RawRollout>) -> Result<Option<Analysis>,
             MAX_BAKE,
         )?,
     };
-    a.check(F).map(Some)
+    Ok((Some(a.check(F)?), gates))
 }
 
 impl Analysis {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 mod analysis;
 mod env;
+mod gates;
 mod host;
 mod logs;
 mod names;
@@ -19,6 +20,7 @@ mod tests;
 
 pub use analysis::{check_flag, check_min_requests, check_window, finest_bucket_step, Analysis};
 pub use env::{check_env_key, check_env_value, env_file_line};
+pub use gates::{promql_duration, PromGate, PrometheusUrl, MAX_GATES, PLACEHOLDERS};
 pub use host::{check_listen, check_user, RESERVED_PORTS, RESERVED_USERS};
 pub use logs::{LogMode, Logs, RotatePeriod, Rotation};
 pub use names::{AppName, Version};
@@ -95,6 +97,9 @@ pub struct AppSpec {
     pub pre_start_timeout: Duration,
     /// `[rollout.analysis]`: judge each batch's traffic; `None`: the health gate only.
     pub analysis: Option<Analysis>,
+    /// `[[rollout.analysis.query]]`: PromQL gates judged with the thresholds (only while
+    /// `analysis` is on).
+    pub gates: Vec<PromGate>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +338,7 @@ impl AppSpec {
             Duration::from_secs(1),
             Duration::from_secs(3600),
         )?;
+        let (analysis, gates) = check_rollout(raw.rollout)?;
         Ok(AppSpec {
             name,
             server: raw.server,
@@ -349,7 +355,8 @@ impl AppSpec {
             logs: check_logs(raw.logs)?,
             pre_start: raw.pre_start,
             pre_start_timeout,
-            analysis: check_rollout(raw.rollout)?,
+            analysis,
+            gates,
         })
     }
 

@@ -341,14 +341,30 @@ fn analysis_thresholds_out_of_range_are_refused_with_the_field() {
 }
 
 #[test]
-fn promql_gates_are_refused_until_supported() {
+fn promql_gates_are_read_with_their_fields_named() {
+    let spec = with(
+        "[rollout.analysis]\n[[rollout.analysis.query]]\nname = \"checkout\"\n\
+         prometheus = \"http://p:9090\"\nquery = 'sum(rate(x{release=\"{{release}}\"}[2m]))'\nmax = 0.5\n\
+         [[rollout.analysis.query]]\nprometheus = \"http://p:9090\"\nquery = 'up'\nmin = 1",
+    )
+    .unwrap();
+    assert_eq!(spec.analysis, Some(Analysis::default()));
+    let names: Vec<&str> = spec.gates.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["checkout", "query2"]);
+    assert_eq!(spec.gates[0].max, Some(0.5));
     let e = with(
-        "[rollout.analysis]\n[[rollout.analysis.query]]\nprometheus = \"http://p:9090\"\n\
-         query = 'sum(rate(x[2m]))'\nmax = 0.5",
+        "[rollout.analysis]\n[[rollout.analysis.query]]\nprometheus = \"https://p:9090\"\n\
+         query = 'up'\nmax = 1",
     )
     .unwrap_err();
-    assert_eq!(e.field, "rollout.analysis.query");
-    assert!(e.reason.contains("not supported yet"), "{e}");
+    assert_eq!(e.field, "rollout.analysis.query[1].prometheus");
+    let e = with(
+        "[rollout.analysis]\n[[rollout.analysis.query]]\nprometheus = \"http://p:9090\"\n\
+         query = 'up'\nmax = 1\nlimit = 2",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("limit"), "{e}");
+    assert!(AppSpec::parse(MIN).unwrap().gates.is_empty());
 }
 
 #[test]

@@ -409,6 +409,7 @@ mod tests {
             analysis: None,
             verdicts: Vec::new(),
             bake_until_ms: 0,
+            reference: None,
         }
     }
 

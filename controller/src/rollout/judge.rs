@@ -14,7 +14,9 @@ use fleet_proto::v1::{QueryRequests, RequestStats};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::analysis::{judge, spread, window, CannotJudge, Counts, Judgement, Side, Verdict};
+use super::analysis::{
+    judge_against, spread, window, CannotJudge, Counts, Judgement, Side, Verdict,
+};
 use super::drive::{abort, finished_message};
 use super::gates;
 use super::live::{Control, Live};
@@ -126,9 +128,33 @@ struct Judged {
     /// Empty: nothing left on the previous release.
     pub baseline: Group,
     pub bake: bool,
+    /// Without a baseline (a bake): the previous release as the rollout's baseline
+    /// windows counted it, when they counted enough.
+    pub reference: Option<Side>,
     /// The release the PromQL gates are asked about, and the gates.
     pub release: String,
     pub gates: Vec<PromGate>,
+}
+
+/// What the bake compares the fleet with: the previous release as the batches' baseline
+/// windows counted it, if they counted at least `min_requests` (a rollout of one batch,
+/// or a record from before references, has none: absolute thresholds only).
+fn reference_of(rec: &super::record::Record, min_requests: u64) -> Option<Side> {
+    let r = rec
+        .reference
+        .as_ref()
+        .filter(|r| r.requests >= min_requests)?;
+    let mut counts = Counts::empty();
+    if r.buckets.len() != counts.buckets.len() {
+        return None;
+    }
+    counts.requests = r.requests;
+    counts.errors = r.errors;
+    counts.buckets.clone_from(&r.buckets);
+    Some(Side {
+        hosts: r.hosts as usize,
+        counts,
+    })
 }
 
 /// The PromQL gates of the spec the rollout started with (a spec changed since does not
@@ -215,8 +241,13 @@ impl<'a> Windows<'a> {
         let who = &self.j.who;
         // A bake judges the sample hosts that answered: the release already runs
         // everywhere, and one host down must not blind it. A batch is judged whole.
+        let (base, base_name) = match (&baseline, &self.j.reference) {
+            (Some(b), _) => (Some(b), "baseline"),
+            (None, Some(r)) => (Some(r), "rollout baseline"),
+            (None, None) => (None, "baseline"),
+        };
         let builtin = if failed.is_empty() || (self.j.bake && canary.hosts > 0) {
-            judge(&self.t, who, &canary, baseline.as_ref())
+            judge_against(&self.t, who, &canary, base, base_name)
         } else {
             let more = failed.len().saturating_sub(3);
             Judgement {
@@ -249,13 +280,24 @@ impl<'a> Windows<'a> {
             verdict: judgement.verdict.as_str().into(),
             message: judgement.message.clone(),
             canary: SideRec::from(canary.to_wire()),
-            baseline: baseline.map(|b| SideRec::from(b.to_wire())),
+            baseline: base.map(|b| SideRec::from(b.to_wire())),
             windows: self.windows,
             time_ms: now_ms(),
         };
+        // A baseline window with enough traffic is what the bake will compare with.
+        let counted = baseline.filter(|b| b.counts.requests >= self.t.min_requests);
         self.live
             .step("analysis", "", self.j.batch, &judgement.message, |r| {
-                r.set_verdict(v)
+                r.set_verdict(v);
+                if let Some(b) = counted {
+                    let c = &b.counts;
+                    r.reference.get_or_insert_with(Default::default).add(
+                        b.hosts as u32,
+                        c.requests,
+                        c.errors,
+                        &c.buckets,
+                    );
+                }
             });
         judgement
     }
@@ -396,6 +438,7 @@ pub(super) async fn after_batch(
         judged,
         baseline,
         bake: false,
+        reference: None,
         release: rec.version.clone(),
         gates,
     };
@@ -451,6 +494,7 @@ pub(super) async fn bake_step(shared: &Arc<Shared>, live: &Arc<Live>) {
         judged: sample,
         baseline: Vec::new(),
         bake: true,
+        reference: reference_of(&rec, t.min_requests),
         release: rec.version.clone(),
         gates: gates_of(&rec.spec_toml),
     };

@@ -174,6 +174,7 @@ pub async fn start(
         analysis: analysis.map(Into::into),
         verdicts: Vec::new(),
         bake_until_ms: 0,
+        reference: None,
     };
     if record.min_healthy_ms >= record.healthy_deadline_ms {
         return Err(Status::invalid_argument(

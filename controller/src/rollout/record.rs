@@ -128,6 +128,35 @@ pub struct Record {
     /// While baking: when the bake ends (Unix ms); set once, so a restart keeps the end.
     #[serde(default)]
     pub bake_until_ms: i64,
+    /// The previous release as the batches' baseline windows counted it, summed over the
+    /// rollout: what the bake compares the fleet with, once no host is left on it.
+    #[serde(default)]
+    pub reference: Option<ReferenceRec>,
+}
+
+/// Requests of the previous release summed over the baseline windows of a rollout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceRec {
+    /// The most baseline hosts counted in one window.
+    pub hosts: u32,
+    pub requests: u64,
+    pub errors: u64,
+    /// Cumulative per latency bound, then +Inf, as in a window's counts.
+    pub buckets: Vec<u64>,
+}
+
+impl ReferenceRec {
+    pub fn add(&mut self, hosts: u32, requests: u64, errors: u64, buckets: &[u64]) {
+        self.hosts = self.hosts.max(hosts);
+        self.requests += requests;
+        self.errors += errors;
+        if self.buckets.len() < buckets.len() {
+            self.buckets.resize(buckets.len(), 0);
+        }
+        for (s, x) in self.buckets.iter_mut().zip(buckets) {
+            *s += x;
+        }
+    }
 }
 
 /// `fleet_proto::spec::Analysis` as the record stores it.
@@ -416,6 +445,7 @@ pub(crate) mod tests {
             analysis: None,
             verdicts: Vec::new(),
             bake_until_ms: 0,
+            reference: None,
         }
     }
 
@@ -534,6 +564,12 @@ mod verdict_tests {
         r.set_verdict(verdict(0, "fail"));
         r.state = State::Baking;
         r.bake_until_ms = 42;
+        let mut reference = ReferenceRec::default();
+        reference.add(3, 100, 1, &[50, 100]);
+        reference.add(2, 100, 2, &[60, 100]);
+        assert_eq!((reference.hosts, reference.errors), (3, 3));
+        assert_eq!(reference.buckets, [110, 200]);
+        r.reference = Some(reference);
         let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.analysis.unwrap().analysis(), Analysis::default());
@@ -541,7 +577,7 @@ mod verdict_tests {
         assert_eq!(r.info().analysis.unwrap().min_requests, 200);
         // A record written before analysis existed still reads.
         let mut old = serde_json::to_value(record(2)).unwrap();
-        for k in ["analysis", "verdicts", "bake_until_ms"] {
+        for k in ["analysis", "verdicts", "bake_until_ms", "reference"] {
             old.as_object_mut().unwrap().remove(k);
         }
         let old: Record = serde_json::from_value(old).unwrap();
@@ -549,5 +585,6 @@ mod verdict_tests {
             (old.analysis, old.verdicts.len(), old.bake_until_ms),
             (None, 0, 0)
         );
+        assert_eq!(old.reference, None);
     }
 }

@@ -12,6 +12,7 @@
 pub mod agentpkg;
 pub mod ansible;
 pub mod bench;
+pub mod bench_canary;
 pub mod bench_install;
 pub mod cgroup;
 pub mod config;

@@ -80,6 +80,21 @@ enum Cmd {
         #[arg(long, default_value = "2s")]
         min_healthy: String,
     },
+    /// Time canary analysis (issue 17): boots N hosts under load; each run rolls out a
+    /// healthy release (must be promoted) and one answering 5 % with 500 (must be
+    /// reverted), timing the first 500 to the revert decision; tears down.
+    BenchCanary {
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        #[arg(long, default_value = "5s")]
+        window: String,
+        #[arg(long, default_value_t = 20)]
+        min_requests: u64,
+        #[arg(long, default_value = "3s")]
+        min_healthy: String,
+    },
     /// Time the fleet.fleet collection installing and enrolling N fresh hosts (and a
     /// no-op re-run); boots its own lab, tears it down.
     BenchAnsible {
@@ -248,6 +263,28 @@ fn run(cli: Cli) -> Result<i32> {
                 min_healthy,
             };
             let r = fleet_lab::bench::rollout(&paths, &b, lab.hosts(), &plan);
+            lab.down()?;
+            r?;
+        }
+        Cmd::BenchCanary {
+            hosts,
+            runs,
+            window,
+            min_requests,
+            min_healthy,
+        } => {
+            teardown::on_signal(&paths)?;
+            let mut opts = LabOptions::fleet(hosts);
+            opts.agent.heartbeat = Some("1s".into());
+            let lab = Lab::up(&opts)?;
+            let b = lab.binaries().context("lab has no fleet")?.clone();
+            let plan = fleet_lab::bench_canary::Plan {
+                runs,
+                window,
+                min_requests,
+                min_healthy,
+            };
+            let r = fleet_lab::bench_canary::run(&paths, &b, lab.hosts(), &plan);
             lab.down()?;
             r?;
         }

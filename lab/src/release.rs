@@ -138,6 +138,20 @@ pub struct VenvFiles {
     pub uvicorn: String,
 }
 
+/// A WSGI `app.py` whose every 20th request to / of each worker answers 500 (5 %), while
+/// /health stays fine: a release only traffic analysis can catch.
+pub const APP_5_PERCENT_500: &str = r#"
+import itertools, os
+RELEASE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELEASE")).read().strip()
+_n = itertools.count(1)
+def application(environ, start_response):
+    if environ.get("PATH_INFO") != "/health" and next(_n) % 20 == 0:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"boom\n"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"release={RELEASE}\n".encode()]
+"#;
+
 /// Writes `bytes` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let p = dir.join(name);

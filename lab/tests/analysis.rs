@@ -31,18 +31,8 @@ max_p99_increase = 1.5
 bake = "60s"
 "#;
 
-/// Every 20th request to / of each worker answers 500: 5 %. /health stays fine.
-const ERRS_5_PERCENT: &str = r#"
-import itertools, os
-RELEASE = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELEASE")).read().strip()
-_n = itertools.count(1)
-def application(environ, start_response):
-    if environ.get("PATH_INFO") != "/health" and next(_n) % 20 == 0:
-        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-        return [b"boom\n"]
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [f"release={RELEASE}\n".encode()]
-"#;
+/// 5 % of / answers 500; /health stays fine.
+const ERRS_5_PERCENT: &str = release::APP_5_PERCENT_500;
 
 /// 200 ms more on every request to /.
 const SLOW_200MS: &str = r#"
@@ -142,26 +132,29 @@ fn phases(r: &Value) -> Vec<(String, String)> {
 }
 
 fn rollout(lab: &Lab, version: &str) -> (i32, Value) {
-    let (code, out, _) = run(
-        lab,
-        &[
-            "--output",
-            "json",
-            "rollout",
-            "shop",
-            "--version",
-            version,
-            "--canary",
-            "1",
-            "--max-parallel",
-            "2",
-            "--min-healthy",
-            "3s",
-            "--healthy-deadline",
-            "30s",
-            "--force",
-        ],
-    );
+    rollout_with(lab, version, &[])
+}
+
+fn rollout_with(lab: &Lab, version: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec![
+        "--output",
+        "json",
+        "rollout",
+        "shop",
+        "--version",
+        version,
+        "--canary",
+        "1",
+        "--max-parallel",
+        "2",
+        "--min-healthy",
+        "3s",
+        "--healthy-deadline",
+        "30s",
+        "--force",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, _) = run(lab, &args);
     (code, last_rollout(&out))
 }
 
@@ -232,6 +225,23 @@ fn canaries_are_judged_by_their_traffic() {
             .contains("vs baseline"),
         "{r:#}"
     );
+    // The bake compares the fleet with the previous release as the batches measured it.
+    assert!(
+        verdicts[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vs rollout baseline"),
+        "{r:#}"
+    );
+
+    // Healthy again, twice more (without the bake): no false revert on noise.
+    for v in ["1.0", "2.0"] {
+        let (code, r) = rollout_with(&lab, v, &["--bake", "0s"]);
+        assert_eq!(code, 0, "{v}: {r:#}");
+        let verdicts = r["verdicts"].as_array().unwrap();
+        assert_eq!(verdicts.len(), 3, "{v}: canary and two batches: {r:#}");
+        assert!(verdicts.iter().all(|v| v["verdict"] == "pass"), "{r:#}");
+    }
 
     // 5 % of 500s: the canary goes back, nothing else was touched.
     for (v, says) in [("3.0", "canary 5xx "), ("4.0", "canary p99 ")] {

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -158,31 +159,18 @@ fn rollout_with(lab: &Lab, version: &str, extra: &[&str]) -> (i32, Value) {
     (code, last_rollout(&out))
 }
 
-#[test]
-fn canaries_are_judged_by_their_traffic() {
-    common::init();
-    let mut opts = LabOptions::fleet(HOSTS);
-    opts.agent.heartbeat = Some("1s".into());
-    let Some(lab) = fleet_lab::test_lab(&opts) else {
-        return;
-    };
-    let work = tempfile::tempdir().unwrap();
-    let spec = release::spec("shop", "gunicorn", PORT, ANALYSIS);
-    let path = release::write(work.path(), "shop.toml", spec.as_bytes()).unwrap();
-    ctl(&lab, &["app", "apply", path.to_str().unwrap()]);
-    for (v, app) in [
-        ("1.0", None),
-        ("2.0", None),
-        ("3.0", Some(ERRS_5_PERCENT)),
-        ("4.0", Some(SLOW_200MS)),
-        ("5.0", Some(BAD_AFTER_60S)),
-        ("6.0", None),
-    ] {
+/// Applies the spec with `analysis`, uploads the releases (`app.py` replaced where given)
+/// and deploys 1.0 everywhere.
+fn set_up(lab: &Lab, work: &Path, analysis: &str, releases: &[(&str, Option<&str>)]) {
+    let spec = release::spec("shop", "gunicorn", PORT, analysis);
+    let path = release::write(work, "shop.toml", spec.as_bytes()).unwrap();
+    ctl(lab, &["app", "apply", path.to_str().unwrap()]);
+    for (v, app) in releases {
         let overrides: Vec<(&str, &str)> = app.map(|a| ("app.py", a)).into_iter().collect();
         let tar = release::sample("wsgi", v, &overrides).unwrap();
-        let p = release::write(work.path(), &format!("shop-{v}.tar.gz"), &tar).unwrap();
+        let p = release::write(work, &format!("shop-{v}.tar.gz"), &tar).unwrap();
         ctl(
-            &lab,
+            lab,
             &[
                 "release",
                 "upload",
@@ -193,24 +181,66 @@ fn canaries_are_judged_by_their_traffic() {
             ],
         );
     }
-    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
+    ctl(lab, &["deploy", "shop", "--version", "1.0"]);
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = LoadSpec {
-        targets: (1..=HOSTS)
-            .map(|n| format!("{}:{PORT}", host_addr(n)).parse().unwrap())
-            .collect(),
-        path: "/".into(),
-        clients_per_target: 2,
-        max_duration: Duration::from_secs(900),
-        max_requests: u64::MAX,
-        request_timeout: Duration::from_secs(10),
+/// Two clients per host sending `GET /` from the outer machine until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<load::Report>,
+}
+
+impl Load {
+    fn start(hosts: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spec = LoadSpec {
+            targets: (1..=hosts)
+                .map(|n| format!("{}:{PORT}", host_addr(n)).parse().unwrap())
+                .collect(),
+            path: "/".into(),
+            clients_per_target: 2,
+            max_duration: Duration::from_secs(900),
+            max_requests: u64::MAX,
+            request_timeout: Duration::from_secs(10),
+        };
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || load::run(&spec, stop).unwrap())
+        };
+        // The first windows need traffic on both sides.
+        std::thread::sleep(Duration::from_secs(2));
+        Load { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        eprintln!("load: {}", self.thread.join().unwrap().summary());
+    }
+}
+
+#[test]
+fn canaries_are_judged_by_their_traffic() {
+    common::init();
+    let mut opts = LabOptions::fleet(HOSTS);
+    opts.agent.heartbeat = Some("1s".into());
+    let Some(lab) = fleet_lab::test_lab(&opts) else {
+        return;
     };
-    let loader = {
-        let stop = stop.clone();
-        std::thread::spawn(move || load::run(&load, stop).unwrap())
-    };
-    std::thread::sleep(Duration::from_secs(2));
+    let work = tempfile::tempdir().unwrap();
+    set_up(
+        &lab,
+        work.path(),
+        ANALYSIS,
+        &[
+            ("1.0", None),
+            ("2.0", None),
+            ("3.0", Some(ERRS_5_PERCENT)),
+            ("4.0", Some(SLOW_200MS)),
+            ("5.0", Some(BAD_AFTER_60S)),
+            ("6.0", None),
+        ],
+    );
+    let load = Load::start(HOSTS);
 
     // Healthy: promoted, every batch judged and passed, then baked.
     let (code, r) = rollout(&lab, "2.0");
@@ -264,9 +294,7 @@ fn canaries_are_judged_by_their_traffic() {
     assert!(msg.starts_with("bake: fleet 5xx "), "{msg}");
     assert!(phases(&r).iter().all(|(_, ph)| ph == "reverted"), "{r:#}");
 
-    stop.store(true, Ordering::SeqCst);
-    let report = loader.join().unwrap();
-    eprintln!("load: {}", report.summary());
+    load.stop();
 
     // No traffic: never promoted blind; fails at the analysis deadline.
     let (code, r) = rollout(&lab, "6.0");
@@ -289,11 +317,6 @@ fn a_promql_gate_on_the_labs_prometheus_reverts_a_bad_canary() {
         return;
     };
     let work = tempfile::tempdir().unwrap();
-    for (v, app) in [("1.0", None), ("2.0", None), ("3.0", Some(ERRS_5_PERCENT))] {
-        let overrides: Vec<(&str, &str)> = app.map(|a| ("app.py", a)).into_iter().collect();
-        let tar = release::sample("wsgi", v, &overrides).unwrap();
-        release::write(work.path(), &format!("shop-{v}.tar.gz"), &tar).unwrap();
-    }
     // The spec's gate is checked against Prometheus at apply: it runs first.
     let _prom = common::prometheus::start_prometheus();
     let up = |q: &str| common::prometheus::query(q).len();
@@ -303,41 +326,13 @@ fn a_promql_gate_on_the_labs_prometheus_reverts_a_bad_canary() {
         ) == N as usize),
         "Prometheus never scraped all {N} agents"
     );
-    let spec = release::spec("shop", "gunicorn", PORT, GATED);
-    let path = release::write(work.path(), "shop.toml", spec.as_bytes()).unwrap();
-    ctl(&lab, &["app", "apply", path.to_str().unwrap()]);
-    for v in ["1.0", "2.0", "3.0"] {
-        let p = work.path().join(format!("shop-{v}.tar.gz"));
-        ctl(
-            &lab,
-            &[
-                "release",
-                "upload",
-                "shop",
-                p.to_str().unwrap(),
-                "--version",
-                v,
-            ],
-        );
-    }
-    ctl(&lab, &["deploy", "shop", "--version", "1.0"]);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = LoadSpec {
-        targets: (1..=N)
-            .map(|n| format!("{}:{PORT}", host_addr(n)).parse().unwrap())
-            .collect(),
-        path: "/".into(),
-        clients_per_target: 2,
-        max_duration: Duration::from_secs(600),
-        max_requests: u64::MAX,
-        request_timeout: Duration::from_secs(10),
-    };
-    let loader = {
-        let stop = stop.clone();
-        std::thread::spawn(move || load::run(&load, stop).unwrap())
-    };
-    std::thread::sleep(Duration::from_secs(2));
+    set_up(
+        &lab,
+        work.path(),
+        GATED,
+        &[("1.0", None), ("2.0", None), ("3.0", Some(ERRS_5_PERCENT))],
+    );
+    let load = Load::start(N);
 
     // Healthy: the gate reads 0 for the new release and promotes it.
     let (code, r) = rollout(&lab, "2.0");
@@ -363,6 +358,5 @@ fn a_promql_gate_on_the_labs_prometheus_reverts_a_bad_canary() {
     assert_eq!(p[0], ("host1".into(), "reverted".into()), "{r:#}");
     assert!(p[1..].iter().all(|(_, ph)| ph == "staged"), "{r:#}");
 
-    stop.store(true, Ordering::SeqCst);
-    eprintln!("load: {}", loader.join().unwrap().summary());
+    load.stop();
 }

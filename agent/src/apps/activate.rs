@@ -10,8 +10,9 @@ use fleet_proto::v1::{Activate, StageRelease};
 use tokio::time::Instant;
 
 use super::gate::{too_late, Unhealthy};
+use super::jobs::{healthy_deadline, job_timeout};
 use super::user::ensure_user;
-use super::{is_up, lock, parse_app, AppError, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE};
+use super::{is_up, lock, parse_app, AppError, Inner, Outcome};
 use crate::logrotate;
 use crate::releases::venv_bin;
 use crate::systemd::JobKind;
@@ -59,10 +60,7 @@ impl Inner {
         let files = units::Prepared::render(&spec, &a.secrets, &dirs)?;
         let rotate = logrotate::Plan::prepare(&spec, &self.logrotate_dir).await?;
         let name = spec.name.clone();
-        let deadline = match a.healthy_deadline_ms {
-            0 => DEFAULT_HEALTHY_DEADLINE,
-            ms => Duration::from_millis(ms),
-        };
+        let deadline = healthy_deadline(a.healthy_deadline_ms);
         let app = self.entry(spec.clone(), version.as_str());
         let _op = app.ops.lock().await;
         if lock(&app.data).stopped {
@@ -106,7 +104,7 @@ impl Inner {
         self.restart_health(&app, &format!("starting release {version}"));
         self.ensure_tasks(&app);
 
-        let job_timeout = spec.graceful_timeout + Duration::from_secs(120);
+        let job_timeout = job_timeout(&spec);
         let started = self
             .agent_job(&bus, &app, async {
                 for unit in [&socket_unit, &service_unit] {

@@ -7,11 +7,10 @@
 //! units are down: an agent killed in between is asked again by the controller, which
 //! compares the record it reports with the operator's intent.
 
-use std::time::Duration;
-
 use fleet_proto::v1::{RemoveApp, StartApp, StopApp};
 
-use super::{lock, parse_app, App, AppError, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE};
+use super::jobs::{healthy_deadline, job_timeout, AppUnits, UNKNOWN_APP_JOB_TIMEOUT};
+use super::{lock, parse_app, App, AppError, Inner, Outcome};
 use crate::host_paths;
 use crate::logrotate;
 use crate::systemd::{JobKind, Systemd, SystemdError};
@@ -31,45 +30,19 @@ impl Inner {
     pub(super) async fn start_app(&self, s: StartApp) -> Outcome {
         let app = self.known(&s.app)?;
         let _op = app.ops.lock().await;
-        let (spec, release) = {
-            let d = lock(&app.data);
-            (d.spec.clone(), d.release.clone())
-        };
-        let name = app.name.clone();
-        let deadline = match s.healthy_deadline_ms {
-            0 => DEFAULT_HEALTHY_DEADLINE,
-            ms => Duration::from_millis(ms),
-        };
+        let release = lock(&app.data).release.clone();
         let bus = self.bus().await?;
-        let socket_unit = host_paths::socket_name(&name);
-        let service_unit = host_paths::service_name(&name);
-        let job_timeout = spec.graceful_timeout + Duration::from_secs(120);
-        bus.enable(&[&socket_unit, &service_unit]).await?;
+        let units = AppUnits::of(&app.name);
+        bus.enable(&units.both()).await?;
         // Recorded as running before it starts: a crash of the agent from here on must
         // not leave an app that runs but is remembered as stopped.
         self.set_stopped(&app, false)?;
         self.restart_health(&app, "starting");
-        let started = self
-            .agent_job(&bus, &app, async {
-                for unit in [&socket_unit, &service_unit] {
-                    bus.reset_failed(unit).await?;
-                }
-                bus.job(JobKind::Start, &socket_unit, job_timeout).await?;
-                bus.job(JobKind::Start, &service_unit, job_timeout).await
-            })
-            .await;
-        if let Err(e) = started {
-            return Err(self.failure(&name, e.to_string()).await);
+        if let Err(e) = self.start_units(&bus, &app, JobKind::Start).await {
+            return Err(self.failure(&app.name, e.to_string()).await);
         }
-        match self.wait_healthy(&app, deadline).await {
-            Ok(detail) => Ok(format!("{name} {release} started: {detail}")),
-            Err(why) => Err(self
-                .failure(
-                    &name,
-                    format!("{name} {release} started but not healthy: {why}"),
-                )
-                .await),
-        }
+        let deadline = healthy_deadline(s.healthy_deadline_ms);
+        self.settled(&app, &release, deadline, "started").await
     }
 
     /// Removes the app's units, env file, log rotation, releases and record; its logs
@@ -87,16 +60,9 @@ impl Inner {
         match &app {
             Some(a) => self.down(&bus, a).await?,
             None => {
-                let timeout = Duration::from_secs(120);
-                bus.stop_if_loaded(&host_paths::socket_name(&name), timeout)
-                    .await?;
-                bus.stop_if_loaded(&host_paths::service_name(&name), timeout)
-                    .await?;
-                bus.disable(&[
-                    &host_paths::socket_name(&name),
-                    &host_paths::service_name(&name),
-                ])
-                .await?;
+                let units = AppUnits::of(&name);
+                units.stop(&bus, UNKNOWN_APP_JOB_TIMEOUT).await?;
+                bus.disable(&units.both()).await?;
             }
         }
         let dirs = units::Dirs {
@@ -106,11 +72,8 @@ impl Inner {
         };
         units::remove_files(&dirs, &name)?;
         bus.daemon_reload().await?;
-        for unit in [
-            host_paths::socket_name(&name),
-            host_paths::service_name(&name),
-        ] {
-            bus.reset_failed(&unit).await?;
+        for unit in AppUnits::of(&name).both() {
+            bus.reset_failed(unit).await?;
         }
         logrotate::remove(&self.logrotate_dir, &name)?;
         self.releases.remove_all(&name).await?;
@@ -145,21 +108,16 @@ impl Inner {
     /// Stops socket then service (so no connection starts the service again), as an
     /// agent job (not a crash), and disables both so a reboot leaves them down.
     async fn down(&self, bus: &Systemd, app: &App) -> Result<(), SystemdError> {
-        let socket_unit = host_paths::socket_name(&app.name);
-        let service_unit = host_paths::service_name(&app.name);
-        let timeout = lock(&app.data).spec.graceful_timeout + Duration::from_secs(120);
+        let units = AppUnits::of(&app.name);
+        let timeout = job_timeout(&lock(&app.data).spec);
         {
             let mut d = lock(&app.data);
             let failures = d.spec.health.failures;
             d.health.reset(failures, "stopped by an operator");
             d.health_epoch += 1;
         }
-        self.agent_job(bus, app, async {
-            bus.stop_if_loaded(&socket_unit, timeout).await?;
-            bus.stop_if_loaded(&service_unit, timeout).await
-        })
-        .await?;
-        bus.disable(&[&socket_unit, &service_unit]).await
+        self.agent_job(bus, app, units.stop(bus, timeout)).await?;
+        bus.disable(&units.both()).await
     }
 
     fn set_stopped(&self, app: &App, stopped: bool) -> Result<(), AppError> {

@@ -46,6 +46,7 @@ mod activate;
 mod error;
 mod exec;
 mod gate;
+mod jobs;
 mod lifecycle;
 mod prestart;
 mod restart;
@@ -53,7 +54,6 @@ mod tail;
 mod user;
 mod watch;
 
-const DEFAULT_HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
 /// Bound on the reload preflight (importing the app once).
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Journal lines quoted in a failure message.

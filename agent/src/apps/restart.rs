@@ -2,14 +2,13 @@
 //! once, as the app, before sending HUP).
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use fleet_proto::spec::AppSpec;
 use fleet_proto::v1::Restart;
 use tokio::process::Command as Process;
 
-use super::{lock, Inner, Outcome, DEFAULT_HEALTHY_DEADLINE, PREFLIGHT_TIMEOUT};
-use crate::host_paths;
+use super::jobs::{healthy_deadline, job_timeout, AppUnits};
+use super::{lock, Inner, Outcome, PREFLIGHT_TIMEOUT};
 use crate::releases::venv_bin;
 use crate::systemd::JobKind;
 use crate::units;
@@ -56,55 +55,32 @@ impl Inner {
             let d = lock(&app.data);
             (d.spec.clone(), d.release.clone())
         };
-        let name = app.name.clone();
-        let deadline = match r.healthy_deadline_ms {
-            0 => DEFAULT_HEALTHY_DEADLINE,
-            ms => Duration::from_millis(ms),
-        };
         let bus = self.bus().await?;
-        let socket_unit = host_paths::socket_name(&name);
-        let service_unit = host_paths::service_name(&name);
-        let job_timeout = spec.graceful_timeout + Duration::from_secs(120);
         if r.reload {
             // HUP with code that cannot import kills the master (workers exit 3, the
             // master follows): prove the import first, as the app's user with its env.
             self.preflight(&spec).await?;
             self.restart_health(&app, "reloading");
+            let service = AppUnits::of(&app.name).service;
             let reloaded = self
                 .agent_job(
                     &bus,
                     &app,
-                    bus.job(JobKind::Reload, &service_unit, job_timeout),
+                    bus.job(JobKind::Reload, &service, job_timeout(&spec)),
                 )
                 .await;
             if let Err(e) = reloaded {
-                return Err(self.failure(&name, e.to_string()).await);
+                return Err(self.failure(&app.name, e.to_string()).await);
             }
         } else {
             self.restart_health(&app, "restarting");
-            let restarted = self
-                .agent_job(&bus, &app, async {
-                    for unit in [&socket_unit, &service_unit] {
-                        bus.reset_failed(unit).await?;
-                    }
-                    bus.job(JobKind::Start, &socket_unit, job_timeout).await?;
-                    bus.job(JobKind::Restart, &service_unit, job_timeout).await
-                })
-                .await;
-            if let Err(e) = restarted {
-                return Err(self.failure(&name, e.to_string()).await);
+            if let Err(e) = self.start_units(&bus, &app, JobKind::Restart).await {
+                return Err(self.failure(&app.name, e.to_string()).await);
             }
         }
         let what = if r.reload { "reloaded" } else { "restarted" };
-        match self.wait_healthy(&app, deadline).await {
-            Ok(detail) => Ok(format!("{name} {release} {what}: {detail}")),
-            Err(why) => Err(self
-                .failure(
-                    &name,
-                    format!("{name} {release} {what} but not healthy: {why}"),
-                )
-                .await),
-        }
+        let deadline = healthy_deadline(r.healthy_deadline_ms);
+        self.settled(&app, &release, deadline, what).await
     }
 
     /// Imports the entry point of the current release once, as the app would.

@@ -5,16 +5,13 @@
 
 mod common;
 
+use common::ctl;
+
 use std::collections::BTreeMap;
 
 use fleet_lab::agentpkg::{self, NEXT_VERSION};
 use fleet_lab::{packages, release, Lab, LabOptions, Paths};
 use serde_json::Value;
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
-}
 
 fn ctl_err(lab: &Lab, args: &[&str]) -> String {
     match lab.fleetctl(args) {

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::ctl;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,11 +102,6 @@ fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
         r.2
     );
     r
-}
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
 }
 
 /// The last rollout of a `--output json` run.

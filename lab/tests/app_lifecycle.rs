@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,11 +23,6 @@ const SHOP_FILES: &str = "/etc/systemd/system/fleet-app-shop.service \
                           /etc/logrotate.d/fleet-app-shop \
                           /var/lib/fleet/apps/shop \
                           /var/lib/fleet-agent/apps/shop.toml";
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
-}
 
 fn json(lab: &Lab, args: &[&str]) -> Value {
     let mut all = args.to_vec();
@@ -59,13 +56,6 @@ fn serves(n: u32) -> Option<String> {
         load::Outcome::Ok(body) => Some(body),
         load::Outcome::Failed(_) => None,
     }
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 /// `systemctl is-active` and `is-enabled` of the app's units on host `n`.

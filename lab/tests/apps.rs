@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,11 +48,6 @@ impl Work {
     }
 }
 
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
-}
-
 fn ctl_err(lab: &Lab, args: &[&str]) -> String {
     match lab.fleetctl(args) {
         Ok(out) => panic!("fleetctl {args:?} succeeded: {out}"),
@@ -75,13 +72,6 @@ fn get(n: u32, port: u16) -> String {
         load::Outcome::Ok(body) => body,
         load::Outcome::Failed(why) => format!("FAILED {why}"),
     }
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 /// Creates both apps and uploads release `version` of each.

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,11 +31,6 @@ fn fleetctl(lab: &Lab) -> Command {
     c.args(["--controller", "198.18.0.1:7443", "--identity"])
         .arg(Paths::from_env().admin_identity());
     c
-}
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
 }
 
 /// `fleetctl exec shop ARGS…`, whatever its exit status.
@@ -63,13 +60,6 @@ fn exec_units(lab: &Lab, n: u32) -> String {
         "systemctl list-units --all --no-legend --plain 'fleet-exec-*' | cat",
     )
     .unwrap()
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 #[test]

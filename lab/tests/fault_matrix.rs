@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -21,11 +23,6 @@ fn lab(n: u32) -> Option<Lab> {
     let mut opts = LabOptions::fleet(n);
     opts.agent.heartbeat = Some("1s".into());
     fleet_lab::test_lab(&opts)
-}
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
 }
 
 fn ctl_err(lab: &Lab, args: &[&str]) -> String {
@@ -45,13 +42,6 @@ fn get(n: u32) -> String {
 
 fn serves(n: u32, version: &str) -> bool {
     get(n).starts_with(&format!("release={version} "))
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 struct Work(tempfile::TempDir);

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::wait;
+
 use std::time::{Duration, Instant};
 
 use fleet_lab::{host_addr, Fault, Lab, LabOptions, Paths};
@@ -16,13 +18,6 @@ fn lab(n: u32) -> Option<Lab> {
     let mut opts = LabOptions::fleet(n);
     opts.agent.heartbeat = Some("1s".into());
     fleet_lab::test_lab(&opts)
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 /// Like `wait`, but a timeout also prints what host `n` and the controller were doing.

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,11 +31,6 @@ fn lab() -> Option<Lab> {
     let mut opts = LabOptions::fleet(1);
     opts.agent.heartbeat = Some("1s".into());
     fleet_lab::test_lab(&opts)
-}
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
 }
 
 fn sh(lab: &Lab, script: &str) -> String {
@@ -110,13 +107,6 @@ fn access_logs(lab: &Lab, app: &str) -> BTreeMap<String, String> {
 
 fn controller_log() -> String {
     std::fs::read_to_string(Paths::from_env().controller_log()).unwrap_or_default()
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 struct LoadResult {

@@ -4,12 +4,14 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use common::prometheus::{api, query, start_prometheus};
 
 use std::time::Duration;
 
 use fleet_lab::release;
-use fleet_lab::{Lab, LabOptions};
+use fleet_lab::LabOptions;
 use serde_json::Value;
 
 fn hosts_of(series: &[Value]) -> Vec<String> {
@@ -19,18 +21,6 @@ fn hosts_of(series: &[Value]) -> Vec<String> {
         .collect();
     h.sort();
     h
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
-}
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,18 +16,6 @@ use serde_json::Value;
 
 const PORT: u16 = 8000;
 const HOSTS: [&str; 3] = ["host1", "host2", "host3"];
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
-}
 
 fn rollout_status(lab: &Lab) -> Value {
     let v: Value = serde_json::from_str(&ctl(

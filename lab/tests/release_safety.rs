@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ctl;
+
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -11,11 +13,6 @@ use fleet_lab::load;
 use fleet_lab::{host_addr, release, Lab, LabOptions};
 
 const PORT: u16 = 8000;
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
-}
 
 fn get(port: u16) -> String {
     let addr = format!("{}:{port}", host_addr(1)).parse().unwrap();

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::ctl;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,11 +44,6 @@ const API: App = App {
     port: 8001,
     logs: "[logs]\nmode = \"files\"\n",
 };
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
-}
 
 fn sh(lab: &Lab, script: &str) -> String {
     lab.sh(1, script)

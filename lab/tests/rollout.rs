@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{ctl, wait};
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -25,11 +27,6 @@ fn lab() -> Option<Lab> {
     let mut opts = LabOptions::fleet(HOSTS);
     opts.agent.heartbeat = Some("1s".into());
     fleet_lab::test_lab(&opts)
-}
-
-fn ctl(lab: &Lab, args: &[&str]) -> String {
-    lab.fleetctl(args)
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
 }
 
 /// Runs fleetctl and returns (exit code, stdout, stderr): rollouts speak through the code.
@@ -94,13 +91,6 @@ fn rollout_status(lab: &Lab, app: &str) -> Value {
     serde_json::from_str(&ctl(lab, &["rollout", "status", app, "--output", "json"]))
         .map(|v: Value| v["rollout"].clone())
         .unwrap()
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    assert!(
-        common::eventually(timeout, &mut f),
-        "timed out after {timeout:?} waiting for {what}"
-    );
 }
 
 struct Work(tempfile::TempDir);

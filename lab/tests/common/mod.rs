@@ -42,3 +42,17 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// fleetctl against the lab's controller; panics with fleetctl's error.
+pub fn ctl(lab: &fleet_lab::Lab, args: &[&str]) -> String {
+    lab.fleetctl(args)
+        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e:#}"))
+}
+
+/// Polls `f` until true; panics naming `what` after `timeout`.
+pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    assert!(
+        eventually(timeout, &mut f),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}

@@ -9,16 +9,15 @@
 
 mod common;
 
-use common::ctl;
+use common::{ctl, run};
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_lab::load::{self, LoadSpec};
-use fleet_lab::{host_addr, release, Lab, LabOptions, Paths};
+use fleet_lab::{host_addr, release, Lab, LabOptions};
 use serde_json::Value;
 
 const PORT: u16 = 8000;
@@ -80,29 +79,6 @@ prometheus = "http://127.0.0.1:19090"
 query = 'sum(rate(fleet_app_http_requests_total{app="{{app}}",release="{{release}}",code="5xx"}[{{window}}])) / sum(rate(fleet_app_http_requests_total{app="{{app}}",release="{{release}}"}[{{window}}]))'
 max = 0.01
 "#;
-
-fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(lab.binaries().unwrap().fleetctl.clone())
-        .args(["--controller", "198.18.0.1:7443", "--identity"])
-        .arg(Paths::from_env().admin_identity())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let r = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    eprintln!(
-        "$ fleetctl {} -> exit {}\n{}{}",
-        args.join(" "),
-        r.0,
-        r.1,
-        r.2
-    );
-    r
-}
 
 /// The last rollout of a `--output json` run.
 fn last_rollout(stdout: &str) -> Value {

@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{ctl, wait};
+use common::{ctl, run, wait};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,30 +26,6 @@ fn lab() -> Option<Lab> {
     let mut opts = LabOptions::fleet(HOSTS);
     opts.agent.heartbeat = Some("1s".into());
     fleet_lab::test_lab(&opts)
-}
-
-/// Runs fleetctl and returns (exit code, stdout, stderr): rollouts speak through the code.
-fn run(lab: &Lab, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(lab.binaries().unwrap().fleetctl.clone())
-        .args(["--controller", "198.18.0.1:7443", "--identity"])
-        .arg(Paths::from_env().admin_identity())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let r = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    eprintln!(
-        "$ fleetctl {} -> exit {}\n{}{}",
-        args.join(" "),
-        r.0,
-        r.1,
-        r.2
-    );
-    r
 }
 
 /// The last lines of the lab controller's log, for failure messages.

@@ -56,3 +56,29 @@ pub fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         "timed out after {timeout:?} waiting for {what}"
     );
 }
+
+/// Runs fleetctl against the lab's controller and returns (exit code, stdout, stderr),
+/// echoed for the test's log: rollouts speak through the exit code.
+pub fn run(lab: &fleet_lab::Lab, args: &[&str]) -> (i32, String, String) {
+    use std::process::{Command, Stdio};
+    let out = Command::new(lab.binaries().unwrap().fleetctl.clone())
+        .args(["--controller", "198.18.0.1:7443", "--identity"])
+        .arg(fleet_lab::Paths::from_env().admin_identity())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!(
+        "$ fleetctl {} -> exit {}\n{}{}",
+        args.join(" "),
+        r.0,
+        r.1,
+        r.2
+    );
+    r
+}

@@ -5,10 +5,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use support::{bin, tarball, Fleet};
+use support::Fleet;
 
 const SPEC: &str = "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\nlisten = \"0.0.0.0:8000\"\nsecrets = [\"DB\"]\nhealth = { path = \"/health\", timeout = \"2s\" }\n";
 
@@ -46,30 +43,9 @@ fn stop_start_and_remove_keep_the_intent_for_hosts_that_are_down() {
     let dir = fleet.dir.path().to_owned();
     fleet.join("h1", &fleet.token(&[]));
     fleet.join("h2", &fleet.token(&[]));
-    std::fs::write(dir.join("shop.toml"), SPEC).unwrap();
+    fleet.app_with_release(SPEC, "shop", "1.0", b"x");
     let spec = dir.join("shop.toml");
-    fleet.ok(&["app", "apply", spec.to_str().unwrap()]);
-    std::fs::write(dir.join("r.tar.gz"), tarball(b"x")).unwrap();
-    fleet.ok(&[
-        "release",
-        "upload",
-        "shop",
-        dir.join("r.tar.gz").to_str().unwrap(),
-        "--version",
-        "1.0",
-    ]);
-    let mut child = Command::new(bin("fleetctl"))
-        .args(["--controller", &fleet.addr()])
-        .arg("--identity")
-        .arg(fleet.admin_dir())
-        .args(["secret", "set", "shop", "DB"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"s3cret").unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(fleet.secret_set("shop", "DB", "s3cret").status.success());
 
     // Never deployed: without hosts there is nothing to stop.
     assert!(err(&fleet, &["app", "stop", "shop"]).contains("shop is on no host: deploy it first"));

@@ -3,10 +3,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use support::{bin, tarball, Fleet};
+use support::{tarball, Fleet};
 
 const SPEC: &str = r#"
 name = "shop"
@@ -27,26 +24,6 @@ fn fail(fleet: &Fleet, args: &[&str]) -> String {
     let out = fleet.fleetctl(args);
     assert!(!out.status.success(), "fleetctl {args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
-}
-
-fn secret_set(fleet: &Fleet, app: &str, key: &str, value: &str) -> std::process::Output {
-    let mut child = Command::new(bin("fleetctl"))
-        .args(["--controller", &fleet.addr()])
-        .arg("--identity")
-        .arg(fleet.admin_dir())
-        .args(["secret", "set", app, key])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -107,13 +84,13 @@ fn apps_releases_and_secrets() {
     assert!(err.contains("no host was touched"), "{err}");
 
     let value = "postgres://shop:hunter2-very-secret@db/shop";
-    let out = secret_set(&fleet, "shop", "DATABASE_URL", value);
+    let out = fleet.secret_set("shop", "DATABASE_URL", value);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bad = secret_set(&fleet, "shop", "DATABASE_URL", "line\nExecStart=/bin/sh");
+    let bad = fleet.secret_set("shop", "DATABASE_URL", "line\nExecStart=/bin/sh");
     assert!(!bad.status.success());
     assert!(
         !String::from_utf8_lossy(&bad.stderr).contains("ExecStart"),
@@ -150,10 +127,12 @@ fn secrets_are_listed_without_values_and_unset_with_care() {
     let fleet = Fleet::start(&[]);
     let spec = write(&fleet, "shop.toml", SPEC.as_bytes());
     fleet.ok(&["app", "apply", &spec]);
-    assert!(secret_set(&fleet, "shop", "DATABASE_URL", "hunter2-db")
+    assert!(fleet
+        .secret_set("shop", "DATABASE_URL", "hunter2-db")
         .status
         .success());
-    assert!(secret_set(&fleet, "shop", "EXTRA", "hunter2-extra")
+    assert!(fleet
+        .secret_set("shop", "EXTRA", "hunter2-extra")
         .status
         .success());
 

@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{bin, tarball, Fleet};
+use support::{bin, Fleet};
 
 const SPEC: &str = r#"
 name = "shop"
@@ -35,31 +34,11 @@ fn backup_wipe_restore_and_every_agent_comes_back_as_it_was() {
     let state = fleet.join("web-1", &fleet.token(&[]));
     let _agent = fleet.run_agent("web-1", &state);
     fleet.wait_state("web-1", "up", Duration::from_secs(15));
-    std::fs::write(dir.join("shop.toml"), SPEC).unwrap();
-    fleet.ok(&["app", "apply", dir.join("shop.toml").to_str().unwrap()]);
-    std::fs::write(dir.join("r.tar.gz"), tarball(b"print(1)")).unwrap();
-    fleet.ok(&[
-        "release",
-        "upload",
-        "shop",
-        dir.join("r.tar.gz").to_str().unwrap(),
-        "--version",
-        "1.0",
-    ]);
-    let mut child = Command::new(bin("fleetctl"))
-        .args(["--controller", &fleet.addr(), "--identity"])
-        .arg(fleet.admin_dir())
-        .args(["secret", "set", "shop", "DATABASE_URL"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hunter2-db")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    fleet.app_with_release(SPEC, "shop", "1.0", b"print(1)");
+    assert!(fleet
+        .secret_set("shop", "DATABASE_URL", "hunter2-db")
+        .status
+        .success());
 
     let data = fleet.data_dir();
     let archive = dir.join("backup.tar");

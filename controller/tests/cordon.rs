@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{tarball, Fleet};
+use support::Fleet;
 
 const SPEC: &str = "name = \"shop\"\nserver = \"gunicorn\"\nentry = \"app:application\"\nlisten = \"0.0.0.0:8000\"\nhealth = { path = \"/health\", timeout = \"2s\" }\n";
 
@@ -13,17 +13,7 @@ fn a_cordoned_host_is_left_out_of_deploys_and_said_so() {
     let dir = fleet.dir.path().to_owned();
     fleet.join("h1", &fleet.token(&[]));
     fleet.join("h2", &fleet.token(&[]));
-    std::fs::write(dir.join("shop.toml"), SPEC).unwrap();
-    fleet.ok(&["app", "apply", dir.join("shop.toml").to_str().unwrap()]);
-    std::fs::write(dir.join("r.tar.gz"), tarball(b"x")).unwrap();
-    fleet.ok(&[
-        "release",
-        "upload",
-        "shop",
-        dir.join("r.tar.gz").to_str().unwrap(),
-        "--version",
-        "1.0",
-    ]);
+    fleet.app_with_release(SPEC, "shop", "1.0", b"x");
 
     let out = fleet.ok(&["host", "cordon", "h2", "--reason", "disk swap"]);
     assert!(out.contains("cordoned"), "{out}");

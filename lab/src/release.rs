@@ -25,9 +25,8 @@ pub fn tar_gz(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
-/// The sample app `fixture` (`wsgi` or `asgi`) as release `version`, with `overrides`
-/// replacing or adding files.
-pub fn sample(fixture: &str, version: &str, overrides: &[(&str, &str)]) -> Result<Vec<u8>> {
+/// The files of fixture `fixture` plus a `RELEASE` file naming `version`.
+fn fixture_files(fixture: &str, version: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let dir = fixtures_dir().join(fixture);
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
@@ -38,30 +37,31 @@ pub fn sample(fixture: &str, version: &str, overrides: &[(&str, &str)]) -> Resul
         }
     }
     files.push(("RELEASE".into(), format!("{version}\n").into_bytes()));
+    Ok(files)
+}
+
+fn tar_of(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    tar_gz(&refs)
+}
+
+/// The sample app `fixture` (`wsgi` or `asgi`) as release `version`, with `overrides`
+/// replacing or adding files.
+pub fn sample(fixture: &str, version: &str, overrides: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut files = fixture_files(fixture, version)?;
     for (name, contents) in overrides {
         files.retain(|(n, _)| n != name);
         files.push(((*name).to_owned(), contents.as_bytes().to_vec()));
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    tar_gz(&refs)
+    tar_of(&files)
 }
 
 /// The sample app `fixture` as release `version` plus `extra` files (binary, e.g. wheels).
 pub fn sample_with(fixture: &str, version: &str, extra: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
-    let dir = fixtures_dir().join(fixture);
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_file() {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            files.push((name, std::fs::read(&path)?));
-        }
-    }
-    files.push(("RELEASE".into(), format!("{version}\n").into_bytes()));
+    let mut files = fixture_files(fixture, version)?;
     files.extend(extra.iter().map(|(n, d)| ((*n).to_owned(), d.clone())));
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    tar_gz(&refs)
+    tar_of(&files)
 }
 
 /// A pure-python wheel `name-version-py3-none-any.whl` holding `name/__init__.py` with

@@ -461,3 +461,46 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+impl Fleet {
+    /// Applies `spec` (TOML) and uploads release `version` of `app`: a tarball whose
+    /// `app.py` holds `content`.
+    pub fn app_with_release(&self, spec: &str, app: &str, version: &str, content: &[u8]) {
+        let dir = self.dir.path();
+        let spec_path = dir.join(format!("{app}.toml"));
+        fs::write(&spec_path, spec).unwrap();
+        self.ok(&["app", "apply", spec_path.to_str().unwrap()]);
+        let tar = dir.join(format!("{app}-{version}.tar.gz"));
+        fs::write(&tar, tarball(content)).unwrap();
+        self.ok(&[
+            "release",
+            "upload",
+            app,
+            tar.to_str().unwrap(),
+            "--version",
+            version,
+        ]);
+    }
+
+    /// `fleetctl secret set APP KEY` with `value` on its stdin.
+    pub fn secret_set(&self, app: &str, key: &str, value: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("fleetctl"))
+            .args(["--controller", &self.addr()])
+            .arg("--identity")
+            .arg(self.admin_dir())
+            .args(["secret", "set", app, key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}

@@ -107,7 +107,15 @@ pub struct Transient<'a> {
     pub collect: bool,
 }
 
-/// The `systemd-run` arguments for one run (pure: what lands on the command line).
+/// The argv as systemd must get it to run it as typed: systemd substitutes `$NAME` and
+/// `${NAME}` from the unit's environment in every ExecStart argument (systemd 252 has no
+/// way to turn that off for a transient unit), and `$$` is its literal `$`.
+pub fn literal_args(args: &[String]) -> impl Iterator<Item = String> + '_ {
+    args.iter().map(|a| a.replace('$', "$$"))
+}
+
+/// The `systemd-run` arguments for one run (pure: what lands on the command line). `args`
+/// reach the program as written: no shell, and no systemd `$VAR` substitution either.
 pub fn transient_args(t: &Transient<'_>, program: &Path, args: &[String]) -> Vec<String> {
     let mut path = String::new();
     if let Some(venv) = crate::releases::venv_bin(t.release_dir) {
@@ -141,7 +149,7 @@ pub fn transient_args(t: &Transient<'_>, program: &Path, args: &[String]) -> Vec
     }
     out.push("--".into());
     out.push(program.to_string_lossy().into_owned());
-    out.extend(args.iter().cloned());
+    out.extend(literal_args(args));
     out
 }
 
@@ -318,12 +326,25 @@ mod tests {
         ] {
             assert!(args.iter().any(|a| a == want), "missing {want}: {args:?}");
         }
-        // The argv follows `--` verbatim: systemd-run passes it as is, no shell.
+        // The argv follows `--`, no shell; `$` is doubled so that systemd's `$VAR`
+        // substitution hands the program the `$` that was written.
         let dash = args.iter().position(|a| a == "--").unwrap();
         assert_eq!(
             &args[dash + 1..],
-            ["/usr/bin/python3", "-m", "migrate", "--to=$HEAD"]
+            ["/usr/bin/python3", "-m", "migrate", "--to=$$HEAD"]
         );
+    }
+
+    #[test]
+    fn dollars_reach_the_program_as_typed() {
+        let args = [
+            "$HOME;".to_owned(),
+            "${X}".to_owned(),
+            "a$$b".to_owned(),
+            "plain".to_owned(),
+        ];
+        let got: Vec<String> = literal_args(&args).collect();
+        assert_eq!(got, ["$$HOME;", "$${X}", "a$$$$b", "plain"]);
     }
 
     #[test]

@@ -713,7 +713,8 @@ fn rollout_pre_start_hook_runs_once_before_any_restart() {
     let work = Work(tempfile::tempdir().unwrap());
     let (marker_url, markers) = webhook_receiver();
     let extra = format!(
-        "pre_start = [\"python3\", \"-m\", \"migrate\", \"head\"]\npre_start_timeout = \"60s\"\n\
+        "pre_start = [\"python3\", \"-m\", \"migrate\", \"head\", \"${{HOME}}:$PATH\"]\n\
+         pre_start_timeout = \"60s\"\n\
          env = {{ MIGRATE_MARKER_URL = \"{marker_url}\" }}\n"
     );
     let spec = release::spec("shop", "gunicorn", SHOP_PORT, &extra);
@@ -758,7 +759,8 @@ fn rollout_pre_start_hook_runs_once_before_any_restart() {
     assert_eq!(got.len(), 1, "the hook ran {} times: {got:?}", got.len());
     assert_eq!(got[0]["host"], "host1", "{got:?}");
     assert_eq!(got[0]["release"], "2.0", "{got:?}");
-    assert_eq!(got[0]["argv"], serde_json::json!(["head"]));
+    // As written: no shell and no systemd `$VAR` substitution.
+    assert_eq!(got[0]["argv"], serde_json::json!(["head", "${HOME}:$PATH"]));
     assert!(
         got[0]["cwd"].as_str().unwrap().ends_with("/releases/2.0"),
         "{got:?}"
@@ -772,7 +774,7 @@ fn rollout_pre_start_hook_runs_once_before_any_restart() {
         evs[done]["message"]
             .as_str()
             .unwrap()
-            .contains("migrated 2.0 to head on host1"),
+            .contains("migrated 2.0 to head ${HOME}:$PATH on host1"),
         "the hook's output is not in the event: {}",
         evs[done]
     );

@@ -60,13 +60,6 @@ pub fn unit_name(app: &AppName, id: &str) -> Result<String, AppError> {
     Ok(format!("fleet-exec-{app}-{short}.service"))
 }
 
-/// The argv as systemd must get it to run it as typed: systemd substitutes `$NAME` and
-/// `${NAME}` from the unit's environment in every ExecStart argument (systemd 252 has no
-/// way to turn that off for a transient unit), and `$$` is its literal `$`.
-pub fn literal_args(args: &[String]) -> Vec<String> {
-    args.iter().map(|a| a.replace('$', "$$")).collect()
-}
-
 /// The exit code reported for a main process that ended (ExecMainCode, ExecMainStatus):
 /// its status when it exited, 128+signal when a signal ended it, as shells report it.
 pub fn exit_code(e: &MainExit) -> Option<i32> {
@@ -205,7 +198,7 @@ impl Inner {
             timeout,
             collect: false,
         };
-        let args = hook::transient_args(&t, &program, &literal_args(&e.argv[1..]));
+        let args = hook::transient_args(&t, &program, &e.argv[1..]);
         let (stop_tx, stop_rx) = oneshot::channel();
         {
             let mut execs = lock(&self.execs);
@@ -429,17 +422,6 @@ mod tests {
             let e = unit_name(&app, bad).unwrap_err();
             assert!(e.to_string().contains("invalid exec id"), "{bad:?}: {e}");
         }
-    }
-
-    #[test]
-    fn dollars_reach_the_program_as_typed() {
-        let args = [
-            "$HOME;".to_owned(),
-            "${X}".to_owned(),
-            "a$$b".to_owned(),
-            "plain".to_owned(),
-        ];
-        assert_eq!(literal_args(&args), ["$$HOME;", "$${X}", "a$$$$b", "plain"]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod exec;
 pub mod firewall;
 pub mod hosts;
 pub mod http;
+pub mod http_client;
 pub mod init;
 pub mod lastseen;
 pub mod lifecycle;

@@ -1,18 +1,17 @@
-//! Prometheus' instant-query API, for the rollouts' PromQL gates: one GET per query on a
-//! fresh HTTP/1.1 connection (a gate is asked once per window: far too rarely to keep a
-//! connection), the answer bounded in size and time. Only scalars and instant vectors
+//! Prometheus' instant-query API, for the rollouts' PromQL gates: one GET per query
+//! (`http_client`: a fresh connection each time), the answer bounded in size and time. Only scalars and instant vectors
 //! are values a gate can compare.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_proto::spec::PrometheusUrl;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
-use tokio::net::TcpStream;
+
+use crate::http_client::{self, HttpError};
 
 /// A query's answer at most: a gate compares a handful of series, not a dump.
 const MAX_ANSWER: usize = 1 << 20;
@@ -135,18 +134,6 @@ pub async fn query(url: &PrometheusUrl, promql: &str) -> Result<Vec<Sample>, Que
 
 async fn ask(url: &PrometheusUrl, promql: &str) -> Result<Vec<Sample>, QueryError> {
     let name = url.to_string();
-    let unreachable = |reason: String| QueryError::Unreachable {
-        url: name.clone(),
-        reason,
-    };
-    let stream = TcpStream::connect(url.addr())
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    // Drives the connection; it ends when the answer is read and `sender` dropped.
-    let driver = tokio::spawn(conn);
     let path = format!(
         "{}?query={}",
         url.api("query"),
@@ -156,29 +143,23 @@ async fn ask(url: &PrometheusUrl, promql: &str) -> Result<Vec<Sample>, QueryErro
         .header(http::header::HOST, url.host())
         .header(http::header::ACCEPT, "application/json")
         .header(http::header::USER_AGENT, "fleet-controller")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| unreachable(e.to_string()))?;
-    let answer = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| QueryError::Malformed {
-                url: name.clone(),
-                status,
-                reason: format!("reading the answer (at most {MAX_ANSWER} bytes): {e}"),
-            })?
-            .to_bytes();
-        parse_answer(&name, status, &body)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| QueryError::Unreachable {
+            url: name.clone(),
+            reason: e.to_string(),
+        })?;
+    match http_client::exchange(url.addr(), req, MAX_ANSWER).await {
+        Ok(a) => parse_answer(&name, a.status, &a.body),
+        Err(e @ HttpError::Body { .. }) => Err(QueryError::Malformed {
+            url: name,
+            status: 200,
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(QueryError::Unreachable {
+            url: name,
+            reason: e.to_string(),
+        }),
     }
-    .await;
-    drop(sender);
-    driver.abort();
-    answer
 }
 
 #[cfg(test)]

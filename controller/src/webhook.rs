@@ -1,18 +1,19 @@
 //! Rollout notifications: one JSON POST per configured URL, with a Slack-compatible `text`
 //! field. Each delivery runs in its own task with retries and backoff, so a slow or dead
 //! receiver never holds up a rollout. Plain http only: a receiver behind TLS sits behind a
-//! local relay (the controller carries no HTTP client stack for one POST).
+//! local relay (the controller carries no TLS client roots for one POST).
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use fleet_proto::v1::RolloutInfo;
+use http_body_util::Full;
+use hyper::body::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::http_client::{self, HttpError};
 use crate::shared::Shared;
 use crate::timefmt::now_ms;
 
@@ -104,18 +105,12 @@ impl fmt::Display for WebhookUrl {
 /// Why one delivery attempt failed (logged, then retried).
 #[derive(Debug, thiserror::Error)]
 enum PostError {
-    #[error("connect {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("send to {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("answered {0:?}")]
-    Status(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("bad request for {0}: {1}")]
+    Request(String, http::Error),
+    #[error("answered HTTP {0}")]
+    Status(u16),
 }
 
 /// The JSON body: Slack's `text` plus the rollout for machines.
@@ -155,46 +150,28 @@ pub fn notify(shared: &Shared, event: &str, text: &str, info: &RolloutInfo) {
     }
 }
 
+/// A receiver's answer is only read for its status.
+const MAX_ANSWER: usize = 64 * 1024;
+
 async fn post(url: &WebhookUrl, body: &str) -> Result<(), PostError> {
-    let (addr, path) = (url.addr(), url.path());
-    let io = |source| PostError::Io {
-        addr: addr.to_owned(),
-        source,
-    };
-    let mut s = TcpStream::connect(addr)
-        .await
-        .map_err(|source| PostError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: fleet-controller\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.map_err(io)?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-        let n = s.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let code = line.split_whitespace().nth(1).unwrap_or("");
-    if code.starts_with('2') {
+    let req = http::Request::post(url.path())
+        .header(http::header::HOST, url.addr())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "fleet-controller")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| PostError::Request(url.to_string(), e))?;
+    let answer = http_client::exchange(url.addr(), req, MAX_ANSWER).await?;
+    if (200..300).contains(&answer.status) {
         Ok(())
     } else {
-        Err(PostError::Status(
-            line.lines().next().unwrap_or("").to_owned(),
-        ))
+        Err(PostError::Status(answer.status))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn parts(url: &str) -> (String, String) {
         let u: WebhookUrl = url.parse().unwrap();

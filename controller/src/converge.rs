@@ -410,6 +410,7 @@ mod tests {
             verdicts: Vec::new(),
             bake_until_ms: 0,
             reference: None,
+            gates: Vec::new(),
         }
     }
 

@@ -310,6 +310,7 @@ fn a_promql_gate_on_the_labs_prometheus_reverts_a_bad_canary() {
     // Healthy: the gate reads 0 for the new release and promotes it.
     let (code, r) = rollout(&lab, "2.0");
     assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["analysis"]["gates"][0]["name"], "error-ratio", "{r:#}");
     let verdicts = r["verdicts"].as_array().unwrap();
     assert_eq!(verdicts.len(), 2, "canary and one batch: {r:#}");
     for v in verdicts {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use fleet_proto::spec::{check_flag, check_min_requests, check_window};
-use fleet_proto::v1::{AnalysisOverride, AnalysisSide, AnalysisVerdict, RolloutInfo};
+use fleet_proto::v1::{AnalysisGate, AnalysisOverride, AnalysisSide, AnalysisVerdict, RolloutInfo};
 use fleet_proto::values::parse_duration;
 use serde_json::json;
 
@@ -100,6 +100,15 @@ pub fn lines(info: &RolloutInfo) -> Vec<String> {
         a.max_p99_increase,
         humantime::format_duration(Duration::from_millis(a.bake_ms)),
     )];
+    for g in &a.gates {
+        out.push(format!(
+            "  query {}: {} {} (on {})",
+            g.name,
+            g.query.split_whitespace().collect::<Vec<_>>().join(" "),
+            bounds(g),
+            g.prometheus
+        ));
+    }
     for v in &info.verdicts {
         out.push(format!(
             "  {:<10} {:<8} {}",
@@ -109,6 +118,16 @@ pub fn lines(info: &RolloutInfo) -> Vec<String> {
         ));
     }
     out
+}
+
+/// A gate's bounds as the controller's reasons write them.
+fn bounds(g: &AnalysisGate) -> String {
+    match (g.min, g.max) {
+        (Some(lo), Some(hi)) => format!("within {lo}..={hi}"),
+        (Some(lo), None) => format!("≥ {lo}"),
+        (None, Some(hi)) => format!("≤ {hi}"),
+        (None, None) => String::new(),
+    }
 }
 
 fn side_json(s: &Option<AnalysisSide>) -> serde_json::Value {
@@ -148,6 +167,13 @@ pub fn json(info: &RolloutInfo) -> (serde_json::Value, serde_json::Value) {
             "max_error_increase": a.max_error_increase,
             "max_p99_increase": a.max_p99_increase,
             "bake_ms": a.bake_ms,
+            "gates": a.gates.iter().map(|g| json!({
+                "name": g.name,
+                "prometheus": g.prometheus,
+                "query": g.query,
+                "max": g.max,
+                "min": g.min,
+            })).collect::<Vec<_>>(),
         }),
     };
     let verdicts = info
@@ -175,6 +201,13 @@ mod tests {
                 max_error_increase: 2.0,
                 max_p99_increase: 1.5,
                 bake_ms: 600_000,
+                gates: vec![AnalysisGate {
+                    name: "errors".into(),
+                    prometheus: "http://p:9090".into(),
+                    query: "sum(rate(x[{{window}}]))\n  / 2".into(),
+                    max: Some(0.5),
+                    min: None,
+                }],
             }),
             verdicts: vec![
                 AnalysisVerdict {
@@ -203,10 +236,16 @@ mod tests {
             l[0],
             "  analysis: window 1m, min 200 requests, 5xx ≤ 1 % and ≤ 2× baseline, p99 ≤ 1.5× baseline, bake 10m"
         );
-        assert_eq!(l[1], "  canary     pass     canary ok");
-        assert_eq!(l[2], "  bake       fail     fleet 5xx 2 %");
+        assert_eq!(
+            l[1],
+            "  query errors: sum(rate(x[{{window}}])) / 2 ≤ 0.5 (on http://p:9090)"
+        );
+        assert_eq!(l[2], "  canary     pass     canary ok");
+        assert_eq!(l[3], "  bake       fail     fleet 5xx 2 %");
         let (settings, verdicts) = json(&info);
         assert_eq!(settings["min_requests"], 200);
+        assert_eq!(settings["gates"][0]["max"], 0.5);
+        assert!(settings["gates"][0]["min"].is_null());
         assert_eq!(verdicts[0]["canary"]["error_ratio"], 0.01);
         assert_eq!(verdicts[1]["stage"], "bake");
         assert!(verdicts[1]["baseline"].is_null());

@@ -175,6 +175,10 @@ pub async fn start(
         verdicts: Vec::new(),
         bake_until_ms: 0,
         reference: None,
+        gates: match analysis {
+            Some(_) => spec.gates.iter().map(Into::into).collect(),
+            None => Vec::new(),
+        },
     };
     if record.min_healthy_ms >= record.healthy_deadline_ms {
         return Err(Status::invalid_argument(

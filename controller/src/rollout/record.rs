@@ -132,6 +132,45 @@ pub struct Record {
     /// rollout: what the bake compares the fleet with, once no host is left on it.
     #[serde(default)]
     pub reference: Option<ReferenceRec>,
+    /// The spec's PromQL gates when the rollout started, as `rollout status` shows them
+    /// (the judge reads them from `spec_toml`, checked).
+    #[serde(default)]
+    pub gates: Vec<GateRec>,
+}
+
+/// A PromQL gate as the record keeps it for display.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateRec {
+    pub name: String,
+    pub prometheus: String,
+    pub query: String,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+}
+
+impl From<&fleet_proto::spec::PromGate> for GateRec {
+    fn from(g: &fleet_proto::spec::PromGate) -> GateRec {
+        let w = g.to_wire();
+        GateRec {
+            name: w.name,
+            prometheus: w.prometheus,
+            query: w.query,
+            max: w.max,
+            min: w.min,
+        }
+    }
+}
+
+impl GateRec {
+    fn wire(&self) -> fleet_proto::v1::AnalysisGate {
+        fleet_proto::v1::AnalysisGate {
+            name: self.name.clone(),
+            prometheus: self.prometheus.clone(),
+            query: self.query.clone(),
+            max: self.max,
+            min: self.min,
+        }
+    }
 }
 
 /// Requests of the previous release summed over the baseline windows of a rollout.
@@ -362,7 +401,10 @@ impl Record {
             healthy_deadline_ms: self.healthy_deadline_ms,
             canary: self.canary as u32,
             actor: self.actor.clone(),
-            analysis: self.analysis.map(|t| t.analysis().to_wire()),
+            analysis: self.analysis.map(|t| fleet_proto::v1::AnalysisSettings {
+                gates: self.gates.iter().map(GateRec::wire).collect(),
+                ..t.analysis().to_wire()
+            }),
             verdicts: self
                 .verdicts
                 .iter()
@@ -446,6 +488,7 @@ pub(crate) mod tests {
             verdicts: Vec::new(),
             bake_until_ms: 0,
             reference: None,
+            gates: Vec::new(),
         }
     }
 
@@ -570,14 +613,28 @@ mod verdict_tests {
         assert_eq!((reference.hosts, reference.errors), (3, 3));
         assert_eq!(reference.buckets, [110, 200]);
         r.reference = Some(reference);
+        r.gates = vec![GateRec {
+            name: "errors".into(),
+            prometheus: "http://p:9090".into(),
+            query: "up".into(),
+            max: Some(1.0),
+            min: None,
+        }];
         let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.analysis.unwrap().analysis(), Analysis::default());
         assert_eq!(r.info().state, "baking");
         assert_eq!(r.info().analysis.unwrap().min_requests, 200);
+        assert_eq!(r.info().analysis.unwrap().gates[0].name, "errors");
         // A record written before analysis existed still reads.
         let mut old = serde_json::to_value(record(2)).unwrap();
-        for k in ["analysis", "verdicts", "bake_until_ms", "reference"] {
+        for k in [
+            "analysis",
+            "verdicts",
+            "bake_until_ms",
+            "reference",
+            "gates",
+        ] {
             old.as_object_mut().unwrap().remove(k);
         }
         let old: Record = serde_json::from_value(old).unwrap();
@@ -585,6 +642,6 @@ mod verdict_tests {
             (old.analysis, old.verdicts.len(), old.bake_until_ms),
             (None, 0, 0)
         );
-        assert_eq!(old.reference, None);
+        assert_eq!((old.reference, old.gates.len()), (None, 0));
     }
 }

@@ -1400,7 +1400,7 @@ pub struct AnalysisOverride {
 }
 /// The thresholds a rollout judges its batches and its bake with.
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AnalysisSettings {
     #[prost(uint64, tag = "1")]
     pub window_ms: u64,
@@ -1414,6 +1414,25 @@ pub struct AnalysisSettings {
     pub max_p99_increase: f64,
     #[prost(uint64, tag = "6")]
     pub bake_ms: u64,
+    /// The spec's [rollout.analysis.query](rollout.analysis.query) gates this rollout is judged with.
+    #[prost(message, repeated, tag = "7")]
+    pub gates: ::prost::alloc::vec::Vec<AnalysisGate>,
+}
+/// A PromQL gate: `query` (placeholders unexpanded) on `prometheus` must stay within
+/// `min`/`max` (either may be unset).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AnalysisGate {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub prometheus: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub query: ::prost::alloc::string::String,
+    #[prost(double, optional, tag = "4")]
+    pub max: ::core::option::Option<f64>,
+    #[prost(double, optional, tag = "5")]
+    pub min: ::core::option::Option<f64>,
 }
 /// One side of a judged window: the batch's hosts (or the baked fleet's sample), or the
 /// sample of hosts still on their previous release.

@@ -174,6 +174,16 @@ impl PromGate {
         }
     }
 
+    pub fn to_wire(&self) -> crate::v1::AnalysisGate {
+        crate::v1::AnalysisGate {
+            name: self.name.clone(),
+            prometheus: self.prometheus.to_string(),
+            query: self.query.clone(),
+            max: self.max,
+            min: self.min,
+        }
+    }
+
     /// Whether `value` keeps the bounds; NaN never does (checked by the caller first).
     pub fn holds(&self, value: f64) -> bool {
         self.min.is_none_or(|lo| value >= lo) && self.max.is_none_or(|hi| value <= hi)

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use fleet_proto::spec::{check_flag, check_min_requests, check_window};
-use fleet_proto::v1::{AnalysisGate, AnalysisOverride, AnalysisSide, AnalysisVerdict, RolloutInfo};
+use fleet_proto::spec::{check_flag, check_min_requests, check_window, gate_bounds};
+use fleet_proto::v1::{AnalysisOverride, AnalysisSide, AnalysisVerdict, RolloutInfo};
 use fleet_proto::values::parse_duration;
 use serde_json::json;
 
@@ -105,7 +105,7 @@ pub fn lines(info: &RolloutInfo) -> Vec<String> {
             "  query {}: {} {} (on {})",
             g.name,
             g.query.split_whitespace().collect::<Vec<_>>().join(" "),
-            bounds(g),
+            gate_bounds(g.min, g.max),
             g.prometheus
         ));
     }
@@ -118,16 +118,6 @@ pub fn lines(info: &RolloutInfo) -> Vec<String> {
         ));
     }
     out
-}
-
-/// A gate's bounds as the controller's reasons write them.
-fn bounds(g: &AnalysisGate) -> String {
-    match (g.min, g.max) {
-        (Some(lo), Some(hi)) => format!("within {lo}..={hi}"),
-        (Some(lo), None) => format!("≥ {lo}"),
-        (None, Some(hi)) => format!("≤ {hi}"),
-        (None, None) => String::new(),
-    }
 }
 
 fn side_json(s: &Option<AnalysisSide>) -> serde_json::Value {
@@ -187,7 +177,7 @@ pub fn json(info: &RolloutInfo) -> (serde_json::Value, serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::v1::{AnalysisSettings, RolloutBatch};
+    use fleet_proto::v1::{AnalysisGate, AnalysisSettings, RolloutBatch};
 
     #[test]
     fn verdicts_show_per_batch_with_the_thresholds() {

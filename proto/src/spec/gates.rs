@@ -144,6 +144,17 @@ pub fn promql_duration(d: Duration) -> String {
     }
 }
 
+/// A gate's bounds as reasons and `rollout status` write them (also for a gate read back
+/// from the wire).
+pub fn gate_bounds(min: Option<f64>, max: Option<f64>) -> String {
+    match (min, max) {
+        (Some(lo), Some(hi)) => format!("within {lo}..={hi}"),
+        (Some(lo), None) => format!("≥ {lo}"),
+        (None, Some(hi)) => format!("≤ {hi}"),
+        (None, None) => String::new(),
+    }
+}
+
 impl PromGate {
     /// The query with its placeholders filled in. App names and versions are checked
     /// shapes without quotes or backslashes, so they are safe inside a PromQL string.
@@ -164,14 +175,9 @@ impl PromGate {
         out
     }
 
-    /// What the value must be, as a reason says it: "≤ 0.5", "≥ 0.99", "in 0.9..=1".
+    /// What the value must be, as a reason says it: "≤ 0.5", "≥ 0.99", "within 0.9..=1".
     pub fn bounds(&self) -> String {
-        match (self.min, self.max) {
-            (Some(lo), Some(hi)) => format!("within {lo}..={hi}"),
-            (Some(lo), None) => format!("≥ {lo}"),
-            (None, Some(hi)) => format!("≤ {hi}"),
-            (None, None) => String::new(),
-        }
+        gate_bounds(self.min, self.max)
     }
 
     pub fn to_wire(&self) -> crate::v1::AnalysisGate {

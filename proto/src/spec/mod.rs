@@ -20,7 +20,7 @@ mod tests;
 
 pub use analysis::{check_flag, check_min_requests, check_window, finest_bucket_step, Analysis};
 pub use env::{check_env_key, check_env_value, env_file_line};
-pub use gates::{promql_duration, PromGate, PrometheusUrl, MAX_GATES, PLACEHOLDERS};
+pub use gates::{gate_bounds, promql_duration, PromGate, PrometheusUrl, MAX_GATES, PLACEHOLDERS};
 pub use host::{check_listen, check_user, RESERVED_PORTS, RESERVED_USERS};
 pub use logs::{LogMode, Logs, RotatePeriod, Rotation};
 pub use names::{AppName, Version};

@@ -35,5 +35,9 @@ echo "==> .deb packages and the signed apt repository (lab hosts install these)"
 bash packaging/deb/build.sh
 echo "==> fuzz smoke: every target over its corpus, then 15 s each (lab/fuzz/README.md)"
 bash lab/fuzz/smoke.sh
+echo "==> PostgreSQL 15 for the store's contract tests (unprivileged, on a private socket)"
+eval "$(sh lab/pg-test-cluster.sh start)"
+trap 'sh lab/pg-test-cluster.sh stop "$FLEET_TEST_PG_DIR"' EXIT
 echo "==> tests"
-exec cargo nextest run --workspace --locked --profile ci
+# Not exec: the trap stops the cluster after the run; nextest's summary stays the last output.
+cargo nextest run --workspace --locked --profile ci

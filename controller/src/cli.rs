@@ -40,6 +40,11 @@ pub enum Command {
         /// one [default: 365d]
         #[arg(long)]
         admin_cert_lifetime: Option<String>,
+        /// Settings file: with a `[store]` section, the fleet's records go to that
+        /// PostgreSQL database instead of DATA_DIR/state.redb (the CA and keys stay in
+        /// DATA_DIR).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Serve the fleet.
     Run {
@@ -65,6 +70,20 @@ pub enum Command {
         #[arg(long)]
         admin_cert_lifetime: Option<String>,
     },
+    /// Move a stopped controller's state from DATA_DIR/state.redb into the empty
+    /// PostgreSQL database of the settings file's `[store]`, in one transaction; the file
+    /// is then renamed aside. Start the controller with that settings file afterwards:
+    /// agents reconnect with the certificates they hold.
+    Migrate {
+        #[arg(long, env = "FLEET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Where the state comes from (only the embedded file is a source).
+        #[arg(long, value_enum, default_value = "redb")]
+        from: MigrateSource,
+        /// Settings file whose `[store]` names the database (and its password_file).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Copy the running controller's state, CA, identities and sealing key into one
     /// archive (0600: it holds the CA key). Online and consistent.
     Backup {
@@ -87,4 +106,9 @@ pub enum Command {
         #[arg(long, env = "FLEET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum MigrateSource {
+    Redb,
 }

@@ -75,6 +75,9 @@ pub struct Settings {
     pub http_token_file: Option<std::path::PathBuf>,
     /// URLs (http://) that get a JSON event on rollout start, success, failure, revert.
     pub webhooks: Vec<crate::webhook::WebhookUrl>,
+    /// `[store]`: PostgreSQL instead of `DATA_DIR/state.redb` (several controllers on one
+    /// database, docs/ha.md); None for the embedded file.
+    pub store: Option<crate::store::pg::PgConfig>,
 }
 
 impl Default for Settings {
@@ -111,6 +114,7 @@ impl Default for Settings {
             audit_max_entries: 1_000_000,
             http_token_file: None,
             webhooks: Vec::new(),
+            store: None,
         }
     }
 }
@@ -144,6 +148,48 @@ pub struct FileConfig {
     pub audit_max_entries: Option<u64>,
     pub http_token_file: Option<std::path::PathBuf>,
     pub webhooks: Option<Vec<crate::webhook::WebhookUrl>>,
+    pub store: Option<StoreFile>,
+}
+
+/// `[store]` of the settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `postgres://USER@HOST[:PORT][,HOST2…]/DATABASE[?target_session_attrs=read-write&sslmode=…]`
+    /// or libpq's `host=… dbname=…` form. A password belongs in `password_file`, not here
+    /// (this file is world-readable when packaged).
+    pub url: String,
+    /// A file (0600) whose first line is the database password.
+    pub password_file: Option<std::path::PathBuf>,
+    /// PEM of the CA that signed the server's certificate (`sslmode=require`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Connections this controller may hold (1 ..= 256); every replica's, added up, must
+    /// stay below the server's `max_connections`.
+    pub pool_size: Option<usize>,
+}
+
+impl StoreFile {
+    pub fn resolve(self) -> anyhow::Result<crate::store::pg::PgConfig> {
+        let mut pg = crate::store::pg::PgConfig::from_url(&self.url)?;
+        if let Some(path) = self.password_file {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("[store] password_file {}: cannot read it", path.display())
+            })?;
+            let password = text.lines().next().unwrap_or("").trim_end();
+            if password.is_empty() {
+                bail!("[store] password_file {} is empty", path.display());
+            }
+            pg = pg.with_password(password);
+        }
+        if let Some(n) = self.pool_size {
+            if !(1..=256).contains(&n) {
+                bail!("[store] pool_size must be between 1 and 256 (it is {n})");
+            }
+            pg.pool_size = n;
+        }
+        pg.ca_file = self.ca_file;
+        Ok(pg)
+    }
 }
 
 /// fleet's one duration syntax (`fleet_proto::values::parse_duration`), as fleetctl reads it.
@@ -284,6 +330,9 @@ impl Settings {
         }
         if let Some(v) = file.webhooks {
             self.webhooks = v;
+        }
+        if let Some(v) = file.store {
+            self.store = Some(v.resolve()?);
         }
         Ok(())
     }

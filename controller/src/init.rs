@@ -24,6 +24,7 @@ pub fn init(
     extra_sans: &[String],
     server_cert_lifetime: Duration,
     admin_cert_lifetime: Duration,
+    pg: Option<&crate::store::pg::PgConfig>,
 ) -> anyhow::Result<InitOutcome> {
     crate::config::check_server_cert_lifetime(server_cert_lifetime)?;
     crate::config::check_admin_cert_lifetime(admin_cert_lifetime)?;
@@ -50,6 +51,11 @@ pub fn init(
     let admin_id = Identity::admin(trust_domain.clone(), "admin".parse().expect("literal name"));
     let admin = ca.new_client_identity(&admin_id, admin_cert_lifetime)?;
 
+    // A database is checked (reachable, no fleet in it) before any file is written.
+    let pg_store = match pg {
+        Some(config) => Some(Store::create_pg(config).context("cannot use the [store] database")?),
+        None => None,
+    };
     // Everything is made in memory first; nothing is written unless all of it succeeded.
     create_dir_private(dir)?;
     create_dir_private(&dd.admin_dir())?;
@@ -64,12 +70,18 @@ pub fn init(
         0o644,
     )?;
     write_new(&dd.admin_dir().join("ca.crt"), ca.cert_pem(), 0o644)?;
-    let store = Store::create(&dd.store()).context("cannot create the controller state")?;
-    // Token hashes and the audit log are nobody else's business.
-    std::fs::set_permissions(
-        dd.store(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
+    let store = match pg_store {
+        Some(store) => store,
+        None => {
+            let store = Store::create(&dd.store()).context("cannot create the controller state")?;
+            // Token hashes and the audit log are nobody else's business.
+            std::fs::set_permissions(
+                dd.store(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            store
+        }
+    };
     store.set_meta(TRUST_DOMAIN_KEY, trust_domain.as_str())?;
     store.append_audit(
         crate::timefmt::now_ms(),
@@ -82,4 +94,39 @@ pub fn init(
         pin: ca.pin().to_string(),
         admin_dir: dd.admin_dir(),
     })
+}
+
+/// What `migrate` moved.
+pub struct MigrateOutcome {
+    pub rows: u64,
+    /// Where the redb file went, so a controller started without `[store]` by mistake
+    /// finds no stale state to serve.
+    pub moved_to: std::path::PathBuf,
+}
+
+/// `fleet-controller migrate`: copies a stopped controller's redb state into an empty
+/// PostgreSQL database in one transaction, then renames the file. The CA, keys, sealing
+/// key and blobs stay in the data directory; agents keep their certificates.
+pub fn migrate(dir: &Path, pg: &crate::store::pg::PgConfig) -> anyhow::Result<MigrateOutcome> {
+    let dd = DataDir(dir.to_owned());
+    let path = dd.store();
+    let from = Store::open(&path).with_context(|| {
+        format!(
+            "cannot open {} (if the controller is running, stop it first: \
+             systemctl stop fleet-controller)",
+            path.display()
+        )
+    })?;
+    let to = Store::create_pg(pg).context("cannot use the [store] database")?;
+    let rows = from.copy_into(&to).context("nothing was migrated")?;
+    drop(from);
+    let moved_to = path.with_extension(format!("redb.migrated-{}", crate::timefmt::now_secs()));
+    std::fs::rename(&path, &moved_to).with_context(|| {
+        format!(
+            "migrated {rows} records, but cannot move {} aside: move it yourself before \
+             starting the controller",
+            path.display()
+        )
+    })?;
+    Ok(MigrateOutcome { rows, moved_to })
 }

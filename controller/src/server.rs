@@ -39,7 +39,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
     let dd = DataDir(dir.to_owned());
-    let store = Store::open(&dd.store())?;
+    let store = Store::open_configured(dir, settings.store.as_ref())?;
+    tracing::info!(backend = store.backend_name(), "store opened");
     let td: TrustDomain = store
         .meta(TRUST_DOMAIN_KEY)?
         .context(

@@ -218,7 +218,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("c");
         let sans = ["fleet.example.com".to_string(), "198.18.0.1".to_string()];
-        crate::init::init(&dir, TrustDomain::default(), &sans, lifetime, lifetime).unwrap();
+        crate::init::init(
+            &dir,
+            TrustDomain::default(),
+            &sans,
+            lifetime,
+            lifetime,
+            None,
+        )
+        .unwrap();
         let dd = DataDir(dir);
         let ca = Ca::load(
             TrustDomain::default(),

@@ -30,8 +30,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             sans,
             server_cert_lifetime,
             admin_cert_lifetime,
+            config,
         } => {
             let td: TrustDomain = trust_domain.parse()?;
+            let store = match &config {
+                Some(path) => Settings::resolve(Some(path), Flags::default())?.store,
+                None => None,
+            };
             let server_lifetime = match server_cert_lifetime {
                 Some(v) => parse_duration("--server-cert-lifetime", &v)?,
                 None => SERVER_CERT_LIFETIME,
@@ -46,6 +51,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &sans,
                 server_lifetime,
                 admin_lifetime,
+                store.as_ref(),
             )?;
             println!("ca-pin: {}", out.pin);
             eprintln!(
@@ -81,6 +87,28 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(fleet_controller::server::run(&data_dir, settings))
+        }
+        Command::Migrate {
+            data_dir,
+            from: _,
+            config,
+        } => {
+            let settings = Settings::resolve(Some(&config), Flags::default())?;
+            let Some(pg) = settings.store else {
+                anyhow::bail!(
+                    "{} has no [store] section: add one with the database's url (docs/ha.md)",
+                    config.display()
+                );
+            };
+            let out = fleet_controller::init::migrate(&data_dir, &pg)?;
+            eprintln!(
+                "migrated {} records into {}; the old state is at {}. Start the controller with --config {}",
+                out.rows,
+                pg.describe(),
+                out.moved_to.display(),
+                config.display()
+            );
+            Ok(())
         }
         Command::Backup {
             data_dir,

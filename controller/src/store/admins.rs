@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::tables::ADMINS;
+use super::kv::ADMINS;
 use super::{Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

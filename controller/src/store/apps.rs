@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::tables::APPS;
+use super::kv::APPS;
 use super::{Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

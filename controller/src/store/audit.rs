@@ -1,11 +1,13 @@
 //! The audit log: entries under a growing sequence number, paged and pruned in small
 //! batches.
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::tables::AUDIT;
-use super::{db_err, decode, encode, Store, StoreError};
+use super::kv::{WriteTx, AUDIT};
+use super::{decode, encode, Store, StoreError};
+
+/// Rows read at a time when a filter may skip many.
+const PAGE: usize = 1_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AuditRecord {
@@ -26,11 +28,8 @@ impl Store {
         target: &str,
         detail: &str,
     ) -> Result<AuditRecord, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let record = {
-            let mut table = tx.open_table(AUDIT).map_err(db_err)?;
-            append_in(&mut table, time_ms, actor, action, target, detail)?
-        };
+        let mut tx = self.write()?;
+        let record = append_in(&mut *tx, time_ms, actor, action, target, detail)?;
         self.commit(tx)?;
         Ok(record)
     }
@@ -42,20 +41,25 @@ impl Store {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(AUDIT).map_err(db_err)?;
+        let tx = self.read()?;
         let mut out = Vec::new();
-        for row in table.range(after_seq.saturating_add(1)..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: AuditRecord = decode("audit", &k.value().to_string(), v.value())?;
-            if rec.time_ms >= since_ms {
-                out.push(rec);
-                if out.len() >= limit {
-                    break;
+        let mut after = after_seq;
+        loop {
+            let rows = tx.seq_range(AUDIT, after, PAGE)?;
+            let Some(last) = rows.last().map(|(k, _)| *k) else {
+                return Ok(out);
+            };
+            for (k, v) in rows {
+                let rec: AuditRecord = decode(AUDIT.name, &k.to_string(), &v)?;
+                if rec.time_ms >= since_ms {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
                 }
             }
+            after = last;
         }
-        Ok(out)
     }
 
     /// Deletes up to `batch` of the oldest audit entries that are older than `before_ms`
@@ -67,66 +71,48 @@ impl Store {
         keep: u64,
         batch: usize,
     ) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let removed = {
-            let mut table = tx.open_table(AUDIT).map_err(db_err)?;
-            let last = table.last().map_err(db_err)?.map(|(k, _)| k.value());
-            let Some(last) = last else {
-                return Ok(0);
-            };
-            let keep_from = last.saturating_sub(keep.saturating_sub(1));
-            let mut doomed = Vec::new();
-            for row in table.iter().map_err(db_err)?.take(batch) {
-                let (k, v) = row.map_err(db_err)?;
-                let seq = k.value();
-                let old = serde_json::from_slice::<AuditRecord>(v.value())
-                    .map(|r| r.time_ms < before_ms)
-                    .unwrap_or(false);
-                if seq < keep_from || old {
-                    doomed.push(seq);
-                } else {
-                    break;
-                }
-            }
-            for seq in &doomed {
-                table.remove(seq).map_err(db_err)?;
-            }
-            doomed.len()
+        let mut tx = self.write()?;
+        let Some(last) = tx.seq_last(AUDIT)? else {
+            return Ok(0);
         };
+        let keep_from = last.saturating_sub(keep.saturating_sub(1));
+        let mut doomed = Vec::new();
+        for (seq, v) in tx.seq_range(AUDIT, 0, batch)? {
+            let old = serde_json::from_slice::<AuditRecord>(&v)
+                .map(|r| r.time_ms < before_ms)
+                .unwrap_or(false);
+            if seq < keep_from || old {
+                doomed.push(seq);
+            } else {
+                break;
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        for seq in &doomed {
+            tx.seq_remove(AUDIT, *seq)?;
+        }
         self.commit(tx)?;
-        Ok(removed)
+        Ok(doomed.len())
     }
 
     pub fn audit_since(&self, since_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(AUDIT).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: AuditRecord = decode("audit", &k.value().to_string(), v.value())?;
-            if rec.time_ms >= since_ms {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+        self.audit_page(since_ms, 0, usize::MAX)
     }
 }
 
 /// Appends one entry inside a caller's transaction, so an action and its audit entry
 /// commit together.
 pub(super) fn append_in(
-    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    tx: &mut dyn WriteTx,
     time_ms: i64,
     actor: &str,
     action: &str,
     target: &str,
     detail: &str,
 ) -> Result<AuditRecord, StoreError> {
-    let seq = table
-        .last()
-        .map_err(db_err)?
-        .map(|(k, _)| k.value() + 1)
-        .unwrap_or(1);
+    let seq = tx.seq_last(AUDIT)?.map(|k| k + 1).unwrap_or(1);
     let record = AuditRecord {
         seq,
         time_ms,
@@ -135,8 +121,6 @@ pub(super) fn append_in(
         target: target.to_owned(),
         detail: detail.to_owned(),
     };
-    table
-        .insert(seq, encode(&record).as_slice())
-        .map_err(db_err)?;
+    tx.seq_insert(AUDIT, seq, &encode(&record))?;
     Ok(record)
 }

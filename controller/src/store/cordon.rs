@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::tables::CORDONED;
+use super::kv::CORDONED;
 use super::{Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

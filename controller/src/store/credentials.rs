@@ -1,13 +1,14 @@
 //! What decides who may connect: join tokens (spent atomically) and certificate
 //! revocations.
 
-use redb::ReadableTable;
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_in;
 use super::hosts::HostRecord;
-use super::tables::{AUDIT, HOSTS, REVOKED, TOKENS};
-use super::{db_err, decode, encode, Store, StoreError};
+use super::kv::{WriteTx, ALL, HOSTS, REVOKED, TOKENS};
+use super::{decode, encode, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TokenRecord {
@@ -48,16 +49,10 @@ impl Store {
     /// Records one revocation (an admin certificate, or any serial by hand); returns
     /// whether it is new.
     pub fn revoke(&self, rec: &RevokedRecord) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let created = {
-            let mut table = tx.open_table(REVOKED).map_err(db_err)?;
-            let old = table
-                .insert(rec.serial.as_str(), encode(rec).as_slice())
-                .map_err(db_err)?;
-            old.is_none()
-        };
+        let mut tx = self.write()?;
+        let existed = tx.insert(REVOKED, &rec.serial, &encode(rec))?;
         self.commit(tx)?;
-        Ok(created)
+        Ok(!existed)
     }
 
     pub fn revoked(&self) -> Result<Vec<RevokedRecord>, StoreError> {
@@ -87,38 +82,29 @@ impl Store {
         token_id: &str,
         now: i64,
     ) -> Result<Option<(TokenRecord, bool)>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let found = {
-            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
-            let hit = {
-                let mut rows = table.range(token_id..).map_err(db_err)?;
-                match rows.next() {
-                    Some(row) => {
-                        let (k, v) = row.map_err(db_err)?;
-                        let key = k.value().to_owned();
-                        let t: TokenRecord = decode("tokens", &key, v.value())?;
-                        (key.starts_with(token_id) && t.token_id == token_id).then_some((key, t))
-                    }
-                    None => None,
-                }
-            };
-            match hit {
-                Some((key, mut t)) if t.revoked_at == 0 => {
-                    t.revoked_at = now;
-                    table
-                        .insert(key.as_str(), encode(&t).as_slice())
-                        .map_err(db_err)?;
-                    Some((t, true))
-                }
-                Some((_, t)) => Some((t, false)),
-                None => None,
+        let mut tx = self.write()?;
+        let first = tx.range(
+            TOKENS,
+            (Bound::Included(token_id), Bound::Unbounded),
+            Some(1),
+        )?;
+        let hit = match first.into_iter().next() {
+            Some((key, v)) => {
+                let t: TokenRecord = decode(TOKENS.name, &key, &v)?;
+                (key.starts_with(token_id) && t.token_id == token_id).then_some((key, t))
             }
+            None => None,
         };
-        match &found {
-            Some((_, true)) => self.commit(tx)?,
-            _ => tx.abort().map_err(db_err)?,
+        match hit {
+            Some((key, mut t)) if t.revoked_at == 0 => {
+                t.revoked_at = now;
+                tx.insert(TOKENS, &key, &encode(&t))?;
+                self.commit(tx)?;
+                Ok(Some((t, true)))
+            }
+            Some((_, t)) => Ok(Some((t, false))),
+            None => Ok(None),
         }
-        Ok(found)
     }
 
     /// A join in one transaction: spends one use of the token (if `decide`, seeing the
@@ -131,44 +117,26 @@ impl Store {
         host: &HostRecord,
         audit: &JoinAudit<'_>,
     ) -> Result<Result<TokenRecord, E>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let outcome = {
-            let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
-            let mut hosts = tx.open_table(HOSTS).map_err(db_err)?;
-            let current: Option<TokenRecord> = {
-                let got = tokens.get(hash).map_err(db_err)?;
-                got.map(|v| decode("tokens", hash, v.value())).transpose()?
-            };
-            let enrolled = hosts.get(host.name.as_str()).map_err(db_err)?.is_some();
-            match decide(current.as_ref(), enrolled) {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let mut token = current.expect("decide allowed a missing token");
-                    token.uses_left = token.uses_left.saturating_sub(1);
-                    tokens
-                        .insert(hash, encode(&token).as_slice())
-                        .map_err(db_err)?;
-                    hosts
-                        .insert(host.name.as_str(), encode(host).as_slice())
-                        .map_err(db_err)?;
-                    let mut log = tx.open_table(AUDIT).map_err(db_err)?;
-                    append_in(
-                        &mut log,
-                        audit.time_ms,
-                        &format!("token:{}", token.token_id),
-                        "host.join",
-                        &host.name,
-                        audit.detail,
-                    )?;
-                    Ok(token)
-                }
-            }
-        };
-        match &outcome {
-            Ok(_) => self.commit(tx)?,
-            Err(_) => tx.abort().map_err(db_err)?,
+        let mut tx = self.write()?;
+        let current = token_in(&*tx, hash)?;
+        let enrolled = tx.get(HOSTS, &host.name)?.is_some();
+        if let Err(e) = decide(current.as_ref(), enrolled) {
+            return Ok(Err(e));
         }
-        Ok(outcome)
+        let mut token = current.expect("decide allowed a missing token");
+        token.uses_left = token.uses_left.saturating_sub(1);
+        tx.insert(TOKENS, hash, &encode(&token))?;
+        tx.insert(HOSTS, &host.name, &encode(host))?;
+        append_in(
+            &mut *tx,
+            audit.time_ms,
+            &format!("token:{}", token.token_id),
+            "host.join",
+            &host.name,
+            audit.detail,
+        )?;
+        self.commit(tx)?;
+        Ok(Ok(token))
     }
 
     /// Spends one use of a token atomically. `decide` sees the current record (or `None`)
@@ -178,54 +146,45 @@ impl Store {
         hash: &str,
         decide: impl FnOnce(Option<&TokenRecord>) -> Result<(), E>,
     ) -> Result<Result<TokenRecord, E>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let outcome = {
-            let mut table = tx.open_table(TOKENS).map_err(db_err)?;
-            let current: Option<TokenRecord> = {
-                let got = table.get(hash).map_err(db_err)?;
-                got.map(|v| decode("tokens", hash, v.value())).transpose()?
-            };
-            match decide(current.as_ref()) {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let mut token = current.expect("decide allowed a missing token");
-                    token.uses_left = token.uses_left.saturating_sub(1);
-                    table
-                        .insert(hash, encode(&token).as_slice())
-                        .map_err(db_err)?;
-                    Ok(token)
-                }
-            }
-        };
-        match &outcome {
-            Ok(_) => self.commit(tx)?,
-            Err(_) => tx.abort().map_err(db_err)?,
+        let mut tx = self.write()?;
+        let current = token_in(&*tx, hash)?;
+        if let Err(e) = decide(current.as_ref()) {
+            return Ok(Err(e));
         }
-        Ok(outcome)
+        let mut token = current.expect("decide allowed a missing token");
+        token.uses_left = token.uses_left.saturating_sub(1);
+        tx.insert(TOKENS, hash, &encode(&token))?;
+        self.commit(tx)?;
+        Ok(Ok(token))
     }
 
     /// Drops tokens expired before `before` and revocations of certificates that expired
     /// before it: both are dead weight after that.
     pub fn prune(&self, before: i64) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
-            tokens
-                .retain(|_, v| {
-                    serde_json::from_slice::<TokenRecord>(v)
-                        .map(|t| t.expires_at >= before)
-                        .unwrap_or(true)
-                })
-                .map_err(db_err)?;
-            let mut revoked = tx.open_table(REVOKED).map_err(db_err)?;
-            revoked
-                .retain(|_, v| {
-                    serde_json::from_slice::<RevokedRecord>(v)
-                        .map(|r| r.not_after >= before)
-                        .unwrap_or(true)
-                })
-                .map_err(db_err)?;
+        let mut tx = self.write()?;
+        let mut dead = Vec::new();
+        for (k, v) in tx.range(TOKENS, ALL, None)? {
+            if serde_json::from_slice::<TokenRecord>(&v).is_ok_and(|t| t.expires_at < before) {
+                dead.push((TOKENS, k));
+            }
+        }
+        for (k, v) in tx.range(REVOKED, ALL, None)? {
+            if serde_json::from_slice::<RevokedRecord>(&v).is_ok_and(|r| r.not_after < before) {
+                dead.push((REVOKED, k));
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        for (t, k) in &dead {
+            tx.remove(*t, k)?;
         }
         self.commit(tx)
     }
+}
+
+fn token_in(tx: &dyn WriteTx, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+    tx.get(TOKENS, hash)?
+        .map(|v| decode(TOKENS.name, hash, &v))
+        .transpose()
 }

@@ -1,12 +1,13 @@
 //! Enrolled hosts: one record each, and their removal, which revokes every certificate
 //! the host holds and forgets the releases it was owed.
 
-use redb::{ReadableDatabase, ReadableTable};
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 
 use super::credentials::RevokedRecord;
-use super::tables::{host_range, CORDONED, DESIRED, HOSTS, REMOVALS, REVOKED, STOPPED};
-use super::{db_err, decode, encode, Store, StoreError};
+use super::kv::{host_range, span, ALL, CORDONED, DESIRED, HOSTS, REMOVALS, REVOKED, STOPPED};
+use super::{decode, encode, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HostRecord {
@@ -50,43 +51,26 @@ impl Store {
 
     /// At most `limit` hosts whose names sort after `after` (all when empty), in order.
     pub fn hosts_page(&self, after: &str, limit: usize) -> Result<Vec<HostRecord>, StoreError> {
-        use std::ops::Bound;
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(HOSTS).map_err(db_err)?;
         let lower = if after.is_empty() {
             Bound::Unbounded
         } else {
             Bound::Excluded(after)
         };
-        let mut out = Vec::new();
-        for row in table
-            .range::<&str>((lower, Bound::Unbounded))
-            .map_err(db_err)?
-            .take(limit)
-        {
-            let (k, v) = row.map_err(db_err)?;
-            out.push(decode("hosts", k.value(), v.value())?);
-        }
-        Ok(out)
+        self.read()?
+            .range(HOSTS, (lower, Bound::Unbounded), Some(limit))?
+            .into_iter()
+            .map(|(k, v)| decode(HOSTS.name, &k, &v))
+            .collect()
     }
 
     /// Every enrolled host's name, in order, without decoding the records.
     pub fn host_names(&self) -> Result<Vec<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(HOSTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            out.push(row.map_err(db_err)?.0.value().to_owned());
-        }
-        Ok(out)
+        self.read()?.keys(HOSTS, ALL)
     }
 
     /// How many hosts are enrolled, without reading them.
     pub fn host_count(&self) -> Result<usize, StoreError> {
-        use redb::ReadableTableMetadata;
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(HOSTS).map_err(db_err)?;
-        Ok(table.len().map_err(db_err)? as usize)
+        Ok(self.read()?.count(HOSTS)? as usize)
     }
 
     pub fn host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
@@ -103,26 +87,18 @@ impl Store {
         name: &str,
         change: impl FnOnce(&mut HostRecord) -> R,
     ) -> Result<Option<R>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let result = {
-            let mut table = tx.open_table(HOSTS).map_err(db_err)?;
-            let current: Option<HostRecord> = {
-                let got = table.get(name).map_err(db_err)?;
-                got.map(|v| decode("hosts", name, v.value())).transpose()?
-            };
-            match current {
-                None => None,
-                Some(mut host) => {
-                    let r = change(&mut host);
-                    table
-                        .insert(name, encode(&host).as_slice())
-                        .map_err(db_err)?;
-                    Some(r)
-                }
-            }
+        let mut tx = self.write()?;
+        let current: Option<HostRecord> = tx
+            .get(HOSTS, name)?
+            .map(|v| decode(HOSTS.name, name, &v))
+            .transpose()?;
+        let Some(mut host) = current else {
+            return Ok(None);
         };
+        let r = change(&mut host);
+        tx.insert(HOSTS, name, &encode(&host))?;
         self.commit(tx)?;
-        Ok(result)
+        Ok(Some(r))
     }
 
     /// Raises `last_seen_ms` of each named host that still exists, in one transaction;
@@ -131,22 +107,17 @@ impl Store {
         &self,
         seen: &std::collections::HashMap<String, i64>,
     ) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut tx = self.write()?;
         let mut changed = 0;
-        {
-            let mut table = tx.open_table(HOSTS).map_err(db_err)?;
-            for (name, at) in seen {
-                let current: Option<HostRecord> = {
-                    let got = table.get(name.as_str()).map_err(db_err)?;
-                    got.map(|v| decode("hosts", name, v.value())).transpose()?
-                };
-                if let Some(mut host) = current.filter(|h| h.last_seen_ms < *at) {
-                    host.last_seen_ms = *at;
-                    table
-                        .insert(name.as_str(), encode(&host).as_slice())
-                        .map_err(db_err)?;
-                    changed += 1;
-                }
+        for (name, at) in seen {
+            let current: Option<HostRecord> = tx
+                .get(HOSTS, name)?
+                .map(|v| decode(HOSTS.name, name, &v))
+                .transpose()?;
+            if let Some(mut host) = current.filter(|h| h.last_seen_ms < *at) {
+                host.last_seen_ms = *at;
+                tx.insert(HOSTS, name, &encode(&host))?;
+                changed += 1;
             }
         }
         self.commit(tx)?;
@@ -161,48 +132,32 @@ impl Store {
         identity: &str,
         now: i64,
     ) -> Result<Option<Vec<RevokedRecord>>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let revoked = {
-            let mut hosts = tx.open_table(HOSTS).map_err(db_err)?;
-            let host: Option<HostRecord> = {
-                let got = hosts.remove(name).map_err(db_err)?;
-                got.map(|v| decode("hosts", name, v.value())).transpose()?
-            };
-            match host {
-                None => None,
-                Some(host) => {
-                    let mut table = tx.open_table(REVOKED).map_err(db_err)?;
-                    let mut out = Vec::new();
-                    for s in host.serials {
-                        let rec = RevokedRecord {
-                            serial: s.serial,
-                            identity: identity.to_owned(),
-                            revoked_at: now,
-                            not_after: s.not_after,
-                        };
-                        table
-                            .insert(rec.serial.as_str(), encode(&rec).as_slice())
-                            .map_err(db_err)?;
-                        out.push(rec);
-                    }
-                    // A rejoining host starts fresh: no release is owed to a removed one.
-                    let mut desired = tx.open_table(DESIRED).map_err(db_err)?;
-                    let (from, to) = host_range(name);
-                    desired
-                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
-                        .map_err(db_err)?;
-                    for def in [STOPPED, REMOVALS] {
-                        let mut t = tx.open_table(def).map_err(db_err)?;
-                        t.retain_in(from.as_str()..to.as_str(), |_, _| false)
-                            .map_err(db_err)?;
-                    }
-                    let mut cordoned = tx.open_table(CORDONED).map_err(db_err)?;
-                    cordoned.remove(name).map_err(db_err)?;
-                    Some(out)
-                }
-            }
+        let mut tx = self.write()?;
+        let host: Option<HostRecord> = tx
+            .remove(HOSTS, name)?
+            .map(|v| decode(HOSTS.name, name, &v))
+            .transpose()?;
+        let Some(host) = host else {
+            return Ok(None);
         };
+        let mut out = Vec::new();
+        for s in host.serials {
+            let rec = RevokedRecord {
+                serial: s.serial,
+                identity: identity.to_owned(),
+                revoked_at: now,
+                not_after: s.not_after,
+            };
+            tx.insert(REVOKED, &rec.serial, &encode(&rec))?;
+            out.push(rec);
+        }
+        // A rejoining host starts fresh: no release is owed to a removed one.
+        let range = host_range(name);
+        for t in [DESIRED, STOPPED, REMOVALS] {
+            tx.remove_span(t, span(&range))?;
+        }
+        tx.remove(CORDONED, name)?;
         self.commit(tx)?;
-        Ok(revoked)
+        Ok(Some(out))
     }
 }

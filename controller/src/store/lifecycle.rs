@@ -5,14 +5,14 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::releases::ReleaseRecord;
-use super::tables::{
-    host_range, JsonTable, APPS, DESIRED, RELEASES, REMOVALS, SECRETS, SECRET_META, STOPPED,
+use super::kv::{
+    host_range, prefixed, span, Tbl, ALL, APPS, DESIRED, RELEASES, REMOVALS, SECRETS, SECRET_META,
+    STOPPED,
 };
-use super::{db_err, decode, encode, Store, StoreError};
+use super::releases::ReleaseRecord;
+use super::{decode, encode, Store, StoreError};
 
 /// Who asked, and when (Unix seconds).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,20 +40,15 @@ impl Store {
         hosts: &[String],
         rec: Option<&LifecycleRecord>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(STOPPED).map_err(db_err)?;
-            for host in hosts {
-                let k = key(host, app);
-                match rec {
-                    Some(r) => {
-                        table
-                            .insert(k.as_str(), encode(r).as_slice())
-                            .map_err(db_err)?;
-                    }
-                    None => {
-                        table.remove(k.as_str()).map_err(db_err)?;
-                    }
+        let mut tx = self.write()?;
+        for host in hosts {
+            let k = key(host, app);
+            match rec {
+                Some(r) => {
+                    tx.insert(STOPPED, &k, &encode(r))?;
+                }
+                None => {
+                    tx.remove(STOPPED, &k)?;
                 }
             }
         }
@@ -62,12 +57,7 @@ impl Store {
 
     /// Whether an operator stopped `app` on `host`.
     pub fn is_stopped(&self, app: &str, host: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(STOPPED).map_err(db_err)?;
-        Ok(table
-            .get(key(host, app).as_str())
-            .map_err(db_err)?
-            .is_some())
+        Ok(self.read()?.get(STOPPED, &key(host, app))?.is_some())
     }
 
     /// The hosts `app` is stopped on.
@@ -87,17 +77,13 @@ impl Store {
 
     /// The apps `host` still has to remove.
     pub fn removals_on(&self, host: &str) -> Result<Vec<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(REMOVALS).map_err(db_err)?;
-        let (from, to) = host_range(host);
-        let mut out = Vec::new();
-        for row in table.range(from.as_str()..to.as_str()).map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            if let Some((_, app)) = k.value().split_once('/') {
-                out.push(app.to_owned());
-            }
-        }
-        Ok(out)
+        let range = host_range(host);
+        Ok(self
+            .read()?
+            .keys(REMOVALS, span(&range))?
+            .into_iter()
+            .filter_map(|k| k.split_once('/').map(|(_, app)| app.to_owned()))
+            .collect())
     }
 
     /// `host` confirmed that `app` is gone from it.
@@ -115,81 +101,46 @@ impl Store {
         hosts: &BTreeSet<String>,
         rec: &LifecycleRecord,
     ) -> Result<Option<RemovedApp>, StoreError> {
-        let prefix = format!("{app}/");
         let suffix = format!("/{app}");
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let removed = {
-            let mut apps = tx.open_table(APPS).map_err(db_err)?;
-            let existed = apps.remove(app).map_err(db_err)?.is_some();
-            if existed {
-                let mut releases = Vec::new();
-                let mut table = tx.open_table(RELEASES).map_err(db_err)?;
-                for row in table.range(prefix.as_str()..).map_err(db_err)? {
-                    let (k, v) = row.map_err(db_err)?;
-                    if !k.value().starts_with(&prefix) {
-                        break;
-                    }
-                    releases.push(decode("releases", k.value(), v.value())?);
+        let mut tx = self.write()?;
+        if tx.remove(APPS, app)?.is_none() {
+            return Ok(None);
+        }
+        let own = prefixed(&format!("{app}/"));
+        let releases = tx
+            .range(RELEASES, span(&own), None)?
+            .into_iter()
+            .map(|(k, v)| decode(RELEASES.name, &k, &v))
+            .collect::<Result<Vec<ReleaseRecord>, _>>()?;
+        for t in [RELEASES, SECRETS, SECRET_META] {
+            tx.remove_span(t, span(&own))?;
+        }
+        let mut owing = hosts.clone();
+        for t in [DESIRED, STOPPED] {
+            for k in tx.keys(t, ALL)? {
+                if let Some(host) = k.strip_suffix(&suffix) {
+                    owing.insert(host.to_owned());
+                    tx.remove(t, &k)?;
                 }
-                table
-                    .retain(|k, _| !k.starts_with(&prefix))
-                    .map_err(db_err)?;
-                let mut secrets = tx.open_table(SECRETS).map_err(db_err)?;
-                secrets
-                    .retain(|k, _| !k.starts_with(&prefix))
-                    .map_err(db_err)?;
-                let mut metas = tx.open_table(SECRET_META).map_err(db_err)?;
-                metas
-                    .retain(|k, _| !k.starts_with(&prefix))
-                    .map_err(db_err)?;
-                let mut owing = hosts.clone();
-                for def in [DESIRED, STOPPED] {
-                    let mut t = tx.open_table(def).map_err(db_err)?;
-                    t.retain(|k, _| match k.strip_suffix(&suffix) {
-                        Some(host) => {
-                            owing.insert(host.to_owned());
-                            false
-                        }
-                        None => true,
-                    })
-                    .map_err(db_err)?;
-                }
-                let mut owed = tx.open_table(REMOVALS).map_err(db_err)?;
-                for host in &owing {
-                    owed.insert(key(host, app).as_str(), encode(rec).as_slice())
-                        .map_err(db_err)?;
-                }
-                Some(RemovedApp {
-                    releases,
-                    hosts: owing,
-                })
-            } else {
-                None
-            }
-        };
-        match removed {
-            Some(r) => {
-                self.commit(tx)?;
-                Ok(Some(r))
-            }
-            None => {
-                tx.abort().map_err(db_err)?;
-                Ok(None)
             }
         }
+        for host in &owing {
+            tx.insert(REMOVALS, &key(host, app), &encode(rec))?;
+        }
+        self.commit(tx)?;
+        Ok(Some(RemovedApp {
+            releases,
+            hosts: owing,
+        }))
     }
 
-    fn hosts_of(&self, def: JsonTable, app: &str) -> Result<BTreeSet<String>, StoreError> {
+    fn hosts_of(&self, t: Tbl, app: &str) -> Result<BTreeSet<String>, StoreError> {
         let suffix = format!("/{app}");
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(def).map_err(db_err)?;
-        let mut out = BTreeSet::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            if let Some(host) = k.value().strip_suffix(&suffix) {
-                out.insert(host.to_owned());
-            }
-        }
-        Ok(out)
+        Ok(self
+            .read()?
+            .keys(t, ALL)?
+            .into_iter()
+            .filter_map(|k| k.strip_suffix(&suffix).map(str::to_owned))
+            .collect())
     }
 }

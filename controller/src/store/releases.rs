@@ -1,10 +1,9 @@
 //! Release and fleet-agent package records (their bytes are blobs), never overwritten.
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::tables::{AGENT_PACKAGES, RELEASES};
-use super::{db_err, decode, encode, Store, StoreError};
+use super::kv::{prefixed, span, AGENT_PACKAGES, ALL, RELEASES};
+use super::{decode, encode, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReleaseRecord {
@@ -33,17 +32,13 @@ impl Store {
 
     /// Releases of `app`, oldest upload first.
     pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>, StoreError> {
-        let prefix = format!("{app}/");
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(RELEASES).map_err(db_err)?;
-        let mut out: Vec<ReleaseRecord> = Vec::new();
-        for row in table.range(prefix.as_str()..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            out.push(decode("releases", k.value(), v.value())?);
-        }
+        let own = prefixed(&format!("{app}/"));
+        let mut out = self
+            .read()?
+            .range(RELEASES, span(&own), None)?
+            .into_iter()
+            .map(|(k, v)| decode(RELEASES.name, &k, &v))
+            .collect::<Result<Vec<ReleaseRecord>, _>>()?;
         out.sort_by_key(|r| r.uploaded_at);
         Ok(out)
     }
@@ -56,18 +51,13 @@ impl Store {
         version: &str,
     ) -> Result<Option<ReleaseRecord>, StoreError> {
         let key = format!("{app}/{version}");
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let removed = {
-            let mut table = tx.open_table(RELEASES).map_err(db_err)?;
-            let old = table.remove(key.as_str()).map_err(db_err)?;
-            old.map(|v| decode("releases", &key, v.value()))
-                .transpose()?
+        let mut tx = self.write()?;
+        let Some(old) = tx.remove(RELEASES, &key)? else {
+            return Ok(None);
         };
-        match removed {
-            Some(_) => self.commit(tx)?,
-            None => tx.abort().map_err(db_err)?,
-        }
-        Ok(removed)
+        let removed = decode(RELEASES.name, &key, &old)?;
+        self.commit(tx)?;
+        Ok(Some(removed))
     }
 
     /// Whether any release (of any app) or agent package still refers to this blob.
@@ -75,11 +65,8 @@ impl Store {
         if self.agent_packages()?.iter().any(|p| p.sha256 == sha256) {
             return Ok(true);
         }
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(RELEASES).map_err(db_err)?;
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let r: ReleaseRecord = decode("releases", k.value(), v.value())?;
+        for (k, v) in self.read()?.range(RELEASES, ALL, None)? {
+            let r: ReleaseRecord = decode(RELEASES.name, &k, &v)?;
             if r.sha256 == sha256 {
                 return Ok(true);
             }
@@ -93,23 +80,13 @@ impl Store {
         rec: &ReleaseRecord,
     ) -> Result<Option<ReleaseRecord>, StoreError> {
         let key = format!("{}/{}", rec.app, rec.version);
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let existing = {
-            let mut table = tx.open_table(RELEASES).map_err(db_err)?;
-            let existing: Option<ReleaseRecord> = {
-                let got = table.get(key.as_str()).map_err(db_err)?;
-                got.map(|v| decode("releases", &key, v.value()))
-                    .transpose()?
-            };
-            if existing.is_none() {
-                table
-                    .insert(key.as_str(), encode(rec).as_slice())
-                    .map_err(db_err)?;
-            }
-            existing
-        };
+        let mut tx = self.write()?;
+        if let Some(v) = tx.get(RELEASES, &key)? {
+            return Ok(Some(decode(RELEASES.name, &key, &v)?));
+        }
+        tx.insert(RELEASES, &key, &encode(rec))?;
         self.commit(tx)?;
-        Ok(existing)
+        Ok(None)
     }
 
     pub fn agent_package(&self, version: &str) -> Result<Option<AgentPackageRecord>, StoreError> {
@@ -126,22 +103,12 @@ impl Store {
         &self,
         rec: &AgentPackageRecord,
     ) -> Result<Option<AgentPackageRecord>, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let existing = {
-            let mut table = tx.open_table(AGENT_PACKAGES).map_err(db_err)?;
-            let existing: Option<AgentPackageRecord> = {
-                let got = table.get(rec.version.as_str()).map_err(db_err)?;
-                got.map(|v| decode("agent_packages", &rec.version, v.value()))
-                    .transpose()?
-            };
-            if existing.is_none() {
-                table
-                    .insert(rec.version.as_str(), encode(rec).as_slice())
-                    .map_err(db_err)?;
-            }
-            existing
-        };
+        let mut tx = self.write()?;
+        if let Some(v) = tx.get(AGENT_PACKAGES, &rec.version)? {
+            return Ok(Some(decode(AGENT_PACKAGES.name, &rec.version, &v)?));
+        }
+        tx.insert(AGENT_PACKAGES, &rec.version, &encode(rec))?;
         self.commit(tx)?;
-        Ok(existing)
+        Ok(None)
     }
 }

@@ -1,11 +1,10 @@
 //! Rollout records and the release each host should run (shapes owned by `rollout` and
 //! `converge`; stored here as JSON).
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::tables::{host_range, DESIRED, ROLLOUTS};
-use super::{db_err, decode, encode, Store, StoreError};
+use super::kv::{host_range, span, ALL, DESIRED, ROLLOUTS};
+use super::{decode, encode, Store, StoreError};
 
 impl Store {
     /// Writes a rollout record under `id`, replacing the previous step's.
@@ -44,20 +43,15 @@ impl Store {
         app: &str,
         values: impl IntoIterator<Item = (&'a str, Option<&'a T>)>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(DESIRED).map_err(db_err)?;
-            for (host, value) in values {
-                let key = format!("{host}/{app}");
-                match value {
-                    Some(v) => {
-                        table
-                            .insert(key.as_str(), encode(v).as_slice())
-                            .map_err(db_err)?;
-                    }
-                    None => {
-                        table.remove(key.as_str()).map_err(db_err)?;
-                    }
+        let mut tx = self.write()?;
+        for (host, value) in values {
+            let key = format!("{host}/{app}");
+            match value {
+                Some(v) => {
+                    tx.insert(DESIRED, &key, &encode(v))?;
+                }
+                None => {
+                    tx.remove(DESIRED, &key)?;
                 }
             }
         }
@@ -69,14 +63,11 @@ impl Store {
         &self,
         host: &str,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(DESIRED).map_err(db_err)?;
-        let (from, to) = host_range(host);
+        let range = host_range(host);
         let mut out = Vec::new();
-        for row in table.range(from.as_str()..to.as_str()).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            if let Some((_, app)) = k.value().split_once('/') {
-                out.push((app.to_owned(), decode("desired", k.value(), v.value())?));
+        for (k, v) in self.read()?.range(DESIRED, span(&range), None)? {
+            if let Some((_, app)) = k.split_once('/') {
+                out.push((app.to_owned(), decode(DESIRED.name, &k, &v)?));
             }
         }
         Ok(out)
@@ -93,13 +84,10 @@ impl Store {
         struct Version {
             version: String,
         }
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(DESIRED).map_err(db_err)?;
         let mut out = std::collections::BTreeMap::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            if k.value().split_once('/').map(|(_, a)| a) == Some(app) {
-                let d: Version = decode("desired", k.value(), v.value())?;
+        for (k, v) in self.read()?.range(DESIRED, ALL, None)? {
+            if k.split_once('/').map(|(_, a)| a) == Some(app) {
+                let d: Version = decode(DESIRED.name, &k, &v)?;
                 *out.entry(d.version).or_insert(0) += 1;
             }
         }

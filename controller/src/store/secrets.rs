@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::tables::{SECRETS, SECRET_META};
-use super::{db_err, decode, encode, Store, StoreError};
+use super::kv::{prefixed, span, ALL, SECRETS, SECRET_META};
+use super::{decode, encode, text, Store, StoreError};
 
 /// When and by whom a secret was last set; never its value.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,66 +26,49 @@ impl Store {
         meta: Option<&SecretMeta>,
     ) -> Result<bool, StoreError> {
         let k = format!("{app}/{key}");
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let created = {
-            let mut table = tx.open_table(SECRETS).map_err(db_err)?;
-            let old = table.insert(k.as_str(), value).map_err(db_err)?;
-            if let Some(meta) = meta {
-                let mut metas = tx.open_table(SECRET_META).map_err(db_err)?;
-                metas
-                    .insert(k.as_str(), encode(meta).as_slice())
-                    .map_err(db_err)?;
-            }
-            old.is_none()
-        };
+        let mut tx = self.write()?;
+        let existed = tx.insert(SECRETS, &k, value.as_bytes())?;
+        if let Some(meta) = meta {
+            tx.insert(SECRET_META, &k, &encode(meta))?;
+        }
         self.commit(tx)?;
-        Ok(created)
+        Ok(!existed)
     }
 
     /// Removes a secret and its record; returns whether it existed (nothing is written
     /// when it did not).
     pub fn unset_secret(&self, app: &str, key: &str) -> Result<bool, StoreError> {
         let k = format!("{app}/{key}");
-        let tx = self.db.begin_write().map_err(db_err)?;
-        let existed = {
-            let mut table = tx.open_table(SECRETS).map_err(db_err)?;
-            let existed = table.remove(k.as_str()).map_err(db_err)?.is_some();
-            let mut metas = tx.open_table(SECRET_META).map_err(db_err)?;
-            metas.remove(k.as_str()).map_err(db_err)?;
-            existed
-        };
-        if existed {
-            self.commit(tx)?;
-        } else {
-            tx.abort().map_err(db_err)?;
+        let mut tx = self.write()?;
+        if tx.remove(SECRETS, &k)?.is_none() {
+            return Ok(false);
         }
-        Ok(existed)
+        tx.remove(SECRET_META, &k)?;
+        self.commit(tx)?;
+        Ok(true)
     }
 
     /// Every stored secret as ("app/KEY", stored value): for sealing old plaintext ones.
     pub fn all_secrets(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SECRETS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push((k.value().to_owned(), v.value().to_owned()));
-        }
-        Ok(out)
+        self.read()?
+            .range(SECRETS, ALL, None)?
+            .into_iter()
+            .map(|(k, v)| {
+                let value = text(SECRETS, &k, v)?;
+                Ok((k, value))
+            })
+            .collect()
     }
 
     /// All secrets of `app` by name, as stored (sealed).
     pub fn secrets(&self, app: &str) -> Result<BTreeMap<String, String>, StoreError> {
-        let prefix = format!("{app}/");
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SECRETS).map_err(db_err)?;
+        let own = prefixed(&format!("{app}/"));
         let mut out = BTreeMap::new();
-        for row in table.range(prefix.as_str()..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            match k.value().strip_prefix(&prefix) {
-                Some(name) => out.insert(name.to_owned(), v.value().to_owned()),
-                None => break,
-            };
+        for (k, v) in self.read()?.range(SECRETS, span(&own), None)? {
+            let value = text(SECRETS, &k, v)?;
+            if let Some((_, name)) = k.split_once('/') {
+                out.insert(name.to_owned(), value);
+            }
         }
         Ok(out)
     }
@@ -97,22 +79,17 @@ impl Store {
         &self,
         app: &str,
     ) -> Result<BTreeMap<String, Option<SecretMeta>>, StoreError> {
-        let prefix = format!("{app}/");
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SECRETS).map_err(db_err)?;
-        let metas = tx.open_table(SECRET_META).map_err(db_err)?;
+        let own = prefixed(&format!("{app}/"));
+        let tx = self.read()?;
+        let mut metas: BTreeMap<String, SecretMeta> = BTreeMap::new();
+        for (k, v) in tx.range(SECRET_META, span(&own), None)? {
+            metas.insert(k.clone(), decode(SECRET_META.name, &k, &v)?);
+        }
         let mut out = BTreeMap::new();
-        for row in table.range(prefix.as_str()..).map_err(db_err)? {
-            let (k, _) = row.map_err(db_err)?;
-            let key = k.value();
-            let Some(name) = key.strip_prefix(&prefix) else {
-                break;
-            };
-            let meta = match metas.get(key).map_err(db_err)? {
-                Some(v) => Some(decode("secret_meta", key, v.value())?),
-                None => None,
-            };
-            out.insert(name.to_owned(), meta);
+        for k in tx.keys(SECRETS, span(&own))? {
+            if let Some((_, name)) = k.split_once('/') {
+                out.insert(name.to_owned(), metas.remove(&k));
+            }
         }
         Ok(out)
     }

@@ -1,6 +1,17 @@
-//! The store against a real redb file in a temporary directory.
+//! The store's contract: every test in `contract!` runs against a redb file in a
+//! temporary directory and against PostgreSQL (`bed.rs`); the rest are redb's own.
 
 use super::*;
+
+#[path = "bed.rs"]
+mod bed;
+use bed::Bed;
+
+fn every_table_name() -> Vec<String> {
+    let mut names: Vec<String> = kv::EVERY_TABLE.iter().map(|t| t.name.to_owned()).collect();
+    names.sort();
+    names
+}
 
 fn host(name: &str) -> HostRecord {
     HostRecord {
@@ -39,63 +50,410 @@ fn one_use_token(id: &str) -> TokenRecord {
     }
 }
 
-#[test]
-fn desired_releases_are_per_app_and_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    s.set_desired("shop", "host1", Some(&"2.0")).unwrap();
-    s.set_desired("shop", "host10", Some(&"2.1")).unwrap();
-    s.set_desired("api", "host1", Some(&"1.0")).unwrap();
-    assert_eq!(
-        s.desired::<String>("shop", "host1").unwrap().as_deref(),
-        Some("2.0")
-    );
-    let on: Vec<(String, String)> = s.desired_on("host1").unwrap();
-    assert_eq!(
-        on,
-        [("api".into(), "1.0".into()), ("shop".into(), "2.0".into())]
-    );
-    s.set_desired::<String>("shop", "host1", None).unwrap();
-    assert_eq!(s.desired::<String>("shop", "host1").unwrap(), None);
-    assert_eq!(s.desired_on::<String>("host10").unwrap().len(), 1);
+/// Each `fn name(s, bed) { … }` becomes `on_redb::name` and `on_postgres::name`, with `s` a
+/// new, empty store and `bed` what made it (`bed.reopen()` opens it again).
+macro_rules! contract {
+    ($(fn $name:ident($s:ident, $bed:ident) $body:block)*) => {
+        mod on_redb {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let $bed = Bed::redb();
+                    let $s = $bed.create();
+                    let _ = &$bed;
+                    $body
+                }
+            )*
+        }
+        mod on_postgres {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let Some($bed) = Bed::postgres() else { return };
+                    let $s = $bed.create();
+                    let _ = &$bed;
+                    $body
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn audit_is_pruned_by_age_and_count_in_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    for t in 0..50 {
-        s.append_audit(t * 1000, "me", "x", "t", "").unwrap();
+contract! {
+    fn desired_releases_are_per_app_and_host(s, bed) {
+        s.set_desired("shop", "host1", Some(&"2.0")).unwrap();
+        s.set_desired("shop", "host10", Some(&"2.1")).unwrap();
+        s.set_desired("api", "host1", Some(&"1.0")).unwrap();
+        assert_eq!(
+            s.desired::<String>("shop", "host1").unwrap().as_deref(),
+            Some("2.0")
+        );
+        let on: Vec<(String, String)> = s.desired_on("host1").unwrap();
+        assert_eq!(
+            on,
+            [("api".into(), "1.0".into()), ("shop".into(), "2.0".into())]
+        );
+        s.set_desired::<String>("shop", "host1", None).unwrap();
+        assert_eq!(s.desired::<String>("shop", "host1").unwrap(), None);
+        assert_eq!(s.desired_on::<String>("host10").unwrap().len(), 1);
     }
-    // Older than t=10s: 10 entries, taken 4 at a time.
-    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
-    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
-    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 2);
-    assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 0);
-    // At most 30 kept: the oldest go.
-    while s.prune_audit(0, 30, 7).unwrap() > 0 {}
-    let left = s.audit_page(0, 0, 1000).unwrap();
-    assert_eq!(left.len(), 30);
-    assert_eq!(left[0].seq, 21);
-    // Sequence numbers keep growing after pruning.
-    assert_eq!(s.append_audit(99, "me", "x", "t", "").unwrap().seq, 51);
-    let page = s.audit_page(0, 40, 3).unwrap();
-    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [41, 42, 43]);
-}
 
-#[test]
-fn state_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.redb");
-    {
-        let s = Store::create(&path).unwrap();
+    fn audit_is_pruned_by_age_and_count_in_batches(s, bed) {
+        for t in 0..50 {
+            s.append_audit(t * 1000, "me", "x", "t", "").unwrap();
+        }
+        // Older than t=10s: 10 entries, taken 4 at a time.
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 4);
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 2);
+        assert_eq!(s.prune_audit(10_000, 1000, 4).unwrap(), 0);
+        // At most 30 kept: the oldest go.
+        while s.prune_audit(0, 30, 7).unwrap() > 0 {}
+        let left = s.audit_page(0, 0, 1000).unwrap();
+        assert_eq!(left.len(), 30);
+        assert_eq!(left[0].seq, 21);
+        // Sequence numbers keep growing after pruning.
+        assert_eq!(s.append_audit(99, "me", "x", "t", "").unwrap().seq, 51);
+        let page = s.audit_page(0, 40, 3).unwrap();
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [41, 42, 43]);
+    }
+
+    fn state_survives_reopen(s, bed) {
         s.put_host(&host("web-1")).unwrap();
         s.append_audit(5, "me", "host.add", "web-1", "").unwrap();
+        drop(s);
+        let s = bed.reopen();
+        assert_eq!(s.hosts().unwrap(), vec![host("web-1")]);
+        assert_eq!(s.audit_since(0).unwrap()[0].seq, 1);
+        assert_eq!(s.append_audit(6, "me", "x", "y", "").unwrap().seq, 2);
     }
-    let s = Store::open(&path).unwrap();
-    assert_eq!(s.hosts().unwrap(), vec![host("web-1")]);
-    assert_eq!(s.audit_since(0).unwrap()[0].seq, 1);
-    assert_eq!(s.append_audit(6, "me", "x", "y", "").unwrap().seq, 2);
+
+    fn remove_host_forgets_the_releases_it_was_owed(s, bed) {
+        s.put_host(&host("web-1")).unwrap();
+        s.put_host(&host("web-10")).unwrap();
+        s.set_desired("shop", "web-1", Some(&"2.0".to_owned()))
+            .unwrap();
+        s.set_desired("shop", "web-10", Some(&"2.0".to_owned()))
+            .unwrap();
+        s.remove_host("web-1", "spiffe://x/agent/web-1", 7).unwrap();
+        assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
+        assert_eq!(
+            s.desired::<String>("shop", "web-10").unwrap().as_deref(),
+            Some("2.0")
+        );
+    }
+
+    fn remove_host_revokes_its_serials_atomically(s, bed) {
+        s.put_host(&host("web-1")).unwrap();
+        let revoked = s
+            .remove_host("web-1", "spiffe://x/agent/web-1", 7)
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert!(s.host("web-1").unwrap().is_none());
+        assert_eq!(s.revoked().unwrap()[0].serial, "ab");
+        assert!(s.remove_host("web-1", "x", 8).unwrap().is_none());
+    }
+
+    fn releases_are_per_app_and_never_overwritten(s, bed) {
+        let rec = |app: &str, v: &str, sha: &str, at| ReleaseRecord {
+            app: app.into(),
+            version: v.into(),
+            sha256: sha.into(),
+            size: 1,
+            uploaded_at: at,
+            uploaded_by: String::new(),
+        };
+        assert!(s
+            .put_release_if_absent(&rec("shop", "1", "aa", 2))
+            .unwrap()
+            .is_none());
+        assert!(s
+            .put_release_if_absent(&rec("shop", "0", "bb", 1))
+            .unwrap()
+            .is_none());
+        assert!(s
+            .put_release_if_absent(&rec("shopx", "1", "cc", 3))
+            .unwrap()
+            .is_none());
+        let existing = s
+            .put_release_if_absent(&rec("shop", "1", "dd", 4))
+            .unwrap()
+            .unwrap();
+        assert_eq!(existing.sha256, "aa");
+        let versions: Vec<String> = s
+            .releases("shop")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(versions, ["0", "1"]);
+        assert!(s.blob_in_use("cc").unwrap());
+        assert!(!s.blob_in_use("dd").unwrap());
+
+        let commits = s.commits();
+        assert_eq!(s.remove_release("shop", "9").unwrap(), None);
+        assert_eq!(s.commits(), commits, "removing nothing writes nothing");
+        assert_eq!(s.remove_release("shop", "1").unwrap().unwrap().sha256, "aa");
+        assert!(!s.blob_in_use("aa").unwrap());
+        assert!(s.release("shop", "1").unwrap().is_none());
+        assert!(s.release("shopx", "1").unwrap().is_some());
+    }
+
+    fn desired_versions_count_hosts_per_release_of_one_app(s, bed) {
+        let d =
+            |v: &str| serde_json::json!({"version": v, "min_healthy_ms": 0, "healthy_deadline_ms": 0});
+        s.set_desired("shop", "h1", Some(&d("1"))).unwrap();
+        s.set_desired("shop", "h2", Some(&d("2"))).unwrap();
+        s.set_desired("shop", "h3", Some(&d("2"))).unwrap();
+        s.set_desired("shopx", "h1", Some(&d("1"))).unwrap();
+        let got = s.desired_versions("shop").unwrap();
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [("1".into(), 1), ("2".into(), 2)]
+        );
+    }
+
+    fn rollouts_are_replaced_by_id_and_survive_reopen(s, bed) {
+        s.put_rollout("shop/1", &serde_json::json!({"step": 1}))
+            .unwrap();
+        s.put_rollout("shop/1", &serde_json::json!({"step": 2}))
+            .unwrap();
+        s.put_rollout("api/1", &serde_json::json!({"step": 7}))
+            .unwrap();
+        drop(s);
+        let store = bed.reopen();
+        let all: Vec<serde_json::Value> = store.rollouts().unwrap();
+        assert_eq!(
+            all,
+            vec![
+                serde_json::json!({"step": 7}),
+                serde_json::json!({"step": 2})
+            ]
+        );
+    }
+
+    fn secrets_are_per_app(s, bed) {
+        let meta = SecretMeta {
+            set_at_ms: 7,
+            set_by: "admin:alice".into(),
+        };
+        assert!(s.set_secret("shop", "DB", "one", None).unwrap());
+        assert!(!s.set_secret("shop", "DB", "two", Some(&meta)).unwrap());
+        s.set_secret("shopx", "DB", "other", None).unwrap();
+        let got = s.secrets("shop").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["DB"], "two");
+        let names = s.secret_names("shop").unwrap();
+        assert_eq!(names.len(), 1);
+        assert_eq!(names["DB"], Some(meta));
+        assert_eq!(s.secret_names("shopx").unwrap()["DB"], None);
+    }
+
+    fn unsetting_a_secret_removes_it_and_its_record_only(s, bed) {
+        let meta = SecretMeta {
+            set_at_ms: 1,
+            set_by: "a".into(),
+        };
+        s.set_secret("shop", "DB", "x", Some(&meta)).unwrap();
+        s.set_secret("shop", "KEY", "y", Some(&meta)).unwrap();
+        let commits = s.commits();
+        assert!(!s.unset_secret("shop", "NOPE").unwrap());
+        assert_eq!(s.commits(), commits, "a missing secret writes nothing");
+        assert!(s.unset_secret("shop", "DB").unwrap());
+        assert_eq!(
+            s.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
+            ["KEY"]
+        );
+        assert_eq!(s.secret_names("shop").unwrap().len(), 1);
+        // Set again later: a fresh record, no stale one.
+        s.set_secret("shop", "DB", "z", None).unwrap();
+        assert_eq!(s.secret_names("shop").unwrap()["DB"], None);
+    }
+
+    fn revoking_a_token_by_id_marks_it_once(s, bed) {
+        let mut t = one_use_token("abc123abc123");
+        s.put_token("abc123abc123ffff", &t).unwrap();
+        t.token_id = "abc999abc999".into();
+        s.put_token("abc999abc999eeee", &t).unwrap();
+        assert_eq!(s.revoke_token("000000000000", 5).unwrap(), None);
+        let (got, newly) = s.revoke_token("abc123abc123", 5).unwrap().unwrap();
+        assert!(newly);
+        assert_eq!(got.revoked_at, 5);
+        let (again, newly) = s.revoke_token("abc123abc123", 9).unwrap().unwrap();
+        assert!(!newly);
+        assert_eq!(again.revoked_at, 5, "the first revocation time stays");
+        let all = s.tokens().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.iter().filter(|t| t.revoked_at > 0).count(), 1);
+    }
+
+    fn spending_a_token_is_all_or_nothing(s, bed) {
+        let t = one_use_token("id");
+        s.put_token("h", &t).unwrap();
+        let refuse = |t: Option<&TokenRecord>| match t {
+            Some(t) if t.uses_left > 0 => Ok(()),
+            _ => Err("spent"),
+        };
+        assert_eq!(s.spend_token("h", refuse).unwrap().unwrap().uses_left, 0);
+        assert_eq!(s.spend_token("h", refuse).unwrap(), Err("spent"));
+        assert_eq!(s.spend_token("nope", refuse).unwrap(), Err("spent"));
+    }
+
+    fn last_seen_times_are_written_in_one_commit_and_never_go_back(s, bed) {
+        s.put_host(&host("a")).unwrap();
+        s.put_host(&host("b")).unwrap();
+        let before = s.commits();
+        let seen = [
+            ("a".to_string(), 50),
+            ("b".to_string(), 60),
+            ("gone".to_string(), 9),
+        ];
+        assert_eq!(s.record_last_seen(&seen.into_iter().collect()).unwrap(), 2);
+        assert_eq!(s.commits(), before + 1);
+        let older = [("a".to_string(), 10)];
+        assert_eq!(s.record_last_seen(&older.into_iter().collect()).unwrap(), 0);
+        assert_eq!(s.host("a").unwrap().unwrap().last_seen_ms, 50);
+        assert_eq!(s.host_count().unwrap(), 2);
+    }
+
+    fn a_join_spends_records_and_audits_in_one_commit_or_not_at_all(s, bed) {
+        let t = one_use_token("tid");
+        s.put_token("h", &t).unwrap();
+        let decide = |t: Option<&TokenRecord>, enrolled: bool| match t {
+            _ if enrolled => Err("enrolled"),
+            Some(t) if t.uses_left > 0 => Ok(()),
+            _ => Err("spent"),
+        };
+        let audit = JoinAudit {
+            time_ms: 5,
+            detail: "from 127.0.0.1",
+        };
+        let before = s.commits();
+        let spent = s.join_host("h", decide, &host("web-1"), &audit).unwrap();
+        assert_eq!(spent.unwrap().uses_left, 0);
+        assert_eq!(s.commits(), before + 1);
+        assert!(s.host("web-1").unwrap().is_some());
+        let log = s.audit_since(0).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (
+                log[0].actor.as_str(),
+                log[0].action.as_str(),
+                log[0].target.as_str()
+            ),
+            ("token:tid", "host.join", "web-1")
+        );
+        // Refused: nothing is written, not even a commit.
+        assert_eq!(
+            s.join_host("h", decide, &host("web-2"), &audit).unwrap(),
+            Err("spent")
+        );
+        assert_eq!(
+            s.join_host("h", decide, &host("web-1"), &audit).unwrap(),
+            Err("enrolled")
+        );
+        assert_eq!(s.commits(), before + 1);
+        assert!(s.host("web-2").unwrap().is_none());
+        assert_eq!(s.audit_since(0).unwrap().len(), 1);
+    }
+
+    fn a_snapshot_has_every_table_and_row_at_one_moment(s, bed) {
+        s.put_token("h", &one_use_token("id")).unwrap();
+        s.set_secret("shop", "DB", "sealed", None).unwrap();
+        s.append_audit(1, "a", "b", "c", "d").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap.redb");
+        s.snapshot(&snap).unwrap();
+        // Later writes are not in it.
+        s.set_secret("shop", "LATER", "x", None).unwrap();
+        assert!(s.snapshot(&snap).is_err(), "never overwrites");
+        assert_eq!(s.table_names().unwrap(), every_table_name());
+        drop(s);
+        let copy = Store::open(&snap).unwrap();
+        assert_eq!(
+            copy.table_names().unwrap(),
+            every_table_name(),
+            "a table is missing from the snapshot"
+        );
+        assert!(copy.token("h").unwrap().is_some());
+        assert_eq!(
+            copy.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
+            ["DB"]
+        );
+        assert_eq!(copy.audit_since(0).unwrap().len(), 1);
+    }
+
+    fn removing_an_app_deletes_only_its_rows_and_records_who_owes_it(s, bed) {
+        let rel = |app: &str| ReleaseRecord {
+            app: app.into(),
+            version: "1".into(),
+            sha256: format!("sha-{app}"),
+            size: 1,
+            uploaded_at: 1,
+            uploaded_by: String::new(),
+        };
+        for app in ["shop", "shopx"] {
+            s.put_app(&AppRecord {
+                name: app.into(),
+                spec_toml: String::new(),
+                updated_at: 1,
+            })
+            .unwrap();
+            s.put_release_if_absent(&rel(app)).unwrap();
+            s.set_secret(app, "DB", "v", None).unwrap();
+            s.set_desired(app, "web-1", Some(&"1".to_owned())).unwrap();
+        }
+        let by = LifecycleRecord {
+            by: "admin:alice".into(),
+            at: 7,
+        };
+        s.set_stopped("shop", &["web-2".into()], Some(&by)).unwrap();
+        s.set_stopped("shopx", &["web-2".into()], Some(&by))
+            .unwrap();
+        assert!(s.is_stopped("shop", "web-2").unwrap());
+        assert!(!s.is_stopped("shop", "web-1").unwrap());
+
+        let live = std::collections::BTreeSet::from(["web-3".to_owned()]);
+        let removed = s.remove_app("shop", &live, &by).unwrap().unwrap();
+        assert_eq!(removed.releases.len(), 1);
+        assert_eq!(
+            removed.hosts.into_iter().collect::<Vec<_>>(),
+            ["web-1", "web-2", "web-3"],
+            "live, desired and stopped hosts owe the removal"
+        );
+        assert!(s.app("shop").unwrap().is_none());
+        assert!(s.releases("shop").unwrap().is_empty());
+        assert!(s.secrets("shop").unwrap().is_empty());
+        assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
+        assert!(!s.is_stopped("shop", "web-2").unwrap());
+        // Another app whose name starts the same is untouched.
+        assert!(s.app("shopx").unwrap().is_some());
+        assert_eq!(s.releases("shopx").unwrap().len(), 1);
+        assert_eq!(s.secrets("shopx").unwrap().len(), 1);
+        assert!(s.is_stopped("shopx", "web-2").unwrap());
+        assert!(s.desired::<String>("shopx", "web-1").unwrap().is_some());
+
+        assert_eq!(s.removals_on("web-2").unwrap(), ["shop"]);
+        assert_eq!(s.pending_removals("shop").unwrap().len(), 3);
+        s.removal_done("web-2", "shop").unwrap();
+        assert!(s.removals_on("web-2").unwrap().is_empty());
+        s.put_host(&host("web-1")).unwrap();
+        s.remove_host("web-1", "spiffe://x/agent/web-1", 8).unwrap();
+        assert_eq!(
+            s.pending_removals("shop")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["web-3"],
+            "a removed host owes nothing"
+        );
+        let commits = s.commits();
+        assert!(s.remove_app("shop", &live, &by).unwrap().is_none());
+        assert_eq!(s.commits(), commits, "removing no app writes nothing");
+    }
 }
 
 #[test]
@@ -122,210 +480,6 @@ fn missing_store_says_to_init() {
 }
 
 #[test]
-fn remove_host_forgets_the_releases_it_was_owed() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    s.put_host(&host("web-1")).unwrap();
-    s.put_host(&host("web-10")).unwrap();
-    s.set_desired("shop", "web-1", Some(&"2.0".to_owned()))
-        .unwrap();
-    s.set_desired("shop", "web-10", Some(&"2.0".to_owned()))
-        .unwrap();
-    s.remove_host("web-1", "spiffe://x/agent/web-1", 7).unwrap();
-    assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
-    assert_eq!(
-        s.desired::<String>("shop", "web-10").unwrap().as_deref(),
-        Some("2.0")
-    );
-}
-
-#[test]
-fn remove_host_revokes_its_serials_atomically() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    s.put_host(&host("web-1")).unwrap();
-    let revoked = s
-        .remove_host("web-1", "spiffe://x/agent/web-1", 7)
-        .unwrap()
-        .unwrap();
-    assert_eq!(revoked.len(), 1);
-    assert!(s.host("web-1").unwrap().is_none());
-    assert_eq!(s.revoked().unwrap()[0].serial, "ab");
-    assert!(s.remove_host("web-1", "x", 8).unwrap().is_none());
-}
-
-#[test]
-fn releases_are_per_app_and_never_overwritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let rec = |app: &str, v: &str, sha: &str, at| ReleaseRecord {
-        app: app.into(),
-        version: v.into(),
-        sha256: sha.into(),
-        size: 1,
-        uploaded_at: at,
-        uploaded_by: String::new(),
-    };
-    assert!(s
-        .put_release_if_absent(&rec("shop", "1", "aa", 2))
-        .unwrap()
-        .is_none());
-    assert!(s
-        .put_release_if_absent(&rec("shop", "0", "bb", 1))
-        .unwrap()
-        .is_none());
-    assert!(s
-        .put_release_if_absent(&rec("shopx", "1", "cc", 3))
-        .unwrap()
-        .is_none());
-    let existing = s
-        .put_release_if_absent(&rec("shop", "1", "dd", 4))
-        .unwrap()
-        .unwrap();
-    assert_eq!(existing.sha256, "aa");
-    let versions: Vec<String> = s
-        .releases("shop")
-        .unwrap()
-        .into_iter()
-        .map(|r| r.version)
-        .collect();
-    assert_eq!(versions, ["0", "1"]);
-    assert!(s.blob_in_use("cc").unwrap());
-    assert!(!s.blob_in_use("dd").unwrap());
-
-    let commits = s.commits();
-    assert_eq!(s.remove_release("shop", "9").unwrap(), None);
-    assert_eq!(s.commits(), commits, "removing nothing writes nothing");
-    assert_eq!(s.remove_release("shop", "1").unwrap().unwrap().sha256, "aa");
-    assert!(!s.blob_in_use("aa").unwrap());
-    assert!(s.release("shop", "1").unwrap().is_none());
-    assert!(s.release("shopx", "1").unwrap().is_some());
-}
-
-#[test]
-fn desired_versions_count_hosts_per_release_of_one_app() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let d =
-        |v: &str| serde_json::json!({"version": v, "min_healthy_ms": 0, "healthy_deadline_ms": 0});
-    s.set_desired("shop", "h1", Some(&d("1"))).unwrap();
-    s.set_desired("shop", "h2", Some(&d("2"))).unwrap();
-    s.set_desired("shop", "h3", Some(&d("2"))).unwrap();
-    s.set_desired("shopx", "h1", Some(&d("1"))).unwrap();
-    let got = s.desired_versions("shop").unwrap();
-    assert_eq!(
-        got.into_iter().collect::<Vec<_>>(),
-        [("1".into(), 1), ("2".into(), 2)]
-    );
-}
-
-#[test]
-fn rollouts_are_replaced_by_id_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.redb");
-    {
-        let store = Store::create(&path).unwrap();
-        store
-            .put_rollout("shop/1", &serde_json::json!({"step": 1}))
-            .unwrap();
-        store
-            .put_rollout("shop/1", &serde_json::json!({"step": 2}))
-            .unwrap();
-        store
-            .put_rollout("api/1", &serde_json::json!({"step": 7}))
-            .unwrap();
-    }
-    let store = Store::open(&path).unwrap();
-    let all: Vec<serde_json::Value> = store.rollouts().unwrap();
-    assert_eq!(
-        all,
-        vec![
-            serde_json::json!({"step": 7}),
-            serde_json::json!({"step": 2})
-        ]
-    );
-}
-
-#[test]
-fn secrets_are_per_app() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let meta = SecretMeta {
-        set_at_ms: 7,
-        set_by: "admin:alice".into(),
-    };
-    assert!(s.set_secret("shop", "DB", "one", None).unwrap());
-    assert!(!s.set_secret("shop", "DB", "two", Some(&meta)).unwrap());
-    s.set_secret("shopx", "DB", "other", None).unwrap();
-    let got = s.secrets("shop").unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got["DB"], "two");
-    let names = s.secret_names("shop").unwrap();
-    assert_eq!(names.len(), 1);
-    assert_eq!(names["DB"], Some(meta));
-    assert_eq!(s.secret_names("shopx").unwrap()["DB"], None);
-}
-
-#[test]
-fn unsetting_a_secret_removes_it_and_its_record_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let meta = SecretMeta {
-        set_at_ms: 1,
-        set_by: "a".into(),
-    };
-    s.set_secret("shop", "DB", "x", Some(&meta)).unwrap();
-    s.set_secret("shop", "KEY", "y", Some(&meta)).unwrap();
-    let commits = s.commits();
-    assert!(!s.unset_secret("shop", "NOPE").unwrap());
-    assert_eq!(s.commits(), commits, "a missing secret writes nothing");
-    assert!(s.unset_secret("shop", "DB").unwrap());
-    assert_eq!(
-        s.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
-        ["KEY"]
-    );
-    assert_eq!(s.secret_names("shop").unwrap().len(), 1);
-    // Set again later: a fresh record, no stale one.
-    s.set_secret("shop", "DB", "z", None).unwrap();
-    assert_eq!(s.secret_names("shop").unwrap()["DB"], None);
-}
-
-#[test]
-fn revoking_a_token_by_id_marks_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let mut t = one_use_token("abc123abc123");
-    s.put_token("abc123abc123ffff", &t).unwrap();
-    t.token_id = "abc999abc999".into();
-    s.put_token("abc999abc999eeee", &t).unwrap();
-    assert_eq!(s.revoke_token("000000000000", 5).unwrap(), None);
-    let (got, newly) = s.revoke_token("abc123abc123", 5).unwrap().unwrap();
-    assert!(newly);
-    assert_eq!(got.revoked_at, 5);
-    let (again, newly) = s.revoke_token("abc123abc123", 9).unwrap().unwrap();
-    assert!(!newly);
-    assert_eq!(again.revoked_at, 5, "the first revocation time stays");
-    let all = s.tokens().unwrap();
-    assert_eq!(all.len(), 2);
-    assert_eq!(all.iter().filter(|t| t.revoked_at > 0).count(), 1);
-}
-
-#[test]
-fn spending_a_token_is_all_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let t = one_use_token("id");
-    s.put_token("h", &t).unwrap();
-    let refuse = |t: Option<&TokenRecord>| match t {
-        Some(t) if t.uses_left > 0 => Ok(()),
-        _ => Err("spent"),
-    };
-    assert_eq!(s.spend_token("h", refuse).unwrap().unwrap().uses_left, 0);
-    assert_eq!(s.spend_token("h", refuse).unwrap(), Err("spent"));
-    assert_eq!(s.spend_token("nope", refuse).unwrap(), Err("spent"));
-}
-
-#[test]
 fn host_records_from_before_metrics_port_still_load() {
     let mut old = serde_json::to_value(host("h")).unwrap();
     old.as_object_mut().unwrap().remove("metrics_port");
@@ -336,14 +490,15 @@ fn host_records_from_before_metrics_port_still_load() {
 
 #[test]
 fn desired_records_of_an_older_store_move_to_the_host_keyed_table() {
-    use redb::TableHandle;
+    use redb::{ReadableDatabase, TableHandle};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
+    drop(Store::create(&path).unwrap());
     {
-        let s = Store::create(&path).unwrap();
-        let tx = s.db.begin_write().unwrap();
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
         {
-            let mut old = tx.open_table(tables::DESIRED_V0).unwrap();
+            let mut old = tx.open_table(redb_kv::DESIRED_V0).unwrap();
             old.insert("shop/host1", encode(&"2.0").as_slice()).unwrap();
             old.insert("api/host1", encode(&"1.0").as_slice()).unwrap();
         }
@@ -355,173 +510,121 @@ fn desired_records_of_an_older_store_move_to_the_host_keyed_table() {
         Some("2.0")
     );
     assert_eq!(s.desired_on::<String>("host1").unwrap().len(), 2);
-    let tx = s.db.begin_read().unwrap();
+    drop(s);
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_read().unwrap();
     assert!(!tx
         .list_tables()
         .unwrap()
-        .any(|t| t.name() == tables::DESIRED_V0.name()));
+        .any(|t| t.name() == redb_kv::DESIRED_V0.name()));
 }
 
 #[test]
-fn last_seen_times_are_written_in_one_commit_and_never_go_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    s.put_host(&host("a")).unwrap();
-    s.put_host(&host("b")).unwrap();
-    let before = s.commits();
-    let seen = [
-        ("a".to_string(), 50),
-        ("b".to_string(), 60),
-        ("gone".to_string(), 9),
-    ];
-    assert_eq!(s.record_last_seen(&seen.into_iter().collect()).unwrap(), 2);
-    assert_eq!(s.commits(), before + 1);
-    let older = [("a".to_string(), 10)];
-    assert_eq!(s.record_last_seen(&older.into_iter().collect()).unwrap(), 0);
-    assert_eq!(s.host("a").unwrap().unwrap().last_seen_ms, 50);
-    assert_eq!(s.host_count().unwrap(), 2);
+fn postgres_refuses_a_schema_newer_than_it_knows_and_a_second_init() {
+    let Some(bed) = Bed::postgres() else { return };
+    drop(bed.create());
+    // A schema marker alone (an init that failed after it) is no fleet.
+    let s = Store::create_pg(bed.pg_config()).unwrap();
+    s.put_host(&host("web-1")).unwrap();
+    drop(s);
+    assert!(
+        Store::create_pg(bed.pg_config())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("already holds a fleet"),
+        "a second init over a fleet"
+    );
+    bed.sql("INSERT INTO fleet_schema_migrations (version) VALUES (999)");
+    let err = Store::open_pg(bed.pg_config()).err().unwrap().to_string();
+    assert!(
+        err.contains("version 999, newer than this controller knows"),
+        "{err}"
+    );
+    assert!(err.contains("Upgrade this controller"), "{err}");
 }
 
 #[test]
-fn a_join_spends_records_and_audits_in_one_commit_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let t = one_use_token("tid");
-    s.put_token("h", &t).unwrap();
-    let decide = |t: Option<&TokenRecord>, enrolled: bool| match t {
-        _ if enrolled => Err("enrolled"),
-        Some(t) if t.uses_left > 0 => Ok(()),
-        _ => Err("spent"),
-    };
-    let audit = JoinAudit {
-        time_ms: 5,
-        detail: "from 127.0.0.1",
-    };
-    let before = s.commits();
-    let spent = s.join_host("h", decide, &host("web-1"), &audit).unwrap();
-    assert_eq!(spent.unwrap().uses_left, 0);
-    assert_eq!(s.commits(), before + 1);
-    assert!(s.host("web-1").unwrap().is_some());
-    let log = s.audit_since(0).unwrap();
-    assert_eq!(log.len(), 1);
-    assert_eq!(
-        (
-            log[0].actor.as_str(),
-            log[0].action.as_str(),
-            log[0].target.as_str()
-        ),
-        ("token:tid", "host.join", "web-1")
-    );
-    // Refused: nothing is written, not even a commit.
-    assert_eq!(
-        s.join_host("h", decide, &host("web-2"), &audit).unwrap(),
-        Err("spent")
-    );
-    assert_eq!(
-        s.join_host("h", decide, &host("web-1"), &audit).unwrap(),
-        Err("enrolled")
-    );
-    assert_eq!(s.commits(), before + 1);
-    assert!(s.host("web-2").unwrap().is_none());
-    assert_eq!(s.audit_since(0).unwrap().len(), 1);
+fn postgres_without_a_fleet_says_to_init_or_migrate() {
+    let Some(bed) = Bed::postgres() else { return };
+    let err = Store::open_pg(bed.pg_config()).err().unwrap().to_string();
+    assert!(err.contains("fleet-controller init"), "{err}");
+    assert!(err.contains("fleet-controller migrate"), "{err}");
 }
 
 #[test]
-fn a_snapshot_has_every_table_and_row_at_one_moment() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
+fn an_unreachable_postgres_is_an_error_that_names_it_without_the_password() {
+    // Port 9 on loopback: nothing listens there.
+    let cfg = pg::PgConfig::from_url("postgres://fleet:s3cret@127.0.0.1:9/fleet").unwrap();
+    let err = Store::open_pg(&cfg).err().unwrap().to_string();
+    assert!(
+        err.contains("cannot reach PostgreSQL at postgres://fleet@127.0.0.1:9/fleet"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn a_redb_fleet_migrates_into_postgres_whole_and_only_into_an_empty_one() {
+    let from = Bed::redb();
+    let s = from.create();
+    s.put_host(&host("web-1")).unwrap();
     s.put_token("h", &one_use_token("id")).unwrap();
     s.set_secret("shop", "DB", "sealed", None).unwrap();
-    s.append_audit(1, "a", "b", "c", "d").unwrap();
-    let snap = dir.path().join("snap.redb");
-    s.snapshot(&snap).unwrap();
-    // Later writes are not in it.
-    s.set_secret("shop", "LATER", "x", None).unwrap();
-    assert!(s.snapshot(&snap).is_err(), "never overwrites");
-    let names = s.table_names().unwrap();
-    drop(s);
-    let copy = Store::open(&snap).unwrap();
+    s.set_firewall_policy("[ssh]", 5).unwrap();
+    s.set_desired("shop", "web-1", Some(&"1.0".to_owned()))
+        .unwrap();
+    for t in 0..2500 {
+        s.append_audit(t, "me", "x", "y", "").unwrap();
+    }
+    let Some(to) = Bed::postgres() else { return };
+    let pg = to.create();
+    let rows = s.copy_into(&pg).unwrap();
+    assert!(rows >= 2505, "{rows}");
+    assert_eq!(pg.hosts().unwrap(), vec![host("web-1")]);
+    assert!(pg.token("h").unwrap().is_some());
+    assert_eq!(pg.secrets("shop").unwrap()["DB"], "sealed");
+    assert_eq!(pg.firewall_policy().unwrap(), Some(("[ssh]".into(), 5)));
+    assert_eq!(pg.audit_since(0).unwrap().len(), 2500);
+    assert_eq!(pg.append_audit(1, "a", "b", "c", "").unwrap().seq, 2501);
     assert_eq!(
-        copy.table_names().unwrap(),
-        names,
-        "a table is missing from the snapshot"
+        pg.desired::<String>("shop", "web-1").unwrap().as_deref(),
+        Some("1.0")
     );
-    assert!(copy.token("h").unwrap().is_some());
-    assert_eq!(
-        copy.secrets("shop").unwrap().keys().collect::<Vec<_>>(),
-        ["DB"]
-    );
-    assert_eq!(copy.audit_since(0).unwrap().len(), 1);
+    let err = s.copy_into(&pg).err().unwrap().to_string();
+    assert!(err.contains("only into a new, empty store"), "{err}");
 }
 
 #[test]
-fn removing_an_app_deletes_only_its_rows_and_records_who_owes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::create(&dir.path().join("s.redb")).unwrap();
-    let rel = |app: &str| ReleaseRecord {
-        app: app.into(),
-        version: "1".into(),
-        sha256: format!("sha-{app}"),
-        size: 1,
-        uploaded_at: 1,
-        uploaded_by: String::new(),
-    };
-    for app in ["shop", "shopx"] {
-        s.put_app(&AppRecord {
-            name: app.into(),
-            spec_toml: String::new(),
-            updated_at: 1,
-        })
-        .unwrap();
-        s.put_release_if_absent(&rel(app)).unwrap();
-        s.set_secret(app, "DB", "v", None).unwrap();
-        s.set_desired(app, "web-1", Some(&"1".to_owned())).unwrap();
-    }
-    let by = LifecycleRecord {
-        by: "admin:alice".into(),
-        at: 7,
-    };
-    s.set_stopped("shop", &["web-2".into()], Some(&by)).unwrap();
-    s.set_stopped("shopx", &["web-2".into()], Some(&by))
-        .unwrap();
-    assert!(s.is_stopped("shop", "web-2").unwrap());
-    assert!(!s.is_stopped("shop", "web-1").unwrap());
-
-    let live = std::collections::BTreeSet::from(["web-3".to_owned()]);
-    let removed = s.remove_app("shop", &live, &by).unwrap().unwrap();
-    assert_eq!(removed.releases.len(), 1);
-    assert_eq!(
-        removed.hosts.into_iter().collect::<Vec<_>>(),
-        ["web-1", "web-2", "web-3"],
-        "live, desired and stopped hosts owe the removal"
-    );
-    assert!(s.app("shop").unwrap().is_none());
-    assert!(s.releases("shop").unwrap().is_empty());
-    assert!(s.secrets("shop").unwrap().is_empty());
-    assert_eq!(s.desired::<String>("shop", "web-1").unwrap(), None);
-    assert!(!s.is_stopped("shop", "web-2").unwrap());
-    // Another app whose name starts the same is untouched.
-    assert!(s.app("shopx").unwrap().is_some());
-    assert_eq!(s.releases("shopx").unwrap().len(), 1);
-    assert_eq!(s.secrets("shopx").unwrap().len(), 1);
-    assert!(s.is_stopped("shopx", "web-2").unwrap());
-    assert!(s.desired::<String>("shopx", "web-1").unwrap().is_some());
-
-    assert_eq!(s.removals_on("web-2").unwrap(), ["shop"]);
-    assert_eq!(s.pending_removals("shop").unwrap().len(), 3);
-    s.removal_done("web-2", "shop").unwrap();
-    assert!(s.removals_on("web-2").unwrap().is_empty());
-    s.put_host(&host("web-1")).unwrap();
-    s.remove_host("web-1", "spiffe://x/agent/web-1", 8).unwrap();
-    assert_eq!(
-        s.pending_removals("shop")
-            .unwrap()
-            .into_iter()
-            .collect::<Vec<_>>(),
-        ["web-3"],
-        "a removed host owes nothing"
-    );
-    let commits = s.commits();
-    assert!(s.remove_app("shop", &live, &by).unwrap().is_none());
-    assert_eq!(s.commits(), commits, "removing no app writes nothing");
+fn writers_on_two_postgres_stores_never_spend_a_token_twice() {
+    // Two stores on one database are two controllers: each join is a read-modify-write
+    // that must see the other's.
+    let Some(bed) = Bed::postgres() else { return };
+    let first = bed.create();
+    let mut t = one_use_token("id");
+    t.uses_left = 40;
+    t.uses_total = 40;
+    first.put_token("h", &t).unwrap();
+    let second = bed.reopen();
+    let spent = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        for store in [&first, &second, &first, &second] {
+            let spent = &spent;
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    let ok = store
+                        .spend_token("h", |t| match t {
+                            Some(t) if t.uses_left > 0 => Ok(()),
+                            _ => Err(()),
+                        })
+                        .unwrap();
+                    if ok.is_ok() {
+                        spent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(spent.into_inner(), 40, "80 attempts, 40 uses");
+    assert_eq!(second.token("h").unwrap().unwrap().uses_left, 0);
 }

@@ -6,6 +6,8 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+pub mod pg;
 use std::time::{Duration, Instant};
 
 pub fn bin(name: &str) -> PathBuf {

@@ -549,7 +549,8 @@ mod tests {
     }
 
     /// The package's /etc/fleet/controller.toml lists every setting commented out at its
-    /// default: uncommented, it must parse and change nothing.
+    /// default (`#key = value`): uncommented, it must parse and change nothing. Indented
+    /// comment lines (`#   key = value`) are examples of settings without a default.
     #[test]
     fn packaged_config_file_shows_the_defaults() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -558,7 +559,7 @@ mod tests {
         let uncommented: String = text
             .lines()
             .filter_map(|l| l.strip_prefix('#'))
-            .filter(|l| l.contains(" = "))
+            .filter(|l| !l.starts_with(' ') && l.contains(" = "))
             .map(|l| format!("{l}\n"))
             .collect();
         let dir = tempfile::tempdir().unwrap();
@@ -573,5 +574,43 @@ mod tests {
         let mut plain = Settings::default();
         plain.apply_file(&path).unwrap();
         assert_eq!(format!("{plain:?}"), format!("{:?}", Settings::default()));
+    }
+
+    #[test]
+    fn the_store_section_reads_its_password_from_a_file_and_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2-db\n").unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[store]\nurl = \"postgres://fleet@db1,db2/fleet?target_session_attrs=read-write\"\n\
+                 password_file = \"{}\"\npool_size = 4\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let mut s = Settings::default();
+        s.apply_file(&p).unwrap();
+        let store = s.store.as_ref().unwrap();
+        assert_eq!(store.pool_size, 4);
+        assert_eq!(store.describe(), "postgres://fleet@db1:5432,db2:5432/fleet");
+        assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+
+        std::fs::write(
+            &p,
+            "[store]\nurl = \"postgres://db/fleet\"\npool_size = 0\n",
+        )
+        .unwrap();
+        let err = Settings::default().apply_file(&p).unwrap_err();
+        assert!(format!("{err:#}").contains("pool_size"), "{err:#}");
+        std::fs::write(
+            &p,
+            "[store]\nurl = \"postgres://db/fleet\"\npassword_file = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let err = Settings::default().apply_file(&p).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent"), "{err:#}");
     }
 }

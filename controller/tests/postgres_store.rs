@@ -64,6 +64,28 @@ fn a_fleet_on_postgres_keeps_everything_in_the_database_across_a_restart() {
             "{want} missing: {actions:?}"
         );
     }
+    // A backup of it is a redb snapshot of the database, which restores as a redb fleet.
+    let archive = scratch.path().join("backup.tar");
+    let data = fleet.data_dir();
+    let out = controller(&[
+        "backup",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--controller",
+        &fleet.addr(),
+        "--out",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored = scratch.path().join("restored");
+    let out = controller(&[
+        "restore",
+        archive.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(restored.join("state.redb").exists());
     // The rows are in the database, where another replica would read them.
     schema.sql("DO $$ BEGIN IF (SELECT count(*) FROM fleet_kv WHERE tbl = 'hosts') <> 1 THEN RAISE 'hosts not in fleet_kv'; END IF; END $$");
 }

@@ -59,6 +59,11 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("controller state: {0}")]
     Db(String),
+    #[error(
+        "this controller lost the leader lease (epoch {epoch}): another controller leads \
+         now, and nothing was written"
+    )]
+    Fenced { epoch: i64 },
     #[error("controller state record {table}/{key} is corrupt: {reason}")]
     Record {
         table: String,
@@ -304,6 +309,59 @@ impl Store {
                  first, or `fleet-controller migrate` to move a fleet there",
                 config.describe()
             ))),
+        }
+    }
+
+    /// Whether several controllers may share this store (PostgreSQL): then only the
+    /// holder of the leader lease serves (`leader.rs`).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// Takes the leader lease for `holder` for `ttl` if nobody holds it unexpired; its
+    /// epoch, or None. The embedded file is one controller's (redb locks it), so there the
+    /// lease is always this controller's, at epoch 1.
+    pub fn acquire_lease(
+        &self,
+        holder: &pg::LeaseHolder,
+        ttl: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(Some(1)),
+            Backend::Pg(pg) => pg.acquire_lease(holder, ttl),
+        }
+    }
+
+    /// Extends the lease by `ttl` if it is still `holder`'s at `epoch` and unexpired.
+    pub fn renew_lease(
+        &self,
+        holder: &pg::LeaseHolder,
+        epoch: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(true),
+            Backend::Pg(pg) => pg.renew_lease(holder, epoch, ttl),
+        }
+    }
+
+    /// The lease's holder and epoch, and whether it is unexpired (None: never taken).
+    pub fn lease_holder(&self) -> Result<Option<(String, i64, bool)>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(None),
+            Backend::Pg(pg) => pg.lease_holder(),
+        }
+    }
+
+    /// From now on every write transaction checks, inside itself, that the lease is still
+    /// `holder`'s at `epoch`: a controller that lost it writes nothing more
+    /// (`StoreError::Fenced`).
+    pub fn fence(&self, holder: &pg::LeaseHolder, epoch: i64) {
+        if let Backend::Pg(pg) = &self.backend {
+            pg.set_fence(pg::Fence {
+                holder: holder.clone(),
+                epoch,
+            });
         }
     }
 

@@ -34,21 +34,37 @@ use super::StoreError;
 
 /// The schema, one numbered step at a time; a database at a higher number than this list
 /// knows is refused (a newer controller migrated it).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE fleet_kv (
-        tbl text NOT NULL,
-        k text COLLATE \"C\" NOT NULL,
-        v bytea NOT NULL,
-        PRIMARY KEY (tbl, k)
-    );
-    CREATE TABLE fleet_seq (
-        tbl text NOT NULL,
-        seq bigint NOT NULL,
-        v bytea NOT NULL,
-        PRIMARY KEY (tbl, seq)
-    );",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE fleet_kv (
+            tbl text NOT NULL,
+            k text COLLATE \"C\" NOT NULL,
+            v bytea NOT NULL,
+            PRIMARY KEY (tbl, k)
+        );
+        CREATE TABLE fleet_seq (
+            tbl text NOT NULL,
+            seq bigint NOT NULL,
+            v bytea NOT NULL,
+            PRIMARY KEY (tbl, seq)
+        );",
+    ),
+    (
+        2,
+        // The leader lease: who holds it, its epoch (raised at every change of holder),
+        // and its expiry on the database's clock, the one clock every controller shares.
+        "CREATE TABLE fleet_lease (
+            name text PRIMARY KEY,
+            holder text NOT NULL,
+            epoch bigint NOT NULL,
+            expires_at timestamptz NOT NULL
+        );",
+    ),
+];
+
+/// SQLSTATE of the error a fenced write transaction raises (a class of fleet's own).
+const FENCED: &str = "FLT01";
 
 /// Advisory lock keys (arbitrary constants, "fleet" in ASCII plus a purpose).
 const MIGRATE_LOCK: i64 = 0x666c_6565_7401;
@@ -138,6 +154,11 @@ impl PgConfig {
 
 pub(super) struct PgStore {
     pool: Pool,
+    /// Set once this controller holds the leader lease: every write transaction then
+    /// checks, inside itself, that the lease is still this holder's at this epoch and
+    /// unexpired, so a controller that lost it (paused past its expiry, cut off) can
+    /// write nothing more.
+    fence: std::sync::RwLock<Option<Fence>>,
     /// Runs the connections' I/O; shut down without blocking when the store goes, which
     /// may be on an async worker.
     rt: Option<tokio::runtime::Runtime>,
@@ -225,6 +246,7 @@ impl PgStore {
         };
         let store = PgStore {
             pool,
+            fence: std::sync::RwLock::new(None),
             rt: Some(rt),
             describe,
         };
@@ -302,14 +324,122 @@ impl PgStore {
             self.client()?,
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         )
+        .map_err(|e| pg_err("begin", e))
     }
 
     pub(super) fn write(&self) -> Result<PgTx, StoreError> {
-        PgTx::begin(
-            self.client()?,
-            &format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
-        )
+        let mut begin = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK});");
+        let fence = self.fence.read().expect("fence lock").clone();
+        if let Some(f) = &fence {
+            // In the same round trip as BEGIN: the holder is a validated name, the epoch
+            // a number, so both are safe as literals.
+            let _ = write!(
+                begin,
+                " DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM fleet_lease WHERE name = 'leader' \
+                 AND holder = '{}' AND epoch = {} AND expires_at > now()) THEN RAISE \
+                 EXCEPTION USING ERRCODE = '{FENCED}', MESSAGE = 'leader lease lost'; \
+                 END IF; END $$;",
+                f.holder, f.epoch
+            );
+        }
+        PgTx::begin(self.client()?, &begin).map_err(|e| match &fence {
+            Some(f) if e.code().map(|c| c.code()) == Some(FENCED) => {
+                StoreError::Fenced { epoch: f.epoch }
+            }
+            _ => pg_err("begin", e),
+        })
     }
+
+    pub(super) fn set_fence(&self, fence: Fence) {
+        *self.fence.write().expect("fence lock") = Some(fence);
+    }
+
+    /// Takes the leader lease for `holder` if nobody holds it unexpired: its new epoch.
+    pub(super) fn acquire_lease(
+        &self,
+        holder: &LeaseHolder,
+        ttl: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let client = self.client()?;
+        let ttl_ms = ttl.as_millis() as f64;
+        let rows = block_on(client.query(
+            "INSERT INTO fleet_lease AS l (name, holder, epoch, expires_at)
+             VALUES ('leader', $1, 1, now() + $2 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE
+                 SET holder = EXCLUDED.holder, epoch = l.epoch + 1,
+                     expires_at = EXCLUDED.expires_at
+                 WHERE l.expires_at <= now()
+             RETURNING epoch",
+            &[&holder.as_str(), &ttl_ms],
+        ))
+        .map_err(|e| pg_err("lease", e))?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Extends the lease if it is still `holder`'s at `epoch` and unexpired.
+    pub(super) fn renew_lease(
+        &self,
+        holder: &LeaseHolder,
+        epoch: i64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let client = self.client()?;
+        let ttl_ms = ttl.as_millis() as f64;
+        let n = block_on(client.execute(
+            "UPDATE fleet_lease SET expires_at = now() + $3 * interval '1 millisecond'
+             WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now()",
+            &[&holder.as_str(), &epoch, &ttl_ms],
+        ))
+        .map_err(|e| pg_err("lease", e))?;
+        Ok(n == 1)
+    }
+
+    /// Who holds the lease, and whether it is still unexpired.
+    pub(super) fn lease_holder(&self) -> Result<Option<(String, i64, bool)>, StoreError> {
+        let client = self.client()?;
+        let rows = block_on(client.query(
+            "SELECT holder, epoch, expires_at > now() FROM fleet_lease WHERE name = 'leader'",
+            &[],
+        ))
+        .map_err(|e| pg_err("lease", e))?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+}
+
+/// A controller's name in the lease: letters, digits, `.`, `_`, `-`, at most 64.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseHolder(String);
+
+impl LeaseHolder {
+    pub fn new(name: &str) -> Result<LeaseHolder, StoreError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(StoreError::Db(format!(
+                "controller name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        Ok(LeaseHolder(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LeaseHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Fence {
+    pub holder: LeaseHolder,
+    pub epoch: i64,
 }
 
 /// One transaction on one pooled connection; rolled back when dropped uncommitted.
@@ -353,14 +483,14 @@ fn span_sql<'a>(span: Span<'a>, params: &mut Vec<&'a str>) -> String {
 }
 
 impl PgTx {
-    fn begin(client: Object, sql: &str) -> Result<PgTx, StoreError> {
+    fn begin(client: Object, sql: &str) -> Result<PgTx, tokio_postgres::Error> {
         match block_on(client.batch_execute(sql)) {
             Ok(()) => Ok(PgTx {
                 client: Some(client),
             }),
             Err(e) => {
                 drop(Object::take(client));
-                Err(pg_err("begin", e))
+                Err(e)
             }
         }
     }

@@ -628,3 +628,61 @@ fn writers_on_two_postgres_stores_never_spend_a_token_twice() {
     assert_eq!(spent.into_inner(), 40, "80 attempts, 40 uses");
     assert_eq!(second.token("h").unwrap().unwrap().uses_left, 0);
 }
+
+#[test]
+fn the_leader_lease_passes_only_after_it_expires_and_fences_the_old_holder() {
+    use std::time::Duration;
+    let Some(bed) = Bed::postgres() else { return };
+    let a = bed.create();
+    let b = bed.reopen();
+    let (ha, hb) = (
+        pg::LeaseHolder::new("ctl-a").unwrap(),
+        pg::LeaseHolder::new("ctl-b").unwrap(),
+    );
+    let ttl = Duration::from_millis(400);
+    let epoch_a = a.acquire_lease(&ha, ttl).unwrap().expect("a free lease");
+    a.fence(&ha, epoch_a);
+    assert_eq!(b.acquire_lease(&hb, ttl).unwrap(), None, "held by a");
+    assert!(a.renew_lease(&ha, epoch_a, ttl).unwrap());
+    a.put_host(&host("web-1")).unwrap();
+    assert_eq!(
+        b.lease_holder().unwrap(),
+        Some(("ctl-a".to_owned(), epoch_a, true))
+    );
+
+    // a stops renewing (paused, cut off): once the lease expires on the database's clock,
+    // b takes it at a higher epoch, and a can neither renew nor write.
+    std::thread::sleep(Duration::from_millis(600));
+    let epoch_b = b.acquire_lease(&hb, ttl).unwrap().expect("an expired lease");
+    assert!(epoch_b > epoch_a);
+    b.fence(&hb, epoch_b);
+    assert!(!a.renew_lease(&ha, epoch_a, ttl).unwrap());
+    let err = a.put_host(&host("web-2")).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(err.to_string().contains("lost the leader lease"), "{err}");
+    // Reads still work (they change nothing), and b writes.
+    assert!(a.host("web-1").unwrap().is_some());
+    b.put_host(&host("web-2")).unwrap();
+    assert!(a.host("web-2").unwrap().is_some());
+    // A fenced b whose own lease expires is refused too.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(matches!(
+        b.put_host(&host("web-3")),
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(pg::LeaseHolder::new("bad name'; --").is_err());
+}
+
+#[test]
+fn the_embedded_store_is_always_its_one_controllers_lease() {
+    let bed = Bed::redb();
+    let s = bed.create();
+    let h = pg::LeaseHolder::new("solo").unwrap();
+    assert!(!s.is_shared());
+    assert_eq!(
+        s.acquire_lease(&h, std::time::Duration::from_secs(1)).unwrap(),
+        Some(1)
+    );
+    s.fence(&h, 1);
+    s.put_host(&host("web-1")).unwrap();
+}

@@ -126,6 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_port,
         connected: metrics.connected(),
         spread_hint: Default::default(),
+        next_addr: Default::default(),
     };
     tokio::select! {
         never = agent.supervise() => match never {},

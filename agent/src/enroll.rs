@@ -166,7 +166,14 @@ fn plan(args: JoinArgs) -> Result<Plan, JoinError> {
         Some(n) => Name::from_str(n).map_err(JoinError::Name)?,
         None => default_name(crate::facts::hostname())?,
     };
-    validate_address(&args.controller).map_err(|_| JoinError::Address(args.controller.clone()))?;
+    // One HOST:PORT, or several comma-separated (controllers sharing a store, docs/ha.md).
+    let addrs = crate::state::controller_addrs(&args.controller);
+    if addrs.is_empty() {
+        return Err(JoinError::Address(args.controller.clone()));
+    }
+    for a in &addrs {
+        validate_address(a).map_err(|_| JoinError::Address((*a).to_owned()))?;
+    }
     Ok(Plan {
         controller: args.controller,
         token,
@@ -218,16 +225,26 @@ pub async fn join(args: JoinArgs) -> Result<String, JoinError> {
     let csr = csr_pem(&key, &plan.name)?;
     tracing::info!(controller = %plan.controller, name = %plan.name, "enrolling");
 
-    let channel = connect(
-        &plan.controller,
-        pinned_client_config(plan.pin),
-        CONNECT_TIMEOUT,
-    )
-    .await
-    .map_err(|e| match e {
-        ConnectError::Address(_) => JoinError::Address(plan.controller.clone()),
-        ConnectError::Transport(t) => transport_error(&plan, &t),
-    })?;
+    // The first address that answers: a standby controller listens on nothing.
+    let addrs = crate::state::controller_addrs(&plan.controller);
+    let mut channel = None;
+    for (i, addr) in addrs.iter().enumerate() {
+        match connect(addr, pinned_client_config(plan.pin), CONNECT_TIMEOUT).await {
+            Ok(c) => {
+                channel = Some(c);
+                break;
+            }
+            Err(ConnectError::Address(_)) => return Err(JoinError::Address((*addr).to_owned())),
+            Err(ConnectError::Transport(t)) => {
+                let err = transport_error(&plan, &t);
+                if i + 1 == addrs.len() || !matches!(err, JoinError::Unreachable { .. }) {
+                    return Err(err);
+                }
+                tracing::info!(controller = %addr, "unreachable; trying the next address");
+            }
+        }
+    }
+    let channel = channel.ok_or_else(|| JoinError::Address(plan.controller.clone()))?;
     let mut client = EnrollmentClient::new(channel);
     let request = JoinRequest {
         token: plan.token.clone(),

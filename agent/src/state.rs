@@ -49,6 +49,15 @@ pub enum StateError {
     Invalid { path: PathBuf, reason: String },
 }
 
+/// The controller addresses of `agent.toml`'s `controller`: one `host:port`, or several
+/// separated by commas (several controllers on one store, docs/ha.md).
+pub fn controller_addrs(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
+}
+
 /// `agent.toml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {

@@ -166,6 +166,9 @@ pub struct StoreFile {
     /// Connections this controller may hold (1 ..= 256); every replica's, added up, must
     /// stay below the server's `max_connections`.
     pub pool_size: Option<usize>,
+    /// Lifetime of the leader lease (2s ..= 60s): a standby takes over this long after the
+    /// leader stopped renewing it.
+    pub lease_ttl: Option<String>,
 }
 
 impl StoreFile {
@@ -188,6 +191,13 @@ impl StoreFile {
             pg.pool_size = n;
         }
         pg.ca_file = self.ca_file;
+        if let Some(v) = self.lease_ttl {
+            let ttl = parse_duration("[store] lease_ttl", &v)?;
+            if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(60) {
+                bail!("[store] lease_ttl must be between 2s and 60s");
+            }
+            pg.lease_ttl = ttl;
+        }
         Ok(pg)
     }
 }

@@ -27,6 +27,7 @@ pub mod http;
 pub mod http_client;
 pub mod init;
 pub mod lastseen;
+pub mod leader;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

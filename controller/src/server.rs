@@ -38,9 +38,14 @@ use crate::tls::{self, Revocations};
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub fn load(dir: &Path, settings: Settings) -> anyhow::Result<Arc<Shared>> {
-    let dd = DataDir(dir.to_owned());
     let store = Store::open_configured(dir, settings.store.as_ref())?;
-    tracing::info!(backend = store.backend_name(), "store opened");
+    load_with(dir, settings, Arc::new(store))
+}
+
+/// Everything else a controller serves with, read from `store` (after this controller
+/// took the leader lease, when it shares the store).
+fn load_with(dir: &Path, settings: Settings, store: Arc<Store>) -> anyhow::Result<Arc<Shared>> {
+    let dd = DataDir(dir.to_owned());
     let td: TrustDomain = store
         .meta(TRUST_DOMAIN_KEY)?
         .context(
@@ -119,7 +124,30 @@ fn seal_old_secrets(store: &Store, sealer: &Sealer) -> anyhow::Result<()> {
 
 pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     settings.validate()?;
-    let shared = load(dir, settings.clone())?;
+    let store = Arc::new(Store::open_configured(dir, settings.store.as_ref())?);
+    tracing::info!(backend = store.backend_name(), "store opened");
+    let watchdog = crate::systemd::spawn_watchdog();
+    // On a shared store only the lease holder serves; a standby waits here, listening on
+    // nothing, so agents and fleetctl find the leader at another address.
+    let leadership = if store.is_shared() {
+        let ttl = settings
+            .store
+            .as_ref()
+            .map_or(crate::store::pg::PgConfig::DEFAULT_LEASE_TTL, |s| {
+                s.lease_ttl
+            });
+        let l = crate::leader::wait_to_lead(store.clone(), crate::leader::holder_name(), ttl)
+            .await
+            .context("cannot take the leader lease")?;
+        Some(l)
+    } else {
+        None
+    };
+    let shared = load_with(dir, settings.clone(), store)?;
+    let lease_keeper = leadership.as_ref().map(|l| {
+        shared.sessions.only_while(l.clone());
+        tokio::spawn(crate::leader::keep(shared.store.clone(), l.clone()))
+    });
     // Before listening: a controller that was down when its certificate was due (or past
     // it) must not greet agents with an expired one.
     servercert::renew_if_due(&shared)?;
@@ -145,7 +173,6 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         ca_pin = %shared.ca.pin(),
         "controller listening"
     );
-    let watchdog = crate::systemd::spawn_watchdog();
     crate::systemd::ready(&format!("serving on {}", settings.listen));
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
@@ -207,6 +234,9 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         _ = async { shutdown_signal().await; tokio::time::sleep(Duration::from_secs(5)).await } => Ok(()),
     };
     accept.abort();
+    if let Some(k) = lease_keeper {
+        k.abort();
+    }
     last_seen.abort();
     renewer.abort();
     pruner.abort();
@@ -218,6 +248,13 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     // One commit for every host the shutdown (or the last interval) saw.
     if let Err(e) = shared.last_seen.flush(&shared.store) {
         tracing::warn!(error = %e, "cannot record when hosts were last seen");
+    }
+    if let Some(l) = &leadership {
+        // Last: a standby may take over as soon as this returns.
+        match shared.store.release_lease(&l.holder, l.epoch) {
+            Ok(()) => tracing::info!("leader lease released"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the leader lease"),
+        }
     }
     result
 }

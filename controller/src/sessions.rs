@@ -40,6 +40,8 @@ pub struct Sessions {
     next_id: AtomicU64,
     /// Set by `close_all`: the window, in ms, agents are asked to spread their return over.
     return_spread_ms: AtomicU64,
+    /// On a shared store: the lease this controller serves under (`only_while`).
+    leadership: std::sync::OnceLock<std::sync::Arc<crate::leader::Leadership>>,
 }
 
 /// Handshakes a controller takes per second in a reconnect wave, conservatively (two
@@ -156,8 +158,17 @@ impl Sessions {
         })
     }
 
+    /// From now on, `outbound` gives nothing once `leadership` says this controller may
+    /// no longer act as the leader: a controller that lost the lease sends nothing more.
+    pub fn only_while(&self, leadership: std::sync::Arc<crate::leader::Leadership>) {
+        let _ = self.leadership.set(leadership);
+    }
+
     /// The stream to a host that is up, for sending it commands.
     pub fn outbound(&self, host: &str) -> Option<Outbound> {
+        if self.leadership.get().is_some_and(|l| !l.may_send()) {
+            return None;
+        }
         let live = self.live.lock().expect("sessions lock");
         live.get(host)
             .and_then(|l| alive(l.last_heartbeat, l.interval, Instant::now()).then(|| l.tx.clone()))

@@ -17,7 +17,7 @@ use crate::tls::Revocations;
 pub struct Shared {
     /// The data directory (`datadir`): what a backup copies besides the store.
     pub data_dir: std::path::PathBuf,
-    pub store: Store,
+    pub store: std::sync::Arc<Store>,
     pub ca: Ca,
     pub serving: Arc<crate::servercert::ServingCert>,
     pub revocations: Arc<Revocations>,

@@ -76,7 +76,11 @@ fn a_fleet_on_postgres_keeps_everything_in_the_database_across_a_restart() {
         "--out",
         archive.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let restored = scratch.path().join("restored");
     let out = controller(&[
         "restore",
@@ -84,7 +88,11 @@ fn a_fleet_on_postgres_keeps_everything_in_the_database_across_a_restart() {
         "--data-dir",
         restored.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(restored.join("state.redb").exists());
     // The rows are in the database, where another replica would read them.
     schema.sql("DO $$ BEGIN IF (SELECT count(*) FROM fleet_kv WHERE tbl = 'hosts') <> 1 THEN RAISE 'hosts not in fleet_kv'; END IF; END $$");

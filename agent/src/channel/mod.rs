@@ -34,7 +34,7 @@ use crate::fetch::Fetcher;
 use crate::firewall::Firewall;
 use crate::logging::error_chain;
 use crate::metrics::Connected;
-use crate::state::{StateDir, StateError};
+use crate::state::{controller_addrs, StateDir, StateError};
 use crate::{facts, notify};
 use fleet_proto::reconnect::{self as backoff, retry_spread, Backoff};
 use renewal::Renewal;
@@ -140,6 +140,15 @@ pub struct Agent {
     pub connected: Connected,
     /// The reconnect window (ms) the controller's last Welcome named (0: none).
     pub spread_hint: std::sync::atomic::AtomicU64,
+    /// Which of the controller addresses (`agent.toml` may list several) the next
+    /// attempt uses.
+    pub next_addr: std::sync::atomic::AtomicUsize,
+}
+
+/// How soon to try the next address after a stream to one was lost or refused, spread so
+/// that a fleet failing over together does not arrive in one burst.
+fn failover_delay() -> Duration {
+    Duration::from_millis(rand::random_range(20..=1_000))
 }
 
 impl Agent {
@@ -147,6 +156,9 @@ impl Agent {
     pub async fn supervise(&self) -> Infallible {
         let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff)
             .with_spread(self.settings.reconnect_spread);
+        // Addresses tried in a row without a Welcome: with several controllers, each is
+        // tried at once after the last one failed, then the usual backoff applies.
+        let mut round = 0usize;
         loop {
             let mut welcomed = false;
             // A reverted firewall change ends the session too: the rules that were just
@@ -172,13 +184,31 @@ impl Agent {
             }
             // A session the controller had accepted and then ended is retried soon even if
             // it ended with a refusal: the next handshake says precisely what is wrong.
-            let delay = if matches!(end, SessionEnd::FirewallReverted) {
+            let mut delay = if matches!(end, SessionEnd::FirewallReverted) {
                 Duration::ZERO
             } else if end.needs_operator() && !welcomed {
                 backoff.at_max()
             } else {
                 backoff.next_delay()
             };
+            let addrs = self
+                .state
+                .load_meta()
+                .map(|m| controller_addrs(&m.controller).len())
+                .unwrap_or(1);
+            if addrs > 1 && !matches!(end, SessionEnd::FirewallReverted) && !end.needs_operator() {
+                self.next_addr
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if welcomed {
+                    round = 0;
+                }
+                round += 1;
+                if round < addrs {
+                    delay = failover_delay();
+                } else {
+                    round = 0;
+                }
+            }
             let retry = humantime::format_duration(round_ms(delay));
             match &end {
                 SessionEnd::Refused { .. } => tracing::error!(
@@ -224,7 +254,14 @@ impl Agent {
 
     async fn session(&self, welcomed: &mut bool) -> Result<Infallible, SessionEnd> {
         let creds = self.state.load()?;
-        let addr = creds.meta.controller.clone();
+        let addr = {
+            let addrs = controller_addrs(&creds.meta.controller);
+            let i = self.next_addr.load(std::sync::atomic::Ordering::Relaxed);
+            match addrs.get(i % addrs.len().max(1)) {
+                Some(a) => (*a).to_owned(),
+                None => creds.meta.controller.clone(),
+            }
+        };
         let tls = identity_client_config(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
             .map_err(|e| SessionEnd::Tls(e.to_string()))?;
         let key = KeyPair::from_pem(&creds.key_pem).map_err(|e| SessionEnd::Tls(e.to_string()))?;
@@ -320,6 +357,17 @@ fn round_ms(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_controller_addresses_are_read_in_order() {
+        assert_eq!(controller_addrs("a:1"), ["a:1"]);
+        assert_eq!(controller_addrs("a:1, b:2,,"), ["a:1", "b:2"]);
+        assert!(controller_addrs(" , ").is_empty());
+        for _ in 0..100 {
+            let d = failover_delay();
+            assert!(d >= Duration::from_millis(20) && d <= Duration::from_secs(1));
+        }
+    }
 
     #[test]
     fn refusals_need_an_operator_and_outages_do_not() {

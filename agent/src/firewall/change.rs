@@ -83,7 +83,16 @@ impl Firewall {
             return Err(ChangeError::BadApplyId);
         }
         let policy = Policy::parse(&a.policy_toml).map_err(ChangeError::Policy)?;
-        let lockouts = policy.lockouts(&self.inner.host, self.controller_ip());
+        // Every controller the agent may connect to must stay reachable, not just one.
+        let ips = self.controller_ips();
+        let mut lockouts = policy.lockouts(&self.inner.host, ips.first().copied());
+        for ip in ips.iter().skip(1) {
+            for l in policy.lockouts(&self.inner.host, Some(*ip)) {
+                if !lockouts.contains(&l) {
+                    lockouts.push(l);
+                }
+            }
+        }
         if !lockouts.is_empty() && !a.force {
             return Err(ChangeError::Lockout {
                 lockouts: lockouts.join("; "),

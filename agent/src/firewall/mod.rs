@@ -269,13 +269,17 @@ impl Firewall {
         });
     }
 
-    fn controller_ip(&self) -> Option<IpAddr> {
-        self.inner
-            .controller
-            .to_socket_addrs()
-            .ok()?
-            .next()
-            .map(|a| a.ip())
+    /// The address of each controller `agent.toml` names (one, or several comma-separated).
+    fn controller_ips(&self) -> Vec<IpAddr> {
+        let mut ips = Vec::new();
+        for addr in crate::state::controller_addrs(&self.inner.controller) {
+            if let Some(ip) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                if !ips.contains(&ip.ip()) {
+                    ips.push(ip.ip());
+                }
+            }
+        }
+        ips
     }
 }
 

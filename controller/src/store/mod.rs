@@ -345,6 +345,14 @@ impl Store {
         }
     }
 
+    /// Ends the lease now, if it is still `holder`'s at `epoch`.
+    pub fn release_lease(&self, holder: &pg::LeaseHolder, epoch: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(()),
+            Backend::Pg(pg) => pg.release_lease(holder, epoch),
+        }
+    }
+
     /// The lease's holder and epoch, and whether it is unexpired (None: never taken).
     pub fn lease_holder(&self) -> Result<Option<(String, i64, bool)>, StoreError> {
         match &self.backend {

@@ -83,6 +83,9 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// PEM file of the CA that signed the server's certificate, for `sslmode=require`.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Lifetime of the leader lease: how long a standby waits after the leader stops
+    /// renewing (docs/ha.md).
+    pub lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -94,6 +97,7 @@ impl std::fmt::Debug for PgConfig {
 
 impl PgConfig {
     pub const DEFAULT_POOL_SIZE: usize = 8;
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(6);
 
     pub fn from_url(url: &str) -> Result<PgConfig, StoreError> {
         let pg = tokio_postgres::Config::from_str(url).map_err(|e| {
@@ -112,6 +116,7 @@ impl PgConfig {
             pg,
             pool_size: Self::DEFAULT_POOL_SIZE,
             ca_file: None,
+            lease_ttl: Self::DEFAULT_LEASE_TTL,
         })
     }
 
@@ -392,6 +397,19 @@ impl PgStore {
         ))
         .map_err(|e| pg_err("lease", e))?;
         Ok(n == 1)
+    }
+
+    /// Ends the lease now if it is still `holder`'s at `epoch` (a clean shutdown: a standby
+    /// need not wait out its lifetime).
+    pub(super) fn release_lease(&self, holder: &LeaseHolder, epoch: i64) -> Result<(), StoreError> {
+        let client = self.client()?;
+        block_on(client.execute(
+            "UPDATE fleet_lease SET expires_at = now()
+             WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now()",
+            &[&holder.as_str(), &epoch],
+        ))
+        .map_err(|e| pg_err("lease", e))?;
+        Ok(())
     }
 
     /// Who holds the lease, and whether it is still unexpired.

@@ -653,7 +653,10 @@ fn the_leader_lease_passes_only_after_it_expires_and_fences_the_old_holder() {
     // a stops renewing (paused, cut off): once the lease expires on the database's clock,
     // b takes it at a higher epoch, and a can neither renew nor write.
     std::thread::sleep(Duration::from_millis(600));
-    let epoch_b = b.acquire_lease(&hb, ttl).unwrap().expect("an expired lease");
+    let epoch_b = b
+        .acquire_lease(&hb, ttl)
+        .unwrap()
+        .expect("an expired lease");
     assert!(epoch_b > epoch_a);
     b.fence(&hb, epoch_b);
     assert!(!a.renew_lease(&ha, epoch_a, ttl).unwrap());
@@ -680,7 +683,8 @@ fn the_embedded_store_is_always_its_one_controllers_lease() {
     let h = pg::LeaseHolder::new("solo").unwrap();
     assert!(!s.is_shared());
     assert_eq!(
-        s.acquire_lease(&h, std::time::Duration::from_secs(1)).unwrap(),
+        s.acquire_lease(&h, std::time::Duration::from_secs(1))
+            .unwrap(),
         Some(1)
     );
     s.fence(&h, 1);

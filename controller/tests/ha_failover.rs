@@ -1,0 +1,192 @@
+//! Two controllers on one PostgreSQL store (docs/ha.md), on loopback with a real agent
+//! that knows both addresses: the leader serves, the standby listens on nothing; killed,
+//! the leader is replaced by the standby once its lease expires and the agent follows;
+//! paused past its lease, the old leader is fenced and exits when it wakes.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::pg::Schema;
+use support::{bin, free_port, wait_for, Fleet, Proc};
+
+const LEASE: &str = "lease_ttl = \"2s\"";
+
+struct Standby {
+    proc: Proc,
+    addr: String,
+    data: std::path::PathBuf,
+}
+
+/// A second controller: a copy of the leader's data dir (CA, serving identity, sealing
+/// key), its own ports, the same settings file.
+fn standby(fleet: &Fleet, config: &str) -> Standby {
+    let data = fleet.dir.path().join("controller-b");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(fleet.data_dir())
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(bin("fleet-controller"));
+    cmd.arg("run")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &addr])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--config", config]);
+    let proc = Proc::spawn(cmd, fleet.dir.path().join("controller-b.log"));
+    wait_for(
+        "the standby to see the leader",
+        Duration::from_secs(20),
+        || {
+            proc.log()
+                .contains("standby: another controller leads")
+                .then_some(())
+        },
+    );
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "a standby listens on nothing"
+    );
+    Standby { proc, addr, data }
+}
+
+fn fleetctl_at(addr: &str, identity: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(bin("fleetctl"))
+        .args(["--controller", addr])
+        .arg("--identity")
+        .arg(identity)
+        .args(args)
+        .env_remove("FLEET_CONTROLLER")
+        .env_remove("FLEET_IDENTITY")
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+fn state_at(addr: &str, identity: &Path, host: &str) -> Option<String> {
+    let hosts: Vec<serde_json::Value> = serde_json::from_str(&fleetctl_at(
+        addr,
+        identity,
+        &["hosts", "--output", "json"],
+    )?)
+    .ok()?;
+    hosts
+        .into_iter()
+        .find(|h| h["name"] == host)
+        .map(|h| h["state"].as_str().unwrap().to_owned())
+}
+
+/// Leader A (from `Fleet::init`), standby B, and an agent joined with both addresses.
+fn two_controllers(schema: &Schema) -> (Fleet, Standby, Proc) {
+    let scratch = tempfile::tempdir().unwrap();
+    let config = schema.config(scratch.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap() + LEASE + "\n";
+    let mut fleet = Fleet::init(&["--config", config.to_str().unwrap()], &[]);
+    let config = fleet.dir.path().join("controller-pg.toml");
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    fleet.extra_args = vec!["--config".into(), config.clone()];
+    fleet.run_controller();
+    assert!(fleet.controller_log().contains("holds the leader lease"));
+    let b = standby(&fleet, &config);
+
+    let token = fleet.token(&[]);
+    let state = fleet.dir.path().join("agent-web-1");
+    let both = format!("{},{}", fleet.addr(), b.addr);
+    let out = Command::new(bin("fleet-agent"))
+        .args([
+            "join",
+            "--controller",
+            &both,
+            "--token",
+            &token,
+            "--ca-pin",
+            &fleet.pin,
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--name", "web-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = fleet.run_agent("web-1", &state);
+    fleet.wait_state("web-1", "up", Duration::from_secs(15));
+    (fleet, b, agent)
+}
+
+#[test]
+fn the_standby_takes_over_a_killed_leader_and_the_agent_follows_it() {
+    let Some(schema) = Schema::new() else { return };
+    let (mut fleet, b, agent) = two_controllers(&schema);
+    let identity = fleet.admin_dir();
+
+    fleet
+        .controller
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    let _ = fleet.controller.take().map(|mut c| c.child.wait());
+    wait_for("the standby to lead", Duration::from_secs(15), || {
+        b.proc
+            .log()
+            .contains("holds the leader lease")
+            .then_some(())
+    });
+    let led = killed.elapsed();
+    wait_for(
+        "web-1 up on the new leader",
+        Duration::from_secs(20),
+        || (state_at(&b.addr, &identity, "web-1").as_deref() == Some("up")).then_some(()),
+    );
+    let back = killed.elapsed();
+    eprintln!("kill -9 -> new leader {led:?}, agent streaming to it {back:?}");
+    assert!(
+        agent.log().contains(&b.addr),
+        "the agent reconnected to the other address: {}",
+        agent.log()
+    );
+    // The new leader serves from the shared records: the host, its token, the audit log.
+    let audit = fleetctl_at(&b.addr, &identity, &["audit"]).unwrap();
+    assert!(audit.contains("host.join"), "{audit}");
+    // It serves joins too.
+    let token = fleetctl_at(&b.addr, &identity, &["token", "create"]).unwrap();
+    assert!(!token.trim().is_empty());
+    drop(b.data);
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_is_fenced_and_exits_when_it_wakes() {
+    let Some(schema) = Schema::new() else { return };
+    let (mut fleet, b, _agent) = two_controllers(&schema);
+    let a = fleet.controller.take().unwrap();
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_for("the standby to lead", Duration::from_secs(15), || {
+        b.proc
+            .log()
+            .contains("holds the leader lease")
+            .then_some(())
+    });
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    let mut a = a;
+    let status = wait_for("the old leader to exit", Duration::from_secs(15), || {
+        a.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(75), "{}", a.log());
+    assert!(a.log().contains("lost the leader lease"), "{}", a.log());
+    // B goes on leading.
+    assert!(fleetctl_at(&b.addr, &fleet.admin_dir(), &["hosts"]).is_some());
+}

@@ -68,7 +68,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
 }
 
 /// Every blob the store refers to, by sha256.
-fn blob_refs(store: &Store) -> Result<BTreeMap<String, u64>, crate::store::StoreError> {
+pub(crate) fn blob_refs(store: &Store) -> Result<BTreeMap<String, u64>, crate::store::StoreError> {
     let mut out = BTreeMap::new();
     for app in store.apps()? {
         for r in store.releases(&app.name)? {
@@ -112,7 +112,7 @@ fn write_archive(shared: &Shared, with_blobs: bool, out: &Path) -> Result<Manife
             .map(|(sha256, &size)| BlobEntry {
                 sha256: sha256.clone(),
                 size,
-                included: with_blobs && shared.blobs.path(sha256).is_some_and(|p| p.exists()),
+                included: with_blobs && matches!(shared.blobs.local(sha256), Ok(Some(_))),
             })
             .collect(),
     };

@@ -1,6 +1,11 @@
 //! Release tarballs on disk, content-addressed: `DATA_DIR/blobs/<sha256>`. Uploads are
 //! written to a temporary file while hashed and renamed into place only when complete, so
 //! a blob file is always whole and always matches its name.
+//!
+//! On a store several controllers share (docs/ha.md) the store holds every blob too, and
+//! this directory is the controller's cache of them: an upload is kept in both before it
+//! is acknowledged, and a blob another controller received is copied from the store the
+//! first time it is asked for, checked against its name on the way in.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +26,8 @@ pub enum BlobError {
     NotDeb,
     #[error("release storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error("release storage: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Compressed bytes kept from an upload's start to check its format.
@@ -77,6 +84,11 @@ pub struct Blobs {
     /// fleet-wide deploy has every host fetch the same blob at once, and one descriptor
     /// per fetch on top of one socket per agent would run out of descriptors.
     serving: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<std::fs::File>>>,
+    /// The store every controller reads, when they share one.
+    shared: Option<std::sync::Arc<crate::store::Store>>,
+    /// Held while a blob is copied in from the shared store, so a fleet-wide deploy's
+    /// fetches on a controller new to the blob copy it once, not once per host.
+    filling: std::sync::Mutex<()>,
 }
 
 /// An upload in progress.
@@ -129,7 +141,59 @@ impl Blobs {
         Ok(Blobs {
             dir,
             serving: Default::default(),
+            shared: None,
+            filling: Default::default(),
         })
+    }
+
+    /// Keeps every blob in `store` too when controllers share it (nothing changes on the
+    /// embedded store, whose controller is the only one).
+    pub fn with_store(mut self, store: &std::sync::Arc<crate::store::Store>) -> Blobs {
+        if store.is_shared() {
+            self.shared = Some(store.clone());
+        }
+        self
+    }
+
+    /// Where blob `sha256` is on this controller's disk, copied there from the shared
+    /// store first if another controller received it; None when no controller holds it.
+    /// Blocks for the copy: call it off the async workers.
+    pub fn local(&self, sha256: &str) -> Result<Option<PathBuf>, BlobError> {
+        let Some(path) = self.path(sha256) else {
+            return Ok(None);
+        };
+        if path.exists() {
+            return Ok(Some(path));
+        }
+        let Some(store) = &self.shared else {
+            return Ok(None);
+        };
+        let _filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());
+        if path.exists() {
+            return Ok(Some(path));
+        }
+        let sha = sha256.to_ascii_lowercase();
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let got = {
+            let mut hashing = HashingWriter {
+                inner: std::io::BufWriter::new(tmp.as_file_mut()),
+                hasher: Sha256::new(),
+            };
+            if store.fetch_blob(&sha, &mut hashing)?.is_none() {
+                return Ok(None);
+            }
+            let HashingWriter { inner, hasher } = hashing;
+            inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            hex::encode(hasher.finalize())
+        };
+        if got != sha {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "blob {sha} from the shared store hashes to {got}: not kept"
+            ))));
+        }
+        tmp.persist(&path).map_err(|e| e.error)?;
+        tracing::info!(sha256 = %sha, "copied a blob from the shared store");
+        Ok(Some(path))
     }
 
     /// The blob's shared file if a fetch of it is running now. It was found in use when
@@ -147,6 +211,9 @@ impl Blobs {
         let path = self.path(sha256).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a blob name")
         })?;
+        if self.shared.is_some() && !path.exists() {
+            self.local(sha256).map_err(std::io::Error::other)?;
+        }
         let key = sha256.to_ascii_lowercase();
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(file) = serving.get(&key).and_then(std::sync::Weak::upgrade) {
@@ -195,6 +262,10 @@ impl Blobs {
         if !dest.exists() {
             up.file.persist(&dest).map_err(|e| e.error)?;
         }
+        if let Some(store) = &self.shared {
+            let mut file = std::io::BufReader::new(std::fs::File::open(&dest)?);
+            store.put_blob(&sha, up.size, &mut file)?;
+        }
         Ok((sha, up.size))
     }
 
@@ -202,6 +273,29 @@ impl Blobs {
         if let Some(p) = self.path(sha256) {
             let _ = std::fs::remove_file(p);
         }
+        if let Some(store) = &self.shared {
+            if let Err(e) = store.remove_blob(&sha256.to_ascii_lowercase()) {
+                tracing::warn!(%sha256, error = %e, "cannot delete a blob from the shared store; it stays there unused");
+            }
+        }
+    }
+}
+
+/// Hashes what it passes on, to check a blob copied in against its name.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

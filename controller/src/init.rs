@@ -99,14 +99,17 @@ pub fn init(
 /// What `migrate` moved.
 pub struct MigrateOutcome {
     pub rows: u64,
+    /// Release and package blobs copied into the database.
+    pub blobs: usize,
     /// Where the redb file went, so a controller started without `[store]` by mistake
     /// finds no stale state to serve.
     pub moved_to: std::path::PathBuf,
 }
 
 /// `fleet-controller migrate`: copies a stopped controller's redb state into an empty
-/// PostgreSQL database in one transaction, then renames the file. The CA, keys, sealing
-/// key and blobs stay in the data directory; agents keep their certificates.
+/// PostgreSQL database in one transaction, then renames the file. The blobs its records
+/// name are copied first, so every controller on the database can serve them. The CA,
+/// keys and sealing key stay in the data directory; agents keep their certificates.
 pub fn migrate(dir: &Path, pg: &crate::store::pg::PgConfig) -> anyhow::Result<MigrateOutcome> {
     let dd = DataDir(dir.to_owned());
     let path = dd.store();
@@ -118,6 +121,22 @@ pub fn migrate(dir: &Path, pg: &crate::store::pg::PgConfig) -> anyhow::Result<Mi
         )
     })?;
     let to = Store::create_pg(pg).context("cannot use the [store] database")?;
+    let refs = crate::backup::blob_refs(&from).context("cannot list release blobs")?;
+    let mut blobs = 0;
+    for (sha, size) in &refs {
+        let file = dd.0.join("blobs").join(sha);
+        let mut f = match std::fs::File::open(&file) {
+            Ok(f) => std::io::BufReader::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(sha256 = %sha, "a release blob named by a record is missing from the data directory; not copied");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        };
+        to.put_blob(sha, *size, &mut f)
+            .with_context(|| format!("cannot copy blob {sha}; no record was migrated"))?;
+        blobs += 1;
+    }
     let rows = from.copy_into(&to).context("nothing was migrated")?;
     drop(from);
     let moved_to = path.with_extension(format!("redb.migrated-{}", crate::timefmt::now_secs()));
@@ -128,5 +147,9 @@ pub fn migrate(dir: &Path, pg: &crate::store::pg::PgConfig) -> anyhow::Result<Mi
             path.display()
         )
     })?;
-    Ok(MigrateOutcome { rows, moved_to })
+    Ok(MigrateOutcome {
+        rows,
+        blobs,
+        moved_to,
+    })
 }

@@ -133,7 +133,12 @@ pub async fn serve_fetch(
                     .await;
                 return;
             }
-            shared.blobs.open_shared(&req.sha256)
+            // Off the async workers: on a shared store the first fetch of a blob this
+            // controller did not receive copies it in from the database.
+            let (s, sha) = (shared.clone(), req.sha256.clone());
+            tokio::task::spawn_blocking(move || s.blobs.open_shared(&sha))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         }
     };
     let file = match file {

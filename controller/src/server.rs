@@ -72,7 +72,8 @@ fn load_with(dir: &Path, settings: Settings, store: Arc<Store>) -> anyhow::Resul
     let sealer = Sealer::load_or_create(dir)?;
     seal_old_secrets(&store, &sealer)?;
     let blobs = Blobs::open(dir)
-        .with_context(|| format!("cannot open release storage in {}", dir.display()))?;
+        .with_context(|| format!("cannot open release storage in {}", dir.display()))?
+        .with_store(&store);
     Ok(Arc::new(Shared {
         data_dir: dir.to_owned(),
         store,

@@ -180,7 +180,8 @@ pub fn package(shared: &Shared, version: &PackageVersion) -> Result<AgentPackage
         })?;
     let present = shared
         .blobs
-        .path(&pkg.sha256)
+        .local(&pkg.sha256)
+        .map_err(|e| Status::internal(e.to_string()))?
         .and_then(|p| std::fs::metadata(p).ok())
         .is_some_and(|m| m.len() == pkg.size);
     if !present {

@@ -102,8 +102,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             let out = fleet_controller::init::migrate(&data_dir, &pg)?;
             eprintln!(
-                "migrated {} records into {}; the old state is at {}. Start the controller with --config {}",
+                "migrated {} records and {} blobs into {}; the old state is at {}. Start the controller with --config {}",
                 out.rows,
+                out.blobs,
                 pg.describe(),
                 out.moved_to.display(),
                 config.display()

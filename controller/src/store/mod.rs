@@ -25,6 +25,7 @@ mod redb_kv;
 mod releases;
 mod rollouts;
 mod secrets;
+mod shared_blobs;
 #[cfg(test)]
 mod tests;
 

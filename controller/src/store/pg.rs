@@ -32,6 +32,7 @@ use tokio_postgres::types::ToSql;
 use super::kv::{Kind, ReadTx, Row, Span, Tbl, WriteTx};
 use super::StoreError;
 
+mod blobs;
 mod lease;
 pub(in crate::store) use lease::Fence;
 pub use lease::LeaseHolder;
@@ -63,6 +64,23 @@ const MIGRATIONS: &[(i32, &str)] = &[
             holder text NOT NULL,
             epoch bigint NOT NULL,
             expires_at timestamptz NOT NULL
+        );",
+    ),
+    (
+        3,
+        // Release and package blobs, so every controller can serve what one received
+        // (`pg/blobs.rs`). Chunks bound the memory of a read or a write; the `fleet_blob`
+        // row is written last, in the chunks' transaction, so it names only whole blobs.
+        "CREATE TABLE fleet_blob (
+            sha text PRIMARY KEY,
+            size bigint NOT NULL,
+            chunks integer NOT NULL
+        );
+        CREATE TABLE fleet_blob_chunk (
+            sha text NOT NULL,
+            n integer NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (sha, n)
         );",
     ),
 ];

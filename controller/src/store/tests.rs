@@ -6,6 +6,7 @@ use super::*;
 #[path = "bed.rs"]
 mod bed;
 use bed::Bed;
+use std::sync::Arc;
 
 fn every_table_name() -> Vec<String> {
     let mut names: Vec<String> = kv::EVERY_TABLE.iter().map(|t| t.name.to_owned()).collect();
@@ -687,4 +688,78 @@ fn the_embedded_store_is_always_its_one_controllers_lease() {
     );
     s.fence(&h, 1);
     s.put_host(&host("web-1")).unwrap();
+}
+
+/// A gzip tarball of `len` bytes of incompressible content, so its blob spans chunks.
+fn big_tarball(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "app.bin", data.as_slice()).unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn a_blob_one_controller_received_is_served_by_another_checked_and_deleted_for_all() {
+    use crate::blobs::{Blobs, Format};
+    let Some(bed) = Bed::postgres() else { return };
+    let (a, b) = (Arc::new(bed.create()), Arc::new(bed.reopen()));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let on_a = Blobs::open(dirs[0].path()).unwrap().with_store(&a);
+    let on_b = Blobs::open(dirs[1].path()).unwrap().with_store(&b);
+    let t = big_tarball(2_500_000);
+    let mut up = on_a.begin(1 << 30).unwrap();
+    up.write(&t).unwrap();
+    let (sha, _) = on_a.finish(up, t.len() as u64, Format::Tarball).unwrap();
+
+    let path = on_b.local(&sha).unwrap().expect("B copies A's upload in");
+    assert_eq!(std::fs::read(&path).unwrap(), t);
+    assert!(on_b.open_shared(&sha).is_ok());
+
+    // Bytes that do not hash to the name are refused, and nothing is kept.
+    bed.sql(
+        "UPDATE fleet_blob_chunk SET data = set_byte(data, 7, get_byte(data, 7) # 1) WHERE n = 1",
+    );
+    let on_c = Blobs::open(dirs[2].path()).unwrap().with_store(&b);
+    let err = on_c.local(&sha).unwrap_err().to_string();
+    assert!(err.contains("hashes to"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dirs[2].path().join("blobs"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    on_a.remove(&sha);
+    assert!(
+        on_c.local(&sha).unwrap().is_none(),
+        "removed for every controller"
+    );
+    assert_eq!(b.fetch_blob(&sha, &mut std::io::sink()).unwrap(), None);
+    assert!(on_b.local("not-a-name").unwrap().is_none());
+}
+
+#[test]
+fn the_embedded_store_keeps_no_blobs_of_its_own() {
+    let bed = Bed::redb();
+    let s = Arc::new(bed.create());
+    s.put_blob("ab", 3, &mut &b"abc"[..]).unwrap();
+    assert_eq!(s.fetch_blob("ab", &mut std::io::sink()).unwrap(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = crate::blobs::Blobs::open(dir.path())
+        .unwrap()
+        .with_store(&s);
+    assert!(blobs.local(&"a".repeat(64)).unwrap().is_none());
 }

@@ -181,6 +181,26 @@ impl Commands {
             .await
     }
 
+    /// Like `call`, under id `id` rather than a new one: a rollout step's stable id, which
+    /// the agent answers once however often it is sent (a controller taking over a
+    /// rollout re-sends the step in flight).
+    pub async fn call_as(
+        &self,
+        sessions: &Sessions,
+        host: &str,
+        id: &str,
+        kind: command::Kind,
+        timeout: Duration,
+    ) -> Result<CommandResult, CommandError> {
+        let rx = self.send(sessions, host, id, kind).await?;
+        Sent {
+            id: id.to_owned(),
+            rx,
+        }
+        .wait(self, timeout)
+        .await
+    }
+
     /// Sends `kind` to `host`; the answer is awaited separately, so a fan-out can report
     /// progress between sending and waiting.
     pub async fn start(

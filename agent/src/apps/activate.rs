@@ -19,6 +19,20 @@ use crate::systemd::JobKind;
 use crate::units::{self, Runtime};
 
 impl Inner {
+    /// Whether `app` runs `version` now, up and healthy and not crash-looping, with
+    /// `current` naming that release: the one state an Activate of it would not improve.
+    fn runs_healthy(&self, app: &super::App, version: &Version) -> bool {
+        let up = {
+            let d = lock(&app.data);
+            d.release == version.as_str()
+                && d.health.healthy
+                && !d.tracker.crash_loop
+                && !d.stopped
+                && d.props.as_ref().is_some_and(is_up)
+        };
+        up && matches!(self.releases.current(&app.name), Ok(Some(v)) if v == *version)
+    }
+
     pub(super) async fn stage(&self, s: StageRelease) -> Outcome {
         let name = parse_app(&s.app)?;
         let version: Version = s.version.parse().map_err(AppError::Version)?;
@@ -94,6 +108,16 @@ impl Inner {
         }
         rotate.apply()?;
         self.count_requests(&spec);
+        // The release it already runs, healthy, with the same files: a step re-sent after
+        // a controller failover or restart (docs/ha.md) must not restart the app again.
+        let unchanged = !written.units_changed() && !written.env_changed;
+        if unchanged && self.runs_healthy(&app, &version) {
+            lock(&app.data).spec = spec.clone();
+            self.persist(&name, &a.spec_toml, &version)?;
+            return Ok(format!(
+                "{name} already runs release {version}, healthy: nothing restarted"
+            ));
+        }
         let previous = self.releases.switch_current(&name, &version).await?;
         {
             let mut d = lock(&app.data);
@@ -148,6 +172,8 @@ impl Inner {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(app = %name, "cannot prune old releases: {e}"),
                 }
+                // The agent's own record of every activation (the HA lab test counts them).
+                tracing::info!(app = %name, %version, "release activated");
                 Ok(format!("{name} {version} is running: {detail}"))
             }
             Err(why) => Err(self

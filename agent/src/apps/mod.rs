@@ -43,6 +43,7 @@ use crate::units;
 pub use error::AppError;
 
 mod activate;
+mod dedup;
 mod error;
 mod exec;
 mod gate;
@@ -80,6 +81,8 @@ pub struct Apps {
 
 struct Inner {
     outbox: Outbox,
+    /// Ids of the commands that change an app, so one re-sent runs once.
+    dedup: dedup::Dedup,
     metrics: AppMetrics,
     requests: Requests,
     fetcher: Fetcher,
@@ -207,6 +210,7 @@ impl Apps {
         Apps {
             inner: Arc::new(Inner {
                 outbox: Outbox::default(),
+                dedup: dedup::Dedup::default(),
                 metrics,
                 requests,
                 fetcher,
@@ -307,6 +311,27 @@ impl Apps {
                 inner.outbox.send(agent_message::Body::Result(result)).await;
                 return;
             }
+            let changes_app = matches!(
+                c.kind,
+                Some(
+                    command::Kind::Stage(_)
+                        | command::Kind::Activate(_)
+                        | command::Kind::Restart(_)
+                        | command::Kind::RunPreStart(_)
+                        | command::Kind::StopApp(_)
+                        | command::Kind::StartApp(_)
+                        | command::Kind::RemoveApp(_)
+                )
+            );
+            if changes_app {
+                if let dedup::Claim::Repeat(first) = inner.dedup.claim(&id) {
+                    tracing::info!(command = %id, "command received again: answering with its first run's result");
+                    if let Some(result) = dedup::wait(first).await {
+                        inner.outbox.send(agent_message::Body::Result(result)).await;
+                    }
+                    return;
+                }
+            }
             let outcome = match c.kind {
                 Some(command::Kind::Stage(s)) => inner.stage(s).await,
                 Some(command::Kind::Activate(a)) => inner.activate(a).await,
@@ -343,6 +368,9 @@ impl Apps {
                 request_stats: None,
                 exit_code: 0,
             };
+            if changes_app {
+                inner.dedup.finish(&result);
+            }
             inner.outbox.send(agent_message::Body::Result(result)).await;
         });
     }

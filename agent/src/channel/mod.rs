@@ -145,6 +145,10 @@ pub struct Agent {
     pub next_addr: std::sync::atomic::AtomicUsize,
 }
 
+/// How long after losing a controller the others are tried at the failover pace: more
+/// than the default leader lease (6 s) plus a standby's start of serving.
+const FAILOVER_WINDOW: Duration = Duration::from_secs(12);
+
 /// How soon to try the next address after a stream to one was lost or refused, spread so
 /// that a fleet failing over together does not arrive in one burst.
 fn failover_delay() -> Duration {
@@ -156,9 +160,10 @@ impl Agent {
     pub async fn supervise(&self) -> Infallible {
         let mut backoff = Backoff::new(backoff::INITIAL, self.settings.max_backoff)
             .with_spread(self.settings.reconnect_spread);
-        // Addresses tried in a row without a Welcome: with several controllers, each is
-        // tried at once after the last one failed, then the usual backoff applies.
-        let mut round = 0usize;
+        // When a stream to one of several controllers was lost: the next ones are tried
+        // at once, round after round, for a while (long enough for a standby to wait out
+        // the lost leader's lease and take over, docs/ha.md); only then the usual backoff.
+        let mut lost_at: Option<tokio::time::Instant> = None;
         loop {
             let mut welcomed = false;
             // A reverted firewall change ends the session too: the rules that were just
@@ -199,14 +204,11 @@ impl Agent {
             if addrs > 1 && !matches!(end, SessionEnd::FirewallReverted) && !end.needs_operator() {
                 self.next_addr
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if welcomed {
-                    round = 0;
+                if welcomed || lost_at.is_none() {
+                    lost_at = Some(tokio::time::Instant::now());
                 }
-                round += 1;
-                if round < addrs {
+                if lost_at.is_some_and(|t| t.elapsed() < FAILOVER_WINDOW) {
                     delay = failover_delay();
-                } else {
-                    round = 0;
                 }
             }
             let retry = humantime::format_duration(round_ms(delay));

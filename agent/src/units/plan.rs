@@ -75,6 +75,7 @@ pub struct Plan {
 /// What `apply` changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
+    pub env_changed: bool,
     pub socket_changed: bool,
     pub service_changed: bool,
 }
@@ -138,7 +139,8 @@ impl Plan {
     pub fn apply(&self) -> Result<Applied, FileError> {
         let p = &self.prepared;
         ensure_dir(&p.env_dir, ENV_DIR_MODE)?;
-        write_if_changed(&env_path(&p.env_dir, &p.name), p.env.as_bytes(), ENV_MODE)?;
+        let env_changed =
+            write_if_changed(&env_path(&p.env_dir, &p.name), p.env.as_bytes(), ENV_MODE)?;
         // Before the unit that names it.
         if p.asgi {
             asgi_worker::install(&p.worker_dir)?;
@@ -154,6 +156,7 @@ impl Plan {
             UNIT_MODE,
         )?;
         Ok(Applied {
+            env_changed,
             socket_changed,
             service_changed,
         })
@@ -232,6 +235,7 @@ mod tests {
         assert_eq!(
             applied,
             Applied {
+                env_changed: true,
                 socket_changed: true,
                 service_changed: true
             }
@@ -241,8 +245,23 @@ mod tests {
         assert_eq!(mode(&units.join("fleet-app-shop.socket")), 0o644);
         let service = std::fs::read_to_string(units.join("fleet-app-shop.service")).unwrap();
         assert!(service.contains(&env.join("shop.env").display().to_string()));
-        // Nothing changed: no daemon-reload needed.
-        assert!(!plan().apply().unwrap().units_changed());
+        // Nothing changed: no daemon-reload needed, nothing to restart for.
+        let again = plan().apply().unwrap();
+        assert!(!again.units_changed() && !again.env_changed);
+        // A new secret changes only the env file, which a running app must restart to read.
+        let sp = spec("secrets = [\"TOKEN\"]");
+        let with_secret = |value: &str| {
+            let secret = BTreeMap::from([("TOKEN".to_owned(), value.to_owned())]);
+            Prepared::render(&sp, &secret, &dirs)
+                .unwrap()
+                .with_service(&sp, Path::new("/var/lib/fleet/apps/shop"), &runtime(), 2)
+                .unwrap()
+                .apply()
+                .unwrap()
+        };
+        with_secret("one");
+        let rotated = with_secret("two");
+        assert!(rotated.env_changed && !rotated.units_changed());
     }
 
     fn dirs(root: &Path) -> Dirs {

@@ -25,6 +25,17 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
 /// On top of the health deadline: unit file writes and systemd jobs.
 const ACTIVATE_SLACK: Duration = Duration::from_secs(60);
 
+/// The command id of a rollout's step on one host: the same whichever controller sends
+/// it, so the agent runs a step re-sent by a controller that took over once (docs/ha.md).
+/// A retry of a step that failed is a new attempt, under a new id.
+fn step_id(rec: &Record, what: &str, host: &str, retry: bool) -> String {
+    if retry {
+        crate::commands::new_id()
+    } else {
+        format!("rollout/{}/{what}/{host}", rec.id)
+    }
+}
+
 pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
     let writer = tokio::spawn(super::live::persist(shared.clone(), live.clone()));
     loop {
@@ -288,9 +299,11 @@ async fn pre_start(shared: &Arc<Shared>, live: &Arc<Live>) -> bool {
         version: rec.version.clone(),
         secrets: secrets.into_iter().collect(),
     });
-    let call = shared.commands.call(
+    let id = step_id(&rec, "pre-start", &host, false);
+    let call = shared.commands.call_as(
         &shared.sessions,
         &host,
+        &id,
         kind,
         spec.pre_start_timeout + ACTIVATE_SLACK,
     );
@@ -435,6 +448,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
             rec.gate(),
         );
         let skip_down = rec.skip_down;
+        let id = step_id(&rec, "activate", &host, h.phase == Phase::Failed);
         tasks.spawn(async move {
             let wait = if skip_down { Duration::ZERO } else { deadline };
             if !wait_up(&shared, &host, wait).await {
@@ -450,7 +464,13 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
             let _ = tx.send(HostMsg::Switching(host.clone())).await;
             let r = shared
                 .commands
-                .call(&shared.sessions, &host, kind, deadline + ACTIVATE_SLACK)
+                .call_as(
+                    &shared.sessions,
+                    &host,
+                    &id,
+                    kind,
+                    deadline + ACTIVATE_SLACK,
+                )
                 .await;
             let _ = tx
                 .send(HostMsg::Done(host, outcome(r).map_err(HostError::from)))
@@ -540,6 +560,7 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
             &format!("back to {}", step.previous.as_deref().unwrap_or("(none)")),
             |r| r.host_mut(&host).phase = Phase::Reverting,
         );
+        let id = step_id(&rec, "revert", &host, step.phase == Phase::RevertFailed);
         tasks.spawn(async move {
             let Some(prev) = step.previous else {
                 return (host, Err(HostError::NoPrevious));
@@ -555,7 +576,13 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
                 desired::activate(&rec.spec_toml, &Release::of(&release), secrets, rec.gate());
             let r = shared
                 .commands
-                .call(&shared.sessions, &host, kind, deadline + ACTIVATE_SLACK)
+                .call_as(
+                    &shared.sessions,
+                    &host,
+                    &id,
+                    kind,
+                    deadline + ACTIVATE_SLACK,
+                )
                 .await;
             (host, outcome(r).map_err(HostError::from))
         });

@@ -8,7 +8,6 @@
 //! The archive holds the CA key and the key that opens the sealed secrets: it is written
 //! 0600, and whoever holds it holds the fleet.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -67,20 +66,6 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("backup failed: {what}: {e}"))
 }
 
-/// Every blob the store refers to, by sha256.
-pub(crate) fn blob_refs(store: &Store) -> Result<BTreeMap<String, u64>, crate::store::StoreError> {
-    let mut out = BTreeMap::new();
-    for app in store.apps()? {
-        for r in store.releases(&app.name)? {
-            out.insert(r.sha256, r.size);
-        }
-    }
-    for p in store.agent_packages()? {
-        out.insert(p.sha256, p.size);
-    }
-    Ok(out)
-}
-
 fn append_file(tar: &mut tar::Builder<File>, name: &str, path: &Path) -> std::io::Result<()> {
     let mut f = File::open(path)?;
     let mut h = tar::Header::new_gnu();
@@ -102,7 +87,10 @@ fn write_archive(shared: &Shared, with_blobs: bool, out: &Path) -> Result<Manife
         .store
         .snapshot(&state)
         .map_err(|e| internal("cannot snapshot the store", e))?;
-    let refs = blob_refs(&shared.store).map_err(|e| internal("cannot list release blobs", e))?;
+    let refs = shared
+        .store
+        .blob_refs()
+        .map_err(|e| internal("cannot list release blobs", e))?;
     let manifest = Manifest {
         format: FORMAT,
         controller_version: env!("CARGO_PKG_VERSION").into(),

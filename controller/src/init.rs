@@ -121,7 +121,7 @@ pub fn migrate(dir: &Path, pg: &crate::store::pg::PgConfig) -> anyhow::Result<Mi
         )
     })?;
     let to = Store::create_pg(pg).context("cannot use the [store] database")?;
-    let refs = crate::backup::blob_refs(&from).context("cannot list release blobs")?;
+    let refs = from.blob_refs().context("cannot list release blobs")?;
     let mut blobs = 0;
     for (sha, size) in &refs {
         let file = dd.0.join("blobs").join(sha);

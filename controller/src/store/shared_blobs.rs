@@ -7,6 +7,20 @@ use std::io::{Read, Write};
 use super::{Backend, Store, StoreError};
 
 impl Store {
+    /// Every blob a record names (releases and agent packages), with its size.
+    pub fn blob_refs(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for app in self.apps()? {
+            for r in self.releases(&app.name)? {
+                out.insert(r.sha256, r.size);
+            }
+        }
+        for p in self.agent_packages()? {
+            out.insert(p.sha256, p.size);
+        }
+        Ok(out)
+    }
+
     /// Keeps blob `sha` (`size` bytes from `from`) where every controller can read it.
     pub fn put_blob(&self, sha: &str, size: u64, from: &mut dyn Read) -> Result<(), StoreError> {
         match &self.backend {

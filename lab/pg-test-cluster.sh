@@ -2,6 +2,7 @@
 # An unprivileged PostgreSQL 15 cluster (Debian's postgresql-15) for the store's contract
 # tests, on a Unix socket in a new directory of its own: no port, no other client.
 #   eval "$(sh lab/pg-test-cluster.sh start)"   prints the FLEET_TEST_PG_* exports
+#   sh lab/pg-test-cluster.sh restart DIR      stops and starts the server (a failover test)
 #   sh lab/pg-test-cluster.sh stop "$FLEET_TEST_PG_DIR"
 # As root it runs the server as the `postgres` user (PostgreSQL refuses to run as root).
 # fsync is off: the tests check what the store does, not the disk.
@@ -31,8 +32,13 @@ stop)
     [ -d "$dir/data" ] && as_owner "$BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
     ;;
+restart)
+    dir="${2:?usage: pg-test-cluster.sh restart DIR}"
+    case "$dir" in /tmp/fleet-pg.*) ;; *) echo "not a test cluster: $dir" >&2; exit 1 ;; esac
+    as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w restart >/dev/null
+    ;;
 *)
-    echo "usage: lab/pg-test-cluster.sh start | stop DIR" >&2
+    echo "usage: lab/pg-test-cluster.sh start | restart DIR | stop DIR" >&2
     exit 2
     ;;
 esac

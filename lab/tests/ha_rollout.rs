@@ -3,7 +3,8 @@
 //! the leader is killed with `kill -9` while a batch of a rollout is switching. Another
 //! replica must take over and finish the rollout, every agent must stream to it, each
 //! host must activate the new release exactly once (counted in the agents' own journals),
-//! and every audit entry written before the kill must still be there, once.
+//! and every audit entry written before the kill must still be there, once. Then the
+//! PostgreSQL server restarts mid-rollout, and the rollout must still succeed.
 
 mod common;
 
@@ -20,57 +21,52 @@ const PORT: u16 = 8000;
 const LEADER: &str = "198.18.0.1:7443";
 const REPLICAS: [(&str, u16); 2] = [("198.18.0.1:7445", 7446), ("198.18.0.1:7447", 7448)];
 
-/// A database of the test's own in the cluster at `FLEET_TEST_PG_URL` (lab/test-all.sh
-/// starts it), dropped at the end. None only under `FLEET_PG=skip`.
-struct Database {
-    admin: String,
-    name: String,
+/// A PostgreSQL cluster of the test's own (`lab/pg-test-cluster.sh`), not the shared
+/// one of `FLEET_TEST_PG_URL`: this test restarts its server, which would cut every
+/// other test's connections. Stopped and removed when dropped. None only under
+/// `FLEET_PG=skip`.
+struct Cluster {
+    dir: String,
     url: String,
 }
 
-impl Database {
-    fn new() -> Option<Database> {
-        let Ok(admin) = std::env::var("FLEET_TEST_PG_URL") else {
-            if std::env::var("FLEET_PG").as_deref() == Ok("skip") {
-                eprintln!("FLEET_PG=skip: HA lab test not run");
-                return None;
-            }
-            panic!(
-                "this test needs a PostgreSQL server: run it through `bash lab/test-all.sh`, \
-                 or `eval \"$(sh lab/pg-test-cluster.sh start)\"` first (FLEET_PG=skip skips it)"
-            );
+fn cluster_script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pg-test-cluster.sh");
+    let out = Command::new("sh").arg(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg-test-cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        if std::env::var("FLEET_PG").as_deref() == Ok("skip") {
+            eprintln!("FLEET_PG=skip: HA lab test not run");
+            return None;
+        }
+        let exports = cluster_script(&["start"]);
+        let value = |name: &str| {
+            let at = exports.find(&format!("{name}='")).expect("an export") + name.len() + 2;
+            exports[at..].split('\'').next().unwrap().to_owned()
         };
-        let name = format!("lab_ha_{}", std::process::id());
-        psql(&admin, &format!("CREATE DATABASE {name}"));
-        let url = admin.replace("dbname=postgres", &format!("dbname={name}"));
-        assert_ne!(
-            url, admin,
-            "FLEET_TEST_PG_URL names no dbname=postgres: {admin}"
-        );
-        Some(Database { admin, name, url })
+        Some(Cluster {
+            dir: value("FLEET_TEST_PG_DIR"),
+            url: value("FLEET_TEST_PG_URL"),
+        })
+    }
+
+    fn restart(&self) {
+        cluster_script(&["restart", &self.dir]);
     }
 }
 
-impl Drop for Database {
+impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(&self.admin)
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .status();
+        cluster_script(&["stop", &self.dir]);
     }
-}
-
-fn psql(url: &str, sql: &str) {
-    let ok = Command::new("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .status()
-        .expect("psql runs")
-        .success();
-    assert!(ok, "psql {sql:?} failed");
 }
 
 /// A standby replica this test started; killed (by its PID) when dropped.
@@ -165,7 +161,7 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
     let Some(mut lab) = fleet_lab::test_lab(&opts) else {
         return;
     };
-    let Some(db) = Database::new() else { return };
+    let Some(db) = Cluster::start() else { return };
     let paths = Paths::from_env();
     let data = paths.controller_data();
     let config = fleet_lab::fleet::controller_config(&paths);
@@ -328,27 +324,49 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
         "agents took {streaming:?} to stream to the new leader (it served after {resumed:?})"
     );
 
-    // --- the rollout finishes on the new leader, each host switched exactly once
+    // --- PostgreSQL restarts mid-rollout: the replicas reconnect and it goes on
+    let s = json_at(
+        &lab,
+        next.addr,
+        &["rollout", "status", "shop", "--output", "json"],
+    )
+    .expect("the new leader answers");
+    assert_eq!(s["rollout"]["state"], "running", "{s:#}");
+    let outage = Instant::now();
+    db.restart();
+    eprintln!(
+        "PostgreSQL restarted in {:.1} s",
+        outage.elapsed().as_secs_f64()
+    );
+
+    // --- the rollout finishes, each host switched exactly once. A restart longer than the
+    // lease's margin hands the lead on again, so ask whichever replica serves.
+    let serving = || {
+        replicas.iter().find_map(|r| {
+            json_at(
+                &lab,
+                r.addr,
+                &["rollout", "status", "shop", "--output", "json"],
+            )
+            .map(|s| (r, s))
+        })
+    };
     wait("the rollout to end", Duration::from_secs(180), || {
-        json_at(
-            &lab,
-            next.addr,
-            &["rollout", "status", "shop", "--output", "json"],
-        )
-        .is_some_and(|s| {
+        serving().is_some_and(|(_, s)| {
             matches!(
                 s["rollout"]["state"].as_str(),
                 Some("succeeded" | "reverted" | "failed" | "aborted")
             )
         })
     });
-    let s = json_at(
-        &lab,
-        next.addr,
-        &["rollout", "status", "shop", "--output", "json"],
-    )
-    .unwrap();
-    assert_eq!(s["rollout"]["state"], "succeeded", "{s:#}\n{}", next.log());
+    let (next, s) = serving().unwrap();
+    assert_eq!(
+        s["rollout"]["state"],
+        "succeeded",
+        "{s:#}\n{}\n{}",
+        replicas[0].log(),
+        replicas[1].log()
+    );
     let status = json_at(&lab, next.addr, &["status", "shop", "--output", "json"]).unwrap();
     for e in status.as_array().unwrap() {
         assert_eq!(

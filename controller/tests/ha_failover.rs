@@ -132,6 +132,10 @@ fn the_standby_takes_over_a_killed_leader_and_the_agent_follows_it() {
     let Some(schema) = Schema::new() else { return };
     let (mut fleet, b, agent) = two_controllers(&schema);
     let identity = fleet.admin_dir();
+    // fleetctl given both, standby first: the standby refuses, the leader answers.
+    let both = format!("{},{}", b.addr, fleet.addr());
+    let hosts = fleetctl_at(&both, &identity, &["hosts"]).expect("the leader answers");
+    assert!(hosts.contains("web-1"), "{hosts}");
 
     fleet
         .controller
@@ -159,8 +163,9 @@ fn the_standby_takes_over_a_killed_leader_and_the_agent_follows_it() {
         "the agent reconnected to the other address: {}",
         agent.log()
     );
-    // The new leader serves from the shared records: the host, its token, the audit log.
-    let audit = fleetctl_at(&b.addr, &identity, &["audit"]).unwrap();
+    // The new leader serves from the shared records: the host, its token, the audit log;
+    // fleetctl with both addresses moves past the dead one.
+    let audit = fleetctl_at(&both, &identity, &["audit"]).unwrap();
     assert!(audit.contains("host.join"), "{audit}");
     // It serves joins too.
     let token = fleetctl_at(&b.addr, &identity, &["token", "create"]).unwrap();

@@ -14,7 +14,10 @@ use fleet_proto::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
 pub struct Conn {
-    addr: String,
+    /// Every address given, in order.
+    addrs: Vec<String>,
+    /// The one connected to, for messages about what it answered.
+    addr: std::sync::Mutex<String>,
     identity: PathBuf,
 }
 
@@ -29,11 +32,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REPLY_BYTES: usize = 64 << 20;
 
 impl Conn {
+    /// `addr` is one `host:port`, or several separated by commas.
     pub fn new(addr: &str, identity: &Path) -> Self {
+        let mut addrs: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if addrs.is_empty() {
+            addrs.push(addr.to_owned());
+        }
         Conn {
-            addr: addr.to_owned(),
+            addr: std::sync::Mutex::new(addrs.join(", ")),
+            addrs,
             identity: identity.to_owned(),
         }
+    }
+
+    fn shown_addr(&self) -> String {
+        self.addr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn identity_dir(&self) -> &Path {
@@ -75,10 +93,25 @@ impl Conn {
             &self.read("admin.key")?,
         )
         .with_context(|| format!("admin identity in {} is unusable", self.identity.display()))?;
-        let channel = connect(&self.addr, config, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| self.explain(&e))?;
-        Ok(AdminClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
+        // Only an unreachable address moves on to the next: a refused certificate or an
+        // untrusted server is a mistake the next address would not fix.
+        let mut last = None;
+        for addr in &self.addrs {
+            *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = addr.clone();
+            match connect(addr, config.clone(), CONNECT_TIMEOUT).await {
+                Ok(channel) => {
+                    return Ok(AdminClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
+                }
+                Err(e) if matches!(classify(&e), Failure::Unreachable(_)) => {
+                    last = Some(e);
+                }
+                Err(e) => return Err(self.explain(&e)),
+            }
+        }
+        if self.addrs.len() > 1 {
+            *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = self.addrs.join(", ");
+        }
+        Err(self.explain(&last.expect("at least one address")))
     }
 
     fn warn_if_due(&self, cert_pem: &str) {
@@ -112,17 +145,17 @@ impl Conn {
         match classify(err) {
             Failure::Unreachable(why) => anyhow!(
                 "controller unreachable at {}: {why}. Is fleet-controller running there? (set --controller or FLEET_CONTROLLER)",
-                self.addr
+                self.shown_addr()
             ),
             Failure::CertificateRefused(alert) => anyhow!(
                 "certificate refused by controller at {}: {} (identity {}). Use an admin identity issued by this fleet's controller",
-                self.addr,
+                self.shown_addr(),
                 alert_reason(alert),
                 self.identity.display()
             ),
             Failure::ControllerUntrusted(why) => anyhow!(
                 "the server at {} is not this fleet's controller, or its certificate does not cover that address: {why}",
-                self.addr
+                self.shown_addr()
             ),
             Failure::Other => anyhow!("{err}"),
         }

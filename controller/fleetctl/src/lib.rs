@@ -39,7 +39,8 @@ use output::Format;
     about = "Operate a fleet through its controller"
 )]
 pub struct Cli {
-    /// Controller gRPC address.
+    /// Controller gRPC address; several, comma-separated, for controllers sharing one
+    /// store: the first that answers is used (a standby refuses connections).
     #[arg(
         long,
         global = true,

@@ -45,6 +45,12 @@ pub enum Command {
         /// DATA_DIR).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Prepare one more controller of an existing fleet on a shared store instead:
+        /// copies the CA and the sealing key from that controller's data directory and
+        /// issues this one its own serving certificate for `--san` (needs `--config`
+        /// with the fleet's `[store]`).
+        #[arg(long, value_name = "DIR", requires = "config")]
+        replica_of: Option<PathBuf>,
     },
     /// Serve the fleet.
     Run {

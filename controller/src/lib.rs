@@ -37,6 +37,7 @@ pub mod pki;
 pub mod prometheus;
 pub mod ratelimit;
 pub mod releases;
+pub mod replica;
 pub mod rollout;
 pub mod sd;
 pub mod sealing;

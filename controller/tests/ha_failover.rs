@@ -20,18 +20,49 @@ struct Standby {
     data: std::path::PathBuf,
 }
 
-/// A second controller: a copy of the leader's data dir (CA, serving identity, sealing
-/// key), its own ports, the same settings file.
+/// A second controller made by `init --replica-of` (the leader's CA and sealing key, a
+/// serving certificate of its own), its own ports, the same settings file.
 fn standby(fleet: &Fleet, config: &str) -> Standby {
     let data = fleet.dir.path().join("controller-b");
-    let ok = Command::new("cp")
-        .arg("-a")
+    let out = Command::new(bin("fleet-controller"))
+        .args(["init", "--replica-of"])
         .arg(fleet.data_dir())
+        .arg("--data-dir")
         .arg(&data)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+        .args(["--san", "127.0.0.1", "--config", config])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&fleet.pin));
+    let own = |d: &Path| std::fs::read(d.join("controller.crt")).unwrap();
+    assert_ne!(
+        own(&data),
+        own(&fleet.data_dir()),
+        "a serving certificate of its own"
+    );
+    assert!(
+        !data.join("admin").exists(),
+        "the admin identity stays behind"
+    );
+    // Into a directory that holds something, it refuses and writes nothing.
+    let out = Command::new(bin("fleet-controller"))
+        .args(["init", "--replica-of"])
+        .arg(fleet.data_dir())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--config", config])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(bin("fleet-controller"));
     cmd.arg("run")

@@ -89,7 +89,8 @@ impl Replica {
     }
 }
 
-/// A copy of the leader's data dir (CA, serving identity, sealing key) on ports of its own.
+/// One more controller, made by `init --replica-of` the leader's data dir (its CA and
+/// sealing key, a serving certificate of its own), on ports of its own.
 fn replica(
     lab: &Lab,
     (data, config, work): (&Path, &Path, &Path),
@@ -97,13 +98,20 @@ fn replica(
     n: usize,
 ) -> Replica {
     let dir = work.join(format!("controller-replica{n}"));
-    assert!(Command::new("cp")
-        .arg("-a")
+    let out = Command::new(&lab.binaries().unwrap().controller)
+        .args(["init", "--replica-of"])
         .arg(data)
+        .arg("--data-dir")
         .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
+        .args(["--san", "198.18.0.1", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init --replica-of: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = dir.with_extension("log");
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(&lab.binaries().unwrap().controller)

@@ -31,6 +31,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             server_cert_lifetime,
             admin_cert_lifetime,
             config,
+            replica_of,
         } => {
             let td: TrustDomain = trust_domain.parse()?;
             let store = match &config {
@@ -41,6 +42,31 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Some(v) => parse_duration("--server-cert-lifetime", &v)?,
                 None => SERVER_CERT_LIFETIME,
             };
+            if let Some(from) = replica_of {
+                let Some(pg) = store else {
+                    anyhow::bail!(
+                        "--replica-of needs a settings file with the fleet's [store] section: \
+                         replicas share one PostgreSQL store (docs/ha.md)"
+                    );
+                };
+                let out = fleet_controller::replica::prepare(
+                    &from,
+                    &data_dir,
+                    &sans,
+                    server_lifetime,
+                    &pg,
+                )?;
+                println!("ca-pin: {}", out.pin);
+                eprintln!(
+                    "replica prepared in {} (serving certificate for {}); start it with \
+                     `fleet-controller run --data-dir {} --config FILE` and add its address \
+                     to the agents' and fleetctl's --controller lists",
+                    data_dir.display(),
+                    out.sans.join(", "),
+                    data_dir.display()
+                );
+                return Ok(());
+            }
             let admin_lifetime = match admin_cert_lifetime {
                 Some(v) => parse_duration("--admin-cert-lifetime", &v)?,
                 None => ADMIN_CERT_LIFETIME,

@@ -24,14 +24,17 @@ struct Standby {
 /// serving certificate of its own), its own ports, the same settings file.
 fn standby(fleet: &Fleet, config: &str) -> Standby {
     let data = fleet.dir.path().join("controller-b");
-    let out = Command::new(bin("fleet-controller"))
-        .args(["init", "--replica-of"])
-        .arg(fleet.data_dir())
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--san", "127.0.0.1", "--config", config])
-        .output()
-        .unwrap();
+    let replica_of = || {
+        Command::new(bin("fleet-controller"))
+            .args(["init", "--replica-of"])
+            .arg(fleet.data_dir())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--san", "127.0.0.1", "--config", config])
+            .output()
+            .unwrap()
+    };
+    let out = replica_of();
     assert!(
         out.status.success(),
         "{}",
@@ -49,14 +52,7 @@ fn standby(fleet: &Fleet, config: &str) -> Standby {
         "the admin identity stays behind"
     );
     // Into a directory that holds something, it refuses and writes nothing.
-    let out = Command::new(bin("fleet-controller"))
-        .args(["init", "--replica-of"])
-        .arg(fleet.data_dir())
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--config", config])
-        .output()
-        .unwrap();
+    let out = replica_of();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is not empty"),

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::judge;
 use super::live::{Control, Live};
 use super::record::{outcome, HostStep, Phase, Record, State, Step};
+use super::step::{activate_as, step_id, ACTIVATE_SLACK};
 use crate::commands::CommandFailed;
 use crate::desired::{self, Release};
 use crate::shared::Shared;
@@ -22,19 +23,6 @@ use crate::timefmt::now_ms;
 const STAGE_PARALLEL: usize = 16;
 /// Fetch, unpack and venv of one release.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
-/// On top of the health deadline: unit file writes and systemd jobs.
-const ACTIVATE_SLACK: Duration = Duration::from_secs(60);
-
-/// The command id of a rollout's step on one host: the same whichever controller sends
-/// it, so the agent runs a step re-sent by a controller that took over once (docs/ha.md).
-/// A retry of a step that failed is a new attempt, under a new id.
-fn step_id(rec: &Record, what: &str, host: &str, retry: bool) -> String {
-    if retry {
-        crate::commands::new_id()
-    } else {
-        format!("rollout/{}/{what}/{host}", rec.id)
-    }
-}
 
 pub(super) async fn drive(shared: Arc<Shared>, live: Arc<Live>) {
     let writer = tokio::spawn(super::live::persist(shared.clone(), live.clone()));
@@ -462,16 +450,7 @@ async fn batch(shared: &Arc<Shared>, live: &Arc<Live>, b: usize) {
                 return;
             }
             let _ = tx.send(HostMsg::Switching(host.clone())).await;
-            let r = shared
-                .commands
-                .call_as(
-                    &shared.sessions,
-                    &host,
-                    &id,
-                    kind,
-                    deadline + ACTIVATE_SLACK,
-                )
-                .await;
+            let r = activate_as(&shared, &host, &id, kind, deadline).await;
             let _ = tx
                 .send(HostMsg::Done(host, outcome(r).map_err(HostError::from)))
                 .await;
@@ -574,16 +553,7 @@ async fn revert(shared: &Arc<Shared>, live: &Arc<Live>) {
             }
             let kind =
                 desired::activate(&rec.spec_toml, &Release::of(&release), secrets, rec.gate());
-            let r = shared
-                .commands
-                .call_as(
-                    &shared.sessions,
-                    &host,
-                    &id,
-                    kind,
-                    deadline + ACTIVATE_SLACK,
-                )
-                .await;
+            let r = activate_as(&shared, &host, &id, kind, deadline).await;
             (host, outcome(r).map_err(HostError::from))
         });
     }

@@ -24,6 +24,7 @@ mod judge;
 mod live;
 pub mod plan;
 pub mod record;
+mod step;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

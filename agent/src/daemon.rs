@@ -110,7 +110,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let firewall = Firewall::new(
         state.path(),
         creds.meta.name.as_str(),
-        &creds.meta.controller,
         metrics.firewall_drift(),
     );
     firewall.start();

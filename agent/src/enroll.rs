@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use fleet_proto::controllers::{ControllerList, ControllerListError};
 use fleet_proto::identity::{InvalidName, Name};
 use fleet_proto::peer::{CaPin, InvalidPin};
 use fleet_proto::transport::{
-    alert_reason, certs_from_pem, classify, connect, pinned_client_config, validate_address,
-    ConnectError, Failure,
+    alert_reason, certs_from_pem, classify, connect, pinned_client_config, ConnectError, Failure,
 };
 use fleet_proto::v1::enrollment_client::EnrollmentClient;
 use fleet_proto::v1::JoinRequest;
@@ -82,6 +82,8 @@ pub enum JoinError {
     TokenInput(String),
     #[error("invalid --controller {0:?}: expected HOST:PORT, e.g. controller.example:7443")]
     Address(String),
+    #[error("invalid --controller: {0}")]
+    Controllers(ControllerListError),
     #[error("already enrolled as {name} with {controller} (certificate expires {expires}); pass --force to enroll again with a new token")]
     AlreadyEnrolled {
         name: String,
@@ -118,7 +120,7 @@ impl From<IssueError> for JoinError {
 
 /// Validated inputs of a join.
 struct Plan {
-    controller: String,
+    controller: ControllerList,
     token: String,
     pin: CaPin,
     name: Name,
@@ -167,15 +169,12 @@ fn plan(args: JoinArgs) -> Result<Plan, JoinError> {
         None => default_name(crate::facts::hostname())?,
     };
     // One HOST:PORT, or several comma-separated (controllers sharing a store, docs/ha.md).
-    let addrs = crate::state::controller_addrs(&args.controller);
-    if addrs.is_empty() {
-        return Err(JoinError::Address(args.controller.clone()));
-    }
-    for a in &addrs {
-        validate_address(a).map_err(|_| JoinError::Address((*a).to_owned()))?;
-    }
+    let controller = ControllerList::from_str(&args.controller).map_err(|e| match e {
+        ControllerListError::Address(a) => JoinError::Address(a),
+        other => JoinError::Controllers(other),
+    })?;
     Ok(Plan {
-        controller: args.controller,
+        controller,
         token,
         pin,
         name,
@@ -200,7 +199,7 @@ fn check_not_enrolled(state: &StateDir) -> Result<(), JoinError> {
         return Ok(());
     }
     let (name, controller) = match state.load_meta() {
-        Ok(m) => (m.name.to_string(), m.controller),
+        Ok(m) => (m.name.to_string(), m.controller.to_string()),
         Err(_) => ("an unknown name".into(), "an unknown controller".into()),
     };
     let expires = match state.load_cert() {
@@ -226,7 +225,7 @@ pub async fn join(args: JoinArgs) -> Result<String, JoinError> {
     tracing::info!(controller = %plan.controller, name = %plan.name, "enrolling");
 
     // The first address that answers: a standby controller listens on nothing.
-    let addrs = crate::state::controller_addrs(&plan.controller);
+    let addrs = plan.controller.addrs();
     let mut channel = None;
     for (i, addr) in addrs.iter().enumerate() {
         match connect(addr, pinned_client_config(plan.pin), CONNECT_TIMEOUT).await {
@@ -244,7 +243,7 @@ pub async fn join(args: JoinArgs) -> Result<String, JoinError> {
             }
         }
     }
-    let channel = channel.ok_or_else(|| JoinError::Address(plan.controller.clone()))?;
+    let channel = channel.ok_or_else(|| JoinError::Address(plan.controller.to_string()))?;
     let mut client = EnrollmentClient::new(channel);
     let request = JoinRequest {
         token: plan.token.clone(),
@@ -293,7 +292,7 @@ pub async fn join(args: JoinArgs) -> Result<String, JoinError> {
 }
 
 fn transport_error(plan: &Plan, err: &(dyn std::error::Error + 'static)) -> JoinError {
-    let addr = plan.controller.clone();
+    let addr = plan.controller.to_string();
     match classify(err) {
         Failure::Unreachable(detail) => JoinError::Unreachable { addr, detail },
         Failure::ControllerUntrusted(detail) if detail.contains("pinned") => {
@@ -332,7 +331,7 @@ fn status_error(plan: &Plan, status: &tonic::Status) -> JoinError {
             // No TLS or socket failure behind it: a plain gRPC error.
             Failure::Other if matches!(code, Code::Unavailable | Code::Unknown) => {
                 JoinError::Unreachable {
-                    addr: plan.controller.clone(),
+                    addr: plan.controller.to_string(),
                     detail: crate::channel::status_text(status),
                 }
             }
@@ -348,7 +347,7 @@ mod tests {
 
     fn plan_for(name: Option<&str>) -> Plan {
         Plan {
-            controller: "127.0.0.1:1".into(),
+            controller: "127.0.0.1:1".parse().unwrap(),
             token: "secret-token".into(),
             pin: CaPin::of_der(b"ca"),
             name: name.unwrap_or("h1").parse().unwrap(),

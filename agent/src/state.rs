@@ -14,6 +14,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use fleet_proto::controllers::ControllerList;
 use fleet_proto::identity::{Name, TrustDomain};
 use fleet_proto::peer::{cert_info, CertInfo};
 use fleet_proto::transport::certs_from_pem;
@@ -49,19 +50,12 @@ pub enum StateError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// The controller addresses of `agent.toml`'s `controller`: one `host:port`, or several
-/// separated by commas (several controllers on one store, docs/ha.md).
-pub fn controller_addrs(list: &str) -> Vec<&str> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .collect()
-}
-
 /// `agent.toml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
-    pub controller: String,
+    /// One `host:port`, or several (controllers on one store, docs/ha.md): written as one
+    /// comma-separated string, which older agents read as well.
+    pub controller: ControllerList,
     pub name: Name,
     pub trust_domain: TrustDomain,
 }
@@ -139,7 +133,7 @@ impl StateDir {
         let text = read(&path)?;
         let raw: MetaFile = toml::from_str(&text).map_err(|e| invalid(&path, e))?;
         Ok(Meta {
-            controller: raw.controller,
+            controller: raw.controller.parse().map_err(|e| invalid(&path, e))?,
             name: raw.name.parse().map_err(|e| invalid(&path, e))?,
             trust_domain: raw.trust_domain.parse().map_err(|e| invalid(&path, e))?,
         })
@@ -197,7 +191,7 @@ impl StateDir {
     pub fn write_enrollment(&self, new: &NewEnrollment<'_>) -> Result<(), StateError> {
         self.ensure_dir()?;
         let meta = toml::to_string(&MetaFile {
-            controller: new.meta.controller.clone(),
+            controller: new.meta.controller.to_string(),
             name: new.meta.name.to_string(),
             trust_domain: new.meta.trust_domain.to_string(),
         })
@@ -206,6 +200,23 @@ impl StateDir {
         write_atomic(&self.dir, CERT_FILE, new.cert_pem.as_bytes(), PUBLIC_MODE)?;
         write_atomic(&self.dir, CA_FILE, new.ca_pem.as_bytes(), PUBLIC_MODE)?;
         write_atomic(&self.dir, META_FILE, meta.as_bytes(), PUBLIC_MODE)
+    }
+
+    /// Replaces the controller addresses of `agent.toml` (learned from a Welcome), keeping
+    /// the rest. Returns whether anything changed: an unchanged list writes nothing.
+    pub fn write_controllers(&self, list: &ControllerList) -> Result<bool, StateError> {
+        let meta = self.load_meta()?;
+        if &meta.controller == list {
+            return Ok(false);
+        }
+        let text = toml::to_string(&MetaFile {
+            controller: list.to_string(),
+            name: meta.name.to_string(),
+            trust_domain: meta.trust_domain.to_string(),
+        })
+        .map_err(|e| invalid(&self.file(META_FILE), e))?;
+        write_atomic(&self.dir, META_FILE, text.as_bytes(), PUBLIC_MODE)?;
+        Ok(true)
     }
 
     /// Replaces key and certificate after a renewal with a new key, crash-safe
@@ -308,7 +319,7 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let cert = ca.issue("spiffe://fleet.local/agent/web-1", &key);
         let meta = Meta {
-            controller: "127.0.0.1:7443".into(),
+            controller: "127.0.0.1:7443".parse().unwrap(),
             name: "web-1".parse().unwrap(),
             trust_domain: TrustDomain::default(),
         };
@@ -323,6 +334,53 @@ mod tests {
     }
 
     #[test]
+    fn learned_controllers_replace_only_the_controller_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        enroll(&dir);
+        let meta_path = dir.path().join(META_FILE);
+        let same: ControllerList = "127.0.0.1:7443".parse().unwrap();
+        let before = fs::metadata(&meta_path).unwrap().modified().unwrap();
+        assert!(
+            !dir.write_controllers(&same).unwrap(),
+            "unchanged: no write"
+        );
+        assert_eq!(
+            fs::metadata(&meta_path).unwrap().modified().unwrap(),
+            before
+        );
+
+        let two: ControllerList = "c1.example:7443,127.0.0.1:7443".parse().unwrap();
+        assert!(dir.write_controllers(&two).unwrap());
+        let meta = dir.load_meta().unwrap();
+        assert_eq!(meta.controller, two);
+        assert_eq!(meta.name.as_str(), "web-1");
+        // One comma-separated string, as agents before the list was learned wrote it.
+        let text = fs::read_to_string(&meta_path).unwrap();
+        assert!(
+            text.contains("controller = \"c1.example:7443,127.0.0.1:7443\""),
+            "{text}"
+        );
+        assert_eq!(mode(&meta_path), 0o644);
+        dir.load().unwrap();
+    }
+
+    #[test]
+    fn an_unusable_controller_line_is_reported_at_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        enroll(&dir);
+        let meta_path = dir.path().join(META_FILE);
+        let text = fs::read_to_string(&meta_path)
+            .unwrap()
+            .replace("127.0.0.1:7443", "127.0.0.1");
+        fs::write(&meta_path, text).unwrap();
+        let err = dir.load().unwrap_err().to_string();
+        assert!(err.contains("not a controller address"), "{err}");
+        assert!(err.contains("re-enroll"), "{err}");
+    }
+
+    #[test]
     fn enrollment_round_trips_with_private_modes() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path().join("state/nested"));
@@ -332,7 +390,7 @@ mod tests {
         assert!(dir.is_enrolled().unwrap());
         let creds = dir.load().unwrap();
         assert_eq!(creds.meta.name.as_str(), "web-1");
-        assert_eq!(creds.meta.controller, "127.0.0.1:7443");
+        assert_eq!(creds.meta.controller.addrs(), ["127.0.0.1:7443"]);
         assert_eq!(creds.key_pem, key.serialize_pem());
         assert_eq!(
             creds.cert.identity.uri(),

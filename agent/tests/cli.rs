@@ -68,7 +68,7 @@ fn enroll(dir: &Path) {
     StateDir::new(dir)
         .write_enrollment(&NewEnrollment {
             meta: &Meta {
-                controller: "127.0.0.1:7443".into(),
+                controller: "127.0.0.1:7443".parse().unwrap(),
                 name: "web-1".parse().unwrap(),
                 trust_domain: "fleet.local".parse().unwrap(),
             },

@@ -353,6 +353,8 @@ async fn join_then_run_speaks_the_protocol() {
         controller_version: "test".into(),
         server_time: now(),
         reconnect_spread_ms: 0,
+        // Not a usable list: the agent keeps the address it joined with.
+        controllers: vec![addr.clone(), "nope".into()],
     })))
     .await
     .unwrap();
@@ -438,7 +440,38 @@ async fn join_then_run_speaks_the_protocol() {
         }
     }
 
-    // The controller goes away: the agent comes back with a new session, Hello first.
+    // The controller addresses change while the stream is up: a later Welcome brings them,
+    // and the agent keeps them for its next sessions (it was welcomed before).
+    let controller_line = || {
+        let text = std::fs::read_to_string(state.join("agent.toml")).unwrap();
+        text.parse::<toml::Table>().unwrap()["controller"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        controller_line(),
+        addr,
+        "an unusable list changed agent.toml"
+    );
+    let other = "127.0.0.1:1";
+    tx.send(to_agent(controller_message::Body::Welcome(Welcome {
+        controllers: vec![addr.clone(), other.into()],
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let want = format!("{addr},{other}");
+    for _ in 0..100 {
+        if controller_line() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(controller_line(), want);
+
+    // The controller goes away: the agent comes back with a new session, Hello first
+    // (after trying the other address, where nothing listens).
     tx.send(Err(Status::unavailable("restarting")))
         .await
         .unwrap();
@@ -478,7 +511,7 @@ async fn join_then_run_speaks_the_protocol() {
     assert!(
         log.contains(&format!(
             "certificate refused by controller: host removed — re-enroll with a new token: \
-             fleet-agent join --force --controller {addr} --token TOKEN --ca-pin {pin} --state-dir {state_s}"
+             fleet-agent join --force --controller {want} --token TOKEN --ca-pin {pin} --state-dir {state_s}"
         )),
         "{log}"
     );

@@ -492,6 +492,21 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn get_controllers(
+        &self,
+        _request: Request<GetControllersRequest>,
+    ) -> Result<Response<ControllerAddresses>, Status> {
+        crate::controllers::get(&self.0).map(Response::new)
+    }
+
+    async fn set_controllers(
+        &self,
+        request: Request<SetControllersRequest>,
+    ) -> Result<Response<ControllerAddresses>, Status> {
+        let actor = Caller::from_request(&request)?.actor();
+        crate::controllers::set(&self.0, &actor, request.into_inner()).map(Response::new)
+    }
+
     async fn add_admin(
         &self,
         request: Request<AddAdminRequest>,

@@ -132,6 +132,7 @@ impl AgentChannel for ChannelService {
                         .unwrap_or_else(|_| shared.sessions.count()),
                 )
                 .as_millis() as u64,
+                controllers: shared.controllers.for_welcome(&shared.store),
             })))
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));

@@ -15,6 +15,7 @@ pub mod channel;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod controllers;
 pub mod converge;
 pub mod datadir;
 pub mod desired;

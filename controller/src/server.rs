@@ -99,6 +99,7 @@ fn load_with(dir: &Path, settings: Settings, store: Arc<Store>) -> anyhow::Resul
         upgrades: Default::default(),
         metrics,
         events: Default::default(),
+        controllers: Default::default(),
     }))
 }
 

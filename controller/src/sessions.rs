@@ -174,6 +174,24 @@ impl Sessions {
             .and_then(|l| alive(l.last_heartbeat, l.interval, Instant::now()).then(|| l.tx.clone()))
     }
 
+    /// Queues `msg` on every stream; a stream whose queue is full misses it (the agent is
+    /// not reading, and is told again on its next session). Senders are copied out under
+    /// the lock and sent to outside it, so sessions come and go meanwhile. For rare,
+    /// fleet-wide news only: it touches every session. Returns how many took it.
+    pub fn broadcast(&self, msg: impl Fn() -> Down) -> usize {
+        if self.leadership.get().is_some_and(|l| !l.may_send()) {
+            return 0;
+        }
+        let all: Vec<Outbound> = self
+            .live
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .map(|l| l.tx.clone())
+            .collect();
+        all.iter().filter(|tx| tx.try_send(msg()).is_ok()).count()
+    }
+
     /// The id of the host's current session, if any: a change in it means the agent
     /// reconnected in between.
     pub fn session_id(&self, host: &str) -> Option<u64> {

@@ -43,6 +43,8 @@ pub struct Shared {
     pub upgrades: crate::upgrade::Upgrades,
     pub metrics: ControllerMetrics,
     pub events: Arc<crate::events::Events>,
+    /// The addresses every Welcome hands out (`fleetctl controllers set`).
+    pub controllers: crate::controllers::ControllersCache,
 }
 
 impl Shared {

@@ -1,7 +1,8 @@
 //! Two controllers on one PostgreSQL store (docs/ha.md), on loopback with a real agent
 //! that knows both addresses: the leader serves, the standby listens on nothing; killed,
 //! the leader is replaced by the standby once its lease expires and the agent follows;
-//! paused past its lease, the old leader is fenced and exits when it wakes.
+//! paused past its lease, the old leader is fenced and exits when it wakes; an agent that
+//! joined knowing only one controller learns the other from `fleetctl controllers set`.
 
 mod support;
 
@@ -114,6 +115,11 @@ fn state_at(addr: &str, identity: &Path, host: &str) -> Option<String> {
 
 /// Leader A (from `Fleet::init`), standby B, and an agent joined with both addresses.
 fn two_controllers(schema: &Schema) -> (Fleet, Standby, Proc) {
+    two_controllers_joined(schema, true)
+}
+
+/// As `two_controllers`, the agent joined with both addresses or with only A's.
+fn two_controllers_joined(schema: &Schema, with_both: bool) -> (Fleet, Standby, Proc) {
     let scratch = tempfile::tempdir().unwrap();
     let config = schema.config(scratch.path(), "");
     let text = std::fs::read_to_string(&config).unwrap() + LEASE + "\n";
@@ -128,12 +134,16 @@ fn two_controllers(schema: &Schema) -> (Fleet, Standby, Proc) {
 
     let token = fleet.token(&[]);
     let state = fleet.dir.path().join("agent-web-1");
-    let both = format!("{},{}", fleet.addr(), b.addr);
+    let join_with = if with_both {
+        format!("{},{}", fleet.addr(), b.addr)
+    } else {
+        fleet.addr()
+    };
     let out = Command::new(bin("fleet-agent"))
         .args([
             "join",
             "--controller",
-            &both,
+            &join_with,
             "--token",
             &token,
             "--ca-pin",
@@ -221,4 +231,71 @@ fn a_leader_paused_past_its_lease_is_fenced_and_exits_when_it_wakes() {
     assert!(a.log().contains("lost the leader lease"), "{}", a.log());
     // B goes on leading.
     assert!(fleetctl_at(&b.addr, &fleet.admin_dir(), &["hosts"]).is_some());
+}
+
+/// The `controller` line of an agent's agent.toml.
+fn agent_controllers(state: &Path) -> String {
+    let text = std::fs::read_to_string(state.join("agent.toml")).unwrap();
+    let meta: toml::Table = text.parse().unwrap();
+    meta["controller"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_agent_learns_the_controller_list_and_fails_over_to_an_address_it_did_not_join_with() {
+    let Some(schema) = Schema::new() else { return };
+    let (mut fleet, b, agent) = two_controllers_joined(&schema, false);
+    let identity = fleet.admin_dir();
+    let a_addr = fleet.addr();
+    let state = fleet.dir.path().join("agent-web-1");
+    assert_eq!(agent_controllers(&state), a_addr);
+    let shown = fleetctl_at(&a_addr, &identity, &["controllers"]).unwrap();
+    assert!(shown.contains("no controller addresses set"), "{shown}");
+
+    // A bad list is refused with the entry named, and changes nothing.
+    let out = Command::new(bin("fleetctl"))
+        .args(["--controller", &a_addr])
+        .arg("--identity")
+        .arg(&identity)
+        .args(["controllers", "set", &format!("{a_addr},c2")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"c2\" is not a controller address"), "{err}");
+    let shown = fleetctl_at(&a_addr, &identity, &["controllers"]).unwrap();
+    assert!(shown.contains("no controller addresses set"), "{shown}");
+
+    // A list without the controller the agent reached: the agent keeps that one last.
+    fleetctl_at(&a_addr, &identity, &["controllers", "set", &b.addr]).unwrap();
+    let kept = format!("{},{a_addr}", b.addr);
+    wait_for("the agent to learn B", Duration::from_secs(10), || {
+        (agent_controllers(&state) == kept).then_some(())
+    });
+    // Then the whole list, in the operator's order.
+    let both = format!("{a_addr},{}", b.addr);
+    let shown = fleetctl_at(&a_addr, &identity, &["controllers", "set", &both]).unwrap();
+    assert!(shown.contains(&b.addr), "{shown}");
+    wait_for("the agent to learn both", Duration::from_secs(10), || {
+        (agent_controllers(&state) == both).then_some(())
+    });
+    let json = fleetctl_at(&a_addr, &identity, &["controllers", "--output", "json"]).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["addresses"], serde_json::json!([a_addr, b.addr]));
+    assert_eq!(json["set_by"], "spiffe://fleet.local/admin/admin");
+    let audit = fleetctl_at(&a_addr, &identity, &["audit"]).unwrap();
+    assert_eq!(audit.matches("fleet.controllers").count(), 2, "{audit}");
+
+    // A dies: the agent finds B, an address it did not join with.
+    fleet
+        .controller
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = fleet.controller.take().map(|mut c| c.child.wait());
+    wait_for("web-1 up on B", Duration::from_secs(30), || {
+        (state_at(&b.addr, &identity, "web-1").as_deref() == Some("up")).then_some(())
+    });
+    assert!(agent.log().contains(&b.addr), "{}", agent.log());
+    // B hands out the same list (from the shared store): nothing to rewrite.
+    assert_eq!(agent_controllers(&state), both);
 }

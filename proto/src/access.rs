@@ -77,6 +77,7 @@ const RULES: &[(&str, &str, Access)] = &[
     ),
     ("fleet.v1.Admin", "ListHosts", VIEW),
     ("fleet.v1.Admin", "ListAudit", VIEW),
+    ("fleet.v1.Admin", "GetControllers", VIEW),
     ("fleet.v1.Admin", "Events", VIEW),
     ("fleet.v1.Admin", "ListTokens", VIEW),
     ("fleet.v1.Admin", "ListApps", VIEW),

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod codec;
+pub mod controllers;
 pub mod exposition;
 pub mod files;
 pub mod firewall;

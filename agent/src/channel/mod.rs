@@ -34,7 +34,7 @@ use crate::fetch::Fetcher;
 use crate::firewall::Firewall;
 use crate::logging::error_chain;
 use crate::metrics::Connected;
-use crate::state::{controller_addrs, StateDir, StateError};
+use crate::state::{StateDir, StateError};
 use crate::{facts, notify};
 use fleet_proto::reconnect::{self as backoff, retry_spread, Backoff};
 use renewal::Renewal;
@@ -199,7 +199,7 @@ impl Agent {
             let addrs = self
                 .state
                 .load_meta()
-                .map(|m| controller_addrs(&m.controller).len())
+                .map(|m| m.controller.addrs().len())
                 .unwrap_or(1);
             if addrs > 1 && !matches!(end, SessionEnd::FirewallReverted) && !end.needs_operator() {
                 self.next_addr
@@ -236,7 +236,7 @@ impl Agent {
         let controller = self
             .state
             .load_meta()
-            .map(|m| m.controller)
+            .map(|m| m.controller.to_string())
             .unwrap_or_else(|_| "ADDR:PORT".into());
         let pin = std::fs::read_to_string(self.state.path().join(crate::state::CA_FILE))
             .ok()
@@ -257,12 +257,10 @@ impl Agent {
     async fn session(&self, welcomed: &mut bool) -> Result<Infallible, SessionEnd> {
         let creds = self.state.load()?;
         let addr = {
-            let addrs = controller_addrs(&creds.meta.controller);
+            // Never empty: a `ControllerList` has at least one address.
+            let addrs = creds.meta.controller.addrs();
             let i = self.next_addr.load(std::sync::atomic::Ordering::Relaxed);
-            match addrs.get(i % addrs.len().max(1)) {
-                Some(a) => (*a).to_owned(),
-                None => creds.meta.controller.clone(),
-            }
+            addrs[i % addrs.len()].clone()
         };
         let tls = identity_client_config(&creds.ca_pem, &creds.cert_pem, &creds.key_pem)
             .map_err(|e| SessionEnd::Tls(e.to_string()))?;
@@ -327,6 +325,7 @@ impl Agent {
             seq: 0,
             connected: self.connected.clone(),
             spread_hint: &self.spread_hint,
+            next_addr: &self.next_addr,
         };
         session
             .run(
@@ -361,10 +360,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn several_controller_addresses_are_read_in_order() {
-        assert_eq!(controller_addrs("a:1"), ["a:1"]);
-        assert_eq!(controller_addrs("a:1, b:2,,"), ["a:1", "b:2"]);
-        assert!(controller_addrs(" , ").is_empty());
+    fn failover_delays_stay_in_their_window() {
         for _ in 0..100 {
             let d = failover_delay();
             assert!(d >= Duration::from_millis(20) && d <= Duration::from_secs(1));

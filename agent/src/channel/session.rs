@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use fleet_proto::controllers::ControllerList;
 use fleet_proto::identity::Identity;
 use fleet_proto::v1::{
     agent_message, command, command_result, controller_message, AgentMessage, Command,
@@ -40,6 +41,8 @@ pub(super) struct Session<'a> {
     pub(super) connected: Connected,
     /// Where the Welcome's reconnect window is kept for the supervisor.
     pub(super) spread_hint: &'a std::sync::atomic::AtomicU64,
+    /// The supervisor's place in the controller list, moved when a Welcome changes it.
+    pub(super) next_addr: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl Session<'_> {
@@ -110,6 +113,10 @@ impl Session<'_> {
                     // changes while we were away: tell it everything again.
                     self.apps.resync();
                     self.firewall.resync();
+                } else {
+                    // A later Welcome on the same stream only brings news of the
+                    // controller addresses.
+                    self.learn_controllers(&w.controllers);
                 }
                 Ok(())
             }
@@ -184,6 +191,42 @@ impl Session<'_> {
             }
         }
         notify::status(&format!("connected to {} as {}", self.addr, self.identity));
+        self.learn_controllers(&w.controllers);
+    }
+
+    /// Keeps the fleet's controller addresses a Welcome names in `agent.toml`, so a replica
+    /// added or removed reaches this host without a re-enrollment. An empty list (none set,
+    /// or an older controller) or an unusable one changes nothing.
+    fn learn_controllers(&self, told: &[String]) {
+        if told.is_empty() {
+            return;
+        }
+        let told = match ControllerList::new(told) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "the controller's list of controller addresses is not usable; keeping agent.toml's");
+                return;
+            }
+        };
+        let keep = ControllerList::learned(&told, &self.addr);
+        match self.state.write_controllers(&keep) {
+            Ok(false) => {}
+            Ok(true) => {
+                // The next attempt after a loss goes to the address after this one.
+                if let Some(i) = keep
+                    .addrs()
+                    .iter()
+                    .position(|a| a.eq_ignore_ascii_case(&self.addr))
+                {
+                    self.next_addr
+                        .store(i, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::info!(controllers = %keep, "controller addresses updated from the controller");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the controller addresses the controller sent")
+            }
+        }
     }
 }
 

@@ -57,7 +57,8 @@ struct Inner {
     drift: Flag,
     dir: PathBuf,
     host: String,
-    controller: String,
+    /// Read for the controller addresses at each check: a Welcome may have changed them.
+    agent_state: crate::state::StateDir,
     outbox: Outbox,
     st: Mutex<St>,
     /// One apply at a time: two interleaved applies would each save the other's rules.
@@ -91,13 +92,13 @@ fn write(path: &Path, text: &str) -> Result<(), FileError> {
 
 impl Firewall {
     /// `drift` is raised while the state is `drift` (the `fleet_firewall_drift` metric).
-    pub fn new(agent_state: &Path, host: &str, controller: &str, drift: Flag) -> Firewall {
+    pub fn new(agent_state: &Path, host: &str, drift: Flag) -> Firewall {
         Firewall {
             inner: Arc::new(Inner {
                 drift,
                 dir: agent_state.join("firewall"),
                 host: host.to_owned(),
-                controller: controller.to_owned(),
+                agent_state: crate::state::StateDir::new(agent_state),
                 outbox: Outbox::default(),
                 applying: tokio::sync::Mutex::new(()),
                 reverted: Notify::new(),
@@ -269,10 +270,18 @@ impl Firewall {
         });
     }
 
-    /// The address of each controller `agent.toml` names (one, or several comma-separated).
+    /// The address of each controller `agent.toml` names now. An unreadable `agent.toml`
+    /// gives none, and the lockout check then refuses any policy that needs one.
     fn controller_ips(&self) -> Vec<IpAddr> {
         let mut ips = Vec::new();
-        for addr in crate::state::controller_addrs(&self.inner.controller) {
+        let meta = match self.inner.agent_state.load_meta() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the controller addresses");
+                return ips;
+            }
+        };
+        for addr in meta.controller.addrs() {
             if let Some(ip) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
                 if !ips.contains(&ip.ip()) {
                     ips.push(ip.ip());

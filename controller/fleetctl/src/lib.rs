@@ -10,6 +10,7 @@ mod analysis;
 mod apps;
 mod audit;
 mod client;
+mod controllers;
 mod events;
 mod exec;
 mod firewall;
@@ -127,6 +128,12 @@ enum Command {
     /// fleet-agent packages on the controller and fleet-wide agent upgrades.
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// The controller addresses agents are told when they connect: show them, or set
+    /// them after adding or retiring a replica.
+    Controllers {
+        #[command(subcommand)]
+        cmd: Option<controllers::ControllersCmd>,
+    },
     /// This admin identity: show it, or renew its certificate before it expires.
     #[command(subcommand)]
     Identity(identity::IdentityCmd),
@@ -199,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::run(&conn, args, cli.output).await,
         Command::Admin(cmd) => admins::run(&conn, cmd, cli.output).await,
         Command::Agent(cmd) => agent::run(&conn, cmd, cli.output).await,
+        Command::Controllers { cmd } => controllers::run(&conn, cmd, cli.output).await,
         Command::Completions { shell } => {
             completions(shell, &mut std::io::stdout());
             Ok(())

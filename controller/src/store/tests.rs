@@ -83,6 +83,19 @@ macro_rules! contract {
 }
 
 contract! {
+    fn controller_addresses_default_to_none_and_keep_who_set_them(s, bed) {
+        assert_eq!(s.controllers().unwrap(), ControllersRecord::default());
+        let rec = ControllersRecord {
+            addresses: vec!["c1:7443".into(), "c2:7443".into()],
+            by: "ops".into(),
+            at: 7,
+        };
+        s.set_controllers(&rec).unwrap();
+        assert_eq!(s.controllers().unwrap(), rec);
+        s.set_controllers(&ControllersRecord::default()).unwrap();
+        assert!(s.controllers().unwrap().addresses.is_empty());
+    }
+
     fn desired_releases_are_per_app_and_host(s, bed) {
         s.set_desired("shop", "host1", Some(&"2.0")).unwrap();
         s.set_desired("shop", "host10", Some(&"2.1")).unwrap();

@@ -131,6 +131,13 @@ pub struct Welcome {
     /// large one does not come back in the same few seconds. 0: the agent's own.
     #[prost(uint64, tag = "3")]
     pub reconnect_spread_ms: u64,
+    /// Every controller address of this fleet, as `fleetctl controllers set` gave them (empty:
+    /// none set). The agent keeps them in agent.toml and tries them in order when the stream
+    /// is lost, still trying the one it reached until it has reached one of these. When the
+    /// list changes, a Welcome with only this field is sent again on every open stream; an
+    /// agent takes nothing else from a later Welcome.
+    #[prost(string, repeated, tag = "4")]
+    pub controllers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -822,6 +829,28 @@ pub struct SetHostGroupRequest {
     /// Empty takes the host out of its group.
     #[prost(string, tag = "2")]
     pub group: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetControllersRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetControllersRequest {
+    /// HOST:PORT each, at most 16, tried by agents in this order; empty: clear the list, and
+    /// agents keep the addresses they have.
+    #[prost(string, repeated, tag = "1")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ControllerAddresses {
+    #[prost(string, repeated, tag = "1")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The operator who set them and when (Unix seconds); empty and 0 when never set.
+    #[prost(string, tag = "2")]
+    pub set_by: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub set_at: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2628,6 +2657,56 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Admin", "ListAudit"));
             self.inner.unary(req, path, codec).await
         }
+        /// The controller addresses every agent is told in Welcome and keeps in agent.toml: how
+        /// agents learn of a replica added or removed without re-enrolling (docs/ha.md).
+        pub async fn get_controllers(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetControllersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ControllerAddresses>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/GetControllers",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "GetControllers"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn set_controllers(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetControllersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ControllerAddresses>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = crate::codec::FleetCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Admin/SetControllers",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Admin", "SetControllers"));
+            self.inner.unary(req, path, codec).await
+        }
         /// What happens in the fleet as it happens: hosts up and down, app health, crashes and
         /// releases, firewall outcomes, rollout steps and audit entries (the recent ones first).
         pub async fn events(
@@ -3448,6 +3527,22 @@ pub mod admin_server {
             tonic::Response<super::ListAuditResponse>,
             tonic::Status,
         >;
+        /// The controller addresses every agent is told in Welcome and keeps in agent.toml: how
+        /// agents learn of a replica added or removed without re-enrolling (docs/ha.md).
+        async fn get_controllers(
+            &self,
+            request: tonic::Request<super::GetControllersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ControllerAddresses>,
+            tonic::Status,
+        >;
+        async fn set_controllers(
+            &self,
+            request: tonic::Request<super::SetControllersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ControllerAddresses>,
+            tonic::Status,
+        >;
         /// Server streaming response type for the Events method.
         type EventsStream: tonic::codegen::tokio_stream::Stream<
                 Item = std::result::Result<super::FleetEvent, tonic::Status>,
@@ -4154,6 +4249,96 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListAuditSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/GetControllers" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetControllersSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::GetControllersRequest>
+                    for GetControllersSvc<T> {
+                        type Response = super::ControllerAddresses;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetControllersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::get_controllers(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetControllersSvc(inner);
+                        let codec = crate::codec::FleetCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Admin/SetControllers" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetControllersSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::SetControllersRequest>
+                    for SetControllersSvc<T> {
+                        type Response = super::ControllerAddresses;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetControllersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_controllers(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetControllersSvc(inner);
                         let codec = crate::codec::FleetCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

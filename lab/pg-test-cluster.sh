@@ -5,7 +5,8 @@
 #   sh lab/pg-test-cluster.sh restart DIR      stops and starts the server (a failover test)
 #   sh lab/pg-test-cluster.sh stop "$FLEET_TEST_PG_DIR"
 # As root it runs the server as the `postgres` user (PostgreSQL refuses to run as root).
-# fsync is off: the tests check what the store does, not the disk.
+# fsync is off: the tests check what the store does, not the disk (FLEET_PG_FSYNC=on for
+# a benchmark that compares with the embedded store, which syncs every commit).
 set -eu
 BIN=/usr/lib/postgresql/15/bin
 if [ ! -x "$BIN/postgres" ]; then
@@ -22,7 +23,7 @@ start)
     as_owner "$BIN/initdb" -D "$dir/data" -A trust -U fleet --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 || {
         cat "$dir/initdb.log" >&2; exit 1; }
     as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
-        "-c listen_addresses= -k $dir -c fsync=off -c max_connections=200" start >/dev/null || {
+        "-c listen_addresses= -k $dir -c fsync=${FLEET_PG_FSYNC:-off} -c max_connections=200" start >/dev/null || {
         cat "$dir/server.log" >&2; exit 1; }
     echo "export FLEET_TEST_PG_DIR='$dir' FLEET_TEST_PG_URL='host=$dir user=fleet dbname=postgres'"
     ;;

@@ -72,9 +72,14 @@ impl Controller {
                 c.display()
             );
         }
-        let out = Command::new(&bins.controller)
-            .args(["init", "--san", "127.0.0.1", "--data-dir"])
-            .arg(data)
+        let mut init = Command::new(&bins.controller);
+        init.args(["init", "--san", "127.0.0.1", "--data-dir"])
+            .arg(data);
+        // A `[store] url` there makes the fleet in that database, not in the data dir.
+        if let Some(c) = config {
+            init.arg("--config").arg(c);
+        }
+        let out = init
             .kill_on_drop(true)
             .output()
             .await

@@ -42,6 +42,45 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     parse_stat_ticks(&text).with_context(|| format!("unexpected /proc/{pid}/stat"))
 }
 
+/// CPU ticks of `root` and its direct children (PostgreSQL's postmaster and its
+/// backends, checkpointer, WAL writer), as they are now: a child that exited is missed.
+pub fn tree_cpu_ticks(root: u32) -> Result<u64> {
+    let mut total = cpu_ticks(root)?;
+    for entry in std::fs::read_dir("/proc").context("read /proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if parse_stat_parent(&text) == Some(root) {
+            total += parse_stat_ticks(&text).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// Field 4 (ppid).
+fn parse_stat_parent(text: &str) -> Option<u32> {
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The postmaster's PID: the first line of `postmaster.pid` in its data directory.
+pub fn postmaster_pid(data: &std::path::Path) -> Result<u32> {
+    let path = data.join("postmaster.pid");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no PID on the first line of {}", path.display()))
+}
+
 /// Fields 14 and 15 (utime, stime), counted after the `(comm)` that may hold spaces.
 fn parse_stat_ticks(text: &str) -> Option<u64> {
     let after = &text[text.rfind(')')? + 1..];
@@ -99,6 +138,7 @@ mod tests {
     fn stat_ticks_after_a_comm_with_spaces() {
         let t = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 1 1 1";
         assert_eq!(parse_stat_ticks(t), Some(12));
+        assert_eq!(parse_stat_parent(t), Some(1));
     }
 
     #[test]
@@ -115,5 +155,6 @@ mod tests {
         let me = std::process::id();
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
         cpu_ticks(me).unwrap();
+        assert!(tree_cpu_ticks(me).unwrap() >= cpu_ticks(me).unwrap());
     }
 }

@@ -26,16 +26,50 @@ pub struct Cx<'a> {
 
 pub async fn steady(cx: &Cx<'_>, rss_idle: u64) -> Result<report::Steady> {
     let hz = limits::clock_ticks_per_sec();
+    let db = match &cx.args.postgres_data {
+        Some(d) => Some(limits::postmaster_pid(d)?),
+        None => None,
+    };
+    let db0 = db.map(limits::tree_cpu_ticks).transpose()?;
     let t0 = limits::cpu_ticks(cx.pid)?;
     tokio::time::sleep(cx.args.window).await;
     let t1 = limits::cpu_ticks(cx.pid)?;
+    let db1 = db.map(limits::tree_cpu_ticks).transpose()?;
+    let percent = |ticks: u64| ticks as f64 / hz as f64 / cx.args.window.as_secs_f64() * 100.0;
     let rss = limits::status_kib(cx.pid, "VmRSS")?;
     Ok(report::Steady {
         window_s: cx.args.window.as_secs(),
         rss_idle_kib: rss_idle,
         rss_kib: rss,
         kib_per_session: rss.saturating_sub(rss_idle) as f64 / cx.n as f64,
-        cpu_percent: (t1 - t0) as f64 / hz as f64 / cx.args.window.as_secs_f64() * 100.0,
+        cpu_percent: percent(t1 - t0),
+        db_cpu_percent: db0.zip(db1).map(|(a, b)| percent(b.saturating_sub(a))),
+    })
+}
+
+/// Admin calls one after another, each a whole fleetctl run (process start, TLS handshake,
+/// the RPC) as an operator's script pays it: a read of the audit log's last page and a
+/// cordon or uncordon of one host (a store write and an audit row).
+pub async fn admin(c: &Controller) -> Result<report::Admin> {
+    const CALLS: usize = 20;
+    let host = crate::worker::host_name(0);
+    let (mut read, mut write) = (Vec::new(), Vec::new());
+    for i in 0..CALLS {
+        let t = Instant::now();
+        c.fleetctl(&["audit", "--limit", "20"]).await?;
+        read.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        if i % 2 == 0 {
+            c.fleetctl(&["host", "cordon", &host, "--reason", "swarm"])
+                .await?;
+        } else {
+            c.fleetctl(&["host", "uncordon", &host]).await?;
+        }
+        write.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(report::Admin {
+        read: stats::latency(read, CALLS),
+        write: stats::latency(write, CALLS),
     })
 }
 

@@ -22,6 +22,7 @@ pub struct Report {
     pub deploy: Vec<Deploy>,
     pub rollout: Option<Rollout>,
     pub hosts: Option<Hosts>,
+    pub admin: Option<Admin>,
     pub reconnect_wave: Option<Wave>,
     pub analysis: Option<Analysis>,
     pub generator: Option<Generator>,
@@ -57,6 +58,17 @@ pub struct Steady {
     pub kib_per_session: f64,
     /// Of one core, over the window.
     pub cpu_percent: f64,
+    /// The PostgreSQL server's, likewise (with --postgres-data).
+    pub db_cpu_percent: Option<f64>,
+}
+
+/// fleetctl round trips, one at a time (`measure::admin`).
+#[derive(Debug, Serialize)]
+pub struct Admin {
+    /// `fleetctl audit --limit 20`.
+    pub read: Latency,
+    /// `fleetctl host cordon|uncordon`.
+    pub write: Latency,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,6 +228,12 @@ impl Report {
                 "steady CPU".into(),
                 format!("{:.2} % of a core over {} s", s.cpu_percent, s.window_s),
             ));
+            if let Some(db) = s.db_cpu_percent {
+                r.push((
+                    "steady PostgreSQL CPU".into(),
+                    format!("{db:.2} % of a core over {} s", s.window_s),
+                ));
+            }
         }
         if let Some(f) = &self.firewall {
             r.push((
@@ -277,6 +295,16 @@ impl Report {
                     h.table_ms, h.table_bytes, h.json_ms, h.json_bytes, h.listed
                 ),
             ));
+        }
+        if let Some(a) = &self.admin {
+            let ms = |l: &Latency| {
+                format!(
+                    "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                    l.p50_ms, l.p99_ms, l.max_ms
+                )
+            };
+            r.push(("fleetctl audit (read)".into(), ms(&a.read)));
+            r.push(("fleetctl cordon (write)".into(), ms(&a.write)));
         }
         if let Some(w) = &self.reconnect_wave {
             r.push((
@@ -350,6 +378,7 @@ mod tests {
                 rss_kib: 2048,
                 kib_per_session: 102.4,
                 cpu_percent: 1.5,
+                db_cpu_percent: None,
             }),
             ..Default::default()
         };

@@ -26,6 +26,8 @@ pub enum Scenario {
     Deploy,
     Rollout,
     Hosts,
+    /// Admin RPC round trips one at a time: a read (`audit`) and a write (cordon).
+    Admin,
     Reconnect,
     /// Rollouts judged by their (simulated) traffic: a healthy release is promoted and
     /// baked, a sick one reverted by the analysis.
@@ -88,6 +90,10 @@ pub struct RunArgs {
     /// other scenarios can be measured at sizes the default limits take minutes to enroll.
     #[arg(long, value_name = "FILE")]
     pub controller_config: Option<std::path::PathBuf>,
+    /// The data directory of the PostgreSQL server the controller's `[store] url` names
+    /// (with --controller-config): steady also counts that server's CPU.
+    #[arg(long, value_name = "DIR")]
+    pub postgres_data: Option<std::path::PathBuf>,
     /// Bound on each other wait (all up, all reached, all back).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub timeout: Duration,
@@ -362,6 +368,9 @@ async fn scenarios(
     }
     if args.wants(Scenario::Rollout) {
         report.rollout = attempt(errors, "rollout", measure::rollout(&cx, &c)).await;
+    }
+    if args.wants(Scenario::Admin) {
+        report.admin = attempt(errors, "admin", measure::admin(&c)).await;
     }
     if args.wants(Scenario::Hosts) {
         report.hosts = attempt(errors, "hosts", measure::hosts(&c)).await;

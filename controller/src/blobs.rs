@@ -269,6 +269,32 @@ impl Blobs {
         Ok((sha, up.size))
     }
 
+    /// Deletes the blob files no record names any more (`keep`). On a shared store another
+    /// controller may have deleted a release while this one was a standby, and only its
+    /// own copy would stay behind; run before serving, so no upload is half-recorded.
+    /// Files that are not blob names (uploads in progress) are left alone. Returns how
+    /// many went.
+    pub fn evict_except(
+        &self,
+        keep: &std::collections::BTreeMap<String, u64>,
+    ) -> std::io::Result<usize> {
+        let mut evicted = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if self.path(&name).is_none() || name != name.to_ascii_lowercase() {
+                continue;
+            }
+            if !keep.contains_key(&name) {
+                std::fs::remove_file(entry.path())?;
+                evicted += 1;
+            }
+        }
+        Ok(evicted)
+    }
+
     pub fn remove(&self, sha256: &str) {
         if let Some(p) = self.path(sha256) {
             let _ = std::fs::remove_file(p);
@@ -386,6 +412,23 @@ mod tests {
         let c = blobs.open_shared(&sha).unwrap();
         assert_eq!(std::sync::Arc::strong_count(&c), 1);
         assert!(blobs.open_shared("../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn eviction_keeps_named_blobs_and_uploads_in_progress() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(tmp.path()).unwrap();
+        let (kept, gone) = ("a".repeat(64), "b".repeat(64));
+        let dir = tmp.path().join("blobs");
+        for name in [kept.as_str(), gone.as_str(), ".tmpUpload"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let keep = std::collections::BTreeMap::from([(kept.clone(), 1)]);
+        assert_eq!(blobs.evict_except(&keep).unwrap(), 1);
+        assert!(dir.join(&kept).exists());
+        assert!(!dir.join(&gone).exists());
+        assert!(dir.join(".tmpUpload").exists());
+        assert_eq!(blobs.evict_except(&keep).unwrap(), 0);
     }
 
     #[test]

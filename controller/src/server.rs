@@ -103,6 +103,22 @@ fn load_with(dir: &Path, settings: Settings, store: Arc<Store>) -> anyhow::Resul
     }))
 }
 
+/// Copies of blobs another controller deleted while this one waited: a full disk later is
+/// worse than a warning now, and a failure here costs only space, so it never stops a
+/// start.
+fn evict_stale_blobs(shared: &Shared) {
+    match shared.store.blob_refs() {
+        Ok(keep) => match shared.blobs.evict_except(&keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(evicted = n, "removed cached blobs no record names any more"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep the blob cache; stale copies stay"),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the blobs records name; the blob cache is not swept")
+        }
+    }
+}
+
 /// Seals the secrets a controller from before sealing stored in the clear.
 fn seal_old_secrets(store: &Store, sealer: &Sealer) -> anyhow::Result<()> {
     let mut sealed = 0;
@@ -146,6 +162,9 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
         None
     };
     let shared = load_with(dir, settings.clone(), store)?;
+    if shared.store.is_shared() {
+        evict_stale_blobs(&shared);
+    }
     let lease_keeper = leadership.as_ref().map(|l| {
         shared.sessions.only_while(l.clone());
         tokio::spawn(crate::leader::keep(shared.store.clone(), l.clone()))

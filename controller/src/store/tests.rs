@@ -762,6 +762,11 @@ fn a_blob_one_controller_received_is_served_by_another_checked_and_deleted_for_a
     );
     assert_eq!(b.fetch_blob(&sha, &mut std::io::sink()).unwrap(), None);
     assert!(on_b.local("not-a-name").unwrap().is_none());
+    // B's own copy outlived the delete; the sweep a controller runs before serving
+    // removes it, since no record names it.
+    assert!(path.exists());
+    assert_eq!(on_b.evict_except(&b.blob_refs().unwrap()).unwrap(), 1);
+    assert!(!path.exists());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The controller on PostgreSQL (`[store] url`) on loopback, with real agents: a fleet
 //! made by `init --config` keeps its hosts, tokens and audit log in the database across a
 //! restart, with no state.redb at all; and `migrate` moves a redb fleet there, after
-//! which its agent comes back on the certificate it holds, without re-enrolling.
+//! which its agent comes back on the certificate it holds, without re-enrolling; a backup
+//! of a PostgreSQL fleet restored and migrated into a new database brings it back.
 
 mod support;
 
@@ -96,6 +97,38 @@ fn a_fleet_on_postgres_keeps_everything_in_the_database_across_a_restart() {
     assert!(restored.join("state.redb").exists());
     // The rows are in the database, where another replica would read them.
     schema.sql("DO $$ BEGIN IF (SELECT count(*) FROM fleet_kv WHERE tbl = 'hosts') <> 1 THEN RAISE 'hosts not in fleet_kv'; END IF; END $$");
+
+    // The database is lost: the restored directory goes into a new one with `migrate`,
+    // and the fleet comes back there, its agent on the certificate it holds.
+    let before = audit_actions(&fleet);
+    let mut c = fleet.controller.take().unwrap();
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = c.child.wait();
+    drop(schema);
+    let fresh = Schema::new().unwrap();
+    let fresh_config = fresh.config(&restored, "");
+    let out = controller(&[
+        "migrate",
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "--config",
+        fresh_config.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&data, fleet.dir.path().join("lost")).unwrap();
+    std::fs::rename(&restored, &data).unwrap();
+    fleet.extra_args = vec![
+        "--config".into(),
+        data.join("controller-pg.toml").to_str().unwrap().to_owned(),
+    ];
+    fleet.run_controller();
+    fleet.wait_state("web-1", "up", Duration::from_secs(20));
+    let after = audit_actions(&fleet);
+    assert_eq!(after, before, "the audit log up to the backup came back");
 }
 
 #[test]

@@ -270,7 +270,7 @@ impl Firewall {
         });
     }
 
-    /// The address of each controller `agent.toml` names now. An unreadable `agent.toml`
+    /// The addresses of each controller `agent.toml` names now. An unreadable `agent.toml`
     /// gives none, and the lockout check then refuses any policy that needs one.
     fn controller_ips(&self) -> Vec<IpAddr> {
         let mut ips = Vec::new();
@@ -282,7 +282,8 @@ impl Firewall {
             }
         };
         for addr in meta.controller.addrs() {
-            if let Some(ip) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            // Every record of a name: the agent dials them in turn.
+            for ip in addr.to_socket_addrs().into_iter().flatten() {
                 if !ips.contains(&ip.ip()) {
                     ips.push(ip.ip());
                 }

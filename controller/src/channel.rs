@@ -69,7 +69,16 @@ impl AgentChannel for ChannelService {
             .name()
             .map(|n| n.to_string())
             .ok_or_else(|| Status::permission_denied("agent identity without a host name"))?;
-        let Some(known) = shared.store.host(&name).map_err(internal)? else {
+        // Off the async workers: on PostgreSQL a read is a round trip, and a reconnect
+        // wave is thousands of them.
+        let known = {
+            let (s, n) = (shared.clone(), name.clone());
+            tokio::task::spawn_blocking(move || s.store.host(&n))
+                .await
+                .map_err(|e| Status::internal(format!("session start failed: {e}")))?
+                .map_err(internal)?
+        };
+        let Some(known) = known else {
             return Err(Status::permission_denied(format!(
                 "host {name} is not enrolled (it was removed): re-enroll it with a new token"
             )));
@@ -125,14 +134,13 @@ impl AgentChannel for ChannelService {
                 controller_version: env!("CARGO_PKG_VERSION").into(),
                 server_time: now_secs(),
                 // Every enrolled host comes back after a crash, not only those up now.
-                reconnect_spread_ms: crate::sessions::return_spread(
-                    shared
-                        .store
-                        .host_count()
-                        .unwrap_or_else(|_| shared.sessions.count()),
-                )
+                reconnect_spread_ms: crate::sessions::return_spread(shared.host_count.get(
+                    "the number of hosts",
+                    || shared.store.host_count(),
+                    || shared.sessions.count(),
+                ))
                 .as_millis() as u64,
-                controllers: shared.controllers.for_welcome(&shared.store),
+                controllers: crate::controllers::for_welcome(&shared),
             })))
             .await;
         tokio::spawn(crate::firewall::catch_up(shared.clone(), name.clone(), id));
@@ -356,16 +364,26 @@ async fn handle(
             }
         },
         Up::AppState(state) => {
-            if !known_app(shared, name, &state.app) {
+            // A host's first report of an app, and each session's first, read the store
+            // (is the app known, should the host catch up): off the async workers then,
+            // as a round trip to PostgreSQL would stall every session on this worker.
+            // Awaited, so this session's reports stay in order.
+            let recorded = if crate::converge::would_check(shared, name, id, &state.app)
+                || !shared.app_states.knows(name, &state.app)
+            {
+                let (s, n, st) = (shared.clone(), name.to_owned(), state.clone());
+                tokio::task::spawn_blocking(move || crate::app_reports::record(&s, &n, id, st))
+                    .await
+                    .unwrap_or(None)
+            } else {
+                crate::app_reports::record(shared, name, id, state.clone())
+            };
+            let Some(prev) = recorded else {
                 if let Some(suppressed) = shared.agent_noise_log.admit(Instant::now()) {
                     tracing::warn!(host = %name, app = ?clip(&state.app, MAX_QUOTED), suppressed, "ignoring the state of an app the controller does not know");
                 }
                 return;
-            }
-            let prev = shared.app_states.update(name, state.clone());
-            if crate::converge::on_app_state(shared, name, id, &state) {
-                crate::lifecycle::reconcile(shared, name, &state);
-            }
+            };
             // The first report of a session repeats what the host ran before the
             // reconnect: logged only at debug, so a reconnect wave is not N lines per app.
             let changed = prev.as_ref().map(|p| {
@@ -435,19 +453,6 @@ async fn handle(
 
 /// Longest agent-supplied event text logged.
 const MAX_EVENT_TEXT: usize = 4096;
-
-/// Whether `app` is one the controller manages: states of invented apps are dropped, so
-/// an agent cannot grow the controller's memory or anyone's status output. Only a
-/// host's first report of an app reads the store.
-fn known_app(shared: &Shared, host: &str, app: &str) -> bool {
-    if app.parse::<fleet_proto::spec::AppName>().is_err() {
-        return false;
-    }
-    if shared.app_states.knows(host, app) {
-        return true;
-    }
-    matches!(shared.store.app(app), Ok(Some(_)))
-}
 
 /// Why a renewal was refused; the text goes back to the agent, which logs it.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,7 @@
 //! reconnect wave of 50,000 agents costs one read per `TTL`, and another replica's change
 //! reaches this one's agents within it.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_proto::controllers::ControllerList;
 use fleet_proto::v1::{
@@ -13,45 +12,26 @@ use fleet_proto::v1::{
 };
 use tonic::Status;
 
+use crate::cached::Cached;
 use crate::shared::{internal, Shared};
-use crate::store::{ControllersRecord, Store};
+use crate::store::ControllersRecord;
 use crate::timefmt::now_secs;
 
 /// How long another replica's change may take to reach the agents connecting here.
 const TTL: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-pub struct ControllersCache {
-    cached: Mutex<Option<(Instant, Vec<String>)>>,
+/// The addresses for a Welcome, cached for `TTL`. A store that cannot be read leaves the
+/// last known list (or none): the agent then keeps what it has, which is never worse.
+pub fn for_welcome(shared: &Shared) -> Vec<String> {
+    shared.controllers.get(
+        "the controller addresses",
+        || shared.store.controllers().map(|r| r.addresses),
+        Vec::new,
+    )
 }
 
-impl ControllersCache {
-    /// The addresses for a Welcome. A store that cannot be read leaves the last known list
-    /// (or none): the agent then keeps what it has, which is never worse.
-    pub fn for_welcome(&self, store: &Store) -> Vec<String> {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, list)) = cached.as_ref() {
-            if at.elapsed() < TTL {
-                return list.clone();
-            }
-        }
-        match store.controllers() {
-            Ok(rec) => {
-                *cached = Some((Instant::now(), rec.addresses.clone()));
-                rec.addresses
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the controller addresses; Welcome keeps the last known");
-                let last = cached.as_ref().map(|(_, l)| l.clone()).unwrap_or_default();
-                *cached = Some((Instant::now(), last.clone()));
-                last
-            }
-        }
-    }
-
-    fn replace(&self, list: Vec<String>) {
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), list));
-    }
+pub fn cache() -> Cached<Vec<String>> {
+    Cached::new(TTL)
 }
 
 fn reply(rec: ControllersRecord) -> ControllerAddresses {
@@ -98,7 +78,7 @@ pub fn set(
     shared
         .audit(actor, "fleet.controllers", "", &shown)
         .map_err(internal)?;
-    shared.controllers.replace(rec.addresses.clone());
+    shared.controllers.set(rec.addresses.clone());
     // Agents connected now hear it at once: the ones on this controller were welcomed
     // before the change and would otherwise learn it only on their next session.
     if !rec.addresses.is_empty() {

@@ -137,6 +137,12 @@ fn running(shared: &Shared, host: &str, app: &str) -> Option<String> {
         .map(|s| s.release)
 }
 
+/// Whether `on_app_state` would check this report (the first of its app on the session),
+/// without marking it.
+pub fn would_check(shared: &Shared, host: &str, session: u64, app: &str) -> bool {
+    lock(&shared.convergence.checked).get(&(host.to_owned(), app.to_owned())) != Some(&session)
+}
+
 /// Every app state report: the first of each app on a session is checked. Returns
 /// whether it was the first.
 pub fn on_app_state(shared: &Arc<Shared>, host: &str, session: u64, state: &AppState) -> bool {

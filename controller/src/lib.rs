@@ -5,11 +5,13 @@
 
 pub mod admin;
 pub mod agentpkg;
+pub mod app_reports;
 pub mod app_states;
 pub mod apps;
 pub mod auth;
 pub mod backup;
 pub mod blobs;
+pub mod cached;
 pub mod catalog;
 pub mod channel;
 pub mod cli;

@@ -99,7 +99,8 @@ fn load_with(dir: &Path, settings: Settings, store: Arc<Store>) -> anyhow::Resul
         upgrades: Default::default(),
         metrics,
         events: Default::default(),
-        controllers: Default::default(),
+        controllers: crate::controllers::cache(),
+        host_count: crate::cached::Cached::new(Duration::from_secs(10)),
     }))
 }
 

@@ -44,7 +44,9 @@ pub struct Shared {
     pub metrics: ControllerMetrics,
     pub events: Arc<crate::events::Events>,
     /// The addresses every Welcome hands out (`fleetctl controllers set`).
-    pub controllers: crate::controllers::ControllersCache,
+    pub controllers: crate::cached::Cached<Vec<String>>,
+    /// Enrolled hosts, for the reconnect spread each Welcome names (a scan on PostgreSQL).
+    pub host_count: crate::cached::Cached<usize>,
 }
 
 impl Shared {

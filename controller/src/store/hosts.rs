@@ -108,20 +108,22 @@ impl Store {
         seen: &std::collections::HashMap<String, i64>,
     ) -> Result<usize, StoreError> {
         let mut tx = self.write()?;
-        let mut changed = 0;
-        for (name, at) in seen {
-            let current: Option<HostRecord> = tx
-                .get(HOSTS, name)?
-                .map(|v| decode(HOSTS.name, name, &v))
-                .transpose()?;
-            if let Some(mut host) = current.filter(|h| h.last_seen_ms < *at) {
+        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        let mut updated = Vec::new();
+        for (name, v) in tx.get_many(HOSTS, &names)? {
+            let mut host: HostRecord = decode(HOSTS.name, &name, &v)?;
+            if let Some(at) = seen.get(&name).filter(|at| host.last_seen_ms < **at) {
                 host.last_seen_ms = *at;
-                tx.insert(HOSTS, name, &encode(&host))?;
-                changed += 1;
+                updated.push((name, encode(&host)));
             }
         }
+        let rows: Vec<(&str, &[u8])> = updated
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        tx.put_many(HOSTS, &rows)?;
         self.commit(tx)?;
-        Ok(changed)
+        Ok(updated.len())
     }
 
     /// Removes a host and revokes every certificate it holds, in one transaction, so a

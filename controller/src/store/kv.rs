@@ -68,6 +68,17 @@ pub(super) fn span<'a>(range: &'a (String, String)) -> Span<'a> {
 /// Reads of one consistent moment.
 pub(super) trait ReadTx {
     fn get(&self, t: Tbl, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The rows of those `keys` that exist, in no particular order. A backend with round
+    /// trips overrides it to read them together.
+    fn get_many(&self, t: Tbl, keys: &[&str]) -> Result<Vec<Row>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = self.get(t, k)? {
+                out.push(((*k).to_owned(), v));
+            }
+        }
+        Ok(out)
+    }
     /// Rows with keys in `span`, in key order, at most `limit`.
     fn range(&self, t: Tbl, span: Span<'_>, limit: Option<usize>) -> Result<Vec<Row>, StoreError>;
     /// Keys in `span`, in order, without their values.
@@ -91,6 +102,21 @@ pub(super) trait WriteTx: ReadTx {
     fn insert(&mut self, t: Tbl, key: &str, value: &[u8]) -> Result<bool, StoreError>;
     /// Deletes one row; returns its old value.
     fn remove(&mut self, t: Tbl, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes many rows (a key given twice: the last value wins), together where the
+    /// backend can.
+    fn put_many(&mut self, t: Tbl, rows: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        for (k, v) in rows {
+            self.insert(t, k, v)?;
+        }
+        Ok(())
+    }
+    /// Deletes the rows of those keys that exist, together where the backend can.
+    fn remove_many(&mut self, t: Tbl, keys: &[&str]) -> Result<(), StoreError> {
+        for k in keys {
+            self.remove(t, k)?;
+        }
+        Ok(())
+    }
     /// Deletes every row in `span`.
     fn remove_span(&mut self, t: Tbl, span: Span<'_>) -> Result<(), StoreError>;
     fn seq_insert(&mut self, t: Tbl, seq: u64, value: &[u8]) -> Result<(), StoreError>;

@@ -33,6 +33,7 @@ use super::kv::{Kind, ReadTx, Row, Span, Tbl, WriteTx};
 use super::StoreError;
 
 mod blobs;
+mod bulk;
 mod lease;
 mod migrations;
 pub(in crate::store) use lease::Fence;
@@ -434,6 +435,10 @@ impl ReadTx for PgTx {
         Ok(rows.first().map(|r| r.get(0)))
     }
 
+    fn get_many(&self, t: Tbl, keys: &[&str]) -> Result<Vec<Row>, StoreError> {
+        self.get_many_rows(t, keys)
+    }
+
     fn range(&self, t: Tbl, span: Span<'_>, limit: Option<usize>) -> Result<Vec<Row>, StoreError> {
         Ok(self
             .span_query("k, v", t, span, limit)?
@@ -507,6 +512,14 @@ impl WriteTx for PgTx {
             &[&t.name, &key],
         )?;
         Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn put_many(&mut self, t: Tbl, rows: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        self.put_many_rows(t, rows)
+    }
+
+    fn remove_many(&mut self, t: Tbl, keys: &[&str]) -> Result<(), StoreError> {
+        self.remove_many_rows(t, keys)
     }
 
     fn remove_span(&mut self, t: Tbl, span: Span<'_>) -> Result<(), StoreError> {

@@ -43,18 +43,23 @@ impl Store {
         app: &str,
         values: impl IntoIterator<Item = (&'a str, Option<&'a T>)>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write()?;
+        let (mut put, mut gone) = (Vec::new(), Vec::new());
         for (host, value) in values {
             let key = format!("{host}/{app}");
             match value {
-                Some(v) => {
-                    tx.insert(DESIRED, &key, &encode(v))?;
-                }
-                None => {
-                    tx.remove(DESIRED, &key)?;
-                }
+                Some(v) => put.push((key, encode(v))),
+                None => gone.push(key),
             }
         }
+        let put: Vec<(&str, &[u8])> = put
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+        let mut tx = self.write()?;
+        // Callers name each host once, so removals and puts do not overlap.
+        tx.remove_many(DESIRED, &gone)?;
+        tx.put_many(DESIRED, &put)?;
         self.commit(tx)
     }
 

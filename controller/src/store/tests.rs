@@ -114,6 +114,40 @@ contract! {
         assert_eq!(s.desired_on::<String>("host10").unwrap().len(), 1);
     }
 
+    fn a_deploy_over_thousands_of_hosts_is_one_commit_across_statement_chunks(s, bed) {
+        // More hosts than one PostgreSQL statement carries (pg/bulk.rs), some cleared.
+        let names: Vec<String> = (0..2_500).map(|i| format!("h{i:04}")).collect();
+        let before = s.commits();
+        s.set_desired_many("shop", names.iter().map(|n| (n.as_str(), Some(&"1.0"))))
+            .unwrap();
+        assert_eq!(s.commits(), before + 1);
+        let v2 = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), (i % 3 != 0).then_some(&"2.0")));
+        s.set_desired_many("shop", v2).unwrap();
+        for (i, n) in names.iter().enumerate().step_by(97) {
+            let want = (i % 3 != 0).then(|| "2.0".to_owned());
+            assert_eq!(s.desired::<String>("shop", n).unwrap(), want, "{n}");
+        }
+        assert_eq!(s.desired::<String>("shop", "h2498").unwrap().as_deref(), Some("2.0"));
+        assert_eq!(s.desired::<String>("shop", "h2496").unwrap(), None);
+        // Last seen over as many hosts, some of them unknown: one commit, each raised.
+        for n in &names {
+            s.put_host(&host(n)).unwrap();
+        }
+        let seen: std::collections::HashMap<String, i64> = names
+            .iter()
+            .map(|n| (n.clone(), 77))
+            .chain([("unknown".to_string(), 5)])
+            .collect();
+        let before = s.commits();
+        assert_eq!(s.record_last_seen(&seen).unwrap(), names.len());
+        assert_eq!(s.commits(), before + 1);
+        assert_eq!(s.host("h2222").unwrap().unwrap().last_seen_ms, 77);
+        assert!(s.host("unknown").unwrap().is_none());
+    }
+
     fn audit_is_pruned_by_age_and_count_in_batches(s, bed) {
         for t in 0..50 {
             s.append_audit(t * 1000, "me", "x", "t", "").unwrap();

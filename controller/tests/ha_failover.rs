@@ -173,6 +173,25 @@ fn the_standby_takes_over_a_killed_leader_and_the_agent_follows_it() {
     let both = format!("{},{}", b.addr, fleet.addr());
     let hosts = fleetctl_at(&both, &identity, &["hosts"]).expect("the leader answers");
     assert!(hosts.contains("web-1"), "{hosts}");
+    // An operator revoked through the leader stays out on the controller that follows.
+    let alice = fleet.dir.path().join("alice");
+    fleetctl_at(
+        &fleet.addr(),
+        &identity,
+        &[
+            "admin",
+            "add",
+            "alice",
+            "--role",
+            "viewer",
+            "--out",
+            alice.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(fleetctl_at(&fleet.addr(), &alice, &["hosts"]).is_some());
+    fleetctl_at(&fleet.addr(), &identity, &["admin", "revoke", "alice"]).unwrap();
+    assert!(fleetctl_at(&fleet.addr(), &alice, &["hosts"]).is_none());
 
     fleet
         .controller
@@ -204,6 +223,11 @@ fn the_standby_takes_over_a_killed_leader_and_the_agent_follows_it() {
     // fleetctl with both addresses moves past the dead one.
     let audit = fleetctl_at(&both, &identity, &["audit"]).unwrap();
     assert!(audit.contains("host.join"), "{audit}");
+    assert!(
+        fleetctl_at(&b.addr, &alice, &["hosts"]).is_none(),
+        "a revoked operator is refused by the new leader"
+    );
+    assert!(fleetctl_at(&b.addr, &identity, &["hosts"]).is_some());
     // It serves joins too.
     let token = fleetctl_at(&b.addr, &identity, &["token", "create"]).unwrap();
     assert!(!token.trim().is_empty());

@@ -315,7 +315,18 @@ async fn handle(
     match body {
         Up::Heartbeat(_) => shared.sessions.heartbeat(name, id),
         Up::Renew(req) => {
-            let resp = renew(shared, identity, name, &req);
+            // Signing and a durable write (a sync on redb, round trips on PostgreSQL):
+            // off the async workers.
+            let (s, id, n, r) = (
+                shared.clone(),
+                identity.clone(),
+                name.to_owned(),
+                req.clone(),
+            );
+            let resp = match tokio::task::spawn_blocking(move || renew(&s, &id, &n, &r)).await {
+                Ok(r) => r,
+                Err(e) => Err(RenewError::Failed(format!("renewal task failed: {e}"))),
+            };
             if let Err(e) = &resp {
                 tracing::warn!(host = %name, error = %e, "certificate renewal refused");
             }
@@ -463,6 +474,8 @@ enum RenewError {
     Store(#[from] StoreError),
     #[error("host was removed")]
     Removed,
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The serials issued to a host before `current`, the one its session authenticated with,

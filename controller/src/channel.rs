@@ -69,11 +69,10 @@ impl AgentChannel for ChannelService {
             .name()
             .map(|n| n.to_string())
             .ok_or_else(|| Status::permission_denied("agent identity without a host name"))?;
-        // Off the async workers: on PostgreSQL a read is a round trip, and a reconnect
-        // wave is thousands of them.
         let known = {
-            let (s, n) = (shared.clone(), name.clone());
-            tokio::task::spawn_blocking(move || s.store.host(&n))
+            let n = name.clone();
+            shared
+                .off_workers(move |s| s.store.host(&n))
                 .await
                 .map_err(|e| Status::internal(format!("session start failed: {e}")))?
                 .map_err(internal)?
@@ -317,13 +316,8 @@ async fn handle(
         Up::Renew(req) => {
             // Signing and a durable write (a sync on redb, round trips on PostgreSQL):
             // off the async workers.
-            let (s, id, n, r) = (
-                shared.clone(),
-                identity.clone(),
-                name.to_owned(),
-                req.clone(),
-            );
-            let resp = match tokio::task::spawn_blocking(move || renew(&s, &id, &n, &r)).await {
+            let (id, n, r) = (identity.clone(), name.to_owned(), req.clone());
+            let resp = match shared.off_workers(move |s| renew(s, &id, &n, &r)).await {
                 Ok(r) => r,
                 Err(e) => Err(RenewError::Failed(format!("renewal task failed: {e}"))),
             };
@@ -382,8 +376,9 @@ async fn handle(
             let recorded = if crate::converge::would_check(shared, name, id, &state.app)
                 || !shared.app_states.knows(name, &state.app)
             {
-                let (s, n, st) = (shared.clone(), name.to_owned(), state.clone());
-                tokio::task::spawn_blocking(move || crate::app_reports::record(&s, &n, id, st))
+                let (n, st) = (name.to_owned(), state.clone());
+                shared
+                    .off_workers(move |s| crate::app_reports::record(s, &n, id, st))
                     .await
                     .unwrap_or(None)
             } else {

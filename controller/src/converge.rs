@@ -163,10 +163,10 @@ pub fn session_started(shared: &Arc<Shared>, host: &str, session: u64) {
         if shared.sessions.session_id(&host) != Some(session) {
             return;
         }
-        // Off the async workers: one store read per session start (a round trip on
-        // PostgreSQL, and a reconnect wave is thousands of them).
-        let (s, h) = (shared.clone(), host.clone());
-        let read = tokio::task::spawn_blocking(move || s.store.desired_on::<Desired>(&h)).await;
+        let h = host.clone();
+        let read = shared
+            .off_workers(move |s| s.store.desired_on::<Desired>(&h))
+            .await;
         let wanted: Vec<(String, Desired)> = match read.map_err(|e| e.to_string()) {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => {

@@ -231,10 +231,9 @@ fn removal_confirmed(shared: &Shared, host: &str, app: &str) {
 /// A new session: removals the host still owes are sent to it again.
 pub fn deliver_removals(shared: &Arc<Shared>, host: &str) {
     let (shared, host) = (shared.clone(), host.to_owned());
-    // The read runs off the async workers: every session start makes one.
     tokio::spawn(async move {
-        let (s, h) = (shared.clone(), host.clone());
-        match tokio::task::spawn_blocking(move || s.store.removals_on(&h)).await {
+        let h = host.clone();
+        match shared.off_workers(move |s| s.store.removals_on(&h)).await {
             Ok(Ok(apps)) => send_removals(&shared, &host, apps),
             Ok(Err(e)) => {
                 tracing::error!(%host, error = %e, "cannot read the removals owed by this host")

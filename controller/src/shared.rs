@@ -50,6 +50,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` on the blocking pool and waits for it. Every store call on a per-session
+    /// or per-message path goes through here: on PostgreSQL a call is round trips, and
+    /// made on an async worker it would stall every session that worker runs (two
+    /// workers on two cores).
+    pub async fn off_workers<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Arc<Shared>) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s)).await
+    }
+
     /// Appends to the audit log. An audit write that fails fails the operation that asked
     /// for it: an action that cannot be recorded is not done silently.
     pub fn audit(

@@ -427,12 +427,7 @@ pub async fn catch_up(shared: Arc<Shared>, host: String, session: u64) {
     if shared.sessions.session_id(&host) != Some(session) {
         return;
     }
-    // Off the async workers, like every per-session store read (a round trip on
-    // PostgreSQL).
-    let s = shared.clone();
-    let Ok(Ok(Some((toml, _)))) =
-        tokio::task::spawn_blocking(move || s.store.firewall_policy()).await
-    else {
+    let Ok(Ok(Some((toml, _)))) = shared.off_workers(|s| s.store.firewall_policy()).await else {
         return;
     };
     let want = sha(&toml);

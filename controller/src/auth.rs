@@ -16,6 +16,7 @@ use tonic::Status;
 
 use crate::operators::Operators;
 use crate::ratelimit::{clip, LogThrottle};
+use crate::relay::{RELAY_ADDR, RELAY_BY, RELAY_CERT};
 use crate::tls::Revocations;
 
 /// Longest caller-supplied text (a path, a name) quoted in a log line or an error.
@@ -34,6 +35,8 @@ pub struct Caller {
     /// Unix seconds at which the caller's certificate expires.
     pub not_after: Option<i64>,
     pub addr: Option<SocketAddr>,
+    /// The standby that relayed the call (its advertised address), if one did.
+    pub via: Option<String>,
 }
 
 impl Caller {
@@ -58,17 +61,22 @@ impl Caller {
 pub fn authorize(
     path: &str,
     conn: Option<&TlsConnectInfo<TcpConnectInfo>>,
+    headers: &http::HeaderMap,
     trust_domain: &TrustDomain,
     revoked: &Revocations,
     operators: &Operators,
 ) -> Result<Caller, Status> {
-    let addr = conn.and_then(|c| c.get_ref().remote_addr());
     let access = access_for(path).ok_or_else(|| {
         Status::unimplemented(format!("unknown method {}", clip(path, MAX_QUOTED)))
     })?;
-    let cert = conn
+    let direct = conn
         .and_then(|c| c.peer_certs())
-        .and_then(|certs| certs.first().cloned());
+        .and_then(|certs| certs.first().map(|c| c.to_vec()));
+    let (cert, addr, relayed) =
+        match relayed_caller(headers, direct.as_deref(), trust_domain, revoked)? {
+            Some(r) => (r.cert, Some(r.addr), Some(r.by)),
+            None => (direct, conn.and_then(|c| c.get_ref().remote_addr()), None),
+        };
     let info = match (&cert, access) {
         (None, Access::Anonymous) => None,
         (None, Access::Role(role)) => {
@@ -87,6 +95,15 @@ pub fn authorize(
         ),
     };
     if let Some(info) = &info {
+        // A relay's handshake checked the chain and validity; its clock is not ours.
+        if relayed.is_some()
+            && !(info.not_before..=info.not_after).contains(&crate::timefmt::now_secs())
+        {
+            return Err(Status::unauthenticated(format!(
+                "certificate {} of {} is not valid now (expired, or not yet valid)",
+                info.serial, info.identity
+            )));
+        }
         if revoked.contains(&info.serial) {
             return Err(Status::unauthenticated(format!(
                 "certificate {} of {} is revoked",
@@ -127,7 +144,61 @@ pub fn authorize(
         not_after: info.as_ref().map(|i| i.not_after),
         serial: info.map(|i| i.serial),
         addr,
+        via: relayed,
     })
+}
+
+/// The caller a standby relayed this call for (`relay.rs`): its certificate (none for a
+/// join) and address, from the relay's headers. Only another controller of this fleet may
+/// speak for a caller; anyone else sending the headers is refused.
+fn relayed_caller(
+    headers: &http::HeaderMap,
+    direct: Option<&[u8]>,
+    trust_domain: &TrustDomain,
+    revoked: &Revocations,
+) -> Result<Option<Relayed>, Status> {
+    let Some(addr) = headers.get(RELAY_ADDR) else {
+        if headers.contains_key(RELAY_CERT) {
+            return Err(Status::invalid_argument(
+                "a relayed certificate without an address",
+            ));
+        }
+        return Ok(None);
+    };
+    let relay = direct
+        .and_then(|der| verify_peer(der, trust_domain).ok())
+        .filter(|i| i.identity.role() == Role::Controller && !revoked.contains(&i.serial));
+    if relay.is_none() {
+        return Err(Status::permission_denied(
+            "only a controller of this fleet may relay a call",
+        ));
+    }
+    let bad = || Status::invalid_argument("unusable relay headers");
+    let addr: SocketAddr = addr
+        .to_str()
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(bad)?;
+    let cert = match headers.get(RELAY_CERT) {
+        Some(v) => Some(hex::decode(v.as_bytes()).map_err(|_| bad())?),
+        None => None,
+    };
+    let by = headers
+        .get(RELAY_BY)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| clip(v, MAX_QUOTED).into_owned())
+        .unwrap_or_else(|| "a standby".into());
+    Ok(Some(Relayed { cert, addr, by }))
+}
+
+/// Who a relay says it speaks for.
+#[derive(Debug)]
+struct Relayed {
+    /// DER; `None` for an anonymous join.
+    cert: Option<Vec<u8>>,
+    addr: SocketAddr,
+    /// The relay's own address, as it advertises it.
+    by: String,
 }
 
 /// Authorizes every call, bounds unary calls in time and caps the status message.
@@ -222,6 +293,7 @@ where
         match authorize(
             req.uri().path(),
             conn,
+            req.headers(),
             &self.cfg.trust_domain,
             &self.cfg.revoked,
             &self.cfg.operators,
@@ -261,5 +333,78 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Ca;
+
+    fn der(ca: &Ca, identity: &Identity) -> Vec<u8> {
+        let issued = ca
+            .new_client_identity(identity, Duration::from_secs(3600))
+            .unwrap()
+            .issued;
+        fleet_proto::transport::certs_from_pem(&issued.cert_pem, "test")
+            .unwrap()
+            .remove(0)
+            .to_vec()
+    }
+
+    fn relay_headers(cert: Option<&[u8]>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(RELAY_ADDR, "192.0.2.7:40000".parse().unwrap());
+        if let Some(c) = cert {
+            h.insert(RELAY_CERT, hex::encode(c).parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_a_controller_of_the_fleet_may_speak_for_a_caller() {
+        let td: TrustDomain = "fleet.local".parse().unwrap();
+        let (ca, _) = Ca::generate(td.clone()).unwrap();
+        let agent = der(&ca, &Identity::agent(td.clone(), "web-1".parse().unwrap()));
+        let admin = der(&ca, &Identity::admin(td.clone(), "alice".parse().unwrap()));
+        let peer = der(&ca, &Identity::controller(td.clone()));
+        let revoked = Revocations::default();
+        let headers = relay_headers(Some(&agent));
+
+        // Nothing relayed: the direct caller stands.
+        let none = relayed_caller(&http::HeaderMap::new(), Some(&agent), &td, &revoked);
+        assert!(none.unwrap().is_none());
+        // A controller relays an agent and an anonymous join.
+        let r = relayed_caller(&headers, Some(&peer), &td, &revoked)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.cert.as_deref(), Some(agent.as_slice()));
+        assert_eq!(r.addr.to_string(), "192.0.2.7:40000");
+        let r = relayed_caller(&relay_headers(None), Some(&peer), &td, &revoked)
+            .unwrap()
+            .unwrap();
+        assert!(r.cert.is_none());
+        // An agent, an operator or an anonymous caller sending the headers is refused.
+        for direct in [Some(agent.as_slice()), Some(admin.as_slice()), None] {
+            let e = relayed_caller(&headers, direct, &td, &revoked).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        }
+        // So is a controller of another fleet, and one whose certificate was revoked.
+        let other: TrustDomain = "other.local".parse().unwrap();
+        let (other_ca, _) = Ca::generate(other.clone()).unwrap();
+        let stranger = der(&other_ca, &Identity::controller(other));
+        assert!(relayed_caller(&headers, Some(&stranger), &td, &revoked).is_err());
+        let serial = fleet_proto::peer::cert_info(&peer).unwrap().serial;
+        revoked.insert(serial);
+        assert!(relayed_caller(&headers, Some(&peer), &td, &revoked).is_err());
+        // Unusable headers are refused, never guessed at.
+        let revoked = Revocations::default();
+        let mut bad = relay_headers(None);
+        bad.insert(RELAY_CERT, "not-hex".parse().unwrap());
+        let e = relayed_caller(&bad, Some(&peer), &td, &revoked).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let mut only_cert = http::HeaderMap::new();
+        only_cert.insert(RELAY_CERT, hex::encode(&agent).parse().unwrap());
+        assert!(relayed_caller(&only_cert, Some(&peer), &td, &revoked).is_err());
     }
 }

@@ -124,7 +124,10 @@ impl AgentChannel for ChannelService {
         let (id, close) = shared
             .sessions
             .register(&name, address.clone(), interval, tx.clone());
-        tracing::info!(host = %name, %address, version = ?clip(&facts.agent_version, MAX_QUOTED), ?interval, "host up");
+        if let Some(via) = &caller.via {
+            shared.sessions.set_via(&name, id, via.clone());
+        }
+        tracing::info!(host = %name, %address, version = ?clip(&facts.agent_version, MAX_QUOTED), ?interval, via = caller.via.as_deref().unwrap_or("-"), "host up");
         shared
             .events
             .publish("host.up", &name, "", format!("from {address}"));

@@ -169,6 +169,10 @@ pub struct StoreFile {
     /// Lifetime of the leader lease (2s ..= 60s): a standby takes over this long after the
     /// leader stopped renewing it.
     pub lease_ttl: Option<String>,
+    /// `HOST:PORT` the other controllers relay calls to while this one leads (default:
+    /// the listen address, or the first name of the serving certificate when that is
+    /// 0.0.0.0). It must be one of the serving certificate's names.
+    pub advertise: Option<String>,
 }
 
 impl StoreFile {
@@ -197,6 +201,11 @@ impl StoreFile {
                 bail!("[store] lease_ttl must be between 2s and 60s");
             }
             pg.lease_ttl = ttl;
+        }
+        if let Some(a) = self.advertise {
+            fleet_proto::transport::validate_address(&a)
+                .map_err(|e| anyhow::anyhow!("[store] advertise: {e}"))?;
+            pg.advertise = Some(a);
         }
         Ok(pg)
     }

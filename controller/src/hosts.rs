@@ -39,6 +39,7 @@ fn view(shared: &Shared, h: HostRecord, cordon: Option<&CordonRecord>) -> Host {
     Host {
         state: if live.is_some() { "up" } else { "down" }.into(),
         address: live.unwrap_or(h.address),
+        via: shared.sessions.via(&h.name).unwrap_or_default(),
         last_seen: if live_now {
             now_secs()
         } else {

@@ -39,6 +39,7 @@ pub mod paging;
 pub mod pki;
 pub mod prometheus;
 pub mod ratelimit;
+pub mod relay;
 pub mod releases;
 pub mod replica;
 pub mod rollout;

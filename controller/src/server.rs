@@ -146,8 +146,9 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     let store = Arc::new(Store::open_configured(dir, settings.store.as_ref())?);
     tracing::info!(backend = store.backend_name(), "store opened");
     let watchdog = crate::systemd::spawn_watchdog();
-    // On a shared store only the lease holder serves; a standby waits here, listening on
-    // nothing, so agents and fleetctl find the leader at another address.
+    // On a shared store the lease holder serves; a standby waits here, relaying every
+    // call it accepts to the leader (relay.rs), and gives its port to its own full
+    // listener once it leads.
     let leadership = if store.is_shared() {
         let ttl = settings
             .store
@@ -155,16 +156,28 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
             .map_or(crate::store::pg::PgConfig::DEFAULT_LEASE_TTL, |s| {
                 s.lease_ttl
             });
+        let front = crate::relay::Front::start(dir, &settings, store.clone())?;
         let l = crate::leader::wait_to_lead(store.clone(), crate::leader::holder_name(), ttl)
             .await
             .context("cannot take the leader lease")?;
+        front.stop().await;
         Some(l)
     } else {
         None
     };
     let shared = load_with(dir, settings.clone(), store)?;
-    if shared.store.is_shared() {
+    if let Some(l) = &leadership {
         evict_stale_blobs(&shared);
+        match crate::relay::advertised(&settings, &shared.serving.served().sans) {
+            Some(addr) => {
+                crate::relay::publish(&shared.store, l.holder.as_str(), l.epoch, &addr)
+                    .context("cannot record where the other controllers reach this one")?;
+                tracing::info!(%addr, "the other controllers relay calls to this address");
+            }
+            None => tracing::warn!(
+                "no address for the other controllers to relay to: set [store] advertise"
+            ),
+        }
     }
     let lease_keeper = leadership.as_ref().map(|l| {
         shared.sessions.only_while(l.clone());

@@ -20,6 +20,8 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 struct Live {
     id: u64,
     address: String,
+    /// The standby relaying this stream (its advertised address), if any.
+    via: Option<String>,
     last_heartbeat: Instant,
     interval: Duration,
     close: Option<oneshot::Sender<String>>,
@@ -86,6 +88,7 @@ impl Sessions {
             Live {
                 id,
                 address,
+                via: None,
                 last_heartbeat: Instant::now(),
                 interval,
                 close: Some(close_tx),
@@ -98,6 +101,21 @@ impl Sessions {
             }
         }
         (id, rx)
+    }
+
+    /// Records which standby relays session `id` of `host` (docs/ha.md).
+    pub fn set_via(&self, host: &str, id: u64, via: String) {
+        if let Some(live) = self.live.lock().expect("sessions lock").get_mut(host) {
+            if live.id == id {
+                live.via = Some(via);
+            }
+        }
+    }
+
+    /// The standby relaying `host`'s live session; `None` when it is direct or down.
+    pub fn via(&self, host: &str) -> Option<String> {
+        let live = self.live.lock().expect("sessions lock");
+        live.get(host).and_then(|l| l.via.clone())
     }
 
     pub fn heartbeat(&self, host: &str, id: u64) {

@@ -51,6 +51,12 @@ impl Revocations {
     pub fn contains(&self, serial: &str) -> bool {
         self.0.read().expect("revocations lock").contains(serial)
     }
+
+    /// The whole list, as read again from the store (a standby follows it this way).
+    pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
+        let next: HashSet<String> = serials.into_iter().collect();
+        *self.0.write().expect("revocations lock") = next;
+    }
 }
 
 #[derive(Debug)]
@@ -208,6 +214,7 @@ impl Slots {
             slots: self.clone(),
             ip,
             pending: true,
+            per_ip: true,
         })
     }
 
@@ -222,9 +229,25 @@ pub struct Slot {
     slots: Arc<Slots>,
     ip: IpAddr,
     pending: bool,
+    /// Counted against `max_connections_per_ip` (all but other controllers' relays).
+    per_ip: bool,
 }
 
 impl Slot {
+    /// Another controller relays many agents' calls over a few connections from one
+    /// address: they count against `max_connections`, not against the per-address cap.
+    fn not_per_ip(&mut self) {
+        if std::mem::take(&mut self.per_ip) {
+            let mut c = self.slots.counts.lock().expect("slots lock");
+            if let Some(e) = c.per_ip.get_mut(&self.ip) {
+                e.0 -= 1;
+                if e.0 == 0 && e.1 == 0 {
+                    c.per_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+
     fn handshake_done(&mut self) {
         if std::mem::take(&mut self.pending) {
             let mut c = self.slots.counts.lock().expect("slots lock");
@@ -244,11 +267,13 @@ impl Drop for Slot {
             c.pending -= 1;
         }
         if let Some(e) = c.per_ip.get_mut(&self.ip) {
-            e.0 -= 1;
+            if self.per_ip {
+                e.0 -= 1;
+            }
             if self.pending {
                 e.1 -= 1;
             }
-            if e.0 == 0 {
+            if e.0 == 0 && e.1 == 0 {
                 c.per_ip.remove(&self.ip);
             }
         }
@@ -423,6 +448,9 @@ pub async fn accept_loop(
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     slot.handshake_done();
+                    if is_controller(&stream) {
+                        slot.not_per_ip();
+                    }
                     let _ = tx.send(Ok(Conn::new(stream, slot, &limits))).await;
                 }
                 Ok(Err(e)) => log_refused(&refused_log, peer, &e.to_string()),
@@ -439,6 +467,19 @@ pub async fn accept_loop(
     }
 }
 
+/// Whether the client presented a controller identity. Only a holder of the CA key can
+/// make one with the client-auth usage this listener's verifier demands (a serving
+/// certificate has only server-auth), so this is another controller of the fleet.
+fn is_controller(stream: &TlsStream<TcpStream>) -> bool {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| fleet_proto::peer::cert_info(der).ok())
+        .is_some_and(|i| i.identity.role() == fleet_proto::identity::Role::Controller)
+}
+
 fn log_refused(throttle: &LogThrottle, peer: SocketAddr, reason: &str) {
     if let Some(suppressed) = throttle.admit(Instant::now()) {
         tracing::warn!(peer = %peer, reason, suppressed, "TLS handshake refused");
@@ -448,6 +489,36 @@ fn log_refused(throttle: &LogThrottle, peer: SocketAddr, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_connection_leaves_the_per_address_cap_to_others() {
+        let slots = Slots::new(ConnLimits {
+            handshake_timeout: Duration::from_secs(1),
+            preface_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 3,
+            max_connections_per_ip: 1,
+            max_pending_handshakes: 3,
+            max_pending_handshakes_per_ip: 3,
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut relay = slots.take(ip).unwrap();
+        assert!(slots.take(ip).is_err(), "one per address");
+        relay.handshake_done();
+        relay.not_per_ip();
+        let mut other = slots.take(ip).expect("the relay no longer counts");
+        other.handshake_done();
+        let mut third = slots.take("192.0.2.2".parse().unwrap()).unwrap();
+        third.handshake_done();
+        assert!(
+            slots.take("192.0.2.3".parse().unwrap()).is_err(),
+            "max_connections holds"
+        );
+        drop((relay, other, third));
+        assert_eq!(slots.connections(), 0);
+        assert!(slots.counts.lock().unwrap().per_ip.is_empty());
+        let _again = slots.take(ip).unwrap();
+    }
 
     /// Connections the accept loop has not taken yet wait in the kernel queue: with the
     /// listener's backlog above tokio's 1024, 1,400 of them all complete their TCP

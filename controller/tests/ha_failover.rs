@@ -1,5 +1,7 @@
 //! Two controllers on one PostgreSQL store (docs/ha.md), on loopback with a real agent
-//! that knows both addresses: the leader serves, the standby listens on nothing; killed,
+//! that knows both addresses: the leader serves, the standby relays every call it takes
+//! to the leader (an agent behind it is served, commanded and cut off by the leader like
+//! one on the leader, and a revocation counts on both within 2 s); killed,
 //! the leader is replaced by the standby once its lease expires and the agent follows;
 //! paused past its lease, the old leader is fenced and exits when it wakes; an agent that
 //! joined knowing only one controller learns the other from `fleetctl controllers set`.
@@ -78,10 +80,13 @@ fn standby(fleet: &Fleet, config: &str) -> Standby {
                 .then_some(())
         },
     );
-    assert!(
-        std::net::TcpStream::connect(&addr).is_err(),
-        "a standby listens on nothing"
+    // A standby serves too: it relays what it accepts to the leader.
+    let hosts = wait_for(
+        "the standby to relay to the leader",
+        Duration::from_secs(10),
+        || fleetctl_at(&addr, &fleet.admin_dir(), &["hosts", "--output", "json"]),
     );
+    assert!(hosts.starts_with('['), "{hosts}");
     Standby { proc, addr, data }
 }
 
@@ -115,11 +120,19 @@ fn state_at(addr: &str, identity: &Path, host: &str) -> Option<String> {
 
 /// Leader A (from `Fleet::init`), standby B, and an agent joined with both addresses.
 fn two_controllers(schema: &Schema) -> (Fleet, Standby, Proc) {
-    two_controllers_joined(schema, true)
+    two_controllers_joined(schema, Join::Both)
 }
 
-/// As `two_controllers`, the agent joined with both addresses or with only A's.
-fn two_controllers_joined(schema: &Schema, with_both: bool) -> (Fleet, Standby, Proc) {
+/// The addresses the agent joins with.
+#[derive(Clone, Copy, PartialEq)]
+enum Join {
+    Both,
+    OnlyA,
+    OnlyB,
+}
+
+/// As `two_controllers`, the agent joined with the addresses `join` names.
+fn two_controllers_joined(schema: &Schema, join: Join) -> (Fleet, Standby, Proc) {
     let scratch = tempfile::tempdir().unwrap();
     let config = schema.config(scratch.path(), "");
     let text = std::fs::read_to_string(&config).unwrap() + LEASE + "\n";
@@ -134,10 +147,10 @@ fn two_controllers_joined(schema: &Schema, with_both: bool) -> (Fleet, Standby, 
 
     let token = fleet.token(&[]);
     let state = fleet.dir.path().join("agent-web-1");
-    let join_with = if with_both {
-        format!("{},{}", fleet.addr(), b.addr)
-    } else {
-        fleet.addr()
+    let join_with = match join {
+        Join::Both => format!("{},{}", fleet.addr(), b.addr),
+        Join::OnlyA => fleet.addr(),
+        Join::OnlyB => b.addr.clone(),
     };
     let out = Command::new(bin("fleet-agent"))
         .args([
@@ -169,10 +182,15 @@ fn the_standby_takes_over_a_killed_leader_and_the_agent_follows_it() {
     let Some(schema) = Schema::new() else { return };
     let (mut fleet, b, agent) = two_controllers(&schema);
     let identity = fleet.admin_dir();
-    // fleetctl given both, standby first: the standby refuses, the leader answers.
+    // fleetctl given both, standby first: the standby relays to the leader.
     let both = format!("{},{}", b.addr, fleet.addr());
-    let hosts = fleetctl_at(&both, &identity, &["hosts"]).expect("the leader answers");
-    assert!(hosts.contains("web-1"), "{hosts}");
+    let hosts = fleetctl_at(&both, &identity, &["hosts", "--output", "json"]).expect("B relays");
+    let hosts: Vec<serde_json::Value> = serde_json::from_str(&hosts).unwrap();
+    assert_eq!(hosts[0]["name"], "web-1");
+    assert!(
+        hosts[0]["via"].is_null(),
+        "connected to the leader itself: {hosts:?}"
+    );
     // An operator revoked through the leader stays out on the controller that follows.
     let alice = fleet.dir.path().join("alice");
     fleetctl_at(
@@ -267,7 +285,7 @@ fn agent_controllers(state: &Path) -> String {
 #[test]
 fn an_agent_learns_the_controller_list_and_fails_over_to_an_address_it_did_not_join_with() {
     let Some(schema) = Schema::new() else { return };
-    let (mut fleet, b, agent) = two_controllers_joined(&schema, false);
+    let (mut fleet, b, agent) = two_controllers_joined(&schema, Join::OnlyA);
     let identity = fleet.admin_dir();
     let a_addr = fleet.addr();
     let state = fleet.dir.path().join("agent-web-1");
@@ -322,4 +340,143 @@ fn an_agent_learns_the_controller_list_and_fails_over_to_an_address_it_did_not_j
     assert!(agent.log().contains(&b.addr), "{}", agent.log());
     // B hands out the same list (from the shared store): nothing to rewrite.
     assert_eq!(agent_controllers(&state), both);
+}
+
+const SPEC: &str = r#"
+name = "shop"
+server = "gunicorn"
+entry = "app:application"
+listen = "0.0.0.0:8000"
+health = { path = "/health", timeout = "2s" }
+"#;
+
+fn fleetctl_err(addr: &str, identity: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("fleetctl"))
+        .args(["--controller", addr])
+        .arg("--identity")
+        .arg(identity)
+        .args(args)
+        .env_remove("FLEET_CONTROLLER")
+        .env_remove("FLEET_IDENTITY")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "fleetctl {args:?} at {addr} succeeded"
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn an_agent_behind_the_standby_is_served_commanded_and_cut_off_by_the_leader() {
+    let Some(schema) = Schema::new() else { return };
+    // Joined through B only: the join and then the stream are relayed to A.
+    let (fleet, b, agent) = two_controllers_joined(&schema, Join::OnlyB);
+    let identity = fleet.admin_dir();
+    let a_addr = fleet.addr();
+    let state = fleet.dir.path().join("agent-web-1");
+    assert_eq!(agent_controllers(&state), b.addr);
+    assert!(agent.log().contains(&b.addr), "{}", agent.log());
+    assert!(
+        fleet
+            .controller_log()
+            .contains("host up host=web-1 address=127.0.0.1"),
+        "the leader holds the session, with the agent's own address: {}",
+        fleet.controller_log()
+    );
+    assert_eq!(state_at(&b.addr, &identity, "web-1").as_deref(), Some("up"));
+    // Which controller relays the host's stream is shown with it.
+    let hosts = fleetctl_at(&a_addr, &identity, &["hosts", "--output", "json"]).unwrap();
+    let hosts: Vec<serde_json::Value> = serde_json::from_str(&hosts).unwrap();
+    assert_eq!(hosts[0]["via"], b.addr.as_str(), "{hosts:?}");
+    let table = fleetctl_at(&b.addr, &identity, &["hosts"]).unwrap();
+    assert!(
+        table.contains(&format!("127.0.0.1 via {}", b.addr)),
+        "{table}"
+    );
+
+    // A command through A reaches the agent behind B, and its answer comes back.
+    let spec = fleet.dir.path().join("shop.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    fleetctl_at(
+        &a_addr,
+        &identity,
+        &["app", "apply", spec.to_str().unwrap()],
+    )
+    .unwrap();
+    for via in [&a_addr, &b.addr] {
+        let e = fleetctl_err(
+            via,
+            &identity,
+            &["exec", "shop", "--host", "web-1", "--", "id"],
+        );
+        assert!(
+            e.contains("web-1: app shop is not deployed on this host"),
+            "via {via}: {e}"
+        );
+    }
+
+    // An operator added and revoked through B: refused by both within 2 s.
+    let alice = fleet.dir.path().join("alice");
+    let args = [
+        "admin",
+        "add",
+        "alice",
+        "--role",
+        "viewer",
+        "--out",
+        alice.to_str().unwrap(),
+    ];
+    fleetctl_at(&b.addr, &identity, &args).unwrap();
+    assert!(fleetctl_at(&b.addr, &alice, &["hosts"]).is_some());
+    assert!(fleetctl_at(&a_addr, &alice, &["hosts"]).is_some());
+    fleetctl_at(&b.addr, &identity, &["admin", "revoke", "alice"]).unwrap();
+    let revoked = Instant::now();
+    for via in [&a_addr, &b.addr] {
+        wait_for("alice to be refused", Duration::from_secs(2), || {
+            fleetctl_at(via, &alice, &["hosts"]).is_none().then_some(())
+        });
+    }
+    eprintln!(
+        "revoked operator refused everywhere after {:?}",
+        revoked.elapsed()
+    );
+    // Within 2 s B itself refuses the certificate in the handshake (before that, the
+    // leader refused what B relayed); the refusal says why.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(revoked.elapsed()));
+    let e = fleetctl_err(&b.addr, &alice, &["hosts"]);
+    assert!(e.contains("revoked"), "{e}");
+    wait_for(
+        "B to refuse alice in the handshake",
+        Duration::from_secs(2),
+        || {
+            let log = b.proc.log();
+            (log.contains("TLS handshake refused") && log.contains("Revoked")).then_some(())
+        },
+    );
+
+    // Removing the host through B closes its stream, which B relays, at once, and the
+    // agent is refused from then on.
+    let start = Instant::now();
+    let out = fleetctl_at(&b.addr, &identity, &["host", "remove", "web-1"]).unwrap();
+    assert!(
+        out.contains("1 certificate(s) revoked, its stream closed"),
+        "{out}"
+    );
+    wait_for("the stream to close", Duration::from_secs(1), || {
+        fleet
+            .controller_log()
+            .contains("host down host=web-1")
+            .then_some(())
+    });
+    eprintln!(
+        "stream behind B closed {:?} after host remove",
+        start.elapsed()
+    );
+    wait_for(
+        "the agent to report its revocation",
+        Duration::from_secs(10),
+        || agent.log().contains("revoked").then_some(()),
+    );
+    assert!(state_at(&b.addr, &identity, "web-1").is_none());
 }

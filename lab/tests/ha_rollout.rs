@@ -1,6 +1,6 @@
 //! Three controllers on one PostgreSQL store with six real hosts (issue 19, docs/ha.md):
-//! the lab's redb fleet is migrated without re-enrolling, two more replicas stand by, and
-//! the leader is killed with `kill -9` while a batch of a rollout is switching. Another
+//! the lab's redb fleet is migrated without re-enrolling, two more replicas stand by
+//! (relaying what they accept to the leader), and the leader is killed with `kill -9` while a batch of a rollout is switching. Another
 //! replica must take over and finish the rollout, every agent must stream to it, each
 //! host must activate the new release exactly once (counted in the agents' own journals),
 //! and every audit entry written before the kill must still be there, once. Then the
@@ -289,13 +289,15 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
     let killed = Instant::now();
     assert!(leader.wait_gone(Duration::from_secs(10)));
     let (next, resumed) = loop {
+        // Both replicas answer once one leads (the other relays to it): find the leader.
         let found = replicas.iter().find(|r| {
-            json_at(
-                &lab,
-                r.addr,
-                &["rollout", "status", "shop", "--output", "json"],
-            )
-            .is_some()
+            r.log().contains("holds the leader lease")
+                && json_at(
+                    &lab,
+                    r.addr,
+                    &["rollout", "status", "shop", "--output", "json"],
+                )
+                .is_some()
         });
         if let Some(r) = found {
             break (r, killed.elapsed());
@@ -308,6 +310,7 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Agents streaming to the other replica count: it relays them to the leader.
     let streaming = loop {
         let up = json_at(&lab, next.addr, &["hosts", "--output", "json"])
             .and_then(|v| v.as_array().cloned())

@@ -65,6 +65,7 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
             .map(|h| json!({
                 "name": h.name,
                 "address": h.address,
+                "via": (!h.via.is_empty()).then_some(&h.via),
                 "state": h.state,
                 "last_seen": output::time(h.last_seen),
                 "version": h.version,
@@ -91,7 +92,11 @@ pub async fn list(conn: &Conn, format: Format) -> anyhow::Result<()> {
                 .map(|h| {
                     vec![
                         h.name.clone(),
-                        h.address.clone(),
+                        if h.via.is_empty() {
+                            h.address.clone()
+                        } else {
+                            format!("{} via {}", h.address, h.via)
+                        },
                         if h.cordoned {
                             format!("{} (cordoned)", h.state)
                         } else {

@@ -64,6 +64,8 @@ pub struct PgConfig {
     /// Lifetime of the leader lease: how long a standby waits after the leader stops
     /// renewing (docs/ha.md).
     pub lease_ttl: Duration,
+    /// `HOST:PORT` the other controllers dial to relay calls to this one when it leads.
+    pub advertise: Option<String>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -95,6 +97,7 @@ impl PgConfig {
             pool_size: Self::DEFAULT_POOL_SIZE,
             ca_file: None,
             lease_ttl: Self::DEFAULT_LEASE_TTL,
+            advertise: None,
         })
     }
 

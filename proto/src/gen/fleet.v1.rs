@@ -812,6 +812,10 @@ pub struct Host {
     pub cordoned: bool,
     #[prost(string, tag = "10")]
     pub cordon_reason: ::prost::alloc::string::String,
+    /// The standby controller relaying this host's stream to the leader (its address);
+    /// empty when the host is down or connected to the leader itself (docs/ha.md).
+    #[prost(string, tag = "11")]
+    pub via: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

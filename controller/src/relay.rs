@@ -23,9 +23,8 @@ use anyhow::Context as _;
 use fleet_proto::identity::{Identity, TrustDomain};
 use fleet_proto::peer::cert_info;
 use fleet_proto::transport::{connect, identity_client_config};
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
@@ -115,12 +114,13 @@ pub fn advertised(settings: &Settings, sans: &[String]) -> Option<String> {
     })
 }
 
-#[derive(Clone)]
 struct Link {
     addr: String,
     channel: Channel,
     calls: Arc<AtomicUsize>,
     made: Instant,
+    /// Set when this link's controller no longer leads: its calls end at once.
+    cut: watch::Sender<bool>,
 }
 
 /// One call's share of a link, given back when its response ends.
@@ -142,21 +142,108 @@ struct Relay {
     max_links: usize,
 }
 
+/// A relayed response that ends, with an error, when its leader is replaced: a leader
+/// that was paused or cut off would otherwise hold agents' streams open until the
+/// link's keepalive gave up on it.
+struct UntilCut {
+    body: Body,
+    cut: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    _slot: CallSlot,
+}
+
+impl http_body::Body for UntilCut {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let Some(cut) = self.cut.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if cut.as_mut().poll(cx).is_ready() {
+            self.cut = None;
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "the controller this call was relayed to no longer leads: reconnect",
+            ))));
+        }
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.cut.is_none() || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Resolves once `cut` is set; never when the link is merely dropped (retired by age:
+/// its calls go on).
+fn when_cut(
+    mut cut: watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        if cut.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
 impl Relay {
-    async fn link(&self) -> Result<(Channel, CallSlot), Status> {
+    /// Makes `leader` where calls go; whether that changed anything.
+    fn point_at(&self, leader: &Option<String>) -> bool {
+        let mut current = self.leader.write().expect("leader lock");
+        if *current == *leader {
+            return false;
+        }
+        match leader {
+            Some(a) => tracing::info!(leader = %a, "relay: calls go to the leader at this address"),
+            None => {
+                tracing::info!("relay: no leader at the moment; calls are refused until one leads")
+            }
+        }
+        current.clone_from(leader);
+        true
+    }
+
+    /// Ends every call relayed to a controller other than `leader`.
+    async fn cut_all_but(&self, leader: Option<&str>) {
+        let mut links = self.links.lock().await;
+        links.retain(|l| {
+            let keep = Some(l.addr.as_str()) == leader;
+            if !keep {
+                let _ = l.cut.send(true);
+            }
+            keep
+        });
+    }
+
+    async fn link(&self) -> Result<(Channel, CallSlot, watch::Receiver<bool>), Status> {
         let addr = self.leader.read().expect("leader lock").clone().ok_or_else(|| {
             Status::unavailable(
                 "no controller leads at the moment (the lease is being taken over): try again in a few seconds",
             )
         })?;
         let mut links = self.links.lock().await;
-        links.retain(|l| l.addr == addr && l.made.elapsed() < LINK_LIFETIME);
+        links.retain(|l| {
+            if l.addr != addr {
+                let _ = l.cut.send(true);
+            }
+            l.addr == addr && l.made.elapsed() < LINK_LIFETIME
+        });
         if let Some(l) = links
             .iter()
             .find(|l| l.calls.load(Ordering::Relaxed) < PER_LINK)
         {
             l.calls.fetch_add(1, Ordering::Relaxed);
-            return Ok((l.channel.clone(), CallSlot(l.calls.clone())));
+            return Ok((
+                l.channel.clone(),
+                CallSlot(l.calls.clone()),
+                l.cut.subscribe(),
+            ));
         }
         if links.len() >= self.max_links {
             return Err(Status::resource_exhausted(
@@ -184,8 +271,13 @@ impl Relay {
             channel,
             calls: Arc::new(AtomicUsize::new(1)),
             made: Instant::now(),
+            cut: watch::channel(false).0,
         };
-        let out = (link.channel.clone(), CallSlot(link.calls.clone()));
+        let out = (
+            link.channel.clone(),
+            CallSlot(link.calls.clone()),
+            link.cut.subscribe(),
+        );
         links.push(link);
         Ok(out)
     }
@@ -223,16 +315,17 @@ impl Relay {
             http::HeaderValue::from_str(&addr.to_string()).expect("an address is a header value");
         headers.insert(RELAY_ADDR, v);
         *req.extensions_mut() = http::Extensions::new();
-        let (channel, slot) = match self.link().await {
+        let (channel, slot, cut) = match self.link().await {
             Ok(l) => l,
             Err(status) => return status.into_http(),
         };
         match channel.oneshot(req).await {
             Ok(resp) => resp.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    let _held = &slot;
-                    frame
-                }))
+                Body::new(UntilCut {
+                    body,
+                    cut: Some(when_cut(cut)),
+                    _slot: slot,
+                })
             }),
             Err(e) => {
                 Status::unavailable(format!("the leader did not take the call: {e}")).into_http()
@@ -289,6 +382,7 @@ impl<S> tower::Service<http::Request<Body>> for Forward<S> {
 
 /// A running standby listener; [`Front::stop`] frees the port for the leader's own.
 pub struct Front {
+    relay: Arc<Relay>,
     accept: JoinHandle<()>,
     serve: JoinHandle<()>,
     watch: JoinHandle<()>,
@@ -369,9 +463,10 @@ impl Front {
             .map_or(crate::store::pg::PgConfig::DEFAULT_LEASE_TTL, |s| {
                 s.lease_ttl
             });
-        let watch = tokio::spawn(follow(store, relay, ttl));
+        let watch = tokio::spawn(follow(store, relay.clone(), ttl));
         tracing::info!(grpc = %settings.listen, "standby listening: calls are relayed to the leader");
         Ok(Front {
+            relay,
             accept,
             serve,
             watch,
@@ -385,10 +480,13 @@ impl Front {
         self.accept.abort();
         let _ = (&mut self.accept).await;
         self.watch.abort();
+        // Every relayed call ends now, streams too: their leader is gone, and the
+        // connections they hold close once they are done (a graceful shutdown waits for
+        // them; the server task alone does not own them).
+        self.relay.cut_all_but(None).await;
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
-        // Open streams would hold a graceful shutdown; their leader is gone anyway.
         if tokio::time::timeout(Duration::from_secs(1), &mut self.serve)
             .await
             .is_err()
@@ -414,19 +512,10 @@ async fn follow(store: Arc<Store>, relay: Arc<Relay>, ttl: Duration) {
         .expect("relay store task");
         match got {
             Ok((leader, revoked)) => {
-                let mut current = relay.leader.write().expect("leader lock");
-                if *current != leader {
-                    match &leader {
-                        Some(a) => {
-                            tracing::info!(leader = %a, "relay: calls go to the leader at this address")
-                        }
-                        None => tracing::info!(
-                            "relay: no leader at the moment; calls are refused until one leads"
-                        ),
-                    }
-                    *current = leader;
+                let changed = relay.point_at(&leader);
+                if changed {
+                    relay.cut_all_but(leader.as_deref()).await;
                 }
-                drop(current);
                 if let Some(r) = revoked {
                     relay.revoked.replace(r.into_iter().map(|r| r.serial));
                     last_revocations = Instant::now();

@@ -26,7 +26,11 @@ struct Standby {
 /// A second controller made by `init --replica-of` (the leader's CA and sealing key, a
 /// serving certificate of its own), its own ports, the same settings file.
 fn standby(fleet: &Fleet, config: &str) -> Standby {
-    let data = fleet.dir.path().join("controller-b");
+    standby_named(fleet, config, "b")
+}
+
+fn standby_named(fleet: &Fleet, config: &str, name: &str) -> Standby {
+    let data = fleet.dir.path().join(format!("controller-{name}"));
     let replica_of = || {
         Command::new(bin("fleet-controller"))
             .args(["init", "--replica-of"])
@@ -70,7 +74,7 @@ fn standby(fleet: &Fleet, config: &str) -> Standby {
         .args(["--listen", &addr])
         .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--config", config]);
-    let proc = Proc::spawn(cmd, fleet.dir.path().join("controller-b.log"));
+    let proc = Proc::spawn(cmd, fleet.dir.path().join(format!("controller-{name}.log")));
     wait_for(
         "the standby to see the leader",
         Duration::from_secs(20),
@@ -479,4 +483,57 @@ fn an_agent_behind_the_standby_is_served_commanded_and_cut_off_by_the_leader() {
         || agent.log().contains("revoked").then_some(()),
     );
     assert!(state_at(&b.addr, &identity, "web-1").is_none());
+}
+
+#[test]
+fn a_standby_moves_the_agents_it_relays_to_a_new_leader_at_once() {
+    let Some(schema) = Schema::new() else { return };
+    let (mut fleet, b, agent) = two_controllers_joined(&schema, Join::OnlyB);
+    let config = fleet.dir.path().join("controller-pg.toml");
+    let c = standby_named(&fleet, config.to_str().unwrap(), "c");
+    let identity = fleet.admin_dir();
+    // A is paused: its relayed streams would hang until a keepalive gave up. Whichever
+    // of B and C takes over, the agent behind B must stream to it soon after.
+    let a = fleet.controller.take().unwrap();
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    let (next, took) = wait_for("B or C to lead", Duration::from_secs(15), || {
+        [&b, &c]
+            .into_iter()
+            .find(|r| r.proc.log().contains("holds the leader lease"))
+            .map(|r| (r, Instant::now()))
+    });
+    while state_at(&next.addr, &identity, "web-1").as_deref() != Some("up") {
+        assert!(
+            took.elapsed() < Duration::from_secs(8),
+            "web-1 not up on {} within 8 s\nagent:\n{}\nB:\n{}\nC:\n{}",
+            next.addr,
+            agent.log(),
+            b.proc.log(),
+            c.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "{} leads; the agent behind B streams to it after {:?}",
+        next.addr,
+        took.elapsed()
+    );
+    if next.addr == c.addr {
+        assert!(
+            b.proc
+                .log()
+                .contains("relay: calls go to the leader at this address"),
+            "{}",
+            b.proc.log()
+        );
+        let hosts = fleetctl_at(&c.addr, &identity, &["hosts", "--output", "json"]).unwrap();
+        assert!(hosts.contains(&b.addr), "still relayed by B: {hosts}");
+    }
+    assert!(agent.log().contains(&b.addr));
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    let mut a = a;
+    let status = wait_for("the old leader to exit", Duration::from_secs(15), || {
+        a.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(75), "{}", a.log());
 }

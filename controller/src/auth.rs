@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use fleet_proto::access::{access_for, method, Access};
+use fleet_proto::access::{access_for, may_relay, method, Access};
 use fleet_proto::identity::{Identity, Role, TrustDomain};
 use fleet_proto::peer::verify_peer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -167,7 +167,7 @@ fn relayed_caller(
     };
     let relay = direct
         .and_then(|der| verify_peer(der, trust_domain).ok())
-        .filter(|i| i.identity.role() == Role::Controller && !revoked.contains(&i.serial));
+        .filter(|i| may_relay(i.identity.role()) && !revoked.contains(&i.serial));
     if relay.is_none() {
         return Err(Status::permission_denied(
             "only a controller of this fleet may relay a call",

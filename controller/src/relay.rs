@@ -120,7 +120,8 @@ struct Link {
     calls: Arc<AtomicUsize>,
     made: Instant,
     /// Set when this link's controller no longer leads: its calls end at once.
-    cut: watch::Sender<bool>,
+    /// The reconnect window (ms) its callers are given.
+    cut: watch::Sender<Option<u64>>,
 }
 
 /// One call's share of a link, given back when its response ends.
@@ -142,13 +143,56 @@ struct Relay {
     max_links: usize,
 }
 
-/// A relayed response that ends, with an error, when its leader is replaced: a leader
-/// that was paused or cut off would otherwise hold agents' streams open until the
-/// link's keepalive gave up on it.
+type CutFuture = std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+/// Ends the calls of every link `keep` refuses, and drops those links, giving their
+/// callers one reconnect window sized by how many they are together.
+fn cut_links(links: &mut Vec<Link>, keep: impl Fn(&Link) -> bool) {
+    let calls: usize = links
+        .iter()
+        .filter(|l| !keep(l))
+        .map(|l| l.calls.load(Ordering::Relaxed))
+        .sum();
+    let window = reconnect_window_ms(calls);
+    links.retain(|l| {
+        let kept = keep(l);
+        if !kept {
+            let _ = l.cut.send(Some(window));
+        }
+        kept
+    });
+}
+
+/// A relayed response that ends when its leader is replaced: a leader that was paused
+/// or cut off would otherwise hold agents' streams open until the link's keepalive gave
+/// up on it. It ends as a controller going away does, `unavailable` with a reconnect
+/// window, so every agent behind this relay does not come back in the same instant.
 struct UntilCut {
     body: Body,
-    cut: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    cut: Option<CutFuture>,
     _slot: CallSlot,
+}
+
+/// Streams a relay moves to a new leader per second (each a handshake here and a
+/// session start there).
+const RECONNECTS_PER_SECOND: u64 = 1_000;
+
+/// The window `calls` relayed calls are asked to reconnect within.
+fn reconnect_window_ms(calls: usize) -> u64 {
+    (calls as u64 * 1000 / RECONNECTS_PER_SECOND).clamp(1_000, 120_000)
+}
+
+/// The trailers that end a cut call.
+fn cut_trailers(window_ms: u64) -> http::HeaderMap {
+    let mut status =
+        Status::unavailable("the controller this call was relayed to no longer leads: reconnect");
+    if let Ok(v) = window_ms.to_string().parse() {
+        status.metadata_mut().insert(fleet_proto::RETRY_AFTER_MS, v);
+    }
+    let mut trailers = http::HeaderMap::new();
+    // Only fails on a message that is not a header value; this one is.
+    let _ = status.add_header(&mut trailers);
+    trailers
 }
 
 impl http_body::Body for UntilCut {
@@ -162,11 +206,11 @@ impl http_body::Body for UntilCut {
         let Some(cut) = self.cut.as_mut() else {
             return Poll::Ready(None);
         };
-        if cut.as_mut().poll(cx).is_ready() {
+        if let Poll::Ready(window_ms) = cut.as_mut().poll(cx) {
             self.cut = None;
-            return Poll::Ready(Some(Err(Status::unavailable(
-                "the controller this call was relayed to no longer leads: reconnect",
-            ))));
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(cut_trailers(
+                window_ms,
+            )))));
         }
         std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
@@ -180,14 +224,17 @@ impl http_body::Body for UntilCut {
     }
 }
 
-/// Resolves once `cut` is set; never when the link is merely dropped (retired by age:
-/// its calls go on).
-fn when_cut(
-    mut cut: watch::Receiver<bool>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+/// Resolves with the reconnect window once `cut` is set; never when the link is merely
+/// dropped (retired by age: its calls go on).
+fn when_cut(mut cut: watch::Receiver<Option<u64>>) -> CutFuture {
     Box::pin(async move {
-        if cut.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
+        let got = cut
+            .wait_for(Option::is_some)
+            .await
+            .map(|w| w.unwrap_or(1_000));
+        match got {
+            Ok(window) => window,
+            Err(_) => std::future::pending().await,
         }
     })
 }
@@ -212,28 +259,18 @@ impl Relay {
     /// Ends every call relayed to a controller other than `leader`.
     async fn cut_all_but(&self, leader: Option<&str>) {
         let mut links = self.links.lock().await;
-        links.retain(|l| {
-            let keep = Some(l.addr.as_str()) == leader;
-            if !keep {
-                let _ = l.cut.send(true);
-            }
-            keep
-        });
+        cut_links(&mut links, |l| Some(l.addr.as_str()) == leader);
     }
 
-    async fn link(&self) -> Result<(Channel, CallSlot, watch::Receiver<bool>), Status> {
+    async fn link(&self) -> Result<(Channel, CallSlot, watch::Receiver<Option<u64>>), Status> {
         let addr = self.leader.read().expect("leader lock").clone().ok_or_else(|| {
             Status::unavailable(
                 "no controller leads at the moment (the lease is being taken over): try again in a few seconds",
             )
         })?;
         let mut links = self.links.lock().await;
-        links.retain(|l| {
-            if l.addr != addr {
-                let _ = l.cut.send(true);
-            }
-            l.addr == addr && l.made.elapsed() < LINK_LIFETIME
-        });
+        cut_links(&mut links, |l| l.addr == addr);
+        links.retain(|l| l.made.elapsed() < LINK_LIFETIME);
         if let Some(l) = links
             .iter()
             .find(|l| l.calls.load(Ordering::Relaxed) < PER_LINK)
@@ -271,7 +308,7 @@ impl Relay {
             channel,
             calls: Arc::new(AtomicUsize::new(1)),
             made: Instant::now(),
-            cut: watch::channel(false).0,
+            cut: watch::channel(None).0,
         };
         let out = (
             link.channel.clone(),
@@ -530,6 +567,21 @@ async fn follow(store: Arc<Store>, relay: Arc<Relay>, ttl: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_call_ends_as_unavailable_with_a_window_that_grows_with_the_calls() {
+        assert_eq!(reconnect_window_ms(3), 1_000);
+        assert_eq!(reconnect_window_ms(20_000), 20_000);
+        assert_eq!(reconnect_window_ms(10_000_000), 120_000);
+        let trailers = cut_trailers(20_000);
+        let status = Status::from_header_map(&trailers).expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("no longer leads"), "{status:?}");
+        assert_eq!(
+            fleet_proto::reconnect::retry_spread(&status),
+            Some(Duration::from_millis(20_000))
+        );
+    }
 
     #[test]
     fn every_service_of_the_proto_is_relayed() {

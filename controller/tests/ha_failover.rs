@@ -493,7 +493,9 @@ fn a_standby_moves_the_agents_it_relays_to_a_new_leader_at_once() {
     let c = standby_named(&fleet, config.to_str().unwrap(), "c");
     let identity = fleet.admin_dir();
     // A is paused: its relayed streams would hang until a keepalive gave up. Whichever
-    // of B and C takes over, the agent behind B must stream to it soon after.
+    // of B and C takes over, the agent behind B must stream to it soon after: B ends
+    // what it relayed to A at once, and the agent comes back within its own reconnect
+    // spread (5 s by default; it knows only B, so there is no failover sweep).
     let a = fleet.controller.take().unwrap();
     a.signal(nix::sys::signal::Signal::SIGSTOP);
     let (next, took) = wait_for("B or C to lead", Duration::from_secs(15), || {

@@ -109,6 +109,14 @@ const RULES: &[(&str, &str, Access)] = &[
     ("fleet.v1.Admin", "*", Access::Operator(OperatorRole::Admin)),
 ];
 
+/// The controller-peer role: a standby relays calls to the leader in the controller
+/// identity and names the caller it speaks for (docs/ha.md); the leader then applies
+/// that caller's rule above. No RPC admits the controller role in its own name, so a
+/// relay can do nothing but relay.
+pub fn may_relay(role: Role) -> bool {
+    role == Role::Controller
+}
+
 /// The access rule for a gRPC request path (`/package.Service/Method`), or `None` when the
 /// path names no RPC declared in `fleet.proto` (a service's `"*"` rule covers only the
 /// methods it declares, never invented ones).
@@ -182,6 +190,20 @@ fn parse_methods(proto: &'static str) -> Vec<Method> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_relaying_role_may_call_nothing_in_its_own_name() {
+        assert!(may_relay(Role::Controller));
+        assert!(!may_relay(Role::Agent) && !may_relay(Role::Admin));
+        for m in methods() {
+            assert_ne!(
+                access_for(m.path),
+                Some(Access::Role(Role::Controller)),
+                "{}",
+                m.path
+            );
+        }
+    }
 
     #[test]
     fn only_join_is_anonymous() {

@@ -50,6 +50,8 @@ pub struct Controller {
     pub pin: String,
     log: PathBuf,
     config: Option<PathBuf>,
+    /// The admin identity fleetctl uses (a replica has none of its own).
+    admin: PathBuf,
     child: Option<Child>,
     /// When `child` is strace running the controller: the controller's own PID.
     traced: Option<u32>,
@@ -106,6 +108,7 @@ impl Controller {
             pin,
             log: log.to_owned(),
             config: config.map(Path::to_path_buf),
+            admin: data.join("admin"),
             child: None,
             traced: None,
             call_timeout: Duration::from_secs(300),
@@ -202,6 +205,62 @@ impl Controller {
         Ok(())
     }
 
+    /// A second controller on `primary`'s shared store (`init --replica-of`), which
+    /// relays what it accepts to the leader while `primary` leads; not started yet.
+    pub async fn replica_of(primary: &Controller, data: &Path, log: &Path) -> Result<Controller> {
+        let config = primary
+            .config
+            .clone()
+            .context("--relay needs a shared store: a --controller-config with [store]")?;
+        let out = Command::new(&primary.bins.controller)
+            .args(["init", "--replica-of"])
+            .arg(&primary.data)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--san", "127.0.0.1", "--config"])
+            .arg(&config)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("run fleet-controller init --replica-of")?;
+        ensure!(
+            out.status.success(),
+            "fleet-controller init --replica-of failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(Controller {
+            bins: primary.bins.clone(),
+            data: data.to_owned(),
+            addr: format!("127.0.0.1:{}", free_port()?),
+            http: format!("127.0.0.1:{}", free_port()?),
+            pin: primary.pin.clone(),
+            log: log.to_owned(),
+            config: Some(config),
+            admin: primary.admin.clone(),
+            child: None,
+            traced: None,
+            call_timeout: primary.call_timeout,
+        })
+    }
+
+    /// Waits until the controller's log holds `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < end,
+                "{needle:?} not in {} within {timeout:?}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.traced
             .or_else(|| self.child.as_ref().and_then(|c| c.id()))
@@ -220,7 +279,7 @@ impl Controller {
     }
 
     pub fn identity(&self) -> PathBuf {
-        self.data.join("admin")
+        self.admin.clone()
     }
 
     /// Runs fleetctl with the admin identity; returns stdout, failing on a non-zero exit.

@@ -22,6 +22,8 @@ pub struct Cx<'a> {
     pub n: usize,
     /// The controller's PID when the hosts came up.
     pub pid: u32,
+    /// The relaying controller's (with --relay).
+    pub relay_pid: Option<u32>,
 }
 
 pub async fn steady(cx: &Cx<'_>, rss_idle: u64) -> Result<report::Steady> {
@@ -31,9 +33,11 @@ pub async fn steady(cx: &Cx<'_>, rss_idle: u64) -> Result<report::Steady> {
         None => None,
     };
     let db0 = db.map(limits::tree_cpu_ticks).transpose()?;
+    let r0 = cx.relay_pid.map(limits::cpu_ticks).transpose()?;
     let t0 = limits::cpu_ticks(cx.pid)?;
     tokio::time::sleep(cx.args.window).await;
     let t1 = limits::cpu_ticks(cx.pid)?;
+    let r1 = cx.relay_pid.map(limits::cpu_ticks).transpose()?;
     let db1 = db.map(limits::tree_cpu_ticks).transpose()?;
     let percent = |ticks: u64| ticks as f64 / hz as f64 / cx.args.window.as_secs_f64() * 100.0;
     let rss = limits::status_kib(cx.pid, "VmRSS")?;
@@ -44,6 +48,11 @@ pub async fn steady(cx: &Cx<'_>, rss_idle: u64) -> Result<report::Steady> {
         kib_per_session: rss.saturating_sub(rss_idle) as f64 / cx.n as f64,
         cpu_percent: percent(t1 - t0),
         db_cpu_percent: db0.zip(db1).map(|(a, b)| percent(b.saturating_sub(a))),
+        relay_cpu_percent: r0.zip(r1).map(|(a, b)| percent(b.saturating_sub(a))),
+        relay_rss_kib: cx
+            .relay_pid
+            .map(|p| limits::status_kib(p, "VmRSS"))
+            .transpose()?,
     })
 }
 

@@ -23,6 +23,8 @@ pub struct Report {
     pub rollout: Option<Rollout>,
     pub hosts: Option<Hosts>,
     pub admin: Option<Admin>,
+    /// The same calls through the relaying controller (with --relay).
+    pub admin_relayed: Option<Admin>,
     pub reconnect_wave: Option<Wave>,
     pub analysis: Option<Analysis>,
     pub generator: Option<Generator>,
@@ -60,6 +62,9 @@ pub struct Steady {
     pub cpu_percent: f64,
     /// The PostgreSQL server's, likewise (with --postgres-data).
     pub db_cpu_percent: Option<f64>,
+    /// The relaying controller's, likewise (with --relay); every stream passes through it.
+    pub relay_cpu_percent: Option<f64>,
+    pub relay_rss_kib: Option<u64>,
 }
 
 /// fleetctl round trips, one at a time (`measure::admin`).
@@ -234,6 +239,16 @@ impl Report {
                     format!("{db:.2} % of a core over {} s", s.window_s),
                 ));
             }
+            if let Some(relay) = s.relay_cpu_percent {
+                r.push((
+                    "steady relay CPU".into(),
+                    format!(
+                        "{relay:.2} % of a core over {} s, RSS {}",
+                        s.window_s,
+                        s.relay_rss_kib.map(mib).unwrap_or_default()
+                    ),
+                ));
+            }
         }
         if let Some(f) = &self.firewall {
             r.push((
@@ -305,6 +320,10 @@ impl Report {
             };
             r.push(("fleetctl audit (read)".into(), ms(&a.read)));
             r.push(("fleetctl cordon (write)".into(), ms(&a.write)));
+            if let Some(a) = &self.admin_relayed {
+                r.push(("fleetctl audit via relay".into(), ms(&a.read)));
+                r.push(("fleetctl cordon via relay".into(), ms(&a.write)));
+            }
         }
         if let Some(w) = &self.reconnect_wave {
             r.push((
@@ -379,6 +398,8 @@ mod tests {
                 kib_per_session: 102.4,
                 cpu_percent: 1.5,
                 db_cpu_percent: None,
+                relay_cpu_percent: None,
+                relay_rss_kib: None,
             }),
             ..Default::default()
         };

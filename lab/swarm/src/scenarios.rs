@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// (with --controller-config): steady also counts that server's CPU.
     #[arg(long, value_name = "DIR")]
     pub postgres_data: Option<std::path::PathBuf>,
+    /// Agents connect to a second controller on the same store (`init --replica-of`),
+    /// which relays every call to the leader (docs/ha.md); steady also counts its CPU and
+    /// admin also times fleetctl through it. Needs --controller-config with [store].
+    #[arg(long)]
+    pub relay: bool,
     /// Bound on each other wait (all up, all reached, all back).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub timeout: Duration,
@@ -241,6 +246,16 @@ async fn scenarios(
     c.call_timeout = args.timeout;
     c.start().await?;
     let pid = c.pid().context("controller pid")?;
+    let relay = if args.relay {
+        let mut r =
+            Controller::replica_of(&c, &data_parent.join("relay"), &dir.join("relay.log")).await?;
+        r.start().await?;
+        r.wait_log("relay: calls go to the leader", Duration::from_secs(30))
+            .await?;
+        Some(r)
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = limits::status_kib(pid, "VmRSS")?;
 
@@ -310,7 +325,7 @@ async fn scenarios(
     let t_spawn = Instant::now();
     let mut swarm = Swarm::spawn(&Plan {
         exe: &bins.swarm,
-        controller: &c.addr,
+        controller: relay.as_ref().map_or(&c.addr, |r| &r.addr),
         pin: &c.pin,
         tokens: &tokens,
         agents: args.agents,
@@ -353,7 +368,13 @@ async fn scenarios(
         all_up_ms: t_spawn.elapsed().as_millis() as u64,
     });
 
-    let cx = measure::Cx { args, dir, n, pid };
+    let cx = measure::Cx {
+        args,
+        dir,
+        n,
+        pid,
+        relay_pid: relay.as_ref().and_then(Controller::pid),
+    };
     let errors = &mut report.errors;
     if args.wants(Scenario::Steady) {
         report.steady = attempt(errors, "steady", measure::steady(&cx, rss_idle)).await;
@@ -371,6 +392,9 @@ async fn scenarios(
     }
     if args.wants(Scenario::Admin) {
         report.admin = attempt(errors, "admin", measure::admin(&c)).await;
+        if let Some(r) = &relay {
+            report.admin_relayed = attempt(errors, "admin (relayed)", measure::admin(r)).await;
+        }
     }
     if args.wants(Scenario::Hosts) {
         report.hosts = attempt(errors, "hosts", measure::hosts(&c)).await;

@@ -224,7 +224,7 @@ pub async fn join(args: JoinArgs) -> Result<String, JoinError> {
     let csr = csr_pem(&key, &plan.name)?;
     tracing::info!(controller = %plan.controller, name = %plan.name, "enrolling");
 
-    // The first address that answers: a standby controller listens on nothing.
+    // The first address that answers: a dead controller refuses the connection.
     let addrs = plan.controller.addrs();
     let mut channel = None;
     for (i, addr) in addrs.iter().enumerate() {

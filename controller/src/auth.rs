@@ -148,7 +148,7 @@ pub fn authorize(
     })
 }
 
-/// The caller a standby relayed this call for (`relay.rs`): its certificate (none for a
+/// The caller a standby relayed this call for (`relay/`): its certificate (none for a
 /// join) and address, from the relay's headers. Only another controller of this fleet may
 /// speak for a caller; anyone else sending the headers is refused.
 fn relayed_caller(

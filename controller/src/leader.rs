@@ -1,6 +1,6 @@
-//! Which controller serves, when several share one PostgreSQL store (docs/ha.md): the one
-//! that holds the leader lease. The others wait as standbys, listening on nothing, and
-//! take the lease when it expires.
+//! Which controller runs the calls, when several share one PostgreSQL store
+//! (docs/ha.md): the one that holds the leader lease. The others wait as standbys,
+//! relaying the calls they take to it (`relay/`), and take the lease when it expires.
 //!
 //! The lease row has an epoch and an expiry on the database's clock (`store::pg`). The
 //! holder renews it every third of its lifetime and fences the store with its epoch, so

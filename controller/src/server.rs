@@ -147,7 +147,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
     tracing::info!(backend = store.backend_name(), "store opened");
     let watchdog = crate::systemd::spawn_watchdog();
     // On a shared store the lease holder serves; a standby waits here, relaying every
-    // call it accepts to the leader (relay.rs), and gives its port to its own full
+    // call it accepts to the leader (relay/), and gives its port to its own full
     // listener once it leads.
     let leadership = if store.is_shared() {
         let ttl = settings
@@ -156,11 +156,24 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
             .map_or(crate::store::pg::PgConfig::DEFAULT_LEASE_TTL, |s| {
                 s.lease_ttl
             });
-        let front = crate::relay::Front::start(dir, &settings, store.clone())?;
+        // Only when another controller leads: a free lease is taken at once, and a relay
+        // listening first would answer "no leader" for that moment.
+        let s = store.clone();
+        let led_by_other = tokio::task::spawn_blocking(move || s.lease_holder())
+            .await
+            .context("lease task")??
+            .is_some_and(|(_, _, live)| live);
+        let front = if led_by_other {
+            Some(crate::relay::Front::start(dir, &settings, store.clone())?)
+        } else {
+            None
+        };
         let l = crate::leader::wait_to_lead(store.clone(), crate::leader::holder_name(), ttl)
             .await
             .context("cannot take the leader lease")?;
-        front.stop().await;
+        if let Some(front) = front {
+            front.stop().await;
+        }
         Some(l)
     } else {
         None

@@ -146,7 +146,12 @@ fn two_controllers_joined(schema: &Schema, join: Join) -> (Fleet, Standby, Proc)
     let config = config.to_str().unwrap().to_owned();
     fleet.extra_args = vec!["--config".into(), config.clone()];
     fleet.run_controller();
-    assert!(fleet.controller_log().contains("holds the leader lease"));
+    wait_for("A to lead", Duration::from_secs(10), || {
+        fleet
+            .controller_log()
+            .contains("holds the leader lease")
+            .then_some(())
+    });
     let b = standby(&fleet, &config);
 
     let token = fleet.token(&[]);

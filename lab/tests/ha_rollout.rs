@@ -1,13 +1,10 @@
 //! Three controllers on one PostgreSQL store with six real hosts (issue 19, docs/ha.md):
 //! the lab's redb fleet is migrated without re-enrolling, two more replicas stand by
-//! (relaying what they accept to the leader), and the leader is killed with `kill -9`
-//! while a batch of a rollout is switching. Another replica must take over and finish
-//! the rollout, every agent must stream to it, each host must activate the new release
-//! exactly once (counted in the agents' own journals),
+//! (relaying what they accept to the leader), and the leader is killed with `kill -9` while a batch of a rollout is switching. Another
+//! replica must take over and finish the rollout, every agent must stream to it, each
+//! host must activate the new release exactly once (counted in the agents' own journals),
 //! and every audit entry written before the kill must still be there, once. Then the
-//! PostgreSQL server restarts mid-rollout, and the rollout must still succeed. Last, a
-//! host streaming through a standby is reached by a command through the leader, and
-//! removing it through the leader closes the stream the standby holds.
+//! PostgreSQL server restarts mid-rollout, and the rollout must still succeed.
 
 mod common;
 
@@ -420,59 +417,5 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
             "audit entry {e} is there {n} times after the failover"
         );
     }
-
-    // --- a host behind a standby: a command and a revocation through the leader reach
-    // it there. A new standby on the dead leader's address, first in every agent's
-    // list; host6's agent restarted, so it connects there and is relayed.
-    let front = replica(
-        &lab,
-        (&data, &config, work.path()),
-        (LEADER, 7449),
-        REPLICAS.len() + 1,
-    );
-    wait("the new standby to relay", Duration::from_secs(15), || {
-        front.log().contains("relay: calls go to the leader")
-    });
-    lab.sh(6, "systemctl restart fleet-agent").unwrap();
-    wait(
-        "host6 streaming through the standby",
-        Duration::from_secs(30),
-        || {
-            json_at(&lab, next.addr, &["hosts", "--output", "json"]).is_some_and(|v| {
-                v.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|h| h["name"] == "host6" && h["state"] == "up" && h["via"] == LEADER)
-            })
-        },
-    );
-    for via in [next.addr, LEADER] {
-        assert!(
-            ctl_at(
-                &lab,
-                via,
-                &["exec", "shop", "--host", "host6", "--", "true"]
-            )
-            .is_some(),
-            "a command through {via} did not run on host6 behind {LEADER}"
-        );
-    }
-    let removed = Instant::now();
-    let out = ctl_at(&lab, next.addr, &["host", "remove", "host6"]).unwrap();
-    assert!(out.contains("its stream closed"), "{out}");
-    wait(
-        "host6's relayed stream to close",
-        Duration::from_secs(2),
-        || next.log().contains("host down host=host6"),
-    );
-    eprintln!(
-        "host6 behind {LEADER}: stream closed {:.2} s after its removal through the leader",
-        removed.elapsed().as_secs_f64()
-    );
-    wait("host6 to be refused", Duration::from_secs(20), || {
-        lab.sh(6, "journalctl -u fleet-agent -o cat --no-pager")
-            .is_ok_and(|j| j.contains("revoked"))
-    });
-    drop(front);
     drop(replicas);
 }

@@ -94,8 +94,9 @@ fn standby_named(fleet: &Fleet, config: &str, name: &str) -> Standby {
     Standby { proc, addr, data }
 }
 
-fn fleetctl_at(addr: &str, identity: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new(bin("fleetctl"))
+/// fleetctl against `addr` only, as `identity`, whatever the environment says.
+fn fleetctl_run(addr: &str, identity: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("fleetctl"))
         .args(["--controller", addr])
         .arg("--identity")
         .arg(identity)
@@ -103,7 +104,11 @@ fn fleetctl_at(addr: &str, identity: &Path, args: &[&str]) -> Option<String> {
         .env_remove("FLEET_CONTROLLER")
         .env_remove("FLEET_IDENTITY")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn fleetctl_at(addr: &str, identity: &Path, args: &[&str]) -> Option<String> {
+    let out = fleetctl_run(addr, identity, args);
     out.status
         .success()
         .then(|| String::from_utf8(out.stdout).unwrap())
@@ -360,15 +365,7 @@ health = { path = "/health", timeout = "2s" }
 "#;
 
 fn fleetctl_err(addr: &str, identity: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("fleetctl"))
-        .args(["--controller", addr])
-        .arg("--identity")
-        .arg(identity)
-        .args(args)
-        .env_remove("FLEET_CONTROLLER")
-        .env_remove("FLEET_IDENTITY")
-        .output()
-        .unwrap();
+    let out = fleetctl_run(addr, identity, args);
     assert!(
         !out.status.success(),
         "fleetctl {args:?} at {addr} succeeded"

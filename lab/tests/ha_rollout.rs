@@ -1,10 +1,13 @@
 //! Three controllers on one PostgreSQL store with six real hosts (issue 19, docs/ha.md):
 //! the lab's redb fleet is migrated without re-enrolling, two more replicas stand by
-//! (relaying what they accept to the leader), and the leader is killed with `kill -9` while a batch of a rollout is switching. Another
-//! replica must take over and finish the rollout, every agent must stream to it, each
-//! host must activate the new release exactly once (counted in the agents' own journals),
-//! and every audit entry written before the kill must still be there, once. Then the
-//! PostgreSQL server restarts mid-rollout, and the rollout must still succeed.
+//! (relaying what they accept to the leader), and the leader is killed with `kill -9`
+//! while a batch of a rollout is switching. Another replica must take over and finish
+//! the rollout, every agent must stream to it, each host must activate the new release
+//! exactly once (counted in the agents' own journals), and every audit entry written
+//! before the kill must still be there, once. Then the
+//! PostgreSQL server restarts mid-rollout, and the rollout must still succeed. Last, a
+//! host streaming through one standby is reached by a command through another, and
+//! removing it there closes the stream the first one holds.
 
 mod common;
 
@@ -86,6 +89,13 @@ impl Drop for Replica {
 impl Replica {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether this replica leads now. Every replica answers once one leads (the others
+    /// relay), so only its log tells; one that loses the lease logs so and exits.
+    fn leads(&self) -> bool {
+        let log = self.log();
+        log.contains("holds the leader lease") && !log.contains("lost the leader lease")
     }
 }
 
@@ -291,7 +301,7 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
     let (next, resumed) = loop {
         // Both replicas answer once one leads (the other relays to it): find the leader.
         let found = replicas.iter().find(|r| {
-            r.log().contains("holds the leader lease")
+            r.leads()
                 && json_at(
                     &lab,
                     r.addr,
@@ -352,9 +362,9 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
     );
 
     // --- the rollout finishes, each host switched exactly once. A restart longer than the
-    // lease's margin hands the lead on again, so ask whichever replica serves.
+    // lease's margin hands the lead on again, so ask whichever replica leads then.
     let serving = || {
-        replicas.iter().find_map(|r| {
+        replicas.iter().filter(|r| r.leads()).find_map(|r| {
             json_at(
                 &lab,
                 r.addr,
@@ -417,5 +427,69 @@ fn a_rollout_survives_the_kill_of_its_leader_among_three_replicas() {
             "audit entry {e} is there {n} times after the failover"
         );
     }
+
+    // --- a host behind a standby: a command and a revocation through another standby
+    // reach it. A new standby on the dead leader's address, first in every agent's list;
+    // host6's agent restarted, so it connects there and is relayed to the leader.
+    let front = replica(
+        &lab,
+        (&data, &config, work.path()),
+        (LEADER, 7449),
+        REPLICAS.len() + 1,
+    );
+    wait("the new standby to relay", Duration::from_secs(15), || {
+        front.log().contains("relay: calls go to the leader")
+    });
+    let other = replicas.iter().find(|r| r.addr != next.addr).unwrap();
+    lab.sh(6, "systemctl restart fleet-agent").unwrap();
+    wait(
+        "host6 streaming through the new standby",
+        Duration::from_secs(30),
+        || {
+            json_at(&lab, other.addr, &["hosts", "--output", "json"]).is_some_and(|v| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["name"] == "host6" && h["state"] == "up" && h["via"] == LEADER)
+            })
+        },
+    );
+    for via in [other.addr, next.addr, LEADER] {
+        let out = ctl_at(
+            &lab,
+            via,
+            &[
+                "exec",
+                "shop",
+                "--host",
+                "host6",
+                "--",
+                "cat",
+                "/etc/hostname",
+            ],
+        );
+        assert!(
+            out.as_deref().is_some_and(|o| o.contains("host6")),
+            "a command through {via} did not run on host6 behind {LEADER}: {out:?}"
+        );
+    }
+    let removed = Instant::now();
+    let out = ctl_at(&lab, other.addr, &["host", "remove", "host6"]).unwrap();
+    assert!(out.contains("its stream closed"), "{out}");
+    wait(
+        "host6's relayed stream to close on the leader",
+        Duration::from_secs(2),
+        || next.log().contains("host down host=host6"),
+    );
+    eprintln!(
+        "host6 behind {LEADER}: stream closed {:.2} s after its removal through {}",
+        removed.elapsed().as_secs_f64(),
+        other.addr
+    );
+    wait("host6 to be refused", Duration::from_secs(20), || {
+        lab.sh(6, "journalctl -u fleet-agent -o cat --no-pager")
+            .is_ok_and(|j| j.contains("revoked"))
+    });
+    drop(front);
     drop(replicas);
 }

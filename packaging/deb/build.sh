@@ -48,6 +48,19 @@ if [ -n "${FLEET_DEB_VERSION:-}" ]; then
     version_args=(--deb-version "$FLEET_DEB_VERSION")
 fi
 
+# Run from a test, the environment holds what cargo sets for the test process
+# (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). ring's build script tracks some of those, so
+# a nested cargo would see them changed and rebuild the whole release tree (~3 min), and
+# the next plain build would rebuild it again. They describe the caller, not this build.
+while IFS= read -r var; do
+    case "$var" in
+    CARGO | CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_CRATE_NAME | CARGO_BIN_NAME | \
+        CARGO_BIN_EXE_* | CARGO_PRIMARY_PACKAGE | CARGO_TARGET_TMPDIR | OUT_DIR)
+        unset "$var"
+        ;;
+    esac
+done < <(compgen -e)
+
 # The same command as lab/test-all.sh, so the two share one build (a different package
 # selection could unify features differently and rebuild everything).
 echo "==> release build"

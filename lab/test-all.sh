@@ -5,21 +5,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# On a new machine the cargo tools compile for minutes (CPU) and the packages and wheels
+# below download for minutes (network): the compile runs in the background meanwhile.
+# Its output goes to a file, shown once it is done, so the two do not mix.
+cargo_tools() {
+    if ! command -v cargo-nextest >/dev/null 2>&1; then
+        cargo install cargo-nextest --locked
+    fi
+    # packaging/deb/build.sh makes the .debs with it (~4 min to install, once per machine).
+    if ! cargo deb --version >/dev/null 2>&1; then
+        cargo install cargo-deb --locked
+    fi
+    if ! command -v cargo-fuzz >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked
+    fi
+}
+tools_log=$(mktemp)
+cargo_tools >"$tools_log" 2>&1 &
+tools_pid=$!
+# If setup fails, the install is waited for, not left behind.
+trap 'wait "$tools_pid" 2>/dev/null || true; rm -f "$tools_log"' EXIT
+
 bash lab/setup.sh
 # ansible-core + ansible-lint for the collection in ansible/ (pinned, in a venv).
 sh lab/ansible-venv.sh
 # A newer uvicorn (and gunicorn) than Debian's, as wheels a lab release ships in its venv.
 sh lab/uvicorn-wheels.sh
-if ! command -v cargo-nextest >/dev/null 2>&1; then
-    cargo install cargo-nextest --locked
+echo "==> cargo tools (nextest, cargo-deb, cargo-fuzz)"
+if ! wait "$tools_pid"; then
+    cat "$tools_log"
+    echo "test-all.sh: installing the cargo tools failed (output above)" >&2
+    exit 1
 fi
-# packaging/deb/build.sh makes the .debs with it (~4 min to install, once per machine).
-if ! cargo deb --version >/dev/null 2>&1; then
-    cargo install cargo-deb --locked
-fi
-if ! command -v cargo-fuzz >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
-fi
+tail -n 3 "$tools_log"
+trap - EXIT
+rm -f "$tools_log"
 # libFuzzer (built by the fuzz targets) is C++.
 if ! command -v c++ >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++

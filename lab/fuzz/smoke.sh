@@ -18,16 +18,35 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 # unpack's per-run trees go here too, so a run cut short leaves nothing in /dev/shm.
 export FLEET_FUZZ_TMP="$scratch"
-for t in $targets; do
+# One target per core: libFuzzer runs on one thread, and this machine has two.
+smoke() {
+    local t=$1
     mkdir -p "$scratch/$t" "corpus/$t"
-    dirs=("$scratch/$t" "corpus/$t")
+    local dirs=("$scratch/$t" "corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
     if ! cargo fuzz run --fuzz-dir . -s none $PROFILE "$t" "${dirs[@]}" -- \
         -max_total_time="$SECS" -print_final_stats=1 >"$scratch/$t.log" 2>&1; then
         tail -n 40 "$scratch/$t.log" >&2
         echo "fuzz $t: FAILED; the input is in lab/fuzz/artifacts/$t/ (README.md)" >&2
-        exit 1
+        return 1
     fi
+    local runs
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$t.log")
     echo "fuzz $t: ok, $(ls "corpus/$t" | wc -l) corpus inputs, $runs runs in ${SECS}s"
+}
+jobs=$(nproc)
+failed=0
+running=0
+for t in $targets; do
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || failed=1
+        running=$((running - 1))
+    fi
+    smoke "$t" &
+    running=$((running + 1))
 done
+while [ "$running" -gt 0 ]; do
+    wait -n || failed=1
+    running=$((running - 1))
+done
+exit "$failed"

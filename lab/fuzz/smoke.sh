@@ -34,11 +34,11 @@ smoke() {
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$t.log")
     echo "fuzz $t: ok, $(ls "corpus/$t" | wc -l) corpus inputs, $runs runs in ${SECS}s"
 }
-jobs=$(nproc)
+slots=$(nproc)
 failed=0
 running=0
 for t in $targets; do
-    if [ "$running" -ge "$jobs" ]; then
+    if [ "$running" -ge "$slots" ]; then
         wait -n || failed=1
         running=$((running - 1))
     fi

@@ -362,12 +362,7 @@ impl Front {
         });
         let accept = tokio::spawn(tls::accept_loop(grpc, tls_config, slots, conn_tx));
         let (shutdown, stop) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(15)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_concurrent_streams(Some(settings.max_concurrent_streams))
-            .http2_max_pending_accept_reset_streams(Some(32))
-            .http2_max_header_list_size(Some(64 * 1024))
+        let router = crate::server::grpc_server(settings)
             .add_service(Forward::<AdminService>(relay.clone(), PhantomData))
             .add_service(Forward::<ChannelService>(relay.clone(), PhantomData))
             .add_service(Forward::<EnrollmentService>(relay.clone(), PhantomData));

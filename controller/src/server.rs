@@ -244,7 +244,7 @@ pub async fn run(dir: &Path, settings: Settings) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal();
     let shared_for_shutdown = shared.clone();
-    let serve = grpc_server(&settings)
+    let serve = crate::tls::grpc_server(&settings)
         // Outermost, so refused calls are timed too.
         .layer(shared.metrics.layer())
         .layer(AuthLayer::new(
@@ -321,19 +321,6 @@ fn connection_budget(configured: usize) -> usize {
         );
     }
     configured.min(budget)
-}
-
-/// The HTTP/2 settings of every gRPC listener a controller runs, the leader's and a
-/// standby's relay alike: a relay must not take what the leader would refuse.
-pub(crate) fn grpc_server(settings: &Settings) -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(15)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(settings.max_concurrent_streams))
-        // Streams a client opens and resets at once cost us work without counting
-        // against max_concurrent_streams.
-        .http2_max_pending_accept_reset_streams(Some(32))
-        .http2_max_header_list_size(Some(64 * 1024))
 }
 
 async fn prune(shared: Arc<Shared>) {

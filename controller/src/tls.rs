@@ -486,6 +486,19 @@ fn log_refused(throttle: &LogThrottle, peer: SocketAddr, reason: &str) {
     }
 }
 
+/// The HTTP/2 settings of every gRPC listener a controller runs, the leader's and a
+/// standby's relay alike: a relay must not take what the leader would refuse.
+pub(crate) fn grpc_server(settings: &crate::config::Settings) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(15)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(settings.max_concurrent_streams))
+        // Streams a client opens and resets at once cost us work without counting
+        // against max_concurrent_streams.
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .http2_max_header_list_size(Some(64 * 1024))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

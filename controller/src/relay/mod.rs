@@ -362,7 +362,7 @@ impl Front {
         });
         let accept = tokio::spawn(tls::accept_loop(grpc, tls_config, slots, conn_tx));
         let (shutdown, stop) = oneshot::channel::<()>();
-        let router = crate::server::grpc_server(settings)
+        let router = crate::tls::grpc_server(settings)
             .add_service(Forward::<AdminService>(relay.clone(), PhantomData))
             .add_service(Forward::<ChannelService>(relay.clone(), PhantomData))
             .add_service(Forward::<EnrollmentService>(relay.clone(), PhantomData));
